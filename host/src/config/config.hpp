@@ -1,0 +1,113 @@
+// config: the YAML file of design.md §4 turned into validated, immutable structs.
+// The only user of yaml-cpp in the project. Every problem is a config_error naming the file,
+// the key (dotted path, e.g. "server.listen[0].port"), the line and what is wrong.
+// Plugin `config:` subtrees are kept as a neutral tree (node) handed to plugins as data.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace asiosmtpd::config {
+
+/// A start-up problem with the configuration. what() is the one line printed before exit 1:
+/// "<file>:<line>: <key>: <problem>" (line omitted when unknown).
+class config_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// A YAML subtree as plain data (for plugins). Maps keep their keys in file order.
+struct node {
+    enum class kind { null, scalar, sequence, map };
+    kind type = kind::null;
+    std::string scalar;                                  // raw text when type == scalar
+    std::vector<node> items;                             // sequence items, or map values
+    std::vector<std::string> keys;                       // map keys, parallel to items
+    const node* get(std::string_view key) const noexcept; // nullptr if absent or not a map
+};
+
+enum class protocol { smtp, lmtp };
+enum class tls_mode { none, starttls, implicit };
+
+struct listener {
+    std::string address = "127.0.0.1";
+    std::uint16_t port = 8025;
+    config::protocol protocol = protocol::smtp;
+    tls_mode tls = tls_mode::none;
+    bool proxy_protocol = false;
+};
+
+/// command_call_limit: absent/null = no limits; an int = that budget for every verb;
+/// a map = per-verb budgets with "*" as the default for other verbs (20 when "*" is absent,
+/// aiosmtpd's CALL_LIMIT_DEFAULT).
+struct call_limits {
+    bool enabled = false;
+    std::map<std::string, std::uint32_t> per_verb; // upper-cased verbs
+    std::uint32_t default_limit = 20;
+};
+
+struct server_settings {
+    std::string hostname;                        // empty in the file -> machine's FQDN (filled by load)
+    std::optional<std::string> ident;            // null -> "asiosmtpd <version>"
+    std::vector<listener> listen{listener{}};
+    std::uint64_t data_size_limit = 33554432;    // 0 = no limit
+    std::uint32_t command_size_limit = 512;
+    bool enable_smtputf8 = false;
+    bool decode_data = false;
+    bool require_starttls = false;
+    bool auth_required = false;
+    bool auth_require_tls = true;
+    bool advertise_pipelining = false;
+    call_limits command_call_limit;
+    double timeout = 300;                        // seconds, > 0
+    double tls_handshake_timeout = 30;           // seconds, > 0
+    std::uint32_t max_connections = 10000;       // >= 1
+    std::uint32_t workers = 0;                   // 0 = one per core
+    double shutdown_grace = 30;                  // seconds, >= 0
+};
+
+struct tls_settings {
+    std::filesystem::path certificate;           // absolute after load (relative to the file)
+    std::filesystem::path private_key;
+};
+
+struct plugin_entry {
+    std::string name;                            // set when given by name
+    std::filesystem::path path;                  // set when given by path (absolute after load)
+    node config;                                 // the `config:` subtree (null when absent)
+    double timeout = 30;                         // seconds a PENDING hook may take (> 0)
+    std::string key;                             // "plugins[1]" for error messages
+};
+
+struct settings {
+    std::filesystem::path file;                  // the config file ("<embedded default>" if none)
+    std::filesystem::path base_dir;              // relative paths resolve against this
+    server_settings server;
+    std::optional<tls_settings> tls;
+    std::vector<std::filesystem::path> plugin_path; // absolute after load
+    std::vector<plugin_entry> plugins;
+};
+
+/// Parse and validate YAML text. `file` names it in errors; relative paths resolve against
+/// `base_dir`. Throws config_error.
+settings parse(std::string_view yaml_text, const std::filesystem::path& file,
+               const std::filesystem::path& base_dir);
+
+/// Read and parse a file (base_dir = its folder). Throws config_error (also for an unreadable file).
+settings load_file(const std::filesystem::path& file);
+
+/// The embedded default (conf/asiosmtpd.yaml compiled in); base_dir = current directory.
+settings load_default();
+
+/// The text of the embedded default configuration.
+std::string_view default_text() noexcept;
+
+} // namespace asiosmtpd::config
