@@ -2,7 +2,6 @@
 # Builds <name>.so as a MODULE against asiosmtpd::sdk only: hidden visibility, a version
 # script exporting nothing but the entry symbol (hidden visibility alone still exports
 # std:: template instances and makes the library impossible to unload), -fno-gnu-unique.
-set(_asiosmtpd_plugin_dir "${CMAKE_CURRENT_LIST_DIR}")
 function(asiosmtpd_add_plugin name)
   cmake_parse_arguments(arg "" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
   add_library(${name} MODULE ${arg_SOURCES})
@@ -14,7 +13,7 @@ function(asiosmtpd_add_plugin name)
   endif()
   target_compile_options(${name} PRIVATE $<$<CXX_COMPILER_ID:GNU>:-fno-gnu-unique>)
   target_link_options(${name} PRIVATE
-    "LINKER:--version-script=${_asiosmtpd_plugin_dir}/plugin.map")
+    "LINKER:--version-script=${CMAKE_CURRENT_FUNCTION_LIST_DIR}/plugin.map")
   # Plugins reach the host only through its function table. Sanitized builds leave the
   # sanitizer runtime to the executable, so --no-undefined is off there.
   get_property(_san CACHE ASIOSMTPD_SANITIZE PROPERTY VALUE)

@@ -119,7 +119,12 @@ typedef struct asiosmtpd_cfg asiosmtpd_cfg;             /* config node; valid on
 typedef uint64_t asiosmtpd_token;                       /* a suspended hook call; 0 = none */
 
 /* True when the struct at p, whose writer stored its size in struct_size, holds field f. */
+#ifdef __cplusplus
+#define ASIOSMTPD_HAS(p, T, f) \
+    ((p)->struct_size >= offsetof(T, f) + sizeof(static_cast<const T *>(nullptr)->f))
+#else
 #define ASIOSMTPD_HAS(p, T, f) ((p)->struct_size >= offsetof(T, f) + sizeof(((const T *)0)->f))
+#endif
 
 /* ------------------------------------------------------------------------------------------
  * Hook arguments: host-allocated, valid until the hook returns (for a suspended call: until
@@ -311,9 +316,8 @@ typedef struct asiosmtpd_plugin_descriptor {
     /* ---- ABI 1.1 and later: append members here ---- */
 } asiosmtpd_plugin_descriptor;
 
-#define ASIOSMTPD_DESCRIPTOR_V1_0_SIZE                                                         \
-    (offsetof(asiosmtpd_plugin_descriptor, destroy) +                                          \
-     sizeof(((asiosmtpd_plugin_descriptor *)0)->destroy))
+#define ASIOSMTPD_DESCRIPTOR_V1_0_SIZE \
+    (offsetof(asiosmtpd_plugin_descriptor, destroy) + sizeof(void (*)(void *)))
 
 /* Each plugin exports exactly this one function; the major version is in its name. It returns
  * a pointer to a static descriptor and has no side effects. */

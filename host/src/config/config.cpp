@@ -1,0 +1,743 @@
+// config: the YAML file of design.md §4 read with yaml-cpp and checked key by key into the
+// plain structs of config.hpp. Nothing else in the project sees yaml-cpp. Every problem is
+// one config_error line "<file>:<line>: <dotted key>: <problem>" (style.md §3.3 item 4); the
+// first problem found stops the walk. TLS files are only checked for readability here: the
+// TLS module loads them.
+#include "config/config.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <system_error>
+
+namespace asiosmtpd::config {
+
+const node* node::get(std::string_view key) const noexcept
+{
+    if (type != kind::map)
+        return nullptr;
+    const std::size_t n = std::min(keys.size(), items.size());
+    for (std::size_t i = 0; i < n; ++i)
+        if (keys[i] == key)
+            return &items[i];
+    return nullptr;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Durations are capped so that converting them to std::chrono never overflows.
+constexpr double max_seconds = 31536000; // one year
+constexpr std::size_t max_tree_depth = 64;        // plugin `config:` nesting
+constexpr std::size_t max_tree_nodes = 100000;    // plugin `config:` size after alias expansion
+constexpr std::size_t max_file_size = 16u << 20;  // a config file is small; refuse /dev/zero
+constexpr std::size_t max_shown_value = 60;       // characters of an offending value in a message
+
+constexpr std::string_view tag_int = "tag:yaml.org,2002:int";
+constexpr std::string_view tag_float = "tag:yaml.org,2002:float";
+constexpr std::string_view tag_bool = "tag:yaml.org,2002:bool";
+
+// A value being read: the node, where to point at in messages, and its dotted key.
+struct item {
+    YAML::Node value;
+    YAML::Mark mark;
+    std::string key;
+};
+
+// The fields of one YAML mapping, keys checked against the known set, in file order.
+class mapping {
+public:
+    void add(std::string name, item it) { fields_.emplace_back(std::move(name), std::move(it)); }
+
+    const item* find(std::string_view name) const noexcept
+    {
+        for (const auto& [n, it] : fields_)
+            if (n == name)
+                return &it;
+        return nullptr;
+    }
+
+private:
+    std::vector<std::pair<std::string, item>> fields_;
+};
+
+std::string join_key(std::string_view prefix, std::string_view name)
+{
+    if (prefix.empty())
+        return std::string(name);
+    return fmt::format("{}.{}", prefix, name);
+}
+
+std::string index_key(std::string_view prefix, std::size_t i)
+{
+    return fmt::format("{}[{}]", prefix, i);
+}
+
+// A node's own mark, except for an empty (null) value, whose mark yaml-cpp puts at the start
+// of the next token (often the next line): the key's line is what the user wants to see.
+YAML::Mark value_mark(const YAML::Node& key, const YAML::Node& value)
+{
+    if (value.IsNull())
+        return key.Mark();
+    return value.Mark();
+}
+
+bool plain(const YAML::Node& n)
+{
+    return n.Tag() == "?";
+}
+
+// How an offending value is shown: its text quoted and escaped, or its kind.
+std::string describe(const YAML::Node& n)
+{
+    switch (n.Type()) {
+    case YAML::NodeType::Null:
+        return "null";
+    case YAML::NodeType::Sequence:
+        return "a sequence";
+    case YAML::NodeType::Map:
+        return "a mapping";
+    case YAML::NodeType::Scalar:
+        break;
+    case YAML::NodeType::Undefined:
+        return "nothing";
+    }
+    std::string text = n.Scalar();
+    const bool cut = text.size() > max_shown_value;
+    if (cut)
+        text.resize(max_shown_value);
+    // A quoted "25" is a string in YAML; say so, or "got "25"" would puzzle the reader.
+    const std::string_view what = n.Tag() == "!" ? "the string " : "";
+    return fmt::format("{}{:?}{}", what, text, cut ? "..." : "");
+}
+
+bool has_control(std::string_view s, bool allow_space)
+{
+    return std::any_of(s.begin(), s.end(), [allow_space](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u < 0x20 || u == 0x7f || (!allow_space && u == ' ');
+    });
+}
+
+// The machine's FQDN as aiosmtpd's socket.getfqdn() default: the canonical name of
+// gethostname(), or gethostname() itself when it does not resolve.
+std::string machine_fqdn()
+{
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0')
+        return "localhost";
+    std::string name = buf;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_CANONNAME;
+    addrinfo* res = nullptr;
+    if (::getaddrinfo(name.c_str(), nullptr, &hints, &res) == 0 && res != nullptr) {
+        if (res->ai_canonname != nullptr && res->ai_canonname[0] != '\0')
+            name = res->ai_canonname;
+        ::freeaddrinfo(res);
+    }
+    return name;
+}
+
+class reader {
+public:
+    reader(std::string file, fs::path base_dir) : file_(std::move(file)), base_dir_(std::move(base_dir)) {}
+
+    settings read(const YAML::Node& root);
+
+private:
+    [[noreturn]] void fail(const YAML::Mark& at, std::string_view key, std::string_view problem) const
+    {
+        if (key.empty())
+            key = "(document)";
+        if (at.is_null() || at.line < 0)
+            throw config_error(fmt::format("{}: {}: {}", file_, key, problem));
+        throw config_error(fmt::format("{}:{}: {}: {}", file_, at.line + 1, key, problem));
+    }
+
+    mapping open_map(const item& it, std::initializer_list<std::string_view> known) const;
+    std::vector<item> open_sequence(const item& it, bool non_empty) const;
+
+    bool read_bool(const item& it) const;
+    std::uint64_t read_uint(const item& it, std::uint64_t min, std::uint64_t max) const;
+    double read_seconds(const item& it, bool zero_allowed) const;
+    std::string read_string(const item& it) const;
+    fs::path read_path(const item& it, bool folder) const;
+    template <class E>
+    E read_enum(const item& it, std::initializer_list<std::pair<std::string_view, E>> choices) const;
+
+    // The tls section with where its two values are, for the readability check.
+    struct tls_section {
+        tls_settings value;
+        item certificate;
+        item private_key;
+    };
+
+    void read_document(const YAML::Node& root, settings& out);
+    void read_server(const item& it, server_settings& s);
+    listener read_listener(const item& it);
+    call_limits read_call_limits(const item& it) const;
+    tls_section read_tls(const item& it) const;
+    plugin_entry read_plugin(const item& it) const;
+    node read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key,
+                   std::size_t depth, std::size_t& budget) const;
+    void check_readable(const item& it, const fs::path& p) const;
+
+    std::string file_;
+    fs::path base_dir_;
+    std::vector<YAML::Mark> listen_tls_marks_; // per listed listener: its `tls:` (or the item)
+};
+
+mapping reader::open_map(const item& it, std::initializer_list<std::string_view> known) const
+{
+    if (!it.value.IsMap())
+        fail(it.mark, it.key, fmt::format("expected a mapping, got {}", describe(it.value)));
+    mapping m;
+    for (const auto& kv : it.value) {
+        const YAML::Node& k = kv.first;
+        if (!k.IsScalar())
+            fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
+        std::string name = k.Scalar();
+        std::string key = join_key(it.key, name);
+        if (std::find(known.begin(), known.end(), name) == known.end())
+            fail(k.Mark(), key, "unknown key");
+        if (m.find(name) != nullptr)
+            fail(k.Mark(), key, "duplicate key");
+        m.add(std::move(name), item{kv.second, value_mark(k, kv.second), std::move(key)});
+    }
+    return m;
+}
+
+std::vector<item> reader::open_sequence(const item& it, bool non_empty) const
+{
+    if (!it.value.IsSequence() || (non_empty && it.value.size() == 0))
+        fail(it.mark, it.key,
+             fmt::format("expected a {}sequence, got {}", non_empty ? "non-empty " : "",
+                         it.value.IsSequence() ? "an empty sequence" : describe(it.value)));
+    std::vector<item> out;
+    std::size_t i = 0;
+    for (const auto& v : it.value) {
+        const YAML::Mark m = v.IsNull() ? it.mark : v.Mark();
+        out.push_back(item{v, m, index_key(it.key, i)});
+        ++i;
+    }
+    return out;
+}
+
+bool reader::read_bool(const item& it) const
+{
+    const YAML::Node& n = it.value;
+    if (n.IsScalar() && (plain(n) || n.Tag() == tag_bool)) {
+        // yaml-cpp's YAML 1.1 spellings: true/false, yes/no, on/off, y/n in three casings.
+        bool b = false;
+        if (YAML::convert<bool>::decode(n, b))
+            return b;
+    }
+    fail(it.mark, it.key, fmt::format("expected true or false, got {}", describe(n)));
+}
+
+std::uint64_t reader::read_uint(const item& it, std::uint64_t min, std::uint64_t max) const
+{
+    const YAML::Node& n = it.value;
+    auto bad = [&](std::string_view why) {
+        const std::string range = max == std::numeric_limits<std::uint64_t>::max() ||
+                                          max == std::numeric_limits<std::uint32_t>::max()
+                                      ? fmt::format(">= {}", min)
+                                      : fmt::format("{}..{}", min, max);
+        fail(it.mark, it.key, fmt::format("expected an integer {}, got {}{}", range, describe(n), why));
+    };
+    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_int))
+        bad("");
+    // Decimal only, as YAML 1.2's core schema; no 0x/0o, no "1_000", no "12abc".
+    std::string_view s = n.Scalar();
+    bool negative = false;
+    if (!s.empty() && (s.front() == '+' || s.front() == '-')) {
+        negative = s.front() == '-';
+        s.remove_prefix(1);
+    }
+    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        bad("");
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (negative && !(ec == std::errc{} && v == 0))
+        bad("");
+    if (ec == std::errc::result_out_of_range || (ec == std::errc{} && v > max))
+        bad(" (too large)");
+    if (ec != std::errc{} || end != s.data() + s.size() || v < min)
+        bad("");
+    return v;
+}
+
+double reader::read_seconds(const item& it, bool zero_allowed) const
+{
+    const YAML::Node& n = it.value;
+    auto bad = [&] {
+        fail(it.mark, it.key,
+             fmt::format("expected seconds {} 0 and <= {}, got {}", zero_allowed ? ">=" : ">",
+                         max_seconds, describe(n)));
+    };
+    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_float || n.Tag() == tag_int))
+        bad();
+    std::string_view s = n.Scalar();
+    if (!s.empty() && s.front() == '+')
+        s.remove_prefix(1);
+    double v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc{} || end != s.data() + s.size() || !std::isfinite(v) ||
+        v < 0 || (v == 0 && !zero_allowed) || v > max_seconds)
+        bad();
+    return v;
+}
+
+std::string reader::read_string(const item& it) const
+{
+    if (!it.value.IsScalar())
+        fail(it.mark, it.key, fmt::format("expected a string, got {}", describe(it.value)));
+    return it.value.Scalar();
+}
+
+fs::path reader::read_path(const item& it, bool folder) const
+{
+    const std::string s = read_string(it);
+    if (s.empty())
+        fail(it.mark, it.key, "expected a path, got an empty string");
+    if (s.find('\0') != std::string::npos)
+        fail(it.mark, it.key, "a path cannot contain a NUL byte");
+    // design.md §4: relative paths are relative to the config file's folder.
+    fs::path p = fs::path(s);
+    if (p.is_relative())
+        p = base_dir_ / p;
+    p = p.lexically_normal();
+    if (folder && !p.has_filename() && p != p.root_path())
+        p = p.parent_path(); // "plugins/" -> ".../plugins"
+    return p;
+}
+
+template <class E>
+E reader::read_enum(const item& it, std::initializer_list<std::pair<std::string_view, E>> choices) const
+{
+    if (it.value.IsScalar()) {
+        const std::string& s = it.value.Scalar();
+        for (const auto& [name, e] : choices)
+            if (s == name)
+                return e;
+    }
+    std::string names;
+    for (const auto& c : choices)
+        names += names.empty() ? std::string(c.first) : fmt::format(", {}", c.first);
+    fail(it.mark, it.key, fmt::format("expected one of {}, got {}", names, describe(it.value)));
+}
+
+listener reader::read_listener(const item& it)
+{
+    const mapping m = open_map(it, {"address", "port", "protocol", "tls", "proxy_protocol"});
+    listener l;
+    if (const item* f = m.find("address")) {
+        l.address = read_string(*f);
+        if (l.address.empty() || has_control(l.address, false))
+            fail(f->mark, f->key,
+                 fmt::format("expected an address or host name, got {}", describe(f->value)));
+    }
+    if (const item* f = m.find("port"))
+        l.port = static_cast<std::uint16_t>(read_uint(*f, 0, 65535)); // 0: an ephemeral port (tests)
+    if (const item* f = m.find("protocol"))
+        l.protocol = read_enum<protocol>(*f, {{"smtp", protocol::smtp}, {"lmtp", protocol::lmtp}});
+    const item* tls = m.find("tls");
+    listen_tls_marks_.push_back(tls != nullptr ? tls->mark : it.mark);
+    if (const item* f = tls)
+        l.tls = read_enum<tls_mode>(*f, {{"none", tls_mode::none},
+                                         {"starttls", tls_mode::starttls},
+                                         {"implicit", tls_mode::implicit}});
+    if (const item* f = m.find("proxy_protocol"))
+        l.proxy_protocol = read_bool(*f);
+    return l;
+}
+
+call_limits reader::read_call_limits(const item& it) const
+{
+    constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
+    call_limits c;
+    const YAML::Node& n = it.value;
+    if (n.IsNull())
+        return c;
+    if (n.IsScalar()) {
+        // aiosmtpd: an int is the budget of every verb.
+        c.enabled = true;
+        c.default_limit = static_cast<std::uint32_t>(read_uint(it, 1, u32_max));
+        return c;
+    }
+    if (!n.IsMap())
+        fail(it.mark, it.key,
+             fmt::format("expected null, an integer or a mapping of verbs to integers, got {}",
+                         describe(n)));
+    // aiosmtpd: a dict gives per-verb budgets, "*" the others' (CALL_LIMIT_DEFAULT 20 if absent).
+    c.enabled = true;
+    bool star_seen = false;
+    for (const auto& kv : n) {
+        const YAML::Node& k = kv.first;
+        if (!k.IsScalar())
+            fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
+        const std::string& verb = k.Scalar();
+        const item value{kv.second, value_mark(k, kv.second), join_key(it.key, verb)};
+        if (verb == "*") {
+            if (star_seen)
+                fail(k.Mark(), value.key, "duplicate key");
+            star_seen = true;
+            c.default_limit = static_cast<std::uint32_t>(read_uint(value, 1, u32_max));
+            continue;
+        }
+        const bool is_verb = !verb.empty() && std::all_of(verb.begin(), verb.end(), [](char ch) {
+            const auto u = static_cast<unsigned char>(ch);
+            return std::isalnum(u) != 0 || ch == '_' || ch == '-';
+        });
+        if (!is_verb)
+            fail(k.Mark(), value.key, "expected a command verb or \"*\" as key");
+        std::string upper = verb;
+        std::transform(upper.begin(), upper.end(), upper.begin(), [](char ch) {
+            return static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+        });
+        if (c.per_verb.count(upper) != 0)
+            fail(k.Mark(), value.key, "duplicate key (verbs are case-insensitive)");
+        c.per_verb.emplace(std::move(upper), static_cast<std::uint32_t>(read_uint(value, 1, u32_max)));
+    }
+    return c;
+}
+
+void reader::read_server(const item& it, server_settings& s)
+{
+    constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
+    const mapping m = open_map(
+        it, {"hostname", "ident", "listen", "data_size_limit", "command_size_limit",
+             "enable_smtputf8", "decode_data", "require_starttls", "auth_required",
+             "auth_require_tls", "advertise_pipelining", "command_call_limit", "timeout",
+             "tls_handshake_timeout", "max_connections", "workers", "shutdown_grace"});
+
+    if (const item* f = m.find("hostname"); f != nullptr && !f->value.IsNull()) {
+        s.hostname = read_string(*f);
+        // It goes into the 220 greeting and EHLO reply: one token, no CR/LF smuggled in.
+        if (has_control(s.hostname, false))
+            fail(f->mark, f->key,
+                 fmt::format("expected a host name without spaces or control characters, got {}",
+                             describe(f->value)));
+    }
+
+    if (const item* f = m.find("ident"); f != nullptr && !f->value.IsNull()) {
+        if (!f->value.IsScalar())
+            fail(f->mark, f->key, fmt::format("expected a string or null, got {}", describe(f->value)));
+        s.ident = f->value.Scalar();
+        if (has_control(*s.ident, true))
+            fail(f->mark, f->key,
+                 fmt::format("expected text without control characters, got {}", describe(f->value)));
+    }
+
+    // A null `listen:` is as if absent (the default listener).
+    if (const item* f = m.find("listen"); f != nullptr && !f->value.IsNull()) {
+        s.listen.clear();
+        const std::vector<item> items = open_sequence(*f, true);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            listener l = read_listener(items[i]);
+            for (std::size_t j = 0; j < s.listen.size(); ++j)
+                if (l.port != 0 && s.listen[j].port == l.port && s.listen[j].address == l.address)
+                    fail(items[i].mark, items[i].key,
+                         fmt::format("same address and port as {}", items[j].key));
+            s.listen.push_back(std::move(l));
+        }
+    }
+
+    if (const item* f = m.find("data_size_limit"))
+        s.data_size_limit = read_uint(*f, 0, std::numeric_limits<std::uint64_t>::max());
+    if (const item* f = m.find("command_size_limit"))
+        s.command_size_limit = static_cast<std::uint32_t>(read_uint(*f, 64, 65536));
+
+    const std::pair<std::string_view, bool server_settings::*> flags[] = {
+        {"enable_smtputf8", &server_settings::enable_smtputf8},
+        {"decode_data", &server_settings::decode_data},
+        {"require_starttls", &server_settings::require_starttls},
+        {"auth_required", &server_settings::auth_required},
+        {"auth_require_tls", &server_settings::auth_require_tls},
+        {"advertise_pipelining", &server_settings::advertise_pipelining},
+    };
+    for (const auto& [name, member] : flags)
+        if (const item* f = m.find(name))
+            s.*member = read_bool(*f);
+
+    if (const item* f = m.find("command_call_limit"))
+        s.command_call_limit = read_call_limits(*f);
+    if (const item* f = m.find("timeout"))
+        s.timeout = read_seconds(*f, false);
+    if (const item* f = m.find("tls_handshake_timeout"))
+        s.tls_handshake_timeout = read_seconds(*f, false);
+    if (const item* f = m.find("max_connections"))
+        s.max_connections = static_cast<std::uint32_t>(read_uint(*f, 1, u32_max));
+    if (const item* f = m.find("workers"))
+        s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
+    if (const item* f = m.find("shutdown_grace"))
+        s.shutdown_grace = read_seconds(*f, true);
+}
+
+reader::tls_section reader::read_tls(const item& it) const
+{
+    const mapping m = open_map(it, {"certificate", "private_key"});
+    const item* cert = m.find("certificate");
+    const item* key = m.find("private_key");
+    if (cert == nullptr)
+        fail(it.mark, join_key(it.key, "certificate"), "missing (the tls section needs it)");
+    if (key == nullptr)
+        fail(it.mark, join_key(it.key, "private_key"), "missing (the tls section needs it)");
+    tls_section t{{}, *cert, *key};
+    t.value.certificate = read_path(*cert, false);
+    t.value.private_key = read_path(*key, false);
+    return t;
+}
+
+void reader::check_readable(const item& it, const fs::path& p) const
+{
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        fail(it.mark, it.key, fmt::format("cannot read {:?}: {}", p.string(), std::strerror(err)));
+    }
+    struct stat st {};
+    const int rc = ::fstat(fd, &st);
+    ::close(fd);
+    if (rc != 0 || !S_ISREG(st.st_mode))
+        fail(it.mark, it.key, fmt::format("cannot read {:?}: not a regular file", p.string()));
+}
+
+node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key,
+                       std::size_t depth, std::size_t& budget) const
+{
+    // Aliases are shared and may even refer to themselves (`&a [*a]`): bound the walk.
+    if (depth > max_tree_depth)
+        fail(at, key, fmt::format("nested deeper than {} levels", max_tree_depth));
+    if (budget == 0)
+        fail(at, key, fmt::format("more than {} values (alias expansion?)", max_tree_nodes));
+    --budget;
+    node out;
+    switch (n.Type()) {
+    case YAML::NodeType::Undefined:
+    case YAML::NodeType::Null:
+        return out;
+    case YAML::NodeType::Scalar:
+        out.type = node::kind::scalar;
+        out.scalar = n.Scalar();
+        return out;
+    case YAML::NodeType::Sequence: {
+        out.type = node::kind::sequence;
+        std::size_t i = 0;
+        for (const auto& v : n) {
+            out.items.push_back(read_tree(v, v.IsNull() ? at : v.Mark(), index_key(key, i), depth + 1, budget));
+            ++i;
+        }
+        return out;
+    }
+    case YAML::NodeType::Map:
+        out.type = node::kind::map;
+        for (const auto& kv : n) {
+            const YAML::Node& k = kv.first;
+            if (!k.IsScalar())
+                fail(k.Mark(), key, fmt::format("expected a plain key, got {}", describe(k)));
+            std::string sub = join_key(key, k.Scalar());
+            if (std::find(out.keys.begin(), out.keys.end(), k.Scalar()) != out.keys.end())
+                fail(k.Mark(), sub, "duplicate key");
+            out.items.push_back(read_tree(kv.second, value_mark(k, kv.second), sub, depth + 1, budget));
+            out.keys.push_back(k.Scalar());
+        }
+        return out;
+    }
+    return out;
+}
+
+plugin_entry reader::read_plugin(const item& it) const
+{
+    const mapping m = open_map(it, {"name", "path", "config", "timeout"});
+    plugin_entry p;
+    p.key = it.key;
+    const item* name = m.find("name");
+    const item* path = m.find("path");
+    if (name != nullptr && path != nullptr)
+        fail(path->mark, it.key, "give either name or path, not both");
+    if (name == nullptr && path == nullptr)
+        fail(it.mark, it.key, "needs a name or a path");
+    if (name != nullptr) {
+        // Looked up as <name>.so in the plugin folders: no '/' and no upper case.
+        const bool ok = name->value.IsScalar() && !name->value.Scalar().empty() &&
+                        std::all_of(name->value.Scalar().begin(), name->value.Scalar().end(), [](char c) {
+                            return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+                                   c == '.' || c == '-';
+                        });
+        if (!ok)
+            fail(name->mark, name->key,
+                 fmt::format("expected a plugin name of [a-z0-9_.-], got {}", describe(name->value)));
+        p.name = name->value.Scalar();
+    }
+    if (path != nullptr)
+        p.path = read_path(*path, false);
+    if (const item* f = m.find("config")) {
+        std::size_t budget = max_tree_nodes;
+        p.config = read_tree(f->value, f->mark, f->key, 0, budget);
+    }
+    if (const item* f = m.find("timeout"))
+        p.timeout = read_seconds(*f, false);
+    return p;
+}
+
+settings reader::read(const YAML::Node& root)
+{
+    settings out;
+    out.file = file_;
+    out.base_dir = base_dir_;
+    if (!root.IsNull())
+        read_document(root, out);
+    // design.md §4: no hostname (absent, null or empty) means the machine's FQDN.
+    if (out.server.hostname.empty())
+        out.server.hostname = machine_fqdn();
+    return out;
+}
+
+void reader::read_document(const YAML::Node& root, settings& out)
+{
+    if (!root.IsMap())
+        fail(root.Mark(), "", fmt::format("expected a mapping, got {}", describe(root)));
+    const mapping m = open_map(item{root, root.Mark(), ""}, {"server", "tls", "plugin_path", "plugins"});
+
+    // A null section (`server:` with everything below commented out) is as if absent.
+    auto present = [&m](std::string_view name) -> const item* {
+        const item* f = m.find(name);
+        return f != nullptr && !f->value.IsNull() ? f : nullptr;
+    };
+
+    if (const item* f = present("server"))
+        read_server(*f, out.server);
+
+    // The tls section is always type-checked, but used (and its files checked) only when a
+    // listener needs it.
+    std::optional<tls_section> tls;
+    if (const item* f = present("tls"))
+        tls = read_tls(*f);
+    for (std::size_t i = 0; i < out.server.listen.size(); ++i) {
+        const tls_mode mode = out.server.listen[i].tls;
+        if (mode == tls_mode::none)
+            continue;
+        if (!tls) {
+            // The default listener has no line of its own; a listed one points at its `tls:`.
+            const YAML::Mark at = i < listen_tls_marks_.size() ? listen_tls_marks_[i] : YAML::Mark::null_mark();
+            fail(at, "tls",
+                 fmt::format("required (certificate and private_key) because server.listen[{}] uses tls: {}",
+                             i, mode == tls_mode::starttls ? "starttls" : "implicit"));
+        }
+        check_readable(tls->certificate, tls->value.certificate);
+        check_readable(tls->private_key, tls->value.private_key);
+        out.tls = std::move(tls->value);
+        break;
+    }
+
+    if (const item* f = present("plugin_path"))
+        for (const item& e : open_sequence(*f, false))
+            out.plugin_path.push_back(read_path(e, true));
+
+    if (const item* f = present("plugins"))
+        for (const item& e : open_sequence(*f, false))
+            out.plugins.push_back(read_plugin(e));
+}
+
+} // namespace
+
+settings parse(std::string_view yaml_text, const std::filesystem::path& file,
+               const std::filesystem::path& base_dir)
+{
+    const std::string name = file.string();
+    std::error_code ec;
+    fs::path base = base_dir.is_absolute() ? base_dir : fs::absolute(base_dir, ec);
+    if (ec)
+        base = base_dir;
+    base = base.lexically_normal();
+
+    std::vector<YAML::Node> docs;
+    try {
+        docs = YAML::LoadAll(std::string(yaml_text));
+    } catch (const YAML::Exception& e) {
+        if (e.mark.is_null())
+            throw config_error(fmt::format("{}: invalid YAML: {}", name, e.msg));
+        throw config_error(fmt::format("{}:{}: invalid YAML: {} (column {})", name, e.mark.line + 1,
+                                       e.msg, e.mark.column + 1));
+    }
+    if (docs.size() > 1) {
+        const YAML::Mark m = docs[1].Mark();
+        if (m.is_null())
+            throw config_error(fmt::format("{}: invalid YAML: more than one document", name));
+        throw config_error(fmt::format("{}:{}: invalid YAML: more than one document", name, m.line + 1));
+    }
+    const YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
+
+    reader r(name, base);
+    try {
+        return r.read(root);
+    } catch (const YAML::Exception& e) {
+        // Not expected (every access is type-checked first); still one line, never a crash.
+        throw config_error(fmt::format("{}: {}", name, e.what()));
+    }
+}
+
+settings load_file(const std::filesystem::path& file)
+{
+    std::error_code ec;
+    fs::path abs = fs::absolute(file, ec);
+    if (ec)
+        abs = file;
+    abs = abs.lexically_normal();
+
+    auto cannot_read = [&abs](std::string_view why) {
+        return config_error(fmt::format("{}: cannot read: {}", abs.string(), why));
+    };
+    std::FILE* f = std::fopen(abs.c_str(), "rb");
+    if (f == nullptr) {
+        const int err = errno;
+        throw cannot_read(std::strerror(err));
+    }
+    std::string text;
+    char buf[8192];
+    for (;;) {
+        const std::size_t n = std::fread(buf, 1, sizeof buf, f);
+        text.append(buf, n);
+        if (text.size() > max_file_size) {
+            std::fclose(f);
+            throw cannot_read(fmt::format("larger than {} bytes", max_file_size));
+        }
+        if (n < sizeof buf)
+            break;
+    }
+    const bool failed = std::ferror(f) != 0;
+    const int err = errno; // EISDIR for a folder
+    std::fclose(f);
+    if (failed)
+        throw cannot_read(std::strerror(err));
+    return parse(text, abs, abs.parent_path());
+}
+
+settings load_default()
+{
+    std::error_code ec;
+    fs::path cwd = fs::current_path(ec);
+    if (ec)
+        cwd = "/";
+    return parse(default_text(), "<embedded default>", cwd);
+}
+
+} // namespace asiosmtpd::config

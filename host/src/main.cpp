@@ -1,0 +1,54 @@
+// asiosmtpd: argument parsing and wiring, nothing else (design.md §3).
+#include "config/config.hpp"
+#include "log/log.hpp"
+#include "net/server.hpp"
+#include "plugin/loader.hpp"
+
+#include <asiosmtpd/version.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+int main(int argc, char** argv)
+{
+    using namespace asiosmtpd;
+    CLI::App app{"asiosmtpd - an RFC 5321 SMTP server and plugin host, aiosmtpd on the wire"};
+    app.set_version_flag("--version", "asiosmtpd " ASIOSMTPD_VERSION_STRING " (plugin ABI " +
+                                          std::to_string(ASIOSMTPD_ABI_MAJOR) + "." +
+                                          std::to_string(ASIOSMTPD_ABI_MINOR) + ")");
+    std::string config_file;
+    bool check_only = false;
+    std::string level = "info";
+    app.add_option("-c,--config", config_file, "YAML configuration file (default: the embedded conf/asiosmtpd.yaml)");
+    app.add_flag("--check-config", check_only, "validate the configuration and plugins, print problems, exit 0/1");
+    app.add_option("--log-level", level, "debug, info, warn or error")
+        ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+    CLI11_PARSE(app, argc, argv);
+
+    log::set_level(level == "debug" ? log::level::debug
+                   : level == "warn" ? log::level::warn
+                   : level == "error" ? log::level::error
+                                      : log::level::info);
+    try {
+        const config::settings settings = config_file.empty() ? config::load_default() : config::load_file(config_file);
+        auto plugins = plugin::load(settings);
+        if (check_only) {
+            net::server probe(settings, plugins);  // listener checks (unsupported features)
+            std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
+                      << " plugin(s)\n";
+            return 0;
+        }
+        net::server server(settings, std::move(plugins));
+        server.bind();
+        server.handle_signals();
+        server.run();
+        log::info("event=stopped");
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "asiosmtpd: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,268 @@
+#include "net/server.hpp"
+
+#include "log/log.hpp"
+
+#include <asiosmtpd/version.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace asiosmtpd::net {
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+std::chrono::milliseconds millis(double seconds)
+{
+    return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
+}
+
+// A co_spawn completion that never hides an exception (never `detached`).
+auto log_failure(std::string what)
+{
+    return [what = std::move(what)](std::exception_ptr e) {
+        if (!e) return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::error("event=crash where={} what=\"{}\"", what, ex.what());
+        }
+    };
+}
+
+} // namespace
+
+// --------------------------------------------------------------------------------------------
+// registry
+// --------------------------------------------------------------------------------------------
+
+void registry::add(const std::shared_ptr<session>& s)
+{
+    const std::lock_guard guard(lock_);
+    sessions_.emplace(s.get(), s);
+}
+
+void registry::remove(const session* s)
+{
+    std::function<void()> notify;
+    {
+        const std::lock_guard guard(lock_);
+        sessions_.erase(s);
+        if (sessions_.empty() && on_empty_) notify = std::exchange(on_empty_, nullptr);
+    }
+    if (notify) notify();
+}
+
+std::size_t registry::size() const
+{
+    const std::lock_guard guard(lock_);
+    return sessions_.size();
+}
+
+void registry::request_stop_all()
+{
+    const std::lock_guard guard(lock_);
+    for (auto& [key, weak] : sessions_)
+        if (auto s = weak.lock()) s->request_stop();
+}
+
+void registry::force_close_all()
+{
+    const std::lock_guard guard(lock_);
+    for (auto& [key, weak] : sessions_)
+        if (auto s = weak.lock()) s->force_close();
+}
+
+void registry::when_empty(std::function<void()> f)
+{
+    std::unique_lock guard(lock_);
+    if (!sessions_.empty()) {
+        on_empty_ = std::move(f);
+        return;
+    }
+    guard.unlock();
+    f();
+}
+
+// --------------------------------------------------------------------------------------------
+// server
+// --------------------------------------------------------------------------------------------
+
+proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g)
+{
+    const auto& srv = s.server;
+    proto::settings e;
+    e.hostname = srv.hostname;
+    e.ident = srv.ident ? *srv.ident : std::string("asiosmtpd ") + ASIOSMTPD_VERSION_STRING;
+    e.data_size_limit = srv.data_size_limit;
+    e.command_size_limit = srv.command_size_limit;
+    e.enable_smtputf8 = srv.enable_smtputf8;
+    e.decode_data = srv.decode_data;
+    e.advertise_pipelining = srv.advertise_pipelining;
+    e.lmtp = l.protocol == config::protocol::lmtp;
+    e.starttls_available = false;  // STARTTLS arrives with the TLS work (issue 3)
+    e.require_starttls = false;    // aiosmtpd: effective only with a TLS context
+    e.auth_required = srv.auth_required;
+    e.auth_require_tls = srv.auth_require_tls;
+    e.call_limit_enabled = srv.command_call_limit.enabled;
+    for (const auto& [verb, n] : srv.command_call_limit.per_verb) e.call_limits.emplace(verb, n);
+    e.call_limit_default = srv.command_call_limit.default_limit;
+    for (const auto& c : g.commands)
+        e.commands.push_back({c.verb, c.help, (c.flags & ASIOSMTPD_CMD_NEEDS_HELO) != 0});
+    e.ehlo_keywords = g.ehlo_keywords;
+    e.hook_mask = g.hook_mask();
+    return e;
+}
+
+server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins)
+    : config_(std::move(s)), plugins_(std::move(plugins)), signals_(ioc_), grace_timer_(ioc_)
+{
+    for (std::size_t i = 0; i < config_.server.listen.size(); ++i) {
+        const auto& l = config_.server.listen[i];
+        if (l.tls != config::tls_mode::none)
+            throw std::runtime_error(fmt::format("{}: server.listen[{}].tls: TLS is not available in this build yet "
+                                                 "(STARTTLS and implicit TLS arrive with issue 3); use tls: none",
+                                                 config_.file.string(), i));
+        if (l.proxy_protocol)
+            throw std::runtime_error(fmt::format("{}: server.listen[{}].proxy_protocol: the PROXY protocol is not "
+                                                 "available in this build yet (issue 6); use proxy_protocol: false",
+                                                 config_.file.string(), i));
+        auto ctx = std::make_shared<listener_context>();
+        ctx->plugins = plugins_;
+        ctx->smtp = engine_settings(config_, l, *plugins_);
+        ctx->idle_timeout = millis(config_.server.timeout);
+        contexts_.push_back(std::move(ctx));
+    }
+}
+
+server::~server()
+{
+    ioc_.stop();
+}
+
+void server::bind()
+{
+    for (const auto& l : config_.server.listen) {
+        boost::system::error_code ec;
+        const auto address = asio::ip::make_address(l.address, ec);
+        if (ec)
+            throw std::runtime_error(fmt::format("cannot listen on {}:{}: not an IP address", l.address, l.port));
+        const tcp::endpoint ep(address, l.port);
+        auto acc = std::make_unique<tcp::acceptor>(ioc_);
+        acc->open(ep.protocol(), ec);
+        if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec) acc->bind(ep, ec);
+        if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+        if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
+        const auto bound = acc->local_endpoint();
+        log::info("event=listening address={} port={} protocol={}", bound.address().to_string(), bound.port(),
+                  l.protocol == config::protocol::lmtp ? "lmtp" : "smtp");
+        acceptors_.push_back(std::move(acc));
+    }
+    for (std::size_t i = 0; i < acceptors_.size(); ++i)
+        asio::co_spawn(ioc_, accept_loop(*acceptors_[i], contexts_[i]), log_failure("accept"));
+}
+
+std::vector<tcp::endpoint> server::endpoints() const
+{
+    std::vector<tcp::endpoint> eps;
+    for (const auto& a : acceptors_) {
+        boost::system::error_code ec;
+        eps.push_back(a->local_endpoint(ec));
+    }
+    return eps;
+}
+
+void server::handle_signals()
+{
+    signals_.add(SIGINT);
+    signals_.add(SIGTERM);
+    signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+        if (ec) return;
+        log::info("event=signal signal={} action=stop grace={}s", signo == SIGINT ? "SIGINT" : "SIGTERM",
+                  config_.server.shutdown_grace);
+        begin_stop();
+    });
+}
+
+void server::run()
+{
+    std::size_t n = config_.server.workers;
+    if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<std::thread> threads;
+    threads.reserve(n - 1);
+    for (std::size_t i = 1; i < n; ++i) threads.emplace_back([this] { ioc_.run(); });
+    ioc_.run();
+    for (auto& t : threads) t.join();
+}
+
+void server::stop()
+{
+    asio::post(ioc_, [this] { begin_stop(); });
+}
+
+void server::begin_stop()
+{
+    if (stopping_) return;
+    stopping_ = true;
+    boost::system::error_code ignored;
+    for (auto& a : acceptors_) a->close(ignored);
+    signals_.cancel(ignored);
+    // Sessions finish what they are doing; idle ones say 421 and close at once.
+    registry_.request_stop_all();
+    grace_timer_.expires_after(millis(config_.server.shutdown_grace));
+    grace_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec) return;
+        if (registry_.size() > 0) log::info("event=shutdown_grace_over sessions={}", registry_.size());
+        registry_.force_close_all();
+    });
+    registry_.when_empty([this] { asio::post(ioc_, [this] { grace_timer_.cancel(); }); });
+}
+
+asio::awaitable<void> server::accept_loop(tcp::acceptor& acceptor, std::shared_ptr<const listener_context> ctx)
+{
+    for (;;) {
+        auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc_), nothrow);
+        if (ec) {
+            if (ec == asio::error::operation_aborted || stopping_) co_return;
+            // EMFILE and friends: say so and go on; the backlog holds the clients meanwhile.
+            log::warn("event=accept_failed reason=\"{}\"", ec.message());
+            asio::steady_timer pause(ioc_, std::chrono::milliseconds(100));
+            co_await pause.async_wait(nothrow);
+            continue;
+        }
+        if (registry_.size() >= config_.server.max_connections) {
+            const auto ex = socket.get_executor();
+            asio::co_spawn(ex, refuse(std::move(socket), proto::replies::too_many_connections(ctx->smtp.hostname)),
+                           log_failure("refuse"));
+            continue;
+        }
+        const auto ex = socket.get_executor();
+        auto s = std::make_shared<session>(std::move(socket), ctx, registry_);
+        registry_.add(s);
+        asio::co_spawn(ex, s->run(), [this, s](std::exception_ptr e) {
+            log_failure("session")(e);
+            registry_.remove(s.get());
+        });
+    }
+}
+
+asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
+{
+    log::warn("event=refused reason=max_connections limit={}", config_.server.max_connections);
+    reply.append("\r\n");
+    co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+    boost::system::error_code ignored;
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+}
+
+} // namespace asiosmtpd::net

@@ -1,0 +1,76 @@
+// server: the listeners of one configuration, the registry of live sessions, the worker
+// threads, and graceful shutdown (stop accepting, let sessions finish within shutdown_grace,
+// then close them with 421).
+#pragma once
+
+#include "config/config.hpp"
+#include "net/session.hpp"
+#include "plugin/loader.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace asiosmtpd::net {
+
+/// The live sessions, so that they can be stopped (Asio's connection_manager).
+class registry {
+public:
+    void add(const std::shared_ptr<session>& s);
+    void remove(const session* s);
+    [[nodiscard]] std::size_t size() const;
+    void request_stop_all();
+    void force_close_all();
+    /// Called (once, from the thread that removes the last session) when the registry empties.
+    void when_empty(std::function<void()> f);
+
+private:
+    mutable std::mutex lock_;
+    std::unordered_map<const session*, std::weak_ptr<session>> sessions_;
+    std::function<void()> on_empty_;
+};
+
+/// The proto::settings of one listener, from the config and the loaded plugins.
+proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g);
+
+class server {
+public:
+    server(config::settings s, std::shared_ptr<const plugin::generation> plugins);
+    ~server();
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    /// Bind every listener. Throws std::runtime_error ("cannot listen on ADDR:PORT: why").
+    void bind();
+    /// The bound endpoints, in listener order (port 0 resolved).
+    [[nodiscard]] std::vector<tcp::endpoint> endpoints() const;
+    /// Stop on SIGINT/SIGTERM (for the executable).
+    void handle_signals();
+    /// Serve on `workers` threads (this one included) until stopped and drained.
+    void run();
+    /// Begin a graceful stop; thread-safe, idempotent.
+    void stop();
+
+private:
+    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<const listener_context> ctx);
+    asio::awaitable<void> refuse(tcp::socket socket, std::string reply);
+    void begin_stop();
+
+    config::settings config_;
+    std::shared_ptr<const plugin::generation> plugins_;
+    asio::io_context ioc_;
+    std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+    std::vector<std::shared_ptr<const listener_context>> contexts_;
+    registry registry_;
+    asio::signal_set signals_;
+    asio::steady_timer grace_timer_;
+    bool stopping_ = false;  // on the io_context only
+};
+
+} // namespace asiosmtpd::net

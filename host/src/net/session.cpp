@@ -1,0 +1,307 @@
+#include "net/session.hpp"
+
+#include "log/log.hpp"
+#include "net/server.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <fmt/format.h>
+
+namespace asiosmtpd::net {
+namespace {
+
+// Boost 1.81 has no default completion token; I/O errors are expected, so they come back as
+// values.
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+constexpr std::size_t read_chunk = 16 * 1024;
+std::atomic<std::uint64_t> next_session_id{1};
+
+// A hook that did not complete in time (not an ABI value).
+constexpr std::int32_t timed_out_verdict = -1000;
+
+} // namespace
+
+session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner)
+    : socket_(std::move(socket)),
+      ctx_(std::move(ctx)),
+      owner_(owner),
+      engine_(ctx_->smtp),
+      watchdog_timer_(socket_.get_executor()),
+      id_(next_session_id.fetch_add(1, std::memory_order_relaxed))
+{
+    boost::system::error_code ec;
+    if (const auto remote = socket_.remote_endpoint(ec); !ec) {
+        peer_address_ = remote.address().to_string();
+        peer_port_ = remote.port();
+    }
+    if (const auto local = socket_.local_endpoint(ec); !ec) {
+        local_address_ = local.address().to_string();
+        local_port_ = local.port();
+    }
+}
+
+session::~session() = default;
+
+plugin::slots& session::data_slots() noexcept
+{
+    // Transaction slots end with their transaction (RSET, HELO/EHLO, end of DATA).
+    if (engine_.envelope_serial() != slots_serial_) {
+        slots_.clear_transaction();
+        slots_serial_ = engine_.envelope_serial();
+    }
+    return slots_;
+}
+
+asio::awaitable<void> session::run()
+{
+    using namespace asio::experimental::awaitable_operators;
+    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_, local_port_);
+    arm(ctx_->idle_timeout);
+    co_await (serve() && watchdog());
+    run_session_close_hooks();
+    slots_.clear_all();
+    log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
+}
+
+void session::arm(std::chrono::steady_clock::duration d)
+{
+    const auto next = std::chrono::steady_clock::now() + d;
+    const bool earlier = next < deadline_;
+    deadline_ = next;
+    if (earlier) watchdog_timer_.cancel();  // the watchdog sleeps until the old deadline
+}
+
+void session::disarm() { deadline_ = std::chrono::steady_clock::time_point::max(); }
+
+// The only place that decides a session is idle: it may cancel the socket, never write.
+asio::awaitable<void> session::watchdog()
+{
+    while (!finished_) {
+        watchdog_timer_.expires_at(deadline_);
+        co_await watchdog_timer_.async_wait(nothrow);
+        if (finished_) co_return;
+        if (std::chrono::steady_clock::now() < deadline_) continue;  // re-armed meanwhile
+        if (!timed_out_) {
+            // Idle: the session loop sees operation_aborted and sends the 421 (design.md §5
+            // Q1). A client that does not read gets close_grace, then the socket is closed.
+            timed_out_ = true;
+            deadline_ = std::chrono::steady_clock::now() + ctx_->close_grace;
+            boost::system::error_code ignored;
+            socket_.cancel(ignored);
+            continue;
+        }
+        boost::system::error_code ignored;
+        socket_.close(ignored);
+        co_return;
+    }
+}
+
+bool session::at_command_boundary() const noexcept { return engine_.idle(); }
+
+void session::request_stop()
+{
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+        self->stop_requested_ = true;
+        boost::system::error_code ignored;
+        if (self->at_command_boundary()) self->socket_.cancel(ignored);
+    });
+}
+
+void session::force_close()
+{
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+        self->forced_ = true;
+        boost::system::error_code ignored;
+        self->socket_.cancel(ignored);
+        if (self->hook_waiter_) self->hook_waiter_->cancel();
+    });
+}
+
+asio::awaitable<bool> session::flush()
+{
+    if (engine_.output().empty()) co_return true;
+    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
+    engine_.clear_output();
+    if (ec) {
+        end_reason_ = timed_out_ ? "timeout (client not reading)" : fmt::format("write failed: {}", ec.message());
+        co_return false;
+    }
+    co_return true;
+}
+
+asio::awaitable<void> session::serve()
+{
+    engine_.start();
+    for (;;) {
+        while (const proto::hook_request* req = engine_.pending_hook()) {
+            disarm();  // a hook has its own deadline (the plugin's timeout)
+            proto::hook_result result = co_await run_chain(*req);
+            arm(ctx_->idle_timeout);
+            engine_.hook_done(std::move(result));
+        }
+        if (forced_ && !engine_.close_requested()) {
+            engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
+            end_reason_ = "shutdown";
+        }
+        if (!co_await flush()) break;
+        if (engine_.close_requested()) {
+            if (end_reason_ == "closed") end_reason_ = timed_out_ ? "timeout" : "server closed";
+            break;
+        }
+        if (stop_requested_ && at_command_boundary()) {
+            engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
+            end_reason_ = "shutdown";
+            continue;
+        }
+        const std::span<char> room = engine_.prepare(read_chunk);
+        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        if (ec == asio::error::operation_aborted) {
+            if (timed_out_ && !forced_) {
+                engine_.timed_out();
+                end_reason_ = "timeout";
+            }
+            continue;  // forced_ or stop_requested_: decided at the top of the loop
+        }
+        if (ec) {
+            end_reason_ = ec == asio::error::eof ? "client closed" : fmt::format("read failed: {}", ec.message());
+            break;
+        }
+        arm(ctx_->idle_timeout);
+        engine_.commit(n);
+    }
+    finished_ = true;
+    watchdog_timer_.cancel();
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+}
+
+// --------------------------------------------------------------------------------------------
+// Hook chains
+// --------------------------------------------------------------------------------------------
+
+asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text)
+{
+    const auto pending = call.pending;
+    auto waiter = std::make_shared<asio::steady_timer>(socket_.get_executor());
+    bool done = false;
+    {
+        const std::lock_guard guard(pending->lock);
+        done = pending->done;
+        if (!done) {
+            // complete() may run on any thread: it only posts a wake-up to this strand.
+            pending->notify = [waiter, ex = socket_.get_executor()] {
+                asio::post(ex, [waiter] { waiter->cancel(); });
+            };
+        }
+    }
+    if (!done) {
+        // Replies already due go out now, not after the plugin's wait.
+        co_await flush();
+        hook_waiter_ = waiter;
+        waiter->expires_after(call.owner->timeout);
+        co_await waiter->async_wait(nothrow);
+        hook_waiter_.reset();
+        plugin::cancel(call.token);  // from here on, complete() answers E_GONE
+    }
+    const std::lock_guard guard(pending->lock);
+    pending->notify = nullptr;
+    if (!pending->done) co_return timed_out_verdict;
+    code = pending->code;
+    text = std::move(pending->text);
+    co_return pending->verdict;
+}
+
+asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request& req)
+{
+    const plugin::generation& gen = *ctx_->plugins;
+    const auto id = static_cast<std::int32_t>(req.kind);
+
+    // The hook's arguments (plugin.h). Views point into the engine, which does not change
+    // while the hook runs.
+    asiosmtpd_connect_args connect{sizeof connect, {peer_address_.data(), peer_address_.size()}, peer_port_,
+                                   {local_address_.data(), local_address_.size()}, local_port_};
+    asiosmtpd_helo_args helo{sizeof helo, {req.argument.data(), req.argument.size()}};
+    std::vector<asiosmtpd_str> params;
+    for (const auto& p : req.params) params.push_back({p.data(), p.size()});
+    asiosmtpd_address_args address{sizeof address, {req.argument.data(), req.argument.size()},
+                                   params.empty() ? nullptr : params.data(), params.size()};
+    asiosmtpd_data_args data{sizeof data, reinterpret_cast<const std::uint8_t*>(req.content.data()),
+                             req.content.size(), ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF};
+    asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
+                                   {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
+    const void* args = nullptr;
+    std::span<const plugin::hook_entry> chain;
+    switch (req.kind) {
+    case proto::hook_kind::connect: args = &connect; break;
+    case proto::hook_kind::helo:
+    case proto::hook_kind::ehlo: args = &helo; break;
+    case proto::hook_kind::mail:
+    case proto::hook_kind::rcpt:
+    case proto::hook_kind::vrfy: args = &address; break;
+    case proto::hook_kind::data: args = &data; break;
+    case proto::hook_kind::noop:
+    case proto::hook_kind::unknown:
+    case proto::hook_kind::command: args = &command; break;
+    case proto::hook_kind::rset:
+    case proto::hook_kind::quit: break;
+    }
+    if (req.kind == proto::hook_kind::command) {
+        const auto& c = gen.commands.at(req.command_index);
+        chain = {&c.handler, 1};
+    } else {
+        chain = gen.hooks.at(static_cast<std::size_t>(id));
+    }
+
+    for (const plugin::hook_entry& entry : chain) {
+        asiosmtpd_call call;
+        call.session = this;
+        call.hook = id;
+        std::int32_t verdict = plugin::invoke(entry, call, args);
+        call.active = false;
+        std::uint16_t code = call.code;
+        std::string text = std::move(call.text);
+        std::string why;
+        if (verdict == ASIOSMTPD_PENDING) {
+            if (!call.pending) {
+                why = "returned PENDING without suspend()";
+            } else {
+                verdict = co_await await_pending(call, code, text);
+                if (verdict == timed_out_verdict)
+                    why = forced_ ? "cancelled by shutdown"
+                                  : fmt::format("did not complete within {} ms", call.owner->timeout.count());
+            }
+        } else if (call.pending) {
+            plugin::cancel(call.token);
+            why = "suspended the call but returned a verdict";
+        }
+        proto::hook_result r = why.empty() ? plugin::to_result(verdict, code, std::move(text), why)
+                                           : proto::hook_result{proto::verdict::error, 0, {}};
+        if (r.verdict == proto::verdict::error) {
+            log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
+                      entry.owner->name, entry.owner->key, id, why);
+            co_return r;
+        }
+        if (r.verdict != proto::verdict::none) co_return r;
+    }
+    co_return proto::hook_result{};
+}
+
+void session::run_session_close_hooks() noexcept
+{
+    if (!ctx_->plugins) return;
+    for (const plugin::hook_entry& entry : ctx_->plugins->hooks[ASIOSMTPD_HOOK_SESSION_CLOSE]) {
+        asiosmtpd_call call;
+        call.session = this;
+        call.hook = ASIOSMTPD_HOOK_SESSION_CLOSE;
+        (void)plugin::invoke(entry, call, nullptr);  // a notification: the verdict is ignored
+        call.active = false;
+    }
+}
+
+} // namespace asiosmtpd::net

@@ -1,0 +1,89 @@
+// session: one client connection. A coroutine on its own strand feeds the socket's bytes to
+// the engine, writes the engine's replies (a pipelined batch in one write), and runs plugin
+// hook chains when the engine asks, awaiting PENDING hooks without blocking the thread.
+// A watchdog coroutine owns the idle deadline and may only cancel the socket; the session loop
+// turns that into the engine's 421. Only the session loop writes.
+#pragma once
+
+#include "plugin/loader.hpp"
+#include "proto/engine.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace asiosmtpd::net {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using strand = asio::strand<asio::any_io_executor>;
+
+class registry;
+
+/// What every session of one listener shares (immutable).
+struct listener_context {
+    std::shared_ptr<const plugin::generation> plugins;
+    proto::settings smtp;
+    std::chrono::milliseconds idle_timeout{300000};
+    std::chrono::milliseconds close_grace{5000}; ///< for the last reply before a forced close
+};
+
+class session : public std::enable_shared_from_this<session>, public plugin::session_view {
+public:
+    session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner);
+    ~session() override;
+
+    /// The session's whole life; co_spawn it on the socket's strand.
+    asio::awaitable<void> run();
+
+    /// Shutdown: end at the next command boundary (now if idle); thread-safe.
+    void request_stop();
+    /// Grace period over: send 421 and close now; thread-safe.
+    void force_close();
+
+    // plugin::session_view
+    [[nodiscard]] std::uint64_t session_id() const noexcept override { return id_; }
+    [[nodiscard]] const proto::engine& smtp() const noexcept override { return engine_; }
+    [[nodiscard]] std::string_view peer_address() const noexcept override { return peer_address_; }
+    [[nodiscard]] std::uint16_t peer_port() const noexcept override { return peer_port_; }
+    plugin::slots& data_slots() noexcept override;
+
+private:
+    asio::awaitable<void> serve();
+    asio::awaitable<void> watchdog();
+    asio::awaitable<bool> flush();
+    asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
+    asio::awaitable<std::int32_t> await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text);
+    void run_session_close_hooks() noexcept;
+    void arm(std::chrono::steady_clock::duration d);
+    void disarm();
+    bool at_command_boundary() const noexcept;
+
+    tcp::socket socket_;
+    std::shared_ptr<const listener_context> ctx_;
+    registry& owner_;
+    proto::engine engine_;
+    plugin::slots slots_;
+    std::uint64_t slots_serial_ = 0;
+    asio::steady_timer watchdog_timer_;
+    std::chrono::steady_clock::time_point deadline_;
+    std::shared_ptr<asio::steady_timer> hook_waiter_;  ///< set while a PENDING hook is awaited
+    const std::uint64_t id_;
+    std::string peer_address_;
+    std::uint16_t peer_port_ = 0;
+    std::string local_address_;
+    std::uint16_t local_port_ = 0;
+    bool timed_out_ = false;
+    bool finished_ = false;
+    std::atomic<bool> stop_requested_{false};
+    std::atomic<bool> forced_{false};
+    std::string end_reason_ = "closed";
+};
+
+} // namespace asiosmtpd::net

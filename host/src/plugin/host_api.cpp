@@ -1,0 +1,347 @@
+// The host function table (asiosmtpd_host_api): what plugins may call. Every function checks
+// its arguments and state and answers with a status instead of trusting the plugin.
+#include "plugin/loader.hpp"
+
+#include "log/log.hpp"
+
+#include <asiosmtpd/version.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <unordered_map>
+
+namespace asiosmtpd::plugin {
+namespace {
+
+using config::node;
+
+std::string_view view(asiosmtpd_str s) noexcept
+{
+    return s.data == nullptr ? std::string_view{} : std::string_view{s.data, s.size};
+}
+
+asiosmtpd_str str(std::string_view s) noexcept
+{
+    static constexpr char empty[] = "";
+    return s.data() == nullptr ? asiosmtpd_str{empty, 0} : asiosmtpd_str{s.data(), s.size()};
+}
+
+const node* as_node(const asiosmtpd_cfg* c) noexcept { return reinterpret_cast<const node*>(c); }
+const asiosmtpd_cfg* as_cfg(const node* n) noexcept { return reinterpret_cast<const asiosmtpd_cfg*>(n); }
+
+bool usable(const asiosmtpd_registrar* reg) noexcept { return reg != nullptr && !reg->frozen; }
+bool usable(const asiosmtpd_call* call) noexcept { return call != nullptr && call->active && call->session != nullptr; }
+
+// ---- suspended calls: token -> pending_call ------------------------------------------------
+struct pending_table {
+    std::mutex lock;
+    std::unordered_map<asiosmtpd_token, std::shared_ptr<pending_call>> calls;
+    std::uint64_t next = 1;
+};
+
+pending_table& table()
+{
+    static pending_table t;
+    return t;
+}
+
+// ---- registration ----------------------------------------------------------------------------
+
+asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook, asiosmtpd_hook_fn fn)
+{
+    if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_UNSUPPORTED;
+    reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
+    return ASIOSMTPD_OK;
+}
+
+bool valid_verb(std::string_view v) noexcept
+{
+    return !v.empty() && v.size() <= 32 && std::all_of(v.begin(), v.end(), [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    });
+}
+
+constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP",
+                                              "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
+
+asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_command_desc* desc)
+{
+    if (reg == nullptr || desc == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    if (desc->struct_size < offsetof(asiosmtpd_command_desc, handler) + sizeof desc->handler)
+        return ASIOSMTPD_E_INVALID;
+    if (!valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
+    std::string verb(view(desc->verb));
+    std::transform(verb.begin(), verb.end(), verb.begin(), [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
+    if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs))
+        return ASIOSMTPD_E_CONFLICT;
+    for (const auto& c : reg->gen->commands)
+        if (c.verb == verb) return ASIOSMTPD_E_CONFLICT;
+    const std::string_view help = view(desc->help);
+    if (help.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    reg->gen->commands.push_back({std::move(verb), std::string(help), desc->flags, {reg->owner, desc->handler}});
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status register_ehlo_keyword(asiosmtpd_registrar* reg, asiosmtpd_str line)
+{
+    if (reg == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    const std::string_view l = view(line);
+    if (l.empty() || l.size() > 500 || l.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    reg->gen->ehlo_keywords.emplace_back(l);
+    return ASIOSMTPD_OK;
+}
+
+// ---- config ----------------------------------------------------------------------------------
+
+const asiosmtpd_cfg* cfg_root(asiosmtpd_registrar* reg)
+{
+    static const node null_node;
+    if (!usable(reg) || reg->config == nullptr) return as_cfg(&null_node);
+    return as_cfg(reg->config);
+}
+
+int32_t cfg_kind(const asiosmtpd_cfg* c)
+{
+    if (c == nullptr) return ASIOSMTPD_CFG_NULL;
+    switch (as_node(c)->type) {
+    case node::kind::null: return ASIOSMTPD_CFG_NULL;
+    case node::kind::scalar: return ASIOSMTPD_CFG_SCALAR;
+    case node::kind::sequence: return ASIOSMTPD_CFG_SEQUENCE;
+    case node::kind::map: return ASIOSMTPD_CFG_MAP;
+    }
+    return ASIOSMTPD_CFG_NULL;
+}
+
+asiosmtpd_str cfg_scalar(const asiosmtpd_cfg* c)
+{
+    if (c == nullptr || as_node(c)->type != node::kind::scalar) return str({});
+    return str(as_node(c)->scalar);
+}
+
+size_t cfg_size(const asiosmtpd_cfg* c) { return c == nullptr ? 0 : as_node(c)->items.size(); }
+
+const asiosmtpd_cfg* cfg_at(const asiosmtpd_cfg* c, size_t index)
+{
+    if (c == nullptr || index >= as_node(c)->items.size()) return nullptr;
+    return as_cfg(&as_node(c)->items[index]);
+}
+
+asiosmtpd_str cfg_key_at(const asiosmtpd_cfg* c, size_t index)
+{
+    if (c == nullptr || index >= as_node(c)->keys.size()) return str({});
+    return str(as_node(c)->keys[index]);
+}
+
+const asiosmtpd_cfg* cfg_get(const asiosmtpd_cfg* c, asiosmtpd_str key)
+{
+    if (c == nullptr) return nullptr;
+    const node* n = as_node(c)->get(view(key));
+    return n == nullptr ? nullptr : as_cfg(n);
+}
+
+// ---- session views ---------------------------------------------------------------------------
+
+// Copy the fields both sides know: the caller said its capacity in struct_size.
+template <class T>
+void fill(T* inout, const T& full) noexcept
+{
+    const std::uint32_t cap = inout->struct_size;
+    const std::uint32_t n = std::min<std::uint32_t>(cap, sizeof(T));
+    std::memcpy(static_cast<void*>(inout), &full, n);
+    inout->struct_size = n;
+}
+
+asiosmtpd_status session_info(asiosmtpd_call* call, asiosmtpd_session_info* inout)
+{
+    if (!usable(call) || inout == nullptr || inout->struct_size < sizeof(std::uint32_t)) return ASIOSMTPD_E_INVALID;
+    const auto& s = *call->session;
+    asiosmtpd_session_info full{};
+    full.struct_size = sizeof full;
+    full.session_id = s.session_id();
+    full.peer_address = str(s.peer_address());
+    full.peer_port = s.peer_port();
+    full.helo_name = str(s.smtp().helo_name());
+    full.extended_smtp = s.smtp().extended_smtp() ? 1 : 0;
+    full.tls_active = s.smtp().tls_active() ? 1 : 0;
+    full.authenticated = s.smtp().authenticated() ? 1 : 0;
+    fill(inout, full);
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
+{
+    if (!usable(call) || inout == nullptr || inout->struct_size < sizeof(std::uint32_t)) return ASIOSMTPD_E_INVALID;
+    const auto& env = call->session->smtp().current_envelope();
+    asiosmtpd_txn_info full{};
+    full.struct_size = sizeof full;
+    full.mail_from = str(env.mail_from);
+    full.mail_param_count = env.mail_options.size();
+    full.rcpt_count = env.rcpt_tos.size();
+    fill(inout, full);
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+{
+    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
+    const auto& rcpts = call->session->smtp().current_envelope().rcpt_tos;
+    if (index >= rcpts.size()) return ASIOSMTPD_E_INVALID;
+    *out = str(rcpts[index]);
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+{
+    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
+    const auto& params = call->session->smtp().current_envelope().mail_options;
+    if (index >= params.size()) return ASIOSMTPD_E_INVALID;
+    *out = str(params[index]);
+    return ASIOSMTPD_OK;
+}
+
+// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF; "NNN-" takes 4.
+constexpr std::size_t max_reply_text_line = 512 - 2 - 4;
+
+asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str text)
+{
+    if (!usable(call) || code < 200 || code > 599) return ASIOSMTPD_E_INVALID;
+    const std::string_view t = view(text);
+    if (t.find('\r') != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    std::size_t start = 0;
+    for (;;) {
+        const auto nl = t.find('\n', start);
+        const std::size_t len = (nl == std::string_view::npos ? t.size() : nl) - start;
+        if (len > max_reply_text_line) return ASIOSMTPD_E_INVALID;
+        if (nl == std::string_view::npos) break;
+        start = nl + 1;
+    }
+    call->code = code;
+    call->text.assign(t);
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status slot_set(asiosmtpd_call* call, int32_t scope, void* data, void (*dtor)(void*))
+{
+    if (!usable(call)) return ASIOSMTPD_E_INVALID;
+    if (scope != ASIOSMTPD_SCOPE_SESSION && scope != ASIOSMTPD_SCOPE_TXN) return ASIOSMTPD_E_INVALID;
+    call->session->data_slots().set(call->owner, scope, slot{data, dtor});
+    return ASIOSMTPD_OK;
+}
+
+void* slot_get(asiosmtpd_call* call, int32_t scope)
+{
+    if (!usable(call)) return nullptr;
+    const slot* s = call->session->data_slots().find(call->owner, scope);
+    return s == nullptr ? nullptr : s->data;
+}
+
+// ---- asynchronous completion -------------------------------------------------------------
+
+asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
+{
+    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
+    if (call->token != 0) return ASIOSMTPD_E_STATE;  // one suspension per call
+    if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_STATE;
+    auto p = std::make_shared<pending_call>();
+    auto& t = table();
+    {
+        const std::lock_guard guard(t.lock);
+        call->token = t.next++;
+        t.calls.emplace(call->token, p);
+    }
+    call->pending = std::move(p);
+    *out = call->token;
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint16_t code, asiosmtpd_str text)
+{
+    if (verdict == ASIOSMTPD_PENDING) return ASIOSMTPD_E_INVALID;
+    std::shared_ptr<pending_call> p;
+    std::function<void()> notify;
+    auto& t = table();
+    {
+        // Fill the call while the table is locked, so that a concurrent cancel() (timeout)
+        // either happens before (we answer E_GONE) or sees the call done.
+        const std::lock_guard guard(t.lock);
+        const auto it = t.calls.find(token);
+        if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
+        p = std::move(it->second);
+        t.calls.erase(it);
+        const std::lock_guard call_guard(p->lock);
+        p->done = true;
+        p->verdict = verdict;
+        p->code = code;
+        p->text.assign(view(text));
+        notify = p->notify;
+    }
+    if (notify) notify();
+    return ASIOSMTPD_OK;
+}
+
+// ---- logging -----------------------------------------------------------------------------
+
+void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message)
+{
+    const auto l = level <= ASIOSMTPD_LOG_DEBUG ? log::level::debug
+                 : level == ASIOSMTPD_LOG_INFO  ? log::level::info
+                 : level == ASIOSMTPD_LOG_WARN  ? log::level::warn
+                                                : log::level::error;
+    if (!log::enabled(l)) return;
+    const asiosmtpd_ctx* who = ctx != nullptr ? ctx : (call != nullptr ? call->owner : nullptr);
+    const std::string name = who != nullptr ? who->name : std::string("?");
+    // `call` may be stale when used from another thread; only read it when it is active.
+    if (call != nullptr && call->active && call->session != nullptr)
+        log::write(l, fmt::format("session={} plugin={} {}", call->session->session_id(), name, log::escaped(view(message), 2000)));
+    else
+        log::write(l, fmt::format("plugin={} {}", name, log::escaped(view(message), 2000)));
+}
+
+} // namespace
+
+void cancel(asiosmtpd_token token) noexcept
+{
+    auto& t = table();
+    const std::lock_guard guard(t.lock);
+    t.calls.erase(token);
+}
+
+const asiosmtpd_host_api& host_api() noexcept
+{
+    static const asiosmtpd_host_api api = [] {
+        asiosmtpd_host_api a{};
+        a.struct_size = sizeof a;
+        a.abi_major = ASIOSMTPD_ABI_MAJOR;
+        a.abi_minor = ASIOSMTPD_ABI_MINOR;
+        a.host_version = str(ASIOSMTPD_VERSION_STRING);
+        a.register_hook = register_hook;
+        a.register_command = register_command;
+        a.register_ehlo_keyword = register_ehlo_keyword;
+        a.cfg_root = cfg_root;
+        a.cfg_kind = cfg_kind;
+        a.cfg_scalar = cfg_scalar;
+        a.cfg_size = cfg_size;
+        a.cfg_at = cfg_at;
+        a.cfg_key_at = cfg_key_at;
+        a.cfg_get = cfg_get;
+        a.session_info = session_info;
+        a.txn_info = txn_info;
+        a.txn_rcpt_at = txn_rcpt_at;
+        a.txn_mail_param_at = txn_mail_param_at;
+        a.set_reply = set_reply;
+        a.slot_set = slot_set;
+        a.slot_get = slot_get;
+        a.suspend = suspend;
+        a.complete = complete;
+        a.log = plugin_log;
+        return a;
+    }();
+    return api;
+}
+
+} // namespace asiosmtpd::plugin

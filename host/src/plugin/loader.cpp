@@ -1,0 +1,243 @@
+// The Boost.DLL loader: find, open and check each plugin, create its instance, collect what
+// it registers. Runs on the control thread only (dlopen is not thread-safe everywhere).
+#include "plugin/loader.hpp"
+
+#include "log/log.hpp"
+
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace fs = std::filesystem;
+
+namespace asiosmtpd::plugin {
+
+/// One opened plugin file. Instances hold it (shared_ptr), so it is closed after them.
+struct library {
+    boost::dll::shared_library so;
+    const asiosmtpd_plugin_descriptor* desc = nullptr;
+    fs::path file;
+};
+
+} // namespace asiosmtpd::plugin
+
+
+asiosmtpd_ctx::~asiosmtpd_ctx()
+{
+    if (self != nullptr && desc != nullptr) desc->destroy(self);
+}
+
+namespace asiosmtpd::plugin {
+namespace {
+
+[[noreturn]] void refuse(const fs::path& file, const std::string& key, std::string_view why)
+{
+    throw load_error(fmt::format("plugin {} ({}): {}", file.string(), key, why));
+}
+
+fs::path find_by_name(const config::plugin_entry& e, const std::vector<fs::path>& dirs)
+{
+    const std::string file = e.name + ".so";
+    for (const auto& d : dirs) {
+        std::error_code ec;
+        const fs::path candidate = d / file;
+        if (fs::is_regular_file(candidate, ec)) return candidate;
+    }
+    std::string searched;
+    for (const auto& d : dirs) searched += (searched.empty() ? "" : ", ") + d.string();
+    throw load_error(fmt::format("plugin {} ({}): no {} in the plugin folders ({})", e.name, e.key, file, searched));
+}
+
+std::shared_ptr<library> open(const fs::path& file, const std::string& key)
+{
+    std::error_code ec;
+    if (!fs::exists(file, ec)) refuse(file, key, "no such file");
+    auto lib = std::make_shared<library>();
+    lib->file = file;
+    try {
+        // rtld_now: a missing symbol fails here, not in the middle of a session.
+        lib->so.load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+    } catch (const std::exception& e) {
+        refuse(file, key, fmt::format("cannot load: {}", e.what()));  // includes dlerror()
+    }
+    if (!lib->so.has(ASIOSMTPD_ENTRY_SYMBOL))
+        refuse(file, key, "not an asiosmtpd plugin: no " ASIOSMTPD_ENTRY_SYMBOL " (built for another ABI major?)");
+    const auto entry = lib->so.get<const asiosmtpd_plugin_descriptor*()>(ASIOSMTPD_ENTRY_SYMBOL);
+    const asiosmtpd_plugin_descriptor* d = entry();
+    // Check the version before anything else: the rest of the descriptor may not have the
+    // fields we expect (PostgreSQL's order).
+    if (d == nullptr) refuse(file, key, "the entry returned no descriptor");
+    if (d->struct_size < offsetof(asiosmtpd_plugin_descriptor, abi_minor) + sizeof d->abi_minor)
+        refuse(file, key, "descriptor too small");
+    if (d->abi_major != ASIOSMTPD_ABI_MAJOR)
+        refuse(file, key, fmt::format("built for plugin ABI {}.{}, this host has ABI {}.{}", d->abi_major,
+                                      d->abi_minor, ASIOSMTPD_ABI_MAJOR, ASIOSMTPD_ABI_MINOR));
+    if (d->abi_minor > ASIOSMTPD_ABI_MINOR)
+        refuse(file, key, fmt::format("needs plugin ABI 1.{}, this host has 1.{}", d->abi_minor, ASIOSMTPD_ABI_MINOR));
+    if (d->struct_size < ASIOSMTPD_DESCRIPTOR_V1_0_SIZE) refuse(file, key, "descriptor truncated");
+    if (d->name == nullptr || d->version == nullptr || d->create == nullptr || d->destroy == nullptr)
+        refuse(file, key, "incomplete descriptor (name, version, create and destroy are required)");
+    lib->desc = d;
+    return lib;
+}
+
+} // namespace
+
+generation::~generation()
+{
+    // Reverse config order; each instance's destroy() runs before its library may close.
+    while (!instances.empty()) instances.pop_back();
+}
+
+std::uint32_t generation::hook_mask() const noexcept
+{
+    std::uint32_t mask = 0;
+    for (std::size_t id = 1; id < hooks.size(); ++id)
+        if (!hooks[id].empty()) mask |= 1u << id;
+    if (!commands.empty()) mask |= proto::hook_bit(proto::hook_kind::command);
+    return mask;
+}
+
+std::vector<fs::path> search_dirs(const config::settings& s)
+{
+    std::vector<fs::path> dirs = s.plugin_path;
+#ifdef ASIOSMTPD_BUILD_PLUGIN_DIR
+    dirs.emplace_back(ASIOSMTPD_BUILD_PLUGIN_DIR);
+#endif
+    std::error_code ec;  // BOOST_DLL_USE_STD_FS
+    const fs::path exe = boost::dll::program_location(ec);
+    if (!ec) {
+        dirs.push_back(exe.parent_path().parent_path() / "plugins");
+        dirs.push_back(exe.parent_path().parent_path() / ASIOSMTPD_INSTALL_PLUGIN_SUBDIR);
+    }
+    return dirs;
+}
+
+std::shared_ptr<const generation> load(const config::settings& s)
+{
+    auto gen = std::make_shared<generation>();
+    const auto dirs = search_dirs(s);
+    for (const config::plugin_entry& e : s.plugins) {
+        const fs::path file = e.path.empty() ? find_by_name(e, dirs) : e.path;
+        auto inst = std::make_unique<instance>();
+        inst->lib = open(file, e.key);
+        inst->desc = inst->lib->desc;
+        inst->name = inst->desc->name;
+        inst->key = e.key;
+        inst->timeout = std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000));
+        inst->thread_safe = (inst->desc->flags & ASIOSMTPD_PF_THREAD_SAFE) != 0;
+
+        asiosmtpd_registrar reg{gen.get(), inst.get(), &e.config, false};
+        char reason[512] = {};
+        asiosmtpd_errbuf err{reason, sizeof reason};
+        void* self = nullptr;
+        const asiosmtpd_status st = inst->desc->create(&host_api(), inst.get(), &reg, &self, &err);
+        reg.frozen = true;
+        reason[sizeof reason - 1] = '\0';
+        if (st != ASIOSMTPD_OK) {
+            // Drop what it registered before refusing.
+            for (auto& chain : gen->hooks)
+                chain.erase(std::remove_if(chain.begin(), chain.end(), [&](const hook_entry& h) { return h.owner == inst.get(); }), chain.end());
+            refuse(file, e.key, fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
+        }
+        inst->self = self;
+        log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key, file.string());
+        gen->instances.push_back(std::move(inst));
+    }
+    return gen;
+}
+
+// --------------------------------------------------------------------------------------------
+// Slots
+// --------------------------------------------------------------------------------------------
+
+slot* slots::find(const instance* owner, int32_t scope) noexcept
+{
+    for (auto& e : entries_)
+        if (e.owner == owner && e.scope == scope) return &e.value;
+    return nullptr;
+}
+
+void slots::set(const instance* owner, int32_t scope, slot s)
+{
+    if (slot* old = find(owner, scope)) {
+        const slot prev = *old;
+        *old = s;
+        if (prev.dtor != nullptr && prev.data != nullptr && prev.data != s.data) prev.dtor(prev.data);
+        return;
+    }
+    entries_.push_back({owner, scope, s});
+}
+
+void slots::clear_transaction() noexcept
+{
+    for (auto it = entries_.begin(); it != entries_.end();) {
+        if (it->scope == ASIOSMTPD_SCOPE_TXN) {
+            const slot s = it->value;
+            it = entries_.erase(it);
+            if (s.dtor != nullptr && s.data != nullptr) s.dtor(s.data);
+        } else {
+            ++it;
+        }
+    }
+}
+
+void slots::clear_all() noexcept
+{
+    while (!entries_.empty()) {
+        const slot s = entries_.back().value;
+        entries_.pop_back();
+        if (s.dtor != nullptr && s.data != nullptr) s.dtor(s.data);
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// Calls
+// --------------------------------------------------------------------------------------------
+
+int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept
+{
+    call.owner = e.owner;
+    if (e.owner->thread_safe) return e.fn(e.owner->self, &call, args);
+    const std::lock_guard guard(e.owner->serial);
+    return e.fn(e.owner->self, &call, args);
+}
+
+proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why)
+{
+    proto::hook_result r;
+    r.code = code;
+    r.text = std::move(text);
+    const auto fail = [&](std::string reason) {
+        why = std::move(reason);
+        return proto::hook_result{proto::verdict::error, 0, {}};
+    };
+    // The reply class must fit the verdict (plugin-abi.md §2.3).
+    const unsigned cls = code / 100u;
+    switch (verdict) {
+    case ASIOSMTPD_CONTINUE:
+        return proto::hook_result{};  // no opinion: a reply set on the way is ignored
+    case ASIOSMTPD_ACCEPT:
+        r.verdict = proto::verdict::accept;
+        if (code != 0 && cls != 2 && cls != 3) return fail(fmt::format("ACCEPT with reply code {}", code));
+        return r;
+    case ASIOSMTPD_REJECT:
+    case ASIOSMTPD_REJECT_CLOSE:
+        r.verdict = verdict == ASIOSMTPD_REJECT ? proto::verdict::reject : proto::verdict::reject_close;
+        if (code != 0 && cls != 5) return fail(fmt::format("REJECT with reply code {}", code));
+        return r;
+    case ASIOSMTPD_TEMPFAIL:
+    case ASIOSMTPD_TEMPFAIL_CLOSE:
+        r.verdict = verdict == ASIOSMTPD_TEMPFAIL ? proto::verdict::tempfail : proto::verdict::tempfail_close;
+        if (code != 0 && cls != 4) return fail(fmt::format("TEMPFAIL with reply code {}", code));
+        return r;
+    default:
+        return fail(fmt::format("unknown verdict {}", verdict));
+    }
+}
+
+} // namespace asiosmtpd::plugin

@@ -1,0 +1,187 @@
+// plugin: loading plugins (Boost.DLL) into a generation, the host API table, and one hook
+// call's state. A generation is immutable once loaded: the instances in config order, the
+// hook chains, the commands and EHLO keywords they registered. Sessions hold the generation
+// they started on (shared_ptr), so a library is unloaded only after its last session ended.
+// No Asio here; the session awaits PENDING calls through the pending_call it is handed.
+#pragma once
+
+#include "config/config.hpp"
+#include "proto/engine.hpp"
+
+#include <asiosmtpd/plugin.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace asiosmtpd::plugin {
+
+/// A plugin that cannot be used: what() is "plugin <file or name> (<key>): <reason>".
+class load_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct library;
+
+/// Highest hook id of ABI 1.0.
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_SESSION_CLOSE + 1;
+
+} // namespace asiosmtpd::plugin
+
+/// One plugin instance (one `plugins:` entry). The SDK's opaque asiosmtpd_ctx.
+struct asiosmtpd_ctx {
+    std::shared_ptr<asiosmtpd::plugin::library> lib; // declared first: destroyed last
+    const asiosmtpd_plugin_descriptor* desc = nullptr;
+    void* self = nullptr;
+    std::string name;  ///< descriptor name, for logs
+    std::string key;   ///< "plugins[0]"
+    std::chrono::milliseconds timeout{30000};
+    bool thread_safe = false;
+    std::mutex serial; ///< taken around every hook call when !thread_safe (T3)
+
+    asiosmtpd_ctx() = default;
+    asiosmtpd_ctx(const asiosmtpd_ctx&) = delete;
+    asiosmtpd_ctx& operator=(const asiosmtpd_ctx&) = delete;
+    ~asiosmtpd_ctx();
+};
+
+namespace asiosmtpd::plugin {
+
+using instance = ::asiosmtpd_ctx;
+
+struct hook_entry {
+    instance* owner = nullptr;
+    asiosmtpd_hook_fn fn = nullptr;
+};
+
+struct command_entry {
+    std::string verb;
+    std::string help;
+    std::uint32_t flags = 0;
+    hook_entry handler;
+};
+
+class generation {
+public:
+    generation() = default;
+    generation(const generation&) = delete;
+    generation& operator=(const generation&) = delete;
+    ~generation(); ///< destroys instances in reverse config order
+
+    std::vector<std::unique_ptr<instance>> instances;  ///< config order
+    std::array<std::vector<hook_entry>, hook_count> hooks;
+    std::vector<command_entry> commands;
+    std::vector<std::string> ehlo_keywords;
+
+    /// proto::hook_bit() of every hook with at least one entry, plus custom commands.
+    [[nodiscard]] std::uint32_t hook_mask() const noexcept;
+};
+
+/// The folders searched for plugins given by name, in order: plugin_path from the config,
+/// the build tree's plugin folder, <exe>/../plugins, <exe>/../lib/asiosmtpd/plugins.
+std::vector<std::filesystem::path> search_dirs(const config::settings& s);
+
+/// Load every plugin of the config, create its instance with its config subtree and collect
+/// its registrations. Throws load_error naming the file, the config key and the reason.
+std::shared_ptr<const generation> load(const config::settings& s);
+
+// --------------------------------------------------------------------------------------------
+// Hook calls
+// --------------------------------------------------------------------------------------------
+
+/// What a hook call can see of its session; implemented by the session.
+class session_view {
+public:
+    virtual ~session_view() = default;
+    [[nodiscard]] virtual std::uint64_t session_id() const noexcept = 0;
+    [[nodiscard]] virtual const proto::engine& smtp() const noexcept = 0;
+    [[nodiscard]] virtual std::string_view peer_address() const noexcept = 0;
+    [[nodiscard]] virtual std::uint16_t peer_port() const noexcept = 0;
+    /// Per-instance data slots of this session (scope session or transaction).
+    virtual class slots& data_slots() noexcept = 0;
+};
+
+/// One plugin's private data for one scope.
+struct slot {
+    void* data = nullptr;
+    void (*dtor)(void*) = nullptr;
+};
+
+/// The slots of one session. Transaction slots are freed when the engine's envelope changes.
+class slots {
+public:
+    slots() = default;
+    slots(const slots&) = delete;
+    slots& operator=(const slots&) = delete;
+    ~slots() { clear_all(); }
+    slot* find(const instance* owner, int32_t scope) noexcept;
+    void set(const instance* owner, int32_t scope, slot s);
+    void clear_transaction() noexcept;
+    void clear_all() noexcept;
+
+private:
+    struct entry {
+        const instance* owner;
+        int32_t scope;
+        slot value;
+    };
+    std::vector<entry> entries_;
+};
+
+/// A suspended hook call: filled by complete() on any thread, then `notify` runs (the
+/// session posts to its strand). Tokens are never reused, so a stale one is recognised.
+struct pending_call {
+    std::mutex lock;
+    bool done = false;
+    int32_t verdict = ASIOSMTPD_CONTINUE;
+    std::uint16_t code = 0;
+    std::string text;
+    std::function<void()> notify; ///< set by the session before it waits
+};
+
+/// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
+void cancel(asiosmtpd_token token) noexcept;
+
+} // namespace asiosmtpd::plugin
+
+/// The registrar handed to create(); valid only during it.
+struct asiosmtpd_registrar {
+    asiosmtpd::plugin::generation* gen = nullptr;
+    asiosmtpd::plugin::instance* owner = nullptr;
+    const asiosmtpd::config::node* config = nullptr;
+    bool frozen = false;
+};
+
+/// One hook call. The SDK's opaque asiosmtpd_call; lives on the session's stack or frame.
+struct asiosmtpd_call {
+    asiosmtpd::plugin::instance* owner = nullptr;
+    asiosmtpd::plugin::session_view* session = nullptr;
+    std::int32_t hook = 0;
+    bool active = true;               ///< false once the hook returned (T5)
+    std::uint16_t code = 0;           ///< set_reply
+    std::string text;
+    asiosmtpd_token token = 0;        ///< set by suspend()
+    std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
+};
+
+namespace asiosmtpd::plugin {
+
+/// Call one hook entry (taking the instance lock when the plugin is not thread-safe).
+int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept;
+
+/// Turn a plugin's verdict and reply into what the engine applies; a verdict or reply that
+/// makes no sense becomes verdict::error with a reason in `why`.
+proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why);
+
+/// The host function table handed to every plugin.
+const asiosmtpd_host_api& host_api() noexcept;
+
+} // namespace asiosmtpd::plugin

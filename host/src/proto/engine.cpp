@@ -1,0 +1,835 @@
+#include "proto/engine.hpp"
+
+#include "proto/address.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+namespace asiosmtpd::proto {
+namespace {
+
+constexpr std::string_view crlf = "\r\n";
+
+bool is_ascii(std::string_view s) noexcept
+{
+    return std::none_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
+// Python's bytes.strip(): ASCII whitespace only.
+constexpr bool is_py_space(char c) noexcept
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+std::string_view strip(std::string_view s) noexcept
+{
+    while (!s.empty() && is_py_space(s.front())) s.remove_prefix(1);
+    while (!s.empty() && is_py_space(s.back())) s.remove_suffix(1);
+    return s;
+}
+
+constexpr char ascii_upper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
+
+void upper_into(std::string& out, std::string_view s)
+{
+    out.assign(s);
+    for (char& c : out) c = ascii_upper(c);
+}
+
+bool iequals_prefix(std::string_view s, std::string_view prefix) noexcept
+{
+    if (s.size() < prefix.size()) return false;
+    for (std::size_t i = 0; i < prefix.size(); ++i)
+        if (ascii_upper(s[i]) != prefix[i]) return false;
+    return true;
+}
+
+bool is_alnum_token(std::string_view s) noexcept
+{
+    if (s.empty()) return false;
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    });
+}
+
+bool all_digits(std::string_view s) noexcept
+{
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// decimal string > limit, without overflow
+bool exceeds(std::string_view digits, std::uint64_t limit) noexcept
+{
+    while (digits.size() > 1 && digits.front() == '0') digits.remove_prefix(1);
+    if (digits.size() > 19) return true;
+    std::uint64_t v = 0;
+    for (char c : digits) v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    return v > limit;
+}
+
+// An ESMTP parameter as aiosmtpd's _getparams() sees it: KEY, or KEY=VALUE.
+struct esmtp_param {
+    std::string_view key;
+    std::string_view value;
+    bool has_value = false;
+};
+
+// Split upper-cased parameter text on whitespace into `tokens`; then validate them as
+// RFC 1869 parameters (aiosmtpd _getparams). Duplicate keys: the last one wins.
+bool parse_params(std::string_view rest, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
+{
+    tokens.clear();
+    params.clear();
+    std::size_t i = 0;
+    while (i < rest.size()) {
+        while (i < rest.size() && is_py_space(rest[i])) ++i;
+        const std::size_t start = i;
+        while (i < rest.size() && !is_py_space(rest[i])) ++i;
+        if (i > start) {
+            std::string& t = tokens.emplace_back(rest.substr(start, i - start));
+            for (char& c : t) c = ascii_upper(c);
+        }
+    }
+    for (const std::string& t : tokens) {
+        const std::string_view tv = t;
+        const auto eq = tv.find('=');
+        esmtp_param p;
+        p.key = tv.substr(0, eq);
+        if (eq != std::string_view::npos) {
+            p.value = tv.substr(eq + 1);
+            p.has_value = true;
+            if (p.value.empty()) return false;
+        }
+        if (!is_alnum_token(p.key)) return false;
+        auto same = std::find_if(params.begin(), params.end(), [&](const esmtp_param& q) { return q.key == p.key; });
+        if (same != params.end()) *same = p;
+        else params.push_back(p);
+    }
+    return true;
+}
+
+std::optional<esmtp_param> take_param(std::vector<esmtp_param>& params, std::string_view key)
+{
+    auto it = std::find_if(params.begin(), params.end(), [&](const esmtp_param& p) { return p.key == key; });
+    if (it == params.end()) return std::nullopt;
+    esmtp_param p = *it;
+    params.erase(it);
+    return p;
+}
+
+struct help_entry {
+    std::string_view verb;
+    std::string_view text;
+    std::string_view extended; // appended in ESMTP sessions
+};
+
+constexpr std::array builtin_help{
+    help_entry{"AUTH", "AUTH <mechanism>", ""},
+    help_entry{"DATA", "DATA", ""},
+    help_entry{"EHLO", "EHLO hostname", ""},
+    help_entry{"HELO", "HELO hostname", ""},
+    help_entry{"HELP", "HELP [command]", ""},
+    help_entry{"LHLO", "LHLO hostname", ""},
+    help_entry{"MAIL", "MAIL FROM: <address>", " [SP <mail-parameters>]"},
+    help_entry{"NOOP", "NOOP [ignored]", ""},
+    help_entry{"QUIT", "QUIT", ""},
+    help_entry{"RCPT", "RCPT TO: <address>", " [SP <mail-parameters>]"},
+    help_entry{"RSET", "RSET", ""},
+    help_entry{"STARTTLS", "STARTTLS", ""},
+    help_entry{"VRFY", "VRFY <address>", ""},
+};
+
+} // namespace
+
+engine::engine(const settings& s) : settings_(s), unknown_budget_(s.unknown_command_budget) {}
+
+// --------------------------------------------------------------------------------------------
+// Input and the main loop
+// --------------------------------------------------------------------------------------------
+
+void engine::start()
+{
+    phase_ = phase::greeting;
+    if (has_hook(hook_kind::connect)) {
+        ask(hook_kind::connect);
+        return;
+    }
+    send_greeting();
+    pump();
+}
+
+void engine::receive(std::string_view bytes)
+{
+    if (closed_) return;
+    const auto room = prepare(bytes.size());
+    std::memcpy(room.data(), bytes.data(), bytes.size());
+    commit(bytes.size());
+}
+
+std::span<char> engine::prepare(std::size_t min)
+{
+    if (in_.size() - end_ < min) {
+        // Make room: drop what was consumed first, then grow (zero-filling only the growth).
+        if (pos_ > 0) {
+            std::memmove(in_.data(), in_.data() + pos_, end_ - pos_);
+            end_ -= pos_;
+            scan_ -= pos_;
+            pos_ = 0;
+        }
+        if (in_.size() - end_ < min) in_.resize(std::max(end_ + min, in_.size() * 2));
+    }
+    return {in_.data() + end_, in_.size() - end_};
+}
+
+void engine::commit(std::size_t n)
+{
+    end_ = std::min(end_ + n, in_.size());
+    if (closed_) return;
+    pump();
+}
+
+void engine::pump()
+{
+    while (!waiting_ && !closed_) {
+        bool progressed = false;
+        if (phase_ == phase::command) progressed = step_command();
+        else if (phase_ == phase::data) progressed = step_data();
+        if (!progressed) break;
+    }
+    // Everything consumed: the buffer starts over (its capacity stays: one buffer per session).
+    if (pos_ == end_) pos_ = scan_ = end_ = 0;
+}
+
+bool engine::step_command()
+{
+    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const std::size_t from = scan_ - pos_;
+    // aiosmtpd reads command lines with a 1001-byte stream limit (line_length_limit); a
+    // longer line is skipped up to its LF and answered once with "Command line too long".
+    const std::size_t stream_limit = std::max(settings_.data_line_limit, settings_.command_size_limit + 38);
+    const auto lf = buf.find('\n', from);
+    if (lf == std::string_view::npos) {
+        if (discarding_line_ || buf.size() > stream_limit) {
+            discarding_line_ = true;
+            pos_ = scan_ = end_;
+        } else {
+            scan_ = end_;
+        }
+        return false;
+    }
+    const std::string_view line = buf.substr(0, lf);
+    pos_ += lf + 1;
+    scan_ = pos_;
+    if (discarding_line_ || lf > stream_limit) {
+        discarding_line_ = false;
+        reply(replies::line_too_long);
+        return true;
+    }
+    handle_line(line);
+    return true;
+}
+
+// aiosmtpd-behaviour.md §2.3: the pre-dispatch checks, in order; the first match wins.
+void engine::handle_line(std::string_view line)
+{
+    // Bare LF ends a command line (aiosmtpd); then every trailing CR and LF is stripped.
+    while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
+    if (line.empty()) return reply(replies::bad_syntax);
+
+    const auto space = line.find(' ');
+    const std::string_view raw_verb = line.substr(0, space);
+    if (!is_ascii(raw_verb)) return reply(replies::bad_syntax);
+    std::string_view arg;
+    bool has_arg = false;
+    if (space != std::string_view::npos && space + 1 < line.size()) {
+        has_arg = true;  // aiosmtpd: "VERB " alone is arg=None, "VERB  " is arg=""
+        arg = strip(line.substr(space + 1));
+    }
+    if (!settings_.enable_smtputf8 && !is_ascii(arg)) return reply(replies::strict_ascii);
+    upper_into(verb_, raw_verb);
+    if (line.size() > command_limit(verb_)) return reply(replies::line_too_long);
+
+    // RFC 3207 §4: before STARTTLS only these verbs (aiosmtpd ALLOWED_BEFORE_STARTTLS; LHLO added,
+    // design.md §5 Q9).
+    if (settings_.require_starttls && !tls_active_ && verb_ != "NOOP" && verb_ != "EHLO" &&
+        verb_ != "STARTTLS" && verb_ != "QUIT" && !(settings_.lmtp && verb_ == "LHLO"))
+        return reply(replies::need_starttls);
+
+    if (settings_.call_limit_enabled) {
+        auto it = calls_.find(verb_);
+        if (it == calls_.end()) {
+            const auto limit = settings_.call_limits.find(verb_);
+            it = calls_.emplace(verb_, limit == settings_.call_limits.end() ? settings_.call_limit_default
+                                                                            : limit->second).first;
+        }
+        if (it->second < 1) {
+            reply(replies::call_limit_hit(verb_));
+            return close();
+        }
+        --it->second;
+    }
+    dispatch(verb_, arg, has_arg);
+}
+
+void engine::dispatch(std::string_view verb, std::string_view arg, bool has_arg)
+{
+    if (connect_rejected_ && verb != "QUIT") return reply(replies::only_quit);
+    if (settings_.lmtp) {
+        // RFC 2033 §4.1: LMTP has LHLO instead; aiosmtpd answers these as unknown without
+        // using the unknown-command budget.
+        if (verb == "HELO" || verb == "EHLO") return reply(replies::unknown_command(verb));
+        if (verb == "LHLO") return on_ehlo(arg);
+    } else {
+        if (verb == "HELO") return on_helo(arg);
+        if (verb == "EHLO") return on_ehlo(arg);
+    }
+    if (verb == "MAIL") return on_mail(arg, has_arg);
+    if (verb == "RCPT") return on_rcpt(arg, has_arg);
+    if (verb == "DATA") return on_data(arg);
+    if (verb == "RSET") return on_rset(arg);
+    if (verb == "NOOP") return on_noop(arg, has_arg);
+    if (verb == "QUIT") return on_quit(arg);
+    if (verb == "VRFY") return on_vrfy(arg);
+    if (verb == "HELP") return on_help(arg);
+    if (verb == "EXPN") return reply(replies::expn_not_implemented);
+    if (verb == "AUTH") return on_auth(arg);
+    if (verb == "STARTTLS") return on_starttls(arg);
+    for (std::size_t i = 0; i < settings_.commands.size(); ++i)
+        if (settings_.commands[i].verb == verb) return on_custom(i, verb, arg, has_arg);
+    on_unknown(verb, arg, has_arg);
+}
+
+// --------------------------------------------------------------------------------------------
+// Hooks
+// --------------------------------------------------------------------------------------------
+
+void engine::ask(hook_kind k, std::string_view arg, bool has_arg)
+{
+    if (arg.data() != request_arg_.data()) request_arg_.assign(arg);
+    request_ = hook_request{};
+    request_.kind = k;
+    request_.argument = request_arg_;
+    request_.has_argument = has_arg;
+    request_.verb = request_verb_;
+    waiting_ = true;
+}
+
+void engine::hook_done(hook_result result)
+{
+    if (!waiting_) return;
+    waiting_ = false;
+    finish_hook(result);
+    if (!waiting_) pump();
+}
+
+void engine::finish_hook(const hook_result& r)
+{
+    const std::string_view arg = request_arg_;
+    switch (request_.kind) {
+    case hook_kind::connect:
+        switch (r.verdict) {
+        case verdict::none: send_greeting(); break;
+        case verdict::accept: r.code ? reply_plugin(r) : send_greeting(); break;
+        case verdict::reject:
+            r.code ? reply_plugin(r) : reply(replies::default_reject_connect);
+            connect_rejected_ = true;
+            break;
+        case verdict::tempfail:
+        case verdict::tempfail_close:
+        case verdict::reject_close:
+            r.code ? reply_plugin(r) : reply(replies::closing(settings_.hostname));
+            close();
+            return;
+        case verdict::error:
+            reply(replies::closing(settings_.hostname));
+            close();
+            return;
+        }
+        phase_ = phase::command;
+        return;
+    case hook_kind::helo:
+        if (reply_for(r, replies::helo_ok(settings_.hostname))) host_name_.assign(arg);
+        return;
+    case hook_kind::ehlo:
+        if (r.verdict == verdict::none || (r.verdict == verdict::accept && r.code == 0)) {
+            host_name_.assign(arg);
+            send_ehlo_lines();
+        } else if (reply_for(r, {})) {
+            host_name_.assign(arg);
+        }
+        return;
+    case hook_kind::mail:
+        if (reply_for(r, replies::ok)) {
+            envelope_.mail_from.assign(arg);
+            envelope_.mail_options.insert(envelope_.mail_options.end(), request_params_.begin(), request_params_.end());
+        }
+        return;
+    case hook_kind::rcpt:
+        if (reply_for(r, replies::ok)) envelope_.rcpt_tos.emplace_back(arg);
+        return;
+    case hook_kind::data:
+        deliver_data_reply(r);
+        return;
+    case hook_kind::rset:
+    case hook_kind::noop:
+        reply_for(r, replies::ok);
+        return;
+    case hook_kind::quit:
+        reply_for(r, replies::bye);
+        close();
+        return;
+    case hook_kind::vrfy:
+        reply_for(r, replies::cannot_vrfy);
+        return;
+    case hook_kind::unknown:
+        if (r.verdict == verdict::none) {
+            // No plugin knows the verb: aiosmtpd's unknown-command budget.
+            if (--unknown_budget_ == 0) {
+                reply(replies::too_many_unknown);
+                return close();
+            }
+            return reply(replies::unknown_command(request_verb_));
+        }
+        reply_for(r, {});
+        return;
+    case hook_kind::command:
+        reply_for(r, replies::ok);
+        return;
+    }
+}
+
+bool engine::reply_for(const hook_result& r, std::string_view default_reply)
+{
+    switch (r.verdict) {
+    case verdict::none:
+        reply(default_reply);
+        return true;
+    case verdict::accept:
+        r.code ? reply_plugin(r) : reply(default_reply);
+        return true;
+    case verdict::reject:
+        r.code ? reply_plugin(r) : reply(replies::default_reject);
+        return false;
+    case verdict::tempfail:
+        r.code ? reply_plugin(r) : reply(replies::default_tempfail);
+        return false;
+    case verdict::reject_close:
+        r.code ? reply_plugin(r) : reply(replies::default_reject);
+        close();
+        return false;
+    case verdict::tempfail_close:
+        r.code ? reply_plugin(r) : reply(replies::closing(settings_.hostname));
+        close();
+        return false;
+    case verdict::error:
+        reply(replies::internal_error);
+        return false;
+    }
+    return false;
+}
+
+// --------------------------------------------------------------------------------------------
+// Commands (aiosmtpd-behaviour.md §3)
+// --------------------------------------------------------------------------------------------
+
+bool engine::need_helo()
+{
+    if (!host_name_.empty()) return false;
+    reply(replies::need_helo);
+    return true;
+}
+
+bool engine::need_auth()
+{
+    if (!settings_.auth_required || authenticated_) return false;
+    reply(replies::auth_required);
+    return true;
+}
+
+void engine::on_helo(std::string_view arg)
+{
+    if (arg.empty()) return reply(replies::syntax_helo);
+    reset_envelope();
+    extended_smtp_ = false;
+    if (has_hook(hook_kind::helo)) return ask(hook_kind::helo, arg, true);
+    host_name_.assign(arg);
+    reply(replies::helo_ok(settings_.hostname));
+}
+
+void engine::on_ehlo(std::string_view arg)
+{
+    if (arg.empty()) return reply(replies::syntax_ehlo);
+    reset_envelope();
+    extended_smtp_ = true;
+    if (has_hook(hook_kind::ehlo)) return ask(hook_kind::ehlo, arg, true);
+    host_name_.assign(arg);
+    send_ehlo_lines();
+}
+
+// §3.3: the keyword lines, in aiosmtpd's order.
+void engine::send_ehlo_lines()
+{
+    out_.append("250-").append(settings_.hostname).append(crlf);
+    if (settings_.data_size_limit != 0)
+        out_.append("250-SIZE ").append(std::to_string(settings_.data_size_limit)).append(crlf);
+    if (!settings_.decode_data) out_.append("250-8BITMIME\r\n");
+    if (settings_.enable_smtputf8) out_.append("250-SMTPUTF8\r\n");
+    if (settings_.starttls_available && !tls_active_) out_.append("250-STARTTLS\r\n");
+    if (settings_.advertise_pipelining) out_.append("250-PIPELINING\r\n");
+    for (const std::string& k : settings_.ehlo_keywords) out_.append("250-").append(k).append(crlf);
+    out_.append("250 HELP\r\n");
+}
+
+void engine::on_mail(std::string_view arg, bool has_arg)
+{
+    // §3.10, the exact check order.
+    if (need_helo() || need_auth()) return;
+    const std::string_view syntax = extended_smtp_ ? replies::syntax_mail_esmtp : replies::syntax_mail;
+    if (!has_arg || !iequals_prefix(arg, "FROM:")) return reply(syntax);
+    const auto parsed = parse_address(strip(arg.substr(5)), settings_.enable_smtputf8);
+    if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
+    if (parsed.state == address_result::status::empty) return reply(syntax);
+    if (!extended_smtp_ && !strip(parsed.rest).empty()) return reply(syntax);
+    if (!envelope_.mail_from.empty()) return reply(replies::nested_mail);
+
+    std::vector<esmtp_param> params;
+    if (!parse_params(parsed.rest, request_params_, params)) return reply(syntax);
+    if (!settings_.decode_data) {
+        // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised.
+        if (auto body = take_param(params, "BODY"))
+            if (!body->has_value || (body->value != "7BIT" && body->value != "8BITMIME"))
+                return reply(replies::bad_body);
+    }
+    const auto utf8 = take_param(params, "SMTPUTF8");
+    if (utf8 && utf8->has_value) return reply(replies::smtputf8_no_args);
+    if (utf8 && !settings_.enable_smtputf8) return reply(replies::smtputf8_disabled);
+    if (const auto size = take_param(params, "SIZE")) {
+        // RFC 1870 §6.
+        if (!size->has_value || !all_digits(size->value)) return reply(syntax);
+        if (settings_.data_size_limit != 0 && exceeds(size->value, settings_.data_size_limit))
+            return reply(replies::size_exceeded);
+    }
+    if (!params.empty()) return reply(replies::mail_params_unknown);
+    envelope_.smtp_utf8 = utf8.has_value();
+
+    if (has_hook(hook_kind::mail)) {
+        ask(hook_kind::mail, parsed.address, true);
+        request_.params = request_params_;
+        return;
+    }
+    envelope_.mail_from = parsed.address;
+    envelope_.mail_options.insert(envelope_.mail_options.end(), request_params_.begin(), request_params_.end());
+    reply(replies::ok);
+}
+
+void engine::on_rcpt(std::string_view arg, bool has_arg)
+{
+    // §3.12
+    if (need_helo() || need_auth()) return;
+    if (envelope_.mail_from.empty()) return reply(replies::need_mail);
+    const std::string_view syntax = extended_smtp_ ? replies::syntax_rcpt_esmtp : replies::syntax_rcpt;
+    if (!has_arg || !iequals_prefix(arg, "TO:")) return reply(syntax);
+    const auto parsed = parse_address(strip(arg.substr(3)), settings_.enable_smtputf8);
+    if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
+    if (parsed.state == address_result::status::empty) return reply(syntax);
+    if (!extended_smtp_ && !strip(parsed.rest).empty()) return reply(syntax);
+    std::vector<esmtp_param> params;
+    if (!parse_params(parsed.rest, request_params_, params)) return reply(syntax);
+    // aiosmtpd recognises no RCPT parameter (no DSN).
+    if (!params.empty()) return reply(replies::rcpt_params_unknown);
+
+    if (has_hook(hook_kind::rcpt)) return ask(hook_kind::rcpt, parsed.address, true);
+    envelope_.rcpt_tos.push_back(parsed.address);
+    reply(replies::ok);
+}
+
+void engine::on_data(std::string_view arg)
+{
+    // §3.13
+    if (need_helo() || need_auth()) return;
+    if (envelope_.rcpt_tos.empty()) return reply(replies::need_rcpt);
+    if (!arg.empty()) return reply(replies::syntax_data);
+    reply(replies::start_data);
+    phase_ = phase::data;
+    data_error_ = data_error::none;
+    data_bytes_ = 0;
+    partial_line_ = 0;
+    envelope_.content.clear();
+}
+
+// The DATA reader. RFC 5321 §4.1.1.4: only CRLF.CRLF ends the message; bare LF and bare CR are
+// data (CVE-2024-27305, "SMTP smuggling": `\n.\r\n` and `\n.\n` never end it). Lines longer
+// than data_line_limit (CRLF and a stuffed dot included) and totals over data_size_limit are
+// errors reported only after the final dot (aiosmtpd); excess bytes are dropped as they come.
+bool engine::step_data()
+{
+    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    std::size_t lf = buf.find('\n', scan_ - pos_);
+    while (lf != std::string_view::npos && (lf == 0 || buf[lf - 1] != '\r')) lf = buf.find('\n', lf + 1);
+    if (lf == std::string_view::npos) {
+        if (partial_line_ + buf.size() > settings_.data_line_limit) {
+            // Too long already: drop what we have, except a CR that may start the CRLF.
+            const std::size_t drop = buf.size() - (buf.back() == '\r' ? 1 : 0);
+            if (data_error_ == data_error::none) data_error_ = data_error::too_long;
+            data_bytes_ += drop;
+            partial_line_ += drop;
+            pos_ += drop;
+            scan_ = pos_;
+        } else {
+            scan_ = end_;
+        }
+        return false;
+    }
+    const std::string_view line = buf.substr(0, lf + 1);
+    pos_ += lf + 1;
+    scan_ = pos_;
+    const bool line_start = partial_line_ == 0;
+    const std::size_t length = partial_line_ + line.size();
+    partial_line_ = 0;
+    if (line_start && line == ".\r\n") {
+        end_of_data();
+        return true;
+    }
+    data_bytes_ += line.size();
+    if (data_error_ == data_error::none) {
+        if (length > settings_.data_line_limit) data_error_ = data_error::too_long;
+        else if (settings_.data_size_limit != 0 && data_bytes_ > settings_.data_size_limit)
+            data_error_ = data_error::too_much;
+    }
+    if (data_error_ == data_error::none) {
+        // RFC 5321 §4.5.2: remove the transparency dot.
+        envelope_.content.append(line_start && line.front() == '.' ? line.substr(1) : line);
+    } else if (!envelope_.content.empty()) {
+        envelope_.content.clear();
+        envelope_.content.shrink_to_fit();
+    }
+    return true;
+}
+
+void engine::end_of_data()
+{
+    phase_ = phase::command;
+    if (data_error_ != data_error::none) {
+        const bool too_long = data_error_ == data_error::too_long;
+        reset_envelope();
+        return reply(too_long ? replies::data_line_too_long : replies::too_much_data);
+    }
+    // aiosmtpd decode_data without SMTPUTF8 is strict ASCII; the envelope is kept (its Q5).
+    if (settings_.decode_data && !settings_.enable_smtputf8 && !is_ascii(envelope_.content))
+        return reply(replies::strict_ascii);
+    if (has_hook(hook_kind::data)) {
+        ask(hook_kind::data);
+        request_.content = envelope_.content;
+        return;
+    }
+    deliver_data_reply(hook_result{});
+}
+
+void engine::deliver_data_reply(const hook_result& r)
+{
+    // LMTP (RFC 2033 §4.2): one reply per accepted recipient, in order (design.md §5 Q9).
+    const std::size_t replies_due = settings_.lmtp ? std::max<std::size_t>(envelope_.rcpt_tos.size(), 1) : 1;
+    const bool closes = r.verdict == verdict::reject_close || r.verdict == verdict::tempfail_close;
+    hook_result each = r;
+    if (closes) each.verdict = r.verdict == verdict::reject_close ? verdict::reject : verdict::tempfail;
+    bool accepted = false;
+    for (std::size_t i = 0; i < replies_due; ++i) accepted = reply_for(each, replies::ok);
+    if (accepted) ++transactions_;
+    reset_envelope();
+    if (closes) close();
+}
+
+void engine::on_rset(std::string_view arg)
+{
+    if (!arg.empty()) return reply(replies::syntax_rset);
+    reset_envelope();
+    if (has_hook(hook_kind::rset)) return ask(hook_kind::rset);
+    reply(replies::ok);
+}
+
+void engine::on_noop(std::string_view arg, bool has_arg)
+{
+    if (has_hook(hook_kind::noop)) {
+        request_verb_ = "NOOP";
+        return ask(hook_kind::noop, arg, has_arg);
+    }
+    reply(replies::ok);
+}
+
+void engine::on_quit(std::string_view arg)
+{
+    if (!arg.empty()) return reply(replies::syntax_quit);
+    if (has_hook(hook_kind::quit)) return ask(hook_kind::quit);
+    reply(replies::bye);
+    close();
+}
+
+void engine::on_vrfy(std::string_view arg)
+{
+    if (need_auth()) return;
+    if (arg.empty()) return reply(replies::syntax_vrfy);
+    const auto parsed = parse_address(arg, settings_.enable_smtputf8);
+    if (parsed.state != address_result::status::ok) return reply(replies::could_not_vrfy(arg));
+    if (has_hook(hook_kind::vrfy)) return ask(hook_kind::vrfy, parsed.address, true);
+    reply(replies::cannot_vrfy);
+}
+
+std::string engine::help_list() const
+{
+    std::vector<std::string_view> verbs;
+    for (const auto& h : builtin_help) {
+        if (h.verb == "STARTTLS" && !settings_.starttls_available) continue;
+        if (settings_.lmtp ? (h.verb == "HELO" || h.verb == "EHLO") : h.verb == "LHLO") continue;
+        verbs.push_back(h.verb);
+    }
+    for (const auto& c : settings_.commands)
+        if (!c.help.empty()) verbs.push_back(c.verb);
+    std::sort(verbs.begin(), verbs.end());
+    std::string list;
+    for (auto v : verbs) {
+        if (!list.empty()) list.push_back(' ');
+        list.append(v);
+    }
+    return list;
+}
+
+void engine::on_help(std::string_view arg)
+{
+    if (need_auth()) return;
+    if (!arg.empty()) {
+        std::string wanted;
+        upper_into(wanted, arg);
+        for (const auto& h : builtin_help) {
+            if (h.verb != wanted) continue;
+            if (h.verb == "STARTTLS" && !settings_.starttls_available) break;
+            if (settings_.lmtp ? (h.verb == "HELO" || h.verb == "EHLO") : h.verb == "LHLO") break;
+            std::string line = "250 Syntax: ";
+            line.append(h.text);
+            if (extended_smtp_) line.append(h.extended);
+            return reply(line);
+        }
+        for (const auto& c : settings_.commands)
+            if (c.verb == wanted && !c.help.empty()) return reply("250 Syntax: " + c.help);
+        return reply("501 Supported commands: " + help_list());
+    }
+    reply("250 Supported commands: " + help_list());
+}
+
+void engine::on_auth(std::string_view arg)
+{
+    // §3.16 check order. Mechanisms arrive with the AUTH work (issue 4); until then every
+    // mechanism is unrecognised.
+    if (host_name_.empty()) return reply(replies::need_ehlo);
+    if (!extended_smtp_) return reply(replies::auth_not_recognized);
+    if (settings_.auth_require_tls && !tls_active_) return reply(replies::encryption_required);
+    if (authenticated_) return reply("503 Already authenticated");
+    if (arg.empty()) return reply(replies::auth_not_enough);
+    std::size_t words = 0;
+    for (std::size_t i = 0; i < arg.size();) {
+        while (i < arg.size() && is_py_space(arg[i])) ++i;
+        if (i < arg.size()) ++words;
+        while (i < arg.size() && !is_py_space(arg[i])) ++i;
+    }
+    if (words > 2) return reply(replies::auth_too_many);
+    reply(replies::unknown_mechanism);
+}
+
+void engine::on_starttls(std::string_view arg)
+{
+    if (!arg.empty()) return reply(replies::syntax_starttls);
+    // The TLS upgrade arrives with issue 3; until then no listener offers it.
+    reply(replies::tls_not_available);
+}
+
+void engine::on_unknown(std::string_view verb, std::string_view arg, bool has_arg)
+{
+    request_verb_.assign(verb);
+    if (has_hook(hook_kind::unknown)) return ask(hook_kind::unknown, arg, has_arg);
+    finish_hook_unknown_default();
+}
+
+void engine::finish_hook_unknown_default()
+{
+    request_.kind = hook_kind::unknown;
+    finish_hook(hook_result{});
+}
+
+void engine::on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg)
+{
+    if (settings_.commands[index].needs_helo && need_helo()) return;
+    request_verb_.assign(verb);
+    ask(hook_kind::command, arg, has_arg);
+    request_.command_index = index;
+}
+
+// --------------------------------------------------------------------------------------------
+// Replies and state
+// --------------------------------------------------------------------------------------------
+
+void engine::send_greeting()
+{
+    reply(replies::greeting(settings_.hostname, settings_.ident));
+    phase_ = phase::command;
+}
+
+void engine::reply(std::string_view line)
+{
+    out_.append(line).append(crlf);
+}
+
+// A plugin's reply: "code text" lines; '\n' in the text separates lines of a multi-line reply.
+void engine::reply_plugin(const hook_result& r)
+{
+    const std::string code = std::to_string(r.code);
+    std::string_view text = r.text;
+    for (;;) {
+        const auto nl = text.find('\n');
+        out_.append(code);
+        if (nl == std::string_view::npos) {
+            if (!text.empty()) out_.append(" ").append(text);
+            out_.append(crlf);
+            return;
+        }
+        out_.append("-").append(text.substr(0, nl)).append(crlf);
+        text.remove_prefix(nl + 1);
+    }
+}
+
+void engine::timed_out()
+{
+    if (closed_) return;
+    reply(replies::timeout_exceeded(settings_.hostname));
+    close();
+}
+
+void engine::abort_with(std::string_view line)
+{
+    if (closed_) return;
+    reply(line);
+    close();
+}
+
+void engine::close() noexcept
+{
+    closed_ = true;
+    phase_ = phase::closed;
+    waiting_ = false;
+}
+
+void engine::reset_envelope() noexcept
+{
+    envelope_.clear();
+    ++envelope_serial_;
+}
+
+std::size_t engine::command_limit(std::string_view verb) const noexcept
+{
+    if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit;
+    // RFC 1870 §3 (+26 for SIZE) and RFC 6531 §3.4 (+10 for SMTPUTF8), once per session
+    // (design.md §5 Q2: aiosmtpd grows it with every EHLO).
+    return settings_.command_size_limit + (settings_.data_size_limit != 0 ? 26 : 0) +
+           (settings_.enable_smtputf8 ? 10 : 0);
+}
+
+} // namespace asiosmtpd::proto

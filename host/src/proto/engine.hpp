@@ -1,0 +1,247 @@
+// engine: the sans-I/O SMTP/LMTP protocol state machine. Bytes in, reply bytes and hook
+// requests out; no sockets, no clock, no threads, no exceptions on bad input.
+//
+// Usage: start(); then repeatedly receive() bytes (or prepare()/commit() to read straight into
+// the engine's one receive buffer), write out whatever output() holds, and when
+// pending_hook() is set, run the plugin chain and call hook_done(). While a hook is pending the
+// engine processes nothing else (pipelined commands wait in the buffer), so replies stay in
+// order. close_requested() means: write the remaining output, then close.
+//
+// Replies and check order follow aiosmtpd 1.4 (aiosmtpd-behaviour.md §2-§3) with the quirk
+// policy of design.md §5.
+#pragma once
+
+#include "proto/replies.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace asiosmtpd::proto {
+
+/// Hooks the engine may ask for; values match the ASIOSMTPD_HOOK_* ids of the SDK.
+enum class hook_kind : std::uint8_t {
+    connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
+    quit = 9, vrfy = 10, unknown = 11,
+    command = 32, ///< a plugin-registered verb (settings::commands[command_index])
+};
+
+constexpr std::uint32_t hook_bit(hook_kind k) noexcept { return 1u << static_cast<unsigned>(k); }
+
+/// A verb added by a plugin (aiosmtpd's smtp_<VERB>).
+struct custom_command {
+    std::string verb;  ///< upper-case
+    std::string help;  ///< HELP text; empty = not listed
+    bool needs_helo = false;
+};
+
+/// Everything the engine needs to know about its server; shared, immutable, by all sessions
+/// of one configuration generation.
+struct settings {
+    std::string hostname = "localhost";
+    std::string ident = "asiosmtpd";
+    std::uint64_t data_size_limit = 33554432;  ///< 0 = none, and no SIZE keyword
+    std::size_t command_size_limit = 512;
+    bool enable_smtputf8 = false;
+    bool decode_data = false;
+    bool advertise_pipelining = false;
+    bool lmtp = false;
+    bool starttls_available = false;  ///< this listener offers STARTTLS
+    bool require_starttls = false;
+    bool auth_required = false;
+    bool auth_require_tls = true;
+    bool call_limit_enabled = false;
+    std::map<std::string, std::uint32_t, std::less<>> call_limits; ///< per upper-cased verb
+    std::uint32_t call_limit_default = 20;
+    std::vector<custom_command> commands;
+    std::vector<std::string> ehlo_keywords;   ///< plugin keyword lines, before "250 HELP"
+    std::uint32_t hook_mask = 0;              ///< hook_bit() of every hook that has a chain
+    std::size_t data_line_limit = 1001;       ///< aiosmtpd line_length_limit, CRLF included
+    std::size_t unknown_command_budget = 5;   ///< aiosmtpd BOGUS_LIMIT
+};
+
+/// A plugin chain's outcome, as the engine applies it.
+enum class verdict : std::uint8_t {
+    none,           ///< every plugin said CONTINUE (or there are none): the host default
+    accept,         ///< state change applied; reply given or default
+    reject,         ///< 5xx; no state change
+    tempfail,       ///< 4xx; no state change
+    reject_close,   ///< 5xx, then close
+    tempfail_close, ///< 4xx (default 421), then close
+    error,          ///< the plugin failed (nonsense, exception, timeout): 451 4.3.0
+};
+
+struct hook_result {
+    proto::verdict verdict = verdict::none;
+    std::uint16_t code = 0;  ///< 0 = no reply given: the default for the verdict
+    std::string text;        ///< lines separated by '\n' (no CR)
+};
+
+/// What the engine asks the host to run. Views point into the engine and stay valid until
+/// hook_done().
+struct hook_request {
+    hook_kind kind = hook_kind::noop;
+    std::string_view verb;         ///< unknown and custom commands: upper-cased verb
+    std::string_view argument;     ///< hostname, address, NOOP/command argument
+    bool has_argument = false;
+    std::size_t command_index = 0; ///< for hook_kind::command
+    std::span<const std::string> params; ///< MAIL: upper-cased ESMTP parameters
+    std::string_view content;      ///< DATA: the unstuffed message
+};
+
+/// aiosmtpd's Envelope: one per transaction.
+struct envelope {
+    std::string mail_from;                  ///< empty until MAIL; "<>" for the null path
+    std::vector<std::string> mail_options;  ///< upper-cased MAIL parameters
+    bool smtp_utf8 = false;
+    std::vector<std::string> rcpt_tos;
+    std::string content;                    ///< unstuffed message (original_content)
+    void clear() noexcept
+    {
+        mail_from.clear();
+        mail_options.clear();
+        smtp_utf8 = false;
+        rcpt_tos.clear();
+        content.clear();
+    }
+};
+
+class engine {
+public:
+    explicit engine(const settings& s);
+
+    /// Begin the session: runs the connect hook (if any) or queues the greeting.
+    void start();
+
+    /// Feed bytes from the client (any chunking).
+    void receive(std::string_view bytes);
+    /// Zero-copy variant: a writable area of at least `min` bytes at the end of the receive
+    /// buffer; commit(n) after reading n bytes into it. The area is valid until commit().
+    std::span<char> prepare(std::size_t min);
+    void commit(std::size_t n);
+
+    /// The outcome of the hook chain for pending_hook().
+    void hook_done(hook_result result);
+
+    /// The idle timer expired: queue 421 and close (design.md §5 Q1).
+    void timed_out();
+    /// The host is going away (shutdown, too many connections): queue 421 text and close.
+    void abort_with(std::string_view reply);
+
+    /// Bytes to send; the caller clears them (clear_output()) once written.
+    [[nodiscard]] std::string& output() noexcept { return out_; }
+    void clear_output() noexcept { out_.clear(); }
+
+    [[nodiscard]] const hook_request* pending_hook() const noexcept { return waiting_ ? &request_ : nullptr; }
+    [[nodiscard]] bool close_requested() const noexcept { return closed_; }
+
+    // --- session state, for the host API and logs ---
+    [[nodiscard]] const std::string& helo_name() const noexcept { return host_name_; }
+    [[nodiscard]] bool extended_smtp() const noexcept { return extended_smtp_; }
+    [[nodiscard]] bool tls_active() const noexcept { return tls_active_; }
+    [[nodiscard]] bool authenticated() const noexcept { return authenticated_; }
+    [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
+    [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
+    /// Changes every time the envelope is reset (a transaction ended or was abandoned).
+    [[nodiscard]] std::uint64_t envelope_serial() const noexcept { return envelope_serial_; }
+    /// Between commands: no transaction open, nothing buffered, no hook running.
+    [[nodiscard]] bool idle() const noexcept
+    {
+        return phase_ == phase::command && !waiting_ && envelope_.mail_from.empty() && end_ == pos_;
+    }
+    /// Bytes buffered but not yet processed (pipelined input waiting behind a hook).
+    [[nodiscard]] std::size_t buffered() const noexcept { return end_ - pos_; }
+
+    /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (§5 Q10).
+    void set_tls_active(bool on) noexcept { tls_active_ = on; }
+
+private:
+    enum class phase : std::uint8_t { greeting, command, data, closed };
+    enum class data_error : std::uint8_t { none, too_long, too_much };
+
+    void pump();
+    bool step_command();
+    bool step_data();
+    void handle_line(std::string_view line);
+    void dispatch(std::string_view verb, std::string_view arg, bool has_arg);
+    void finish_hook(const hook_result& r);
+
+    void on_helo(std::string_view arg);
+    void on_ehlo(std::string_view arg);
+    void on_mail(std::string_view arg, bool has_arg);
+    void on_rcpt(std::string_view arg, bool has_arg);
+    void on_data(std::string_view arg);
+    void on_rset(std::string_view arg);
+    void on_noop(std::string_view arg, bool has_arg);
+    void on_quit(std::string_view arg);
+    void on_vrfy(std::string_view arg);
+    void on_help(std::string_view arg);
+    void on_auth(std::string_view arg);
+    void on_starttls(std::string_view arg);
+    void on_unknown(std::string_view verb, std::string_view arg, bool has_arg);
+    void on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg);
+    void finish_hook_unknown_default();
+    void end_of_data();
+
+    void send_greeting();
+    void send_ehlo_lines();
+    void deliver_data_reply(const hook_result& r);
+
+    bool need_helo();
+    bool need_auth();
+    bool has_hook(hook_kind k) const noexcept { return (settings_.hook_mask & hook_bit(k)) != 0; }
+    void ask(hook_kind k, std::string_view arg = {}, bool has_arg = false);
+
+    /// Apply a verdict's reply: returns true when the state change is to be applied.
+    bool reply_for(const hook_result& r, std::string_view default_reply);
+    void reply(std::string_view line);
+    void reply_plugin(const hook_result& r);
+    void close() noexcept;
+    void reset_envelope() noexcept;
+    std::size_t command_limit(std::string_view verb) const noexcept;
+    std::string help_list() const;
+
+    const settings& settings_;
+    std::string in_;          // the one receive buffer (storage); [pos_, end_) unprocessed
+    std::size_t pos_ = 0;
+    std::size_t end_ = 0;
+    std::size_t scan_ = 0;    // command/data scanning resumes here (no rescans)
+    std::string out_;
+    std::string verb_;        // the current verb, upper-cased (reused: no allocation per command)
+
+    phase phase_ = phase::greeting;
+    bool waiting_ = false;
+    bool closed_ = false;
+    bool connect_rejected_ = false;
+    bool discarding_line_ = false;   // command line beyond the stream limit: skip to LF
+
+    // session (aiosmtpd Session)
+    std::string host_name_;
+    bool extended_smtp_ = false;
+    bool tls_active_ = false;
+    bool authenticated_ = false;
+    std::size_t unknown_budget_;
+    std::map<std::string, std::uint32_t, std::less<>> calls_;
+    std::uint64_t transactions_ = 0;
+    std::uint64_t envelope_serial_ = 0;
+
+    envelope envelope_;
+
+    // DATA reader
+    data_error data_error_ = data_error::none;
+    std::uint64_t data_bytes_ = 0;
+    std::size_t partial_line_ = 0;   // bytes of the current line already consumed (too long)
+
+    // the pending hook
+    hook_request request_;
+    std::string request_arg_;        // owns what request_.argument shows
+    std::string request_verb_;
+    std::vector<std::string> request_params_;
+};
+
+} // namespace asiosmtpd::proto

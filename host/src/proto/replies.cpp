@@ -1,0 +1,27 @@
+#include "proto/replies.hpp"
+
+namespace asiosmtpd::proto::replies {
+namespace {
+std::string join(std::initializer_list<std::string_view> parts)
+{
+    std::string s;
+    std::size_t n = 0;
+    for (auto p : parts) n += p.size();
+    s.reserve(n);
+    for (auto p : parts) s.append(p);
+    return s;
+}
+} // namespace
+
+std::string greeting(std::string_view hostname, std::string_view ident) { return join({"220 ", hostname, " ", ident}); }
+std::string helo_ok(std::string_view hostname) { return join({"250 ", hostname}); }
+// aiosmtpd echoes the upper-cased verb raw, control characters included (its Q14).
+std::string unknown_command(std::string_view verb) { return join({"500 Error: command \"", verb, "\" not recognized"}); }
+std::string call_limit_hit(std::string_view verb) { return join({"421 4.7.0 ", verb, " sent too many times"}); }
+std::string could_not_vrfy(std::string_view arg) { return join({"502 Could not VRFY ", arg}); }
+std::string timeout_exceeded(std::string_view hostname) { return join({"421 4.4.2 ", hostname, " Error: timeout exceeded"}); }
+std::string closing(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Service not available, closing transmission channel"}); }
+std::string too_many_connections(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Error: too many connections"}); }
+std::string shutting_down(std::string_view hostname) { return join({"421 4.3.2 ", hostname, " Service shutting down"}); }
+
+} // namespace asiosmtpd::proto::replies

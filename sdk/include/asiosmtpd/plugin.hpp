@@ -1,0 +1,1247 @@
+/*
+ * asiosmtpd/plugin.hpp - header-only C++17 convenience layer over asiosmtpd/plugin.h.
+ *
+ * Compiled INTO the plugin: nothing declared here crosses the ABI, so this header may change
+ * with every SDK release while plugin.h stays stable. What it guarantees:
+ *  - no exception ever crosses the C ABI: hook trampolines and create() catch everything;
+ *    a hook that throws is logged through host->log and answers 451 4.3.0 Error: internal;
+ *  - a suspended hook completes exactly once: `pending` completes in its destructor if the
+ *    plugin dropped it (451 4.3.0 Error: internal);
+ *  - no global mutable state: the host table and ctx live in the instance the host holds.
+ *
+ * A plugin is a class constructible from `registrar&`; its constructor reads the config and
+ * registers member functions; ASIOSMTPD_PLUGIN() defines the entry symbol:
+ *
+ *     class ping {
+ *     public:
+ *         explicit ping(asiosmtpd::sdk::registrar& reg)
+ *         {
+ *             reg.command<&ping::on_ping>("PING", "PING");
+ *         }
+ *         asiosmtpd::sdk::verdict on_ping(asiosmtpd::sdk::call& c,
+ *                                         const asiosmtpd::sdk::command_args&)
+ *         {
+ *             return c.accept(259, "Pong");
+ *         }
+ *     };
+ *     ASIOSMTPD_PLUGIN(ping, "ping", "1.0.0", "PING answers 259 Pong", ASIOSMTPD_PF_THREAD_SAFE)
+ *
+ * Threads and lifetimes follow plugin.h (T1-T7): the constructor and destructor run on the
+ * host's control thread; handlers run on worker threads (concurrently for different sessions
+ * only with ASIOSMTPD_PF_THREAD_SAFE); a `call` and every string_view it hands out die when
+ * the handler returns; `config` nodes die when the constructor returns; `pending::complete()`
+ * and `logger` may be used from any thread until the plugin's destructor has returned. The
+ * destructor must stop and join every thread the plugin started (T7).
+ */
+#ifndef ASIOSMTPD_PLUGIN_HPP
+#define ASIOSMTPD_PLUGIN_HPP
+
+#include <asiosmtpd/plugin.h>
+
+#include <atomic>
+#include <charconv>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace asiosmtpd::sdk {
+
+// ------------------------------------------------------------------------------------------
+// Vocabulary
+// ------------------------------------------------------------------------------------------
+
+/// What a handler returns (plugin.h "What a hook returns").
+enum class verdict : asiosmtpd_verdict {
+    continue_ = ASIOSMTPD_CONTINUE,           ///< no opinion: next plugin, then the host default
+    accept = ASIOSMTPD_ACCEPT,                ///< accept and stop the chain
+    reject = ASIOSMTPD_REJECT,                ///< 5xx, stop the chain
+    tempfail = ASIOSMTPD_TEMPFAIL,            ///< 4xx, stop the chain
+    reject_close = ASIOSMTPD_REJECT_CLOSE,    ///< 5xx, then the host closes the connection
+    tempfail_close = ASIOSMTPD_TEMPFAIL_CLOSE, ///< 4xx (default 421), then close
+    pending = ASIOSMTPD_PENDING,              ///< only after call::suspend()
+};
+
+/// Hook points. `command` is not a C hook id: it marks the handler of a registered command.
+/// `other` marks a hook id this header does not know (a newer host); such a hook can only
+/// take a handler without arguments.
+enum class hook : asiosmtpd_hook_id {
+    other = -1,
+    command = 0,
+    connect = ASIOSMTPD_HOOK_CONNECT,
+    helo = ASIOSMTPD_HOOK_HELO,
+    ehlo = ASIOSMTPD_HOOK_EHLO,
+    mail = ASIOSMTPD_HOOK_MAIL,
+    rcpt = ASIOSMTPD_HOOK_RCPT,
+    data = ASIOSMTPD_HOOK_DATA,
+    rset = ASIOSMTPD_HOOK_RSET,
+    noop = ASIOSMTPD_HOOK_NOOP,
+    quit = ASIOSMTPD_HOOK_QUIT,
+    vrfy = ASIOSMTPD_HOOK_VRFY,
+    unknown = ASIOSMTPD_HOOK_UNKNOWN,
+    session_close = ASIOSMTPD_HOOK_SESSION_CLOSE,
+};
+
+/// Lifetime of a private data slot (plugin.h slot_set).
+enum class scope : std::int32_t {
+    session = ASIOSMTPD_SCOPE_SESSION, ///< freed when the session ends
+    txn = ASIOSMTPD_SCOPE_TXN,         ///< freed when the transaction ends
+};
+
+enum class log_level : std::int32_t {
+    debug = ASIOSMTPD_LOG_DEBUG,
+    info = ASIOSMTPD_LOG_INFO,
+    warn = ASIOSMTPD_LOG_WARN,
+    error = ASIOSMTPD_LOG_ERROR,
+};
+
+enum class node_kind : std::int32_t {
+    null = ASIOSMTPD_CFG_NULL,
+    scalar = ASIOSMTPD_CFG_SCALAR,
+    sequence = ASIOSMTPD_CFG_SEQUENCE,
+    map = ASIOSMTPD_CFG_MAP,
+};
+
+/// The reply the wrapper sets when a handler throws, returns PENDING without suspend(), or
+/// drops a `pending` (the host's own text for a hook that gives no verdict).
+inline constexpr std::uint16_t internal_error_code = 451;
+inline constexpr std::string_view internal_error_text = "4.3.0 Error: internal";
+
+// ------------------------------------------------------------------------------------------
+// Strings: asiosmtpd_str is borrowed pointer + length, never owned.
+// ------------------------------------------------------------------------------------------
+
+/// A view of a host string. The view lives as long as the string it came from (see plugin.h).
+inline std::string_view to_view(asiosmtpd_str s) noexcept
+{
+    return s.data ? std::string_view(s.data, s.size) : std::string_view();
+}
+
+/// An asiosmtpd_str over `v` for passing to the host, which copies what it keeps.
+inline asiosmtpd_str to_str(std::string_view v) noexcept
+{
+    return {v.data() ? v.data() : "", v.size()};
+}
+
+inline std::string to_string(asiosmtpd_str s) { return std::string(to_view(s)); }
+
+/// "OK", "E_INVALID", ... for messages.
+inline const char* status_name(asiosmtpd_status st) noexcept
+{
+    switch (st) {
+    case ASIOSMTPD_OK: return "OK";
+    case ASIOSMTPD_E_INVALID: return "E_INVALID";
+    case ASIOSMTPD_E_UNSUPPORTED: return "E_UNSUPPORTED";
+    case ASIOSMTPD_E_STATE: return "E_STATE";
+    case ASIOSMTPD_E_GONE: return "E_GONE";
+    case ASIOSMTPD_E_CONFLICT: return "E_CONFLICT";
+    case ASIOSMTPD_E_FROZEN: return "E_FROZEN";
+    default: return "unknown status";
+    }
+}
+
+/// "MAIL", "SESSION_CLOSE", "command", ...
+inline const char* hook_name(hook h) noexcept
+{
+    switch (h) {
+    case hook::command: return "command";
+    case hook::connect: return "CONNECT";
+    case hook::helo: return "HELO";
+    case hook::ehlo: return "EHLO";
+    case hook::mail: return "MAIL";
+    case hook::rcpt: return "RCPT";
+    case hook::data: return "DATA";
+    case hook::rset: return "RSET";
+    case hook::noop: return "NOOP";
+    case hook::quit: return "QUIT";
+    case hook::vrfy: return "VRFY";
+    case hook::unknown: return "UNKNOWN";
+    case hook::session_close: return "SESSION_CLOSE";
+    case hook::other: break;
+    }
+    return "other";
+}
+
+/// A host API function refused: carries the status.
+class error : public std::runtime_error {
+public:
+    error(asiosmtpd_status st, const std::string& what_failed)
+        : std::runtime_error(what_failed + ": host refused (" + status_name(st) + ")"), status_(st)
+    {
+    }
+    asiosmtpd_status status() const noexcept { return status_; }
+
+private:
+    asiosmtpd_status status_;
+};
+
+namespace detail {
+inline void check(asiosmtpd_status st, const char* what_failed)
+{
+    if (st != ASIOSMTPD_OK)
+        throw error(st, what_failed);
+}
+
+// Whether a struct whose writer reported `struct_size` holds a field ending at `end`.
+// (ASIOSMTPD_HAS uses a C cast, which -Wold-style-cast rejects in C++.)
+constexpr bool has(std::uint32_t struct_size, std::size_t end) noexcept { return struct_size >= end; }
+
+// The host table of ABI 1.0 ends with `log`.
+inline constexpr std::size_t host_api_v1_0_size =
+    offsetof(asiosmtpd_host_api, log) + sizeof(asiosmtpd_host_api::log);
+
+// A per-type address, without RTTI (identifies the plugin class and slot contents).
+template <class T>
+struct tag_holder {
+    static constexpr char value = 0;
+};
+template <class T>
+constexpr const void* type_tag() noexcept
+{
+    return &tag_holder<T>::value;
+}
+} // namespace detail
+
+// ------------------------------------------------------------------------------------------
+// Hook arguments: views of the host's structs, valid until the handler returns (for a
+// suspended call: until it completes - but copy what a worker thread needs).
+// ------------------------------------------------------------------------------------------
+
+/// The MAIL parameters of an address_args: a range of string_view.
+class str_list {
+public:
+    class iterator {
+    public:
+        using value_type = std::string_view;
+        using difference_type = std::ptrdiff_t;
+        using pointer = void;
+        using reference = std::string_view;
+        using iterator_category = std::input_iterator_tag;
+        iterator(const asiosmtpd_str* p) noexcept : p_(p) {}
+        std::string_view operator*() const noexcept { return to_view(*p_); }
+        iterator& operator++() noexcept { ++p_; return *this; }
+        iterator operator++(int) noexcept { iterator old = *this; ++p_; return old; }
+        bool operator==(const iterator& o) const noexcept { return p_ == o.p_; }
+        bool operator!=(const iterator& o) const noexcept { return p_ != o.p_; }
+    private:
+        const asiosmtpd_str* p_;
+    };
+    str_list() noexcept = default;
+    str_list(const asiosmtpd_str* items, std::size_t count) noexcept
+        : items_(count ? items : nullptr), count_(items ? count : 0)
+    {
+    }
+    std::size_t size() const noexcept { return count_; }
+    bool empty() const noexcept { return count_ == 0; }
+    std::string_view operator[](std::size_t i) const noexcept { return to_view(items_[i]); }
+    iterator begin() const noexcept { return iterator(items_); }
+    iterator end() const noexcept { return iterator(items_ + count_); }
+    std::vector<std::string_view> to_vector() const { return {begin(), end()}; }
+
+private:
+    const asiosmtpd_str* items_ = nullptr;
+    std::size_t count_ = 0;
+};
+
+/// CONNECT.
+struct connect_args {
+    explicit connect_args(const asiosmtpd_connect_args& a) noexcept
+        : peer_address(to_view(a.peer_address)), peer_port(a.peer_port),
+          local_address(to_view(a.local_address)), local_port(a.local_port), raw(&a)
+    {
+    }
+    std::string_view peer_address; ///< "127.0.0.1", "::1"
+    std::uint16_t peer_port;
+    std::string_view local_address;
+    std::uint16_t local_port;
+    const asiosmtpd_connect_args* raw; ///< for fields added after ABI 1.0 (check struct_size)
+};
+
+/// HELO and EHLO/LHLO.
+struct helo_args {
+    explicit helo_args(const asiosmtpd_helo_args& a) noexcept
+        : hostname(to_view(a.hostname)), raw(&a)
+    {
+    }
+    std::string_view hostname; ///< the whole argument as sent
+    const asiosmtpd_helo_args* raw;
+};
+
+/// MAIL, RCPT, VRFY.
+struct address_args {
+    explicit address_args(const asiosmtpd_address_args& a) noexcept
+        : address(to_view(a.address)), params(a.params, a.param_count), raw(&a)
+    {
+    }
+    std::string_view address; ///< normalised; "<>" for the null reverse path
+    str_list params;          ///< MAIL: upper-cased ESMTP parameters; otherwise empty
+    const asiosmtpd_address_args* raw;
+};
+
+/// DATA: the whole message.
+struct data_args {
+    explicit data_args(const asiosmtpd_data_args& a) noexcept
+        : data(a.content), size(a.content ? a.size : 0), flags(a.flags), raw(&a)
+    {
+    }
+    /// The message bytes as a string_view (binary-safe).
+    std::string_view content() const noexcept
+    {
+        return data ? std::string_view(reinterpret_cast<const char*>(data), size)
+                    : std::string_view();
+    }
+    bool dot_unstuffed() const noexcept { return (flags & ASIOSMTPD_DATA_DOT_UNSTUFFED) != 0; }
+    bool crlf() const noexcept { return (flags & ASIOSMTPD_DATA_CRLF) != 0; }
+    const std::uint8_t* data;
+    std::size_t size;
+    std::uint32_t flags; ///< ASIOSMTPD_DATA_*
+    const asiosmtpd_data_args* raw;
+};
+
+/// NOOP, UNKNOWN and registered commands.
+struct command_args {
+    explicit command_args(const asiosmtpd_command_args& a) noexcept
+        : verb(to_view(a.verb)), argument(to_view(a.argument)), has_argument(a.has_argument != 0),
+          raw(&a)
+    {
+    }
+    std::string_view verb;     ///< upper-cased
+    std::string_view argument; ///< stripped; empty when absent
+    bool has_argument;         ///< false when nothing followed the verb (aiosmtpd's arg=None)
+    const asiosmtpd_command_args* raw;
+};
+
+/// session_info(): views valid until the handler returns.
+struct session_info {
+    std::uint64_t id = 0;
+    std::string_view peer_address;
+    std::uint16_t peer_port = 0;
+    std::string_view helo_name; ///< empty before HELO/EHLO
+    bool extended_smtp = false; ///< after EHLO/LHLO
+    bool tls_active = false;
+    bool authenticated = false;
+};
+
+/// txn_info(): views valid until the handler returns.
+struct txn_info {
+    std::string_view mail_from; ///< empty before MAIL; "<>" for the null sender
+    std::size_t mail_param_count = 0;
+    std::size_t rcpt_count = 0;
+};
+
+// ------------------------------------------------------------------------------------------
+// logger: host->log for this instance. Copyable; any thread; valid until destroy() returns.
+// ------------------------------------------------------------------------------------------
+class logger {
+public:
+    logger() noexcept = default;
+    logger(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx) noexcept : host_(host), ctx_(ctx) {}
+
+    /// One log line, without session id (use call::log inside a handler). Never log message
+    /// bodies or credentials.
+    void log(log_level level, std::string_view message) const noexcept
+    {
+        if (host_)
+            host_->log(ctx_, nullptr, static_cast<std::int32_t>(level), to_str(message));
+    }
+    void debug(std::string_view m) const noexcept { log(log_level::debug, m); }
+    void info(std::string_view m) const noexcept { log(log_level::info, m); }
+    void warn(std::string_view m) const noexcept { log(log_level::warn, m); }
+    void error(std::string_view m) const noexcept { log(log_level::error, m); }
+
+private:
+    const asiosmtpd_host_api* host_ = nullptr;
+    asiosmtpd_ctx* ctx_ = nullptr;
+};
+
+// ------------------------------------------------------------------------------------------
+// config: a read-only view of one node of the instance's `config:` subtree. Valid only
+// during the plugin's constructor (create()); copy what you keep. The as_* readers throw
+// std::invalid_argument naming the key path ("hooks.MAIL.code: expected an integer, got
+// 'x'"), which create() turns into the host's "plugin <name>: <reason>".
+// ------------------------------------------------------------------------------------------
+class config {
+public:
+    config(const asiosmtpd_host_api* host, const asiosmtpd_cfg* node, std::string path = {})
+        : host_(host), node_(node), path_(std::move(path))
+    {
+    }
+
+    node_kind kind() const noexcept
+    {
+        return node_ ? static_cast<node_kind>(host_->cfg_kind(node_)) : node_kind::null;
+    }
+    bool is_null() const noexcept { return kind() == node_kind::null; }
+    bool is_scalar() const noexcept { return kind() == node_kind::scalar; }
+    bool is_sequence() const noexcept { return kind() == node_kind::sequence; }
+    bool is_map() const noexcept { return kind() == node_kind::map; }
+    /// Null, or a map or sequence without entries.
+    bool empty() const noexcept
+    {
+        const node_kind k = kind();
+        return k == node_kind::null || ((k == node_kind::map || k == node_kind::sequence) && size() == 0);
+    }
+
+    /// Where this node is, for messages: "" for the root, "hooks.MAIL", "ehlo_keywords[0]".
+    const std::string& path() const noexcept { return path_; }
+
+    /// Raw scalar text (borrowed until create() returns); empty unless a scalar.
+    std::string_view scalar() const noexcept { return node_ ? to_view(host_->cfg_scalar(node_)) : std::string_view(); }
+
+    /// Entries of a map or sequence; 0 otherwise.
+    std::size_t size() const noexcept { return node_ ? host_->cfg_size(node_) : 0; }
+
+    /// The index-th entry of a map or sequence.
+    config at(std::size_t index) const
+    {
+        const asiosmtpd_cfg* n = node_ ? host_->cfg_at(node_, index) : nullptr;
+        if (!n)
+            throw std::invalid_argument(where() + "has no entry " + std::to_string(index));
+        if (is_map())
+            return config(host_, n, child_path(key_at(index)));
+        return config(host_, n, path_ + "[" + std::to_string(index) + "]");
+    }
+
+    /// The index-th key of a map (borrowed until create() returns).
+    std::string_view key_at(std::size_t index) const noexcept
+    {
+        return node_ ? to_view(host_->cfg_key_at(node_, index)) : std::string_view();
+    }
+
+    /// The value at `key` of a map; nullopt when absent or when this is not a map. A key
+    /// present with an empty value is a node of kind null.
+    std::optional<config> get(std::string_view key) const
+    {
+        const asiosmtpd_cfg* n = (node_ && is_map()) ? host_->cfg_get(node_, to_str(key)) : nullptr;
+        if (!n)
+            return std::nullopt;
+        return config(host_, n, child_path(key));
+    }
+
+    /// The value at `key`, or std::invalid_argument "<path>.<key>: required".
+    config require(std::string_view key) const
+    {
+        if (auto v = get(key))
+            return *v;
+        throw std::invalid_argument(child_path(key) + ": required");
+    }
+
+    /// The map's entries in order: {key, value}.
+    std::vector<std::pair<std::string_view, config>> entries() const
+    {
+        std::vector<std::pair<std::string_view, config>> out;
+        if (!is_map())
+            return out;
+        const std::size_t n = size();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i)
+            out.emplace_back(key_at(i), at(i));
+        return out;
+    }
+
+    /// The sequence's items in order.
+    std::vector<config> items() const
+    {
+        std::vector<config> out;
+        if (!is_sequence())
+            return out;
+        const std::size_t n = size();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i)
+            out.push_back(at(i));
+        return out;
+    }
+
+    /// Throws unless this is null or a map whose keys are all in `allowed`.
+    void check_keys(std::initializer_list<std::string_view> allowed) const
+    {
+        if (is_null())
+            return;
+        expect(node_kind::map, "a map");
+        const std::size_t n = size();
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view k = key_at(i);
+            bool ok = false;
+            for (std::string_view a : allowed)
+                ok = ok || a == k;
+            if (ok)
+                continue;
+            std::string msg = where() + "unknown key '" + std::string(k) + "'";
+            if (allowed.size() != 0) {
+                msg += " (known:";
+                for (std::string_view a : allowed)
+                    msg.append(" ").append(a);
+                msg += ")";
+            }
+            throw std::invalid_argument(msg);
+        }
+    }
+
+    /// The scalar as a string (copied).
+    std::string as_string() const
+    {
+        expect(node_kind::scalar, "a string");
+        return std::string(scalar());
+    }
+
+    /// The scalar as an integer: decimal with optional sign, or 0x hex.
+    std::int64_t as_int() const
+    {
+        expect(node_kind::scalar, "an integer");
+        std::string_view s = scalar();
+        bool negative = false;
+        if (!s.empty() && (s.front() == '+' || s.front() == '-')) {
+            negative = s.front() == '-';
+            s.remove_prefix(1);
+        }
+        int base = 10;
+        if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+            base = 16;
+            s.remove_prefix(2);
+        }
+        std::uint64_t magnitude = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), magnitude, base);
+        const std::uint64_t limit = negative ? std::uint64_t{1} << 63 : (std::uint64_t{1} << 63) - 1;
+        if (s.empty() || ec != std::errc() || end != s.data() + s.size() || magnitude > limit)
+            throw bad_value("an integer");
+        if (!negative)
+            return static_cast<std::int64_t>(magnitude);
+        return magnitude == limit ? std::numeric_limits<std::int64_t>::min()
+                                  : -static_cast<std::int64_t>(magnitude);
+    }
+
+    /// as_int() within [min, max], else "<path>: must be between min and max".
+    std::int64_t as_int(std::int64_t min, std::int64_t max) const
+    {
+        const std::int64_t v = as_int();
+        if (v < min || v > max)
+            throw std::invalid_argument(where() + "must be between " + std::to_string(min) +
+                                        " and " + std::to_string(max) + ", got " + std::to_string(v));
+        return v;
+    }
+
+    /// The scalar as a number (integers included).
+    double as_double() const
+    {
+        expect(node_kind::scalar, "a number");
+        std::string_view s = scalar();
+        if (!s.empty() && s.front() == '+')
+            s.remove_prefix(1);
+        double v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (s.empty() || ec != std::errc() || end != s.data() + s.size())
+            throw bad_value("a number");
+        return v;
+    }
+
+    /// The scalar as a boolean, spelled as YAML 1.1 / yaml-cpp accept: true/false, yes/no,
+    /// on/off, y/n (lower, Capitalised or UPPER case).
+    bool as_bool() const
+    {
+        expect(node_kind::scalar, "a boolean");
+        static constexpr std::string_view yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES",
+                                                   "on", "On", "ON", "y", "Y"};
+        static constexpr std::string_view no[] = {"false", "False", "FALSE", "no", "No", "NO",
+                                                  "off", "Off", "OFF", "n", "N"};
+        const std::string_view s = scalar();
+        for (std::string_view t : yes)
+            if (s == t)
+                return true;
+        for (std::string_view f : no)
+            if (s == f)
+                return false;
+        throw bad_value("a boolean (true or false)");
+    }
+
+    /// A sequence of scalars as strings.
+    std::vector<std::string> as_string_list() const
+    {
+        expect(node_kind::sequence, "a list");
+        std::vector<std::string> out;
+        for (const config& item : items())
+            out.push_back(item.as_string());
+        return out;
+    }
+
+    // Optional keys with a default when the key is absent or null.
+    std::string string_or(std::string_view key, std::string_view fallback) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_string() : std::string(fallback);
+    }
+    std::int64_t int_or(std::string_view key, std::int64_t fallback) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_int() : fallback;
+    }
+    bool bool_or(std::string_view key, bool fallback) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_bool() : fallback;
+    }
+
+    const asiosmtpd_cfg* raw() const noexcept { return node_; }
+
+private:
+    std::string where() const { return path_.empty() ? std::string("config: ") : path_ + ": "; }
+    std::string child_path(std::string_view key) const
+    {
+        return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+    }
+    static const char* kind_name(node_kind k) noexcept
+    {
+        switch (k) {
+        case node_kind::null: return "nothing";
+        case node_kind::scalar: return "a scalar";
+        case node_kind::sequence: return "a list";
+        case node_kind::map: return "a map";
+        }
+        return "an unknown node";
+    }
+    void expect(node_kind k, const char* wanted) const
+    {
+        const node_kind have = kind();
+        if (have != k)
+            throw std::invalid_argument(where() + "expected " + wanted + ", got " + kind_name(have));
+    }
+    std::invalid_argument bad_value(const char* wanted) const
+    {
+        std::string_view s = scalar();
+        std::string shown(s.substr(0, 40));
+        if (s.size() > 40)
+            shown += "...";
+        return std::invalid_argument(where() + "expected " + wanted + ", got '" + shown + "'");
+    }
+
+    const asiosmtpd_host_api* host_;
+    const asiosmtpd_cfg* node_;
+    std::string path_;
+};
+
+// ------------------------------------------------------------------------------------------
+// pending: a suspended hook call. Move-only; completes exactly once. complete() may be called
+// from any thread (also concurrently: one call wins, the others return E_GONE). Destroying or
+// move-assigning over a pending that was neither completed nor released completes it with
+// TEMPFAIL 451 "4.3.0 Error: internal" and logs a warning. It must not outlive the plugin
+// instance (join your threads in the destructor, T7).
+// ------------------------------------------------------------------------------------------
+class pending {
+public:
+    pending() noexcept = default;
+    pending(pending&& o) noexcept
+        : host_(o.host_), ctx_(o.ctx_), token_(o.token_.exchange(0, std::memory_order_acq_rel))
+    {
+    }
+    pending& operator=(pending&& o) noexcept
+    {
+        if (this != &o) {
+            drop();
+            host_ = o.host_;
+            ctx_ = o.ctx_;
+            token_.store(o.token_.exchange(0, std::memory_order_acq_rel), std::memory_order_release);
+        }
+        return *this;
+    }
+    pending(const pending&) = delete;
+    pending& operator=(const pending&) = delete;
+    ~pending() { drop(); }
+
+    /// Finish the suspended call with `v` and, when code != 0, the reply code/text (copied by
+    /// the host; same rules as call::reply). Returns the host's status: OK, E_GONE (session
+    /// ended, hook timed out, or already completed - harmless), E_INVALID (bad reply). A
+    /// verdict of `pending` is refused with E_INVALID and keeps the token.
+    asiosmtpd_status complete(verdict v, std::uint16_t code = 0, std::string_view text = {}) noexcept
+    {
+        if (v == verdict::pending)
+            return ASIOSMTPD_E_INVALID;
+        const asiosmtpd_token t = token_.exchange(0, std::memory_order_acq_rel);
+        if (t == 0)
+            return ASIOSMTPD_E_GONE;
+        return host_->complete(t, static_cast<asiosmtpd_verdict>(v), code, to_str(text));
+    }
+
+    /// True while it holds a token (not completed, not released, not moved from).
+    bool valid() const noexcept { return token_.load(std::memory_order_acquire) != 0; }
+    explicit operator bool() const noexcept { return valid(); }
+
+    /// Give up the token without completing it; the caller completes it through
+    /// host->complete, or never (the host's hook timeout then answers 451).
+    asiosmtpd_token release() noexcept { return token_.exchange(0, std::memory_order_acq_rel); }
+
+private:
+    friend class call;
+    pending(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_token token) noexcept
+        : host_(host), ctx_(ctx), token_(token)
+    {
+    }
+    void drop() noexcept
+    {
+        const asiosmtpd_token t = token_.exchange(0, std::memory_order_acq_rel);
+        if (t == 0)
+            return;
+        host_->log(ctx_, nullptr, ASIOSMTPD_LOG_WARN,
+                   to_str("a suspended hook was dropped without completion; answering 451"));
+        host_->complete(t, ASIOSMTPD_TEMPFAIL, internal_error_code, to_str(internal_error_text));
+    }
+
+    const asiosmtpd_host_api* host_ = nullptr;
+    asiosmtpd_ctx* ctx_ = nullptr;
+    std::atomic<asiosmtpd_token> token_{0};
+};
+
+// ------------------------------------------------------------------------------------------
+// call: the running hook. Valid only during the handler (T5); everything it returns by view
+// dies with it. Not thread-safe: use it on the handler's thread only; hand work to other
+// threads through suspend().
+// ------------------------------------------------------------------------------------------
+class call {
+public:
+    call(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_call* c,
+         sdk::hook which) noexcept
+        : host_(host), ctx_(ctx), call_(c), hook_(which)
+    {
+    }
+    call(const call&) = delete;
+    call& operator=(const call&) = delete;
+
+    /// Which hook is running (hook::command for a registered command's handler).
+    sdk::hook current_hook() const noexcept { return hook_; }
+
+    // -- Replies ---------------------------------------------------------------------------
+
+    /// Set the reply for the verdict this handler returns: code 200..599, text without CR,
+    /// '\n' between lines of a multi-line reply. The class must fit the verdict (2xx/3xx for
+    /// accept/continue_, 4xx tempfail*, 5xx reject*). Throws sdk::error when the host refuses
+    /// (E_INVALID: bad code, CR, line over 510 bytes; E_STATE).
+    void reply(std::uint16_t code, std::string_view text)
+    {
+        const asiosmtpd_status st = host_->set_reply(call_, code, to_str(text));
+        if (st != ASIOSMTPD_OK)
+            throw error(st, "set_reply(" + std::to_string(code) + ")");
+    }
+    /// reply(code, text) and return v: `return c.reply(verdict::reject, 550, "5.7.1 No");`
+    verdict reply(verdict v, std::uint16_t code, std::string_view text)
+    {
+        reply(code, text);
+        return v;
+    }
+    verdict accept(std::uint16_t code, std::string_view text) { return reply(verdict::accept, code, text); }
+    verdict reject(std::uint16_t code, std::string_view text) { return reply(verdict::reject, code, text); }
+    verdict tempfail(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail, code, text); }
+    verdict reject_close(std::uint16_t code, std::string_view text) { return reply(verdict::reject_close, code, text); }
+    verdict tempfail_close(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail_close, code, text); }
+
+    // -- Session and transaction views -----------------------------------------------------
+
+    session_info session() const
+    {
+        asiosmtpd_session_info raw{};
+        raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+        detail::check(host_->session_info(call_, &raw), "session_info");
+        using S = asiosmtpd_session_info;
+        session_info out;
+        const std::uint32_t n = raw.struct_size;
+        if (detail::has(n, offsetof(S, session_id) + sizeof raw.session_id)) out.id = raw.session_id;
+        if (detail::has(n, offsetof(S, peer_address) + sizeof raw.peer_address)) out.peer_address = to_view(raw.peer_address);
+        if (detail::has(n, offsetof(S, peer_port) + sizeof raw.peer_port)) out.peer_port = raw.peer_port;
+        if (detail::has(n, offsetof(S, helo_name) + sizeof raw.helo_name)) out.helo_name = to_view(raw.helo_name);
+        if (detail::has(n, offsetof(S, extended_smtp) + sizeof raw.extended_smtp)) out.extended_smtp = raw.extended_smtp != 0;
+        if (detail::has(n, offsetof(S, tls_active) + sizeof raw.tls_active)) out.tls_active = raw.tls_active != 0;
+        if (detail::has(n, offsetof(S, authenticated) + sizeof raw.authenticated)) out.authenticated = raw.authenticated != 0;
+        return out;
+    }
+
+    txn_info txn() const
+    {
+        asiosmtpd_txn_info raw{};
+        raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+        detail::check(host_->txn_info(call_, &raw), "txn_info");
+        using T = asiosmtpd_txn_info;
+        txn_info out;
+        const std::uint32_t n = raw.struct_size;
+        if (detail::has(n, offsetof(T, mail_from) + sizeof raw.mail_from)) out.mail_from = to_view(raw.mail_from);
+        if (detail::has(n, offsetof(T, mail_param_count) + sizeof raw.mail_param_count)) out.mail_param_count = raw.mail_param_count;
+        if (detail::has(n, offsetof(T, rcpt_count) + sizeof raw.rcpt_count)) out.rcpt_count = raw.rcpt_count;
+        return out;
+    }
+
+    /// The accepted recipients, in order (duplicates kept).
+    std::vector<std::string_view> rcpts() const
+    {
+        return collect(txn().rcpt_count, host_->txn_rcpt_at, "txn_rcpt_at");
+    }
+
+    /// The transaction's MAIL parameters ("SIZE=100", "BODY=8BITMIME"), upper-cased.
+    std::vector<std::string_view> mail_params() const
+    {
+        return collect(txn().mail_param_count, host_->txn_mail_param_at, "txn_mail_param_at");
+    }
+
+    // -- Private data slots: one per instance and scope; hold one type per scope. ----------
+    // The host deletes the object (on the session's thread) when the scope ends.
+
+    /// The object in the slot, or nullptr when empty. Throws std::logic_error when the slot
+    /// holds another type.
+    template <class T>
+    T* find_slot(scope s) const
+    {
+        void* p = host_->slot_get(call_, static_cast<std::int32_t>(s));
+        if (!p)
+            return nullptr;
+        auto* box = static_cast<slot_base*>(p);
+        if (box->tag != detail::type_tag<T>())
+            throw std::logic_error("slot holds an object of another type");
+        return &static_cast<slot_box<T>*>(box)->value;
+    }
+
+    /// The object in the slot, default-constructed on first use.
+    template <class T>
+    T& slot(scope s) const
+    {
+        if (T* p = find_slot<T>(s))
+            return *p;
+        return emplace_slot<T>(s);
+    }
+
+    /// Put a new T(args...) in the slot, replacing (and freeing) what was there.
+    template <class T, class... Args>
+    T& emplace_slot(scope s, Args&&... args) const
+    {
+        auto box = std::make_unique<slot_box<T>>(std::forward<Args>(args)...);
+        T& ref = box->value;
+        detail::check(host_->slot_set(call_, static_cast<std::int32_t>(s), static_cast<slot_base*>(box.get()),
+                                      &slot_box<T>::destroy),
+                      "slot_set");
+        box.release();
+        return ref;
+    }
+
+    /// Empty the slot (freeing its object).
+    void clear_slot(scope s) const
+    {
+        detail::check(host_->slot_set(call_, static_cast<std::int32_t>(s), nullptr, nullptr), "slot_set");
+    }
+
+    // -- Waiting -----------------------------------------------------------------------------
+
+    /// Suspend this hook: return verdict::pending from the handler and complete the returned
+    /// object later, from any thread. Once suspended, only the completion decides the hook's
+    /// result (what the handler returns, or throws, is then ignored). Throws sdk::error when
+    /// the host refuses (E_STATE: e.g. in SESSION_CLOSE, or suspended twice).
+    pending suspend()
+    {
+        asiosmtpd_token t = 0;
+        detail::check(host_->suspend(call_, &t), "suspend");
+        suspended_ = true;
+        return pending(host_, ctx_, t);
+    }
+    bool suspended() const noexcept { return suspended_; }
+
+    // -- Logging -----------------------------------------------------------------------------
+
+    /// One log line tagged with this session. Never log message bodies or credentials.
+    void log(log_level level, std::string_view message) const noexcept
+    {
+        host_->log(ctx_, call_, static_cast<std::int32_t>(level), to_str(message));
+    }
+    sdk::logger logger() const noexcept { return sdk::logger(host_, ctx_); }
+
+    asiosmtpd_call* raw() const noexcept { return call_; }
+    const asiosmtpd_host_api* host() const noexcept { return host_; }
+    asiosmtpd_ctx* ctx() const noexcept { return ctx_; }
+
+private:
+    struct slot_base {
+        const void* tag;
+    };
+    template <class T>
+    struct slot_box : slot_base {
+        template <class... Args>
+        explicit slot_box(Args&&... args) : slot_base{detail::type_tag<T>()}, value(std::forward<Args>(args)...)
+        {
+        }
+        static void destroy(void* p) noexcept { delete static_cast<slot_box*>(static_cast<slot_base*>(p)); }
+        T value;
+    };
+
+    using at_fn = asiosmtpd_status (*)(asiosmtpd_call*, std::size_t, asiosmtpd_str*);
+    std::vector<std::string_view> collect(std::size_t n, at_fn at, const char* what) const
+    {
+        std::vector<std::string_view> out;
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            asiosmtpd_str s{"", 0};
+            detail::check(at(call_, i, &s), what);
+            out.push_back(to_view(s));
+        }
+        return out;
+    }
+
+    const asiosmtpd_host_api* host_;
+    asiosmtpd_ctx* ctx_;
+    asiosmtpd_call* call_;
+    sdk::hook hook_;
+    bool suspended_ = false;
+};
+
+// ------------------------------------------------------------------------------------------
+// Trampolines: the only place where the C ABI calls C++ code. Nothing escapes them.
+// ------------------------------------------------------------------------------------------
+namespace detail {
+
+// What the host stores as the instance pointer: host table, ctx and the plugin object.
+struct instance_base {
+    const asiosmtpd_host_api* host = nullptr;
+    asiosmtpd_ctx* ctx = nullptr;
+    void* object = nullptr;
+};
+
+template <class P>
+struct instance : instance_base {
+    std::optional<P> plugin;
+};
+
+template <class M>
+struct member_class;
+template <class F, class C>
+struct member_class<F C::*> {
+    using type = C;
+};
+template <auto M>
+using member_class_t = typename member_class<decltype(M)>::type;
+
+// The argument struct of each hook: C struct and C++ view.
+template <asiosmtpd_hook_id H> struct hook_args { using c_type = void; using type = void; };
+template <> struct hook_args<0> { using c_type = asiosmtpd_command_args; using type = command_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_CONNECT> { using c_type = asiosmtpd_connect_args; using type = connect_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_HELO> { using c_type = asiosmtpd_helo_args; using type = helo_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_EHLO> { using c_type = asiosmtpd_helo_args; using type = helo_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_MAIL> { using c_type = asiosmtpd_address_args; using type = address_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_RCPT> { using c_type = asiosmtpd_address_args; using type = address_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_VRFY> { using c_type = asiosmtpd_address_args; using type = address_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_DATA> { using c_type = asiosmtpd_data_args; using type = data_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_NOOP> { using c_type = asiosmtpd_command_args; using type = command_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> { using c_type = asiosmtpd_command_args; using type = command_args; };
+
+template <auto M>
+inline constexpr bool takes_none =
+    std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&>;
+template <auto M, class A>
+constexpr bool takes_arg() noexcept
+{
+    if constexpr (std::is_void_v<A>)
+        return false;
+    else
+        return std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&, const A&>;
+}
+template <auto M, class A>
+inline constexpr bool takes = takes_arg<M, A>();
+template <auto M>
+inline constexpr bool valid_handler =
+    takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> ||
+    takes<M, data_args> || takes<M, command_args>;
+
+inline void log_noexcept(call& c, const char* prefix, const char* detail_text) noexcept
+{
+    try {
+        std::string m = prefix;
+        m += " in ";
+        m += hook_name(c.current_hook());
+        m += " handler";
+        if (detail_text) {
+            m += ": ";
+            m += detail_text;
+        }
+        c.log(log_level::warn, m);
+    } catch (...) {
+        c.log(log_level::warn, prefix);
+    }
+}
+
+// The handler failed: 451 unless the call is suspended (then its `pending` decides: if the
+// handler dropped it while unwinding, it has already completed with 451).
+inline asiosmtpd_verdict fail(call& c, const char* what) noexcept
+{
+    log_noexcept(c, "unhandled exception", what);
+    if (c.suspended())
+        return ASIOSMTPD_PENDING;
+    c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
+    return ASIOSMTPD_TEMPFAIL;
+}
+
+inline asiosmtpd_verdict finish(call& c, verdict v) noexcept
+{
+    const auto raw = static_cast<asiosmtpd_verdict>(v);
+    if (c.suspended()) {
+        if (v != verdict::pending)
+            log_noexcept(c, "handler suspended but returned another verdict; the completion decides",
+                         nullptr);
+        return ASIOSMTPD_PENDING;
+    }
+    if (v == verdict::pending || raw < ASIOSMTPD_CONTINUE || raw > ASIOSMTPD_PENDING) {
+        log_noexcept(c, "handler returned PENDING without suspend() or an unknown verdict", nullptr);
+        c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
+        return ASIOSMTPD_TEMPFAIL;
+    }
+    return raw;
+}
+
+template <auto M, asiosmtpd_hook_id H>
+asiosmtpd_verdict trampoline(void* inst, asiosmtpd_call* raw_call, const void* raw_args) noexcept
+{
+    using C = member_class_t<M>;
+    using A = typename hook_args<H>::type;
+    auto* box = static_cast<instance_base*>(inst);
+    call c(box->host, box->ctx, raw_call, static_cast<hook>(H));
+    try {
+        C& self = *static_cast<C*>(box->object);
+        if constexpr (takes<M, A>) {
+            if (!raw_args)
+                throw std::logic_error("the host passed no hook arguments");
+            const A args(*static_cast<const typename hook_args<H>::c_type*>(raw_args));
+            return finish(c, (self.*M)(c, args));
+        } else {
+            return finish(c, (self.*M)(c));
+        }
+    } catch (const std::exception& e) {
+        return fail(c, e.what());
+    } catch (...) {
+        return fail(c, "unknown exception");
+    }
+}
+
+// The trampoline of M for hook H, or nullptr when M's argument type does not fit H.
+template <auto M, asiosmtpd_hook_id H>
+constexpr asiosmtpd_hook_fn pick() noexcept
+{
+    using A = typename hook_args<H>::type;
+    if constexpr (takes<M, A>)
+        return &trampoline<M, H>;
+    else if constexpr (takes_none<M>)
+        return &trampoline<M, H>;
+    else
+        return nullptr;
+}
+
+inline void write_error(asiosmtpd_errbuf* err, const char* text) noexcept
+{
+    if (!err || !err->buf || err->cap == 0)
+        return;
+    const std::size_t len = text ? std::strlen(text) : 0;
+    const std::size_t n = len < err->cap - 1 ? len : err->cap - 1;
+    if (n)
+        std::memcpy(err->buf, text, n);
+    err->buf[n] = '\0';
+}
+
+} // namespace detail
+
+// ------------------------------------------------------------------------------------------
+// registrar: what the plugin's constructor gets. Valid only during the constructor
+// (create(), control thread); registration afterwards is impossible (E_FROZEN).
+// ------------------------------------------------------------------------------------------
+class registrar {
+public:
+    registrar(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg,
+              const void* plugin_tag) noexcept
+        : host_(host), ctx_(ctx), reg_(reg), plugin_tag_(plugin_tag)
+    {
+    }
+    registrar(const registrar&) = delete;
+    registrar& operator=(const registrar&) = delete;
+
+    /// This instance's `config:` subtree (kind null when absent).
+    sdk::config config() const { return sdk::config(host_, host_->cfg_root(reg_)); }
+
+    /// A logger usable from any thread for the instance's lifetime.
+    sdk::logger logger() const noexcept { return sdk::logger(host_, ctx_); }
+
+    /// Add member function M of the plugin class to the chain of hook `h`. M is
+    ///   verdict (Plugin::*)(call&)                  for any hook, or
+    ///   verdict (Plugin::*)(call&, const X&)        with X the hook's view:
+    ///     connect_args (CONNECT), helo_args (HELO, EHLO), address_args (MAIL, RCPT, VRFY),
+    ///     data_args (DATA), command_args (NOOP, UNKNOWN).
+    /// Throws std::logic_error when M does not fit `h` or is not a member of the plugin
+    /// class, sdk::error when the host refuses (E_UNSUPPORTED: a hook the host lacks).
+    template <auto M>
+    void on(hook h)
+    {
+        const asiosmtpd_status st = try_on<M>(h);
+        if (st != ASIOSMTPD_OK)
+            throw error(st, std::string("register_hook(") + hook_name(h) + ")");
+    }
+
+    /// on() returning the host's status instead of throwing it (E_UNSUPPORTED lets a
+    /// plugin degrade on an older host). A signature mismatch still throws.
+    template <auto M>
+    asiosmtpd_status try_on(hook h)
+    {
+        static_assert(std::is_member_function_pointer_v<decltype(M)> && detail::valid_handler<M>,
+                      "a handler is verdict (Plugin::*)(call&) or verdict (Plugin::*)(call&, const X&)"
+                      " with X one of connect_args, helo_args, address_args, data_args, command_args");
+        check_class<detail::member_class_t<M>>();
+        asiosmtpd_hook_fn fn = nullptr;
+        switch (h) {
+        case hook::connect: fn = detail::pick<M, ASIOSMTPD_HOOK_CONNECT>(); break;
+        case hook::helo: fn = detail::pick<M, ASIOSMTPD_HOOK_HELO>(); break;
+        case hook::ehlo: fn = detail::pick<M, ASIOSMTPD_HOOK_EHLO>(); break;
+        case hook::mail: fn = detail::pick<M, ASIOSMTPD_HOOK_MAIL>(); break;
+        case hook::rcpt: fn = detail::pick<M, ASIOSMTPD_HOOK_RCPT>(); break;
+        case hook::data: fn = detail::pick<M, ASIOSMTPD_HOOK_DATA>(); break;
+        case hook::rset: fn = detail::pick<M, ASIOSMTPD_HOOK_RSET>(); break;
+        case hook::noop: fn = detail::pick<M, ASIOSMTPD_HOOK_NOOP>(); break;
+        case hook::quit: fn = detail::pick<M, ASIOSMTPD_HOOK_QUIT>(); break;
+        case hook::vrfy: fn = detail::pick<M, ASIOSMTPD_HOOK_VRFY>(); break;
+        case hook::unknown: fn = detail::pick<M, ASIOSMTPD_HOOK_UNKNOWN>(); break;
+        case hook::session_close: fn = detail::pick<M, ASIOSMTPD_HOOK_SESSION_CLOSE>(); break;
+        case hook::command:
+            throw std::logic_error("register commands with registrar::command()");
+        case hook::other:
+        default: fn = detail::pick<M, -1>(); break;
+        }
+        if (!fn)
+            throw std::logic_error(std::string("the handler's argument type does not fit hook ") +
+                                   hook_name(h));
+        return host_->register_hook(reg_, static_cast<asiosmtpd_hook_id>(h), fn);
+    }
+
+    /// Add the SMTP command `verb` ([A-Z0-9-]+, not built in) handled by member M:
+    ///   verdict (Plugin::*)(call&, const command_args&)  or  verdict (Plugin::*)(call&).
+    /// `help` is listed by HELP ("PING [text]"); flags: ASIOSMTPD_CMD_NEEDS_HELO. The
+    /// default reply of an ACCEPT/CONTINUE without reply is "250 OK". Throws sdk::error
+    /// (E_CONFLICT: verb taken; E_INVALID: bad verb).
+    template <auto M>
+    void command(std::string_view verb, std::string_view help = {}, std::uint32_t flags = 0)
+    {
+        static_assert(std::is_member_function_pointer_v<decltype(M)> &&
+                          (detail::takes_none<M> || detail::takes<M, command_args>),
+                      "a command handler is verdict (Plugin::*)(call&, const command_args&)"
+                      " or verdict (Plugin::*)(call&)");
+        check_class<detail::member_class_t<M>>();
+        asiosmtpd_command_desc d{};
+        d.struct_size = static_cast<std::uint32_t>(sizeof d);
+        d.verb = to_str(verb);
+        d.help = to_str(help);
+        d.flags = flags;
+        d.handler = detail::pick<M, 0>();
+        const asiosmtpd_status st = host_->register_command(reg_, &d);
+        if (st != ASIOSMTPD_OK)
+            throw error(st, "register_command(" + std::string(verb) + ")");
+    }
+
+    /// Add an EHLO keyword line ("XFOO bar"). Throws sdk::error (E_INVALID: CR/LF, > 500 bytes).
+    void ehlo_keyword(std::string_view line)
+    {
+        const asiosmtpd_status st = host_->register_ehlo_keyword(reg_, to_str(line));
+        if (st != ASIOSMTPD_OK)
+            throw error(st, "register_ehlo_keyword(" + std::string(line.substr(0, 40)) + ")");
+    }
+
+    const asiosmtpd_host_api* host() const noexcept { return host_; }
+    asiosmtpd_ctx* ctx() const noexcept { return ctx_; }
+    asiosmtpd_registrar* raw() const noexcept { return reg_; }
+
+private:
+    template <class C>
+    void check_class() const
+    {
+        // The trampoline turns the instance pointer into a C*: only right for the class that
+        // ASIOSMTPD_PLUGIN names (a base-class member would need an offset adjustment).
+        if (detail::type_tag<C>() != plugin_tag_)
+            throw std::logic_error("a handler must be a member function of the plugin class itself");
+    }
+
+    const asiosmtpd_host_api* host_;
+    asiosmtpd_ctx* ctx_;
+    asiosmtpd_registrar* reg_;
+    const void* plugin_tag_;
+};
+
+namespace detail {
+
+/// create()/destroy() of plugin class P, used by ASIOSMTPD_PLUGIN.
+template <class P>
+struct entry {
+    static_assert(std::is_constructible_v<P, registrar&>,
+                  "a plugin class is constructible from asiosmtpd::sdk::registrar&");
+
+    static asiosmtpd_status create(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx,
+                                   asiosmtpd_registrar* reg, void** out_instance,
+                                   asiosmtpd_errbuf* err) noexcept
+    {
+        if (out_instance)
+            *out_instance = nullptr;
+        if (!host || !reg || !out_instance) {
+            write_error(err, "create() called with a NULL argument");
+            return ASIOSMTPD_E_INVALID;
+        }
+        if (host->abi_major != ASIOSMTPD_ABI_MAJOR || host->struct_size < host_api_v1_0_size) {
+            write_error(err, "the host's plugin ABI does not match this plugin (needs 1.0)");
+            return ASIOSMTPD_E_UNSUPPORTED;
+        }
+        try {
+            auto box = std::make_unique<instance<P>>();
+            box->host = host;
+            box->ctx = ctx;
+            registrar r(host, ctx, reg, type_tag<P>());
+            box->plugin.emplace(r);
+            box->object = &*box->plugin;
+            *out_instance = static_cast<instance_base*>(box.release());
+            return ASIOSMTPD_OK;
+        } catch (const std::exception& e) {
+            write_error(err, e.what());
+        } catch (...) {
+            write_error(err, "unknown exception");
+        }
+        return ASIOSMTPD_E_INVALID;
+    }
+
+    static void destroy(void* inst) noexcept
+    {
+        delete static_cast<instance<P>*>(static_cast<instance_base*>(inst));
+    }
+};
+
+} // namespace detail
+} // namespace asiosmtpd::sdk
+
+/// ASIOSMTPD_PLUGIN(Class, "name", "version", "one-line description", flags)
+/// Defines the entry symbol asiosmtpd_plugin_entry_v1 for plugin class `Class` (constructed
+/// from registrar& in create(), destroyed in destroy()). Use once per library, at namespace
+/// scope. `name` is [a-z0-9_.-]+; flags: 0 or ASIOSMTPD_PF_THREAD_SAFE (handlers of different
+/// sessions may then run concurrently: guard shared state yourself).
+/// The descriptor asks for host ABI 1.0 (define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR before
+/// including this header to require more).
+#ifndef ASIOSMTPD_PLUGIN_MIN_ABI_MINOR
+#define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR 0u
+#endif
+#define ASIOSMTPD_PLUGIN(Class, Name, Version, Description, Flags)                                 \
+    extern "C" ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor* asiosmtpd_plugin_entry_v1(void) \
+    {                                                                                              \
+        static const asiosmtpd_plugin_descriptor descriptor = {                                    \
+            static_cast<std::uint32_t>(sizeof(asiosmtpd_plugin_descriptor)),                       \
+            ASIOSMTPD_ABI_MAJOR,                                                                   \
+            ASIOSMTPD_PLUGIN_MIN_ABI_MINOR,                                                        \
+            static_cast<std::uint32_t>(Flags),                                                     \
+            Name,                                                                                  \
+            Version,                                                                               \
+            Description,                                                                           \
+            &::asiosmtpd::sdk::detail::entry<Class>::create,                                       \
+            &::asiosmtpd::sdk::detail::entry<Class>::destroy,                                      \
+        };                                                                                         \
+        return &descriptor;                                                                        \
+    }
+
+#endif // ASIOSMTPD_PLUGIN_HPP

@@ -1,0 +1,342 @@
+// The engine with hooks: what it asks, when it waits, and how verdicts become replies.
+// (Hook-less conversations are in tests/transcripts/, replayed by transcript_test.cpp.)
+#include "proto/engine.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace asiosmtpd::proto {
+namespace {
+
+settings base_settings()
+{
+    settings s;
+    s.hostname = "mx.test";
+    s.ident = "asiosmtpd test";
+    return s;
+}
+
+std::string take(engine& e)
+{
+    std::string out = e.output();
+    e.clear_output();
+    return out;
+}
+
+hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
+{
+    return hook_result{v, code, std::move(text)};
+}
+
+TEST(engine, greeting_without_connect_hook)
+{
+    const settings s = base_settings();
+    engine e(s);
+    e.start();
+    EXPECT_EQ(take(e), "220 mx.test asiosmtpd test\r\n");
+    EXPECT_EQ(e.pending_hook(), nullptr);
+}
+
+TEST(engine, connect_hook_runs_before_greeting_and_early_input_waits)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::connect);
+    engine e(s);
+    e.start();
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->kind, hook_kind::connect);
+    e.receive("NOOP\r\n");  // sent before the greeting: kept (aiosmtpd §2.1)
+    EXPECT_EQ(take(e), "");
+    e.hook_done(make(verdict::none));
+    EXPECT_EQ(take(e), "220 mx.test asiosmtpd test\r\n250 OK\r\n");
+}
+
+TEST(engine, connect_reject_serves_only_quit)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::connect);
+    engine e(s);
+    e.start();
+    e.hook_done(make(verdict::reject, 554, "5.7.1 go away"));
+    EXPECT_EQ(take(e), "554 5.7.1 go away\r\n");
+    e.receive("EHLO x\r\nQUIT\r\n");
+    EXPECT_EQ(take(e), "503 5.5.1 Error: connection rejected, send QUIT\r\n221 Bye\r\n");
+    EXPECT_TRUE(e.close_requested());
+}
+
+TEST(engine, connect_tempfail_closes_with_421)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::connect);
+    engine e(s);
+    e.start();
+    e.hook_done(make(verdict::tempfail));
+    EXPECT_EQ(take(e), "421 4.7.0 mx.test Service not available, closing transmission channel\r\n");
+    EXPECT_TRUE(e.close_requested());
+}
+
+TEST(engine, mail_hook_sees_address_and_params_and_reject_keeps_no_state)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::mail);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("EHLO c\r\nMAIL FROM:<a@b.c> SIZE=10 body=8bitmime\r\nRCPT TO:<d@e.f>\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    const hook_request& r = *e.pending_hook();
+    EXPECT_EQ(r.kind, hook_kind::mail);
+    EXPECT_EQ(r.argument, "a@b.c");
+    ASSERT_EQ(r.params.size(), 2u);
+    EXPECT_EQ(r.params[0], "SIZE=10");
+    EXPECT_EQ(r.params[1], "BODY=8BITMIME");
+    // RCPT waits behind the hook: replies stay in order.
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n");
+    e.hook_done(make(verdict::reject, 550, "5.7.1 not you"));
+    EXPECT_EQ(take(e), "550 5.7.1 not you\r\n503 Error: need MAIL command\r\n");
+    EXPECT_TRUE(e.current_envelope().mail_from.empty());
+}
+
+TEST(engine, accept_with_multiline_reply)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::mail);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\n");
+    e.hook_done(make(verdict::accept, 250, "first\nsecond"));
+    EXPECT_EQ(take(e), "250 mx.test\r\n250-first\r\n250 second\r\n");
+    EXPECT_EQ(e.current_envelope().mail_from, "a@b.c");
+    EXPECT_EQ(e.current_envelope().mail_options, std::vector<std::string>{});
+}
+
+TEST(engine, rcpt_default_reject_and_tempfail_texts)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::rcpt);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n");
+    e.hook_done(make(verdict::reject));
+    e.receive("RCPT TO:<x@y.z>\r\n");
+    e.hook_done(make(verdict::tempfail));
+    e.receive("RCPT TO:<ok@y.z>\r\n");
+    e.hook_done(make(verdict::none));
+    EXPECT_EQ(take(e), "250 mx.test\r\n250 OK\r\n550 5.7.1 Rejected\r\n451 4.7.1 Try again later\r\n250 OK\r\n");
+    EXPECT_EQ(e.current_envelope().rcpt_tos, std::vector<std::string>{"ok@y.z"});
+}
+
+TEST(engine, plugin_error_is_451_internal_and_session_goes_on)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::noop);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("NOOP\r\nNOOP hi\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_FALSE(e.pending_hook()->has_argument);
+    e.hook_done(make(verdict::error));
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_TRUE(e.pending_hook()->has_argument);
+    EXPECT_EQ(e.pending_hook()->argument, "hi");
+    e.hook_done(make(verdict::none));
+    EXPECT_EQ(take(e), "451 4.3.0 Error: internal\r\n250 OK\r\n");
+    EXPECT_FALSE(e.close_requested());
+}
+
+TEST(engine, data_hook_gets_unstuffed_content_and_envelope_resets)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::data);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\nbare\nlf\r\n.\r\nNOOP\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->kind, hook_kind::data);
+    EXPECT_EQ(e.pending_hook()->content, "Subject: x\r\n\r\n.dot\r\nbare\nlf\r\n");
+    EXPECT_EQ(e.current_envelope().rcpt_tos.size(), 1u);
+    e.hook_done(make(verdict::accept));
+    EXPECT_EQ(take(e), "250 mx.test\r\n250 OK\r\n250 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n250 OK\r\n");
+    EXPECT_TRUE(e.current_envelope().mail_from.empty());
+    EXPECT_EQ(e.transactions(), 1u);
+}
+
+TEST(engine, data_tempfail_close_replies_then_closes)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::data);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    e.hook_done(make(verdict::tempfail_close, 421, "4.3.0 queue full"));
+    const std::string out = take(e);
+    EXPECT_NE(out.find("354 End data"), std::string::npos);
+    EXPECT_TRUE(out.ends_with("421 4.3.0 queue full\r\n"));
+    EXPECT_TRUE(e.close_requested());
+}
+
+TEST(engine, lmtp_answers_once_per_recipient_after_data)
+{
+    settings s = base_settings();
+    s.lmtp = true;
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("LHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<1@e.f>\r\nRCPT TO:<2@e.f>\r\nDATA\r\nhi\r\n.\r\n");
+    const std::string out = take(e);
+    EXPECT_TRUE(out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n250 OK\r\n")) << out;
+}
+
+TEST(engine, custom_command_ping)
+{
+    settings s = base_settings();
+    s.commands.push_back({"PING", "PING", false});
+    s.hook_mask = hook_bit(hook_kind::command);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("ping\r\nHELP\r\nHELP PING\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->kind, hook_kind::command);
+    EXPECT_EQ(e.pending_hook()->command_index, 0u);
+    EXPECT_EQ(e.pending_hook()->verb, "PING");
+    e.hook_done(make(verdict::accept, 259, "Pong"));
+    EXPECT_EQ(take(e), "259 Pong\r\n"
+                       "250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP PING QUIT RCPT RSET VRFY\r\n"
+                       "250 Syntax: PING\r\n");
+}
+
+TEST(engine, custom_command_needing_helo)
+{
+    settings s = base_settings();
+    s.commands.push_back({"XSTAT", "", true});
+    s.hook_mask = hook_bit(hook_kind::command);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("XSTAT\r\n");
+    EXPECT_EQ(take(e), "503 Error: send HELO first\r\n");
+}
+
+TEST(engine, unknown_hook_accepting_does_not_use_the_budget)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::unknown);
+    engine e(s);
+    e.start();
+    take(e);
+    for (int i = 0; i < 6; ++i) {
+        e.receive("XYZZY magic\r\n");
+        ASSERT_NE(e.pending_hook(), nullptr);
+        EXPECT_EQ(e.pending_hook()->verb, "XYZZY");
+        EXPECT_EQ(e.pending_hook()->argument, "magic");
+        e.hook_done(make(verdict::accept, 250, "Nothing happens"));
+    }
+    EXPECT_FALSE(e.close_requested());
+    e.receive("B1\r\n");
+    e.hook_done(make(verdict::none));
+    EXPECT_TRUE(take(e).ends_with("500 Error: command \"B1\" not recognized\r\n"));
+}
+
+TEST(engine, ehlo_hook_can_replace_the_reply_or_add_nothing)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::ehlo);
+    s.ehlo_keywords = {"XFOO bar"};
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("EHLO a\r\n");
+    e.hook_done(make(verdict::none));
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-XFOO bar\r\n250 HELP\r\n");
+    EXPECT_EQ(e.helo_name(), "a");
+    e.receive("EHLO b\r\n");
+    e.hook_done(make(verdict::reject, 550, "go away"));
+    EXPECT_EQ(take(e), "550 go away\r\n");
+    EXPECT_EQ(e.helo_name(), "a");
+}
+
+TEST(engine, quit_hook_reply_then_close)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::quit);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("QUIT\r\nNOOP\r\n");
+    e.hook_done(make(verdict::accept, 221, "2.0.0 See you"));
+    EXPECT_EQ(take(e), "221 2.0.0 See you\r\n");
+    EXPECT_TRUE(e.close_requested());
+}
+
+TEST(engine, idle_timeout_sends_421)
+{
+    const settings s = base_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    e.timed_out();
+    EXPECT_EQ(take(e), "421 4.4.2 mx.test Error: timeout exceeded\r\n");
+    EXPECT_TRUE(e.close_requested());
+    e.receive("NOOP\r\n");
+    EXPECT_EQ(take(e), "");
+}
+
+TEST(engine, zero_copy_receive_path)
+{
+    const settings s = base_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    const std::string input = "NOOP\r\nNOOP\r\n";
+    for (char c : input) {
+        auto room = e.prepare(16);
+        ASSERT_GE(room.size(), 16u);
+        room[0] = c;
+        e.commit(1);
+    }
+    EXPECT_EQ(take(e), "250 OK\r\n250 OK\r\n");
+}
+
+TEST(engine, large_message_arrives_intact_in_any_chunks)
+{
+    settings s = base_settings();
+    s.hook_mask = hook_bit(hook_kind::data);
+    engine e(s);
+    e.start();
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n");
+    std::string body;
+    for (int i = 0; i < 20000; ++i) body += (i % 7 == 0 ? ".." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
+    std::string expected;
+    for (int i = 0; i < 20000; ++i) expected += (i % 7 == 0 ? "." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
+    const std::string wire = body + ".\r\n";
+    for (std::size_t at = 0; at < wire.size(); at += 997) e.receive(std::string_view(wire).substr(at, 997));
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->content.size(), expected.size());
+    EXPECT_TRUE(e.pending_hook()->content == expected);
+}
+
+TEST(engine, over_long_data_line_is_dropped_as_it_arrives)
+{
+    settings s = base_settings();
+    s.data_size_limit = 0;
+    engine e(s);
+    e.start();
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n");
+    take(e);
+    const std::string chunk(64 * 1024, 'x');
+    for (int i = 0; i < 64; ++i) e.receive(chunk);  // 4 MiB without CRLF
+    EXPECT_LT(e.buffered(), 2048u);               // not buffered
+    e.receive("\r\n.\r\n");
+    EXPECT_EQ(take(e), "500 Line too long (see RFC5321 4.5.3.1.6)\r\n");
+}
+
+} // namespace
+} // namespace asiosmtpd::proto
