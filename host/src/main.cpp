@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -27,6 +28,9 @@ int main(int argc, char** argv)
     app.add_option("--log-level", level, "debug, info, warn or error")
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
     CLI11_PARSE(app, argc, argv);
+    // A client or a plugin's stream (debugging writes to stdout) going away must not kill
+    // the server; write errors are handled where they happen.
+    std::signal(SIGPIPE, SIG_IGN);
 
     log::set_level(level == "debug" ? log::level::debug
                    : level == "warn" ? log::level::warn

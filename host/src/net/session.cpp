@@ -150,7 +150,7 @@ asio::awaitable<void> session::serve()
         }
         if (!co_await flush()) break;
         if (engine_.close_requested()) {
-            if (end_reason_ == "closed") end_reason_ = timed_out_ ? "timeout" : "server closed";
+            if (end_reason_ == "closed") end_reason_ = engine_.close_reason();
             break;
         }
         if (stop_requested_ && at_command_boundary()) {

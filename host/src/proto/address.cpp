@@ -169,6 +169,125 @@ std::string python_remove_spaces(std::string_view s)
     return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Python text. aiosmtpd hands the parser a str decoded from the line as UTF-8 with
+// surrogateescape: each byte that is not part of a well-formed sequence becomes the lone
+// surrogate U+DC00+byte, which is no letter, no blank and no special to any later test. Text is
+// kept in that shape here too (UTF-8, those surrogates spelt ED B2 80 .. ED B3 BF), so that an
+// escaped 0xC2 0xA0 never passes for U+00A0, and is turned back into bytes at the end.
+
+/// 3 if an escaped byte (surrogate U+DC80..U+DCFF) starts at `pos`, else 0.
+std::size_t escaped_byte_length(std::string_view text, std::size_t pos)
+{
+    const bool escaped = pos + 2 < text.size() && byte_at(text, pos) == 0xED &&
+                         (byte_at(text, pos + 1) == 0xB2 || byte_at(text, pos + 1) == 0xB3) &&
+                         byte_at(text, pos + 2) >= 0x80 && byte_at(text, pos + 2) <= 0xBF;
+    return escaped ? 3 : 0;
+}
+
+bool has_escaped_byte(std::string_view text)
+{
+    for (std::size_t pos = 0; pos < text.size(); ++pos)
+        if (escaped_byte_length(text, pos) != 0) return true;
+    return false;
+}
+
+/// U+DC00 + b (b >= 0x80) in UTF-8.
+void append_escaped_byte(std::string& text, unsigned b)
+{
+    text.push_back(static_cast<char>(0xEDU));
+    text.push_back(static_cast<char>(0xB0U | (b >> 6U)));
+    text.push_back(static_cast<char>(0x80U | (b & 0x3FU)));
+}
+
+/// bytes.decode('utf-8', 'surrogateescape')
+std::string decode_utf8_escaped(std::string_view bytes)
+{
+    std::string text;
+    text.reserve(bytes.size());
+    for (std::size_t pos = 0; pos < bytes.size();) {
+        const unsigned b = byte_at(bytes, pos);
+        const std::size_t length = b < 0x80 ? 1 : utf8_char_length(bytes, pos);
+        if (length == 0) {
+            append_escaped_byte(text, b);
+            ++pos;
+            continue;
+        }
+        text += bytes.substr(pos, length);
+        pos += length;
+    }
+    return text;
+}
+
+/// bytes.decode('ascii', 'surrogateescape')
+std::string decode_ascii_escaped(std::string_view bytes)
+{
+    std::string text;
+    text.reserve(bytes.size());
+    for (const char c : bytes) {
+        const unsigned b = static_cast<unsigned char>(c);
+        if (b < 0x80)
+            text.push_back(c);
+        else
+            append_escaped_byte(text, b);
+    }
+    return text;
+}
+
+/// bytes.decode('latin-1'): every byte is the code point of the same number.
+std::string decode_latin1(std::string_view bytes)
+{
+    std::string text;
+    text.reserve(bytes.size());
+    for (const char c : bytes) {
+        const unsigned b = static_cast<unsigned char>(c);
+        if (b < 0x80) {
+            text.push_back(c);
+            continue;
+        }
+        text.push_back(static_cast<char>(0xC0U | (b >> 6U)));
+        text.push_back(static_cast<char>(0x80U | (b & 0x3FU)));
+    }
+    return text;
+}
+
+/// str.encode('utf-8', 'surrogateescape'): the bytes again.
+std::string encode_escaped(std::string_view text)
+{
+    std::string bytes;
+    bytes.reserve(text.size());
+    for (std::size_t pos = 0; pos < text.size();) {
+        if (escaped_byte_length(text, pos) != 0) {
+            const unsigned b = ((byte_at(text, pos + 1) & 0x03U) << 6U) | (byte_at(text, pos + 2) & 0x3FU);
+            bytes.push_back(static_cast<char>(b));
+            pos += 3;
+            continue;
+        }
+        bytes.push_back(text[pos]);
+        ++pos;
+    }
+    return bytes;
+}
+
+/// str.encode('ascii', 'surrogateescape'): the bytes, or nothing if a real non-ASCII character
+/// is in the way (UnicodeEncodeError).
+std::optional<std::string> encode_ascii_escaped(std::string_view text)
+{
+    std::string bytes;
+    bytes.reserve(text.size());
+    for (std::size_t pos = 0; pos < text.size();) {
+        if (byte_at(text, pos) < 0x80) {
+            bytes.push_back(text[pos]);
+            ++pos;
+            continue;
+        }
+        if (escaped_byte_length(text, pos) == 0) return std::nullopt;
+        bytes += encode_escaped(text.substr(pos, 3));
+        pos += 3;
+    }
+    return bytes;
+}
+
 /// quote_string(): the whole text in double quotes, `\` and `"` backslash-escaped.
 std::string quote_string(std::string_view s)
 {
@@ -400,10 +519,16 @@ std::string decode_q(std::string_view encoded)
     return out;
 }
 
-/// Whether Python's codec registry resolves `charset` to latin_1. The name is normalised as
-/// CPython's _Py_normalize_encoding() does (runs of anything but ASCII alphanumerics and `.`
-/// become one `_`, lower case) and looked up like encodings.search_function().
-bool is_latin1_charset(std::string_view charset)
+/// The codecs whose result we model. Every other charset decodes as ASCII with surrogateescape,
+/// which is exactly what Python does for an unknown charset name (LookupError) and for ASCII.
+enum class codec : std::uint8_t { utf_8, latin_1, other };
+
+/// The codec Python's registry finds for `charset` (text without escaped bytes). The name is
+/// normalised as CPython's _Py_normalize_encoding() does (runs of anything but ASCII
+/// alphanumerics and `.` become one `_`, letters lower case) and then looked up like
+/// encodings.search_function(): the alias table, the alias table with `.` spelt `_`, then a
+/// module of that name (never one whose name has a dot).
+codec lookup_codec(std::string_view charset)
 {
     std::string name;
     bool punct = false;
@@ -416,84 +541,72 @@ bool is_latin1_charset(std::string_view charset)
             punct = true;
         }
     }
-    // encodings.aliases entries whose codec is latin_1, and the module name itself.
-    constexpr std::array<std::string_view, 13> latin1_names{
-        "8859",     "cp819",      "csisolatin1",     "ibm819",     "iso8859", "iso8859_1", "iso_8859_1",
-        "iso_8859_1_1987", "iso_ir_100", "l1", "latin", "latin1",   "latin_1"};
-    const auto known = [&](std::string_view n) {
-        return std::find(latin1_names.begin(), latin1_names.end(), n) != latin1_names.end();
+    struct alias {
+        std::string_view name;
+        codec target;
     };
-    // search_function also tries the alias table with `.` spelt `_`, but never imports a module
-    // whose name has a dot.
+    // encodings.aliases entries for the two codecs (CPython 3.11).
+    constexpr std::array<alias, 18> aliases{{
+        {"cp65001", codec::utf_8},      {"u8", codec::utf_8},           {"utf", codec::utf_8},
+        {"utf8", codec::utf_8},         {"utf8_ucs2", codec::utf_8},    {"utf8_ucs4", codec::utf_8},
+        {"8859", codec::latin_1},       {"cp819", codec::latin_1},      {"csisolatin1", codec::latin_1},
+        {"ibm819", codec::latin_1},     {"iso8859", codec::latin_1},    {"iso8859_1", codec::latin_1},
+        {"iso_8859_1", codec::latin_1}, {"iso_8859_1_1987", codec::latin_1},
+        {"iso_ir_100", codec::latin_1}, {"l1", codec::latin_1},         {"latin", codec::latin_1},
+        {"latin1", codec::latin_1},
+    }};
+    const auto find_alias = [&](std::string_view n) -> std::optional<codec> {
+        for (const alias& a : aliases)
+            if (a.name == n) return a.target;
+        return std::nullopt;
+    };
     std::string underscored = name;
     std::replace(underscored.begin(), underscored.end(), '.', '_');
-    if (name.find('.') != std::string::npos) return known(underscored) && underscored != "latin_1";
-    return known(name);
+    if (const auto target = find_alias(name)) return *target;
+    if (const auto target = find_alias(underscored)) return *target;
+    if (name == "utf_8") return codec::utf_8;
+    if (name == "latin_1") return codec::latin_1;
+    return codec::other;
 }
 
-/// True when `s` holds a code point above U+007F as Python sees it (a well-formed UTF-8
-/// sequence); lone bytes >= 0x80 are surrogate escapes and encode back to ASCII-codec bytes.
-bool has_non_ascii_character(std::string_view s)
-{
-    for (std::size_t pos = 0; pos < s.size(); ++pos)
-        if (byte_at(s, pos) >= 0x80 && utf8_char_length(s, pos) != 0) return true;
-    return false;
-}
-
-/// _encoded_words.decode('=?' + word + '?='): the decoded text as UTF-8 bytes, or nothing where
-/// Python raises ValueError/KeyError (get_encoded_word then reports HeaderParseError).
+/// _encoded_words.decode('=?' + word + '?='): the decoded text (in our Python-text form), or
+/// nothing where Python raises ValueError/KeyError (get_encoded_word then reports
+/// HeaderParseError and the caller reads the word as plain text).
 std::optional<std::string> decode_encoded_word(std::string_view word)
 {
     // `_, charset, cte, cte_string, _ = ew.split('?')` needs exactly two `?` inside.
     if (std::count(word.begin(), word.end(), '?') != 2) return std::nullopt;
     const std::size_t first = word.find('?');
     const std::size_t second = word.find('?', first + 1);
-    const std::string_view charset = word.substr(0, first).substr(0, word.substr(0, first).find('*'));
+    const std::string_view charset_and_lang = word.substr(0, first);
+    const std::string_view charset = charset_and_lang.substr(0, charset_and_lang.find('*'));
     const std::string_view cte = word.substr(first + 1, second - first - 1);
-    const std::string_view payload = word.substr(second + 1);
     // cte_string.encode('ascii', 'surrogateescape') fails on a real non-ASCII character.
-    if (has_non_ascii_character(payload)) return std::nullopt;
+    const std::optional<std::string> payload = encode_ascii_escaped(word.substr(second + 1));
+    if (!payload) return std::nullopt;
     std::string bytes;
     if (cte.size() == 1 && ascii_lower(cte[0]) == 'q')
-        bytes = decode_q(payload);
+        bytes = decode_q(*payload);
     else if (cte.size() == 1 && ascii_lower(cte[0]) == 'b')
-        bytes = decode_b(payload);
+        bytes = decode_b(*payload);
     else
         return std::nullopt; // KeyError: no such transfer encoding
-    // bytes.decode(charset). A charset that is not valid UTF-8 cannot even be passed to the
-    // codec lookup (UnicodeEncodeError, caught: undecoded bytes); an embedded NUL is a
-    // ValueError that is not caught inside decode().
-    bool charset_valid_utf8 = true;
-    for (std::size_t pos = 0; pos < charset.size();) {
-        if (byte_at(charset, pos) < 0x80) {
-            ++pos;
-            continue;
-        }
-        const std::size_t length = utf8_char_length(charset, pos);
-        if (length == 0) {
-            charset_valid_utf8 = false;
-            break;
-        }
-        pos += length;
+    // bytes.decode(charset). A charset holding an escaped byte cannot be handed to the codec
+    // lookup (UnicodeEncodeError, caught: ASCII with surrogateescape); one holding NUL is a
+    // ValueError that decode() does not catch.
+    if (has_escaped_byte(charset)) return decode_ascii_escaped(bytes);
+    if (charset.find('\0') != std::string_view::npos) return std::nullopt;
+    switch (lookup_codec(charset)) {
+    case codec::utf_8:
+        return decode_utf8_escaped(bytes); // strict, else surrogateescape: the same text
+    case codec::latin_1:
+        return decode_latin1(bytes);
+    case codec::other:
+        break;
     }
-    if (charset_valid_utf8 && charset.find('\0') != std::string_view::npos) return std::nullopt;
-    if (!charset_valid_utf8 || !is_latin1_charset(charset)) {
-        // XXX: UTF-8 and ASCII (strict, else surrogateescape) and unknown charsets (ASCII with
-        // surrogateescape) all give back the very bytes; other charsets Python knows (cp1252,
-        // utf-16, ...) are passed through undecoded here.
-        return bytes;
-    }
-    std::string text;
-    for (const char c : bytes) {
-        const unsigned b = static_cast<unsigned char>(c);
-        if (b < 0x80) {
-            text.push_back(c);
-        } else {
-            text.push_back(static_cast<char>(0xC0U | (b >> 6U)));
-            text.push_back(static_cast<char>(0x80U | (b & 0x3FU)));
-        }
-    }
-    return text;
+    // XXX: charsets Python knows besides these (cp1252, iso-8859-15, utf-16 ...) decode here as
+    // unknown ones do, each byte >= 0x80 kept as it came.
+    return decode_ascii_escaped(bytes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -513,9 +626,25 @@ struct addr_spec {
     std::optional<token> domain;
 };
 
-/// Comments nest by recursion. Python's own recursion limit (1000 frames) is far beyond what a
-/// 512-octet command line can nest; this bound only keeps arbitrary input off our stack.
-constexpr int max_comment_depth = 2000;
+/// Comments nest by recursion. Parsing them costs Python one frame per level, so its recursion
+/// limit (1000) is out of reach of a 512-octet command line; this bound keeps longer input
+/// (direct callers, fuzzers) off our stack.
+constexpr int max_comment_depth = 1000;
+
+/// Re-serialising a comment (Comment.__str__ -> quote -> str) costs Python four recursion
+/// counts per nesting level, so str() of a local part with comments nested 244 deep raises
+/// RecursionError, and aiosmtpd answers `500 Error: (RecursionError) ...`. Measured on the wire
+/// (aiosmtpd 1.4.3, Python 3.11, CLI and Controller, MAIL/RCPT/VRFY alike): 243 levels parse,
+/// 244 fail. A 500-octet argument can nest that deep, so the limit is reachable.
+constexpr int python_str_comment_limit = 244;
+
+/// How deeply comments nest inside `t`.
+int comment_nesting(const token& t)
+{
+    int deepest = 0;
+    for (const token& child : t.children) deepest = std::max(deepest, comment_nesting(child));
+    return t.kind == token_kind::comment ? deepest + 1 : deepest;
+}
 
 class header_parser {
 public:
@@ -884,6 +1013,7 @@ step header_parser::get_local_part(std::string_view& value, token& out)
     if (s != step::ok) return s;
     if (leader) prepend(part, std::move(*leader));
     if (!v.empty() && (v.front() == '\\' || !is_phrase_end(v.front()))) {
+        if (comment_nesting(part) >= python_str_comment_limit) return step::crash;
         reparsed_.push_back(str_of(part) + std::string{v});
         std::string_view again = reparsed_.back();
         token obs;
@@ -1195,12 +1325,14 @@ address_result parse_address(std::string_view arg, bool smtputf8)
     result.state = address_result::status::malformed;
     if (!smtputf8 && has_non_ascii_byte(arg)) return result;
 
+    // What Python parses: the argument as aiosmtpd decoded it (plain ASCII without SMTPUTF8).
+    const std::string text = smtputf8 ? decode_utf8_escaped(arg) : std::string{arg};
     header_parser parser;
-    std::string_view rest = arg;
+    std::string_view rest = text;
     std::string address;
     // _getaddr: `arg.lstrip().startswith('<')` picks the grammar, but the parser is handed `arg`
     // itself, where only blanks, tabs and comments may precede the `<`.
-    if (arg.substr(python_space_prefix(arg)).substr(0, 1) == "<") {
+    if (std::string_view{text}.substr(python_space_prefix(text)).substr(0, 1) == "<") {
         std::optional<addr_spec> spec;
         if (parser.get_angle_addr(rest, spec) != step::ok) return result;
         if (!spec) {
@@ -1209,8 +1341,8 @@ address_result parse_address(std::string_view arg, bool smtputf8)
             const std::optional<std::string> local_part = local_part_text(spec->local_part);
             if (!local_part) return result;
             // AngleAddr.addr_spec: an empty local part is shown as `""` (`<""@b.c>`).
-            const std::string text = addr_spec_text(*spec, *local_part);
-            address = local_part->empty() ? "\"\"" + text : text;
+            const std::string spec_text = addr_spec_text(*spec, *local_part);
+            address = local_part->empty() ? "\"\"" + spec_text : spec_text;
         }
     } else {
         addr_spec spec;
@@ -1220,8 +1352,8 @@ address_result parse_address(std::string_view arg, bool smtputf8)
         address = addr_spec_text(spec, *local_part);
     }
     result.state = address.empty() ? address_result::status::empty : address_result::status::ok;
-    result.address = std::move(address);
-    result.rest = std::string{rest};
+    result.address = encode_escaped(address);
+    result.rest = encode_escaped(rest);
     return result;
 }
 

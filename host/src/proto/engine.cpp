@@ -265,7 +265,7 @@ void engine::handle_line(std::string_view line)
         }
         if (it->second < 1) {
             reply(replies::call_limit_hit(verb_));
-            return close();
+            return close("command call limit");
         }
         --it->second;
     }
@@ -339,11 +339,11 @@ void engine::finish_hook(const hook_result& r)
         case verdict::tempfail_close:
         case verdict::reject_close:
             r.code ? reply_plugin(r) : reply(replies::closing(settings_.hostname));
-            close();
+            close("connect hook");
             return;
         case verdict::error:
             reply(replies::closing(settings_.hostname));
-            close();
+            close("plugin error");
             return;
         }
         phase_ = phase::command;
@@ -377,7 +377,7 @@ void engine::finish_hook(const hook_result& r)
         return;
     case hook_kind::quit:
         reply_for(r, replies::bye);
-        close();
+        close("quit");
         return;
     case hook_kind::vrfy:
         reply_for(r, replies::cannot_vrfy);
@@ -387,7 +387,7 @@ void engine::finish_hook(const hook_result& r)
             // No plugin knows the verb: aiosmtpd's unknown-command budget.
             if (--unknown_budget_ == 0) {
                 reply(replies::too_many_unknown);
-                return close();
+                return close("too many unrecognized commands");
             }
             return reply(replies::unknown_command(request_verb_));
         }
@@ -416,11 +416,11 @@ bool engine::reply_for(const hook_result& r, std::string_view default_reply)
         return false;
     case verdict::reject_close:
         r.code ? reply_plugin(r) : reply(replies::default_reject);
-        close();
+        close("closed by plugin");
         return false;
     case verdict::tempfail_close:
         r.code ? reply_plugin(r) : reply(replies::closing(settings_.hostname));
-        close();
+        close("closed by plugin");
         return false;
     case verdict::error:
         reply(replies::internal_error);
@@ -637,7 +637,7 @@ void engine::deliver_data_reply(const hook_result& r)
     for (std::size_t i = 0; i < replies_due; ++i) accepted = reply_for(each, replies::ok);
     if (accepted) ++transactions_;
     reset_envelope();
-    if (closes) close();
+    if (closes) close("closed by plugin");
 }
 
 void engine::on_rset(std::string_view arg)
@@ -662,7 +662,7 @@ void engine::on_quit(std::string_view arg)
     if (!arg.empty()) return reply(replies::syntax_quit);
     if (has_hook(hook_kind::quit)) return ask(hook_kind::quit);
     reply(replies::bye);
-    close();
+    close("quit");
 }
 
 void engine::on_vrfy(std::string_view arg)
@@ -800,18 +800,19 @@ void engine::timed_out()
 {
     if (closed_) return;
     reply(replies::timeout_exceeded(settings_.hostname));
-    close();
+    close("timeout");
 }
 
 void engine::abort_with(std::string_view line)
 {
     if (closed_) return;
     reply(line);
-    close();
+    close("aborted");
 }
 
-void engine::close() noexcept
+void engine::close(std::string_view why) noexcept
 {
+    close_reason_ = why;
     closed_ = true;
     phase_ = phase::closed;
     waiting_ = false;

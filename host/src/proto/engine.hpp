@@ -28,7 +28,7 @@ namespace asiosmtpd::proto {
 enum class hook_kind : std::uint8_t {
     connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
     quit = 9, vrfy = 10, unknown = 11,
-    command = 32, ///< a plugin-registered verb (settings::commands[command_index])
+    command = 31, ///< a plugin-registered verb (settings::commands[command_index])
 };
 
 constexpr std::uint32_t hook_bit(hook_kind k) noexcept { return 1u << static_cast<unsigned>(k); }
@@ -139,6 +139,8 @@ public:
 
     [[nodiscard]] const hook_request* pending_hook() const noexcept { return waiting_ ? &request_ : nullptr; }
     [[nodiscard]] bool close_requested() const noexcept { return closed_; }
+    /// Why the engine asked to close ("quit", "timeout", ...), for logs.
+    [[nodiscard]] std::string_view close_reason() const noexcept { return close_reason_; }
 
     // --- session state, for the host API and logs ---
     [[nodiscard]] const std::string& helo_name() const noexcept { return host_name_; }
@@ -201,7 +203,7 @@ private:
     bool reply_for(const hook_result& r, std::string_view default_reply);
     void reply(std::string_view line);
     void reply_plugin(const hook_result& r);
-    void close() noexcept;
+    void close(std::string_view why) noexcept;
     void reset_envelope() noexcept;
     std::size_t command_limit(std::string_view verb) const noexcept;
     std::string help_list() const;
@@ -217,6 +219,7 @@ private:
     phase phase_ = phase::greeting;
     bool waiting_ = false;
     bool closed_ = false;
+    std::string_view close_reason_;  // points to a literal
     bool connect_rejected_ = false;
     bool discarding_line_ = false;   // command line beyond the stream limit: skip to LF
 

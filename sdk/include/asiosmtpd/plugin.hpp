@@ -40,6 +40,7 @@
 
 #include <atomic>
 #include <charconv>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -464,6 +465,19 @@ public:
         return out;
     }
 
+    /// Throws "<path>: expected a map, got ..." unless this is a map; returns *this.
+    const config& expect_map() const
+    {
+        expect(node_kind::map, "a map");
+        return *this;
+    }
+    /// Throws "<path>: expected a list, got ..." unless this is a sequence; returns *this.
+    const config& expect_list() const
+    {
+        expect(node_kind::sequence, "a list");
+        return *this;
+    }
+
     /// Throws unless this is null or a map whose keys are all in `allowed`.
     void check_keys(std::initializer_list<std::string_view> allowed) const
     {
@@ -532,7 +546,7 @@ public:
         return v;
     }
 
-    /// The scalar as a number (integers included).
+    /// The scalar as a finite number (integers included; no inf or nan).
     double as_double() const
     {
         expect(node_kind::scalar, "a number");
@@ -541,7 +555,7 @@ public:
             s.remove_prefix(1);
         double v = 0;
         const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-        if (s.empty() || ec != std::errc() || end != s.data() + s.size())
+        if (s.empty() || ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v))
             throw bad_value("a number");
         return v;
     }
@@ -568,7 +582,7 @@ public:
     /// A sequence of scalars as strings.
     std::vector<std::string> as_string_list() const
     {
-        expect(node_kind::sequence, "a list");
+        expect_list();
         std::vector<std::string> out;
         for (const config& item : items())
             out.push_back(item.as_string());
@@ -953,20 +967,21 @@ inline constexpr bool valid_handler =
     takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> ||
     takes<M, data_args> || takes<M, command_args>;
 
-inline void log_noexcept(call& c, const char* prefix, const char* detail_text) noexcept
+// "MAIL handler: <what>[: <detail>]" at warn (a plugin misbehaved; the host adds the plugin
+// instance and session).
+inline void log_noexcept(call& c, const char* what, const char* detail_text) noexcept
 {
     try {
-        std::string m = prefix;
-        m += " in ";
-        m += hook_name(c.current_hook());
-        m += " handler";
+        std::string m = hook_name(c.current_hook());
+        m += " handler: ";
+        m += what;
         if (detail_text) {
             m += ": ";
             m += detail_text;
         }
         c.log(log_level::warn, m);
     } catch (...) {
-        c.log(log_level::warn, prefix);
+        c.log(log_level::warn, what);
     }
 }
 
@@ -986,12 +1001,12 @@ inline asiosmtpd_verdict finish(call& c, verdict v) noexcept
     const auto raw = static_cast<asiosmtpd_verdict>(v);
     if (c.suspended()) {
         if (v != verdict::pending)
-            log_noexcept(c, "handler suspended but returned another verdict; the completion decides",
-                         nullptr);
+            log_noexcept(c, "suspended but returned another verdict; the completion decides", nullptr);
         return ASIOSMTPD_PENDING;
     }
     if (v == verdict::pending || raw < ASIOSMTPD_CONTINUE || raw > ASIOSMTPD_PENDING) {
-        log_noexcept(c, "handler returned PENDING without suspend() or an unknown verdict", nullptr);
+        log_noexcept(c, "returned PENDING without suspend(), or an unknown verdict; answering 451",
+                     nullptr);
         c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
         return ASIOSMTPD_TEMPFAIL;
     }
@@ -1234,7 +1249,7 @@ struct entry {
             static_cast<std::uint32_t>(sizeof(asiosmtpd_plugin_descriptor)),                       \
             ASIOSMTPD_ABI_MAJOR,                                                                   \
             ASIOSMTPD_PLUGIN_MIN_ABI_MINOR,                                                        \
-            static_cast<std::uint32_t>(Flags),                                                     \
+            std::uint32_t{Flags},                                                                  \
             Name,                                                                                  \
             Version,                                                                               \
             Description,                                                                           \
