@@ -24,6 +24,25 @@ std::atomic<std::uint64_t> next_session_id{1};
 // A hook that did not complete in time (not an ABI value).
 constexpr std::int32_t timed_out_verdict = -1000;
 
+std::string_view hook_name(proto::hook_kind k) noexcept
+{
+    switch (k) {
+    case proto::hook_kind::connect: return "CONNECT";
+    case proto::hook_kind::helo: return "HELO";
+    case proto::hook_kind::ehlo: return "EHLO";
+    case proto::hook_kind::mail: return "MAIL";
+    case proto::hook_kind::rcpt: return "RCPT";
+    case proto::hook_kind::data: return "DATA";
+    case proto::hook_kind::rset: return "RSET";
+    case proto::hook_kind::noop: return "NOOP";
+    case proto::hook_kind::quit: return "QUIT";
+    case proto::hook_kind::vrfy: return "VRFY";
+    case proto::hook_kind::unknown: return "UNKNOWN";
+    case proto::hook_kind::command: return "COMMAND";
+    }
+    return "?";
+}
+
 } // namespace
 
 session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner)
@@ -284,7 +303,8 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
                                            : proto::hook_result{proto::verdict::error, 0, {}};
         if (r.verdict == proto::verdict::error) {
             log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
-                      entry.owner->name, entry.owner->key, id, why);
+                      entry.owner->name, entry.owner->key,
+                      req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind), why);
             co_return r;
         }
         if (r.verdict != proto::verdict::none) co_return r;
