@@ -135,6 +135,22 @@ class ConfigErrorTest(unittest.TestCase):
             self.assertEqual(p.returncode, 0, p.stderr)
 
 
+    def test_plugin_by_name_from_plugin_path(self):
+        # plugin_path folders (relative to the config file's folder) are searched first.
+        with tempfile.TemporaryDirectory(prefix="asiosmtpd-it-") as tmp:
+            os.mkdir(os.path.join(tmp, "extra"))
+            shutil.copy(fixture_plugin("c_plugin"), os.path.join(tmp, "extra", "c_plugin.so"))
+            conf = os.path.join(tmp, "asiosmtpd.yaml")
+            cfg = server_config(plugins=["c_plugin", "sink"])
+            cfg["plugin_path"] = ["extra"]
+            with open(conf, "w") as f:
+                f.write(harness.to_yaml(cfg))
+            p = subprocess.run([harness.BIN, "--check-config", "--config", conf], capture_output=True,
+                               text=True, timeout=20, cwd="/")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("2 plugin(s)", p.stdout)
+
+
 class StartupErrorTest(ServerTestCase):
     def test_port_in_use(self):
         first = self.start_server()

@@ -185,8 +185,21 @@ void server::handle_signals()
 {
     signals_.add(SIGINT);
     signals_.add(SIGTERM);
+    signals_.add(SIGHUP);
+    wait_for_signal();
+}
+
+void server::wait_for_signal()
+{
     signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
         if (ec) return;
+        if (signo == SIGHUP) {
+            // XXX: reload (new plugins for new sessions) arrives with issue 6; until then a
+            // SIGHUP must not kill a running server.
+            log::warn("event=signal signal=SIGHUP action=ignored reason=\"reload is not implemented yet\"");
+            wait_for_signal();
+            return;
+        }
         log::info("event=signal signal={} action=stop grace={}s", signo == SIGINT ? "SIGINT" : "SIGTERM",
                   config_.server.shutdown_grace);
         begin_stop();

@@ -61,6 +61,7 @@ private:
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<const listener_context> ctx);
     asio::awaitable<void> refuse(tcp::socket socket, std::string reply);
     void begin_stop();
+    void wait_for_signal();
 
     config::settings config_;
     std::shared_ptr<const plugin::generation> plugins_;

@@ -12,6 +12,9 @@
 
 #include <fmt/format.h>
 
+#include <mutex>
+#include <optional>
+
 namespace asiosmtpd::net {
 namespace {
 
@@ -204,27 +207,62 @@ asio::awaitable<void> session::serve()
 // Hook chains
 // --------------------------------------------------------------------------------------------
 
+namespace {
+
+// What a plugin thread may hold to wake a session waiting for complete(). Plugin threads can
+// outlive sessions and even the io_context, so they never own an Asio object: the waiting
+// side closes the waker (dropping the executor) before it stops waiting, and the posted
+// wake-up only holds a weak reference to the timer.
+class waker {
+public:
+    waker(asio::any_io_executor ex, const std::shared_ptr<asio::steady_timer>& timer) : ex_(std::move(ex)), timer_(timer) {}
+    void wake()
+    {
+        const std::lock_guard guard(lock_);
+        if (!ex_) return;
+        asio::post(*ex_, [t = timer_] {
+            if (const auto timer = t.lock()) timer->cancel();
+        });
+    }
+    void close() noexcept
+    {
+        const std::lock_guard guard(lock_);
+        ex_.reset();
+        timer_.reset();
+    }
+
+private:
+    std::mutex lock_;
+    std::optional<asio::any_io_executor> ex_;
+    std::weak_ptr<asio::steady_timer> timer_;
+};
+
+// Closes the waker however the wait ends (also when the coroutine frame is destroyed).
+struct waker_closer {
+    std::shared_ptr<waker> w;
+    ~waker_closer() { w->close(); }
+};
+
+} // namespace
+
 asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text)
 {
     const auto pending = call.pending;
-    auto waiter = std::make_shared<asio::steady_timer>(socket_.get_executor());
+    auto timer = std::make_shared<asio::steady_timer>(socket_.get_executor());
+    const auto wake = std::make_shared<waker>(socket_.get_executor(), timer);
+    const waker_closer closer{wake};
     bool done = false;
     {
         const std::lock_guard guard(pending->lock);
         done = pending->done;
-        if (!done) {
-            // complete() may run on any thread: it only posts a wake-up to this strand.
-            pending->notify = [waiter, ex = socket_.get_executor()] {
-                asio::post(ex, [waiter] { waiter->cancel(); });
-            };
-        }
+        if (!done) pending->notify = [wake] { wake->wake(); };  // complete() may run on any thread
     }
     if (!done) {
         // Replies already due go out now, not after the plugin's wait.
         co_await flush();
-        hook_waiter_ = waiter;
-        waiter->expires_after(call.owner->timeout);
-        co_await waiter->async_wait(nothrow);
+        hook_waiter_ = timer;
+        timer->expires_after(call.owner->timeout);
+        co_await timer->async_wait(nothrow);
         hook_waiter_.reset();
         plugin::cancel(call.token);  // from here on, complete() answers E_GONE
     }

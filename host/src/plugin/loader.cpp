@@ -34,12 +34,13 @@ asiosmtpd_ctx::~asiosmtpd_ctx()
 namespace asiosmtpd::plugin {
 namespace {
 
-[[noreturn]] void refuse(const fs::path& file, const std::string& key, std::string_view why)
+// "<config file>: plugins[0]: <plugin file>: <why>" (design.md §3: the file, the key, the problem)
+load_error refusal(const fs::path& config_file, const std::string& key, const fs::path& file, std::string_view why)
 {
-    throw load_error(fmt::format("plugin {} ({}): {}", file.string(), key, why));
+    return load_error(fmt::format("{}: {}: {}: {}", config_file.string(), key, file.string(), why));
 }
 
-fs::path find_by_name(const config::plugin_entry& e, const std::vector<fs::path>& dirs)
+fs::path find_by_name(const fs::path& config_file, const config::plugin_entry& e, const std::vector<fs::path>& dirs)
 {
     const std::string file = e.name + ".so";
     for (const auto& d : dirs) {
@@ -49,38 +50,40 @@ fs::path find_by_name(const config::plugin_entry& e, const std::vector<fs::path>
     }
     std::string searched;
     for (const auto& d : dirs) searched += (searched.empty() ? "" : ", ") + d.string();
-    throw load_error(fmt::format("plugin {} ({}): no {} in the plugin folders ({})", e.name, e.key, file, searched));
+    throw load_error(fmt::format("{}: {}.name: no plugin {} in the plugin folders ({})", config_file.string(), e.key,
+                                 file, searched.empty() ? "none" : searched));
 }
 
-std::shared_ptr<library> open(const fs::path& file, const std::string& key)
+std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file, const std::string& key)
 {
+    const auto refuse = [&](std::string_view why) { return refusal(config_file, key, file, why); };
     std::error_code ec;
-    if (!fs::exists(file, ec)) refuse(file, key, "no such file");
+    if (!fs::exists(file, ec)) throw refuse("no such file");
     auto lib = std::make_shared<library>();
     lib->file = file;
     try {
         // rtld_now: a missing symbol fails here, not in the middle of a session.
         lib->so.load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
     } catch (const std::exception& e) {
-        refuse(file, key, fmt::format("cannot load: {}", e.what()));  // includes dlerror()
+        throw refuse(fmt::format("cannot load: {}", e.what()));  // includes dlerror()
     }
     if (!lib->so.has(ASIOSMTPD_ENTRY_SYMBOL))
-        refuse(file, key, "not an asiosmtpd plugin: no " ASIOSMTPD_ENTRY_SYMBOL " (built for another ABI major?)");
+        throw refuse("not an asiosmtpd plugin: no " ASIOSMTPD_ENTRY_SYMBOL " (built for another ABI major?)");
     const auto entry = lib->so.get<const asiosmtpd_plugin_descriptor*()>(ASIOSMTPD_ENTRY_SYMBOL);
     const asiosmtpd_plugin_descriptor* d = entry();
     // Check the version before anything else: the rest of the descriptor may not have the
     // fields we expect (PostgreSQL's order).
-    if (d == nullptr) refuse(file, key, "the entry returned no descriptor");
+    if (d == nullptr) throw refuse("the entry returned no descriptor");
     if (d->struct_size < offsetof(asiosmtpd_plugin_descriptor, abi_minor) + sizeof d->abi_minor)
-        refuse(file, key, "descriptor too small");
+        throw refuse("descriptor too small");
     if (d->abi_major != ASIOSMTPD_ABI_MAJOR)
-        refuse(file, key, fmt::format("built for plugin ABI {}.{}, this host has ABI {}.{}", d->abi_major,
+        throw refuse(fmt::format("built for plugin ABI {}.{}, this host has ABI {}.{}", d->abi_major,
                                       d->abi_minor, ASIOSMTPD_ABI_MAJOR, ASIOSMTPD_ABI_MINOR));
     if (d->abi_minor > ASIOSMTPD_ABI_MINOR)
-        refuse(file, key, fmt::format("needs plugin ABI 1.{}, this host has 1.{}", d->abi_minor, ASIOSMTPD_ABI_MINOR));
-    if (d->struct_size < ASIOSMTPD_DESCRIPTOR_V1_0_SIZE) refuse(file, key, "descriptor truncated");
+        throw refuse(fmt::format("needs plugin ABI 1.{}, this host has 1.{}", d->abi_minor, ASIOSMTPD_ABI_MINOR));
+    if (d->struct_size < ASIOSMTPD_DESCRIPTOR_V1_0_SIZE) throw refuse("descriptor truncated");
     if (d->name == nullptr || d->version == nullptr || d->create == nullptr || d->destroy == nullptr)
-        refuse(file, key, "incomplete descriptor (name, version, create and destroy are required)");
+        throw refuse("incomplete descriptor (name, version, create and destroy are required)");
     lib->desc = d;
     return lib;
 }
@@ -105,14 +108,18 @@ std::uint32_t generation::hook_mask() const noexcept
 std::vector<fs::path> search_dirs(const config::settings& s)
 {
     std::vector<fs::path> dirs = s.plugin_path;
-#ifdef ASIOSMTPD_BUILD_PLUGIN_DIR
-    dirs.emplace_back(ASIOSMTPD_BUILD_PLUGIN_DIR);
-#endif
+    // Relative to the program: <build>/bin/../plugins in the build tree (programs and test
+    // programs all live in <build>/bin), <prefix>/bin/../lib/asiosmtpd/plugins once installed.
     std::error_code ec;  // BOOST_DLL_USE_STD_FS
     const fs::path exe = boost::dll::program_location(ec);
     if (!ec) {
-        dirs.push_back(exe.parent_path().parent_path() / "plugins");
-        dirs.push_back(exe.parent_path().parent_path() / ASIOSMTPD_INSTALL_PLUGIN_SUBDIR);
+        const fs::path prefix = exe.parent_path().parent_path();
+        for (const fs::path& d : {prefix / "plugins", prefix / ASIOSMTPD_INSTALL_PLUGIN_SUBDIR}) {
+            std::error_code exists_ec;
+            if (fs::is_directory(d, exists_ec) &&
+                std::find(dirs.begin(), dirs.end(), d.lexically_normal()) == dirs.end())
+                dirs.push_back(d.lexically_normal());
+        }
     }
     return dirs;
 }
@@ -122,9 +129,9 @@ std::shared_ptr<const generation> load(const config::settings& s)
     auto gen = std::make_shared<generation>();
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
-        const fs::path file = e.path.empty() ? find_by_name(e, dirs) : e.path;
+        const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
         auto inst = std::make_unique<instance>();
-        inst->lib = open(file, e.key);
+        inst->lib = open(s.file, file, e.key);
         inst->desc = inst->lib->desc;
         inst->name = inst->desc->name;
         inst->key = e.key;
@@ -142,7 +149,7 @@ std::shared_ptr<const generation> load(const config::settings& s)
             // Drop what it registered before refusing.
             for (auto& chain : gen->hooks)
                 chain.erase(std::remove_if(chain.begin(), chain.end(), [&](const hook_entry& h) { return h.owner == inst.get(); }), chain.end());
-            refuse(file, e.key, fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
+            throw refusal(s.file, e.key, file, fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
         }
         inst->self = self;
         log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key, file.string());

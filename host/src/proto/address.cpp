@@ -59,7 +59,7 @@ constexpr bool is_special(char c) { return has_class(c, special); }
 constexpr bool is_phrase_end(char c) { return has_class(c, phrase_end); }
 constexpr bool is_cfws_leader(char c) { return has_class(c, cfws_leader); }
 /// ATOM_ENDS = SPECIALS | WSP
-constexpr bool is_atom_end(char c) { return has_class(c, static_cast<char_class>(special | wsp)); }
+constexpr bool is_atom_end(char c) { return is_special(c) || is_wsp(c); }
 /// DOT_ATOM_ENDS = ATOM_ENDS - "."
 constexpr bool is_dot_atom_end(char c) { return c != '.' && is_atom_end(c); }
 
@@ -317,7 +317,6 @@ enum class token_kind : std::uint8_t {
     list,               ///< TokenList and subclasses that keep its value/str (atom, dot-atom ...)
     cfws,               ///< CFWSList: value is one blank
     comment,            ///< Comment: value is one blank, str re-escapes `\ ( )`
-    quoted_string,      ///< QuotedString (token_type "quoted-string")
     bare_quoted_string, ///< BareQuotedString: value is the unquoted text, str re-quotes it
     encoded_word,       ///< EncodedWord (RFC 2047), holding the decoded text
 };
@@ -361,7 +360,6 @@ void append_value(const token& t, std::string& out)
         for (const token& child : t.children) append_str(child, out);
         break;
     case token_kind::list:
-    case token_kind::quoted_string:
     case token_kind::encoded_word:
         for (const token& child : t.children) append_value(child, out);
         break;
@@ -406,7 +404,6 @@ void append_str(const token& t, std::string& out)
     }
     case token_kind::list:
     case token_kind::cfws:
-    case token_kind::quoted_string:
     case token_kind::encoded_word:
         for (const token& child : t.children) append_str(child, out);
         break;
@@ -653,11 +650,11 @@ public:
     step get_addr_spec(std::string_view& value, addr_spec& spec);
 
 private:
-    step get_ptext_to_endchars(std::string_view& value, std::string_view endchars, std::string& ptext);
+    static step get_ptext_to_endchars(std::string_view& value, std::string_view endchars, std::string& ptext);
     static token get_fws(std::string_view& value);
-    step get_encoded_word(std::string_view& value, token& out);
-    step get_qp_ctext(std::string_view& value, token& out);
-    step get_qcontent(std::string_view& value, token& out);
+    static step get_encoded_word(std::string_view& value, token& out);
+    static step get_qp_ctext(std::string_view& value, token& out);
+    static step get_qcontent(std::string_view& value, token& out);
     static step get_atext(std::string_view& value, token& out);
     step get_bare_quoted_string(std::string_view& value, token& out);
     step get_comment(std::string_view& value, token& out);
@@ -669,7 +666,7 @@ private:
     step get_word(std::string_view& value, token& out);
     step get_local_part(std::string_view& value, token& out);
     step get_obs_local_part(std::string_view& value, token& out);
-    step get_dtext(std::string_view& value, token& out);
+    static step get_dtext(std::string_view& value, token& out);
     step get_domain_literal(std::string_view& value, token& out);
     step get_domain(std::string_view& value, token& out);
     step get_obs_route(std::string_view& value);
@@ -878,7 +875,7 @@ step header_parser::get_cfws(std::string_view& value, token& out)
 step header_parser::get_quoted_string(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    token quoted = make_list(token_kind::quoted_string);
+    token quoted = make_list(token_kind::list);
     token part;
     if (!v.empty() && is_cfws_leader(v.front())) {
         if (const step s = get_cfws(v, part); s != step::ok) return s;

@@ -29,6 +29,38 @@ std::string_view strip(std::string_view s) noexcept
     return s;
 }
 
+// Python's str whitespace (str.strip(), str.split()), which aiosmtpd applies to the decoded
+// argument after FROM:/TO: and to the parameter text: ASCII whitespace plus \x1c-\x1f, and
+// with SMTPUTF8 (UTF-8 decoding) the Unicode spaces too. Returns the byte length of the
+// whitespace character at s[i], or 0.
+std::size_t py_str_space(std::string_view s, std::size_t i, bool utf8) noexcept
+{
+    const auto b = [&](std::size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+    const unsigned c = b(0);
+    if (is_py_space(static_cast<char>(c)) || (c >= 0x1c && c <= 0x1f)) return 1;
+    if (!utf8 || c < 0xc2) return 0;
+    if (c == 0xc2 && (b(1) == 0x85 || b(1) == 0xa0)) return 2;                     // U+0085 U+00A0
+    if (c == 0xe1 && b(1) == 0x9a && b(2) == 0x80) return 3;                         // U+1680
+    if (c == 0xe2 && b(1) == 0x80 && ((b(2) >= 0x80 && b(2) <= 0x8a) || b(2) == 0xa8 || b(2) == 0xa9 || b(2) == 0xaf))
+        return 3;                                                                    // U+2000-200A 2028 2029 202F
+    if (c == 0xe2 && b(1) == 0x81 && b(2) == 0x9f) return 3;                         // U+205F
+    if (c == 0xe3 && b(1) == 0x80 && b(2) == 0x80) return 3;                         // U+3000
+    return 0;
+}
+
+std::string_view strip_str(std::string_view s, bool utf8) noexcept
+{
+    while (std::size_t n = py_str_space(s, 0, utf8)) s.remove_prefix(n);
+    for (;;) {
+        // Find whether a whitespace character ends exactly at the end (1 to 3 bytes).
+        std::size_t cut = 0;
+        for (std::size_t len = 1; len <= 3 && len <= s.size() && cut == 0; ++len)
+            if (py_str_space(s, s.size() - len, utf8) == len) cut = len;
+        if (cut == 0) return s;
+        s.remove_suffix(cut);
+    }
+}
+
 constexpr char ascii_upper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
 
 void upper_into(std::string& out, std::string_view s)
@@ -77,15 +109,15 @@ struct esmtp_param {
 
 // Split upper-cased parameter text on whitespace into `tokens`; then validate them as
 // RFC 1869 parameters (aiosmtpd _getparams). Duplicate keys: the last one wins.
-bool parse_params(std::string_view rest, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
+bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
 {
     tokens.clear();
     params.clear();
     std::size_t i = 0;
     while (i < rest.size()) {
-        while (i < rest.size() && is_py_space(rest[i])) ++i;
+        while (std::size_t n = py_str_space(rest, i, utf8)) i += n;
         const std::size_t start = i;
-        while (i < rest.size() && !is_py_space(rest[i])) ++i;
+        while (i < rest.size() && py_str_space(rest, i, utf8) == 0) ++i;
         if (i > start) {
             std::string& t = tokens.emplace_back(rest.substr(start, i - start));
             for (char& c : t) c = ascii_upper(c);
@@ -487,14 +519,14 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     if (need_helo() || need_auth()) return;
     const std::string_view syntax = extended_smtp_ ? replies::syntax_mail_esmtp : replies::syntax_mail;
     if (!has_arg || !iequals_prefix(arg, "FROM:")) return reply(syntax);
-    const auto parsed = parse_address(strip(arg.substr(5)), settings_.enable_smtputf8);
+    const auto parsed = parse_address(strip_str(arg.substr(5), settings_.enable_smtputf8), settings_.enable_smtputf8);
     if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
     if (parsed.state == address_result::status::empty) return reply(syntax);
-    if (!extended_smtp_ && !strip(parsed.rest).empty()) return reply(syntax);
+    if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     if (!envelope_.mail_from.empty()) return reply(replies::nested_mail);
 
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
     if (!settings_.decode_data) {
         // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised.
         if (auto body = take_param(params, "BODY"))
@@ -530,12 +562,12 @@ void engine::on_rcpt(std::string_view arg, bool has_arg)
     if (envelope_.mail_from.empty()) return reply(replies::need_mail);
     const std::string_view syntax = extended_smtp_ ? replies::syntax_rcpt_esmtp : replies::syntax_rcpt;
     if (!has_arg || !iequals_prefix(arg, "TO:")) return reply(syntax);
-    const auto parsed = parse_address(strip(arg.substr(3)), settings_.enable_smtputf8);
+    const auto parsed = parse_address(strip_str(arg.substr(3), settings_.enable_smtputf8), settings_.enable_smtputf8);
     if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
     if (parsed.state == address_result::status::empty) return reply(syntax);
-    if (!extended_smtp_ && !strip(parsed.rest).empty()) return reply(syntax);
+    if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
     // aiosmtpd recognises no RCPT parameter (no DSN).
     if (!params.empty()) return reply(replies::rcpt_params_unknown);
 
@@ -670,7 +702,8 @@ void engine::on_vrfy(std::string_view arg)
     if (need_auth()) return;
     if (arg.empty()) return reply(replies::syntax_vrfy);
     const auto parsed = parse_address(arg, settings_.enable_smtputf8);
-    if (parsed.state != address_result::status::ok) return reply(replies::could_not_vrfy(arg));
+    // aiosmtpd: only a parse failure is "Could not VRFY"; an empty address (VRFY "") goes on.
+    if (parsed.state == address_result::status::malformed) return reply(replies::could_not_vrfy(arg));
     if (has_hook(hook_kind::vrfy)) return ask(hook_kind::vrfy, parsed.address, true);
     reply(replies::cannot_vrfy);
 }

@@ -83,7 +83,7 @@ TEST(loader, bundled_plugins_load_by_name)
 TEST(loader, unknown_name_lists_the_folders_searched)
 {
     const std::string why = load_failure("plugins: [{name: nosuchplugin}]\n");
-    EXPECT_NE(why.find("plugin nosuchplugin (plugins[0]): no nosuchplugin.so in the plugin folders"), std::string::npos) << why;
+    EXPECT_NE(why.find("test.yaml: plugins[0].name: no plugin nosuchplugin.so in the plugin folders"), std::string::npos) << why;
 }
 
 TEST(loader, missing_file_is_refused_with_its_path)
@@ -96,7 +96,7 @@ TEST(loader, missing_file_is_refused_with_its_path)
 TEST(loader, wrong_abi_major_is_refused)
 {
     const std::string why = load_failure("plugins: [{path: wrong_abi.so}]\n");
-    EXPECT_NE(why.find("wrong_abi.so (plugins[0]): built for plugin ABI 2."), std::string::npos) << why;
+    EXPECT_NE(why.find("test.yaml: plugins[0]: " + (fixtures / "wrong_abi.so").string() + ": built for plugin ABI 2."), std::string::npos) << why;
 }
 
 TEST(loader, a_library_without_the_entry_symbol_is_refused)
@@ -115,7 +115,7 @@ TEST(loader, a_truncated_descriptor_is_refused)
 TEST(loader, a_plugin_refusing_its_config_names_the_reason)
 {
     const std::string why = load_failure("plugins: [{path: rejects_config.so, config: {threshold: high}}]\n");
-    EXPECT_NE(why.find("rejects_config.so (plugins[0]): refused its configuration: threshold must be a number"),
+    EXPECT_NE(why.find("rejects_config.so: refused its configuration: threshold must be a number"),
               std::string::npos) << why;
     EXPECT_EQ(load_failure("plugins: [{path: rejects_config.so, config: {threshold: 5}}]\n"), "loaded");
 }
