@@ -41,8 +41,9 @@ controller controller::from_file(const std::filesystem::path& file)
 void controller::start()
 {
     if (impl_->server) throw std::runtime_error("controller already started");
+    auto tls = net::tls_context_for(impl_->settings);
     auto plugins = plugin::load(impl_->settings);
-    auto srv = std::make_unique<net::server>(impl_->settings, std::move(plugins));
+    auto srv = std::make_unique<net::server>(impl_->settings, std::move(plugins), std::move(tls));
     srv->bind();
     impl_->server = std::move(srv);
     impl_->runner = std::thread([s = impl_->server.get()] { s->run(); });

@@ -38,14 +38,15 @@ int main(int argc, char** argv)
                                       : log::level::info);
     try {
         const config::settings settings = config_file.empty() ? config::load_default() : config::load_file(config_file);
+        auto tls = net::tls_context_for(settings);  // certificate problems first
         auto plugins = plugin::load(settings);
         if (check_only) {
-            net::server probe(settings, plugins);  // listener checks (unsupported features)
+            net::server probe(settings, plugins, tls);  // listener checks (unsupported features)
             std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
                       << " plugin(s)\n";
             return 0;
         }
-        net::server server(settings, std::move(plugins));
+        net::server server(settings, std::move(plugins), std::move(tls));
         server.bind();
         server.handle_signals();
         server.run();

@@ -42,7 +42,7 @@ START_TIMEOUT = 10.0             # seconds to wait for the listening line
 STOP_TIMEOUT = 10.0              # seconds to wait after SIGTERM before SIGKILL
 IO_TIMEOUT = 10.0                # default socket timeout of the raw client
 
-_LISTENING = re.compile(r"^info event=listening address=(\S+) port=(\d+) protocol=(\w+)\s*$", re.M)
+_LISTENING = re.compile(r"^info event=listening address=(\S+) port=(\d+) protocol=(\w+)(?: tls=\w+)?\s*$", re.M)
 
 
 def fixture_plugin(name):

@@ -49,7 +49,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KNOWN_KEYS = {
     "hostname", "ident", "data_size_limit", "command_size_limit", "enable_smtputf8",
     "decode_data", "command_call_limit", "advertise_pipelining", "lmtp", "aiosmtpd",
+    "starttls", "require_starttls",
 }
+
+
+def tls_context():
+    """A server context for aiosmtpd's tls_context (the listener offers STARTTLS); the
+    transcripts never complete a handshake, so a throw-away self-signed certificate will do."""
+    import ssl
+    import subprocess
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="verify-tls-")
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-subj", "/CN=localhost", "-days", "1"],
+                   check=True, capture_output=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 _ESCAPE = re.compile(rb"\\(r|n|t|\\|x[0-9a-fA-F]{2})")
 
@@ -219,6 +236,10 @@ class Transcript:
         # as a documented difference (or the file skipped).
         if "advertise_pipelining" in s:
             parse_bool("advertise_pipelining", s["advertise_pipelining"])
+        if parse_bool("starttls", s.get("starttls", "false")):
+            kw["tls_context"] = tls_context()
+        if "require_starttls" in s:
+            kw["require_starttls"] = parse_bool("require_starttls", s["require_starttls"])
         return kw
 
     def server_class(self):

@@ -493,7 +493,8 @@ void reader::read_server(const item& it, server_settings& s)
 
 reader::tls_section reader::read_tls(const item& it) const
 {
-    const mapping m = open_map(it, {"certificate", "private_key"});
+    const mapping m = open_map(it, {"certificate", "private_key", "min_version", "ciphers", "ciphersuites",
+                                    "request_client_certificate"});
     const item* cert = m.find("certificate");
     const item* key = m.find("private_key");
     if (cert == nullptr)
@@ -503,6 +504,12 @@ reader::tls_section reader::read_tls(const item& it) const
     tls_section t{{}, *cert, *key};
     t.value.certificate = read_path(*cert, false);
     t.value.private_key = read_path(*key, false);
+    if (const item* f = m.find("min_version"))
+        t.value.min_version = read_enum<tls_version>(*f, {{"1.2", tls_version::v1_2}, {"1.3", tls_version::v1_3}});
+    // Checked against OpenSSL when the TLS context is made (the tls module names the key).
+    if (const item* f = m.find("ciphers")) t.value.ciphers = read_string(*f);
+    if (const item* f = m.find("ciphersuites")) t.value.ciphersuites = read_string(*f);
+    if (const item* f = m.find("request_client_certificate")) t.value.request_client_certificate = read_bool(*f);
     return t;
 }
 

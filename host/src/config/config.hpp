@@ -74,9 +74,15 @@ struct server_settings {
     double shutdown_grace = 30;                  // seconds, >= 0
 };
 
+enum class tls_version { v1_2, v1_3 };
+
 struct tls_settings {
-    std::filesystem::path certificate;           // absolute after load (relative to the file)
-    std::filesystem::path private_key;
+    std::filesystem::path certificate;           // absolute after load (relative to the file); PEM chain
+    std::filesystem::path private_key;           // PEM
+    tls_version min_version = tls_version::v1_2; // "1.2" | "1.3"; older versions are never offered
+    std::string ciphers;                         // TLS 1.2 cipher list (OpenSSL syntax); empty: ours
+    std::string ciphersuites;                    // TLS 1.3 suites (OpenSSL syntax); empty: OpenSSL's
+    bool request_client_certificate = false;     // ask for (never require) a client certificate
 };
 
 struct plugin_entry {

@@ -108,8 +108,9 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     e.decode_data = srv.decode_data;
     e.advertise_pipelining = srv.advertise_pipelining;
     e.lmtp = l.protocol == config::protocol::lmtp;
-    e.starttls_available = false;  // STARTTLS arrives with the TLS work (issue 3)
-    e.require_starttls = false;    // aiosmtpd: effective only with a TLS context
+    e.starttls_available = l.tls == config::tls_mode::starttls;
+    // aiosmtpd: effective only with a TLS context (tls_context and require_starttls).
+    e.require_starttls = srv.require_starttls && e.starttls_available;
     e.auth_required = srv.auth_required;
     e.auth_require_tls = srv.auth_require_tls;
     e.call_limit_enabled = srv.command_call_limit.enabled;
@@ -122,15 +123,20 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     return e;
 }
 
-server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins)
-    : config_(std::move(s)), plugins_(std::move(plugins)), signals_(ioc_), grace_timer_(ioc_)
+std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s)
+{
+    for (const auto& l : s.server.listen)
+        if (l.tls != config::tls_mode::none) return tls::make_server_context(s);
+    return nullptr;
+}
+
+server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
+               std::shared_ptr<asio::ssl::context> tls_context)
+    : config_(std::move(s)), plugins_(std::move(plugins)), tls_context_(std::move(tls_context)), signals_(ioc_),
+      grace_timer_(ioc_)
 {
     for (std::size_t i = 0; i < config_.server.listen.size(); ++i) {
         const auto& l = config_.server.listen[i];
-        if (l.tls != config::tls_mode::none)
-            throw std::runtime_error(fmt::format("{}: server.listen[{}].tls: TLS is not available in this build yet "
-                                                 "(STARTTLS and implicit TLS arrive with issue 3); use tls: none",
-                                                 config_.file.string(), i));
         if (l.proxy_protocol)
             throw std::runtime_error(fmt::format("{}: server.listen[{}].proxy_protocol: the PROXY protocol is not "
                                                  "available in this build yet (issue 6); use proxy_protocol: false",
@@ -139,6 +145,12 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
         ctx->plugins = plugins_;
         ctx->smtp = engine_settings(config_, l, *plugins_);
         ctx->idle_timeout = millis(config_.server.timeout);
+        ctx->handshake_timeout = millis(config_.server.tls_handshake_timeout);
+        ctx->tls = l.tls;
+        if (l.tls != config::tls_mode::none) {
+            if (!tls_context_) tls_context_ = tls::make_server_context(config_);  // not given by the caller
+            ctx->tls_context = tls_context_;
+        }
         contexts_.push_back(std::move(ctx));
     }
 }
@@ -163,8 +175,9 @@ void server::bind()
         if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
         if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
         const auto bound = acc->local_endpoint();
-        log::info("event=listening address={} port={} protocol={}", bound.address().to_string(), bound.port(),
-                  l.protocol == config::protocol::lmtp ? "lmtp" : "smtp");
+        log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
+                  l.protocol == config::protocol::lmtp ? "lmtp" : "smtp",
+                  l.tls == config::tls_mode::none ? "none" : l.tls == config::tls_mode::starttls ? "starttls" : "implicit");
         acceptors_.push_back(std::move(acc));
     }
     for (std::size_t i = 0; i < acceptors_.size(); ++i)

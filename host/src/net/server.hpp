@@ -36,12 +36,19 @@ private:
     std::function<void()> on_empty_;
 };
 
+/// The TLS context of a configuration, or nullptr when no listener uses TLS. Throws
+/// std::runtime_error naming the file and the tls key.
+std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s);
+
 /// The proto::settings of one listener, from the config and the loaded plugins.
 proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g);
 
 class server {
 public:
-    server(config::settings s, std::shared_ptr<const plugin::generation> plugins);
+    /// `tls_context`: from tls_context_for(s) (made before the plugins load, so that a
+    /// certificate problem is the first and only thing reported).
+    server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
+           std::shared_ptr<asio::ssl::context> tls_context);
     ~server();
     server(const server&) = delete;
     server& operator=(const server&) = delete;
@@ -65,6 +72,7 @@ private:
 
     config::settings config_;
     std::shared_ptr<const plugin::generation> plugins_;
+    std::shared_ptr<asio::ssl::context> tls_context_;  // one for all TLS listeners
     asio::io_context ioc_;
     std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
     std::vector<std::shared_ptr<const listener_context>> contexts_;

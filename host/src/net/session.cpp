@@ -14,6 +14,7 @@
 
 #include <mutex>
 #include <optional>
+#include <tuple>
 
 namespace asiosmtpd::net {
 namespace {
@@ -41,6 +42,7 @@ std::string_view hook_name(proto::hook_kind k) noexcept
     case proto::hook_kind::quit: return "QUIT";
     case proto::hook_kind::vrfy: return "VRFY";
     case proto::hook_kind::unknown: return "UNKNOWN";
+    case proto::hook_kind::starttls: return "STARTTLS";
     case proto::hook_kind::command: return "COMMAND";
     }
     return "?";
@@ -147,7 +149,9 @@ void session::force_close()
 asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
-    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
+    boost::system::error_code ec;
+    if (tls_) std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(engine_.output()), nothrow);
+    else std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
     engine_.clear_output();
     if (ec) {
         end_reason_ = timed_out_ ? "timeout (client not reading)" : fmt::format("write failed: {}", ec.message());
@@ -156,10 +160,37 @@ asio::awaitable<bool> session::flush()
     co_return true;
 }
 
+// The TLS handshake (implicit TLS, or after "220 Ready to start TLS"), bounded by
+// tls_handshake_timeout. A failure costs this session only: logged, closed without a reply.
+asio::awaitable<bool> session::handshake()
+{
+    tls_.emplace(socket_, *ctx_->tls_context);
+    arm(ctx_->handshake_timeout);
+    auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, nothrow);
+    if (ec) {
+        end_reason_ = timed_out_ ? "tls handshake timeout" : fmt::format("tls handshake failed: {}", ec.message());
+        log::info("session={} event=tls_failed reason=\"{}\"", id_, log::escaped(end_reason_, 200));
+        tls_.reset();
+        co_return false;
+    }
+    arm(ctx_->idle_timeout);
+    tls_info_ = tls::describe(tls_->native_handle());
+    log::info("session={} event=tls version={} cipher={}{}", id_, tls_info_.version, tls_info_.cipher,
+              tls_info_.peer_subject.empty() ? std::string() : fmt::format(" client=\"{}\"", log::escaped(tls_info_.peer_subject)));
+    co_return true;
+}
+
 asio::awaitable<void> session::serve()
 {
-    engine_.start();
+    bool tls_ok = true;
+    if (ctx_->tls == config::tls_mode::implicit) {
+        // RFC 8314 §3.3: TLS first, then the greeting; this counts as TLS (design.md §5 Q10).
+        tls_ok = co_await handshake();
+        engine_.set_tls_active(tls_ok);
+    }
+    if (tls_ok) engine_.start();
     for (;;) {
+        if (!tls_ok) break;
         while (const proto::hook_request* req = engine_.pending_hook()) {
             disarm();  // a hook has its own deadline (the plugin's timeout)
             proto::hook_result result = co_await run_chain(*req);
@@ -175,13 +206,22 @@ asio::awaitable<void> session::serve()
             if (end_reason_ == "closed") end_reason_ = engine_.close_reason();
             break;
         }
+        if (engine_.tls_requested()) {
+            // The 220 went out with flush(); plaintext pipelined after STARTTLS was dropped.
+            if (!co_await handshake()) break;
+            engine_.tls_established();
+            continue;
+        }
         if (stop_requested_ && at_command_boundary()) {
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
             continue;
         }
         const std::span<char> room = engine_.prepare(read_chunk);
-        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        boost::system::error_code ec;
+        std::size_t n = 0;
+        if (tls_) std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        else std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {
                 engine_.timed_out();
@@ -195,6 +235,11 @@ asio::awaitable<void> session::serve()
         }
         arm(ctx_->idle_timeout);
         engine_.commit(n);
+    }
+    if (tls_ && socket_.is_open() && !forced_) {
+        // close_notify, bounded by the watchdog; the peer may already be gone.
+        arm(ctx_->close_grace);
+        co_await tls_->async_shutdown(nothrow);
     }
     finished_ = true;
     watchdog_timer_.cancel();
@@ -306,7 +351,8 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     case proto::hook_kind::unknown:
     case proto::hook_kind::command: args = &command; break;
     case proto::hook_kind::rset:
-    case proto::hook_kind::quit: break;
+    case proto::hook_kind::quit:
+    case proto::hook_kind::starttls: break;
     }
     if (req.kind == proto::hook_kind::command) {
         const auto& c = gen.commands.at(req.command_index);

@@ -5,17 +5,21 @@
 // turns that into the engine's 421. Only the session loop writes.
 #pragma once
 
+#include "config/config.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
+#include "tls/context.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace asiosmtpd::net {
@@ -32,6 +36,9 @@ struct listener_context {
     proto::settings smtp;
     std::chrono::milliseconds idle_timeout{300000};
     std::chrono::milliseconds close_grace{5000}; ///< for the last reply before a forced close
+    config::tls_mode tls = config::tls_mode::none;
+    std::shared_ptr<asio::ssl::context> tls_context;  ///< set for starttls and implicit listeners
+    std::chrono::milliseconds handshake_timeout{30000};
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view {
@@ -52,12 +59,16 @@ public:
     [[nodiscard]] const proto::engine& smtp() const noexcept override { return engine_; }
     [[nodiscard]] std::string_view peer_address() const noexcept override { return peer_address_; }
     [[nodiscard]] std::uint16_t peer_port() const noexcept override { return peer_port_; }
+    [[nodiscard]] std::string_view tls_version() const noexcept override { return tls_info_.version; }
+    [[nodiscard]] std::string_view tls_cipher() const noexcept override { return tls_info_.cipher; }
+    [[nodiscard]] std::string_view tls_peer_subject() const noexcept override { return tls_info_.peer_subject; }
     plugin::slots& data_slots() noexcept override;
 
 private:
     asio::awaitable<void> serve();
     asio::awaitable<void> watchdog();
     asio::awaitable<bool> flush();
+    asio::awaitable<bool> handshake();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
     asio::awaitable<std::int32_t> await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text);
     void run_session_close_hooks() noexcept;
@@ -66,6 +77,8 @@ private:
     bool at_command_boundary() const noexcept;
 
     tcp::socket socket_;
+    std::optional<asio::ssl::stream<tcp::socket&>> tls_;  ///< over socket_, once TLS started
+    tls::session_info tls_info_;
     std::shared_ptr<const listener_context> ctx_;
     registry& owner_;
     proto::engine engine_;

@@ -52,7 +52,7 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
 {
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
-    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_UNSUPPORTED;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_STARTTLS) return ASIOSMTPD_E_UNSUPPORTED;
     reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
     return ASIOSMTPD_OK;
 }
@@ -169,6 +169,9 @@ asiosmtpd_status session_info(asiosmtpd_call* call, asiosmtpd_session_info* inou
     full.extended_smtp = s.smtp().extended_smtp() ? 1 : 0;
     full.tls_active = s.smtp().tls_active() ? 1 : 0;
     full.authenticated = s.smtp().authenticated() ? 1 : 0;
+    full.tls_version = str(s.tls_version());
+    full.tls_cipher = str(s.tls_cipher());
+    full.tls_peer_subject = str(s.tls_peer_subject());
     fill(inout, full);
     return ASIOSMTPD_OK;
 }

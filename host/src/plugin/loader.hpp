@@ -31,8 +31,8 @@ public:
 
 struct library;
 
-/// Highest hook id of ABI 1.0.
-inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_SESSION_CLOSE + 1;
+/// One past the highest hook id this host knows (ABI 1.1).
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_STARTTLS + 1;
 
 } // namespace asiosmtpd::plugin
 
@@ -105,6 +105,10 @@ public:
     [[nodiscard]] virtual const proto::engine& smtp() const noexcept = 0;
     [[nodiscard]] virtual std::string_view peer_address() const noexcept = 0;
     [[nodiscard]] virtual std::uint16_t peer_port() const noexcept = 0;
+    /// TLS details ("" when TLS is not active).
+    [[nodiscard]] virtual std::string_view tls_version() const noexcept { return {}; }
+    [[nodiscard]] virtual std::string_view tls_cipher() const noexcept { return {}; }
+    [[nodiscard]] virtual std::string_view tls_peer_subject() const noexcept { return {}; }
     /// Per-instance data slots of this session (scope session or transaction).
     virtual class slots& data_slots() noexcept = 0;
 };

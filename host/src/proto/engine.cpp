@@ -281,6 +281,7 @@ void engine::handle_line(std::string_view line)
     if (!settings_.enable_smtputf8 && !is_ascii(arg)) return reply(replies::strict_ascii);
     upper_into(verb_, raw_verb);
     if (line.size() > command_limit(verb_)) return reply(replies::line_too_long);
+    if (tls_vetoed_ && verb_ != "QUIT") return reply(replies::lack_of_security);
 
     // RFC 3207 §4: before STARTTLS only these verbs (aiosmtpd ALLOWED_BEFORE_STARTTLS; LHLO added,
     // design.md §5 Q9).
@@ -423,10 +424,20 @@ void engine::finish_hook(const hook_result& r)
             }
             return reply(replies::unknown_command(request_verb_));
         }
-        reply_for(r, {});
+        reply_for(r, replies::ok);  // ACCEPT without a reply: 250 OK, never an empty line
         return;
     case hook_kind::command:
         reply_for(r, replies::ok);
+        return;
+    case hook_kind::starttls:
+        // aiosmtpd's handle_STARTTLS: no reply now; a refusal answers every later command
+        // but QUIT with 554.
+        if (r.verdict == verdict::reject_close || r.verdict == verdict::tempfail_close) {
+            if (r.code) reply_plugin(r);
+            close("closed by plugin");
+        } else if (r.verdict != verdict::none && r.verdict != verdict::accept) {
+            tls_vetoed_ = true;
+        }
         return;
     }
 }
@@ -770,9 +781,29 @@ void engine::on_auth(std::string_view arg)
 
 void engine::on_starttls(std::string_view arg)
 {
+    // RFC 3207 §4, aiosmtpd-behaviour.md §3.14.
     if (!arg.empty()) return reply(replies::syntax_starttls);
-    // The TLS upgrade arrives with issue 3; until then no listener offers it.
-    reply(replies::tls_not_available);
+    if (tls_active_) return reply(replies::tls_already_active);
+    if (!settings_.starttls_available) return reply(replies::tls_not_available);
+    reply(replies::ready_to_start_tls);
+    // RFC 3207 §4.2 / CVE-2011-0411: anything the client pipelined after STARTTLS came in
+    // plaintext and must never be read as if it came through TLS.
+    pos_ = scan_ = end_;
+    phase_ = phase::tls;
+}
+
+void engine::tls_established()
+{
+    if (phase_ != phase::tls) return;
+    pos_ = scan_ = end_ = 0;
+    // RFC 3207 §4.2: forget what the client said before; it must greet again.
+    host_name_.clear();
+    extended_smtp_ = false;
+    authenticated_ = false;
+    reset_envelope();
+    tls_active_ = true;
+    phase_ = phase::command;
+    if (has_hook(hook_kind::starttls)) ask(hook_kind::starttls);
 }
 
 void engine::on_unknown(std::string_view verb, std::string_view arg, bool has_arg)

@@ -27,7 +27,7 @@ namespace asiosmtpd::proto {
 /// Hooks the engine may ask for; values match the ASIOSMTPD_HOOK_* ids of the SDK.
 enum class hook_kind : std::uint8_t {
     connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
-    quit = 9, vrfy = 10, unknown = 11,
+    quit = 9, vrfy = 10, unknown = 11, starttls = 13,
     command = 31, ///< a plugin-registered verb (settings::commands[command_index])
 };
 
@@ -52,7 +52,7 @@ struct settings {
     bool advertise_pipelining = false;
     bool lmtp = false;
     bool starttls_available = false;  ///< this listener offers STARTTLS
-    bool require_starttls = false;
+    bool require_starttls = false;    ///< only meaningful with starttls_available (aiosmtpd)
     bool auth_required = false;
     bool auth_require_tls = true;
     bool call_limit_enabled = false;
@@ -162,8 +162,16 @@ public:
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (§5 Q10).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
 
+    /// STARTTLS was accepted ("220 Ready to start TLS" is in output()): write it, then run
+    /// the TLS handshake and call tls_established(), or close on failure. Input buffered after
+    /// the STARTTLS line has been discarded (RFC 3207 §4.2, CVE-2011-0411, CVE-2024-34083).
+    [[nodiscard]] bool tls_requested() const noexcept { return phase_ == phase::tls; }
+    /// The handshake after STARTTLS succeeded: the SMTP session starts over (a new EHLO is
+    /// needed), then the STARTTLS hook runs if a plugin has one.
+    void tls_established();
+
 private:
-    enum class phase : std::uint8_t { greeting, command, data, closed };
+    enum class phase : std::uint8_t { greeting, command, data, tls, closed };
     enum class data_error : std::uint8_t { none, too_long, too_much };
 
     void pump();
@@ -221,6 +229,7 @@ private:
     bool closed_ = false;
     std::string_view close_reason_;  // points to a literal
     bool connect_rejected_ = false;
+    bool tls_vetoed_ = false;        // the STARTTLS hook refused the TLS session
     bool discarding_line_ = false;   // command line beyond the stream limit: skip to LF
 
     // session (aiosmtpd Session)

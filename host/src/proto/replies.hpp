@@ -18,6 +18,7 @@ inline constexpr std::string_view cannot_vrfy =
 
 // --- 4xx -------------------------------------------------------------------------------------
 inline constexpr std::string_view tls_not_available = "454 TLS not available";
+inline constexpr std::string_view ready_to_start_tls = "220 Ready to start TLS";
 inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";   // design §5 Q11/Q12
 inline constexpr std::string_view default_tempfail = "451 4.7.1 Try again later"; // plugin TEMPFAIL, no text
 
@@ -56,6 +57,10 @@ inline constexpr std::string_view need_rcpt = "503 Error: need RCPT command";
 inline constexpr std::string_view only_quit = "503 5.5.1 Error: connection rejected, send QUIT";
 inline constexpr std::string_view unknown_mechanism = "504 5.5.4 Unrecognized authentication type";
 inline constexpr std::string_view need_starttls = "530 Must issue a STARTTLS command first";
+// design.md §5 Q8: aiosmtpd answers 220 and attempts TLS inside TLS.
+inline constexpr std::string_view tls_already_active = "503 5.5.1 Error: TLS already active";
+// aiosmtpd: handle_STARTTLS returned false; every command but QUIT gets this.
+inline constexpr std::string_view lack_of_security = "554 Command refused due to lack of security";
 inline constexpr std::string_view auth_required = "530 5.7.0 Authentication required";
 inline constexpr std::string_view encryption_required =
     "538 5.7.11 Encryption required for requested authentication mechanism";

@@ -38,7 +38,7 @@
 #include <stdint.h>
 
 #define ASIOSMTPD_ABI_MAJOR 1u /* a breaking change gets a new entry symbol name */
-#define ASIOSMTPD_ABI_MINOR 0u /* additive changes only */
+#define ASIOSMTPD_ABI_MINOR 1u /* additive changes only; 1.1: STARTTLS hook, TLS session info */
 
 #if defined(_WIN32)
 #define ASIOSMTPD_EXPORT __declspec(dllexport)
@@ -96,6 +96,8 @@ typedef int32_t asiosmtpd_hook_id;
 #define ASIOSMTPD_HOOK_VRFY 10         /* VRFY address                args: asiosmtpd_address_args */
 #define ASIOSMTPD_HOOK_UNKNOWN 11      /* a verb nobody knows         args: asiosmtpd_command_args */
 #define ASIOSMTPD_HOOK_SESSION_CLOSE 12 /* notification, always once   args: NULL; verdict ignored */
+/* ---- ABI 1.1 and later ---- */
+#define ASIOSMTPD_HOOK_STARTTLS 13     /* after a STARTTLS handshake   args: NULL; see below */
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
@@ -104,6 +106,9 @@ typedef int32_t asiosmtpd_hook_id;
  *   DATA     250 OK                   RSET  250 OK                 NOOP 250 OK
  *   QUIT     221 Bye                  VRFY  252 Cannot VRFY user, but will accept ...
  *   UNKNOWN  500 Error: command "X" not recognized (and the unknown-command budget is used)
+ *   STARTTLS (1.1) no reply is sent; REJECT or TEMPFAIL makes every later command but QUIT
+ *            answer "554 Command refused due to lack of security" (aiosmtpd handle_STARTTLS
+ *            returning false); the *_CLOSE verdicts close (with their reply, if set).
  * A REJECT/TEMPFAIL without a reply gets "550 5.7.1 Rejected" / "451 4.7.1 Try again later".
  * ACCEPT and CONTINUE apply the host's state change (HELO name stored, sender stored,
  * recipient added, message taken); REJECT and TEMPFAIL do not. For DATA, the message counts as
@@ -196,8 +201,12 @@ typedef struct asiosmtpd_session_info {
     uint16_t peer_port;
     asiosmtpd_str helo_name; /* empty before HELO/EHLO */
     int32_t extended_smtp;   /* 1 after EHLO/LHLO */
-    int32_t tls_active;
+    int32_t tls_active;      /* STARTTLS done, or an implicit-TLS listener */
     int32_t authenticated;
+    /* ---- ABI 1.1 and later ---- */
+    asiosmtpd_str tls_version;      /* "TLSv1.3"; empty without TLS */
+    asiosmtpd_str tls_cipher;       /* "TLS_AES_256_GCM_SHA384" */
+    asiosmtpd_str tls_peer_subject; /* client certificate subject (RFC 2253); empty if none */
 } asiosmtpd_session_info;
 
 typedef struct asiosmtpd_txn_info {

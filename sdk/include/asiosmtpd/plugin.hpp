@@ -93,6 +93,7 @@ enum class hook : asiosmtpd_hook_id {
     vrfy = ASIOSMTPD_HOOK_VRFY,
     unknown = ASIOSMTPD_HOOK_UNKNOWN,
     session_close = ASIOSMTPD_HOOK_SESSION_CLOSE,
+    starttls = ASIOSMTPD_HOOK_STARTTLS, ///< ABI 1.1: after a STARTTLS handshake (no arguments)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
@@ -170,6 +171,7 @@ inline const char* hook_name(hook h) noexcept
     case hook::vrfy: return "VRFY";
     case hook::unknown: return "UNKNOWN";
     case hook::session_close: return "SESSION_CLOSE";
+    case hook::starttls: return "STARTTLS";
     case hook::other: break;
     }
     return "other";
@@ -333,6 +335,10 @@ struct session_info {
     bool extended_smtp = false; ///< after EHLO/LHLO
     bool tls_active = false;
     bool authenticated = false;
+    // ABI 1.1 (empty on an older host):
+    std::string_view tls_version;      ///< "TLSv1.3"
+    std::string_view tls_cipher;       ///< "TLS_AES_256_GCM_SHA384"
+    std::string_view tls_peer_subject; ///< client certificate subject (RFC 2253), if one was given
 };
 
 /// txn_info(): views valid until the handler returns.
@@ -774,6 +780,10 @@ public:
         if (detail::has(n, offsetof(S, extended_smtp) + sizeof raw.extended_smtp)) out.extended_smtp = raw.extended_smtp != 0;
         if (detail::has(n, offsetof(S, tls_active) + sizeof raw.tls_active)) out.tls_active = raw.tls_active != 0;
         if (detail::has(n, offsetof(S, authenticated) + sizeof raw.authenticated)) out.authenticated = raw.authenticated != 0;
+        if (detail::has(n, offsetof(S, tls_version) + sizeof raw.tls_version)) out.tls_version = to_view(raw.tls_version);
+        if (detail::has(n, offsetof(S, tls_cipher) + sizeof raw.tls_cipher)) out.tls_cipher = to_view(raw.tls_cipher);
+        if (detail::has(n, offsetof(S, tls_peer_subject) + sizeof raw.tls_peer_subject))
+            out.tls_peer_subject = to_view(raw.tls_peer_subject);
         return out;
     }
 
@@ -1121,6 +1131,7 @@ public:
         case hook::vrfy: fn = detail::pick<M, ASIOSMTPD_HOOK_VRFY>(); break;
         case hook::unknown: fn = detail::pick<M, ASIOSMTPD_HOOK_UNKNOWN>(); break;
         case hook::session_close: fn = detail::pick<M, ASIOSMTPD_HOOK_SESSION_CLOSE>(); break;
+        case hook::starttls: fn = detail::pick<M, ASIOSMTPD_HOOK_STARTTLS>(); break;
         case hook::command:
             throw std::logic_error("register commands with registrar::command()");
         case hook::other:

@@ -340,3 +340,101 @@ TEST(engine, over_long_data_line_is_dropped_as_it_arrives)
 
 } // namespace
 } // namespace asiosmtpd::proto
+
+namespace asiosmtpd::proto {
+namespace {
+
+settings starttls_settings()
+{
+    settings s = base_settings();
+    s.starttls_available = true;
+    return s;
+}
+
+TEST(engine_starttls, plaintext_pipelined_after_starttls_is_discarded)
+{
+    // CVE-2011-0411 (Postfix), CVE-2024-34083 (aiosmtpd): commands written together with
+    // STARTTLS must never run inside the TLS session.
+    const settings s = starttls_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("EHLO c\r\nMAIL FROM:<a@b.c>\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<inject@evil>\r\n");
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 HELP\r\n"
+                       "250 OK\r\n220 Ready to start TLS\r\n");
+    EXPECT_TRUE(e.tls_requested());
+    EXPECT_EQ(e.buffered(), 0u);
+    e.tls_established();
+    EXPECT_TRUE(e.tls_active());
+    EXPECT_FALSE(e.tls_requested());
+    EXPECT_EQ(take(e), "");
+    // The session started over: no greeting remembered, no transaction, no STARTTLS offered.
+    EXPECT_TRUE(e.helo_name().empty());
+    EXPECT_TRUE(e.current_envelope().mail_from.empty());
+    e.receive("RCPT TO:<d@e.f>\r\nEHLO c\r\nRCPT TO:<d@e.f>\r\nSTARTTLS\r\n");
+    EXPECT_EQ(take(e), "503 Error: send HELO first\r\n"
+                       "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n"
+                       "503 Error: need MAIL command\r\n"
+                       "503 5.5.1 Error: TLS already active\r\n");
+}
+
+TEST(engine_starttls, unavailable_and_syntax)
+{
+    const settings s = base_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("STARTTLS\r\nSTARTTLS x\r\n");
+    EXPECT_EQ(take(e), "454 TLS not available\r\n501 Syntax: STARTTLS\r\n");
+}
+
+TEST(engine_starttls, implicit_tls_counts_as_tls)
+{
+    settings s = base_settings();
+    s.auth_require_tls = true;
+    engine e(s);
+    e.set_tls_active(true);
+    e.start();
+    take(e);
+    e.receive("EHLO c\r\nSTARTTLS\r\nAUTH PLAIN\r\n");
+    // AUTH passes the TLS gate (design.md §5 Q10); no mechanism is configured here.
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n"
+                       "503 5.5.1 Error: TLS already active\r\n"
+                       "504 5.5.4 Unrecognized authentication type\r\n");
+}
+
+TEST(engine_starttls, require_starttls_lifts_after_the_handshake)
+{
+    settings s = starttls_settings();
+    s.require_starttls = true;
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("MAIL FROM:<a@b.c>\r\nSTARTTLS\r\n");
+    EXPECT_EQ(take(e), "530 Must issue a STARTTLS command first\r\n220 Ready to start TLS\r\n");
+    e.tls_established();
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\n");
+    EXPECT_EQ(take(e), "250 mx.test\r\n250 OK\r\n");
+}
+
+TEST(engine_starttls, a_plugin_refusing_the_tls_session_gets_554_for_all_but_quit)
+{
+    settings s = starttls_settings();
+    s.hook_mask = hook_bit(hook_kind::starttls);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("STARTTLS\r\n");
+    take(e);
+    e.tls_established();
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->kind, hook_kind::starttls);
+    e.hook_done(make(verdict::reject));
+    EXPECT_EQ(take(e), "");  // aiosmtpd: no reply to the handshake itself
+    e.receive("EHLO c\r\nNOOP\r\nQUIT\r\n");
+    EXPECT_EQ(take(e), "554 Command refused due to lack of security\r\n"
+                       "554 Command refused due to lack of security\r\n221 Bye\r\n");
+}
+
+} // namespace
+} // namespace asiosmtpd::proto

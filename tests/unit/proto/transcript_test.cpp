@@ -96,6 +96,8 @@ transcript load(const fs::path& file)
             else if (key == "decode_data") t.config.decode_data = truthy(value);
             else if (key == "advertise_pipelining") t.config.advertise_pipelining = truthy(value);
             else if (key == "lmtp") t.config.lmtp = truthy(value);
+            else if (key == "starttls") t.config.starttls_available = truthy(value);
+            else if (key == "require_starttls") t.config.require_starttls = truthy(value);
             else if (key == "command_call_limit") parse_call_limit(value, t.config);
             else if (key == "aiosmtpd") continue;
             else ADD_FAILURE() << file << ": unknown setting " << key;
