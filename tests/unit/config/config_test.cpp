@@ -480,6 +480,30 @@ TEST(config_tls, section_without_tls_listeners_is_checked_then_ignored)
     EXPECT_EQ(error_of("tls:\n  private_key: k\n"), "t.yaml:2: tls.certificate: missing (the tls section needs it)");
 }
 
+TEST(config_tls, versions_ciphers_and_client_certificates)
+{
+    temp_dir dir;
+    dir.write("c.pem", "c");
+    dir.write("k.pem", "k");
+    const std::string head = "server:\n  listen:\n    - tls: implicit\ntls:\n  certificate: c.pem\n  private_key: k.pem\n";
+    const settings defaults = parse_text(head, dir.path());
+    ASSERT_TRUE(defaults.tls.has_value());
+    EXPECT_EQ(defaults.tls->min_version, tls_version::v1_2);
+    EXPECT_TRUE(defaults.tls->ciphers.empty());
+    EXPECT_FALSE(defaults.tls->request_client_certificate);
+    const settings s = parse_text(head + "  min_version: 1.3\n  ciphers: ECDHE-RSA-AES128-GCM-SHA256\n"
+                                         "  ciphersuites: TLS_AES_128_GCM_SHA256\n  request_client_certificate: true\n",
+                                  dir.path());
+    EXPECT_EQ(s.tls->min_version, tls_version::v1_3);
+    EXPECT_EQ(s.tls->ciphers, "ECDHE-RSA-AES128-GCM-SHA256");
+    EXPECT_EQ(s.tls->ciphersuites, "TLS_AES_128_GCM_SHA256");
+    EXPECT_TRUE(s.tls->request_client_certificate);
+    EXPECT_EQ(error_of(head + "  min_version: 1.1\n", dir.path()),
+              "t.yaml:7: tls.min_version: expected one of 1.2, 1.3, got \"1.1\"");
+    EXPECT_EQ(error_of(head + "  request_client_certificate: maybe\n", dir.path()).substr(0, 45),
+              "t.yaml:7: tls.request_client_certificate: exp");
+}
+
 // ---- paths ---------------------------------------------------------------------------------
 
 TEST(config_paths, relative_paths_resolve_against_base_dir)
