@@ -4,3 +4,8 @@ if(ASIOSMTPD_SANITIZE)
   add_compile_options(-fsanitize=${ASIOSMTPD_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
   add_link_options(-fsanitize=${ASIOSMTPD_SANITIZE})
 endif()
+# ASIOSMTPD_FUZZ (the fuzz preset, clang): coverage instrumentation for libFuzzer everywhere; the
+# fuzz targets themselves link -fsanitize=fuzzer (tests/fuzz/CMakeLists.txt).
+if(ASIOSMTPD_FUZZ)
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()

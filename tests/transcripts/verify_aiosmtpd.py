@@ -49,7 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KNOWN_KEYS = {
     "hostname", "ident", "data_size_limit", "command_size_limit", "enable_smtputf8",
     "decode_data", "command_call_limit", "advertise_pipelining", "lmtp", "aiosmtpd",
-    "starttls", "require_starttls",
+    "starttls", "require_starttls", "auth_require_tls", "auth_required", "auth_max_failures",
 }
 
 
@@ -240,6 +240,12 @@ class Transcript:
             kw["tls_context"] = tls_context()
         if "require_starttls" in s:
             kw["require_starttls"] = parse_bool("require_starttls", s["require_starttls"])
+        for key in ("auth_require_tls", "auth_required"):
+            if key in s:
+                kw[key] = parse_bool(key, s[key])
+        # auth_max_failures has no aiosmtpd equivalent: write its effect as a difference.
+        if "auth_max_failures" in s:
+            int(s["auth_max_failures"])
         return kw
 
     def server_class(self):

@@ -65,6 +65,8 @@ struct server_settings {
     bool require_starttls = false;
     bool auth_required = false;
     bool auth_require_tls = true;
+    std::uint32_t auth_max_failures = 3;         // failed AUTHs in a session before 421; 0 = no limit
+    double auth_failure_delay = 1;               // seconds each failed AUTH answer waits (>= 0)
     bool advertise_pipelining = false;
     call_limits command_call_limit;
     double timeout = 300;                        // seconds, > 0

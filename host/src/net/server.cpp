@@ -119,6 +119,8 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     for (const auto& c : g.commands)
         e.commands.push_back({c.verb, c.help, (c.flags & ASIOSMTPD_CMD_NEEDS_HELO) != 0});
     e.ehlo_keywords = g.ehlo_keywords;
+    for (const auto& m : g.auth_mechanisms) e.auth_mechanisms.push_back(m.name);
+    e.auth_max_failures = srv.auth_max_failures;
     e.hook_mask = g.hook_mask();
     return e;
 }
@@ -146,6 +148,7 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
         ctx->smtp = engine_settings(config_, l, *plugins_);
         ctx->idle_timeout = millis(config_.server.timeout);
         ctx->handshake_timeout = millis(config_.server.tls_handshake_timeout);
+        ctx->auth_failure_delay = millis(config_.server.auth_failure_delay);
         ctx->tls = l.tls;
         if (l.tls != config::tls_mode::none) {
             if (!tls_context_) tls_context_ = tls::make_server_context(config_);  // not given by the caller

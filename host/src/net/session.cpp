@@ -43,6 +43,8 @@ std::string_view hook_name(proto::hook_kind k) noexcept
     case proto::hook_kind::vrfy: return "VRFY";
     case proto::hook_kind::unknown: return "UNKNOWN";
     case proto::hook_kind::starttls: return "STARTTLS";
+    case proto::hook_kind::auth_check: return "AUTH_CHECK";
+    case proto::hook_kind::auth_mechanism: return "AUTH";
     case proto::hook_kind::command: return "COMMAND";
     }
     return "?";
@@ -193,9 +195,21 @@ asio::awaitable<void> session::serve()
         if (!tls_ok) break;
         while (const proto::hook_request* req = engine_.pending_hook()) {
             disarm();  // a hook has its own deadline (the plugin's timeout)
+            const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
+            const std::string login(auth ? req->login : std::string_view{});
             proto::hook_result result = co_await run_chain(*req);
             arm(ctx_->idle_timeout);
             engine_.hook_done(std::move(result));
+            if (auth && engine_.authenticated())
+                log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
+        }
+        if (engine_.take_auth_failure()) {
+            // Brute force: a failed AUTH answers slowly (never log the credentials).
+            log::info("session={} event=auth result=failed", id_);
+            if (ctx_->auth_failure_delay.count() > 0) {
+                asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);
+                co_await pause.async_wait(nothrow);
+            }
         }
         if (forced_ && !engine_.close_requested()) {
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
@@ -337,6 +351,22 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
                              req.content.size(), ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF};
     asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
                                    {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
+    const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
+    asiosmtpd_auth_args auth{};
+    auth.struct_size = sizeof auth;
+    if (req.kind == proto::hook_kind::auth_check) {
+        auth.mechanism = str(req.argument);
+        auth.authzid = str(req.authzid);
+        auth.login = str(req.login);
+        auth.password = str(req.password);
+        auth.response = str({});
+    } else {
+        auth.mechanism = str(req.verb);
+        auth.authzid = auth.login = auth.password = str({});
+        auth.response = str(req.argument);
+        auth.has_response = req.has_argument ? 1 : 0;
+        auth.step = req.step;
+    }
     const void* args = nullptr;
     std::span<const plugin::hook_entry> chain;
     switch (req.kind) {
@@ -350,6 +380,8 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     case proto::hook_kind::noop:
     case proto::hook_kind::unknown:
     case proto::hook_kind::command: args = &command; break;
+    case proto::hook_kind::auth_check:
+    case proto::hook_kind::auth_mechanism: args = &auth; break;
     case proto::hook_kind::rset:
     case proto::hook_kind::quit:
     case proto::hook_kind::starttls: break;
@@ -357,6 +389,9 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     if (req.kind == proto::hook_kind::command) {
         const auto& c = gen.commands.at(req.command_index);
         chain = {&c.handler, 1};
+    } else if (req.kind == proto::hook_kind::auth_mechanism) {
+        const auto& m = gen.auth_mechanisms.at(req.command_index);
+        chain = {&m.handler, 1};
     } else {
         chain = gen.hooks.at(static_cast<std::size_t>(id));
     }
@@ -375,6 +410,12 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
                 why = "returned PENDING without suspend()";
             } else {
                 verdict = co_await await_pending(call, code, text);
+                if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
+                    // From complete(), a challenge travels as the text (plugin.h).
+                    call.auth_challenge = std::move(text);
+                    text.clear();
+                    code = 0;
+                }
                 if (verdict == timed_out_verdict)
                     why = forced_ ? "cancelled by shutdown"
                                   : fmt::format("did not complete within {} ms", call.owner->timeout.count());
@@ -383,8 +424,11 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
             plugin::cancel(call.token);
             why = "suspended the call but returned a verdict";
         }
-        proto::hook_result r = why.empty() ? plugin::to_result(verdict, code, std::move(text), why)
-                                           : proto::hook_result{proto::verdict::error, 0, {}};
+        proto::hook_result r =
+            why.empty() ? plugin::to_result(verdict, code, std::move(text), why, req.kind == proto::hook_kind::auth_mechanism)
+                        : proto::hook_result{proto::verdict::error, 0, {}, {}, {}};
+        r.challenge = std::move(call.auth_challenge);
+        r.identity = std::move(call.auth_identity);
         if (r.verdict == proto::verdict::error) {
             log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
                       entry.owner->name, entry.owner->key,

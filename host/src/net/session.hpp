@@ -39,6 +39,7 @@ struct listener_context {
     config::tls_mode tls = config::tls_mode::none;
     std::shared_ptr<asio::ssl::context> tls_context;  ///< set for starttls and implicit listeners
     std::chrono::milliseconds handshake_timeout{30000};
+    std::chrono::milliseconds auth_failure_delay{1000};
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view {

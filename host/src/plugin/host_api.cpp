@@ -52,7 +52,7 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
 {
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
-    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_STARTTLS) return ASIOSMTPD_E_UNSUPPORTED;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_AUTH_CHECK) return ASIOSMTPD_E_UNSUPPORTED;
     reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
     return ASIOSMTPD_OK;
 }
@@ -94,6 +94,31 @@ asiosmtpd_status register_ehlo_keyword(asiosmtpd_registrar* reg, asiosmtpd_str l
     if (l.empty() || l.size() > 500 || l.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
     reg->gen->ehlo_keywords.emplace_back(l);
     return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str name, asiosmtpd_hook_fn fn)
+{
+    if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    const std::string_view n = view(name);
+    // RFC 4954 §3 / aiosmtpd: [A-Z0-9_-]+, at most 20 characters (RFC 4422 SASL names).
+    if (n.empty() || n.size() > 20 || !std::all_of(n.begin(), n.end(), [](char c) {
+            return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+        }))
+        return ASIOSMTPD_E_INVALID;
+    std::string upper(n);
+    std::transform(upper.begin(), upper.end(), upper.begin(), [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
+    if (upper == "PLAIN" || upper == "LOGIN") return ASIOSMTPD_E_CONFLICT;
+    for (const auto& m : reg->gen->auth_mechanisms)
+        if (m.name == upper) return ASIOSMTPD_E_CONFLICT;
+    reg->gen->auth_mechanisms.push_back({std::move(upper), {reg->owner, fn}});
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_str config_dir(asiosmtpd_registrar* reg)
+{
+    if (!usable(reg)) return str({});
+    return str(reg->base_dir);
 }
 
 // ---- config ----------------------------------------------------------------------------------
@@ -172,6 +197,7 @@ asiosmtpd_status session_info(asiosmtpd_call* call, asiosmtpd_session_info* inou
     full.tls_version = str(s.tls_version());
     full.tls_cipher = str(s.tls_cipher());
     full.tls_peer_subject = str(s.tls_peer_subject());
+    full.auth_login = str(s.smtp().auth_login());
     fill(inout, full);
     return ASIOSMTPD_OK;
 }
@@ -225,6 +251,27 @@ asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str te
     }
     call->code = code;
     call->text.assign(t);
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status set_auth_challenge(asiosmtpd_call* call, asiosmtpd_str challenge)
+{
+    if (!usable(call) || call->hook != auth_mechanism_call) return ASIOSMTPD_E_STATE;
+    // The 334 line must fit the 1001-byte line limit once base64-encoded.
+    if (challenge.size > 700) return ASIOSMTPD_E_INVALID;
+    call->auth_challenge.assign(view(challenge));
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status set_auth_identity(asiosmtpd_call* call, asiosmtpd_str login)
+{
+    if (!usable(call)) return ASIOSMTPD_E_INVALID;
+    if (call->hook != auth_mechanism_call && call->hook != ASIOSMTPD_HOOK_AUTH_CHECK)
+        return ASIOSMTPD_E_STATE;
+    const std::string_view l = view(login);
+    if (l.size() > 512 || l.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos)
+        return ASIOSMTPD_E_INVALID;
+    call->auth_identity.assign(l);
     return ASIOSMTPD_OK;
 }
 
@@ -342,6 +389,10 @@ const asiosmtpd_host_api& host_api() noexcept
         a.suspend = suspend;
         a.complete = complete;
         a.log = plugin_log;
+        a.register_auth_mechanism = register_auth_mechanism;
+        a.set_auth_challenge = set_auth_challenge;
+        a.set_auth_identity = set_auth_identity;
+        a.config_dir = config_dir;
         return a;
     }();
     return api;

@@ -102,6 +102,7 @@ std::uint32_t generation::hook_mask() const noexcept
     for (std::size_t id = 1; id < hooks.size(); ++id)
         if (!hooks[id].empty()) mask |= 1u << id;
     if (!commands.empty()) mask |= proto::hook_bit(proto::hook_kind::command);
+    if (!auth_mechanisms.empty()) mask |= proto::hook_bit(proto::hook_kind::auth_mechanism);
     return mask;
 }
 
@@ -138,7 +139,7 @@ std::shared_ptr<const generation> load(const config::settings& s)
         inst->timeout = std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000));
         inst->thread_safe = (inst->desc->flags & ASIOSMTPD_PF_THREAD_SAFE) != 0;
 
-        asiosmtpd_registrar reg{gen.get(), inst.get(), &e.config, false};
+        asiosmtpd_registrar reg{gen.get(), inst.get(), &e.config, false, s.base_dir.string()};
         char reason[512] = {};
         asiosmtpd_errbuf err{reason, sizeof reason};
         void* self = nullptr;
@@ -214,14 +215,15 @@ int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noex
     return e.fn(e.owner->self, &call, args);
 }
 
-proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why)
+proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why,
+                             bool challenge_allowed)
 {
     proto::hook_result r;
     r.code = code;
     r.text = std::move(text);
     const auto fail = [&](std::string reason) {
         why = std::move(reason);
-        return proto::hook_result{proto::verdict::error, 0, {}};
+        return proto::hook_result{proto::verdict::error, 0, {}, {}, {}};
     };
     // The reply class must fit the verdict (plugin-abi.md §2.3).
     const unsigned cls = code / 100u;
@@ -241,6 +243,10 @@ proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string te
     case ASIOSMTPD_TEMPFAIL_CLOSE:
         r.verdict = verdict == ASIOSMTPD_TEMPFAIL ? proto::verdict::tempfail : proto::verdict::tempfail_close;
         if (code != 0 && cls != 4) return fail(fmt::format("TEMPFAIL with reply code {}", code));
+        return r;
+    case ASIOSMTPD_AUTH_CHALLENGE:
+        if (!challenge_allowed) return fail("AUTH_CHALLENGE outside an AUTH mechanism");
+        r.verdict = proto::verdict::challenge;
         return r;
     default:
         return fail(fmt::format("unknown verdict {}", verdict));

@@ -31,8 +31,11 @@ public:
 
 struct library;
 
+/// asiosmtpd_call::hook of a call into a plugin's AUTH mechanism (not an ABI hook id).
+inline constexpr std::int32_t auth_mechanism_call = static_cast<std::int32_t>(proto::hook_kind::auth_mechanism);
+
 /// One past the highest hook id this host knows (ABI 1.1).
-inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_STARTTLS + 1;
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_AUTH_CHECK + 1;
 
 } // namespace asiosmtpd::plugin
 
@@ -69,6 +72,11 @@ struct command_entry {
     hook_entry handler;
 };
 
+struct auth_mechanism_entry {
+    std::string name; ///< upper-case
+    hook_entry handler;
+};
+
 class generation {
 public:
     generation() = default;
@@ -80,6 +88,7 @@ public:
     std::array<std::vector<hook_entry>, hook_count> hooks;
     std::vector<command_entry> commands;
     std::vector<std::string> ehlo_keywords;
+    std::vector<auth_mechanism_entry> auth_mechanisms;
 
     /// proto::hook_bit() of every hook with at least one entry, plus custom commands.
     [[nodiscard]] std::uint32_t hook_mask() const noexcept;
@@ -162,6 +171,7 @@ struct asiosmtpd_registrar {
     asiosmtpd::plugin::instance* owner = nullptr;
     const asiosmtpd::config::node* config = nullptr;
     bool frozen = false;
+    std::string base_dir;
 };
 
 /// One hook call. The SDK's opaque asiosmtpd_call; lives on the session's stack or frame.
@@ -172,6 +182,8 @@ struct asiosmtpd_call {
     bool active = true;               ///< false once the hook returned (T5)
     std::uint16_t code = 0;           ///< set_reply
     std::string text;
+    std::string auth_challenge;       ///< set_auth_challenge
+    std::string auth_identity;        ///< set_auth_identity
     asiosmtpd_token token = 0;        ///< set by suspend()
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
 };
@@ -182,8 +194,10 @@ namespace asiosmtpd::plugin {
 int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept;
 
 /// Turn a plugin's verdict and reply into what the engine applies; a verdict or reply that
-/// makes no sense becomes verdict::error with a reason in `why`.
-proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why);
+/// makes no sense becomes verdict::error with a reason in `why`. ASIOSMTPD_AUTH_CHALLENGE is
+/// only valid where `challenge_allowed` (AUTH mechanisms).
+proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why,
+                             bool challenge_allowed = false);
 
 /// The host function table handed to every plugin.
 const asiosmtpd_host_api& host_api() noexcept;

@@ -150,6 +150,62 @@ std::optional<esmtp_param> take_param(std::vector<esmtp_param>& params, std::str
     return p;
 }
 
+// RFC 4648 base64, strict as Python's b64decode(validate=True): the alphabet only, correct
+// padding, no blanks. RFC 4954 §4: a lone "=" is an empty response (design.md §5, aiosmtpd Q16).
+std::optional<std::string> base64_decode(std::string_view in)
+{
+    if (in == "=") return std::string{};
+    if (in.size() % 4 != 0) return std::nullopt;
+    const auto value = [](char c) -> int {
+        if (c >= 'A' && c <= 'Z') return c - 'A';
+        if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+        if (c >= '0' && c <= '9') return c - '0' + 52;
+        if (c == '+') return 62;
+        if (c == '/') return 63;
+        return -1;
+    };
+    std::string out;
+    out.reserve(in.size() / 4 * 3);
+    for (std::size_t i = 0; i < in.size(); i += 4) {
+        const bool last = i + 4 == in.size();
+        int v[4];
+        int pad = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = in[i + static_cast<std::size_t>(k)];
+            if (c == '=' && last && k >= 2) {
+                ++pad;
+                v[k] = 0;
+                continue;
+            }
+            if (pad > 0) return std::nullopt;  // data after padding
+            v[k] = value(c);
+            if (v[k] < 0) return std::nullopt;
+        }
+        const unsigned n = (static_cast<unsigned>(v[0]) << 18) | (static_cast<unsigned>(v[1]) << 12) |
+                           (static_cast<unsigned>(v[2]) << 6) | static_cast<unsigned>(v[3]);
+        out.push_back(static_cast<char>((n >> 16) & 0xff));
+        if (pad < 2) out.push_back(static_cast<char>((n >> 8) & 0xff));
+        if (pad < 1) out.push_back(static_cast<char>(n & 0xff));
+    }
+    return out;
+}
+
+std::string base64_encode(std::string_view in)
+{
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    out.reserve((in.size() + 2) / 3 * 4);
+    for (std::size_t i = 0; i < in.size(); i += 3) {
+        const auto byte = [&](std::size_t k) { return i + k < in.size() ? static_cast<unsigned char>(in[i + k]) : 0u; };
+        const unsigned n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        out.push_back(alphabet[(n >> 18) & 63]);
+        out.push_back(alphabet[(n >> 12) & 63]);
+        out.push_back(i + 1 < in.size() ? alphabet[(n >> 6) & 63] : '=');
+        out.push_back(i + 2 < in.size() ? alphabet[n & 63] : '=');
+    }
+    return out;
+}
+
 struct help_entry {
     std::string_view verb;
     std::string_view text;
@@ -227,6 +283,7 @@ void engine::pump()
         bool progressed = false;
         if (phase_ == phase::command) progressed = step_command();
         else if (phase_ == phase::data) progressed = step_data();
+        else if (phase_ == phase::auth) progressed = step_auth();
         if (!progressed) break;
     }
     // Everything consumed: the buffer starts over (its capacity stays: one buffer per session).
@@ -375,6 +432,7 @@ void engine::finish_hook(const hook_result& r)
             close("connect hook");
             return;
         case verdict::error:
+        case verdict::challenge:
             reply(replies::closing(settings_.hostname));
             close("plugin error");
             return;
@@ -429,6 +487,34 @@ void engine::finish_hook(const hook_result& r)
     case hook_kind::command:
         reply_for(r, replies::ok);
         return;
+    case hook_kind::auth_check:
+    case hook_kind::auth_mechanism:
+        switch (r.verdict) {
+        case verdict::accept:
+            return auth_success(r, request_.kind == hook_kind::auth_check ? request_secret_[1] : std::string_view{});
+        case verdict::none:
+        case verdict::reject:
+            return auth_failure(r);
+        case verdict::challenge:
+            if (request_.kind == hook_kind::auth_mechanism) {
+                reply("334 " + base64_encode(r.challenge));
+                ++auth_step_;
+                phase_ = phase::auth;
+                return;
+            }
+            auth_end();
+            return reply(replies::internal_error);
+        case verdict::tempfail:
+            auth_end();
+            return r.code ? reply_plugin(r) : reply(replies::auth_tempfail);
+        case verdict::reject_close:
+        case verdict::tempfail_close:
+        case verdict::error:
+            auth_end();
+            reply_for(r, {});
+            return;
+        }
+        return;
     case hook_kind::starttls:
         // aiosmtpd's handle_STARTTLS: no reply now; a refusal answers every later command
         // but QUIT with 554.
@@ -466,6 +552,7 @@ bool engine::reply_for(const hook_result& r, std::string_view default_reply)
         close("closed by plugin");
         return false;
     case verdict::error:
+    case verdict::challenge:  // only meaningful for AUTH mechanisms
         reply(replies::internal_error);
         return false;
     }
@@ -519,6 +606,15 @@ void engine::send_ehlo_lines()
     if (!settings_.decode_data) out_.append("250-8BITMIME\r\n");
     if (settings_.enable_smtputf8) out_.append("250-SMTPUTF8\r\n");
     if (settings_.starttls_available && !tls_active_) out_.append("250-STARTTLS\r\n");
+    if (!settings_.auth_require_tls || tls_active_) {
+        // Sorted by code point, as aiosmtpd; never a trailing space (design.md §5 Q17).
+        std::vector<std::string_view> mechanisms{"LOGIN", "PLAIN"};
+        for (const auto& m : settings_.auth_mechanisms) mechanisms.push_back(m);
+        std::sort(mechanisms.begin(), mechanisms.end());
+        out_.append("250-AUTH");
+        for (auto m : mechanisms) out_.append(" ").append(m);
+        out_.append(crlf);
+    }
     if (settings_.advertise_pipelining) out_.append("250-PIPELINING\r\n");
     for (const std::string& k : settings_.ehlo_keywords) out_.append("250-").append(k).append(crlf);
     out_.append("250 HELP\r\n");
@@ -762,21 +858,182 @@ void engine::on_help(std::string_view arg)
 
 void engine::on_auth(std::string_view arg)
 {
-    // §3.16 check order. Mechanisms arrive with the AUTH work (issue 4); until then every
-    // mechanism is unrecognised.
+    // aiosmtpd-behaviour.md §3.16, the check order. AUTH is not subject to auth_required.
     if (host_name_.empty()) return reply(replies::need_ehlo);
     if (!extended_smtp_) return reply(replies::auth_not_recognized);
     if (settings_.auth_require_tls && !tls_active_) return reply(replies::encryption_required);
-    if (authenticated_) return reply("503 Already authenticated");
+    if (authenticated_) return reply(replies::already_authenticated);
     if (arg.empty()) return reply(replies::auth_not_enough);
-    std::size_t words = 0;
+    std::string_view words[2];
+    std::size_t count = 0;
     for (std::size_t i = 0; i < arg.size();) {
         while (i < arg.size() && is_py_space(arg[i])) ++i;
-        if (i < arg.size()) ++words;
+        const std::size_t start = i;
         while (i < arg.size() && !is_py_space(arg[i])) ++i;
+        if (i == start) continue;
+        if (count == 2) return reply(replies::auth_too_many);
+        words[count++] = arg.substr(start, i - start);
     }
-    if (words > 2) return reply(replies::auth_too_many);
-    reply(replies::unknown_mechanism);
+    // Mechanism names are case-insensitive (RFC 4954 §4; design.md §5 Q3).
+    std::string mechanism;
+    upper_into(mechanism, words[0]);
+    std::optional<std::string> initial;
+    if (count == 2) {
+        initial = base64_decode(words[1]);
+        if (!initial) return reply(replies::auth_bad_base64);
+    }
+    auth_step_ = 0;
+    if (mechanism == "PLAIN") {
+        auth_kind_ = auth_kind::plain;
+        if (initial) return auth_response(*initial);
+        reply(replies::auth_empty_challenge);
+        phase_ = phase::auth;
+        return;
+    }
+    if (mechanism == "LOGIN") {
+        auth_kind_ = auth_kind::login;
+        if (initial) {
+            auth_user_ = std::move(*initial);
+            auth_step_ = 1;
+            reply(replies::auth_password_challenge);
+        } else {
+            reply(replies::auth_username_challenge);
+        }
+        phase_ = phase::auth;
+        return;
+    }
+    const auto& plugins = settings_.auth_mechanisms;
+    const auto it = std::find(plugins.begin(), plugins.end(), mechanism);
+    if (it == plugins.end()) return reply(replies::unknown_mechanism);
+    auth_kind_ = auth_kind::plugin;
+    auth_plugin_ = static_cast<std::size_t>(it - plugins.begin());
+    if (initial) return auth_plugin_step(std::string_view(*initial));
+    auth_plugin_step(std::nullopt);
+}
+
+// One line of the AUTH exchange (a response to a 334 challenge). aiosmtpd reads it with the
+// 1001-byte stream limit, not the command limits and not the call budgets.
+bool engine::step_auth()
+{
+    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const auto lf = buf.find('\n', scan_ - pos_);
+    if (lf == std::string_view::npos) {
+        if (discarding_line_ || buf.size() > settings_.data_line_limit) {
+            discarding_line_ = true;
+            pos_ = scan_ = end_;
+        } else {
+            scan_ = end_;
+        }
+        return false;
+    }
+    const std::string_view line = buf.substr(0, lf);
+    pos_ += lf + 1;
+    scan_ = pos_;
+    phase_ = phase::command;
+    if (discarding_line_ || lf > settings_.data_line_limit) {
+        discarding_line_ = false;
+        auth_end();
+        reply(replies::auth_line_too_long);
+        return true;
+    }
+    const std::string_view answer = strip(line);
+    if (answer == "*") {
+        auth_end();
+        reply(replies::auth_aborted);
+        return true;
+    }
+    const auto decoded = base64_decode(answer);
+    if (!decoded) {
+        auth_end();
+        reply(replies::auth_bad_base64);
+        return true;
+    }
+    if (auth_kind_ == auth_kind::plugin) auth_plugin_step(std::string_view(*decoded));
+    else auth_response(*decoded);
+    return true;
+}
+
+// A decoded answer for the built-in mechanisms.
+void engine::auth_response(std::string_view data)
+{
+    if (auth_kind_ == auth_kind::plain) {
+        // RFC 4616: authzid NUL authcid NUL passwd, exactly.
+        const auto first = data.find('\0');
+        const auto second = first == std::string_view::npos ? first : data.find('\0', first + 1);
+        if (second == std::string_view::npos || data.find('\0', second + 1) != std::string_view::npos) {
+            auth_end();
+            return reply(replies::auth_cannot_split);
+        }
+        return auth_credentials("PLAIN", data.substr(0, first), data.substr(first + 1, second - first - 1),
+                                data.substr(second + 1));
+    }
+    // LOGIN
+    if (auth_step_ == 0) {
+        auth_user_.assign(data);
+        auth_step_ = 1;
+        reply(replies::auth_password_challenge);
+        phase_ = phase::auth;
+        return;
+    }
+    const std::string user = std::move(auth_user_);
+    auth_credentials("LOGIN", {}, user, data);
+}
+
+void engine::auth_credentials(std::string_view mechanism, std::string_view authzid, std::string_view login,
+                              std::string_view password)
+{
+    request_secret_[0].assign(authzid);
+    request_secret_[1].assign(login);
+    request_secret_[2].assign(password);
+    auth_user_.clear();
+    ask(hook_kind::auth_check, mechanism, true);
+    request_.authzid = request_secret_[0];
+    request_.login = request_secret_[1];
+    request_.password = request_secret_[2];
+    // Without an AUTH_CHECK plugin nobody can vouch for the credentials: 535 (aiosmtpd
+    // without an authenticator).
+    if (!has_hook(hook_kind::auth_check)) {
+        waiting_ = false;
+        finish_hook(hook_result{});
+    }
+}
+
+void engine::auth_plugin_step(std::optional<std::string_view> response)
+{
+    request_verb_ = settings_.auth_mechanisms[auth_plugin_];
+    ask(hook_kind::auth_mechanism, response.value_or(std::string_view{}), response.has_value());
+    request_.command_index = auth_plugin_;
+    request_.step = auth_step_;
+}
+
+void engine::auth_success(const hook_result& r, std::string_view login)
+{
+    authenticated_ = true;
+    auth_login_.assign(r.identity.empty() ? login : std::string_view(r.identity));
+    r.code ? reply_plugin(r) : reply(replies::auth_ok);
+    auth_end();
+}
+
+void engine::auth_failure(const hook_result& r)
+{
+    // design.md §5 Q6: a rejected credential is always answered.
+    r.code ? reply_plugin(r) : reply(replies::auth_failed);
+    auth_end();
+    auth_failed_ = true;
+    ++auth_failures_;
+    if (settings_.auth_max_failures != 0 && auth_failures_ >= settings_.auth_max_failures) {
+        reply(replies::too_many_auth_failures(settings_.hostname));
+        close("too many failed authentication attempts");
+    }
+}
+
+void engine::auth_end() noexcept
+{
+    auth_kind_ = auth_kind::none;
+    auth_step_ = 0;
+    auth_user_.clear();
+    for (auto& secret : request_secret_) secret.clear();
+    if (phase_ == phase::auth) phase_ = phase::command;
 }
 
 void engine::on_starttls(std::string_view arg)
@@ -800,6 +1057,7 @@ void engine::tls_established()
     host_name_.clear();
     extended_smtp_ = false;
     authenticated_ = false;
+    auth_login_.clear();
     reset_envelope();
     tls_active_ = true;
     phase_ = phase::command;

@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace asiosmtpd::proto {
@@ -28,6 +29,8 @@ namespace asiosmtpd::proto {
 enum class hook_kind : std::uint8_t {
     connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
     quit = 9, vrfy = 10, unknown = 11, starttls = 13,
+    auth_check = 14,     ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
+    auth_mechanism = 30, ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
     command = 31, ///< a plugin-registered verb (settings::commands[command_index])
 };
 
@@ -60,6 +63,8 @@ struct settings {
     std::uint32_t call_limit_default = 20;
     std::vector<custom_command> commands;
     std::vector<std::string> ehlo_keywords;   ///< plugin keyword lines, before "250 HELP"
+    std::vector<std::string> auth_mechanisms; ///< plugin mechanisms, upper-case (PLAIN, LOGIN built in)
+    std::uint32_t auth_max_failures = 3;      ///< failed AUTHs before 421 and close; 0 = no limit
     std::uint32_t hook_mask = 0;              ///< hook_bit() of every hook that has a chain
     std::size_t data_line_limit = 1001;       ///< aiosmtpd line_length_limit, CRLF included
     std::size_t unknown_command_budget = 5;   ///< aiosmtpd BOGUS_LIMIT
@@ -74,12 +79,15 @@ enum class verdict : std::uint8_t {
     reject_close,   ///< 5xx, then close
     tempfail_close, ///< 4xx (default 421), then close
     error,          ///< the plugin failed (nonsense, exception, timeout): 451 4.3.0
+    challenge,      ///< AUTH mechanisms: send 334 with hook_result::challenge, await the answer
 };
 
 struct hook_result {
     proto::verdict verdict = verdict::none;
     std::uint16_t code = 0;  ///< 0 = no reply given: the default for the verdict
     std::string text;        ///< lines separated by '\n' (no CR)
+    std::string challenge;   ///< verdict::challenge: raw bytes (base64-encoded on the wire)
+    std::string identity;    ///< AUTH accepted: the identity (default: the login)
 };
 
 /// What the engine asks the host to run. Views point into the engine and stay valid until
@@ -92,6 +100,10 @@ struct hook_request {
     std::size_t command_index = 0; ///< for hook_kind::command
     std::span<const std::string> params; ///< MAIL: upper-cased ESMTP parameters
     std::string_view content;      ///< DATA: the unstuffed message
+    std::string_view authzid;      ///< auth_check: PLAIN's authorization identity
+    std::string_view login;        ///< auth_check
+    std::string_view password;     ///< auth_check (never log it)
+    std::uint32_t step = 0;        ///< auth_mechanism: 0, 1, ...
 };
 
 /// aiosmtpd's Envelope: one per transaction.
@@ -147,6 +159,10 @@ public:
     [[nodiscard]] bool extended_smtp() const noexcept { return extended_smtp_; }
     [[nodiscard]] bool tls_active() const noexcept { return tls_active_; }
     [[nodiscard]] bool authenticated() const noexcept { return authenticated_; }
+    /// The authenticated identity (empty before AUTH succeeded).
+    [[nodiscard]] const std::string& auth_login() const noexcept { return auth_login_; }
+    /// True once after each failed AUTH: the host may slow the reply down (brute force).
+    [[nodiscard]] bool take_auth_failure() noexcept { return std::exchange(auth_failed_, false); }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
     /// Changes every time the envelope is reset (a transaction ended or was abandoned).
@@ -171,12 +187,21 @@ public:
     void tls_established();
 
 private:
-    enum class phase : std::uint8_t { greeting, command, data, tls, closed };
+    enum class phase : std::uint8_t { greeting, command, data, tls, auth, closed };
+    enum class auth_kind : std::uint8_t { none, plain, login, plugin };
     enum class data_error : std::uint8_t { none, too_long, too_much };
 
     void pump();
     bool step_command();
     bool step_data();
+    bool step_auth();
+    void auth_response(std::string_view line);
+    void auth_credentials(std::string_view mechanism, std::string_view authzid, std::string_view login,
+                          std::string_view password);
+    void auth_plugin_step(std::optional<std::string_view> response);
+    void auth_success(const hook_result& r, std::string_view login);
+    void auth_failure(const hook_result& r);
+    void auth_end() noexcept;
     void handle_line(std::string_view line);
     void dispatch(std::string_view verb, std::string_view arg, bool has_arg);
     void finish_hook(const hook_result& r);
@@ -242,6 +267,15 @@ private:
     std::uint64_t transactions_ = 0;
     std::uint64_t envelope_serial_ = 0;
 
+    // AUTH (RFC 4954)
+    auth_kind auth_kind_ = auth_kind::none;
+    std::size_t auth_plugin_ = 0;
+    std::uint32_t auth_step_ = 0;
+    std::string auth_user_;         // LOGIN: the user name between the two challenges
+    std::string auth_login_;        // the authenticated identity
+    std::uint32_t auth_failures_ = 0;
+    bool auth_failed_ = false;
+
     envelope envelope_;
 
     // DATA reader
@@ -254,6 +288,7 @@ private:
     std::string request_arg_;        // owns what request_.argument shows
     std::string request_verb_;
     std::vector<std::string> request_params_;
+    std::string request_secret_[3]; // auth_check: authzid, login, password (owned while asked)
 };
 
 } // namespace asiosmtpd::proto

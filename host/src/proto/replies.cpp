@@ -23,5 +23,9 @@ std::string timeout_exceeded(std::string_view hostname) { return join({"421 4.4.
 std::string closing(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Service not available, closing transmission channel"}); }
 std::string too_many_connections(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Error: too many connections"}); }
 std::string shutting_down(std::string_view hostname) { return join({"421 4.3.2 ", hostname, " Service shutting down"}); }
+std::string too_many_auth_failures(std::string_view hostname)
+{
+    return join({"421 4.7.0 ", hostname, " Error: too many failed authentication attempts"});
+}
 
 } // namespace asiosmtpd::proto::replies

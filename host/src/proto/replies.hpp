@@ -43,6 +43,20 @@ inline constexpr std::string_view bad_body = "501 Error: BODY can only be one of
 inline constexpr std::string_view smtputf8_no_args = "501 Error: SMTPUTF8 takes no arguments";
 inline constexpr std::string_view smtputf8_disabled = "501 Error: SMTPUTF8 disabled";
 inline constexpr std::string_view auth_not_enough = "501 Not enough value";
+inline constexpr std::string_view auth_ok = "235 2.7.0 Authentication successful";
+inline constexpr std::string_view auth_empty_challenge = "334 ";                      // PLAIN without initial response
+// design.md §5: the standard LOGIN challenges ("Username:", "Password:"), not aiosmtpd's
+// "User Name\0" / "Password\0" (its issue #566: Go net/smtp and curl abort on the NUL).
+inline constexpr std::string_view auth_username_challenge = "334 VXNlcm5hbWU6";
+inline constexpr std::string_view auth_password_challenge = "334 UGFzc3dvcmQ6";
+inline constexpr std::string_view already_authenticated = "503 Already authenticated";
+inline constexpr std::string_view auth_aborted = "501 5.7.0 Auth aborted";
+inline constexpr std::string_view auth_bad_base64 = "501 5.5.2 Can't decode base64";
+inline constexpr std::string_view auth_cannot_split = "501 5.5.2 Can't split auth value";
+inline constexpr std::string_view auth_failed = "535 5.7.8 Authentication credentials invalid";
+inline constexpr std::string_view auth_tempfail = "454 4.7.0 Temporary authentication failure";  // RFC 4954 §6
+// RFC 4954 §4 (aiosmtpd leaks a Python exception text here).
+inline constexpr std::string_view auth_line_too_long = "500 5.5.6 Authentication Exchange line is too long";
 inline constexpr std::string_view auth_too_many = "501 Too many values";
 inline constexpr std::string_view expn_not_implemented = "502 EXPN not implemented";
 inline constexpr std::string_view too_many_unknown = "502 5.5.1 Too many unrecognized commands, goodbye.";
@@ -84,5 +98,6 @@ std::string timeout_exceeded(std::string_view hostname);                  // 421
 std::string closing(std::string_view hostname);                           // 421 4.7.0 <host> ... closing
 std::string too_many_connections(std::string_view hostname);              // 421 4.7.0 <host> Error: too many connections
 std::string shutting_down(std::string_view hostname);                     // 421 4.3.2 <host> Service shutting down
+std::string too_many_auth_failures(std::string_view hostname);            // 421 4.7.0 <host> ... authentication
 
 } // namespace asiosmtpd::proto::replies

@@ -38,7 +38,7 @@
 #include <stdint.h>
 
 #define ASIOSMTPD_ABI_MAJOR 1u /* a breaking change gets a new entry symbol name */
-#define ASIOSMTPD_ABI_MINOR 1u /* additive changes only; 1.1: STARTTLS hook, TLS session info */
+#define ASIOSMTPD_ABI_MINOR 1u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info */
 
 #if defined(_WIN32)
 #define ASIOSMTPD_EXPORT __declspec(dllexport)
@@ -81,6 +81,11 @@ typedef int32_t asiosmtpd_verdict;
 #define ASIOSMTPD_REJECT_CLOSE 4   /* 5xx reply, then the host closes the connection */
 #define ASIOSMTPD_TEMPFAIL_CLOSE 5 /* 4xx reply (default 421), then close */
 #define ASIOSMTPD_PENDING 6        /* suspended: the verdict comes later through complete() */
+/* ---- ABI 1.1 and later ---- */
+#define ASIOSMTPD_AUTH_CHALLENGE 7 /* AUTH mechanisms only: send "334 <base64 of the challenge set with
+                                      set_auth_challenge()>" and call the mechanism again with the
+                                      client's answer. Through complete(), the challenge bytes are
+                                      the `text` argument (code 0). */
 
 /* Hook identifiers. The hook's `args` pointer points to the struct named here. */
 typedef int32_t asiosmtpd_hook_id;
@@ -98,6 +103,7 @@ typedef int32_t asiosmtpd_hook_id;
 #define ASIOSMTPD_HOOK_SESSION_CLOSE 12 /* notification, always once   args: NULL; verdict ignored */
 /* ---- ABI 1.1 and later ---- */
 #define ASIOSMTPD_HOOK_STARTTLS 13     /* after a STARTTLS handshake   args: NULL; see below */
+#define ASIOSMTPD_HOOK_AUTH_CHECK 14   /* AUTH PLAIN/LOGIN credentials args: asiosmtpd_auth_args */
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
@@ -106,6 +112,10 @@ typedef int32_t asiosmtpd_hook_id;
  *   DATA     250 OK                   RSET  250 OK                 NOOP 250 OK
  *   QUIT     221 Bye                  VRFY  252 Cannot VRFY user, but will accept ...
  *   UNKNOWN  500 Error: command "X" not recognized (and the unknown-command budget is used)
+ *   AUTH_CHECK (1.1) ACCEPT: "235 2.7.0 Authentication successful", the session is authenticated
+ *            as the login (or the identity given with set_auth_identity()); REJECT, or CONTINUE
+ *            from every plugin: "535 5.7.8 Authentication credentials invalid" (always that
+ *            text); TEMPFAIL: "454 4.7.0 Temporary authentication failure".
  *   STARTTLS (1.1) no reply is sent; REJECT or TEMPFAIL makes every later command but QUIT
  *            answer "554 Command refused due to lack of security" (aiosmtpd handle_STARTTLS
  *            returning false); the *_CLOSE verdicts close (with their reply, if set).
@@ -164,6 +174,19 @@ typedef struct asiosmtpd_data_args {
     uint32_t flags;         /* ASIOSMTPD_DATA_* */
 } asiosmtpd_data_args;
 
+/* ABI 1.1: AUTH_CHECK (built-in PLAIN and LOGIN) and plugin mechanisms. Credentials are raw
+ * bytes as the client sent them (base64-decoded); never log the password. */
+typedef struct asiosmtpd_auth_args {
+    uint32_t struct_size;
+    asiosmtpd_str mechanism; /* "PLAIN", "LOGIN", or the plugin's mechanism (upper case) */
+    asiosmtpd_str authzid;   /* PLAIN's authorization identity; empty otherwise */
+    asiosmtpd_str login;     /* AUTH_CHECK: the user name */
+    asiosmtpd_str password;  /* AUTH_CHECK: the password */
+    asiosmtpd_str response;  /* mechanisms: the client's decoded answer (initial response first) */
+    int32_t has_response;    /* mechanisms: 0 on the first call when AUTH had no initial response */
+    uint32_t step;           /* mechanisms: 0 for the first call, then 1, 2, ... */
+} asiosmtpd_auth_args;
+
 typedef struct asiosmtpd_command_args {
     uint32_t struct_size;
     asiosmtpd_str verb;     /* upper-cased */
@@ -202,11 +225,12 @@ typedef struct asiosmtpd_session_info {
     asiosmtpd_str helo_name; /* empty before HELO/EHLO */
     int32_t extended_smtp;   /* 1 after EHLO/LHLO */
     int32_t tls_active;      /* STARTTLS done, or an implicit-TLS listener */
-    int32_t authenticated;
+    int32_t authenticated;   /* AUTH succeeded in this session */
     /* ---- ABI 1.1 and later ---- */
     asiosmtpd_str tls_version;      /* "TLSv1.3"; empty without TLS */
     asiosmtpd_str tls_cipher;       /* "TLS_AES_256_GCM_SHA384" */
     asiosmtpd_str tls_peer_subject; /* client certificate subject (RFC 2253); empty if none */
+    asiosmtpd_str auth_login;       /* the authenticated identity; empty before AUTH succeeded */
 } asiosmtpd_session_info;
 
 typedef struct asiosmtpd_txn_info {
@@ -293,7 +317,24 @@ typedef struct asiosmtpd_host_api {
      * instance name and the session id. Never log passwords or message bodies. */
     void (*log)(asiosmtpd_ctx *ctx, asiosmtpd_call *call, int32_t level, asiosmtpd_str message);
 
-    /* ---- ABI 1.1 and later: append members here; never reorder, never remove ---- */
+    /* ---- ABI 1.1 and later ---- */
+
+    /* Add an AUTH mechanism (RFC 4954), aiosmtpd's auth_<MECH>: `name` [A-Z0-9_-]+ (matched
+     * case-insensitively; not PLAIN or LOGIN), advertised in the EHLO AUTH line. `fn` gets
+     * asiosmtpd_auth_args and returns ASIOSMTPD_AUTH_CHALLENGE (with set_auth_challenge()),
+     * ACCEPT (authenticated; set_auth_identity() names the user), REJECT (535), TEMPFAIL (454)
+     * or PENDING. Registration only; E_CONFLICT if taken. */
+    asiosmtpd_status (*register_auth_mechanism)(asiosmtpd_registrar *reg, asiosmtpd_str name,
+                                                asiosmtpd_hook_fn fn);
+    /* The next challenge of a mechanism (raw bytes; the host base64-encodes them). Copied. */
+    asiosmtpd_status (*set_auth_challenge)(asiosmtpd_call *call, asiosmtpd_str challenge);
+    /* The identity to authenticate as, with ACCEPT from AUTH_CHECK or a mechanism. Copied. */
+    asiosmtpd_status (*set_auth_identity)(asiosmtpd_call *call, asiosmtpd_str login);
+    /* The folder of the config file (absolute), to resolve relative paths in the plugin's own
+     * config as the host does for its keys (design.md §4). Valid during create(). */
+    asiosmtpd_str (*config_dir)(asiosmtpd_registrar *reg);
+
+    /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;
 
 /* ------------------------------------------------------------------------------------------

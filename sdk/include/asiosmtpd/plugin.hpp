@@ -73,6 +73,7 @@ enum class verdict : asiosmtpd_verdict {
     reject_close = ASIOSMTPD_REJECT_CLOSE,    ///< 5xx, then the host closes the connection
     tempfail_close = ASIOSMTPD_TEMPFAIL_CLOSE, ///< 4xx (default 421), then close
     pending = ASIOSMTPD_PENDING,              ///< only after call::suspend()
+    auth_challenge = ASIOSMTPD_AUTH_CHALLENGE, ///< ABI 1.1, AUTH mechanisms: see call::challenge()
 };
 
 /// Hook points. `command` is not a C hook id: it marks the handler of a registered command.
@@ -94,6 +95,7 @@ enum class hook : asiosmtpd_hook_id {
     unknown = ASIOSMTPD_HOOK_UNKNOWN,
     session_close = ASIOSMTPD_HOOK_SESSION_CLOSE,
     starttls = ASIOSMTPD_HOOK_STARTTLS, ///< ABI 1.1: after a STARTTLS handshake (no arguments)
+    auth_check = ASIOSMTPD_HOOK_AUTH_CHECK, ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
@@ -172,6 +174,7 @@ inline const char* hook_name(hook h) noexcept
     case hook::unknown: return "UNKNOWN";
     case hook::session_close: return "SESSION_CLOSE";
     case hook::starttls: return "STARTTLS";
+    case hook::auth_check: return "AUTH_CHECK";
     case hook::other: break;
     }
     return "other";
@@ -326,6 +329,25 @@ struct command_args {
     const asiosmtpd_command_args* raw;
 };
 
+/// ABI 1.1: AUTH_CHECK (built-in PLAIN/LOGIN) and the calls into a plugin's AUTH mechanism.
+/// Raw bytes as the client sent them (base64-decoded). Never log the password.
+struct auth_args {
+    explicit auth_args(const asiosmtpd_auth_args& a) noexcept
+        : mechanism(to_view(a.mechanism)), authzid(to_view(a.authzid)), login(to_view(a.login)),
+          password(to_view(a.password)), response(to_view(a.response)), has_response(a.has_response != 0),
+          step(a.step), raw(&a)
+    {
+    }
+    std::string_view mechanism; ///< "PLAIN", "LOGIN" or the plugin's mechanism (upper case)
+    std::string_view authzid;   ///< PLAIN's authorization identity
+    std::string_view login;     ///< AUTH_CHECK
+    std::string_view password;  ///< AUTH_CHECK
+    std::string_view response;  ///< mechanisms: the client's answer (the initial response first)
+    bool has_response;          ///< mechanisms: false on the first call without initial response
+    std::uint32_t step;         ///< mechanisms: 0, 1, 2, ...
+    const asiosmtpd_auth_args* raw;
+};
+
 /// session_info(): views valid until the handler returns.
 struct session_info {
     std::uint64_t id = 0;
@@ -339,6 +361,7 @@ struct session_info {
     std::string_view tls_version;      ///< "TLSv1.3"
     std::string_view tls_cipher;       ///< "TLS_AES_256_GCM_SHA384"
     std::string_view tls_peer_subject; ///< client certificate subject (RFC 2253), if one was given
+    std::string_view auth_login;       ///< the authenticated identity; empty before AUTH
 };
 
 /// txn_info(): views valid until the handler returns.
@@ -763,6 +786,24 @@ public:
     verdict reject_close(std::uint16_t code, std::string_view text) { return reply(verdict::reject_close, code, text); }
     verdict tempfail_close(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail_close, code, text); }
 
+    // -- AUTH (ABI 1.1) -----------------------------------------------------------------------
+
+    /// In an AUTH mechanism: send "334 <base64(bytes)>" and be called again with the answer.
+    /// `return c.challenge("...");`. Throws sdk::error when the host refuses (E_STATE outside a
+    /// mechanism, E_INVALID over 700 bytes). From a worker thread, complete the pending call
+    /// with verdict::auth_challenge and the challenge bytes as its text instead.
+    verdict challenge(std::string_view bytes) const
+    {
+        detail::check(host_->set_auth_challenge(call_, to_str(bytes)), "set_auth_challenge");
+        return verdict::auth_challenge;
+    }
+    /// With accept from AUTH_CHECK or a mechanism: the identity the session authenticates as
+    /// (AUTH_CHECK defaults to the login).
+    void identity(std::string_view login) const
+    {
+        detail::check(host_->set_auth_identity(call_, to_str(login)), "set_auth_identity");
+    }
+
     // -- Session and transaction views -----------------------------------------------------
 
     session_info session() const
@@ -784,6 +825,7 @@ public:
         if (detail::has(n, offsetof(S, tls_cipher) + sizeof raw.tls_cipher)) out.tls_cipher = to_view(raw.tls_cipher);
         if (detail::has(n, offsetof(S, tls_peer_subject) + sizeof raw.tls_peer_subject))
             out.tls_peer_subject = to_view(raw.tls_peer_subject);
+        if (detail::has(n, offsetof(S, auth_login) + sizeof raw.auth_login)) out.auth_login = to_view(raw.auth_login);
         return out;
     }
 
@@ -958,6 +1000,7 @@ template <> struct hook_args<ASIOSMTPD_HOOK_VRFY> { using c_type = asiosmtpd_add
 template <> struct hook_args<ASIOSMTPD_HOOK_DATA> { using c_type = asiosmtpd_data_args; using type = data_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_NOOP> { using c_type = asiosmtpd_command_args; using type = command_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> { using c_type = asiosmtpd_command_args; using type = command_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_AUTH_CHECK> { using c_type = asiosmtpd_auth_args; using type = auth_args; };
 
 template <auto M>
 inline constexpr bool takes_none =
@@ -975,7 +1018,7 @@ inline constexpr bool takes = takes_arg<M, A>();
 template <auto M>
 inline constexpr bool valid_handler =
     takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> ||
-    takes<M, data_args> || takes<M, command_args>;
+    takes<M, data_args> || takes<M, command_args> || takes<M, auth_args>;
 
 // "MAIL handler: <what>[: <detail>]" at warn (a plugin misbehaved; the host adds the plugin
 // instance and session).
@@ -1014,7 +1057,7 @@ inline asiosmtpd_verdict finish(call& c, verdict v) noexcept
             log_noexcept(c, "suspended but returned another verdict; the completion decides", nullptr);
         return ASIOSMTPD_PENDING;
     }
-    if (v == verdict::pending || raw < ASIOSMTPD_CONTINUE || raw > ASIOSMTPD_PENDING) {
+    if (v == verdict::pending || raw < ASIOSMTPD_CONTINUE || raw > ASIOSMTPD_AUTH_CHALLENGE) {
         log_noexcept(c, "returned PENDING without suspend(), or an unknown verdict; answering 451",
                      nullptr);
         c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
@@ -1089,6 +1132,13 @@ public:
 
     /// This instance's `config:` subtree (kind null when absent).
     sdk::config config() const { return sdk::config(host_, host_->cfg_root(reg_)); }
+    /// ABI 1.1: the config file's folder, to resolve relative paths in this plugin's config
+    /// (empty on an older host).
+    std::string_view config_dir() const
+    {
+        if (host_->struct_size < offsetof(asiosmtpd_host_api, config_dir) + sizeof(void*)) return {};
+        return to_view(host_->config_dir(reg_));
+    }
 
     /// A logger usable from any thread for the instance's lifetime.
     sdk::logger logger() const noexcept { return sdk::logger(host_, ctx_); }
@@ -1115,7 +1165,8 @@ public:
     {
         static_assert(std::is_member_function_pointer_v<decltype(M)> && detail::valid_handler<M>,
                       "a handler is verdict (Plugin::*)(call&) or verdict (Plugin::*)(call&, const X&)"
-                      " with X one of connect_args, helo_args, address_args, data_args, command_args");
+                      " with X one of connect_args, helo_args, address_args, data_args, command_args,"
+                      " auth_args");
         check_class<detail::member_class_t<M>>();
         asiosmtpd_hook_fn fn = nullptr;
         switch (h) {
@@ -1132,6 +1183,7 @@ public:
         case hook::unknown: fn = detail::pick<M, ASIOSMTPD_HOOK_UNKNOWN>(); break;
         case hook::session_close: fn = detail::pick<M, ASIOSMTPD_HOOK_SESSION_CLOSE>(); break;
         case hook::starttls: fn = detail::pick<M, ASIOSMTPD_HOOK_STARTTLS>(); break;
+        case hook::auth_check: fn = detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>(); break;
         case hook::command:
             throw std::logic_error("register commands with registrar::command()");
         case hook::other:
@@ -1165,6 +1217,24 @@ public:
         const asiosmtpd_status st = host_->register_command(reg_, &d);
         if (st != ASIOSMTPD_OK)
             throw error(st, "register_command(" + std::string(verb) + ")");
+    }
+
+    /// ABI 1.1: add an AUTH mechanism (aiosmtpd's auth_<MECH>), advertised in EHLO's AUTH line.
+    /// M is verdict (Plugin::*)(call&, const auth_args&): return c.challenge(bytes) for a 334
+    /// round trip, accept (with c.identity(user)), reject (535) or tempfail (454).
+    /// Throws sdk::error (E_CONFLICT: taken or PLAIN/LOGIN; E_INVALID: not [A-Z0-9_-]{1,20}).
+    template <auto M>
+    void auth_mechanism(std::string_view name)
+    {
+        static_assert(std::is_member_function_pointer_v<decltype(M)> && detail::takes<M, auth_args>,
+                      "an AUTH mechanism is verdict (Plugin::*)(call&, const auth_args&)");
+        check_class<detail::member_class_t<M>>();
+        if (host_->struct_size < offsetof(asiosmtpd_host_api, register_auth_mechanism) + sizeof(void*))
+            throw error(ASIOSMTPD_E_UNSUPPORTED, "register_auth_mechanism (host older than ABI 1.1)");
+        const asiosmtpd_status st =
+            host_->register_auth_mechanism(reg_, to_str(name), detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>());
+        if (st != ASIOSMTPD_OK)
+            throw error(st, "register_auth_mechanism(" + std::string(name) + ")");
     }
 
     /// Add an EHLO keyword line ("XFOO bar"). Throws sdk::error (E_INVALID: CR/LF, > 500 bytes).

@@ -257,7 +257,7 @@ TEST(host_api, registration_is_frozen_after_create)
 {
     generation g;
     instance owner;
-    asiosmtpd_registrar reg{&g, &owner, nullptr, true};
+    asiosmtpd_registrar reg{&g, &owner, nullptr, true, {}};
     const auto fn = [](void*, asiosmtpd_call*, const void*) -> asiosmtpd_verdict { return ASIOSMTPD_CONTINUE; };
     EXPECT_EQ(host_api().register_hook(&reg, ASIOSMTPD_HOOK_MAIL, fn), ASIOSMTPD_E_FROZEN);
     reg.frozen = false;

@@ -27,7 +27,7 @@ std::string take(engine& e)
 
 hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
 {
-    return hook_result{v, code, std::move(text)};
+    return hook_result{v, code, std::move(text), {}, {}};
 }
 
 TEST(engine, greeting_without_connect_hook)
@@ -373,7 +373,7 @@ TEST(engine_starttls, plaintext_pipelined_after_starttls_is_discarded)
     EXPECT_TRUE(e.current_envelope().mail_from.empty());
     e.receive("RCPT TO:<d@e.f>\r\nEHLO c\r\nRCPT TO:<d@e.f>\r\nSTARTTLS\r\n");
     EXPECT_EQ(take(e), "503 Error: send HELO first\r\n"
-                       "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n"
+                       "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-AUTH LOGIN PLAIN\r\n250 HELP\r\n"
                        "503 Error: need MAIL command\r\n"
                        "503 5.5.1 Error: TLS already active\r\n");
 }
@@ -397,10 +397,10 @@ TEST(engine_starttls, implicit_tls_counts_as_tls)
     e.start();
     take(e);
     e.receive("EHLO c\r\nSTARTTLS\r\nAUTH PLAIN\r\n");
-    // AUTH passes the TLS gate (design.md §5 Q10); no mechanism is configured here.
-    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n"
+    // AUTH is advertised and passes the TLS gate (design.md §5 Q10).
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-AUTH LOGIN PLAIN\r\n250 HELP\r\n"
                        "503 5.5.1 Error: TLS already active\r\n"
-                       "504 5.5.4 Unrecognized authentication type\r\n");
+                       "334 \r\n");
 }
 
 TEST(engine_starttls, require_starttls_lifts_after_the_handshake)
@@ -434,6 +434,123 @@ TEST(engine_starttls, a_plugin_refusing_the_tls_session_gets_554_for_all_but_qui
     e.receive("EHLO c\r\nNOOP\r\nQUIT\r\n");
     EXPECT_EQ(take(e), "554 Command refused due to lack of security\r\n"
                        "554 Command refused due to lack of security\r\n221 Bye\r\n");
+}
+
+} // namespace
+} // namespace asiosmtpd::proto
+
+namespace asiosmtpd::proto {
+namespace {
+
+settings auth_settings()
+{
+    settings s = base_settings();
+    s.auth_require_tls = false;
+    s.hook_mask = hook_bit(hook_kind::auth_check) | hook_bit(hook_kind::auth_mechanism);
+    s.auth_mechanisms = {"X-TEST"};
+    return s;
+}
+
+engine& greeted(engine& e)
+{
+    e.start();
+    e.receive("EHLO c\r\n");
+    take(e);
+    return e;
+}
+
+TEST(engine_auth, plain_credentials_go_to_the_check_hook)
+{
+    const settings s = auth_settings();
+    engine e(s);
+    greeted(e);
+    e.receive("AUTH PLAIN " + std::string("YWRtaW4AYWxpY2UAc2VjcmV0") + "\r\nMAIL FROM:<a@b.c>\r\n");  // admin\0alice\0secret
+    ASSERT_NE(e.pending_hook(), nullptr);
+    const hook_request& r = *e.pending_hook();
+    EXPECT_EQ(r.kind, hook_kind::auth_check);
+    EXPECT_EQ(r.argument, "PLAIN");
+    EXPECT_EQ(r.authzid, "admin");
+    EXPECT_EQ(r.login, "alice");
+    EXPECT_EQ(r.password, "secret");
+    hook_result ok = make(verdict::accept);
+    ok.identity = "alice@example.org";
+    e.hook_done(ok);
+    EXPECT_EQ(take(e), "235 2.7.0 Authentication successful\r\n250 OK\r\n");
+    EXPECT_TRUE(e.authenticated());
+    EXPECT_EQ(e.auth_login(), "alice@example.org");
+}
+
+TEST(engine_auth, login_steps_then_tempfail_and_failure_counting)
+{
+    settings s = auth_settings();
+    s.auth_max_failures = 2;
+    engine e(s);
+    greeted(e);
+    e.receive("AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n");
+    EXPECT_EQ(take(e), "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->login, "alice");
+    EXPECT_EQ(e.pending_hook()->password, "secret");
+    e.hook_done(make(verdict::tempfail));
+    EXPECT_EQ(take(e), "454 4.7.0 Temporary authentication failure\r\n");
+    EXPECT_FALSE(e.take_auth_failure());  // a tempfail is not a failed credential
+    e.receive("AUTH LOGIN YWxpY2U=\r\neA==\r\n");
+    e.hook_done(make(verdict::none));  // nobody vouched
+    EXPECT_EQ(take(e), "334 UGFzc3dvcmQ6\r\n535 5.7.8 Authentication credentials invalid\r\n");
+    EXPECT_TRUE(e.take_auth_failure());
+    e.receive("AUTH PLAIN AGEAYg==\r\n");
+    e.hook_done(make(verdict::reject));
+    EXPECT_EQ(take(e), "535 5.7.8 Authentication credentials invalid\r\n"
+                       "421 4.7.0 mx.test Error: too many failed authentication attempts\r\n");
+    EXPECT_TRUE(e.close_requested());
+}
+
+TEST(engine_auth, plugin_mechanism_challenges)
+{
+    const settings s = auth_settings();
+    engine e(s);
+    greeted(e);
+    e.receive("AUTH x-test\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_EQ(e.pending_hook()->kind, hook_kind::auth_mechanism);
+    EXPECT_EQ(e.pending_hook()->verb, "X-TEST");
+    EXPECT_FALSE(e.pending_hook()->has_argument);
+    EXPECT_EQ(e.pending_hook()->step, 0u);
+    hook_result challenge = make(verdict::challenge);
+    challenge.challenge = "nonce";
+    e.hook_done(challenge);
+    EXPECT_EQ(take(e), "334 bm9uY2U=\r\n");
+    e.receive("cmVzcG9uc2U=\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    EXPECT_TRUE(e.pending_hook()->has_argument);
+    EXPECT_EQ(e.pending_hook()->argument, "response");
+    EXPECT_EQ(e.pending_hook()->step, 1u);
+    hook_result ok = make(verdict::accept);
+    ok.identity = "dave";
+    e.hook_done(ok);
+    EXPECT_EQ(take(e), "235 2.7.0 Authentication successful\r\n");
+    EXPECT_EQ(e.auth_login(), "dave");
+    e.receive("AUTH PLAIN AGEAYg==\r\n");
+    EXPECT_EQ(take(e), "503 Already authenticated\r\n");
+}
+
+TEST(engine_auth, a_challenge_from_the_check_hook_is_an_internal_error)
+{
+    const settings s = auth_settings();
+    engine e(s);
+    greeted(e);
+    e.receive("AUTH PLAIN AGEAYg==\r\nNOOP\r\n");
+    e.hook_done(make(verdict::challenge));
+    EXPECT_EQ(take(e), "451 4.3.0 Error: internal\r\n250 OK\r\n");
+}
+
+TEST(engine_auth, response_line_too_long)
+{
+    const settings s = auth_settings();
+    engine e(s);
+    greeted(e);
+    e.receive("AUTH PLAIN\r\n" + std::string(5000, 'A') + "\r\nNOOP\r\n");
+    EXPECT_EQ(take(e), "334 \r\n500 5.5.6 Authentication Exchange line is too long\r\n250 OK\r\n");
 }
 
 } // namespace

@@ -98,6 +98,9 @@ transcript load(const fs::path& file)
             else if (key == "lmtp") t.config.lmtp = truthy(value);
             else if (key == "starttls") t.config.starttls_available = truthy(value);
             else if (key == "require_starttls") t.config.require_starttls = truthy(value);
+            else if (key == "auth_require_tls") t.config.auth_require_tls = truthy(value);
+            else if (key == "auth_required") t.config.auth_required = truthy(value);
+            else if (key == "auth_max_failures") t.config.auth_max_failures = static_cast<std::uint32_t>(std::stoul(value));
             else if (key == "command_call_limit") parse_call_limit(value, t.config);
             else if (key == "aiosmtpd") continue;
             else ADD_FAILURE() << file << ": unknown setting " << key;

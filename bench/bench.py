@@ -1,0 +1,853 @@
+#!/usr/bin/python3
+"""Side-by-side SMTP server benchmark: asiosmtpd against Postfix's smtp-sink, aiosmtpd and Haraka.
+
+Run it through bench/run (which installs the peers and builds asiosmtpd); see bench/README.md
+for how to read the output. Standard library only. The same file also holds the two small
+client helpers the driver starts as subprocesses (`_probe`: latency, `_idle`: idle sessions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / ".out"
+DEPS = BENCH / ".deps"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SYS_PYTHON = "/usr/bin/python3"  # Debian's python3-aiosmtpd is importable only here
+HARAKA_PKG = DEPS / "haraka" / "node_modules" / "Haraka"
+HOSTNAME = "bench.local"
+TICK = os.sysconf("SC_CLK_TCK")
+KIB_1 = 1024
+MIB_10 = 10 * 1024 * 1024
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings of the server process
+# ---------------------------------------------------------------------------------------------
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process (all threads, live and exited), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]), int(rest[12])
+
+
+def status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def system_busy() -> float:
+    """CPU seconds the whole machine spent busy so far (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Resets VmHWM (Linux >= 4.0, needs ptrace rights over pid) so each round has its own peak."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def wait_pid(proc: subprocess.Popen, deadline: float) -> bool:
+    """Waits for proc to exit until the monotonic deadline, precisely (pidfd, no polling)."""
+    if proc.poll() is not None:
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            p.poll(left * 1000)
+        return True
+    finally:
+        os.close(fd)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM to the process group we created for proc, then SIGKILL after grace seconds."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait_pid(proc, time.monotonic() + wait):
+            return
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_greeting(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            data = b""
+            while b"\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            ok = data.startswith(b"220")
+            s.sendall(b"QUIT\r\n")
+            return ok
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Peer:
+    name: str
+    argv: list[str]
+    note: str
+    cwd: Path | None = None
+    start_timeout: float = 30.0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self, port: int, cpus: str | None) -> None:
+        argv = [a.replace("@PORT@", str(port)) for a in self.argv]
+        if cpus:
+            argv = ["taskset", "-c", cpus] + argv
+        self.log_path = OUT / f"{self.name}.log"
+        logf = open(self.log_path, "ab")
+        logf.write(f"\n=== {time.ctime()} {' '.join(argv)}\n".encode())
+        logf.flush()
+        # Own process group: stop() signals the group, so nothing the peer forks survives us.
+        self.proc = subprocess.Popen(argv, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start-up; see {self.log_path}")
+            if read_greeting(port, 2.0):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not greet on 127.0.0.1:{port} within {self.start_timeout:.0f} s; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
+
+
+RUNNING: list[Peer] = []
+
+
+def make_peers(args) -> tuple[list[Peer], list[str]]:
+    peers: list[Peer] = []
+    skipped: list[str] = []
+    OUT.mkdir(exist_ok=True)
+
+    # asiosmtpd: the sink plugin loaded through the ABI, one event-loop thread by default (every
+    # peer here is a single event loop), logs at warn (no per-connection log line).
+    binary = ROOT / "build" / "release" / "bin" / "asiosmtpd"
+    plugins = ROOT / "build" / "release" / "plugins"
+    if binary.exists() and (plugins / "sink.so").exists():
+        template = (BENCH / "conf" / "asiosmtpd.yaml").read_text()
+        cfg = OUT / "asiosmtpd.yaml"
+        cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
+        # The port is per run: the config names @PORT@, written just before each start.
+        peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
+                          f"workers: {args.workers}, sink plugin via the ABI"))
+    else:
+        skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
+
+    if os.access(SMTP_SINK, os.X_OK):
+        argv = [SMTP_SINK]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]  # smtp-sink refuses to run as root without it
+        # -m: concurrency cap (default 256, excess stays queued in the kernel).
+        argv += ["-m", "20000", "-h", HOSTNAME, "127.0.0.1:@PORT@", "4096"]
+        peers.append(Peer("smtp-sink", argv, "Postfix smtp-sink, defaults"))
+    else:
+        skipped.append(f"smtp-sink: {SMTP_SINK} missing (Debian package postfix)")
+
+    if subprocess.run([SYS_PYTHON, "-c", "import aiosmtpd"], capture_output=True).returncode == 0:
+        peers.append(Peer("aiosmtpd", [SYS_PYTHON, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:@PORT@",
+                                       "-c", "aiosmtpd.handlers.Sink"], "python3-aiosmtpd, Sink handler"))
+    else:
+        skipped.append("aiosmtpd: /usr/bin/python3 cannot import aiosmtpd (Debian package python3-aiosmtpd)")
+
+    if args.no_haraka:
+        skipped.append("Haraka: --no-haraka")
+    elif (HARAKA_PKG / "bin" / "haraka").exists() and shutil.which("node"):
+        run_dir = OUT / "haraka"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        # Haraka reads only its config folder: start from the package's defaults, then ours.
+        shutil.copytree(HARAKA_PKG / "config", run_dir / "config")
+        shutil.copytree(BENCH / "haraka" / "config", run_dir / "config", dirs_exist_ok=True)
+        shutil.copytree(BENCH / "haraka" / "plugins", run_dir / "plugins")
+        peers.append(Peer("haraka", [str(BENCH / "conf" / "start-haraka"), shutil.which("node"),
+                                     str(HARAKA_PKG / "bin" / "haraka"), str(run_dir), "@PORT@"],
+                          "Haraka, nodes=0 (one process), bench_sink plugin"))
+    else:
+        skipped.append(f"Haraka: not installed in {HARAKA_PKG} (npm install failed or was skipped)")
+
+    if args.peers:
+        wanted = set(args.peers.split(","))
+        peers = [p for p in peers if p.name in wanted]
+    return peers, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    kind: str            # "source" | "latency" | "idle"
+    sessions: int = 1
+    length: int = KIB_1
+    rcpts: int = 1
+    reuse: bool = True   # smtp-source -d: several messages per connection
+    warmup_msgs: int = 0
+    min_msgs: int = 0
+    max_msgs: int = 0
+    idle: int = 0
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    s = [
+        Scenario("c1", "1 KiB, c=1, connection reuse", "source", 1, warmup_msgs=300, min_msgs=300, max_msgs=200000),
+        Scenario("c10", "1 KiB, c=10, connection reuse", "source", 10, warmup_msgs=1000, min_msgs=1000, max_msgs=500000),
+        Scenario("c100", "1 KiB, c=100, connection reuse", "source", 100, warmup_msgs=2000, min_msgs=2000, max_msgs=500000),
+        Scenario("c100new", "1 KiB, c=100, new connection per message", "source", 100, reuse=False,
+                 warmup_msgs=1000, min_msgs=1000, max_msgs=200000),
+        Scenario("r5", "1 KiB, c=10, 5 recipients per message", "source", 10, rcpts=5,
+                 warmup_msgs=1000, min_msgs=1000, max_msgs=500000),
+        Scenario("big", "10 MiB messages, c=1", "source", 1, length=MIB_10, warmup_msgs=1, min_msgs=2, max_msgs=60),
+        Scenario("lat", "latency, 1 KiB, one client, unloaded", "latency"),
+        Scenario("latload", "latency, 1 KiB, one client, beside c=50 load", "latency", sessions=50),
+        Scenario("idle1k", "1,000 idle connections", "idle", idle=1000),
+        Scenario("idle10k", "10,000 idle connections", "idle", idle=10000),
+    ]
+    if quick:
+        s = [x for x in s if x.key not in ("c100", "latload", "idle10k")]
+    return s
+
+
+@dataclass
+class Round:
+    msgs: int
+    elapsed: float
+    srv_user: float
+    srv_sys: float
+    peak_kib: int
+    client_cpu: float
+    ok: bool
+    error: str = ""
+    other_cpu: float = 0.0  # CPU seconds used meanwhile by processes that are neither server nor client
+
+
+@dataclass
+class Result:
+    peer: str
+    scenario: str
+    rounds: list[Round] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    error: str = ""
+
+    def good(self) -> list[Round]:
+        return [r for r in self.rounds if r.ok]
+
+    def median(self, f) -> float | None:
+        g = self.good()
+        return statistics.median(f(r) for r in g) if g else None
+
+
+def source_argv(sc: Scenario, port: int, sessions: int, msgs: int, cpus: str | None) -> list[str]:
+    argv = ["taskset", "-c", cpus] if cpus else []
+    argv += [SMTP_SOURCE]
+    if sc.reuse:
+        argv.append("-d")
+    argv += ["-s", str(sessions), "-m", str(msgs), "-l", str(sc.length), "-r", str(sc.rcpts),
+             "-M", HOSTNAME, "-f", f"sender@{HOSTNAME}", "-t", f"rcpt@{HOSTNAME}", f"127.0.0.1:{port}"]
+    return argv
+
+
+def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Round:
+    """One round: `procs` smtp-source processes in parallel share sessions and messages."""
+    procs = 1 if sc.sessions < 4 else args.client_procs
+    procs = max(1, min(procs, msgs, sc.sessions))
+    msgs -= msgs % procs
+    reset_peak_rss(peer.pid)
+    u0, s0 = cpu_ticks(peer.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = system_busy()
+    expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / 200.0)  # generous; bounds a hang
+    t0 = time.monotonic()
+    clients = []
+    for i in range(procs):
+        sessions = sc.sessions // procs + (1 if i < sc.sessions % procs else 0)
+        clients.append(subprocess.Popen(source_argv(sc, port, sessions, msgs // procs, args.client_cpus),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, start_new_session=True))
+    deadline = t0 + min(expected, args.round_timeout)
+    finished = all(wait_pid(c, deadline) for c in clients)
+    elapsed = time.monotonic() - t0
+    u1, s1 = cpu_ticks(peer.pid)
+    busy1 = system_busy()
+    peak = status_kib(peer.pid, "VmHWM")
+    error = ""
+    if not finished:
+        for c in clients:
+            kill_group(c, 1.0)
+        error = f"timeout after {elapsed:.0f} s"
+    for c in clients:
+        err = c.stderr.read().decode(errors="replace").strip() if c.stderr else ""
+        if c.stderr:
+            c.stderr.close()
+        if not error and (c.returncode != 0 or err):
+            error = f"smtp-source exit {c.returncode}: {err.splitlines()[-1] if err else ''}"
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    if not peer.alive():
+        error = error or f"server died (exit {peer.proc.returncode if peer.proc else '?'})"
+    srv_user, srv_sys = (u1 - u0) / TICK, (s1 - s0) / TICK
+    other = max(0.0, (busy1 - busy0) - srv_user - srv_sys - client_cpu)
+    return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other)
+
+
+def run_source(peer: Peer, port: int, sc: Scenario, args) -> Result:
+    res = Result(peer.name, sc.key)
+    warm = run_source_round(peer, port, sc, sc.warmup_msgs, args)
+    if not warm.ok:
+        res.error = f"warm-up: {warm.error}"
+        return res
+    # Size the rounds so that each lasts about --round-seconds for this peer.
+    rate = warm.msgs / max(warm.elapsed, 1e-3)
+    msgs = int(min(max(rate * args.round_seconds, sc.min_msgs), sc.max_msgs))
+    for i in range(args.rounds):
+        r = run_source_round(peer, port, sc, msgs, args)
+        res.rounds.append(r)
+        log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {r.msgs} msgs in {r.elapsed:.2f} s"
+            + (f" = {r.msgs / r.elapsed:,.0f}/s, server CPU {(r.srv_user + r.srv_sys) / r.msgs * 1e6:.0f} us/msg"
+               if r.ok else f" FAILED: {r.error}"))
+        if not r.ok:
+            res.error = r.error
+            break
+    return res
+
+
+def helper_argv(cpus: str | None, *args: str) -> list[str]:
+    pre = ["taskset", "-c", cpus] if cpus else []
+    return pre + [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def run_latency(peer: Peer, port: int, sc: Scenario, args) -> Result:
+    res = Result(peer.name, sc.key)
+    count, seconds = (300, 1.0) if args.quick else (2000, 3.0)
+    load = None
+    if sc.sessions > 1:
+        load = subprocess.Popen(source_argv(Scenario("", "", "source", sc.sessions), port, sc.sessions, 10**9,
+                                            args.client_cpus),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(0.5)
+    try:
+        for i in range(args.rounds):
+            p = subprocess.run(helper_argv(args.client_cpus, "_probe", str(port), str(count), str(seconds)),
+                               capture_output=True, text=True, timeout=120)
+            if p.returncode != 0:
+                res.error = (p.stderr.strip().splitlines() or ["probe failed"])[-1]
+                return res
+            d = json.loads(p.stdout)
+            res.rounds.append(Round(d["n"], d["elapsed"], 0, 0, 0, 0, True))
+            for k in ("p50", "p90", "p99", "n"):
+                res.extra.setdefault(k, []).append(d[k])
+            log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {d['n']} transactions, p50 {d['p50']:.0f} us, p99 {d['p99']:.0f} us")
+    except subprocess.TimeoutExpired:
+        res.error = "probe timed out"
+    finally:
+        if load is not None:
+            kill_group(load, 1.0)
+    if load is not None and not peer.alive():
+        res.error = "server died under load"
+    return res
+
+
+def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
+    """Opens sc.idle connections, waits for every greeting, then reads the server's RSS."""
+    res = Result(peer.name, sc.key)
+    time.sleep(0.3)
+    base = status_kib(peer.pid, "VmRSS")
+    reset_peak_rss(peer.pid)
+    holder = subprocess.Popen(helper_argv(args.client_cpus, "_idle", str(port), str(sc.idle)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 120)
+        line = holder.stdout.readline() if ready else ""
+        if not line:
+            res.error = "idle holder gave no report within 120 s: " + (holder.stderr.read(2000) if holder.poll() is not None else "")
+            return res
+        d = json.loads(line)
+        time.sleep(1.0)  # let the server finish whatever the greetings started
+        rss = status_kib(peer.pid, "VmRSS")
+        peak = status_kib(peer.pid, "VmHWM")
+        res.extra = {"held": d["held"], "errors": d["errors"], "seconds": d["elapsed"], "base_kib": base,
+                     "rss_kib": rss, "peak_kib": peak, "kib_per_conn": (rss - base) / max(1, d["held"]),
+                     "first_error": d.get("first_error", "")}
+        # Still serving with all of them open? One full transaction says so.
+        res.extra["serving"] = read_greeting(port, 5.0) if peer.alive() else False
+        log(f"  {peer.name:9} {sc.key:8}: held {d['held']}/{sc.idle}, errors {d['errors']}, RSS {base} -> {rss} KiB"
+            f" = {res.extra['kib_per_conn']:.1f} KiB/conn")
+        if d["errors"] or d["held"] < sc.idle:
+            res.error = f"{d['errors']} errors, held {d['held']}/{sc.idle} ({d.get('first_error', '')})"
+    finally:
+        try:
+            holder.stdin.close()
+        except OSError:
+            pass
+        if not wait_pid(holder, time.monotonic() + 30):
+            kill_group(holder, 1.0)
+        holder.stdout.close()
+        holder.stderr.close()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Client helpers run as subprocesses
+# ---------------------------------------------------------------------------------------------
+
+def read_reply(s: socket.socket, buf: bytearray) -> bytes:
+    """Reads one (possibly multi-line) SMTP reply; returns its last line."""
+    while True:
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = bytes(buf[start:nl + 1])
+            if len(line) >= 4 and line[3:4] != b"-":
+                del buf[:nl + 1]
+                return line
+            start = nl + 1
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+
+
+def probe(port: int, count: int, seconds: float) -> None:
+    """Per-transaction latency as smtp-source sends it (no pipelining): MAIL, RCPT, DATA, body.
+    Stops after `count` transactions or `seconds`, whichever comes first."""
+    body = (f"From: <sender@{HOSTNAME}>\r\nTo: <rcpt@{HOSTNAME}>\r\nSubject: probe\r\n\r\n"
+            + ("X" * 78 + "\r\n") * 13).encode() + b".\r\n"
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    read_reply(s, buf)
+    s.sendall(f"EHLO {HOSTNAME}\r\n".encode())
+    read_reply(s, buf)
+    samples = []
+    t_all = time.perf_counter()
+    while len(samples) < count and time.perf_counter() - t_all < seconds:
+        t0 = time.perf_counter()
+        for cmd in (f"MAIL FROM:<sender@{HOSTNAME}>\r\n".encode(), f"RCPT TO:<rcpt@{HOSTNAME}>\r\n".encode(),
+                    b"DATA\r\n", body):
+            s.sendall(cmd)
+            reply = read_reply(s, buf)
+            if reply[:1] not in (b"2", b"3"):
+                raise RuntimeError(f"unexpected reply {reply!r}")
+        samples.append((time.perf_counter() - t0) * 1e6)
+    elapsed = time.perf_counter() - t_all
+    s.sendall(b"QUIT\r\n")
+    s.close()
+    samples.sort()
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p / 100 * len(samples)))]
+    print(json.dumps({"p50": pct(50), "p90": pct(90), "p99": pct(99), "mean": statistics.fmean(samples),
+                      "n": len(samples), "elapsed": elapsed}))
+
+
+def idle(port: int, n: int) -> None:
+    """Holds n connections that each got their greeting; reports, then waits for stdin to close."""
+    sel = selectors.DefaultSelector()
+    held: list[socket.socket] = []
+    errors = 0
+    first_error = ""
+    t0 = time.monotonic()
+    batch = 100  # aiosmtpd listens with asyncio's default backlog of 100: more would drop SYNs
+    opened = 0
+    while opened < n:
+        pending = {}
+        for _ in range(min(batch, n - opened)):
+            opened += 1
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect_ex(("127.0.0.1", port))
+            except OSError as e:
+                errors += 1
+                first_error = first_error or str(e)
+                s.close()
+                continue
+            sel.register(s, selectors.EVENT_READ)
+            pending[s] = b""
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1.0):
+                s = key.fileobj
+                try:
+                    data = s.recv(4096)
+                except OSError as e:
+                    data = b""
+                    first_error = first_error or str(e)
+                if not data:
+                    errors += 1
+                    first_error = first_error or "closed before greeting"
+                    sel.unregister(s)
+                    s.close()
+                    del pending[s]
+                    continue
+                pending[s] += data
+                if b"\n" in pending[s]:
+                    sel.unregister(s)
+                    if pending[s].startswith(b"220"):
+                        held.append(s)
+                    else:
+                        errors += 1
+                        first_error = first_error or pending[s][:80].decode(errors="replace").strip()
+                        s.close()
+                    del pending[s]
+        for s in pending:
+            errors += 1
+            first_error = first_error or "no greeting within 30 s"
+            sel.unregister(s)
+            s.close()
+    print(json.dumps({"held": len(held), "errors": errors, "first_error": first_error,
+                      "elapsed": time.monotonic() - t0}), flush=True)
+    sys.stdin.read()  # the driver closes our stdin when it has measured
+    for s in held:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def fmt(v: float | None, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict) -> str:
+    out: list[str] = []
+    w = out.append
+    w("")
+    w("asiosmtpd benchmark — " + meta["when"])
+    w(f"machine: {meta['cpu']}, {meta['ncpu']} CPUs, {meta['kernel']}, load average {meta['load']} at start; server pinned to CPU {args.server_cpus or '-'},"
+      f" clients to CPU {args.client_cpus or '-'}")
+    w(f"rounds: {args.rounds} (medians), each about {args.round_seconds:g} s after a warm-up round;"
+      f" {args.client_procs} smtp-source processes in parallel for c>=10")
+    for s in skipped:
+        w(f"skipped: {s}")
+    w("")
+    w("msgs/s: messages accepted per wall second. CPU us/msg: server CPU (user+sys, all threads, /proc/PID/stat)")
+    w("per message = server CPU seconds per 1,000 messages x 1000. sys%: kernel share of it. peak RSS: VmHWM")
+    w("during the round. client us/msg: smtp-source CPU per message (if it nears 1e6/msgs-per-s the client is the limit).")
+
+    w("others: CPU the machine spent on neither server nor client during the round (other processes, interrupts),")
+    w("as % of all CPUs; above ~10 % the figures are disturbed: rerun on a quiet machine.")
+    base = "smtp-sink"
+    noisy: list[float] = []
+    for sc in scs:
+        w("")
+        if sc.kind == "source":
+            w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
+            big = sc.length >= MIB_10
+            w(f"{'peer':10} {'msgs/s':>9} {'spread':>7} {'MB/s':>7} {'CPU us/msg':>11} {'sys%':>5} {'peak RSS':>10}"
+              f" {'client us/msg':>13} {'others':>6} | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
+            for p in peers:
+                r: Result | None = results.get((p, sc.key))
+                if r is None:
+                    continue
+                if not r.good():
+                    w(f"{p:10} FAILED: {r.error}")
+                    continue
+                rate = r.median(lambda x: x.msgs / x.elapsed)
+                rates = [x.msgs / x.elapsed for x in r.good()]
+                spread = (max(rates) - min(rates)) / rate * 100 if len(rates) > 1 else 0.0
+                cpu = r.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs * 1e6)
+                sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+                peak = max(x.peak_kib for x in r.good()) / 1024
+                ccpu = r.median(lambda x: x.client_cpu / x.msgs * 1e6)
+                others = r.median(lambda x: x.other_cpu / (x.elapsed * meta["ncpu"]) * 100)
+                noisy.append(others)
+                mbs = rate * sc.length / 1e6
+                b = results.get((base, sc.key))
+                brate = b.median(lambda x: x.msgs / x.elapsed) if b and b.good() else None
+                bcpu = b.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs * 1e6) if b and b.good() else None
+                w(f"{p:10} {rate:9,.0f} {spread:6.1f}% {mbs:7.1f} {cpu:11.1f} {sysp:4.0f}% {peak:7.1f} MiB"
+                  f" {ccpu:13.1f} {others:5.0f}% | {ratio(rate, brate):>7} {ratio(cpu, bcpu):>7}"
+                  + (f"   ({r.error})" if r.error else ""))
+        elif sc.kind == "latency":
+            w(f"== {sc.title} (one transaction MAIL..final 250 = 4 round trips; up to"
+              f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 3} s) ==")
+            w(f"{'peer':10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'samples':>8} | {'p50':>7} {'p99':>7} vs {base}")
+            bp = results.get((base, sc.key))
+            for p in peers:
+                r = results.get((p, sc.key))
+                if r is None:
+                    continue
+                if not r.good():
+                    w(f"{p:10} FAILED: {r.error}")
+                    continue
+                m = {k: statistics.median(v) for k, v in r.extra.items()}
+                bm = {k: statistics.median(v) for k, v in bp.extra.items()} if bp and bp.good() else {}
+                w(f"{p:10} {m['p50']:9.0f} {m['p90']:9.0f} {m['p99']:9.0f} {m['n']:8.0f} | {ratio(m['p50'], bm.get('p50')):>7}"
+                  f" {ratio(m['p99'], bm.get('p99')):>7}")
+        else:
+            w(f"== {sc.title} (each has its greeting; RSS of a freshly started server) ==")
+            w(f"{'peer':10} {'held':>7} {'errors':>6} {'RSS before':>11} {'RSS after':>11} {'KiB/conn':>9} {'serving':>7}"
+              f" | {'KiB/conn':>8} vs {base}")
+            b = results.get((base, sc.key))
+            bk = b.extra.get("kib_per_conn") if b and b.extra else None
+            for p in peers:
+                r = results.get((p, sc.key))
+                if r is None:
+                    continue
+                if not r.extra:
+                    w(f"{p:10} FAILED: {r.error}")
+                    continue
+                e = r.extra
+                w(f"{p:10} {e['held']:7} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
+                  f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
+                  + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+
+    if noisy and max(noisy) > 10:
+        w("")
+        w(f"WARNING: other processes used up to {max(noisy):.0f} % of the machine during some rounds (median"
+          f" {statistics.median(noisy):.0f} %): the figures above are disturbed; rerun on a quiet machine.")
+    # asiosmtpd / peer, the issue's ratios, in one table.
+    if "asiosmtpd" in peers:
+        others = [p for p in peers if p != "asiosmtpd"]
+        w("")
+        w("== asiosmtpd / peer (msgs/s: >1 is faster; CPU/msg, latency, KiB/conn: <1 is leaner) ==")
+        w(f"{'scenario':44} " + " ".join(f"{p:>20}" for p in others))
+        for sc in scs:
+            a = results.get(("asiosmtpd", sc.key))
+            cells = []
+            for p in others:
+                r = results.get((p, sc.key))
+                if sc.kind == "source":
+                    ok = a and a.good() and r and r.good()
+                    if not ok:
+                        cells.append("-")
+                        continue
+                    rr = ratio(a.median(lambda x: x.msgs / x.elapsed), r.median(lambda x: x.msgs / x.elapsed))
+                    cr = ratio(a.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs),
+                               r.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs))
+                    cells.append(f"{rr} rate {cr} cpu")
+                elif sc.kind == "latency":
+                    ok = a and a.good() and r and r.good()
+                    cells.append(f"{ratio(statistics.median(a.extra['p50']), statistics.median(r.extra['p50']))} p50"
+                                 f" {ratio(statistics.median(a.extra['p99']), statistics.median(r.extra['p99']))} p99"
+                                 if ok else "-")
+                else:
+                    ok = a and a.extra and r and r.extra
+                    cells.append(f"{ratio(a.extra['kib_per_conn'], r.extra['kib_per_conn'])} KiB/conn" if ok else "-")
+            w(f"{sc.title:44} " + " ".join(f"{c:>20}" for c in cells))
+    w("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "ncpu": os.cpu_count(), "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "kernel": os.uname().release, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def stop_all(*_):
+    for p in RUNNING:
+        p.stop()
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_probe":
+        probe(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_idle":
+        idle(int(sys.argv[2]), int(sys.argv[3]))
+        return 0
+
+    ap = argparse.ArgumentParser(description="asiosmtpd vs smtp-sink, aiosmtpd, Haraka (see bench/README.md)")
+    ap.add_argument("--quick", action="store_true", help="one round, short rounds, fewer scenarios (< 60 s)")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, --quick 1)")
+    ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
+    ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka")
+    ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k")
+    ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")
+    ap.add_argument("--client-procs", type=int, default=2, help="parallel smtp-source processes for c>=10 (default 2)")
+    ap.add_argument("--server-cpus", help="taskset list for servers (default: CPU 0 when there are >= 2 CPUs)")
+    ap.add_argument("--client-cpus", help="taskset list for clients (default: the other CPUs)")
+    ap.add_argument("--no-pin", action="store_true", help="no taskset at all")
+    ap.add_argument("--no-haraka", action="store_true")
+    ap.add_argument("--round-timeout", type=float, default=120.0, help="upper bound on one round, seconds")
+    ap.add_argument("--json", default=str(OUT / "last.json"), help="where to write the raw results")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.round_seconds = args.round_seconds or (0.4 if args.quick else 2.0)
+    ncpu = os.cpu_count() or 1
+    if args.no_pin or ncpu < 2:
+        args.server_cpus = args.client_cpus = None
+    else:
+        args.server_cpus = args.server_cpus or "0"
+        args.client_cpus = args.client_cpus or f"1-{ncpu - 1}"
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: (stop_all(), sys.exit(128 + s)))
+    started = time.monotonic()
+    OUT.mkdir(exist_ok=True)
+    meta = machine()
+
+    # Every server and the idle holder need a descriptor per connection.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    scs = scenarios(args.quick)
+    if args.scenarios:
+        keys = args.scenarios.split(",")
+        scs = [s for s in scs if s.key in keys]
+    for s in scs:
+        if s.kind == "idle" and s.idle + 200 > want:
+            log(f"{s.key}: RLIMIT_NOFILE is {want}; holding {want - 200} connections instead of {s.idle}")
+            s.idle = want - 200
+
+    peers, skipped = make_peers(args)
+    for s in skipped:
+        log(f"skipped {s}")
+    if not peers:
+        log("no peer to measure")
+        return 1
+    results: dict = {}
+    try:
+        for peer in peers:
+            # Idle memory first, each on a freshly started server (nothing freed earlier to reuse).
+            for sc in [s for s in scs if s.kind == "idle"]:
+                port = free_port()
+                log(f"{peer.name}: {sc.title}")
+                RUNNING.append(peer)
+                try:
+                    peer.start(port, args.server_cpus)
+                    results[(peer.name, sc.key)] = run_idle(peer, port, sc, args)
+                except RuntimeError as e:
+                    results[(peer.name, sc.key)] = Result(peer.name, sc.key, error=str(e))
+                finally:
+                    peer.stop()
+                    RUNNING.remove(peer)
+            work = [s for s in scs if s.kind != "idle"]
+            if not work:
+                continue
+            port = free_port()
+            RUNNING.append(peer)
+            try:
+                peer.start(port, args.server_cpus)
+                for sc in work:
+                    log(f"{peer.name}: {sc.title}")
+                    if not peer.alive():
+                        results[(peer.name, sc.key)] = Result(peer.name, sc.key, error="server not running")
+                        continue
+                    fn = run_source if sc.kind == "source" else run_latency
+                    results[(peer.name, sc.key)] = fn(peer, port, sc, args)
+            except RuntimeError as e:
+                for sc in work:
+                    results.setdefault((peer.name, sc.key), Result(peer.name, sc.key, error=str(e)))
+            finally:
+                peer.stop()
+                RUNNING.remove(peer)
+    finally:
+        stop_all()
+
+    text = report(results, [p.name for p in peers], scs, args, skipped, meta)
+    print(text)
+    print(f"total run time {time.monotonic() - started:.0f} s; raw results in {args.json}; server logs in {OUT}/")
+    raw = {"meta": meta, "args": vars(args), "skipped": skipped,
+           "results": [{"peer": r.peer, "scenario": r.scenario, "error": r.error, "extra": r.extra,
+                        "rounds": [vars(x) for x in r.rounds]} for r in results.values()]}
+    Path(args.json).write_text(json.dumps(raw, indent=1))
+    (OUT / "last.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

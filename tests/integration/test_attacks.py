@@ -1,0 +1,199 @@
+"""Hostile clients (issue 9): each attack is bounded in time, the server must stay alive and
+bounded in memory (RSS from /proc), and a well-behaved client must be served meanwhile.
+
+Attacks covered elsewhere, not repeated here: 32 MB command and DATA lines and data above the
+size limit (test_limits.InputBoundsTest), max_connections (test_limits.MaxConnectionsTest),
+clients vanishing at every stage and bare-LF smuggling (test_wire), TLS garbage (test_tls),
+misbehaving plugins (test_scripted).
+"""
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import harness
+from harness import HOSTNAME, IDENT, ServerTestCase, server_config
+
+GREETING = f"220 {HOSTNAME} {IDENT}"
+MB = 1 << 20
+
+
+def rss_kib(pid, field="VmRSS"):
+    """VmRSS (current) or VmHWM (peak) of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class AttackTestCase(ServerTestCase):
+    def assert_served(self, server, within=2.0):
+        """A well-behaved client gets its greeting and a NOOP answered within `within` seconds."""
+        started = time.monotonic()
+        c = self.connect(server, timeout=within + 1)
+        self.assertEqual(c.reply(), [GREETING])
+        self.assertEqual(c.cmd("NOOP"), ["250 OK"])
+        self.assertEqual(c.cmd("QUIT"), ["221 Bye"])
+        c.close()
+        took = time.monotonic() - started
+        self.assertLess(took, within, f"a well-behaved client waited {took:.2f}s")
+        return took
+
+
+class AbandonedConnectionsTest(AttackTestCase):
+    def test_many_connections_opened_and_abandoned(self):
+        # 300 connections: half closed politely (FIN), half reset (RST, SO_LINGER 0), most of them
+        # before reading the greeting. No descriptor may leak.
+        server = self.start_server(server_config(max_connections=1000))
+        self.assert_served(server)
+        time.sleep(0.2)
+        fds_before = open_fds(server.process.pid)
+        for i in range(300):
+            s = socket.create_connection((server.host, server.port), timeout=5)
+            if i % 3 == 0:
+                s.sendall(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n")
+            if i % 2 == 0:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        self.assert_served(server)
+        deadline = time.monotonic() + 5
+        while open_fds(server.process.pid) > fds_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(open_fds(server.process.pid), fds_before, "descriptors leaked")
+
+    def test_half_open_connections_time_out(self):
+        # Clients that connect and never send a byte hold a slot only until the idle timeout.
+        server = self.start_server(server_config(timeout=1, max_connections=50))
+        idle = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(40)]
+        try:
+            self.assert_served(server)
+            for s in idle:
+                s.settimeout(5)
+                data = b""
+                with contextlib.suppress(ConnectionResetError):
+                    while True:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                self.assertEqual(data.decode(), f"{GREETING}\r\n421 4.4.2 {HOSTNAME} Error: timeout exceeded\r\n")
+        finally:
+            for s in idle:
+                s.close()
+        self.assert_served(server)
+
+
+class SlowlorisTest(AttackTestCase):
+    def test_one_byte_at_a_time_within_the_timeout(self):
+        # server.timeout is an idle timeout: every byte restarts it, as in aiosmtpd (its timer is
+        # reset by every data_received). A client trickling a byte every 0.4 s with timeout 1 is
+        # therefore served, however long it takes; what bounds such clients is max_connections.
+        server = self.start_server(server_config(timeout=1))
+        c = self.connect(server, timeout=5)
+        self.assertEqual(c.reply(), [GREETING])
+        started = time.monotonic()
+        for i, b in enumerate(b"NOOP\r\nHELO slow.example\r\n"):
+            c.send(bytes([b]))
+            time.sleep(0.4)
+            if i == 3:
+                self.assert_served(server)  # others are served meanwhile
+        self.assertEqual([c.line(), c.line()], ["250 OK", f"250 {HOSTNAME}"])
+        self.assertGreater(time.monotonic() - started, 1.5, "the trickle took longer than the timeout")
+        # Once it stops trickling, the idle timeout ends it.
+        self.assertEqual(c.line(), f"421 4.4.2 {HOSTNAME} Error: timeout exceeded")
+        self.assertEqual(c.expect_eof(), b"")
+
+
+class NeverReadsTest(AttackTestCase):
+    def test_pipelined_flood_from_a_client_that_never_reads(self):
+        # The client sends NOOPs as fast as it can and never reads a reply. The server must stop
+        # reading once its replies back up (TCP flow control), not buffer replies or commands
+        # without bound. The flood stops when the client's send blocks for a second.
+        server = self.start_server()
+        self.assert_served(server)
+        pid = server.process.pid
+        before = rss_kib(pid)
+        s = socket.create_connection((server.host, server.port), timeout=5)
+        self.addCleanup(s.close)
+        s.settimeout(1.0)
+        chunk = b"NOOP\r\n" * 10000  # 60 KB
+        sent = 0
+        deadline = time.monotonic() + 20
+        with contextlib.suppress(socket.timeout, BlockingIOError):
+            while sent < 256 * MB and time.monotonic() < deadline:
+                sent += s.send(chunk)
+        self.assertLess(sent, 256 * MB, "the server kept reading 256 MB of commands nobody reads replies of")
+        # Meanwhile the server answers others, and its memory stays bounded.
+        self.assert_served(server)
+        grown = rss_kib(pid, "VmHWM") - before
+        print(f"\nnon-reading client: server took {sent // 1024} KiB, peak RSS grew by {grown} KiB", flush=True)
+        self.assertLess(grown, 16 * 1024, f"a non-reading client grew the server by {grown} KiB "
+                                           f"after {sent // 1024} KiB of commands")
+
+
+class ManyRecipientsTest(AttackTestCase):
+    def test_hundred_thousand_rcpts(self):
+        # aiosmtpd has no recipient limit, and neither has asiosmtpd (RFC 5321 §4.5.3.1.8 asks
+        # for at least 100). The envelope grows with the recipients; this bounds the cost:
+        # 10^5 recipients of 20 bytes must stay under 32 MB. Replies are read concurrently.
+        server = self.start_server()
+        pid = server.process.pid
+        before = rss_kib(pid)
+        c = self.connect(server, timeout=30)
+        c.reply()
+        n = 100_000
+        replies = []
+
+        def reader():
+            with contextlib.suppress(Exception):
+                for _ in range(n + 3):
+                    replies.append(c.line())
+
+        t = threading.Thread(target=reader, daemon=True)
+        c.send(b"HELO client.example\r\nMAIL FROM:<a@b.example>\r\n")
+        t.start()
+        batch = b"".join(b"RCPT TO:<r%06d@d.example>\r\n" % i for i in range(n))
+        c.send(batch + b"RSET\r\n")
+        t.join(timeout=60)
+        self.assertFalse(t.is_alive(), f"only {len(replies)} replies within 60 s")
+        self.assertEqual(replies[:2], [f"250 {HOSTNAME}", "250 OK"])
+        self.assertEqual(replies[2:-1], ["250 OK"] * n)
+        self.assertEqual(replies[-1], "250 OK")  # the RSET
+        grown = rss_kib(pid, "VmHWM") - before
+        print(f"\n10^5 RCPTs: peak RSS grew by {grown} KiB", flush=True)
+        self.assertLess(grown, 32 * 1024, f"10^5 recipients grew the server by {grown} KiB")
+        self.assert_served(server)
+
+
+class NulBytesTest(AttackTestCase):
+    def test_nul_bytes_in_commands(self):
+        # NUL is an ordinary byte to aiosmtpd's parser: an unknown verb echoes it, a NUL in an
+        # address is kept (Python's header parser records a defect and goes on), so plugins see
+        # it (asiosmtpd_str has a size: C plugins must not treat addresses as C strings).
+        server = self.start_server(server_config(plugins=["debugging"]))
+        c = self.connect(server)
+        self.assertEqual(c.reply(), [GREETING])
+        c.send(b"NO\x00OP\r\n")
+        self.assertEqual(c.reply(), ['500 Error: command "NO\x00OP" not recognized'])
+        self.assertEqual(c.cmd("NOOP \x00"), ["250 OK"])
+        self.assertEqual(c.cmd("HELO a\x00b"), [f"250 {HOSTNAME}"])
+        self.assertEqual(c.cmd("MAIL FROM:<a\x00b@c.example>"), ["250 OK"])
+        self.assertEqual(c.cmd("RCPT TO:<d@e.example>"), ["250 OK"])
+        self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
+        c.send(b"Subject: nul\r\n\r\na\x00b\r\n.\r\n")
+        self.assertEqual(c.reply(), ["250 OK"])
+        self.assertEqual(c.cmd("QUIT"), ["221 Bye"])
+        out = server.wait_output(lambda o: "END MESSAGE" in o)
+        self.assertIn("a\x00b", out)
+        self.assert_served(server)
+
+
+if __name__ == "__main__":
+    harness.main()

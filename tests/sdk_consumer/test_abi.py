@@ -1,0 +1,50 @@
+"""The ABI promise against the real server (tests/sdk_consumer/abi): a plugin built against
+the frozen 1.0 header loads and works; a plugin needing a newer minor, and one of another
+major, are refused at start-up with a clear message."""
+import os
+import re
+import smtplib
+import sys
+
+sys.path.insert(0, os.path.join(os.environ["ASIOSMTPD_SOURCE_DIR"], "tests", "integration"))
+
+import harness  # noqa: E402
+from harness import HOSTNAME, ServerTestCase, server_config  # noqa: E402
+
+ABI_DIR = os.environ["ASIOSMTPD_ABI_PLUGIN_DIR"]
+
+
+def abi_plugin(name):
+    return os.path.join(ABI_DIR, name + ".so")
+
+
+def current_minor():
+    header = os.path.join(os.environ["ASIOSMTPD_SOURCE_DIR"], "sdk", "include", "asiosmtpd", "plugin.h")
+    with open(header, encoding="utf-8") as f:
+        return int(re.search(r"#define ASIOSMTPD_ABI_MINOR (\d+)u", f.read()).group(1))
+
+
+class AbiTest(ServerTestCase):
+    def test_a_plugin_built_against_the_frozen_1_0_header_works(self):
+        server = self.start_server(server_config(plugins=[{"path": abi_plugin("frozen_v1_0")}, "sink"]))
+        with smtplib.SMTP(server.host, server.port, timeout=10) as s:
+            s.ehlo("old.example")
+            self.assertEqual(s.docmd("FROZEN"), (250, b"abi 1.0 helo old.example"))
+            self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], b"x\r\n"), {})
+
+    def test_a_newer_minor_is_refused(self):
+        minor = current_minor()
+        r = harness.run_binary(["--check-config"], server_config(plugins=[{"path": abi_plugin("newer_minor")}]))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"needs plugin ABI 1.{minor + 1}, this host has 1.{minor}", r.stderr)
+        self.assertIn("newer_minor.so", r.stderr)
+
+    def test_another_major_is_refused(self):
+        r = harness.run_binary(["--check-config"], server_config(plugins=[{"path": abi_plugin("other_major")}]))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("not an asiosmtpd plugin: no asiosmtpd_plugin_entry_v1 (built for another ABI major?)",
+                      r.stderr)
+
+
+if __name__ == "__main__":
+    harness.main()
