@@ -71,6 +71,7 @@ struct server_settings {
     call_limits command_call_limit;
     double timeout = 300;                        // seconds, > 0
     double tls_handshake_timeout = 30;           // seconds, > 0
+    double proxy_protocol_timeout = 10;          // seconds to receive a PROXY header, > 0
     std::uint32_t max_connections = 10000;       // >= 1
     std::uint32_t workers = 0;                   // 0 = one per core
     double shutdown_grace = 30;                  // seconds, >= 0

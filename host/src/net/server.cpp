@@ -139,16 +139,14 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
 {
     for (std::size_t i = 0; i < config_.server.listen.size(); ++i) {
         const auto& l = config_.server.listen[i];
-        if (l.proxy_protocol)
-            throw std::runtime_error(fmt::format("{}: server.listen[{}].proxy_protocol: the PROXY protocol is not "
-                                                 "available in this build yet (issue 6); use proxy_protocol: false",
-                                                 config_.file.string(), i));
         auto ctx = std::make_shared<listener_context>();
         ctx->plugins = plugins_;
         ctx->smtp = engine_settings(config_, l, *plugins_);
         ctx->idle_timeout = millis(config_.server.timeout);
         ctx->handshake_timeout = millis(config_.server.tls_handshake_timeout);
         ctx->auth_failure_delay = millis(config_.server.auth_failure_delay);
+        ctx->proxy_protocol = l.proxy_protocol;
+        ctx->proxy_timeout = millis(config_.server.proxy_protocol_timeout);
         ctx->tls = l.tls;
         if (l.tls != config::tls_mode::none) {
             if (!tls_context_) tls_context_ = tls::make_server_context(config_);  // not given by the caller

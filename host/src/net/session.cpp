@@ -8,6 +8,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 
 #include <fmt/format.h>
@@ -45,6 +46,7 @@ std::string_view hook_name(proto::hook_kind k) noexcept
     case proto::hook_kind::starttls: return "STARTTLS";
     case proto::hook_kind::auth_check: return "AUTH_CHECK";
     case proto::hook_kind::auth_mechanism: return "AUTH";
+    case proto::hook_kind::proxy: return "PROXY";
     case proto::hook_kind::command: return "COMMAND";
     }
     return "?";
@@ -182,10 +184,59 @@ asio::awaitable<bool> session::handshake()
     co_return true;
 }
 
+// HAProxy's PROXY header, read before anything else and never past its end: what follows
+// belongs to SMTP or to an implicit-TLS handshake. A bad, slow or missing header closes the
+// connection without a reply (aiosmtpd §6.1); the session's peer becomes the client it names.
+asio::awaitable<bool> session::read_proxy_header()
+{
+    arm(ctx_->proxy_timeout);
+    std::string buf;
+    for (;;) {
+        const proxy::result r = proxy::parse(buf);
+        if (r.state == proxy::result::status::invalid) {
+            end_reason_ = fmt::format("proxy header invalid: {}", r.error);
+            log::info("session={} event=proxy_failed reason=\"{}\"", id_, r.error);
+            co_return false;
+        }
+        if (r.state == proxy::result::status::done) {
+            proxy_header_ = r.value;
+            break;
+        }
+        const std::size_t have = buf.size();
+        buf.resize(r.need);
+        auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(buf.data() + have, r.need - have), nothrow);
+        if (ec) {
+            end_reason_ = timed_out_ ? "proxy header timeout" : fmt::format("proxy header not received: {}", ec.message());
+            log::info("session={} event=proxy_failed reason=\"{}\"", id_, end_reason_);
+            co_return false;
+        }
+    }
+    const proxy::header& h = *proxy_header_;
+    if (h.has_client()) {
+        proxy_address_ = fmt::format("{}:{}", peer_address_, peer_port_);
+        peer_address_ = h.src_address;
+        peer_port_ = h.src_port;
+    }
+    log::info("session={} event=proxy version={} client={}:{} via={}", id_, h.version, peer_address_, peer_port_,
+              proxy_address_.empty() ? "-" : proxy_address_);
+    if (!ctx_->plugins->hooks[ASIOSMTPD_HOOK_PROXY].empty()) {
+        proto::hook_request req;
+        req.kind = proto::hook_kind::proxy;
+        const proto::hook_result r = co_await run_chain(req);
+        if (r.verdict != proto::verdict::none && r.verdict != proto::verdict::accept) {
+            end_reason_ = "refused by a PROXY hook";
+            co_return false;
+        }
+    }
+    arm(ctx_->idle_timeout);
+    co_return true;
+}
+
 asio::awaitable<void> session::serve()
 {
     bool tls_ok = true;
-    if (ctx_->tls == config::tls_mode::implicit) {
+    if (ctx_->proxy_protocol) tls_ok = co_await read_proxy_header();
+    if (tls_ok && ctx_->tls == config::tls_mode::implicit) {
         // RFC 8314 §3.3: TLS first, then the greeting; this counts as TLS (design.md §5 Q10).
         tls_ok = co_await handshake();
         engine_.set_tls_active(tls_ok);
@@ -352,6 +403,28 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
                                    {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
     const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
+    std::string tlv_bytes;
+    asiosmtpd_proxy_args proxy_args{};
+    proxy_args.struct_size = sizeof proxy_args;
+    if (req.kind == proto::hook_kind::proxy && proxy_header_) {
+        const proxy::header& h = *proxy_header_;
+        for (const auto& t : h.tlvs) {
+            tlv_bytes.push_back(static_cast<char>(t.type));
+            tlv_bytes.push_back(static_cast<char>((t.value.size() >> 8) & 0xff));
+            tlv_bytes.push_back(static_cast<char>(t.value.size() & 0xff));
+            tlv_bytes += t.value;
+        }
+        proxy_args.version = h.version;
+        proxy_args.command = h.command;
+        proxy_args.family = h.family;
+        proxy_args.protocol = h.protocol;
+        proxy_args.src_address = str(h.src_address);
+        proxy_args.src_port = h.src_port;
+        proxy_args.dst_address = str(h.dst_address);
+        proxy_args.dst_port = h.dst_port;
+        proxy_args.tlvs = str(tlv_bytes);
+        proxy_args.proxy_address = str(proxy_address_);
+    }
     asiosmtpd_auth_args auth{};
     auth.struct_size = sizeof auth;
     if (req.kind == proto::hook_kind::auth_check) {
@@ -382,6 +455,7 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     case proto::hook_kind::command: args = &command; break;
     case proto::hook_kind::auth_check:
     case proto::hook_kind::auth_mechanism: args = &auth; break;
+    case proto::hook_kind::proxy: args = &proxy_args; break;
     case proto::hook_kind::rset:
     case proto::hook_kind::quit:
     case proto::hook_kind::starttls: break;

@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
+#include "proxy/parser.hpp"
 #include "tls/context.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -40,6 +41,8 @@ struct listener_context {
     std::shared_ptr<asio::ssl::context> tls_context;  ///< set for starttls and implicit listeners
     std::chrono::milliseconds handshake_timeout{30000};
     std::chrono::milliseconds auth_failure_delay{1000};
+    bool proxy_protocol = false;                      ///< a PROXY header comes first
+    std::chrono::milliseconds proxy_timeout{10000};
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view {
@@ -70,6 +73,7 @@ private:
     asio::awaitable<void> watchdog();
     asio::awaitable<bool> flush();
     asio::awaitable<bool> handshake();
+    asio::awaitable<bool> read_proxy_header();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
     asio::awaitable<std::int32_t> await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text);
     void run_session_close_hooks() noexcept;
@@ -91,6 +95,8 @@ private:
     const std::uint64_t id_;
     std::string peer_address_;
     std::uint16_t peer_port_ = 0;
+    std::string proxy_address_;       ///< the load balancer (TCP peer) when PROXY named a client
+    std::optional<proxy::header> proxy_header_;
     std::string local_address_;
     std::uint16_t local_port_ = 0;
     bool timed_out_ = false;

@@ -52,7 +52,7 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
 {
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
-    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_AUTH_CHECK) return ASIOSMTPD_E_UNSUPPORTED;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_PROXY) return ASIOSMTPD_E_UNSUPPORTED;
     reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
     return ASIOSMTPD_OK;
 }

@@ -35,7 +35,7 @@ struct library;
 inline constexpr std::int32_t auth_mechanism_call = static_cast<std::int32_t>(proto::hook_kind::auth_mechanism);
 
 /// One past the highest hook id this host knows (ABI 1.1).
-inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_AUTH_CHECK + 1;
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_PROXY + 1;
 
 } // namespace asiosmtpd::plugin
 

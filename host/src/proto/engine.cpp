@@ -279,6 +279,9 @@ void engine::commit(std::size_t n)
 
 void engine::pump()
 {
+    // Waiting for the TLS handshake: nothing that arrives in plaintext now may ever be read
+    // as a command (RFC 3207 §4.2); the session does not read then, but never buffer it anyway.
+    if (phase_ == phase::tls) pos_ = scan_ = end_;
     while (!waiting_ && !closed_) {
         bool progressed = false;
         if (phase_ == phase::command) progressed = step_command();
@@ -487,6 +490,8 @@ void engine::finish_hook(const hook_result& r)
     case hook_kind::command:
         reply_for(r, replies::ok);
         return;
+    case hook_kind::proxy:
+        return;  // the session's business
     case hook_kind::auth_check:
     case hook_kind::auth_mechanism:
         switch (r.verdict) {

@@ -30,6 +30,7 @@ enum class hook_kind : std::uint8_t {
     connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
     quit = 9, vrfy = 10, unknown = 11, starttls = 13,
     auth_check = 14,     ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
+    proxy = 15,          ///< run by the session, never asked by the engine (PROXY header)
     auth_mechanism = 30, ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
     command = 31, ///< a plugin-registered verb (settings::commands[command_index])
 };

@@ -104,6 +104,7 @@ typedef int32_t asiosmtpd_hook_id;
 /* ---- ABI 1.1 and later ---- */
 #define ASIOSMTPD_HOOK_STARTTLS 13     /* after a STARTTLS handshake   args: NULL; see below */
 #define ASIOSMTPD_HOOK_AUTH_CHECK 14   /* AUTH PLAIN/LOGIN credentials args: asiosmtpd_auth_args */
+#define ASIOSMTPD_HOOK_PROXY 15        /* PROXY header, before TLS/greeting args: asiosmtpd_proxy_args */
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
@@ -116,6 +117,9 @@ typedef int32_t asiosmtpd_hook_id;
  *            as the login (or the identity given with set_auth_identity()); REJECT, or CONTINUE
  *            from every plugin: "535 5.7.8 Authentication credentials invalid" (always that
  *            text); TEMPFAIL: "454 4.7.0 Temporary authentication failure".
+ *   PROXY    (1.1) runs on listeners with proxy_protocol: true, after the header was read and
+ *            before the greeting (and before an implicit-TLS handshake). REJECT/TEMPFAIL (any
+ *            form) closes the connection without a reply (aiosmtpd); no hook: accepted.
  *   STARTTLS (1.1) no reply is sent; REJECT or TEMPFAIL makes every later command but QUIT
  *            answer "554 Command refused due to lack of security" (aiosmtpd handle_STARTTLS
  *            returning false); the *_CLOSE verdicts close (with their reply, if set).
@@ -186,6 +190,22 @@ typedef struct asiosmtpd_auth_args {
     int32_t has_response;    /* mechanisms: 0 on the first call when AUTH had no initial response */
     uint32_t step;           /* mechanisms: 0 for the first call, then 1, 2, ... */
 } asiosmtpd_auth_args;
+
+/* ABI 1.1: the HAProxy PROXY protocol header (v1 or v2). The session's peer address (in
+ * session_info and logs) is the client named here when the header carries one. */
+typedef struct asiosmtpd_proxy_args {
+    uint32_t struct_size;
+    int32_t version;           /* 1 or 2 */
+    int32_t command;           /* v2: 0 LOCAL, 1 PROXY; v1: 1 */
+    int32_t family;            /* 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX */
+    int32_t protocol;          /* 0 UNSPEC, 1 STREAM, 2 DGRAM */
+    asiosmtpd_str src_address; /* empty when the header carries none */
+    uint16_t src_port;
+    asiosmtpd_str dst_address;
+    uint16_t dst_port;
+    asiosmtpd_str tlvs;        /* v2: the raw TLV bytes (type, 16-bit length, value)... */
+    asiosmtpd_str proxy_address; /* the load balancer's address (the TCP peer) */
+} asiosmtpd_proxy_args;
 
 typedef struct asiosmtpd_command_args {
     uint32_t struct_size;

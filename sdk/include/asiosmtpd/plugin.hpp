@@ -96,6 +96,7 @@ enum class hook : asiosmtpd_hook_id {
     session_close = ASIOSMTPD_HOOK_SESSION_CLOSE,
     starttls = ASIOSMTPD_HOOK_STARTTLS, ///< ABI 1.1: after a STARTTLS handshake (no arguments)
     auth_check = ASIOSMTPD_HOOK_AUTH_CHECK, ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
+    proxy = ASIOSMTPD_HOOK_PROXY,           ///< ABI 1.1: the PROXY protocol header (proxy_args)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
@@ -175,6 +176,7 @@ inline const char* hook_name(hook h) noexcept
     case hook::session_close: return "SESSION_CLOSE";
     case hook::starttls: return "STARTTLS";
     case hook::auth_check: return "AUTH_CHECK";
+    case hook::proxy: return "PROXY";
     case hook::other: break;
     }
     return "other";
@@ -346,6 +348,27 @@ struct auth_args {
     bool has_response;          ///< mechanisms: false on the first call without initial response
     std::uint32_t step;         ///< mechanisms: 0, 1, 2, ...
     const asiosmtpd_auth_args* raw;
+};
+
+/// ABI 1.1: the HAProxy PROXY protocol header of the connection.
+struct proxy_args {
+    explicit proxy_args(const asiosmtpd_proxy_args& a) noexcept
+        : version(a.version), command(a.command), family(a.family), protocol(a.protocol),
+          src_address(to_view(a.src_address)), src_port(a.src_port), dst_address(to_view(a.dst_address)),
+          dst_port(a.dst_port), tlvs(to_view(a.tlvs)), proxy_address(to_view(a.proxy_address)), raw(&a)
+    {
+    }
+    int version;                   ///< 1 or 2
+    int command;                   ///< v2: 0 LOCAL, 1 PROXY
+    int family;                    ///< 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX
+    int protocol;                  ///< 0 UNSPEC, 1 STREAM, 2 DGRAM
+    std::string_view src_address;  ///< the client
+    std::uint16_t src_port;
+    std::string_view dst_address;
+    std::uint16_t dst_port;
+    std::string_view tlvs;         ///< v2 raw TLVs: type, 16-bit big-endian length, value, ...
+    std::string_view proxy_address; ///< the load balancer ("addr:port")
+    const asiosmtpd_proxy_args* raw;
 };
 
 /// session_info(): views valid until the handler returns.
@@ -1001,6 +1024,7 @@ template <> struct hook_args<ASIOSMTPD_HOOK_DATA> { using c_type = asiosmtpd_dat
 template <> struct hook_args<ASIOSMTPD_HOOK_NOOP> { using c_type = asiosmtpd_command_args; using type = command_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> { using c_type = asiosmtpd_command_args; using type = command_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_AUTH_CHECK> { using c_type = asiosmtpd_auth_args; using type = auth_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_PROXY> { using c_type = asiosmtpd_proxy_args; using type = proxy_args; };
 
 template <auto M>
 inline constexpr bool takes_none =
@@ -1018,7 +1042,7 @@ inline constexpr bool takes = takes_arg<M, A>();
 template <auto M>
 inline constexpr bool valid_handler =
     takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> ||
-    takes<M, data_args> || takes<M, command_args> || takes<M, auth_args>;
+    takes<M, data_args> || takes<M, command_args> || takes<M, auth_args> || takes<M, proxy_args>;
 
 // "MAIL handler: <what>[: <detail>]" at warn (a plugin misbehaved; the host adds the plugin
 // instance and session).
@@ -1166,7 +1190,7 @@ public:
         static_assert(std::is_member_function_pointer_v<decltype(M)> && detail::valid_handler<M>,
                       "a handler is verdict (Plugin::*)(call&) or verdict (Plugin::*)(call&, const X&)"
                       " with X one of connect_args, helo_args, address_args, data_args, command_args,"
-                      " auth_args");
+                      " auth_args, proxy_args");
         check_class<detail::member_class_t<M>>();
         asiosmtpd_hook_fn fn = nullptr;
         switch (h) {
@@ -1184,6 +1208,7 @@ public:
         case hook::session_close: fn = detail::pick<M, ASIOSMTPD_HOOK_SESSION_CLOSE>(); break;
         case hook::starttls: fn = detail::pick<M, ASIOSMTPD_HOOK_STARTTLS>(); break;
         case hook::auth_check: fn = detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>(); break;
+        case hook::proxy: fn = detail::pick<M, ASIOSMTPD_HOOK_PROXY>(); break;
         case hook::command:
             throw std::logic_error("register commands with registrar::command()");
         case hook::other:
