@@ -199,15 +199,18 @@ def make_peers(args) -> tuple[list[Peer], list[str]]:
 
     # asiosmtpd: the sink plugin loaded through the ABI, one event-loop thread by default (every
     # peer here is a single event loop), logs at warn (no per-connection log line).
-    binary = ROOT / "build" / "release" / "bin" / "asiosmtpd"
-    plugins = ROOT / "build" / "release" / "plugins"
+    build = Path(args.build_dir).resolve() if args.build_dir else ROOT / "build" / "release"
+    binary = build / "bin" / "asiosmtpd"
+    plugins = build / "plugins"
+    for old in OUT.glob("asiosmtpd-*.yaml"):
+        old.unlink()  # per-port copies written by conf/start-asiosmtpd in earlier runs
     if binary.exists() and (plugins / "sink.so").exists():
         template = (BENCH / "conf" / "asiosmtpd.yaml").read_text()
         cfg = OUT / "asiosmtpd.yaml"
         cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
         # The port is per run: the config names @PORT@, written just before each start.
         peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
-                          f"workers: {args.workers}, sink plugin via the ABI"))
+                          f"{binary}, workers: {args.workers}, sink plugin via the ABI"))
     else:
         skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
 
@@ -370,25 +373,36 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other)
 
 
-def run_source(peer: Peer, port: int, sc: Scenario, args) -> Result:
-    res = Result(peer.name, sc.key)
-    warm = run_source_round(peer, port, sc, sc.warmup_msgs, args)
-    if not warm.ok:
-        res.error = f"warm-up: {warm.error}"
-        return res
-    # Size the rounds so that each lasts about --round-seconds for this peer.
-    rate = warm.msgs / max(warm.elapsed, 1e-3)
-    msgs = int(min(max(rate * args.round_seconds, sc.min_msgs), sc.max_msgs))
+def log_round(peer: Peer, sc: Scenario, i: int, r: Round) -> None:
+    log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {r.msgs} msgs in {r.elapsed:.2f} s"
+        + (f" = {r.msgs / r.elapsed:,.0f}/s, server CPU {(r.srv_user + r.srv_sys) / r.msgs * 1e6:.0f} us/msg,"
+           f" others {r.other_cpu / r.elapsed / (os.cpu_count() or 1) * 100:.0f} %"
+           if r.ok else f" FAILED: {r.error}"))
+
+
+def run_source(live: list[tuple[Peer, int]], sc: Scenario, args, results: dict) -> None:
+    """Warm-up per peer, then round i of every peer before round i + 1 of any: whatever else the
+    machine does meanwhile falls on all peers alike."""
+    sizes: dict[str, int] = {}
+    for peer, port in live:
+        res = results[(peer.name, sc.key)] = Result(peer.name, sc.key)
+        warm = run_source_round(peer, port, sc, sc.warmup_msgs, args)
+        if not warm.ok:
+            res.error = f"warm-up: {warm.error}"
+            continue
+        # Size the rounds so that each lasts about --round-seconds for this peer.
+        rate = warm.msgs / max(warm.elapsed, 1e-3)
+        sizes[peer.name] = int(min(max(rate * args.round_seconds, sc.min_msgs), sc.max_msgs))
     for i in range(args.rounds):
-        r = run_source_round(peer, port, sc, msgs, args)
-        res.rounds.append(r)
-        log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {r.msgs} msgs in {r.elapsed:.2f} s"
-            + (f" = {r.msgs / r.elapsed:,.0f}/s, server CPU {(r.srv_user + r.srv_sys) / r.msgs * 1e6:.0f} us/msg"
-               if r.ok else f" FAILED: {r.error}"))
-        if not r.ok:
-            res.error = r.error
-            break
-    return res
+        for peer, port in live:
+            res = results[(peer.name, sc.key)]
+            if peer.name not in sizes or res.error:
+                continue
+            r = run_source_round(peer, port, sc, sizes[peer.name], args)
+            res.rounds.append(r)
+            log_round(peer, sc, i, r)
+            if not r.ok:
+                res.error = r.error
 
 
 def helper_argv(cpus: str | None, *args: str) -> list[str]:
@@ -396,8 +410,7 @@ def helper_argv(cpus: str | None, *args: str) -> list[str]:
     return pre + [sys.executable, str(Path(__file__).resolve()), *args]
 
 
-def run_latency(peer: Peer, port: int, sc: Scenario, args) -> Result:
-    res = Result(peer.name, sc.key)
+def latency_round(peer: Peer, port: int, sc: Scenario, args, res: Result, i: int) -> None:
     count, seconds = (300, 1.0) if args.quick else (2000, 3.0)
     load = None
     if sc.sessions > 1:
@@ -407,17 +420,17 @@ def run_latency(peer: Peer, port: int, sc: Scenario, args) -> Result:
                                 start_new_session=True)
         time.sleep(0.5)
     try:
-        for i in range(args.rounds):
-            p = subprocess.run(helper_argv(args.client_cpus, "_probe", str(port), str(count), str(seconds)),
-                               capture_output=True, text=True, timeout=120)
-            if p.returncode != 0:
-                res.error = (p.stderr.strip().splitlines() or ["probe failed"])[-1]
-                return res
-            d = json.loads(p.stdout)
-            res.rounds.append(Round(d["n"], d["elapsed"], 0, 0, 0, 0, True))
-            for k in ("p50", "p90", "p99", "n"):
-                res.extra.setdefault(k, []).append(d[k])
-            log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {d['n']} transactions, p50 {d['p50']:.0f} us, p99 {d['p99']:.0f} us")
+        p = subprocess.run(helper_argv(args.client_cpus, "_probe", str(port), str(count), str(seconds)),
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            res.error = (p.stderr.strip().splitlines() or ["probe failed"])[-1]
+            return
+        d = json.loads(p.stdout)
+        res.rounds.append(Round(d["n"], d["elapsed"], 0, 0, 0, 0, True))
+        for k in ("p50", "p90", "p99", "n"):
+            res.extra.setdefault(k, []).append(d[k])
+        log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {d['n']} transactions, p50 {d['p50']:.0f} us,"
+            f" p99 {d['p99']:.0f} us")
     except subprocess.TimeoutExpired:
         res.error = "probe timed out"
     finally:
@@ -425,7 +438,16 @@ def run_latency(peer: Peer, port: int, sc: Scenario, args) -> Result:
             kill_group(load, 1.0)
     if load is not None and not peer.alive():
         res.error = "server died under load"
-    return res
+
+
+def run_latency(live: list[tuple[Peer, int]], sc: Scenario, args, results: dict) -> None:
+    for peer, _ in live:
+        results[(peer.name, sc.key)] = Result(peer.name, sc.key)
+    for i in range(args.rounds):
+        for peer, port in live:
+            res = results[(peer.name, sc.key)]
+            if not res.error:
+                latency_round(peer, port, sc, args, res, i)
 
 
 def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
@@ -609,6 +631,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
       f" clients to CPU {args.client_cpus or '-'}")
     w(f"rounds: {args.rounds} (medians), each about {args.round_seconds:g} s after a warm-up round;"
       f" {args.client_procs} smtp-source processes in parallel for c>=10")
+    for name, note in meta.get("peers", {}).items():
+        w(f"peer {name}: {note}")
     for s in skipped:
         w(f"skipped: {s}")
     w("")
@@ -756,6 +780,8 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
     ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k")
+    ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
+                    " (default build/release; bench/run builds it)")
     ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")
     ap.add_argument("--client-procs", type=int, default=2, help="parallel smtp-source processes for c>=10 (default 2)")
     ap.add_argument("--server-cpus", help="taskset list for servers (default: CPU 0 when there are >= 2 CPUs)")
@@ -799,6 +825,7 @@ def main() -> int:
     if not peers:
         log("no peer to measure")
         return 1
+    meta["peers"] = {p.name: p.note for p in peers}
     results: dict = {}
     try:
         for peer in peers:
@@ -815,26 +842,27 @@ def main() -> int:
                 finally:
                     peer.stop()
                     RUNNING.remove(peer)
-            work = [s for s in scs if s.kind != "idle"]
-            if not work:
-                continue
-            port = free_port()
-            RUNNING.append(peer)
-            try:
-                peer.start(port, args.server_cpus)
-                for sc in work:
-                    log(f"{peer.name}: {sc.title}")
-                    if not peer.alive():
-                        results[(peer.name, sc.key)] = Result(peer.name, sc.key, error="server not running")
-                        continue
-                    fn = run_source if sc.kind == "source" else run_latency
-                    results[(peer.name, sc.key)] = fn(peer, port, sc, args)
-            except RuntimeError as e:
-                for sc in work:
-                    results.setdefault((peer.name, sc.key), Result(peer.name, sc.key, error=str(e)))
-            finally:
-                peer.stop()
-                RUNNING.remove(peer)
+        # Throughput and latency: every peer runs at once (each on its own port, all pinned to the
+        # server CPUs; an idle one costs nothing) so that rounds can alternate between peers.
+        work = [s for s in scs if s.kind != "idle"]
+        live: list[tuple[Peer, int]] = []
+        if work:
+            for peer in peers:
+                port = free_port()
+                RUNNING.append(peer)
+                try:
+                    peer.start(port, args.server_cpus)
+                    live.append((peer, port))
+                except RuntimeError as e:
+                    for sc in work:
+                        results[(peer.name, sc.key)] = Result(peer.name, sc.key, error=str(e))
+        for sc in work:
+            log(f"{sc.title}: {', '.join(p.name for p, _ in live)}")
+            for peer, _ in list(live):
+                if not peer.alive():
+                    results[(peer.name, sc.key)] = Result(peer.name, sc.key, error="server not running")
+            running = [(p, port) for p, port in live if p.alive()]
+            (run_source if sc.kind == "source" else run_latency)(running, sc, args, results)
     finally:
         stop_all()
 

@@ -21,13 +21,14 @@ namespace {
 
 namespace sdk = asiosmtpd::sdk;
 
-// crypt_r with a zeroed crypt_data on the caller's stack: thread-safe.
+// libxcrypt's crypt_rn with a zeroed crypt_data of our own: thread-safe. (crypt_rn rather than
+// crypt_r: sanitizer runtimes intercept crypt_r and cannot resolve it in a library loaded after
+// start-up, and crypt_rn says "failed" with NULL instead of a "*0" string.)
 std::string hash_with(const std::string& password, const std::string& setting)
 {
     auto data = std::make_unique<crypt_data>();
     std::memset(data.get(), 0, sizeof *data);
-    const char* out = crypt_r(password.c_str(), setting.c_str(), data.get());
-    // libxcrypt answers "*0"/"*1" (never a valid hash) for a setting it cannot use.
+    const char* out = crypt_rn(password.c_str(), setting.c_str(), data.get(), static_cast<int>(sizeof *data));
     std::string result = (out == nullptr || out[0] == '*') ? std::string() : std::string(out);
     explicit_bzero(data.get(), sizeof *data);
     return result;

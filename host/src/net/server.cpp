@@ -13,7 +13,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <stdexcept>
+
+#include <unistd.h>
 
 namespace asiosmtpd::net {
 namespace {
@@ -132,67 +135,159 @@ std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s)
     return nullptr;
 }
 
+std::shared_ptr<const listener_context> server::make_context(const config::settings& s, const config::listener& l,
+                                                              const std::shared_ptr<const plugin::generation>& g,
+                                                              const std::shared_ptr<asio::ssl::context>& tls)
+{
+    auto ctx = std::make_shared<listener_context>();
+    ctx->plugins = g;
+    ctx->smtp = engine_settings(s, l, *g);
+    ctx->idle_timeout = millis(s.server.timeout);
+    ctx->handshake_timeout = millis(s.server.tls_handshake_timeout);
+    ctx->auth_failure_delay = millis(s.server.auth_failure_delay);
+    ctx->proxy_protocol = l.proxy_protocol;
+    ctx->proxy_timeout = millis(s.server.proxy_protocol_timeout);
+    ctx->tls = l.tls;
+    if (l.tls != config::tls_mode::none) {
+        if (!tls) throw std::runtime_error(fmt::format("{}: tls: required by a TLS listener", s.file.string()));
+        ctx->tls_context = tls;
+    }
+    return ctx;
+}
+
 server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
                std::shared_ptr<asio::ssl::context> tls_context)
-    : config_(std::move(s)), plugins_(std::move(plugins)), tls_context_(std::move(tls_context)), signals_(ioc_),
-      grace_timer_(ioc_)
+    : config_(std::move(s)), signals_(ioc_), grace_timer_(ioc_)
 {
-    for (std::size_t i = 0; i < config_.server.listen.size(); ++i) {
-        const auto& l = config_.server.listen[i];
-        auto ctx = std::make_shared<listener_context>();
-        ctx->plugins = plugins_;
-        ctx->smtp = engine_settings(config_, l, *plugins_);
-        ctx->idle_timeout = millis(config_.server.timeout);
-        ctx->handshake_timeout = millis(config_.server.tls_handshake_timeout);
-        ctx->auth_failure_delay = millis(config_.server.auth_failure_delay);
-        ctx->proxy_protocol = l.proxy_protocol;
-        ctx->proxy_timeout = millis(config_.server.proxy_protocol_timeout);
-        ctx->tls = l.tls;
-        if (l.tls != config::tls_mode::none) {
-            if (!tls_context_) tls_context_ = tls::make_server_context(config_);  // not given by the caller
-            ctx->tls_context = tls_context_;
-        }
-        contexts_.push_back(std::move(ctx));
+    if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
+    max_connections_ = config_.server.max_connections;
+    shutdown_grace_ms_ = millis(config_.server.shutdown_grace).count();
+    for (const auto& l : config_.server.listen) {
+        auto slot = std::make_shared<listener_slot>();
+        slot->spec = l;
+        slot->ctx.store(make_context(config_, l, plugins, tls_context));
+        listeners_.push_back(std::move(slot));
     }
 }
 
 server::~server()
 {
     ioc_.stop();
+    if (reload_thread_.joinable()) reload_thread_.join();
+}
+
+void server::open(listener_slot& slot)
+{
+    const auto& l = slot.spec;
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(l.address, ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: not an IP address", l.address, l.port));
+    const tcp::endpoint ep(address, l.port);
+    auto acc = std::make_unique<tcp::acceptor>(ioc_);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
+    const auto bound = acc->local_endpoint();
+    log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
+              l.protocol == config::protocol::lmtp ? "lmtp" : "smtp",
+              l.tls == config::tls_mode::none ? "none" : l.tls == config::tls_mode::starttls ? "starttls" : "implicit");
+    slot.acceptor = std::move(acc);
 }
 
 void server::bind()
 {
-    for (const auto& l : config_.server.listen) {
-        boost::system::error_code ec;
-        const auto address = asio::ip::make_address(l.address, ec);
-        if (ec)
-            throw std::runtime_error(fmt::format("cannot listen on {}:{}: not an IP address", l.address, l.port));
-        const tcp::endpoint ep(address, l.port);
-        auto acc = std::make_unique<tcp::acceptor>(ioc_);
-        acc->open(ep.protocol(), ec);
-        if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
-        if (!ec) acc->bind(ep, ec);
-        if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
-        const auto bound = acc->local_endpoint();
-        log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
-                  l.protocol == config::protocol::lmtp ? "lmtp" : "smtp",
-                  l.tls == config::tls_mode::none ? "none" : l.tls == config::tls_mode::starttls ? "starttls" : "implicit");
-        acceptors_.push_back(std::move(acc));
-    }
-    for (std::size_t i = 0; i < acceptors_.size(); ++i)
-        asio::co_spawn(ioc_, accept_loop(*acceptors_[i], contexts_[i]), log_failure("accept"));
+    for (const auto& slot : listeners_) open(*slot);
+    for (const auto& slot : listeners_) asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
 }
 
 std::vector<tcp::endpoint> server::endpoints() const
 {
     std::vector<tcp::endpoint> eps;
-    for (const auto& a : acceptors_) {
+    for (const auto& slot : listeners_) {
+        if (slot->closed || !slot->acceptor) continue;
         boost::system::error_code ec;
-        eps.push_back(a->local_endpoint(ec));
+        eps.push_back(slot->acceptor->local_endpoint(ec));
     }
     return eps;
+}
+
+// --------------------------------------------------------------------------------------------
+// Reload (SIGHUP): a new generation for new sessions; open sessions finish on theirs.
+// --------------------------------------------------------------------------------------------
+
+void server::reload()
+{
+    if (stopping_) return;
+    if (reloading_.exchange(true)) {
+        log::warn("event=reload result=skipped reason=\"a reload is already running\"");
+        return;
+    }
+    if (reload_thread_.joinable()) reload_thread_.join();
+    const std::filesystem::path file = config_.file;
+    // Parsing, certificate loading and dlopen() block: never on an I/O thread.
+    reload_thread_ = std::thread([this, file] {
+        try {
+            config::settings next = file == "<embedded default>" ? config::load_default() : config::load_file(file);
+            auto tls = tls_context_for(next);
+            auto plugins = plugin::load(next);
+            asio::post(ioc_, [this, next = std::move(next), tls = std::move(tls), plugins = std::move(plugins)]() mutable {
+                apply(std::move(next), std::move(plugins), std::move(tls));
+            });
+        } catch (const std::exception& e) {
+            log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
+                       log::escaped(e.what(), 1000));
+            reloading_ = false;
+        }
+    });
+}
+
+void server::apply(config::settings next, std::shared_ptr<const plugin::generation> plugins,
+                   std::shared_ptr<asio::ssl::context> tls)
+{
+    reloading_ = false;
+    if (stopping_) return;
+    // Listeners are matched by address and port: kept ones get the new settings, new ones are
+    // opened, the ones gone from the config are closed (their open sessions go on).
+    std::vector<std::shared_ptr<listener_slot>> kept;
+    std::size_t opened = 0, closed = 0;
+    try {
+        for (const auto& l : next.server.listen) {
+            auto ctx = make_context(next, l, plugins, tls);
+            auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const auto& slot) {
+                return !slot->closed && slot->spec.address == l.address && slot->spec.port == l.port && l.port != 0;
+            });
+            if (it != listeners_.end()) {
+                (*it)->spec = l;
+                (*it)->ctx.store(std::move(ctx));
+                kept.push_back(*it);
+                continue;
+            }
+            auto slot = std::make_shared<listener_slot>();
+            slot->spec = l;
+            slot->ctx.store(std::move(ctx));
+            open(*slot);
+            asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
+            kept.push_back(std::move(slot));
+            ++opened;
+        }
+    } catch (const std::exception& e) {
+        log::error("event=reload result=partial reason=\"{}\"", log::escaped(e.what(), 1000));
+    }
+    for (auto& slot : listeners_) {
+        if (std::find(kept.begin(), kept.end(), slot) != kept.end()) continue;
+        slot->closed = true;
+        boost::system::error_code ignored;
+        if (slot->acceptor) slot->acceptor->close(ignored);
+        ++closed;
+    }
+    listeners_ = std::move(kept);
+    max_connections_ = next.server.max_connections;
+    shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
+    ++generation_;
+    log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={}",
+              generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size());
 }
 
 void server::handle_signals()
@@ -208,14 +303,13 @@ void server::wait_for_signal()
     signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
         if (ec) return;
         if (signo == SIGHUP) {
-            // XXX: reload (new plugins for new sessions) arrives with issue 6; until then a
-            // SIGHUP must not kill a running server.
-            log::warn("event=signal signal=SIGHUP action=ignored reason=\"reload is not implemented yet\"");
+            log::info("event=signal signal=SIGHUP action=reload");
+            reload();
             wait_for_signal();
             return;
         }
         log::info("event=signal signal={} action=stop grace={}s", signo == SIGINT ? "SIGINT" : "SIGTERM",
-                  config_.server.shutdown_grace);
+                  static_cast<double>(shutdown_grace_ms_.load()) / 1000.0);
         begin_stop();
     });
 }
@@ -241,11 +335,14 @@ void server::begin_stop()
     if (stopping_) return;
     stopping_ = true;
     boost::system::error_code ignored;
-    for (auto& a : acceptors_) a->close(ignored);
+    for (auto& slot : listeners_) {
+        slot->closed = true;
+        if (slot->acceptor) slot->acceptor->close(ignored);
+    }
     signals_.cancel(ignored);
     // Sessions finish what they are doing; idle ones say 421 and close at once.
     registry_.request_stop_all();
-    grace_timer_.expires_after(millis(config_.server.shutdown_grace));
+    grace_timer_.expires_after(std::chrono::milliseconds(shutdown_grace_ms_.load()));
     grace_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (ec) return;
         if (registry_.size() > 0) log::info("event=shutdown_grace_over sessions={}", registry_.size());
@@ -254,19 +351,22 @@ void server::begin_stop()
     registry_.when_empty([this] { asio::post(ioc_, [this] { grace_timer_.cancel(); }); });
 }
 
-asio::awaitable<void> server::accept_loop(tcp::acceptor& acceptor, std::shared_ptr<const listener_context> ctx)
+asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 {
+    tcp::acceptor& acceptor = *slot->acceptor;
     for (;;) {
         auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc_), nothrow);
+        // The listener's current settings and plugins (a reload may have replaced them).
+        const std::shared_ptr<const listener_context> ctx = slot->ctx.load();
         if (ec) {
-            if (ec == asio::error::operation_aborted || stopping_) co_return;
+            if (ec == asio::error::operation_aborted || stopping_ || slot->closed) co_return;
             // EMFILE and friends: say so and go on; the backlog holds the clients meanwhile.
             log::warn("event=accept_failed reason=\"{}\"", ec.message());
             asio::steady_timer pause(ioc_, std::chrono::milliseconds(100));
             co_await pause.async_wait(nothrow);
             continue;
         }
-        if (registry_.size() >= config_.server.max_connections) {
+        if (registry_.size() >= max_connections_.load()) {
             const auto ex = socket.get_executor();
             asio::co_spawn(ex, refuse(std::move(socket), proto::replies::too_many_connections(ctx->smtp.hostname)),
                            log_failure("refuse"));
@@ -284,7 +384,7 @@ asio::awaitable<void> server::accept_loop(tcp::acceptor& acceptor, std::shared_p
 
 asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
 {
-    log::warn("event=refused reason=max_connections limit={}", config_.server.max_connections);
+    log::warn("event=refused reason=max_connections limit={}", max_connections_.load());
     reply.append("\r\n");
     co_await asio::async_write(socket, asio::buffer(reply), nothrow);
     boost::system::error_code ignored;

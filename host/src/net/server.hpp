@@ -10,6 +10,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <atomic>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -63,19 +65,39 @@ public:
     void run();
     /// Begin a graceful stop; thread-safe, idempotent.
     void stop();
+    /// Re-read the config file and load its plugins as a new generation (on a control
+    /// thread); new sessions use it, open ones finish on theirs. A config that fails is refused
+    /// with a log line and the running one goes on. Call on the io_context (SIGHUP does).
+    void reload();
 
 private:
-    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<const listener_context> ctx);
+    /// One listener: its acceptor and the context new sessions get (replaced by reloads).
+    struct listener_slot {
+        config::listener spec;
+        std::unique_ptr<tcp::acceptor> acceptor;
+        std::atomic<std::shared_ptr<const listener_context>> ctx;
+        bool closed = false;  // on the io_context only
+    };
+
+    static std::shared_ptr<const listener_context> make_context(const config::settings& s, const config::listener& l,
+                                                                const std::shared_ptr<const plugin::generation>& g,
+                                                                const std::shared_ptr<asio::ssl::context>& tls);
+    void open(listener_slot& slot);
+    void apply(config::settings next, std::shared_ptr<const plugin::generation> plugins,
+               std::shared_ptr<asio::ssl::context> tls);
+    asio::awaitable<void> accept_loop(std::shared_ptr<listener_slot> slot);
     asio::awaitable<void> refuse(tcp::socket socket, std::string reply);
     void begin_stop();
     void wait_for_signal();
 
-    config::settings config_;
-    std::shared_ptr<const plugin::generation> plugins_;
-    std::shared_ptr<asio::ssl::context> tls_context_;  // one for all TLS listeners
+    config::settings config_;  // as started (workers, the file to reload)
     asio::io_context ioc_;
-    std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
-    std::vector<std::shared_ptr<const listener_context>> contexts_;
+    std::vector<std::shared_ptr<listener_slot>> listeners_;  // on the io_context only (after bind)
+    std::atomic<std::uint32_t> max_connections_{0};
+    std::atomic<std::int64_t> shutdown_grace_ms_{0};
+    std::atomic<bool> reloading_{false};
+    std::thread reload_thread_;
+    std::uint64_t generation_ = 1;
     registry registry_;
     asio::signal_set signals_;
     asio::steady_timer grace_timer_;

@@ -10,7 +10,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -54,9 +58,11 @@ fs::path find_by_name(const fs::path& config_file, const config::plugin_entry& e
                                  file, searched.empty() ? "none" : searched));
 }
 
-std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file, const std::string& key)
+// Load `file` (named `shown` in messages: a private copy is named after its original).
+std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file, const std::string& key,
+                              const fs::path& shown)
 {
-    const auto refuse = [&](std::string_view why) { return refusal(config_file, key, file, why); };
+    const auto refuse = [&](std::string_view why) { return refusal(config_file, key, shown, why); };
     std::error_code ec;
     if (!fs::exists(file, ec)) throw refuse("no such file");
     auto lib = std::make_shared<library>();
@@ -125,14 +131,53 @@ std::vector<fs::path> search_dirs(const config::settings& s)
     return dirs;
 }
 
+namespace {
+
+// The folder for private copies: made once per process (mkdtemp: 0700), emptied as copies
+// are unlinked right after loading, removed at exit.
+const fs::path& private_copies()
+{
+    // Never destroyed: the atexit handler below runs after static destructors may have run.
+    static const fs::path* const dir = [] {
+        std::string pattern = (fs::temp_directory_path() / "asiosmtpd-plugins-XXXXXX").string();
+        if (::mkdtemp(pattern.data()) == nullptr) return new fs::path();
+        auto* made = new fs::path(pattern);
+        std::atexit([] {
+            std::error_code ec;
+            fs::remove_all(private_copies(), ec);
+        });
+        return made;
+    }();
+    return *dir;
+}
+
+} // namespace
+
 std::shared_ptr<const generation> load(const config::settings& s)
 {
+    static std::atomic<std::uint64_t> copies{0};
     auto gen = std::make_shared<generation>();
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
         auto inst = std::make_unique<instance>();
-        inst->lib = open(s.file, file, e.key);
+        std::error_code exists_ec;
+        if (!private_copies().empty() && fs::is_regular_file(file, exists_ec)) {
+            std::error_code ec;
+            const fs::path copy = private_copies() / fmt::format("{}.{}.so", file.stem().string(), ++copies);
+            fs::copy_file(file, copy, fs::copy_options::overwrite_existing, ec);
+            if (ec) throw refusal(s.file, e.key, file, fmt::format("cannot copy for loading: {}", ec.message()));
+            try {
+                inst->lib = open(s.file, copy, e.key, file);
+            } catch (...) {
+                fs::remove(copy, ec);
+                throw;
+            }
+            fs::remove(copy, ec);  // the mapping stays; nothing is left behind
+            inst->lib->file = file;
+        } else {
+            inst->lib = open(s.file, file, e.key, file);
+        }
         inst->desc = inst->lib->desc;
         inst->name = inst->desc->name;
         inst->key = e.key;

@@ -100,6 +100,10 @@ std::vector<std::filesystem::path> search_dirs(const config::settings& s);
 
 /// Load every plugin of the config, create its instance with its config subtree and collect
 /// its registrations. Throws load_error naming the file, the config key and the reason.
+/// Each file is loaded from a private copy (a 0700 folder of this process, unlinked once
+/// mapped): dlopen() of a path or inode already loaded returns the old code, so a plugin
+/// rebuilt in place would never change on reload, and a file overwritten in place would
+/// corrupt the running mapping.
 std::shared_ptr<const generation> load(const config::settings& s);
 
 // --------------------------------------------------------------------------------------------

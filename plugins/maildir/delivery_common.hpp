@@ -1,0 +1,255 @@
+// Shared by the delivery plugins (maildir, mbox, proxy): a small pool of worker threads that
+// run blocking jobs (file I/O, fsync, an upstream SMTP conversation) so that hooks never
+// block (plugin.h T4), and aiosmtpd's Message-handler preparation of a message for a mailbox.
+// Header-only; compiled into each plugin (nothing here crosses the ABI).
+#ifndef ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
+#define ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
+
+#include <asiosmtpd/plugin.hpp>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace asiosmtpd::plugins {
+
+/// N threads running `run(job&)` for each posted job, in order of posting. The destructor
+/// stops the threads after the job each one is running and joins them (T7); jobs still
+/// queued are destroyed unrun (a job's sdk::pending then completes with 451 by itself).
+template <class Job>
+class worker_pool {
+public:
+    worker_pool(std::size_t threads, std::function<void(Job&)> run) : run_(std::move(run))
+    {
+        threads_.reserve(threads);
+        for (std::size_t i = 0; i < threads; ++i)
+            threads_.emplace_back([this] { loop(); });
+    }
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+    ~worker_pool()
+    {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : threads_)
+            t.join();
+    }
+
+    void post(Job job)
+    {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            jobs_.push_back(std::move(job));
+        }
+        cv_.notify_one();
+    }
+
+private:
+    void loop()
+    {
+        for (;;) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+            if (stop_)
+                return;
+            Job job = std::move(jobs_.front());
+            jobs_.pop_front();
+            lock.unlock();
+            run_(job);
+        }
+    }
+
+    std::function<void(Job&)> run_;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<Job> jobs_;
+    bool stop_ = false;
+    std::vector<std::thread> threads_;
+};
+
+/// A file descriptor closed on destruction.
+class unique_fd {
+public:
+    unique_fd() noexcept = default;
+    explicit unique_fd(int fd) noexcept : fd_(fd) {}
+    unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    unique_fd& operator=(unique_fd&& o) noexcept
+    {
+        reset(std::exchange(o.fd_, -1));
+        return *this;
+    }
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+    ~unique_fd() { reset(); }
+    int get() const noexcept { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
+    void reset(int fd = -1) noexcept
+    {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = fd;
+    }
+
+private:
+    int fd_ = -1;
+};
+
+/// strerror_r as a std::string (thread-safe).
+inline std::string errno_text(int err)
+{
+    char buf[256];
+    buf[0] = '\0';
+    // GNU strerror_r returns the message (maybe not in buf).
+    const char* msg = strerror_r(err, buf, sizeof buf);
+    return msg ? std::string(msg) : std::string("errno ") + std::to_string(err);
+}
+
+/// A path from the plugin's config: absolute as given, relative to the config file's folder.
+inline std::string resolve_path(std::string path, std::string_view config_dir)
+{
+    if (!path.empty() && path.front() != '/' && !config_dir.empty())
+        path = std::string(config_dir) + "/" + path;
+    return path;
+}
+
+/// repr(session.peer) as aiosmtpd prints it: ('127.0.0.1', 40000), ('::1', 40000, 0, 0).
+/// (Addresses are plain ASCII: no escaping needed beyond what an IP literal can hold.)
+inline std::string python_peer_repr(std::string_view address, std::uint16_t port)
+{
+    std::string out = "('" + std::string(address) + "', " + std::to_string(port);
+    if (address.find(':') != std::string_view::npos)
+        out += ", 0, 0";
+    out += ")";
+    return out;
+}
+
+/// The three headers aiosmtpd's Message handler appends (prepare_message), each ending "\n":
+///   X-Peer: ('127.0.0.1', 40000)
+///   X-MailFrom: a@b.example
+///   X-RcptTo: c@d.example, e@f.example
+inline std::string message_headers(sdk::call& c)
+{
+    const sdk::session_info s = c.session();
+    std::string out = "X-Peer: " + python_peer_repr(s.peer_address, s.peer_port) + "\n";
+    out += "X-MailFrom: ";
+    out += c.txn().mail_from;
+    out += "\nX-RcptTo: ";
+    const auto rcpts = c.rcpts();
+    for (std::size_t i = 0; i < rcpts.size(); ++i) {
+        if (i)
+            out += ", ";
+        out += rcpts[i];
+    }
+    out += "\n";
+    return out;
+}
+
+namespace detail {
+// A header line as Python's email feedparser sees one (headerRE, minus the "From " unix-from
+// and leading-whitespace forms, which would lose bytes): a name of printable ASCII but ':',
+// then ':'. A continuation (leading space or tab) only after a header line.
+inline bool header_line(std::string_view line, bool after_header) noexcept
+{
+    if (line.empty())
+        return false;
+    if (line.front() == ' ' || line.front() == '\t')
+        return after_header;
+    const std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0)
+        return false;
+    for (std::size_t i = 0; i < colon; ++i) {
+        const auto ch = static_cast<unsigned char>(line[i]);
+        if (ch < 0x21 || ch > 0x7E)
+            return false;
+    }
+    return true;
+}
+
+// Whether a body line must be quoted for mbox (mboxrd: ">*From " gets one more '>').
+inline bool from_line(std::string_view line) noexcept
+{
+    std::size_t i = 0;
+    while (i < line.size() && line[i] == '>')
+        ++i;
+    return line.substr(i).substr(0, 5) == "From ";
+}
+} // namespace detail
+
+/// The message as aiosmtpd's Mailbox handler stores it (email parser + mailbox.Maildir):
+/// lines end in "\n" (CRLF, bare CR and bare LF all become LF, as Python's splitlines); the
+/// `headers` (see message_headers) are appended to the header block, which ends at the first
+/// empty line or at the first line that is not a header; a separating empty line is always
+/// there. Unlike Python no byte of the content is dropped: a malformed first line (a unix
+/// "From " line, a leading continuation line) is kept as the first body line. mbox: body
+/// lines matching ">*From " get one more '>' (mboxrd) and the result ends with "\n".
+inline std::string prepare_message(std::string_view content, std::string_view headers, bool mbox = false)
+{
+    std::string out;
+    out.reserve(content.size() + headers.size() + content.size() / 32 + 8);
+    bool in_headers = true;
+    bool after_header = false;
+    bool ended_with_eol = true;
+    std::size_t start = 0;
+    while (start < content.size()) {
+        std::size_t eol = content.find_first_of("\r\n", start);
+        const bool has_eol = eol != std::string_view::npos;
+        if (!has_eol)
+            eol = content.size();
+        const std::string_view line = content.substr(start, eol - start);
+        start = eol;
+        if (has_eol) {
+            ++start;
+            if (content[eol] == '\r' && start < content.size() && content[start] == '\n')
+                ++start;
+        }
+        if (in_headers) {
+            if (line.empty()) { // the separator: our headers go just before it
+                out += headers;
+                out += '\n';
+                in_headers = false;
+                continue;
+            }
+            if (detail::header_line(line, after_header)) {
+                out += line;
+                out += '\n'; // a last header without line end gets one
+                after_header = true;
+                continue;
+            }
+            out += headers; // the body starts without separator: insert one (as Python)
+            out += '\n';
+            in_headers = false;
+        }
+        if (mbox && detail::from_line(line))
+            out += '>';
+        out += line;
+        if (has_eol)
+            out += '\n';
+        ended_with_eol = has_eol;
+    }
+    if (in_headers) { // headers only (or nothing at all)
+        out += headers;
+        out += '\n';
+    } else if (mbox && !ended_with_eol) {
+        out += '\n';
+    }
+    return out;
+}
+
+} // namespace asiosmtpd::plugins
+
+#endif // ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
