@@ -23,7 +23,10 @@ namespace {
 // Boost 1.81 has no default completion token; I/O errors are expected, so they come back as
 // values.
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
-constexpr std::size_t read_chunk = 16 * 1024;
+// Reads start small (an idle session holds little) and double while reads fill the buffer
+// (a DATA transfer), up to read_max.
+constexpr std::size_t read_min = 2 * 1024;
+constexpr std::size_t read_max = 256 * 1024;
 std::atomic<std::uint64_t> next_session_id{1};
 
 // A hook that did not complete in time (not an ABI value).
@@ -245,11 +248,9 @@ asio::awaitable<void> session::serve()
     for (;;) {
         if (!tls_ok) break;
         while (const proto::hook_request* req = engine_.pending_hook()) {
-            disarm();  // a hook has its own deadline (the plugin's timeout)
             const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
             const std::string login(auth ? req->login : std::string_view{});
             proto::hook_result result = co_await run_chain(*req);
-            arm(ctx_->idle_timeout);
             engine_.hook_done(std::move(result));
             if (auth && engine_.authenticated())
                 log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
@@ -266,7 +267,7 @@ asio::awaitable<void> session::serve()
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
         }
-        if (!co_await flush()) break;
+        if (!engine_.output().empty() && !co_await flush()) break;
         if (engine_.close_requested()) {
             if (end_reason_ == "closed") end_reason_ = engine_.close_reason();
             break;
@@ -282,7 +283,7 @@ asio::awaitable<void> session::serve()
             end_reason_ = "shutdown";
             continue;
         }
-        const std::span<char> room = engine_.prepare(read_chunk);
+        const std::span<char> room = engine_.prepare(read_size_);
         boost::system::error_code ec;
         std::size_t n = 0;
         if (tls_) std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(room.data(), room.size()), nothrow);
@@ -299,6 +300,7 @@ asio::awaitable<void> session::serve()
             break;
         }
         arm(ctx_->idle_timeout);
+        read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         engine_.commit(n);
     }
     if (tls_ && socket_.is_open() && !forced_) {
@@ -370,11 +372,13 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
     if (!done) {
         // Replies already due go out now, not after the plugin's wait.
         co_await flush();
+        disarm();  // the plugin's own timeout bounds the wait, not the idle timer
         hook_waiter_ = timer;
         timer->expires_after(call.owner->timeout);
         co_await timer->async_wait(nothrow);
         hook_waiter_.reset();
         plugin::cancel(call.token);  // from here on, complete() answers E_GONE
+        arm(ctx_->idle_timeout);
     }
     const std::lock_guard guard(pending->lock);
     pending->notify = nullptr;

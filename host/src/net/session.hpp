@@ -99,6 +99,7 @@ private:
     std::optional<proxy::header> proxy_header_;
     std::string local_address_;
     std::uint16_t local_port_ = 0;
+    std::size_t read_size_ = 2 * 1024;
     bool timed_out_ = false;
     bool finished_ = false;
     std::atomic<bool> stop_requested_{false};

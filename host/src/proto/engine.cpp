@@ -289,8 +289,15 @@ void engine::pump()
         else if (phase_ == phase::auth) progressed = step_auth();
         if (!progressed) break;
     }
-    // Everything consumed: the buffer starts over (its capacity stays: one buffer per session).
-    if (pos_ == end_) pos_ = scan_ = end_ = 0;
+    // Everything consumed: the buffer starts over. It keeps its capacity (one buffer per
+    // session), unless a large transfer grew it: then an idle session gives it back.
+    if (pos_ == end_) {
+        pos_ = scan_ = end_ = 0;
+        if (in_.size() > 64 * 1024 && phase_ != phase::data) {
+            in_.clear();
+            in_.shrink_to_fit();
+        }
+    }
 }
 
 bool engine::step_command()

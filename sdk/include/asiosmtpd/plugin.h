@@ -146,8 +146,9 @@ typedef uint64_t asiosmtpd_token;                       /* a suspended hook call
 #endif
 
 /* ------------------------------------------------------------------------------------------
- * Hook arguments: host-allocated, valid until the hook returns (for a suspended call: until
- * complete() is called for its token).
+ * Hook arguments: host-allocated, valid until the hook returns. A suspended call must copy
+ * what its worker needs before returning PENDING: when the call times out (or the session
+ * ends) the host goes on and frees them, while the worker may still run.
  * ---------------------------------------------------------------------------------------- */
 typedef struct asiosmtpd_connect_args {
     uint32_t struct_size;
