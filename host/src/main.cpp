@@ -32,12 +32,16 @@ int main(int argc, char** argv)
     // the server; write errors are handled where they happen.
     std::signal(SIGPIPE, SIG_IGN);
 
-    log::set_level(level == "debug" ? log::level::debug
-                   : level == "warn" ? log::level::warn
-                   : level == "error" ? log::level::error
-                                      : log::level::info);
+    const auto set_level = [](const std::string& name) {
+        log::set_level(name == "debug" ? log::level::debug
+                       : name == "warn" ? log::level::warn
+                       : name == "error" ? log::level::error
+                                         : log::level::info);
+    };
+    set_level(level);
     try {
         const config::settings settings = config_file.empty() ? config::load_default() : config::load_file(config_file);
+        if (app.count("--log-level") == 0) set_level(settings.server.log_level);  // the command line wins
         auto tls = net::tls_context_for(settings);  // certificate problems first
         auto plugins = plugin::load(settings);
         if (check_only) {

@@ -442,7 +442,7 @@ void reader::read_server(const item& it, server_settings& s)
         it, {"hostname", "ident", "listen", "data_size_limit", "command_size_limit",
              "enable_smtputf8", "decode_data", "require_starttls", "auth_required",
              "auth_require_tls", "auth_max_failures", "auth_failure_delay", "advertise_pipelining", "command_call_limit", "timeout",
-             "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace"});
+             "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level"});
 
     if (const item* f = m.find("hostname"); f != nullptr && !f->value.IsNull()) {
         s.hostname = read_string(*f);
@@ -501,6 +501,8 @@ void reader::read_server(const item& it, server_settings& s)
         s.auth_max_failures = static_cast<std::uint32_t>(read_uint(*f, 0, 1000000));
     if (const item* f = m.find("auth_failure_delay"))
         s.auth_failure_delay = read_seconds(*f, true);
+    if (const item* f = m.find("log_level"))
+        s.log_level = read_enum<std::string>(*f, {{"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}});
     if (const item* f = m.find("proxy_protocol_timeout"))
         s.proxy_protocol_timeout = read_seconds(*f, false);
     if (const item* f = m.find("tls_handshake_timeout"))

@@ -75,6 +75,7 @@ struct server_settings {
     std::uint32_t max_connections = 10000;       // >= 1
     std::uint32_t workers = 0;                   // 0 = one per core
     double shutdown_grace = 30;                  // seconds, >= 0
+    std::string log_level = "info";              // debug | info | warn | error (--log-level wins)
 };
 
 enum class tls_version { v1_2, v1_3 };

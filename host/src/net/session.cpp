@@ -248,12 +248,24 @@ asio::awaitable<void> session::serve()
     for (;;) {
         if (!tls_ok) break;
         while (const proto::hook_request* req = engine_.pending_hook()) {
+            if (req->kind == proto::hook_kind::data) data_started_ = std::chrono::steady_clock::now();
             const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
             const std::string login(auth ? req->login : std::string_view{});
             proto::hook_result result = co_await run_chain(*req);
             engine_.hook_done(std::move(result));
             if (auth && engine_.authenticated())
                 log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
+        }
+        if (auto t = engine_.take_transaction()) {
+            // One line per transaction: who, how much, the answer, who decided, how long.
+            const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                                  data_started_).count();
+            log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
+                      log::escaped(t->mail_from), t->rcpts, t->size, t->code,
+                      decided_by_.empty() ? std::string_view("default") : std::string_view(decided_by_),
+                      data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
+            decided_by_.clear();
+            data_started_ = {};
         }
         if (engine_.take_auth_failure()) {
             // Brute force: a failed AUTH answers slowly (never log the credentials).
@@ -385,11 +397,17 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
     if (!pending->done) co_return timed_out_verdict;
     code = pending->code;
     text = std::move(pending->text);
+    for (std::size_t i = 0; i < pending->rcpt_replies.size(); ++i) {
+        if (pending->rcpt_replies[i].first == 0) continue;
+        if (call.rcpt_replies.size() <= i) call.rcpt_replies.resize(i + 1);
+        call.rcpt_replies[i] = std::move(pending->rcpt_replies[i]);
+    }
     co_return pending->verdict;
 }
 
 asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request& req)
 {
+    decided_by_.clear();
     const plugin::generation& gen = *ctx_->plugins;
     const auto id = static_cast<std::int32_t>(req.kind);
 
@@ -504,9 +522,11 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
         }
         proto::hook_result r =
             why.empty() ? plugin::to_result(verdict, code, std::move(text), why, req.kind == proto::hook_kind::auth_mechanism)
-                        : proto::hook_result{proto::verdict::error, 0, {}, {}, {}};
+                        : proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
         r.challenge = std::move(call.auth_challenge);
         r.identity = std::move(call.auth_identity);
+        r.rcpt_replies = std::move(call.rcpt_replies);
+        if (r.verdict != proto::verdict::none) decided_by_ = entry.owner->name;
         if (r.verdict == proto::verdict::error) {
             log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
                       entry.owner->name, entry.owner->key,

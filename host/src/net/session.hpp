@@ -100,6 +100,8 @@ private:
     std::string local_address_;
     std::uint16_t local_port_ = 0;
     std::size_t read_size_ = 2 * 1024;
+    std::string decided_by_;  ///< the plugin whose verdict ended the last chain
+    std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
     bool finished_ = false;
     std::atomic<bool> stop_requested_{false};

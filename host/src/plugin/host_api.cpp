@@ -275,6 +275,37 @@ asiosmtpd_status set_auth_identity(asiosmtpd_call* call, asiosmtpd_str login)
     return ASIOSMTPD_OK;
 }
 
+bool valid_reply_text(std::string_view t) noexcept
+{
+    return t.size() <= max_reply_text_line && t.find_first_of("\r\n") == std::string_view::npos;
+}
+
+asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t code, asiosmtpd_str text)
+{
+    if (!usable(call)) return ASIOSMTPD_E_INVALID;
+    if (call->hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
+    if (index >= call->session->smtp().current_envelope().rcpt_tos.size() || code < 200 || code > 599 ||
+        !valid_reply_text(view(text)))
+        return ASIOSMTPD_E_INVALID;
+    if (call->rcpt_replies.size() <= index) call->rcpt_replies.resize(index + 1);
+    call->rcpt_replies[index] = {code, std::string(view(text))};
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, size_t index, uint16_t code, asiosmtpd_str text)
+{
+    if (code < 200 || code > 599 || index > 100000 || !valid_reply_text(view(text))) return ASIOSMTPD_E_INVALID;
+    auto& t = table();
+    const std::lock_guard guard(t.lock);
+    const auto it = t.calls.find(token);
+    if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
+    const std::lock_guard call_guard(it->second->lock);
+    auto& replies = it->second->rcpt_replies;
+    if (replies.size() <= index) replies.resize(index + 1);
+    replies[index] = {code, std::string(view(text))};
+    return ASIOSMTPD_OK;
+}
+
 asiosmtpd_status slot_set(asiosmtpd_call* call, int32_t scope, void* data, void (*dtor)(void*))
 {
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
@@ -393,6 +424,8 @@ const asiosmtpd_host_api& host_api() noexcept
         a.set_auth_challenge = set_auth_challenge;
         a.set_auth_identity = set_auth_identity;
         a.config_dir = config_dir;
+        a.set_rcpt_reply = set_rcpt_reply;
+        a.set_rcpt_reply_pending = set_rcpt_reply_pending;
         return a;
     }();
     return api;

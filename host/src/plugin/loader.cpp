@@ -268,7 +268,7 @@ proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string te
     r.text = std::move(text);
     const auto fail = [&](std::string reason) {
         why = std::move(reason);
-        return proto::hook_result{proto::verdict::error, 0, {}, {}, {}};
+        return proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
     };
     // The reply class must fit the verdict (plugin-abi.md §2.3).
     const unsigned cls = code / 100u;

@@ -162,6 +162,7 @@ struct pending_call {
     std::uint16_t code = 0;
     std::string text;
     std::function<void()> notify; ///< set by the session before it waits
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply_pending
 };
 
 /// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
@@ -188,6 +189,7 @@ struct asiosmtpd_call {
     std::string text;
     std::string auth_challenge;       ///< set_auth_challenge
     std::string auth_identity;        ///< set_auth_identity
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply
     asiosmtpd_token token = 0;        ///< set by suspend()
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
 };

@@ -758,13 +758,29 @@ bool engine::step_data()
     return true;
 }
 
+// Record what became of the transaction whose reply starts at out_[reply_start].
+void engine::summarize(std::size_t reply_start)
+{
+    transaction_summary t;
+    t.mail_from = envelope_.mail_from;
+    t.rcpts = envelope_.rcpt_tos.size();
+    t.size = data_bytes_;
+    if (out_.size() >= reply_start + 3) {
+        for (std::size_t i = 0; i < 3; ++i) t.code = static_cast<std::uint16_t>(t.code * 10 + (out_[reply_start + i] - '0'));
+    }
+    finished_ = std::move(t);
+}
+
 void engine::end_of_data()
 {
     phase_ = phase::command;
     if (data_error_ != data_error::none) {
         const bool too_long = data_error_ == data_error::too_long;
+        const std::size_t at = out_.size();
+        reply(too_long ? replies::data_line_too_long : replies::too_much_data);
+        summarize(at);
         reset_envelope();
-        return reply(too_long ? replies::data_line_too_long : replies::too_much_data);
+        return;
     }
     // aiosmtpd decode_data without SMTPUTF8 is strict ASCII; the envelope is kept (its Q5).
     if (settings_.decode_data && !settings_.enable_smtputf8 && !is_ascii(envelope_.content))
@@ -785,8 +801,19 @@ void engine::deliver_data_reply(const hook_result& r)
     hook_result each = r;
     if (closes) each.verdict = r.verdict == verdict::reject_close ? verdict::reject : verdict::tempfail;
     bool accepted = false;
-    for (std::size_t i = 0; i < replies_due; ++i) accepted = reply_for(each, replies::ok);
+    const std::size_t at = out_.size();
+    for (std::size_t i = 0; i < replies_due; ++i) {
+        // LMTP: a plugin may answer for one recipient (RFC 2033 §4.2).
+        if (settings_.lmtp && i < r.rcpt_replies.size() && r.rcpt_replies[i].first != 0) {
+            const hook_result one{verdict::accept, r.rcpt_replies[i].first, r.rcpt_replies[i].second, {}, {}, {}};
+            reply_plugin(one);
+            accepted = accepted || one.code / 100 == 2;
+            continue;
+        }
+        accepted = reply_for(each, replies::ok) || accepted;
+    }
     if (accepted) ++transactions_;
+    summarize(at);
     reset_envelope();
     if (closes) close("closed by plugin");
 }

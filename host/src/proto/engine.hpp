@@ -89,6 +89,16 @@ struct hook_result {
     std::string text;        ///< lines separated by '\n' (no CR)
     std::string challenge;   ///< verdict::challenge: raw bytes (base64-encoded on the wire)
     std::string identity;    ///< AUTH accepted: the identity (default: the login)
+    /// LMTP: per-recipient replies (index = recipient; code 0 = the verdict's reply).
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies;
+};
+
+/// One finished DATA transaction, for the host's log (take_transaction()).
+struct transaction_summary {
+    std::string mail_from;
+    std::size_t rcpts = 0;
+    std::uint64_t size = 0;
+    std::uint16_t code = 0;  ///< the reply's code (the first, for LMTP)
 };
 
 /// What the engine asks the host to run. Views point into the engine and stay valid until
@@ -162,6 +172,8 @@ public:
     [[nodiscard]] bool authenticated() const noexcept { return authenticated_; }
     /// The authenticated identity (empty before AUTH succeeded).
     [[nodiscard]] const std::string& auth_login() const noexcept { return auth_login_; }
+    /// The last finished DATA transaction, once (then empty).
+    [[nodiscard]] std::optional<transaction_summary> take_transaction() noexcept { return std::exchange(finished_, std::nullopt); }
     /// True once after each failed AUTH: the host may slow the reply down (brute force).
     [[nodiscard]] bool take_auth_failure() noexcept { return std::exchange(auth_failed_, false); }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
@@ -227,6 +239,7 @@ private:
     void send_greeting();
     void send_ehlo_lines();
     void deliver_data_reply(const hook_result& r);
+    void summarize(std::size_t reply_start);
 
     bool need_helo();
     bool need_auth();
@@ -267,6 +280,8 @@ private:
     std::map<std::string, std::uint32_t, std::less<>> calls_;
     std::uint64_t transactions_ = 0;
     std::uint64_t envelope_serial_ = 0;
+
+    std::optional<transaction_summary> finished_;
 
     // AUTH (RFC 4954)
     auth_kind auth_kind_ = auth_kind::none;

@@ -355,6 +355,16 @@ typedef struct asiosmtpd_host_api {
      * config as the host does for its keys (design.md §4). Valid during create(). */
     asiosmtpd_str (*config_dir)(asiosmtpd_registrar *reg);
 
+    /* LMTP (RFC 2033 §4.2): in the DATA hook, the reply for the index-th accepted recipient
+     * (txn_rcpt_at order), overriding the verdict's reply for that recipient only. On SMTP
+     * listeners the one DATA reply is the verdict's. `code` 200..599; copied. E_INVALID on a bad
+     * index, code or text; E_STATE outside the DATA hook. */
+    asiosmtpd_status (*set_rcpt_reply)(asiosmtpd_call *call, size_t index, uint16_t code, asiosmtpd_str text);
+    /* The same for a suspended DATA hook, from ANY thread, before complete() for that token.
+     * E_GONE when the call already ended or timed out. */
+    asiosmtpd_status (*set_rcpt_reply_pending)(asiosmtpd_token token, size_t index, uint16_t code,
+                                               asiosmtpd_str text);
+
     /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;
 

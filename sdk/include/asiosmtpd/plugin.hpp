@@ -738,6 +738,14 @@ public:
         return host_->complete(t, static_cast<asiosmtpd_verdict>(v), code, to_str(text));
     }
 
+    /// LMTP, before complete(), from any thread: the reply for the index-th recipient.
+    asiosmtpd_status rcpt_reply(std::size_t index, std::uint16_t code, std::string_view text) noexcept
+    {
+        const asiosmtpd_token t = token_.load(std::memory_order_acquire);
+        if (t == 0) return ASIOSMTPD_E_GONE;
+        return host_->set_rcpt_reply_pending(t, index, code, to_str(text));
+    }
+
     /// True while it holds a token (not completed, not released, not moved from).
     bool valid() const noexcept { return token_.load(std::memory_order_acquire) != 0; }
     explicit operator bool() const noexcept { return valid(); }
@@ -808,6 +816,16 @@ public:
     verdict tempfail(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail, code, text); }
     verdict reject_close(std::uint16_t code, std::string_view text) { return reply(verdict::reject_close, code, text); }
     verdict tempfail_close(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail_close, code, text); }
+
+    // -- LMTP per-recipient replies (ABI 1.1) ------------------------------------------------
+
+    /// In the DATA hook on an LMTP listener: the reply for the index-th recipient (rcpts()
+    /// order), instead of the verdict's. Return accept (or another verdict) as usual.
+    /// Throws sdk::error (E_STATE outside DATA, E_INVALID bad index/code/text).
+    void rcpt_reply(std::size_t index, std::uint16_t code, std::string_view text) const
+    {
+        detail::check(host_->set_rcpt_reply(call_, index, code, to_str(text)), "set_rcpt_reply");
+    }
 
     // -- AUTH (ABI 1.1) -----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ std::string take(engine& e)
 
 hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
 {
-    return hook_result{v, code, std::move(text), {}, {}};
+    return hook_result{v, code, std::move(text), {}, {}, {}};
 }
 
 TEST(engine, greeting_without_connect_hook)
