@@ -45,6 +45,16 @@ IO_TIMEOUT = 10.0                # default socket timeout of the raw client
 _LISTENING = re.compile(r"^info event=listening address=(\S+) port=(\d+) protocol=(\w+)(?: tls=\w+)?\s*$", re.M)
 
 
+def sanitized():
+    """True when the binary under test is built with AddressSanitizer (the asan preset):
+    memory bounds do not apply to it."""
+    try:
+        with open(BIN, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
 def fixture_plugin(name):
     """Absolute path of a test plugin (tests/fixtures/plugins/<name>.so in the build tree)."""
     return os.path.join(FIXTURE_PLUGIN_DIR, name + ".so")

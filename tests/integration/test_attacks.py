@@ -134,7 +134,8 @@ class NeverReadsTest(AttackTestCase):
         self.assert_served(server)
         grown = rss_kib(pid, "VmHWM") - before
         print(f"\nnon-reading client: server took {sent // 1024} KiB, peak RSS grew by {grown} KiB", flush=True)
-        self.assertLess(grown, 16 * 1024, f"a non-reading client grew the server by {grown} KiB "
+        self.assertLess(grown, (256 if harness.sanitized() else 16) * 1024,
+                        f"a non-reading client grew the server by {grown} KiB "
                                            f"after {sent // 1024} KiB of commands")
 
 
@@ -168,7 +169,10 @@ class ManyRecipientsTest(AttackTestCase):
         self.assertEqual(replies[-1], "250 OK")  # the RSET
         grown = rss_kib(pid, "VmHWM") - before
         print(f"\n10^5 RCPTs: peak RSS grew by {grown} KiB", flush=True)
-        self.assertLess(grown, 32 * 1024, f"10^5 recipients grew the server by {grown} KiB")
+        # AddressSanitizer keeps freed memory in quarantine (256 MB by default): the bound is
+        # for real builds; a sanitized one only has to survive.
+        limit = 512 * 1024 if harness.sanitized() else 32 * 1024
+        self.assertLess(grown, limit, f"10^5 recipients grew the server by {grown} KiB")
         self.assert_served(server)
 
 
