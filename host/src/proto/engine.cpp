@@ -300,32 +300,37 @@ void engine::pump()
     }
 }
 
-bool engine::step_command()
+// The next LF-terminated line (command or AUTH answer), without its LF. aiosmtpd reads these
+// with a stream limit: a longer line is skipped up to its LF without being buffered, and
+// reported once as too long. Empty optional: more bytes are needed.
+std::optional<engine::line_read> engine::next_line(std::size_t limit)
 {
     const std::string_view buf(in_.data() + pos_, end_ - pos_);
-    const std::size_t from = scan_ - pos_;
-    // aiosmtpd reads command lines with a 1001-byte stream limit (line_length_limit); a
-    // longer line is skipped up to its LF and answered once with "Command line too long".
-    const std::size_t stream_limit = std::max(settings_.data_line_limit, settings_.command_size_limit + 38);
-    const auto lf = buf.find('\n', from);
+    const auto lf = buf.find('\n', scan_ - pos_);
     if (lf == std::string_view::npos) {
-        if (discarding_line_ || buf.size() > stream_limit) {
+        if (discarding_line_ || buf.size() > limit) {
             discarding_line_ = true;
             pos_ = scan_ = end_;
         } else {
             scan_ = end_;
         }
-        return false;
+        return std::nullopt;
     }
-    const std::string_view line = buf.substr(0, lf);
     pos_ += lf + 1;
     scan_ = pos_;
-    if (discarding_line_ || lf > stream_limit) {
-        discarding_line_ = false;
-        reply(replies::line_too_long);
-        return true;
-    }
-    handle_line(line);
+    const bool too_long = discarding_line_ || lf > limit;
+    discarding_line_ = false;
+    return line_read{buf.substr(0, lf), too_long};
+}
+
+bool engine::step_command()
+{
+    // aiosmtpd's 1001-byte stream limit (line_length_limit), or more for a larger
+    // command_size_limit: "Command line too long" either way.
+    const auto line = next_line(std::max(settings_.data_line_limit, settings_.command_size_limit + 38));
+    if (!line) return false;
+    if (line->too_long) reply(replies::line_too_long);
+    else handle_line(line->text);
     return true;
 }
 
@@ -954,28 +959,15 @@ void engine::on_auth(std::string_view arg)
 // 1001-byte stream limit, not the command limits and not the call budgets.
 bool engine::step_auth()
 {
-    const std::string_view buf(in_.data() + pos_, end_ - pos_);
-    const auto lf = buf.find('\n', scan_ - pos_);
-    if (lf == std::string_view::npos) {
-        if (discarding_line_ || buf.size() > settings_.data_line_limit) {
-            discarding_line_ = true;
-            pos_ = scan_ = end_;
-        } else {
-            scan_ = end_;
-        }
-        return false;
-    }
-    const std::string_view line = buf.substr(0, lf);
-    pos_ += lf + 1;
-    scan_ = pos_;
+    const auto line = next_line(settings_.data_line_limit);
+    if (!line) return false;
     phase_ = phase::command;
-    if (discarding_line_ || lf > settings_.data_line_limit) {
-        discarding_line_ = false;
+    if (line->too_long) {
         auth_end();
         reply(replies::auth_line_too_long);
         return true;
     }
-    const std::string_view answer = strip(line);
+    const std::string_view answer = strip(line->text);
     if (answer == "*") {
         auth_end();
         reply(replies::auth_aborted);

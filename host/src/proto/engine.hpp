@@ -204,6 +204,11 @@ private:
     enum class auth_kind : std::uint8_t { none, plain, login, plugin };
     enum class data_error : std::uint8_t { none, too_long, too_much };
 
+    struct line_read {
+        std::string_view text;
+        bool too_long;
+    };
+    std::optional<line_read> next_line(std::size_t limit);
     void pump();
     bool step_command();
     bool step_data();
