@@ -362,7 +362,7 @@ E reader::read_enum(const item& it, std::initializer_list<std::pair<std::string_
 
 listener reader::read_listener(const item& it)
 {
-    const mapping m = open_map(it, {"address", "port", "protocol", "tls", "proxy_protocol"});
+    const mapping m = open_map(it, {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"});
     listener l;
     if (const item* f = m.find("address")) {
         l.address = read_string(*f);
@@ -382,6 +382,8 @@ listener reader::read_listener(const item& it)
                                          {"implicit", tls_mode::implicit}});
     if (const item* f = m.find("proxy_protocol"))
         l.proxy_protocol = read_bool(*f);
+    if (const item* f = m.find("reuse_port"))
+        l.reuse_port = read_bool(*f);
     return l;
 }
 
@@ -646,7 +648,7 @@ void reader::read_document(const YAML::Node& root, settings& out)
 {
     if (!root.IsMap())
         fail(root.Mark(), "", fmt::format("expected a mapping, got {}", describe(root)));
-    const mapping m = open_map(item{root, root.Mark(), ""}, {"server", "tls", "plugin_path", "plugins"});
+    const mapping m = open_map(item{root, root.Mark(), ""}, {"server", "tls", "plugin_path", "plugins", "metrics"});
 
     // A null section (`server:` with everything below commented out) is as if absent.
     auto present = [&m](std::string_view name) -> const item* {
@@ -686,6 +688,26 @@ void reader::read_document(const YAML::Node& root, settings& out)
     if (const item* f = present("plugins"))
         for (const item& e : open_sequence(*f, false))
             out.plugins.push_back(read_plugin(e));
+
+    if (const item* f = present("metrics")) {
+        const mapping mm = open_map(*f, {"listen"});
+        metrics_settings ms;
+        if (const item* l = mm.find("listen")) {
+            // "address:port", split at the last colon ("[::1]:9125" or "::1:9125" for IPv6).
+            const std::string text = read_string(*l);
+            const auto colon = text.rfind(':');
+            std::string host = colon == std::string::npos ? std::string() : text.substr(0, colon);
+            if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+            const std::string port = colon == std::string::npos ? std::string() : text.substr(colon + 1);
+            const bool digits = !port.empty() && port.size() <= 5 &&
+                                std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+            if (host.empty() || !digits || std::stoul(port) > 65535)
+                fail(l->mark, l->key, fmt::format("expected address:port, got {:?}", text));
+            ms.address = host;
+            ms.port = static_cast<std::uint16_t>(std::stoul(port));
+        }
+        out.metrics = ms;
+    }
 }
 
 // Counts the documents of a YAML stream, building nothing; `second` is where the second

@@ -43,6 +43,7 @@ struct listener {
     config::protocol protocol = protocol::smtp;
     tls_mode tls = tls_mode::none;
     bool proxy_protocol = false;
+    bool reuse_port = false;   // SO_REUSEPORT: several processes on one host share the port
 };
 
 /// command_call_limit: absent/null = no limits; an int = that budget for every verb;
@@ -97,6 +98,12 @@ struct plugin_entry {
     std::string key;                             // "plugins[1]" for error messages
 };
 
+/// metrics: {listen: "127.0.0.1:9125"}: Prometheus text format over HTTP at /metrics.
+struct metrics_settings {
+    std::string address = "127.0.0.1";
+    std::uint16_t port = 9125;
+};
+
 struct settings {
     std::filesystem::path file;                  // the config file ("<embedded default>" if none)
     std::filesystem::path base_dir;              // relative paths resolve against this
@@ -104,6 +111,7 @@ struct settings {
     std::optional<tls_settings> tls;
     std::vector<std::filesystem::path> plugin_path; // absolute after load
     std::vector<plugin_entry> plugins;
+    std::optional<metrics_settings> metrics;     // absent: no metrics endpoint
 };
 
 /// Parse and validate YAML text. `file` names it in errors; relative paths resolve against

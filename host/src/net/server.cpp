@@ -1,6 +1,7 @@
 #include "net/server.hpp"
 
 #include "log/log.hpp"
+#include "net/metrics.hpp"
 
 #include <asiosmtpd/version.hpp>
 
@@ -186,6 +187,7 @@ void server::open(listener_slot& slot)
     auto acc = std::make_unique<tcp::acceptor>(ioc_);
     acc->open(ep.protocol(), ec);
     if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec && l.reuse_port) acc->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
@@ -199,6 +201,23 @@ void server::open(listener_slot& slot)
 void server::bind()
 {
     for (const auto& slot : listeners_) open(*slot);
+    if (config_.metrics) {
+        const auto& m = *config_.metrics;
+        boost::system::error_code ec;
+        const auto address = asio::ip::make_address(m.address, ec);
+        if (ec) throw std::runtime_error(fmt::format("metrics: cannot listen on {}:{}: not an IP address", m.address, m.port));
+        const tcp::endpoint ep(address, m.port);
+        auto acc = std::make_unique<tcp::acceptor>(ioc_);
+        acc->open(ep.protocol(), ec);
+        if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec) acc->bind(ep, ec);
+        if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+        if (ec) throw std::runtime_error(fmt::format("metrics: cannot listen on {}:{}: {}", m.address, m.port, ec.message()));
+        const auto bound = acc->local_endpoint();
+        log::info("event=metrics_listening address={} port={}", bound.address().to_string(), bound.port());
+        metrics_acceptor_ = std::move(acc);
+        asio::co_spawn(ioc_, serve_metrics(*metrics_acceptor_, [this] { return registry_.size(); }), log_failure("metrics"));
+    }
     for (const auto& slot : listeners_) asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
 }
 
@@ -238,6 +257,7 @@ void server::reload()
         } catch (const std::exception& e) {
             log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
                        log::escaped(e.what(), 1000));
+            metrics::get().reloads_failed.fetch_add(1, std::memory_order_relaxed);
             reloading_ = false;
         }
     });
@@ -286,6 +306,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     max_connections_ = next.server.max_connections;
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
     ++generation_;
+    metrics::get().reloads_ok.fetch_add(1, std::memory_order_relaxed);
     log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={}",
               generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size());
 }
@@ -339,6 +360,7 @@ void server::begin_stop()
         slot->closed = true;
         if (slot->acceptor) slot->acceptor->close(ignored);
     }
+    if (metrics_acceptor_) metrics_acceptor_->close(ignored);
     signals_.cancel(ignored);
     // Sessions finish what they are doing; idle ones say 421 and close at once.
     registry_.request_stop_all();
@@ -385,6 +407,7 @@ asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
 {
     log::warn("event=refused reason=max_connections limit={}", max_connections_.load());
+    metrics::get().connections_refused.fetch_add(1, std::memory_order_relaxed);
     reply.append("\r\n");
     co_await asio::async_write(socket, asio::buffer(reply), nothrow);
     boost::system::error_code ignored;

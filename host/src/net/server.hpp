@@ -98,6 +98,7 @@ private:
     std::atomic<bool> reloading_{false};
     std::thread reload_thread_;
     std::uint64_t generation_ = 1;
+    std::unique_ptr<tcp::acceptor> metrics_acceptor_;
     registry registry_;
     asio::signal_set signals_;
     asio::steady_timer grace_timer_;

@@ -1,6 +1,7 @@
 #include "net/session.hpp"
 
 #include "log/log.hpp"
+#include "net/metrics.hpp"
 #include "net/server.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -92,6 +93,7 @@ asio::awaitable<void> session::run()
 {
     using namespace asio::experimental::awaitable_operators;
     log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_, local_port_);
+    metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
     arm(ctx_->idle_timeout);
     co_await (serve() && watchdog());
     run_session_close_hooks();
@@ -177,11 +179,13 @@ asio::awaitable<bool> session::handshake()
     if (ec) {
         end_reason_ = timed_out_ ? "tls handshake timeout" : fmt::format("tls handshake failed: {}", ec.message());
         log::info("session={} event=tls_failed reason=\"{}\"", id_, log::escaped(end_reason_, 200));
+        metrics::get().tls_failed.fetch_add(1, std::memory_order_relaxed);
         tls_.reset();
         co_return false;
     }
     arm(ctx_->idle_timeout);
     tls_info_ = tls::describe(tls_->native_handle());
+    metrics::get().tls_ok.fetch_add(1, std::memory_order_relaxed);
     log::info("session={} event=tls version={} cipher={}{}", id_, tls_info_.version, tls_info_.cipher,
               tls_info_.peer_subject.empty() ? std::string() : fmt::format(" client=\"{}\"", log::escaped(tls_info_.peer_subject)));
     co_return true;
@@ -253,8 +257,10 @@ asio::awaitable<void> session::serve()
             const std::string login(auth ? req->login : std::string_view{});
             proto::hook_result result = co_await run_chain(*req);
             engine_.hook_done(std::move(result));
-            if (auth && engine_.authenticated())
+            if (auth && engine_.authenticated()) {
                 log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
+                metrics::get().auth_ok.fetch_add(1, std::memory_order_relaxed);
+            }
         }
         if (auto t = engine_.take_transaction()) {
             // One line per transaction: who, how much, the answer, who decided, how long.
@@ -264,12 +270,14 @@ asio::awaitable<void> session::serve()
                       log::escaped(t->mail_from), t->rcpts, t->size, t->code,
                       decided_by_.empty() ? std::string_view("default") : std::string_view(decided_by_),
                       data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
+            metrics::get().message(t->code, t->size);
             decided_by_.clear();
             data_started_ = {};
         }
         if (engine_.take_auth_failure()) {
             // Brute force: a failed AUTH answers slowly (never log the credentials).
             log::info("session={} event=auth result=failed", id_);
+            metrics::get().auth_failed.fetch_add(1, std::memory_order_relaxed);
             if (ctx_->auth_failure_delay.count() > 0) {
                 asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);
                 co_await pause.async_wait(nothrow);
@@ -496,6 +504,7 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
         asiosmtpd_call call;
         call.session = this;
         call.hook = id;
+        const auto started = std::chrono::steady_clock::now();
         std::int32_t verdict = plugin::invoke(entry, call, args);
         call.active = false;
         std::uint16_t code = call.code;
@@ -526,8 +535,11 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
         r.challenge = std::move(call.auth_challenge);
         r.identity = std::move(call.auth_identity);
         r.rcpt_replies = std::move(call.rcpt_replies);
+        metrics::get().hook(entry.owner->name, req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind),
+                            std::chrono::steady_clock::now() - started);
         if (r.verdict != proto::verdict::none) decided_by_ = entry.owner->name;
         if (r.verdict == proto::verdict::error) {
+            metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
             log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
                       entry.owner->name, entry.owner->key,
                       req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind), why);

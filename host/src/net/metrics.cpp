@@ -1,0 +1,149 @@
+#include "net/metrics.hpp"
+
+#include "log/log.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include <fmt/format.h>
+
+namespace asiosmtpd::net {
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+// Prometheus label values: backslash, quote and newline escaped.
+std::string label(std::string_view v)
+{
+    std::string out;
+    for (char c : v) {
+        if (c == '\\' || c == '"') out.push_back('\\');
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out.push_back(c);
+    }
+    return out;
+}
+} // namespace
+
+metrics& metrics::get() noexcept
+{
+    static metrics m;
+    return m;
+}
+
+void metrics::message(std::uint16_t code, std::uint64_t size) noexcept
+{
+    const unsigned cls = code / 100u;
+    (cls == 2 ? messages_accepted : cls == 4 ? messages_deferred : messages_rejected).fetch_add(1, std::memory_order_relaxed);
+    message_bytes.fetch_add(size, std::memory_order_relaxed);
+}
+
+void metrics::hook(std::string_view plugin, std::string_view hook_name, std::chrono::steady_clock::duration took)
+{
+    const double seconds = std::chrono::duration<double>(took).count();
+    const std::lock_guard guard(lock_);
+    auto it = hooks_.find(std::make_pair(std::string(plugin), std::string(hook_name)));
+    if (it == hooks_.end()) it = hooks_.emplace(std::make_pair(std::string(plugin), std::string(hook_name)), histogram{}).first;
+    histogram& h = it->second;
+    for (std::size_t i = 0; i < bounds.size(); ++i)
+        if (seconds <= bounds[i]) ++h.buckets[i];
+    ++h.count;
+    h.sum += seconds;
+}
+
+std::string metrics::render(std::size_t current) const
+{
+    const auto v = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    std::string out;
+    const auto counter = [&](std::string_view name, std::string_view help, std::string_view labels, std::uint64_t value,
+                             bool header = true) {
+        if (header) out += fmt::format("# HELP {} {}\n# TYPE {} counter\n", name, help, name);
+        out += fmt::format("{}{} {}\n", name, labels, value);
+    };
+    out += fmt::format("# HELP asiosmtpd_connections Open SMTP sessions.\n# TYPE asiosmtpd_connections gauge\n"
+                       "asiosmtpd_connections {}\n", current);
+    counter("asiosmtpd_connections_total", "Accepted connections.", "", v(connections_total));
+    counter("asiosmtpd_connections_refused_total", "Connections refused with 421 (max_connections).", "",
+            v(connections_refused));
+    counter("asiosmtpd_messages_total", "Messages by their final reply.", "{result=\"accepted\"}", v(messages_accepted));
+    counter("asiosmtpd_messages_total", "", "{result=\"deferred\"}", v(messages_deferred), false);
+    counter("asiosmtpd_messages_total", "", "{result=\"rejected\"}", v(messages_rejected), false);
+    counter("asiosmtpd_message_bytes_total", "Bytes of message content received.", "", v(message_bytes));
+    counter("asiosmtpd_reloads_total", "Configuration reloads.", "{result=\"ok\"}", v(reloads_ok));
+    counter("asiosmtpd_reloads_total", "", "{result=\"failed\"}", v(reloads_failed), false);
+    counter("asiosmtpd_tls_handshakes_total", "TLS handshakes.", "{result=\"ok\"}", v(tls_ok));
+    counter("asiosmtpd_tls_handshakes_total", "", "{result=\"failed\"}", v(tls_failed), false);
+    counter("asiosmtpd_auth_total", "AUTH attempts.", "{result=\"ok\"}", v(auth_ok));
+    counter("asiosmtpd_auth_total", "", "{result=\"failed\"}", v(auth_failed), false);
+    counter("asiosmtpd_plugin_errors_total", "Hook calls that failed (answered 451).", "", v(plugin_errors));
+    out += "# HELP asiosmtpd_hook_duration_seconds Plugin hook calls, until their verdict.\n"
+           "# TYPE asiosmtpd_hook_duration_seconds histogram\n";
+    const std::lock_guard guard(lock_);
+    for (const auto& [key, h] : hooks_) {
+        const std::string labels = fmt::format("plugin=\"{}\",hook=\"{}\"", label(key.first), label(key.second));
+        for (std::size_t i = 0; i < bounds.size(); ++i)
+            out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"{}\"}} {}\n", labels, bounds[i], h.buckets[i]);
+        out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"+Inf\"}} {}\n", labels, h.count);
+        out += fmt::format("asiosmtpd_hook_duration_seconds_sum{{{}}} {}\n", labels, h.sum);
+        out += fmt::format("asiosmtpd_hook_duration_seconds_count{{{}}} {}\n", labels, h.count);
+    }
+    return out;
+}
+
+namespace {
+
+asio::awaitable<void> answer(tcp::socket socket, std::function<std::size_t()> live)
+{
+    using namespace asio::experimental::awaitable_operators;
+    asio::streambuf request(8192);  // bounded: a request line and a few headers
+    asio::steady_timer deadline(socket.get_executor(), std::chrono::seconds(5));
+    auto outcome = co_await (asio::async_read_until(socket, request, "\r\n\r\n", nothrow) ||
+                             deadline.async_wait(nothrow));
+    if (outcome.index() != 0) co_return;  // too slow
+    const auto [ec, n] = std::get<0>(outcome);
+    if (ec) co_return;
+    const std::string head(asio::buffers_begin(request.data()), asio::buffers_begin(request.data()) + static_cast<std::ptrdiff_t>(n));
+    const bool ok = head.rfind("GET /metrics ", 0) == 0 || head.rfind("GET /metrics?", 0) == 0;
+    const std::string body = ok ? metrics::get().render(live()) : std::string("not found: try /metrics\n");
+    const std::string response =
+        fmt::format("HTTP/1.1 {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\n"
+                    "Connection: close\r\n\r\n{}", ok ? "200 OK" : "404 Not Found", body.size(), body);
+    co_await asio::async_write(socket, asio::buffer(response), nothrow);
+    boost::system::error_code ignored;
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+} // namespace
+
+asio::awaitable<void> serve_metrics(tcp::acceptor& acceptor, std::function<std::size_t()> live)
+{
+    for (;;) {
+        auto [ec, socket] = co_await acceptor.async_accept(nothrow);
+        if (ec) {
+            if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+            continue;
+        }
+        const auto ex = socket.get_executor();
+        asio::co_spawn(ex, answer(std::move(socket), live), [](std::exception_ptr e) {
+            if (!e) return;
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& x) {
+                log::warn("event=metrics_error what=\"{}\"", x.what());
+            }
+        });
+    }
+}
+
+} // namespace asiosmtpd::net
