@@ -53,6 +53,7 @@ int main(int argc, char** argv)
         net::server server(settings, std::move(plugins), std::move(tls));
         server.bind();
         server.handle_signals();
+        net::notify_systemd("READY=1\nSTATUS=serving");
         server.run();
         log::info("event=stopped");
         return 0;

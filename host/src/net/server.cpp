@@ -17,7 +17,13 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
 
 namespace asiosmtpd::net {
 namespace {
@@ -127,6 +133,23 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     e.auth_max_failures = srv.auth_max_failures;
     e.hook_mask = g.hook_mask();
     return e;
+}
+
+void notify_systemd(std::string_view state) noexcept
+{
+    const char* path = std::getenv("NOTIFY_SOCKET");
+    if (path == nullptr || path[0] == '\0') return;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::size_t len = std::strlen(path);
+    if (len >= sizeof addr.sun_path) return;
+    std::memcpy(addr.sun_path, path, len);
+    if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace
+    const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    const auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+    (void)::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), size);
+    ::close(fd);
 }
 
 std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s)
@@ -244,6 +267,7 @@ void server::reload()
         return;
     }
     if (reload_thread_.joinable()) reload_thread_.join();
+    notify_systemd("RELOADING=1");
     const std::filesystem::path file = config_.file;
     // Parsing, certificate loading and dlopen() block: never on an I/O thread.
     reload_thread_ = std::thread([this, file] {
@@ -258,6 +282,7 @@ void server::reload()
             log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
                        log::escaped(e.what(), 1000));
             metrics::get().reloads_failed.fetch_add(1, std::memory_order_relaxed);
+            notify_systemd("READY=1\nSTATUS=reload failed, serving the previous configuration");
             reloading_ = false;
         }
     });
@@ -307,6 +332,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
     ++generation_;
     metrics::get().reloads_ok.fetch_add(1, std::memory_order_relaxed);
+    notify_systemd("READY=1\nSTATUS=serving");
     log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={}",
               generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size());
 }
@@ -355,6 +381,7 @@ void server::begin_stop()
 {
     if (stopping_) return;
     stopping_ = true;
+    notify_systemd("STOPPING=1");
     boost::system::error_code ignored;
     for (auto& slot : listeners_) {
         slot->closed = true;

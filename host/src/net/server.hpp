@@ -13,6 +13,7 @@
 #include <atomic>
 #include <filesystem>
 #include <functional>
+#include <string_view>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -37,6 +38,10 @@ private:
     std::unordered_map<const session*, std::weak_ptr<session>> sessions_;
     std::function<void()> on_empty_;
 };
+
+/// systemd's readiness protocol (sd_notify(3), Type=notify): send `state` ("READY=1",
+/// "RELOADING=1", "STOPPING=1") to $NOTIFY_SOCKET if set; nothing otherwise. No libsystemd.
+void notify_systemd(std::string_view state) noexcept;
 
 /// The TLS context of a configuration, or nullptr when no listener uses TLS. Throws
 /// std::runtime_error naming the file and the tls key.

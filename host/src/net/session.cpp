@@ -429,7 +429,10 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     asiosmtpd_address_args address{sizeof address, {req.argument.data(), req.argument.size()},
                                    params.empty() ? nullptr : params.data(), params.size()};
     asiosmtpd_data_args data{sizeof data, reinterpret_cast<const std::uint8_t*>(req.content.data()),
-                             req.content.size(), ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF};
+                             req.content.size(),
+                             ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
+                                 (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
+                                 (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u)};
     asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
                                    {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
     const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };

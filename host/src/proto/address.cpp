@@ -1310,9 +1310,113 @@ bool has_non_ascii_byte(std::string_view s)
     return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The fast path (detail::parse_address_fast): the shapes nearly every client sends, answered
+// without building Python's parse tree. Each condition below is one the port above would
+// otherwise decide differently; anything outside them goes to the port.
+
+/// RFC 5322 atext: ALPHA DIGIT and !#$%&'*+-/=?^_`{|}~ (all of it outside Python's ATOM_ENDS).
+constexpr std::array<bool, 256> make_atext()
+{
+    std::array<bool, 256> table{};
+    for (char c = 'a'; c <= 'z'; ++c) table[static_cast<unsigned char>(c)] = true;
+    for (char c = 'A'; c <= 'Z'; ++c) table[static_cast<unsigned char>(c)] = true;
+    for (char c = '0'; c <= '9'; ++c) table[static_cast<unsigned char>(c)] = true;
+    for (const char c : std::string_view{"!#$%&'*+-/=?^_`{|}~"}) table[static_cast<unsigned char>(c)] = true;
+    return table;
+}
+
+constexpr std::array<bool, 256> atext_table = make_atext();
+
+constexpr bool is_plain_atext(char c) { return atext_table[static_cast<unsigned char>(c)]; }
+
+/// Length of the dot-atom (atext+ *("." atext+)) at the start of `s`; 0 when there is none or it
+/// ends in a dot (`a.`, `a..b`: Python's get_dot_atom_text fails, other rules take over).
+std::size_t plain_dot_atom_length(std::string_view s)
+{
+    std::size_t pos = 0;
+    for (;;) {
+        const std::size_t start = pos;
+        while (pos < s.size() && is_plain_atext(s[pos])) ++pos;
+        if (pos == start) return 0;
+        if (pos == s.size() || s[pos] != '.') return pos;
+        ++pos;
+    }
+}
+
+/// Length of `local@domain` (both plain dot-atoms) at the start of `s`, or 0.
+std::size_t plain_addr_spec_length(std::string_view s)
+{
+    const std::size_t local = plain_dot_atom_length(s);
+    if (local == 0 || local == s.size() || s[local] != '@') return 0;
+    const std::size_t domain = plain_dot_atom_length(s.substr(local + 1));
+    return domain == 0 ? 0 : local + 1 + domain;
+}
+
+constexpr bool is_space_or_tab(char c) { return c == ' ' || c == '\t'; }
+
+/// A byte that may start the parameters after the blanks: printable ASCII and not `(` (a
+/// comment: CFWS, which Python drops). Python's other whitespace (\n \v \f \r, \x1c-\x1f) is
+/// not printable and so excluded too: get_fws would strip it along with the blanks.
+constexpr bool is_plain_parameter_start(char c) { return c > ' ' && c < '\x7f' && c != '('; }
+
+/// All ASCII and no `=?` (an RFC 2047 encoded word start, which Python decodes).
+bool plain_ascii(std::string_view s)
+{
+    unsigned bits = 0; // OR of all bytes: a loop the compiler vectorises
+    for (const char c : s) bits |= static_cast<unsigned char>(c);
+    if ((bits & 0x80U) != 0) return false;
+    for (std::size_t q = s.find('?'); q != std::string_view::npos; q = s.find('?', q + 1))
+        if (q > 0 && s[q - 1] == '=') return false;
+    return true;
+}
+
 } // namespace
 
-address_result parse_address(std::string_view arg, bool smtputf8)
+namespace detail {
+
+bool parse_address_fast(std::string_view arg, address_result& out)
+{
+    if (arg.empty() || !plain_ascii(arg)) return false;
+    std::string_view address;
+    std::string_view rest;
+    if (arg.front() == '<') {
+        if (arg.size() >= 2 && arg[1] == '>') {
+            // The null path: Python stops right after `>`, so the rest keeps its blanks.
+            out.state = address_result::status::ok;
+            out.address = "<>";
+            out.rest = std::string{arg.substr(2)};
+            return true;
+        }
+        const std::size_t length = plain_addr_spec_length(arg.substr(1));
+        if (length == 0 || 1 + length == arg.size() || arg[1 + length] != '>') return false;
+        address = arg.substr(1, length);
+        rest = arg.substr(2 + length);
+        // After `>`: CFWS (blanks only here) is part of the address.
+        while (!rest.empty() && is_space_or_tab(rest.front())) rest.remove_prefix(1);
+        if (!rest.empty() && !is_plain_parameter_start(rest.front())) return false;
+    } else {
+        const std::size_t length = plain_addr_spec_length(arg);
+        if (length == 0) return false;
+        address = arg.substr(0, length);
+        rest = arg.substr(length);
+        if (!rest.empty()) {
+            // The domain's trailing CFWS, then neither `@` (`a@b @c` fails) nor `.` (obs-domain:
+            // `a@b .c` is `a@b.c`).
+            if (!is_space_or_tab(rest.front())) return false;
+            while (!rest.empty() && is_space_or_tab(rest.front())) rest.remove_prefix(1);
+            if (!rest.empty() && (!is_plain_parameter_start(rest.front()) || rest.front() == '@' ||
+                                  rest.front() == '.'))
+                return false;
+        }
+    }
+    out.state = address_result::status::ok;
+    out.address = std::string{address};
+    out.rest = std::string{rest};
+    return true;
+}
+
+address_result parse_address_full(std::string_view arg, bool smtputf8)
 {
     address_result result;
     if (only_blanks(arg)) {
@@ -1352,6 +1456,15 @@ address_result parse_address(std::string_view arg, bool smtputf8)
     result.address = encode_escaped(address);
     result.rest = encode_escaped(rest);
     return result;
+}
+
+} // namespace detail
+
+address_result parse_address(std::string_view arg, bool smtputf8)
+{
+    address_result result;
+    if (detail::parse_address_fast(arg, result)) return result;
+    return detail::parse_address_full(arg, smtputf8);
 }
 
 } // namespace asiosmtpd::proto

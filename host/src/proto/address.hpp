@@ -41,6 +41,29 @@ struct address_result {
 /// With `smtputf8` false any byte >= 0x80 makes the argument malformed (the engine rejects such
 /// lines earlier with "500 Error: strict ASCII mode"); with true, UTF-8 (and undecodable bytes,
 /// as Python's surrogateescape keeps them) count as atext.
+///
+/// The common shapes (`<local@domain>`, `local@domain`, `<>`, with plain dot-atoms and simple
+/// parameters) take a fast path that gives the same result without the port of Python's parser;
+/// everything else goes through the port (detail::parse_address_full).
 address_result parse_address(std::string_view arg, bool smtputf8);
+
+namespace detail {
+
+/// The fast path alone: true, with `out` set, when `arg` is (all ASCII, no `=?` anywhere)
+/// - `<>` followed by anything (`rest` is everything after `>`, blanks included), or
+/// - `<L@D>` followed by nothing, or by optional spaces/tabs and parameters that start with a
+///   printable ASCII character other than `(` (`rest` is the parameters, without the blanks), or
+/// - `L@D` followed by nothing, or by spaces/tabs and parameters that start with a printable
+///   ASCII character other than `(`, `@` and `.` (`rest` as above),
+/// where L and D are RFC 5322 dot-atoms of plain atext (ALPHA DIGIT !#$%&'*+-/=?^_`{|}~).
+/// False (and `out` untouched) otherwise. For every input it accepts the result equals
+/// parse_address_full(arg, smtputf8) with either smtputf8 (tests/unit/proto/address_fastpath_test.cpp
+/// and tests/fuzz/address_fuzz.cpp check this differentially).
+bool parse_address_fast(std::string_view arg, address_result& out);
+
+/// The port of Python's parser without the fast path (for the differential tests).
+address_result parse_address_full(std::string_view arg, bool smtputf8);
+
+} // namespace detail
 
 } // namespace asiosmtpd::proto

@@ -172,6 +172,13 @@ typedef struct asiosmtpd_address_args {
 
 #define ASIOSMTPD_DATA_DOT_UNSTUFFED 0x1u /* RFC 5321 4.5.2 transparency removed */
 #define ASIOSMTPD_DATA_CRLF 0x2u          /* lines end in CRLF as received; bare CR/LF kept */
+/* ABI 1.1: server.decode_data is on, and the content passed aiosmtpd's decoding: strict ASCII
+ * (a non-ASCII message was answered "500 Error: strict ASCII mode" and never reaches plugins),
+ * or with enable_smtputf8 UTF-8 where invalid bytes are kept as they came (aiosmtpd's
+ * surrogateescape). A plugin wanting aiosmtpd's `envelope.content` text decodes it as such;
+ * the bytes are always `original_content`. */
+#define ASIOSMTPD_DATA_DECODED 0x4u
+#define ASIOSMTPD_DATA_UTF8 0x8u          /* with DECODED: the text is UTF-8 (SMTPUTF8), not ASCII */
 typedef struct asiosmtpd_data_args {
     uint32_t struct_size;
     const uint8_t *content; /* the message as aiosmtpd's envelope.original_content */
