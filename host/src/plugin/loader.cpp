@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 
@@ -153,10 +155,66 @@ const fs::path& private_copies()
 
 } // namespace
 
+// Generations end on this thread, never on the I/O thread whose session happened to hold the
+// last reference: a plugin's destroy() joins its threads and may take a while (plugin-abi.md
+// §3.2 step 6). Generations still queued at exit are destroyed by the thread that exits.
+class janitor {
+public:
+    static janitor& get()
+    {
+        static janitor j;
+        return j;
+    }
+    void retire(generation* g)
+    {
+        {
+            const std::lock_guard guard(lock_);
+            if (!stopped_) {
+                queue_.push_back(g);
+                wake_.notify_one();
+                return;
+            }
+        }
+        delete g;  // at exit: inline
+    }
+    ~janitor()
+    {
+        {
+            const std::lock_guard guard(lock_);
+            stopped_ = true;
+        }
+        wake_.notify_one();
+        if (thread_.joinable()) thread_.join();
+        for (generation* g : queue_) delete g;
+    }
+
+private:
+    janitor() : thread_([this] { run(); }) {}
+    void run()
+    {
+        std::unique_lock lock(lock_);
+        for (;;) {
+            wake_.wait(lock, [this] { return stopped_ || !queue_.empty(); });
+            if (queue_.empty()) return;  // stopped
+            generation* g = queue_.front();
+            queue_.erase(queue_.begin());
+            lock.unlock();
+            delete g;
+            lock.lock();
+        }
+    }
+    std::mutex lock_;
+    std::condition_variable wake_;
+    std::vector<generation*> queue_;
+    bool stopped_ = false;
+    std::thread thread_;
+};
+
 std::shared_ptr<const generation> load(const config::settings& s)
 {
     static std::atomic<std::uint64_t> copies{0};
-    auto gen = std::make_shared<generation>();
+    janitor::get();  // constructed before the first generation: destroyed after the last one
+    std::shared_ptr<generation> gen(new generation, [](generation* g) { janitor::get().retire(g); });
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
