@@ -7,6 +7,9 @@
 // and `empty` carry no address; `ok` has one; without SMTPUTF8 and without an RFC 2047 encoded
 // word nothing non-ASCII comes out; when the argument has no RFC 2047 encoded word ("=?"), `rest` is a suffix of the argument
 // (address.hpp: Python's remainder, byte for byte; only a decoded encoded word adds text).
+// Differential: wherever the fast path (detail::parse_address_fast) accepts the argument, or the
+// raw unstripped bytes, its result equals the port of Python's parser
+// (detail::parse_address_full) with and without SMTPUTF8.
 #include "fuzz_check.hpp"
 #include "fuzz_input.hpp"
 #include "proto/address.hpp"
@@ -25,6 +28,23 @@ bool ascii(std::string_view s)
 
 bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
 
+bool same(const asiosmtpd::proto::address_result& a, const asiosmtpd::proto::address_result& b)
+{
+    return a.state == b.state && a.address == b.address && a.rest == b.rest;
+}
+
+/// Where the fast path takes `arg`, the port must agree with it.
+void check_fast_path(std::string_view arg)
+{
+    using asiosmtpd::proto::address_result;
+    namespace detail = asiosmtpd::proto::detail;
+    address_result fast;
+    if (!detail::parse_address_fast(arg, fast)) return;
+    ASIOSMTPD_FUZZ_CHECK(fast.state == address_result::status::ok, "the fast path only answers ok");
+    ASIOSMTPD_FUZZ_CHECK(same(fast, detail::parse_address_full(arg, false)), "fast path = port (ASCII)");
+    ASIOSMTPD_FUZZ_CHECK(same(fast, detail::parse_address_full(arg, true)), "fast path = port (SMTPUTF8)");
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
@@ -35,10 +55,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     asiosmtpd::fuzz::byte_reader in(data, size);
     const bool smtputf8 = (in.byte() & 0x01) != 0;
     std::string_view arg = in.rest();
+    check_fast_path(arg);
     while (!arg.empty() && is_blank(arg.front())) arg.remove_prefix(1);
     while (!arg.empty() && is_blank(arg.back())) arg.remove_suffix(1);
 
     const address_result r = parse_address(arg, smtputf8);
+    check_fast_path(arg);
     const address_result again = parse_address(arg, smtputf8);
     ASIOSMTPD_FUZZ_CHECK(r.state == again.state && r.address == again.address && r.rest == again.rest,
                          "deterministic");
