@@ -55,6 +55,7 @@ void controller::stop()
     impl_->server->stop();
     if (impl_->runner.joinable()) impl_->runner.join();
     impl_->server.reset();
+    plugin::drain_retired();
 }
 
 std::uint16_t controller::port(std::size_t index) const

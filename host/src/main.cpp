@@ -45,20 +45,28 @@ int main(int argc, char** argv)
         auto tls = net::tls_context_for(settings);  // certificate problems first
         auto plugins = plugin::load(settings);
         if (check_only) {
-            net::server probe(settings, plugins, tls);  // listener checks (unsupported features)
-            std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
-                      << " plugin(s)\n";
+            {
+                net::server probe(settings, plugins, tls);  // listener checks
+                std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
+                          << " plugin(s)\n";
+            }
+            plugins.reset();
+            plugin::drain_retired();
             return 0;
         }
-        net::server server(settings, std::move(plugins), std::move(tls));
-        server.bind();
-        server.handle_signals();
-        net::notify_systemd("READY=1\nSTATUS=serving");
-        server.run();
+        {
+            net::server server(settings, std::move(plugins), std::move(tls));
+            server.bind();
+            server.handle_signals();
+            net::notify_systemd("READY=1\nSTATUS=serving");
+            server.run();
+        }
+        plugin::drain_retired();  // plugins' destroy() before static destruction
         log::info("event=stopped");
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "asiosmtpd: %s\n", e.what());
+        plugin::drain_retired();
         return 1;
     }
 }

@@ -38,8 +38,8 @@ std::string label(std::string_view v)
 
 metrics& metrics::get() noexcept
 {
-    static metrics m;
-    return m;
+    static metrics* const m = new metrics;  // never destroyed: counted into until exit
+    return *m;
 }
 
 void metrics::message(std::uint16_t code, std::uint64_t size) noexcept

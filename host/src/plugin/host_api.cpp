@@ -42,8 +42,9 @@ struct pending_table {
 
 pending_table& table()
 {
-    static pending_table t;
-    return t;
+    // Never destroyed: plugin threads may call complete() until their destroy() joined them.
+    static pending_table* const t = new pending_table;
+    return *t;
 }
 
 // ---- registration ----------------------------------------------------------------------------

@@ -165,6 +165,13 @@ public:
         static janitor j;
         return j;
     }
+    /// Wait until every retired generation is gone (call before exit: plugin destroy() code
+    /// must not run during static destruction).
+    void drain()
+    {
+        std::unique_lock lock(lock_);
+        idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+    }
     void retire(generation* g)
     {
         {
@@ -198,17 +205,27 @@ private:
             if (queue_.empty()) return;  // stopped
             generation* g = queue_.front();
             queue_.erase(queue_.begin());
+            busy_ = true;
             lock.unlock();
             delete g;
             lock.lock();
+            busy_ = false;
+            if (queue_.empty()) idle_.notify_all();
         }
     }
     std::mutex lock_;
     std::condition_variable wake_;
+    std::condition_variable idle_;
     std::vector<generation*> queue_;
+    bool busy_ = false;
     bool stopped_ = false;
     std::thread thread_;
 };
+
+void drain_retired()
+{
+    janitor::get().drain();
+}
 
 std::shared_ptr<const generation> load(const config::settings& s)
 {

@@ -196,6 +196,10 @@ struct asiosmtpd_call {
 
 namespace asiosmtpd::plugin {
 
+/// Wait until every generation whose last reference was dropped has been destroyed (their
+/// plugins' destroy() run and libraries closed). Call before returning from main.
+void drain_retired();
+
 /// Call one hook entry (taking the instance lock when the plugin is not thread-safe).
 int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept;
 
