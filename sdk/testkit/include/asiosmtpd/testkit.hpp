@@ -14,12 +14,31 @@
  *     EXPECT_EQ(s.cmd("PING"), "259 Pong");
  *     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: x\r\n\r\nhi\r\n"), "250 OK");
  *
- * What it is: the host API of plugin.h implemented faithfully where a plugin can observe it
- * (registration frozen after create(), reply validation, verdict/reply class checks, default
- * replies of plugin.h, data slots and their destructors, suspend()/complete() from any
- * thread with a hook timeout, log capture). What it is not: the real SMTP engine. Command
- * syntax and sequence checks are simplified (the server's own tests pin the wire behaviour);
- * replies are returned without CRLF, lines of a multi-line reply joined by '\n'.
+ * What it is: the whole host API of plugin.h, ABI 1.1 (the table's struct_size is the full
+ * current table), implemented faithfully where a plugin can observe it (registration frozen
+ * after create(), reply validation, verdict/reply class checks, default replies of plugin.h,
+ * data slots and their destructors, suspend()/complete() from any thread with a hook timeout,
+ * log capture), and the 1.1 additions as the server behaves:
+ *  - AUTH: `s.auth("PLAIN", user, password)`, `s.auth("LOGIN", ...)`, or any mechanism with
+ *    `s.sasl("X-MECH", {answers...})`; or by hand with cmd("AUTH ...") and base64 lines.
+ *    AUTH_CHECK and plugin mechanisms answer 235 / 535 / 454 / "334 <base64 challenge>" like
+ *    the server, set_auth_identity() names the session's auth_login, auth_max_failures closes.
+ *  - TLS: `s.tls({"TLSv1.3", "TLS_AES_256_GCM_SHA384", subject})` (or cmd("STARTTLS") with
+ *    host::starttls_available) pretends a STARTTLS handshake: the session forgets HELO and AUTH
+ *    and runs the STARTTLS chain; `h.open_tls(...)` is an implicit-TLS connection.
+ *  - PROXY: `h.open(testkit::proxy_header{...})` runs the PROXY chain before CONNECT.
+ *  - LMTP: with host::lmtp, LHLO replaces HELO/EHLO and the end of DATA answers one reply per
+ *    recipient (set_rcpt_reply / set_rcpt_reply_pending), joined by '\n' (data_replies()).
+ *  - DATA flags DECODED/UTF8 from host::decode_data / host::enable_smtputf8; config_dir() is
+ *    host::config_dir (default: the current directory).
+ * What it is not: the real SMTP engine. Command syntax and sequence checks are simplified
+ * (the server's own tests pin the wire behaviour): no address syntax beyond <...>, no SIZE or
+ * BODY checks, no line or call limits, no require_starttls, no PIPELINING, no unknown-command
+ * budget, no auth_failure_delay, no real TLS (tls() only sets what session_info reports), the
+ * PROXY header is given as fields rather than parsed, a CONNECT REJECT does not restrict the
+ * session to QUIT. Replies are returned without CRLF, lines of a multi-line reply joined by
+ * '\n'; where the server sends two replies at once (LMTP DATA, a 535 followed by the 421 of
+ * auth_max_failures) they are joined by '\n' too.
  *
  * Threads: one session is driven from the test's thread; complete() and log() may be called
  * by the plugin from any thread, as with the real host. A suspended hook is waited for (up to
@@ -31,6 +50,7 @@
 #include <asiosmtpd/plugin.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -43,6 +63,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -103,10 +124,105 @@ private:
 
 /// The outcome of one hook chain: what the real host would decide and answer.
 struct outcome {
+    outcome() = default;
+    outcome(asiosmtpd_verdict v, std::uint16_t c = 0, std::string t = {}) : verdict(v), code(c), text(std::move(t)) {}
+
     asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE; ///< the verdict that stopped the chain
     std::uint16_t code = 0;                          ///< 0: the plugin set no reply
     std::string text;
+    // ---- ABI 1.1 ----
+    std::string challenge; ///< AUTH_CHALLENGE: the raw challenge bytes (set_auth_challenge or complete's text)
+    std::string identity;  ///< set_auth_identity()
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< LMTP: per recipient; code 0 = none
 };
+
+/// What tls() / open_tls() pretend the handshake negotiated (session_info's 1.1 fields).
+struct tls_params {
+    std::string version = "TLSv1.3";
+    std::string cipher = "TLS_AES_256_GCM_SHA384";
+    std::string peer_subject; ///< a client certificate's subject (RFC 2253); empty: none
+};
+
+/// A PROXY protocol header as the server would have parsed it (asiosmtpd_proxy_args).
+struct proxy_header {
+    std::int32_t version = 2;  ///< 1 or 2
+    std::int32_t command = 1;  ///< v2: 0 LOCAL, 1 PROXY
+    std::int32_t family = 1;   ///< 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX
+    std::int32_t protocol = 1; ///< 0 UNSPEC, 1 STREAM, 2 DGRAM
+    std::string src_address;   ///< the client; empty: the header names none (LOCAL)
+    std::uint16_t src_port = 0;
+    std::string dst_address;
+    std::uint16_t dst_port = 0;
+    std::string tlvs;          ///< raw v2 TLV bytes
+};
+
+/// The result of session::sasl(): every 334 challenge (decoded) and the final reply.
+struct sasl_result {
+    std::vector<std::string> challenges;
+    std::string reply;
+};
+
+/// RFC 4648 base64, as the server encodes challenges.
+inline std::string base64_encode(std::string_view in)
+{
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (std::size_t i = 0; i < in.size(); i += 3) {
+        const auto byte = [&](std::size_t k) {
+            return i + k < in.size() ? static_cast<unsigned>(static_cast<unsigned char>(in[i + k])) : 0u;
+        };
+        const unsigned n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        out += alphabet[(n >> 18) & 63];
+        out += alphabet[(n >> 12) & 63];
+        out += i + 1 < in.size() ? alphabet[(n >> 6) & 63] : '=';
+        out += i + 2 < in.size() ? alphabet[n & 63] : '=';
+    }
+    return out;
+}
+
+/// Strict base64 as the server decodes AUTH lines: alphabet only, correct padding; "=" is empty.
+inline std::optional<std::string> base64_decode(std::string_view in)
+{
+    if (in == "=")
+        return std::string();
+    if (in.size() % 4 != 0)
+        return std::nullopt;
+    const auto value = [](char c) -> int {
+        if (c >= 'A' && c <= 'Z') return c - 'A';
+        if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+        if (c >= '0' && c <= '9') return c - '0' + 52;
+        if (c == '+') return 62;
+        if (c == '/') return 63;
+        return -1;
+    };
+    std::string out;
+    for (std::size_t i = 0; i < in.size(); i += 4) {
+        const bool last = i + 4 == in.size();
+        int v[4];
+        int pad = 0;
+        for (std::size_t k = 0; k < 4; ++k) {
+            const char c = in[i + k];
+            if (c == '=' && last && k >= 2) {
+                ++pad;
+                v[k] = 0;
+                continue;
+            }
+            if (pad > 0)
+                return std::nullopt;
+            v[k] = value(c);
+            if (v[k] < 0)
+                return std::nullopt;
+        }
+        const unsigned n = (static_cast<unsigned>(v[0]) << 18) | (static_cast<unsigned>(v[1]) << 12) |
+                           (static_cast<unsigned>(v[2]) << 6) | static_cast<unsigned>(v[3]);
+        out.push_back(static_cast<char>((n >> 16) & 0xff));
+        if (pad < 2)
+            out.push_back(static_cast<char>((n >> 8) & 0xff));
+        if (pad < 1)
+            out.push_back(static_cast<char>(n & 0xff));
+    }
+    return out;
+}
 
 class host;
 class session;
@@ -135,7 +251,7 @@ inline std::string_view trim(std::string_view s) noexcept
     return s;
 }
 
-// The host API table of ABI 1.0 ends with `log`; the kit fills exactly that table.
+// The host API table of ABI 1.0 ended with `log` (the kit fills the whole current table).
 inline constexpr std::size_t host_api_v1_0_size =
     offsetof(asiosmtpd_host_api, log) + sizeof(asiosmtpd_host_api::log);
 inline constexpr std::size_t session_info_v1_0_size =
@@ -162,6 +278,14 @@ struct hook_entry {
     asiosmtpd_hook_fn fn;
 };
 
+// The hook id of a call into an AUTH mechanism (kit-private; plugins never see it).
+inline constexpr asiosmtpd_hook_id auth_mechanism_call = 1000;
+
+struct mechanism_entry {
+    std::string name; // upper case
+    hook_entry handler;
+};
+
 struct command_entry {
     std::string verb;
     std::string help;
@@ -183,6 +307,7 @@ struct pending_state {
     asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE;
     std::uint16_t code = 0;
     std::string text;
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply_pending
 };
 
 struct token_registry {
@@ -205,6 +330,9 @@ struct call_state {
     std::string text;
     asiosmtpd_token token = 0;
     std::shared_ptr<pending_state> pending;
+    std::string challenge; // set_auth_challenge
+    std::string identity;  // set_auth_identity
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply
 };
 
 inline call_state* cs(asiosmtpd_call* c) noexcept { return reinterpret_cast<call_state*>(c); }
@@ -223,6 +351,12 @@ inline bool valid_reply(std::uint16_t code, std::string_view text) noexcept
             return false;
     }
     return true;
+}
+
+// set_rcpt_reply text: one line, at most 506 bytes (512 with "NNN " and CRLF).
+inline bool valid_line(std::string_view t) noexcept
+{
+    return t.size() <= 506 && t.find_first_of("\r\n") == std::string_view::npos;
 }
 
 // Whether the reply class fits the verdict (plugin.h set_reply).
@@ -254,6 +388,25 @@ public:
     std::uint64_t data_size_limit = 33554432;
     /// How long a suspended hook may take before its session gets 451 4.3.0 (plugin.h T4).
     std::chrono::milliseconds hook_timeout{5000};
+
+    // ---- server settings of ABI 1.1 features (the server's config keys of the same names) ----
+    /// LMTP listener: LHLO instead of HELO/EHLO, one DATA reply per recipient.
+    bool lmtp = false;
+    /// STARTTLS offered in EHLO and accepted by cmd("STARTTLS") (with tls_defaults).
+    bool starttls_available = false;
+    /// AUTH (and the EHLO AUTH line) only with TLS, as the server's default.
+    bool auth_require_tls = true;
+    /// MAIL, RCPT, DATA, VRFY and HELP answer "530 5.7.0 Authentication required" before AUTH.
+    bool auth_required = false;
+    /// Failed AUTHs in a session before "421 ... too many failed authentication attempts"; 0: no limit.
+    unsigned auth_max_failures = 3;
+    /// server.decode_data / enable_smtputf8: DATA flags DECODED (and UTF8), strict ASCII check.
+    bool decode_data = false;
+    bool enable_smtputf8 = false;
+    /// What config_dir() answers during create() (the folder of the server's config file).
+    std::string config_dir = current_dir();
+    /// What cmd("STARTTLS") and open_tls() negotiate.
+    tls_params tls_defaults;
 
     host() { init_api(); }
     host(const host&) = delete;
@@ -311,6 +464,22 @@ public:
 
     /// A new session from peer_address:peer_port; runs the CONNECT chain.
     session open(std::string peer_address = "192.0.2.1", std::uint16_t peer_port = 40000);
+    /// A session on an implicit-TLS listener: TLS is active from the start (no STARTTLS hook).
+    session open_tls(tls_params tls = {}, std::string peer_address = "192.0.2.1", std::uint16_t peer_port = 40000);
+    /// A session on a proxy_protocol listener: the PROXY chain runs first (the peer becomes the
+    /// header's client, if it names one); a refusal closes the session without any reply
+    /// (greeting() empty, closed() true). Otherwise CONNECT and the greeting follow.
+    session open(const proxy_header& proxy, std::string tcp_peer_address = "192.0.2.254",
+                 std::uint16_t tcp_peer_port = 50000);
+
+    /// The AUTH mechanisms plugins registered (upper case), in registration order.
+    std::vector<std::string> auth_mechanisms() const
+    {
+        std::vector<std::string> out;
+        for (const auto& m : mechanisms_)
+            out.push_back(m.name);
+        return out;
+    }
 
     /// The verbs plugins registered (upper-case), in registration order.
     std::vector<std::string> commands() const
@@ -391,6 +560,9 @@ private:
             commands_.erase(std::remove_if(commands_.begin(), commands_.end(),
                                            [&](const detail::command_entry& c) { return c.handler.inst == &i; }),
                             commands_.end());
+            mechanisms_.erase(std::remove_if(mechanisms_.begin(), mechanisms_.end(),
+                                             [&](const detail::mechanism_entry& m) { return m.handler.inst == &i; }),
+                              mechanisms_.end());
             keywords_.resize(keywords_before_);
             refuse("refused its configuration: " + std::string(buf[0] ? buf : "create() failed"));
         }
@@ -415,12 +587,19 @@ private:
 
     static std::uint64_t session_id_of(detail::call_state* c);
 
+    static std::string current_dir()
+    {
+        std::vector<char> buf(4096);
+        return getcwd(buf.data(), buf.size()) ? std::string(buf.data()) : std::string("/");
+    }
+
     void init_api();
 
     asiosmtpd_host_api api_{};
     std::vector<std::unique_ptr<detail::instance>> instances_;
     std::map<asiosmtpd_hook_id, std::vector<detail::hook_entry>> hooks_;
     std::vector<detail::command_entry> commands_;
+    std::vector<detail::mechanism_entry> mechanisms_;
     std::vector<std::string> keywords_;
     std::size_t keywords_before_ = 0;
     bool frozen_ = true;
@@ -456,6 +635,17 @@ public:
             closed_ = o.closed_;
             slots_ = std::move(o.slots_);
             o.slots_.clear();
+            tls_active_ = o.tls_active_;
+            tls_ = std::move(o.tls_);
+            tls_vetoed_ = o.tls_vetoed_;
+            authenticated_ = o.authenticated_;
+            auth_login_ = std::move(o.auth_login_);
+            auth_kind_ = o.auth_kind_;
+            auth_step_ = o.auth_step_;
+            auth_user_ = std::move(o.auth_user_);
+            auth_mech_ = o.auth_mech_;
+            auth_failures_ = o.auth_failures_;
+            data_replies_ = std::move(o.data_replies_);
         }
         return *this;
     }
@@ -488,12 +678,19 @@ public:
             in_data_ = false;
             return end_of_data();
         }
+        if (auth_kind_ != auth_kind::none)
+            return auth_line(line); // the answer to a 334 challenge
         const std::string_view l = detail::trim(line);
         const std::size_t sp = l.find(' ');
         const std::string verb = detail::upper(l.substr(0, sp));
         const std::string_view arg = sp == std::string_view::npos ? std::string_view() : detail::trim(l.substr(sp + 1));
         const bool has_arg = sp != std::string_view::npos && !arg.empty();
 
+        if (tls_vetoed_ && verb != "QUIT")
+            return "554 Command refused due to lack of security";
+        const bool needs_auth = h_->auth_required && !authenticated_;
+        if (h_->lmtp && (verb == "HELO" || verb == "EHLO"))
+            return "500 Error: command \"" + verb + "\" not recognized";
         for (const auto& c : h_->commands_) {
             if (c.verb != verb)
                 continue;
@@ -502,11 +699,11 @@ public:
             const asiosmtpd_command_args a{sizeof a, detail::str(verb), detail::str(arg), has_arg ? 1 : 0};
             return finish(run_one(c.handler, 0, &a), "250 OK");
         }
-        if (verb == "HELO" || verb == "EHLO") {
+        if ((!h_->lmtp && (verb == "HELO" || verb == "EHLO")) || (h_->lmtp && verb == "LHLO")) {
             if (!has_arg)
-                return "501 Syntax: " + verb + " hostname";
+                return std::string("501 Syntax: ") + (verb == "HELO" ? "HELO" : "EHLO") + " hostname";
             const asiosmtpd_helo_args a{sizeof a, detail::str(arg)};
-            const bool ehlo = verb == "EHLO";
+            const bool ehlo = verb != "HELO";
             const outcome o = run(ehlo ? ASIOSMTPD_HOOK_EHLO : ASIOSMTPD_HOOK_HELO, &a);
             if (o.verdict == ASIOSMTPD_CONTINUE || o.verdict == ASIOSMTPD_ACCEPT) {
                 helo_ = std::string(arg);
@@ -518,12 +715,45 @@ public:
                 dflt = "250-" + h_->hostname + "\n250-SIZE";
                 if (h_->data_size_limit)
                     dflt += " " + std::to_string(h_->data_size_limit);
-                dflt += "\n250-8BITMIME\n";
+                dflt += "\n";
+                if (!h_->decode_data)
+                    dflt += "250-8BITMIME\n";
+                if (h_->enable_smtputf8)
+                    dflt += "250-SMTPUTF8\n";
+                if (h_->starttls_available && !tls_active_)
+                    dflt += "250-STARTTLS\n";
+                if (!h_->auth_require_tls || tls_active_) {
+                    std::vector<std::string> mechs = {"LOGIN", "PLAIN"};
+                    for (const auto& m : h_->mechanisms_)
+                        mechs.push_back(m.name);
+                    std::sort(mechs.begin(), mechs.end());
+                    dflt += "250-AUTH";
+                    for (const auto& m : mechs)
+                        dflt += " " + m;
+                    dflt += "\n";
+                }
                 for (const auto& k : h_->keywords_)
                     dflt += "250-" + k + "\n";
                 dflt += "250 HELP";
             }
             return finish(o, dflt);
+        }
+        if (verb == "AUTH")
+            return on_auth(arg);
+        if (verb == "STARTTLS") {
+            if (has_arg)
+                return "501 Syntax: STARTTLS";
+            if (tls_active_)
+                return "503 5.5.1 Error: TLS already active";
+            if (!h_->starttls_available)
+                return "454 TLS not available";
+            const std::string after = handshake(h_->tls_defaults);
+            return after.empty() ? "220 Ready to start TLS" : "220 Ready to start TLS\n" + after;
+        }
+        if (needs_auth && (verb == "MAIL" || verb == "RCPT" || verb == "DATA" || verb == "VRFY" || verb == "HELP")) {
+            if ((verb == "MAIL" || verb == "RCPT" || verb == "DATA") && helo_.empty())
+                return "503 Error: send HELO first";
+            return "530 5.7.0 Authentication required";
         }
         if (verb == "MAIL") {
             if (helo_.empty())
@@ -643,6 +873,82 @@ public:
         return data(content);
     }
 
+    /// AUTH PLAIN (initial response authzid NUL login NUL password) or AUTH LOGIN (user name as
+    /// the initial response, then the password after "334 UGFzc3dvcmQ6"). Returns the final
+    /// reply: "235 2.7.0 Authentication successful", "535 5.7.8 Authentication credentials
+    /// invalid", "454 4.7.0 Temporary authentication failure", a plugin's own reply, or the
+    /// refusal of AUTH itself (e.g. "538 ..." without TLS while host::auth_require_tls).
+    std::string auth(std::string_view mechanism, std::string_view login, std::string_view password,
+                     std::string_view authzid = {})
+    {
+        const std::string mech = detail::upper(mechanism);
+        if (mech == "PLAIN") {
+            std::string creds(authzid);
+            creds += '\0';
+            creds.append(login.data(), login.size());
+            creds += '\0';
+            creds.append(password.data(), password.size());
+            return cmd("AUTH PLAIN " + base64_encode(creds));
+        }
+        if (mech == "LOGIN") {
+            const std::string r = cmd("AUTH LOGIN " + (login.empty() ? std::string("=") : base64_encode(login)));
+            if (r != "334 UGFzc3dvcmQ6")
+                return r;
+            return cmd(password.empty() ? std::string("=") : base64_encode(password));
+        }
+        throw error("session::auth(): PLAIN or LOGIN; use sasl() for other mechanisms");
+    }
+
+    /// A SASL exchange: "AUTH <mechanism>" (with answers[0] as the initial response when
+    /// `initial_response`), then each further answer (base64-encoded) to each 334 challenge;
+    /// "*" (abort) when a challenge comes and no answer is left. Returns the decoded challenges
+    /// and the final reply.
+    sasl_result sasl(std::string_view mechanism, std::vector<std::string> answers = {},
+                     bool initial_response = false)
+    {
+        sasl_result out;
+        std::size_t next = 0;
+        std::string line = "AUTH " + std::string(mechanism);
+        if (initial_response && next < answers.size()) {
+            const std::string& a = answers[next++];
+            line += " " + (a.empty() ? std::string("=") : base64_encode(a));
+        }
+        std::string r = cmd(line);
+        while (r.compare(0, 4, "334 ") == 0) {
+            const auto c = base64_decode(std::string_view(r).substr(4));
+            out.challenges.push_back(c ? *c : r.substr(4));
+            if (next >= answers.size()) {
+                r = cmd("*");
+                break;
+            }
+            const std::string& a = answers[next++];
+            r = cmd(a.empty() ? std::string("=") : base64_encode(a));
+        }
+        out.reply = std::move(r);
+        return out;
+    }
+
+    /// Pretend a STARTTLS handshake just succeeded with `params` (whatever STARTTLS's own
+    /// checks; cmd("STARTTLS") does those): the session forgets HELO, AUTH and the
+    /// transaction (RFC 3207 §4.2) and runs the STARTTLS chain. Returns "" or, after a *_CLOSE
+    /// verdict with a reply, that reply. A REJECT/TEMPFAIL makes every later command but QUIT
+    /// answer "554 Command refused due to lack of security".
+    std::string tls(tls_params params = {})
+    {
+        if (!h_ || closed_)
+            throw error("session: closed");
+        if (tls_active_)
+            throw error("session::tls(): TLS is already active");
+        return handshake(std::move(params));
+    }
+
+    /// The replies to the last end of DATA: one, or with host::lmtp one per recipient.
+    const std::vector<std::string>& data_replies() const noexcept { return data_replies_; }
+    bool tls_active() const noexcept { return tls_active_; }
+    bool authenticated() const noexcept { return authenticated_; }
+    /// The authenticated identity (set_auth_identity(), else the login); empty before AUTH.
+    const std::string& auth_login() const noexcept { return auth_login_; }
+
     /// End the session: runs SESSION_CLOSE (verdict ignored) and frees every slot.
     void close()
     {
@@ -681,15 +987,238 @@ public:
 
 private:
     friend class host;
-    session(host& h, std::uint64_t id, std::string peer, std::uint16_t port)
+    session(host& h, std::uint64_t id, std::string peer, std::uint16_t port, const proxy_header* proxy = nullptr,
+            const tls_params* tls = nullptr)
         : h_(&h), id_(id), peer_(std::move(peer)), port_(port)
     {
+        if (proxy) {
+            std::string proxy_address;
+            if (!proxy->src_address.empty()) {
+                proxy_address = peer_ + ":" + std::to_string(port_);
+                peer_ = proxy->src_address;
+                port_ = proxy->src_port;
+            }
+            asiosmtpd_proxy_args a{};
+            a.struct_size = sizeof a;
+            a.version = proxy->version;
+            a.command = proxy->command;
+            a.family = proxy->family;
+            a.protocol = proxy->protocol;
+            a.src_address = detail::str(proxy->src_address);
+            a.src_port = proxy->src_port;
+            a.dst_address = detail::str(proxy->dst_address);
+            a.dst_port = proxy->dst_port;
+            a.tlvs = detail::str(proxy->tlvs);
+            a.proxy_address = detail::str(proxy_address);
+            const outcome o = run(ASIOSMTPD_HOOK_PROXY, &a);
+            if (o.verdict != ASIOSMTPD_CONTINUE && o.verdict != ASIOSMTPD_ACCEPT) {
+                closed_ = true; // closed without a reply (aiosmtpd)
+                return;
+            }
+        }
+        if (tls) {
+            tls_active_ = true;
+            tls_ = *tls;
+        }
         const asiosmtpd_connect_args a{sizeof a, detail::str(peer_), port_, detail::str("127.0.0.1"), 25};
         const outcome o = run(ASIOSMTPD_HOOK_CONNECT, &a);
         if (o.verdict == ASIOSMTPD_REJECT || o.verdict == ASIOSMTPD_REJECT_CLOSE)
             greeting_ = finish(o, "554 5.7.1 Rejected"); // real host: only QUIT is served then
         else
             greeting_ = finish(o, "220 " + h.hostname + " asiosmtpd-testkit");
+    }
+
+    enum class auth_kind { none, plain, login, plugin };
+
+    std::string handshake(tls_params params)
+    {
+        helo_.clear();
+        extended_ = false;
+        authenticated_ = false;
+        auth_login_.clear();
+        reset_txn();
+        tls_active_ = true;
+        tls_ = std::move(params);
+        const auto it = h_->hooks_.find(ASIOSMTPD_HOOK_STARTTLS);
+        if (it == h_->hooks_.end() || it->second.empty())
+            return {};
+        const outcome o = run(ASIOSMTPD_HOOK_STARTTLS, nullptr);
+        if (o.verdict == ASIOSMTPD_REJECT_CLOSE || o.verdict == ASIOSMTPD_TEMPFAIL_CLOSE) {
+            closed_ = true;
+            return o.code ? finish(o, "") : std::string();
+        }
+        if (o.verdict != ASIOSMTPD_CONTINUE && o.verdict != ASIOSMTPD_ACCEPT)
+            tls_vetoed_ = true;
+        return {};
+    }
+
+    std::string on_auth(std::string_view arg)
+    {
+        if (helo_.empty())
+            return "503 Error: send EHLO first";
+        if (!extended_)
+            return "500 Error: command 'AUTH' not recognized";
+        if (h_->auth_require_tls && !tls_active_)
+            return "538 5.7.11 Encryption required for requested authentication mechanism";
+        if (authenticated_)
+            return "503 Already authenticated";
+        if (arg.empty())
+            return "501 Not enough value";
+        std::vector<std::string_view> words;
+        for (std::size_t i = 0; i < arg.size();) {
+            while (i < arg.size() && (arg[i] == ' ' || arg[i] == '\t'))
+                ++i;
+            const std::size_t start = i;
+            while (i < arg.size() && arg[i] != ' ' && arg[i] != '\t')
+                ++i;
+            if (i == start)
+                continue;
+            if (words.size() == 2)
+                return "501 Too many values";
+            words.push_back(arg.substr(start, i - start));
+        }
+        const std::string mech = detail::upper(words[0]);
+        std::optional<std::string> initial;
+        if (words.size() == 2) {
+            initial = base64_decode(words[1]);
+            if (!initial)
+                return "501 5.5.2 Can't decode base64";
+        }
+        auth_step_ = 0;
+        if (mech == "PLAIN") {
+            auth_kind_ = auth_kind::plain;
+            if (initial)
+                return auth_response(*initial);
+            return "334 ";
+        }
+        if (mech == "LOGIN") {
+            auth_kind_ = auth_kind::login;
+            if (initial) {
+                auth_user_ = std::move(*initial);
+                auth_step_ = 1;
+                return "334 UGFzc3dvcmQ6";
+            }
+            return "334 VXNlcm5hbWU6";
+        }
+        for (std::size_t i = 0; i < h_->mechanisms_.size(); ++i) {
+            if (h_->mechanisms_[i].name != mech)
+                continue;
+            auth_kind_ = auth_kind::plugin;
+            auth_mech_ = i;
+            return auth_plugin_step(initial ? std::optional<std::string_view>(*initial) : std::nullopt);
+        }
+        return "504 5.5.4 Unrecognized authentication type";
+    }
+
+    // One line answering a 334 challenge.
+    std::string auth_line(std::string_view line)
+    {
+        const std::string_view answer = detail::trim(line);
+        if (answer == "*") {
+            auth_end();
+            return "501 5.7.0 Auth aborted";
+        }
+        const auto decoded = base64_decode(answer);
+        if (!decoded) {
+            auth_end();
+            return "501 5.5.2 Can't decode base64";
+        }
+        if (auth_kind_ == auth_kind::plugin)
+            return auth_plugin_step(std::string_view(*decoded));
+        return auth_response(*decoded);
+    }
+
+    // A decoded answer for the built-in mechanisms.
+    std::string auth_response(std::string_view data)
+    {
+        if (auth_kind_ == auth_kind::plain) {
+            const auto first = data.find('\0');
+            const auto second = first == std::string_view::npos ? first : data.find('\0', first + 1);
+            if (second == std::string_view::npos || data.find('\0', second + 1) != std::string_view::npos) {
+                auth_end();
+                return "501 5.5.2 Can't split auth value";
+            }
+            return auth_credentials("PLAIN", data.substr(0, first), data.substr(first + 1, second - first - 1),
+                                    data.substr(second + 1));
+        }
+        if (auth_step_ == 0) {
+            auth_user_.assign(data);
+            auth_step_ = 1;
+            return "334 UGFzc3dvcmQ6";
+        }
+        const std::string user = std::move(auth_user_);
+        return auth_credentials("LOGIN", {}, user, data);
+    }
+
+    std::string auth_credentials(std::string_view mechanism, std::string_view authzid, std::string_view login,
+                                 std::string_view password)
+    {
+        asiosmtpd_auth_args a{};
+        a.struct_size = sizeof a;
+        a.mechanism = detail::str(mechanism);
+        a.authzid = detail::str(authzid);
+        a.login = detail::str(login);
+        a.password = detail::str(password);
+        a.response = detail::str("");
+        // Without an AUTH_CHECK plugin nobody vouches for the credentials: 535.
+        const outcome o = run(ASIOSMTPD_HOOK_AUTH_CHECK, &a);
+        return auth_result(o, login);
+    }
+
+    std::string auth_plugin_step(std::optional<std::string_view> response)
+    {
+        const detail::mechanism_entry& m = h_->mechanisms_[auth_mech_];
+        asiosmtpd_auth_args a{};
+        a.struct_size = sizeof a;
+        a.mechanism = detail::str(m.name);
+        a.authzid = a.login = a.password = detail::str("");
+        a.response = detail::str(response ? *response : std::string_view());
+        a.has_response = response ? 1 : 0;
+        a.step = auth_step_;
+        const outcome o = run_one(m.handler, detail::auth_mechanism_call, &a);
+        return auth_result(o, {});
+    }
+
+    // The reply to an AUTH_CHECK chain or a mechanism step (the server's auth verdict mapping).
+    std::string auth_result(const outcome& o, std::string_view login)
+    {
+        switch (o.verdict) {
+        case ASIOSMTPD_ACCEPT: {
+            authenticated_ = true;
+            auth_login_ = o.identity.empty() ? std::string(login) : o.identity;
+            const std::string r = finish(o, "235 2.7.0 Authentication successful");
+            auth_end();
+            return r;
+        }
+        case ASIOSMTPD_AUTH_CHALLENGE:
+            ++auth_step_;
+            return "334 " + base64_encode(o.challenge);
+        case ASIOSMTPD_TEMPFAIL: {
+            auth_end();
+            return finish(o, "454 4.7.0 Temporary authentication failure");
+        }
+        case ASIOSMTPD_REJECT_CLOSE:
+        case ASIOSMTPD_TEMPFAIL_CLOSE:
+            auth_end();
+            return finish(o, "");
+        default: { // REJECT, or CONTINUE from every plugin
+            std::string r = o.code ? finish(o, "") : "535 5.7.8 Authentication credentials invalid";
+            auth_end();
+            ++auth_failures_;
+            if (h_->auth_max_failures != 0 && auth_failures_ >= h_->auth_max_failures) {
+                r += "\n421 4.7.0 " + h_->hostname + " Error: too many failed authentication attempts";
+                closed_ = true;
+            }
+            return r;
+        }
+        }
+    }
+
+    void auth_end()
+    {
+        auth_kind_ = auth_kind::none;
+        auth_step_ = 0;
+        auth_user_.clear();
     }
 
     static bool parse_path(std::string_view arg, std::string_view prefix, std::string& address,
@@ -722,10 +1251,42 @@ private:
 
     std::string end_of_data()
     {
+        data_replies_.clear();
+        if (h_->decode_data && !h_->enable_smtputf8 &&
+            std::any_of(content_.begin(), content_.end(), [](char c) { return static_cast<unsigned char>(c) > 127; })) {
+            data_replies_.push_back("500 Error: strict ASCII mode"); // the envelope is kept
+            return data_replies_.back();
+        }
+        std::uint32_t flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF;
+        if (h_->decode_data)
+            flags |= ASIOSMTPD_DATA_DECODED | (h_->enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u);
         const asiosmtpd_data_args a{sizeof a, reinterpret_cast<const std::uint8_t*>(content_.data()),
-                                    content_.size(), ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF};
-        const std::string r = finish(run(ASIOSMTPD_HOOK_DATA, &a), "250 OK");
+                                    content_.size(), flags};
+        const outcome o = run(ASIOSMTPD_HOOK_DATA, &a);
+        // LMTP (RFC 2033 §4.2): one reply per accepted recipient; set_rcpt_reply overrides one.
+        const std::size_t due = h_->lmtp ? std::max<std::size_t>(rcpts_.size(), 1) : 1;
+        const bool closes = o.verdict == ASIOSMTPD_REJECT_CLOSE || o.verdict == ASIOSMTPD_TEMPFAIL_CLOSE;
+        outcome each = o;
+        if (closes)
+            each.verdict = o.verdict == ASIOSMTPD_REJECT_CLOSE ? ASIOSMTPD_REJECT : ASIOSMTPD_TEMPFAIL;
+        std::string r;
+        for (std::size_t i = 0; i < due; ++i) {
+            std::string one;
+            if (h_->lmtp && i < o.rcpt_replies.size() && o.rcpt_replies[i].first != 0) {
+                outcome single;
+                single.verdict = ASIOSMTPD_ACCEPT;
+                single.code = o.rcpt_replies[i].first;
+                single.text = o.rcpt_replies[i].second;
+                one = finish(single, "");
+            } else {
+                one = finish(each, "250 OK");
+            }
+            r += (i ? "\n" : "") + one;
+            data_replies_.push_back(std::move(one));
+        }
         reset_txn();
+        if (closes)
+            closed_ = true;
         return r;
     }
 
@@ -803,8 +1364,15 @@ private:
             v = e.fn(e.inst->self, reinterpret_cast<asiosmtpd_call*>(&c), args);
         }
         c.active = false;
+        std::uint16_t code = c.code;
+        std::string text = std::move(c.text);
         if (c.pending) {
-            // Suspended: only complete() decides (the returned verdict is ignored).
+            if (v != ASIOSMTPD_PENDING && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
+                std::lock_guard<std::mutex> reg(detail::token_registry::get().m);
+                detail::token_registry::get().live.erase(c.token);
+                return internal_error(e.inst, "a hook suspended the call but returned a verdict");
+            }
+            // Suspended: complete() decides.
             std::unique_lock<std::mutex> lock(c.pending->m);
             if (!c.pending->cv.wait_for(lock, h_->hook_timeout, [&] { return c.pending->done; })) {
                 c.pending->gone = true;
@@ -813,20 +1381,42 @@ private:
                 detail::token_registry::get().live.erase(c.token);
                 return internal_error(e.inst, "a suspended hook was not completed within the hook timeout");
             }
-            if (hook == ASIOSMTPD_HOOK_SESSION_CLOSE)
-                return outcome{};
-            outcome o{c.pending->verdict, c.pending->code, c.pending->text};
-            if (!detail::class_fits(o.verdict, o.code))
-                return internal_error(e.inst, "the completion's reply class does not fit its verdict");
-            return o;
+            v = c.pending->verdict;
+            code = c.pending->code;
+            text = c.pending->text;
+            for (std::size_t i = 0; i < c.pending->rcpt_replies.size(); ++i) {
+                if (c.pending->rcpt_replies[i].first == 0)
+                    continue;
+                if (c.rcpt_replies.size() <= i)
+                    c.rcpt_replies.resize(i + 1);
+                c.rcpt_replies[i] = c.pending->rcpt_replies[i];
+            }
+            if (v == ASIOSMTPD_AUTH_CHALLENGE) {
+                // From complete(), a challenge travels as the text (plugin.h).
+                c.challenge = std::move(text);
+                text.clear();
+                code = 0;
+            }
+        } else if (v == ASIOSMTPD_PENDING && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
+            return internal_error(e.inst, "a hook returned PENDING without suspend()");
         }
         if (hook == ASIOSMTPD_HOOK_SESSION_CLOSE)
             return outcome{};
-        if (v < ASIOSMTPD_CONTINUE || v >= ASIOSMTPD_PENDING)
-            return internal_error(e.inst, "a hook returned PENDING without suspend(), or an unknown verdict");
-        if (!detail::class_fits(v, c.code))
+        if (v == ASIOSMTPD_AUTH_CHALLENGE) {
+            if (hook != detail::auth_mechanism_call)
+                return internal_error(e.inst, "AUTH_CHALLENGE outside an AUTH mechanism");
+        } else if (v < ASIOSMTPD_CONTINUE || v >= ASIOSMTPD_PENDING) {
+            return internal_error(e.inst, "a hook returned an unknown verdict");
+        }
+        if (v == ASIOSMTPD_CONTINUE)
+            return outcome{}; // no opinion: a reply set on the way is ignored (as the server)
+        if (v != ASIOSMTPD_AUTH_CHALLENGE && !detail::class_fits(v, code))
             return internal_error(e.inst, "the reply class does not fit the verdict");
-        return outcome{v, c.code, c.text};
+        outcome o{v, code, std::move(text)};
+        o.challenge = std::move(c.challenge);
+        o.identity = std::move(c.identity);
+        o.rcpt_replies = std::move(c.rcpt_replies);
+        return o;
     }
 
     host* h_ = nullptr;
@@ -844,6 +1434,17 @@ private:
     std::string content_;
     bool closed_ = false;
     std::map<std::pair<detail::instance*, std::int32_t>, detail::slot> slots_;
+    bool tls_active_ = false;
+    tls_params tls_;
+    bool tls_vetoed_ = false;
+    bool authenticated_ = false;
+    std::string auth_login_;
+    auth_kind auth_kind_ = auth_kind::none;
+    std::uint32_t auth_step_ = 0;
+    std::string auth_user_;
+    std::size_t auth_mech_ = 0;
+    unsigned auth_failures_ = 0;
+    std::vector<std::string> data_replies_;
 
     friend struct api_impl;
 };
@@ -851,6 +1452,16 @@ private:
 inline session host::open(std::string peer_address, std::uint16_t peer_port)
 {
     return session(*this, next_session_++, std::move(peer_address), peer_port);
+}
+
+inline session host::open_tls(tls_params tls, std::string peer_address, std::uint16_t peer_port)
+{
+    return session(*this, next_session_++, std::move(peer_address), peer_port, nullptr, &tls);
+}
+
+inline session host::open(const proxy_header& proxy, std::string tcp_peer_address, std::uint16_t tcp_peer_port)
+{
+    return session(*this, next_session_++, std::move(tcp_peer_address), tcp_peer_port, &proxy);
 }
 
 inline std::uint64_t host::session_id_of(detail::call_state* c) { return c->s ? c->s->id_ : 0; }
@@ -869,7 +1480,7 @@ struct api_impl {
         host* h = rs(reg)->owner;
         if (h->frozen_)
             return ASIOSMTPD_E_FROZEN;
-        if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_SESSION_CLOSE)
+        if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_PROXY)
             return ASIOSMTPD_E_UNSUPPORTED;
         h->hooks_[hook].push_back({rs(reg)->inst, fn});
         return ASIOSMTPD_OK;
@@ -959,9 +1570,14 @@ struct api_impl {
         full.peer_port = s.port_;
         full.helo_name = detail::str(s.helo_);
         full.extended_smtp = s.extended_ ? 1 : 0;
-        // The kit fills the ABI 1.0 view (no TLS): a plugin reads later fields only when
-        // struct_size says they are there.
-        const std::size_t n = std::min<std::size_t>(out->struct_size, detail::session_info_v1_0_size);
+        full.tls_active = s.tls_active_ ? 1 : 0;
+        full.authenticated = s.authenticated_ ? 1 : 0;
+        full.tls_version = detail::str(s.tls_active_ ? std::string_view(s.tls_.version) : std::string_view());
+        full.tls_cipher = detail::str(s.tls_active_ ? std::string_view(s.tls_.cipher) : std::string_view());
+        full.tls_peer_subject = detail::str(s.tls_active_ ? std::string_view(s.tls_.peer_subject) : std::string_view());
+        full.auth_login = detail::str(s.auth_login_);
+        // The caller's capacity: a 1.0 plugin gets the 1.0 view.
+        const std::size_t n = std::min<std::size_t>(out->struct_size, sizeof full);
         std::memcpy(out, &full, n);
         out->struct_size = static_cast<std::uint32_t>(n);
         return ASIOSMTPD_OK;
@@ -1060,9 +1676,10 @@ struct api_impl {
     }
     static asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict v, std::uint16_t code, asiosmtpd_str text)
     {
-        if (v < ASIOSMTPD_CONTINUE || v >= ASIOSMTPD_PENDING)
+        if (v < ASIOSMTPD_CONTINUE || v == ASIOSMTPD_PENDING || v > ASIOSMTPD_AUTH_CHALLENGE)
             return ASIOSMTPD_E_INVALID;
-        if (code != 0 && !detail::valid_reply(code, detail::view(text)))
+        if (v == ASIOSMTPD_AUTH_CHALLENGE ? text.size > 700 // code ignored: the text is the challenge
+                                          : (code != 0 && !detail::valid_reply(code, detail::view(text))))
             return ASIOSMTPD_E_INVALID;
         std::shared_ptr<detail::pending_state> p;
         {
@@ -1084,6 +1701,93 @@ struct api_impl {
         p->cv.notify_all();
         return ASIOSMTPD_OK;
     }
+    // ---- ABI 1.1 ----
+    static asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str name, asiosmtpd_hook_fn fn)
+    {
+        if (!reg || !fn)
+            return ASIOSMTPD_E_INVALID;
+        host* h = rs(reg)->owner;
+        if (h->frozen_)
+            return ASIOSMTPD_E_FROZEN;
+        const std::string n = detail::upper(detail::view(name));
+        // RFC 4954 / RFC 4422 SASL names: [A-Z0-9_-]+, at most 20 characters.
+        if (n.empty() || n.size() > 20 ||
+            n.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != std::string::npos)
+            return ASIOSMTPD_E_INVALID;
+        if (n == "PLAIN" || n == "LOGIN")
+            return ASIOSMTPD_E_CONFLICT;
+        for (const auto& m : h->mechanisms_)
+            if (m.name == n)
+                return ASIOSMTPD_E_CONFLICT;
+        h->mechanisms_.push_back({n, {rs(reg)->inst, fn}});
+        return ASIOSMTPD_OK;
+    }
+    static asiosmtpd_status set_auth_challenge(call* c, asiosmtpd_str challenge)
+    {
+        detail::call_state* st = c ? detail::cs(c) : nullptr;
+        if (!st || !st->active || st->hook != detail::auth_mechanism_call)
+            return ASIOSMTPD_E_STATE;
+        if (challenge.size > 700) // the 334 line must fit 1001 bytes once base64-encoded
+            return ASIOSMTPD_E_INVALID;
+        st->challenge = std::string(detail::view(challenge));
+        return ASIOSMTPD_OK;
+    }
+    static asiosmtpd_status set_auth_identity(call* c, asiosmtpd_str login)
+    {
+        if (!c || !detail::cs(c)->active)
+            return ASIOSMTPD_E_INVALID;
+        detail::call_state* st = detail::cs(c);
+        if (st->hook != detail::auth_mechanism_call && st->hook != ASIOSMTPD_HOOK_AUTH_CHECK)
+            return ASIOSMTPD_E_STATE;
+        const std::string_view l = detail::view(login);
+        if (l.size() > 512 || l.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos)
+            return ASIOSMTPD_E_INVALID;
+        st->identity = std::string(l);
+        return ASIOSMTPD_OK;
+    }
+    static asiosmtpd_str config_dir(asiosmtpd_registrar* reg)
+    {
+        if (!reg || rs(reg)->owner->frozen_)
+            return detail::str("");
+        return detail::str(rs(reg)->owner->config_dir);
+    }
+    static asiosmtpd_status set_rcpt_reply(call* c, std::size_t index, std::uint16_t code, asiosmtpd_str text)
+    {
+        if (!c || !detail::cs(c)->active)
+            return ASIOSMTPD_E_INVALID;
+        detail::call_state* st = detail::cs(c);
+        if (st->hook != ASIOSMTPD_HOOK_DATA)
+            return ASIOSMTPD_E_STATE;
+        if (index >= st->s->rcpts_.size() || code < 200 || code > 599 || !detail::valid_line(detail::view(text)))
+            return ASIOSMTPD_E_INVALID;
+        if (st->rcpt_replies.size() <= index)
+            st->rcpt_replies.resize(index + 1);
+        st->rcpt_replies[index] = {code, std::string(detail::view(text))};
+        return ASIOSMTPD_OK;
+    }
+    static asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, std::size_t index, std::uint16_t code,
+                                                   asiosmtpd_str text)
+    {
+        if (code < 200 || code > 599 || index > 100000 || !detail::valid_line(detail::view(text)))
+            return ASIOSMTPD_E_INVALID;
+        std::shared_ptr<detail::pending_state> p;
+        {
+            auto& reg = detail::token_registry::get();
+            std::lock_guard<std::mutex> lock(reg.m);
+            const auto it = reg.live.find(token);
+            if (it == reg.live.end())
+                return (token == 0 || token > reg.last) ? ASIOSMTPD_E_INVALID : ASIOSMTPD_E_GONE;
+            p = it->second;
+        }
+        std::lock_guard<std::mutex> lock(p->m);
+        if (p->gone || p->done)
+            return ASIOSMTPD_E_GONE;
+        if (p->rcpt_replies.size() <= index)
+            p->rcpt_replies.resize(index + 1);
+        p->rcpt_replies[index] = {code, std::string(detail::view(text))};
+        return ASIOSMTPD_OK;
+    }
+
     static void log(asiosmtpd_ctx* ctx, call* c, std::int32_t level, asiosmtpd_str m)
     {
         auto* inst = reinterpret_cast<detail::instance*>(ctx);
@@ -1096,7 +1800,7 @@ struct api_impl {
 
 inline void host::init_api()
 {
-    api_.struct_size = static_cast<std::uint32_t>(detail::host_api_v1_0_size);
+    api_.struct_size = static_cast<std::uint32_t>(sizeof api_); // the whole ABI 1.1 table
     api_.abi_major = ASIOSMTPD_ABI_MAJOR;
     api_.abi_minor = ASIOSMTPD_ABI_MINOR;
     api_.host_version = detail::str("testkit");
@@ -1120,6 +1824,12 @@ inline void host::init_api()
     api_.suspend = &api_impl::suspend;
     api_.complete = &api_impl::complete;
     api_.log = &api_impl::log;
+    api_.register_auth_mechanism = &api_impl::register_auth_mechanism;
+    api_.set_auth_challenge = &api_impl::set_auth_challenge;
+    api_.set_auth_identity = &api_impl::set_auth_identity;
+    api_.config_dir = &api_impl::config_dir;
+    api_.set_rcpt_reply = &api_impl::set_rcpt_reply;
+    api_.set_rcpt_reply_pending = &api_impl::set_rcpt_reply_pending;
 }
 
 } // namespace asiosmtpd::testkit
