@@ -2,11 +2,13 @@
 #include "config/config.hpp"
 #include "log/log.hpp"
 #include "net/server.hpp"
+#include "os/privileges.hpp"
 #include "plugin/loader.hpp"
 
 #include <asiosmtpd/version.hpp>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <csignal>
 #include <cstdio>
@@ -42,21 +44,68 @@ int main(int argc, char** argv)
     try {
         const config::settings settings = config_file.empty() ? config::load_default() : config::load_file(config_file);
         if (app.count("--log-level") == 0) set_level(settings.server.log_level);  // the command line wins
+        // Start-up order (issue 9): config; the privilege plan (refusals before anything is
+        // opened); TLS keys, as started (they may be root-only); then, with server.user as root:
+        // bind the listeners (ports below 1024, metrics), drop privileges for good, and only then
+        // load the plugins: their create() and static constructors run at dlopen, never as root
+        // unless so configured. Without a drop the plugins load before binding, as before, so
+        // that a plugin refusing its config stops start-up before any listener opens.
+        const os::plan plan = os::decide(settings);
+        // Logged once start-up (or the check) succeeded, so that a failing one stays one line.
+        const auto warn_if_root = [&] {
+            if (plan == os::plan::stay_root) log::warn("{}", os::root_warning(settings));
+        };
         auto tls = net::tls_context_for(settings);  // certificate problems first
-        auto plugins = plugin::load(settings);
+        // The folders searched by plugin name, as started: after the drop a folder the user
+        // cannot enter is named in the error instead of silently skipped.
+        const auto plugin_dirs = plugin::search_dirs(settings);
+        const auto drop = [&] {
+            if (plan != os::plan::drop) return;
+            const config::run_as& who = *settings.server.user;
+            os::drop(who);
+            log::info("event=privileges_dropped user={} uid={} group={} gid={}", who.user, who.uid, who.group, who.gid);
+        };
+        const auto load_plugins = [&] {
+            os::check_plugin_files(settings, plugin_dirs);
+            try {
+                return plugin::load(settings);
+            } catch (const plugin::load_error& e) {
+                const std::string who = os::dropped_to();
+                if (who.empty()) throw;
+                throw plugin::load_error(fmt::format(
+                    "{} (plugins run as user {}: their files and data must be accessible to that user)", e.what(), who));
+            }
+        };
         if (check_only) {
+            // As a start would do it, without binding: TLS as started, then the drop, then the
+            // plugins loaded as server.user (so that their files and data are checked as that user).
+            drop();
+            auto plugins = load_plugins();
             {
                 net::server probe(settings, plugins, tls);  // listener checks
                 std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
                           << " plugin(s)\n";
             }
+            warn_if_root();
             plugins.reset();
             plugin::drain_retired();
             return 0;
         }
         {
-            net::server server(settings, std::move(plugins), std::move(tls));
+            std::shared_ptr<const plugin::generation> plugins;
+            if (plan != os::plan::drop) plugins = load_plugins();
+            // Until use_plugins() below, the listeners hold an empty generation; nothing is
+            // accepted before run().
+            // (Moved: a generation must not outlive its sessions in main's hands, or a reload
+            // would never retire it.)
+            net::server server(settings, plugins ? std::move(plugins) : std::make_shared<const plugin::generation>(),
+                               std::move(tls));
             server.bind();
+            if (plan == os::plan::drop) {
+                drop();
+                server.use_plugins(load_plugins());
+            }
+            warn_if_root();
             server.handle_signals();
             net::notify_systemd("READY=1\nSTATUS=serving");
             server.run();

@@ -10,7 +10,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <fcntl.h>
+#include <grp.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -171,6 +173,87 @@ std::string one_line(std::string_view text)
     return out;
 }
 
+// One getpwnam_r-style lookup, growing the buffer on ERANGE: true when an entry was found.
+template <class Entry, class Lookup>
+bool lookup_entry(Entry& entry, std::vector<char>& buf, Lookup lookup)
+{
+    buf.resize(1024);
+    for (;;) {
+        Entry* found = nullptr;
+        const int rc = lookup(&entry, buf.data(), buf.size(), &found);
+        if (rc == ERANGE && buf.size() < (1u << 20)) {
+            buf.resize(buf.size() * 2);
+            continue;
+        }
+        return rc == 0 && found != nullptr;
+    }
+}
+
+// "65534" -> 65534; anything else (names, signs, too large) -> nullopt.
+std::optional<std::uint32_t> numeric_id(std::string_view s)
+{
+    if (s.empty() || s.size() > 10 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return std::nullopt;
+    std::uint64_t v = 0;
+    std::from_chars(s.data(), s.data() + s.size(), v);
+    if (v > std::numeric_limits<std::uint32_t>::max() - 1) // (uid_t)-1 means "unchanged" to setresuid
+        return std::nullopt;
+    return static_cast<std::uint32_t>(v);
+}
+
+struct db_entry {
+    std::string name;
+    std::uint32_t id = 0;
+    std::uint32_t primary_gid = 0; // users only
+};
+
+// A user by name, else by numeric id, in the user database (NSS: files, LDAP, ...).
+std::optional<db_entry> find_user(const std::string& text)
+{
+    passwd pw{};
+    std::vector<char> buf;
+    bool ok = lookup_entry(pw, buf, [&](passwd* e, char* b, std::size_t n, passwd** r) {
+        return ::getpwnam_r(text.c_str(), e, b, n, r);
+    });
+    const auto id = numeric_id(text);
+    if (!ok && id)
+        ok = lookup_entry(pw, buf, [&](passwd* e, char* b, std::size_t n, passwd** r) {
+            return ::getpwuid_r(*id, e, b, n, r);
+        });
+    if (!ok)
+        return std::nullopt;
+    return db_entry{pw.pw_name, pw.pw_uid, pw.pw_gid};
+}
+
+// A group by name, else by numeric id, in the group database.
+std::optional<db_entry> find_group(const std::string& text)
+{
+    group gr{};
+    std::vector<char> buf;
+    bool ok = lookup_entry(gr, buf, [&](group* e, char* b, std::size_t n, group** r) {
+        return ::getgrnam_r(text.c_str(), e, b, n, r);
+    });
+    const auto id = numeric_id(text);
+    if (!ok && id)
+        ok = lookup_entry(gr, buf, [&](group* e, char* b, std::size_t n, group** r) {
+            return ::getgrgid_r(*id, e, b, n, r);
+        });
+    if (!ok)
+        return std::nullopt;
+    return db_entry{gr.gr_name, gr.gr_gid, 0};
+}
+
+// When this process is not root: " (asiosmtpd runs as user nobody, uid 65534)", so that a
+// "Permission denied" after the privilege drop (a SIGHUP reload) says whose permission.
+std::string not_root_note()
+{
+    const uid_t uid = ::geteuid();
+    if (uid == 0)
+        return {};
+    const auto user = find_user(std::to_string(uid));
+    return fmt::format(" (asiosmtpd runs as user {}, uid {})", user ? user->name : std::to_string(uid), uid);
+}
+
 class reader {
 public:
     reader(std::string file, fs::path base_dir) : file_(std::move(file)), base_dir_(std::move(base_dir)) {}
@@ -208,6 +291,11 @@ private:
     void read_document(const YAML::Node& root, settings& out);
     void read_server(const item& it, server_settings& s);
     listener read_listener(const item& it);
+    void read_run_as(const item* user, const item* group, server_settings& s) const;
+    std::string where(const YAML::Mark& at) const
+    {
+        return at.is_null() || at.line < 0 ? file_ : fmt::format("{}:{}", file_, at.line + 1);
+    }
     call_limits read_call_limits(const item& it) const;
     tls_section read_tls(const item& it) const;
     plugin_entry read_plugin(const item& it) const;
@@ -444,7 +532,8 @@ void reader::read_server(const item& it, server_settings& s)
         it, {"hostname", "ident", "listen", "data_size_limit", "command_size_limit",
              "enable_smtputf8", "decode_data", "require_starttls", "auth_required",
              "auth_require_tls", "auth_max_failures", "auth_failure_delay", "advertise_pipelining", "command_call_limit", "timeout",
-             "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level"});
+             "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level",
+             "user", "group", "allow_root"});
 
     if (const item* f = m.find("hostname"); f != nullptr && !f->value.IsNull()) {
         s.hostname = read_string(*f);
@@ -515,6 +604,57 @@ void reader::read_server(const item& it, server_settings& s)
         s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
     if (const item* f = m.find("shutdown_grace"))
         s.shutdown_grace = read_seconds(*f, true);
+
+    // null is as if absent: no switch.
+    auto given = [&m](std::string_view name) -> const item* {
+        const item* f = m.find(name);
+        return f != nullptr && !f->value.IsNull() ? f : nullptr;
+    };
+    read_run_as(given("user"), given("group"), s);
+    if (const item* f = m.find("allow_root")) {
+        s.allow_root = read_bool(*f);
+        s.allow_root_at = where(f->mark);
+    }
+}
+
+void reader::read_run_as(const item* user, const item* group, server_settings& s) const
+{
+    if (user == nullptr) {
+        if (group != nullptr)
+            fail(group->mark, group->key, "set without server.user (the group is used when switching to that user)");
+        return;
+    }
+    const std::string name = read_string(*user);
+    if (name.empty() || has_control(name, false))
+        fail(user->mark, user->key, fmt::format("expected a user name or id, got {}", describe(user->value)));
+    const auto u = find_user(name);
+    if (!u)
+        fail(user->mark, user->key, fmt::format("unknown user {:?} (not in the user database)", name));
+    if (u->id == 0)
+        fail(user->mark, user->key,
+             fmt::format("{:?} is root (uid 0): name an unprivileged user, or leave server.user unset", name));
+    run_as r;
+    r.user = u->name;
+    r.uid = u->id;
+    r.gid = u->primary_gid;
+    r.user_at = where(user->mark);
+    if (group != nullptr) {
+        const std::string gname = read_string(*group);
+        if (gname.empty() || has_control(gname, false))
+            fail(group->mark, group->key, fmt::format("expected a group name or id, got {}", describe(group->value)));
+        const auto g = find_group(gname);
+        if (!g)
+            fail(group->mark, group->key, fmt::format("unknown group {:?} (not in the group database)", gname));
+        r.group = g->name;
+        r.gid = g->id;
+        r.group_given = true;
+        r.group_at = where(group->mark);
+    } else {
+        // The user's primary group, named if the group database knows it.
+        const auto g = find_group(std::to_string(r.gid));
+        r.group = g && g->id == r.gid ? g->name : std::to_string(r.gid);
+    }
+    s.user = std::move(r);
 }
 
 reader::tls_section reader::read_tls(const item& it) const
@@ -544,7 +684,8 @@ void reader::check_readable(const item& it, const fs::path& p) const
     const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        fail(it.mark, it.key, fmt::format("cannot read {:?}: {}", p.string(), std::strerror(err)));
+        fail(it.mark, it.key, fmt::format("cannot read {:?}: {}{}", p.string(), std::strerror(err),
+                                          err == EACCES ? not_root_note() : std::string()));
     }
     struct stat st {};
     const int rc = ::fstat(fd, &st);
@@ -807,7 +948,8 @@ settings load_file(const std::filesystem::path& file)
     std::FILE* f = std::fopen(abs.c_str(), "rb");
     if (f == nullptr) {
         const int err = errno;
-        throw cannot_read(std::strerror(err));
+        // A SIGHUP reload after the privilege drop reads the file as server.user: say so.
+        throw cannot_read(fmt::format("{}{}", std::strerror(err), err == EACCES ? not_root_note() : std::string()));
     }
     std::string text;
     char buf[8192];

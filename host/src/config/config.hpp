@@ -55,6 +55,20 @@ struct call_limits {
     std::uint32_t default_limit = 20;
 };
 
+/// server.user / server.group: the account the executable switches to for good when it is
+/// started as root, once its listeners are bound and its TLS keys loaded, before any plugin
+/// code runs (os/privileges.hpp). Names are resolved when the config is loaded, so that an
+/// unknown one is a config error naming its line.
+struct run_as {
+    std::string user;                            // the name in the user database
+    std::uint32_t uid = 0;                       // never 0 (root is refused)
+    std::string group;                           // server.group, else the user's primary group
+    std::uint32_t gid = 0;
+    bool group_given = false;                    // server.group was set (else: primary group)
+    std::string user_at;                         // "<file>:<line>" of server.user, for messages
+    std::string group_at;                        // "<file>:<line>" of server.group ("" if not given)
+};
+
 struct server_settings {
     std::string hostname;                        // empty in the file -> machine's FQDN (filled by load)
     std::optional<std::string> ident;            // null -> "asiosmtpd <version>"
@@ -77,6 +91,9 @@ struct server_settings {
     std::uint32_t workers = 0;                   // 0 = one per core
     double shutdown_grace = 30;                  // seconds, >= 0
     std::string log_level = "info";              // debug | info | warn | error (--log-level wins)
+    std::optional<run_as> user;                  // server.user (+ server.group); absent: no switch
+    bool allow_root = true;                      // false: refuse to start as root without server.user
+    std::string allow_root_at;                   // "<file>:<line>" of server.allow_root ("" if absent)
 };
 
 enum class tls_version { v1_2, v1_3 };

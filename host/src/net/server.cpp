@@ -2,6 +2,7 @@
 
 #include "log/log.hpp"
 #include "net/metrics.hpp"
+#include "os/privileges.hpp"
 
 #include <asiosmtpd/version.hpp>
 
@@ -213,7 +214,11 @@ void server::open(listener_slot& slot)
     if (!ec && l.reuse_port) acc->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", l.address, l.port, ec.message()));
+    if (ec) {
+        // After the privilege drop a port below 1024 cannot be opened by a reload: say so.
+        const std::string hint = ec == asio::error::access_denied ? os::bind_denied_hint(l.port) : std::string();
+        throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}{}", l.address, l.port, ec.message(), hint));
+    }
     const auto bound = acc->local_endpoint();
     log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
               l.protocol == config::protocol::lmtp ? "lmtp" : "smtp",
@@ -242,6 +247,13 @@ void server::bind()
         asio::co_spawn(ioc_, serve_metrics(*metrics_acceptor_, [this] { return registry_.size(); }), log_failure("metrics"));
     }
     for (const auto& slot : listeners_) asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
+}
+
+void server::use_plugins(std::shared_ptr<const plugin::generation> g)
+{
+    // Same listener, same TLS context: only the plugins (and what they register) change.
+    for (const auto& slot : listeners_)
+        slot->ctx.store(make_context(config_, slot->spec, g, slot->ctx.load()->tls_context));
 }
 
 std::vector<tcp::endpoint> server::endpoints() const
@@ -294,9 +306,17 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     reloading_ = false;
     if (stopping_) return;
     // Listeners are matched by address and port: kept ones get the new settings, new ones are
-    // opened, the ones gone from the config are closed (their open sessions go on).
-    std::vector<std::shared_ptr<listener_slot>> kept;
-    std::size_t opened = 0, closed = 0;
+    // opened, the ones gone from the config are closed (their open sessions go on). What can
+    // fail (a context, opening a new listener: a port below 1024 once privileges were dropped,
+    // an address in use) is done first, so that a failure refuses the whole reload and the
+    // running configuration goes on untouched.
+    struct change {
+        std::shared_ptr<listener_slot> slot;
+        std::shared_ptr<const listener_context> ctx;
+        config::listener spec;
+        bool fresh = false;  // opened by this reload, not yet accepting
+    };
+    std::vector<change> changes;
     try {
         for (const auto& l : next.server.listen) {
             auto ctx = make_context(next, l, plugins, tls);
@@ -304,21 +324,34 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
                 return !slot->closed && slot->spec.address == l.address && slot->spec.port == l.port && l.port != 0;
             });
             if (it != listeners_.end()) {
-                (*it)->spec = l;
-                (*it)->ctx.store(std::move(ctx));
-                kept.push_back(*it);
+                changes.push_back({*it, std::move(ctx), l, false});
                 continue;
             }
             auto slot = std::make_shared<listener_slot>();
             slot->spec = l;
-            slot->ctx.store(std::move(ctx));
+            changes.push_back({slot, std::move(ctx), l, true});
             open(*slot);
-            asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
-            kept.push_back(std::move(slot));
-            ++opened;
         }
     } catch (const std::exception& e) {
-        log::error("event=reload result=partial reason=\"{}\"", log::escaped(e.what(), 1000));
+        boost::system::error_code ignored;
+        for (auto& c : changes)
+            if (c.fresh && c.slot->acceptor) c.slot->acceptor->close(ignored);
+        log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
+                   log::escaped(e.what(), 1000));
+        metrics::get().reloads_failed.fetch_add(1, std::memory_order_relaxed);
+        notify_systemd("READY=1\nSTATUS=reload failed, serving the previous configuration");
+        return;
+    }
+    std::vector<std::shared_ptr<listener_slot>> kept;
+    std::size_t opened = 0, closed = 0;
+    for (auto& c : changes) {
+        c.slot->spec = std::move(c.spec);
+        c.slot->ctx.store(std::move(c.ctx));
+        if (c.fresh) {
+            asio::co_spawn(ioc_, accept_loop(c.slot), log_failure("accept"));
+            ++opened;
+        }
+        kept.push_back(std::move(c.slot));
     }
     for (auto& slot : listeners_) {
         if (std::find(kept.begin(), kept.end(), slot) != kept.end()) continue;

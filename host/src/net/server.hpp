@@ -62,6 +62,10 @@ public:
 
     /// Bind every listener. Throws std::runtime_error ("cannot listen on ADDR:PORT: why").
     void bind();
+    /// Give every listener the plugins `g`, before run(). The executable binds first, drops
+    /// privileges (server.user), and only then loads the plugins (os/privileges.hpp), so it
+    /// constructs the server with an empty generation and hands the real one over here.
+    void use_plugins(std::shared_ptr<const plugin::generation> g);
     /// The bound endpoints, in listener order (port 0 resolved).
     [[nodiscard]] std::vector<tcp::endpoint> endpoints() const;
     /// Stop on SIGINT/SIGTERM (for the executable).

@@ -4,10 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -698,6 +701,119 @@ TEST(config_load_file, unreadable_files)
     } catch (const config_error& e) {
         EXPECT_EQ(std::string(e.what()), dir.path().string() + ": cannot read: Is a directory");
     }
+}
+
+
+// ---- server.user / server.group / server.allow_root (issue 9) --------------------------------
+
+// The user database entry and primary group name the tests expect for `nobody`; nullopt (the
+// test is skipped) on a system without it.
+struct account_ids {
+    std::string user;
+    std::uint32_t uid = 0;
+    std::string group;
+    std::uint32_t gid = 0;
+};
+
+std::optional<account_ids> nobody()
+{
+    const passwd* pw = ::getpwnam("nobody");
+    if (pw == nullptr)
+        return std::nullopt;
+    account_ids a{pw->pw_name, pw->pw_uid, std::to_string(pw->pw_gid), pw->pw_gid};
+    if (const group* gr = ::getgrgid(pw->pw_gid))
+        a.group = gr->gr_name;
+    return a;
+}
+
+TEST(config_privileges, defaults_no_user_and_root_allowed)
+{
+    const settings s = parse_text("server: {hostname: x}\n");
+    EXPECT_FALSE(s.server.user.has_value());
+    EXPECT_TRUE(s.server.allow_root);
+    EXPECT_TRUE(s.server.allow_root_at.empty());
+    // The embedded default keeps running as it always did (as root: with a warning).
+    const settings d = load_default();
+    EXPECT_FALSE(d.server.user.has_value());
+    EXPECT_TRUE(d.server.allow_root);
+    // null is as if absent.
+    EXPECT_FALSE(parse_text("server:\n  user: null\n  group: null\n").server.user.has_value());
+}
+
+TEST(config_privileges, user_by_name_gets_its_primary_group)
+{
+    const auto n = nobody();
+    if (!n) GTEST_SKIP() << "no user nobody on this system";
+    const settings s = parse_text("server:\n  hostname: x\n  user: nobody\n");
+    ASSERT_TRUE(s.server.user.has_value());
+    const run_as& r = *s.server.user;
+    EXPECT_EQ(r.user, n->user);
+    EXPECT_EQ(r.uid, n->uid);
+    EXPECT_EQ(r.gid, n->gid);
+    EXPECT_EQ(r.group, n->group);
+    EXPECT_FALSE(r.group_given);
+    EXPECT_EQ(r.user_at, "t.yaml:3");
+    EXPECT_TRUE(r.group_at.empty());
+}
+
+TEST(config_privileges, user_and_group_by_name_or_id)
+{
+    const auto n = nobody();
+    if (!n) GTEST_SKIP() << "no user nobody on this system";
+    const settings by_id = parse_text("server:\n  user: " + std::to_string(n->uid) + "\n  group: " +
+                                      std::to_string(n->gid) + "\n");
+    ASSERT_TRUE(by_id.server.user.has_value());
+    EXPECT_EQ(by_id.server.user->user, n->user);  // the name from the database
+    EXPECT_EQ(by_id.server.user->uid, n->uid);
+    EXPECT_EQ(by_id.server.user->gid, n->gid);
+    EXPECT_TRUE(by_id.server.user->group_given);
+    EXPECT_EQ(by_id.server.user->group_at, "t.yaml:3");
+    if (n->group != std::to_string(n->gid)) {
+        const settings by_name = parse_text("server:\n  user: nobody\n  group: \"" + n->group + "\"\n");
+        EXPECT_EQ(by_name.server.user->group, n->group);
+        EXPECT_EQ(by_name.server.user->gid, n->gid);
+    }
+    // Any existing group, not only the user's own.
+    const group* root_group = ::getgrgid(0);
+    if (root_group != nullptr) {
+        const settings g0 = parse_text("server:\n  user: nobody\n  group: " + std::string(root_group->gr_name) + "\n");
+        EXPECT_EQ(g0.server.user->gid, 0u);
+        EXPECT_EQ(g0.server.user->group, root_group->gr_name);
+    }
+}
+
+TEST(config_privileges, allow_root)
+{
+    const settings off = parse_text("server:\n  hostname: x\n  allow_root: false\n");
+    EXPECT_FALSE(off.server.allow_root);
+    EXPECT_EQ(off.server.allow_root_at, "t.yaml:3");
+    const settings on = parse_text("server:\n  allow_root: yes\n");
+    EXPECT_TRUE(on.server.allow_root);
+    EXPECT_EQ(error_of("server:\n  allow_root: maybe\n"),
+              R"(t.yaml:2: server.allow_root: expected true or false, got "maybe")");
+}
+
+TEST(config_privileges, errors_name_the_line_and_key)
+{
+    EXPECT_EQ(error_of("server:\n  hostname: x\n  user: asiosmtpd-no-such-user\n"),
+              R"(t.yaml:3: server.user: unknown user "asiosmtpd-no-such-user" (not in the user database))");
+    EXPECT_EQ(error_of("server:\n  user: 4000000001\n"),
+              R"(t.yaml:2: server.user: unknown user "4000000001" (not in the user database))");
+    EXPECT_EQ(error_of("server:\n  user: root\n"),
+              R"(t.yaml:2: server.user: "root" is root (uid 0): name an unprivileged user, or leave server.user unset)");
+    EXPECT_EQ(error_of("server:\n  user: 0\n"),
+              R"(t.yaml:2: server.user: "0" is root (uid 0): name an unprivileged user, or leave server.user unset)");
+    EXPECT_EQ(error_of("server:\n  user: [nobody]\n"), "t.yaml:2: server.user: expected a string, got a sequence");
+    EXPECT_EQ(error_of("server:\n  user: \"\"\n"), R"(t.yaml:2: server.user: expected a user name or id, got the string "")");
+    EXPECT_EQ(error_of("server:\n  group: nogroup\n"),
+              "t.yaml:2: server.group: set without server.user (the group is used when switching to that user)");
+    if (nobody()) {
+        EXPECT_EQ(error_of("server:\n  user: nobody\n  group: asiosmtpd-no-such-group\n"),
+                  R"(t.yaml:3: server.group: unknown group "asiosmtpd-no-such-group" (not in the group database))");
+        EXPECT_EQ(error_of("server:\n  user: nobody\n  group: {a: 1}\n"),
+                  "t.yaml:3: server.group: expected a string, got a mapping");
+    }
+    EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key");
 }
 
 } // namespace
