@@ -176,6 +176,108 @@ class ManyRecipientsTest(AttackTestCase):
         self.assert_served(server)
 
 
+class HugeMessageTest(AttackTestCase):
+    GIB = 1 << 30
+
+    def test_one_gib_of_data_against_a_1_mib_limit(self):
+        # 1 GiB of valid DATA (512-byte CRLF lines, sent in 64 KiB chunks) against
+        # data_size_limit 1 MiB. The engine drops every byte past the limit as it comes and
+        # answers "552 Error: Too much mail data" after the dot (aiosmtpd; replies.too_much_data).
+        # The server must keep reading at loopback speed with bounded memory (VmRSS sampled
+        # every 10 ms during the transfer), and serve a second client's whole transaction
+        # (connect ... QUIT) within 2 s, again and again, while the transfer runs; with
+        # workers: 1, so the one event-loop thread must interleave them (no second thread helps).
+        # test_limits.InputBoundsTest checks 32 MB the same way, without the concurrent client.
+        # About 1 s on a 2-core machine (~1 GB/s over loopback, dev and asan builds alike).
+        total = self.GIB
+        chunk = (b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 9)[:510] + b"\r\n"
+        chunk *= 64 * 1024 // len(chunk)
+        self.assertEqual(len(chunk), 64 * 1024)
+        probe_within = 2.0
+        server = self.start_server(server_config(data_size_limit=MB, workers=1))
+        pid = server.process.pid
+        self.assert_served(server)
+        before = rss_kib(pid)
+
+        c = self.connect(server, timeout=30)
+        self.assertEqual(c.reply(), [GREETING])
+        self.assertEqual(c.cmd("HELO big.example"), [f"250 {HOSTNAME}"])
+        self.assertEqual(c.cmd("MAIL FROM:<big@client.example>"), ["250 OK"])
+        self.assertEqual(c.cmd("RCPT TO:<victim@server.example>"), ["250 OK"])
+        self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
+
+        sending = threading.Event()
+        done = threading.Event()
+        peak = [before]
+        probes = []   # seconds per whole transaction of the well-behaved client
+        errors = []
+
+        def sampler():
+            while not done.is_set():
+                with contextlib.suppress(OSError, AssertionError):
+                    peak[0] = max(peak[0], rss_kib(pid))
+                time.sleep(0.01)
+
+        def prober():
+            sending.wait(10)
+            while not done.is_set():
+                started = time.monotonic()
+                try:
+                    with harness.Client(server.host, server.port, timeout=probe_within + 3) as p:
+                        got = [p.reply(), p.cmd("HELO probe.example"), p.cmd("MAIL FROM:<p@probe.example>"),
+                               p.cmd("RCPT TO:<q@server.example>"), p.cmd("DATA")]
+                        p.send(b"Subject: probe\r\n\r\nhello\r\n.\r\n")
+                        got += [p.reply(), p.cmd("QUIT")]
+                except Exception as e:  # reported below, in the test's thread
+                    errors.append(repr(e))
+                    return
+                expected = [[GREETING], [f"250 {HOSTNAME}"], ["250 OK"], ["250 OK"],
+                            ["354 End data with <CR><LF>.<CR><LF>"], ["250 OK"], ["221 Bye"]]
+                if got != expected:
+                    errors.append(f"probe replies {got}")
+                    return
+                if not done.is_set():  # it ran entirely during the transfer
+                    probes.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=sampler, daemon=True), threading.Thread(target=prober, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            started = time.monotonic()
+            deadline = started + 50
+            for i in range(total // len(chunk)):
+                c.send(chunk)
+                if i == 16:
+                    sending.set()  # 1 MiB in: the limit is passed, the probes may start
+                self.assertLess(time.monotonic(), deadline, f"only {i * len(chunk) // MB} MiB sent in 50 s")
+            sent = time.monotonic() - started
+            c.send(b".\r\n")
+            final = c.reply()
+            answered = time.monotonic() - started
+        finally:
+            done.set()
+            sending.set()
+            for t in threads:
+                t.join(timeout=10)
+        self.assertFalse(any(t.is_alive() for t in threads), "a helper thread did not stop")
+        self.assertEqual(final, ["552 Error: Too much mail data"])
+        self.assertEqual(c.cmd("NOOP"), ["250 OK"])  # the session goes on
+        self.assertEqual(c.cmd("QUIT"), ["221 Bye"])
+
+        peak_kib = max(peak[0], rss_kib(pid, "VmHWM"))
+        grown = peak_kib - before
+        print(f"\n1 GiB DATA vs 1 MiB limit: sent in {sent:.2f}s ({total / sent / 1e6:.0f} MB/s), 552 after "
+              f"{answered:.2f}s; peak RSS {before} -> {peak_kib} KiB (+{grown} KiB); {len(probes)} probe "
+              f"transactions meanwhile, slowest {max(probes, default=0):.3f}s", flush=True)
+        self.assertEqual(errors, [], "the well-behaved client failed during the transfer")
+        self.assertGreater(len(probes), 0, "no probe transaction completed during the transfer")
+        self.assertLess(max(probes), probe_within, f"a well-behaved client waited {max(probes):.2f}s")
+        limit = (512 if harness.sanitized() else 64) * 1024
+        self.assertLess(grown, limit, f"1 GiB above a 1 MiB limit grew the server by {grown} KiB")
+        self.assert_served(server)
+
+
 class NulBytesTest(AttackTestCase):
     def test_nul_bytes_in_commands(self):
         # NUL is an ordinary byte to aiosmtpd's parser: an unknown verb echoes it, a NUL in an
