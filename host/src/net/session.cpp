@@ -6,7 +6,6 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/read.hpp>
@@ -89,18 +88,6 @@ plugin::slots& session::data_slots() noexcept
     return slots_;
 }
 
-asio::awaitable<void> session::run()
-{
-    using namespace asio::experimental::awaitable_operators;
-    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_, local_port_);
-    metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
-    arm(ctx_->idle_timeout);
-    co_await (serve() && watchdog());
-    run_session_close_hooks();
-    slots_.clear_all();
-    log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
-}
-
 void session::arm(std::chrono::steady_clock::duration d)
 {
     const auto next = std::chrono::steady_clock::now() + d;
@@ -111,27 +98,28 @@ void session::arm(std::chrono::steady_clock::duration d)
 
 void session::disarm() { deadline_ = std::chrono::steady_clock::time_point::max(); }
 
-// The only place that decides a session is idle: it may cancel the socket, never write.
-asio::awaitable<void> session::watchdog()
+// The only place that decides a session is idle: it may cancel the socket, never write. A plain
+// completion handler, not a coroutine: an idle session holds one timer wait, not a second frame.
+void session::start_watchdog()
 {
-    while (!finished_) {
-        watchdog_timer_.expires_at(deadline_);
-        co_await watchdog_timer_.async_wait(nothrow);
-        if (finished_) co_return;
-        if (std::chrono::steady_clock::now() < deadline_) continue;  // re-armed meanwhile
-        if (!timed_out_) {
-            // Idle: the session loop sees operation_aborted and sends the 421 (design.md §5
-            // Q1). A client that does not read gets close_grace, then the socket is closed.
-            timed_out_ = true;
-            deadline_ = std::chrono::steady_clock::now() + ctx_->close_grace;
-            boost::system::error_code ignored;
-            socket_.cancel(ignored);
-            continue;
-        }
-        boost::system::error_code ignored;
-        socket_.close(ignored);
-        co_return;
+    watchdog_timer_.expires_at(deadline_);
+    watchdog_timer_.async_wait([self = shared_from_this()](const boost::system::error_code&) { self->on_watchdog(); });
+}
+
+void session::on_watchdog()
+{
+    if (finished_) return;
+    if (std::chrono::steady_clock::now() < deadline_) return start_watchdog();  // re-armed meanwhile
+    boost::system::error_code ignored;
+    if (!timed_out_) {
+        // Idle: the session loop sees operation_aborted and sends the 421 (design.md §5 Q1). A
+        // client that does not read gets close_grace, then the socket is closed.
+        timed_out_ = true;
+        deadline_ = std::chrono::steady_clock::now() + ctx_->close_grace;
+        socket_.cancel(ignored);
+        return start_watchdog();
     }
+    socket_.close(ignored);
 }
 
 bool session::at_command_boundary() const noexcept { return engine_.idle(); }
@@ -159,7 +147,7 @@ asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
     boost::system::error_code ec;
-    if (tls_) std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(engine_.output()), nothrow);
+    if (tls_) std::tie(ec, std::ignore) = co_await asio::async_write(tls_->stream, asio::buffer(engine_.output()), nothrow);
     else std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
     engine_.clear_output();
     if (ec) {
@@ -173,9 +161,9 @@ asio::awaitable<bool> session::flush()
 // tls_handshake_timeout. A failure costs this session only: logged, closed without a reply.
 asio::awaitable<bool> session::handshake()
 {
-    tls_.emplace(socket_, *ctx_->tls_context);
+    tls_ = std::make_unique<tls_state>(socket_, *ctx_->tls_context);
     arm(ctx_->handshake_timeout);
-    auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, nothrow);
+    auto [ec] = co_await tls_->stream.async_handshake(asio::ssl::stream_base::server, nothrow);
     if (ec) {
         end_reason_ = timed_out_ ? "tls handshake timeout" : fmt::format("tls handshake failed: {}", ec.message());
         log::info("session={} event=tls_failed reason=\"{}\"", id_, log::escaped(end_reason_, 200));
@@ -184,10 +172,11 @@ asio::awaitable<bool> session::handshake()
         co_return false;
     }
     arm(ctx_->idle_timeout);
-    tls_info_ = tls::describe(tls_->native_handle());
+    tls_->info = tls::describe(tls_->stream.native_handle());
+    const tls::session_info& info = tls_->info;
     metrics::get().tls_ok.fetch_add(1, std::memory_order_relaxed);
-    log::info("session={} event=tls version={} cipher={}{}", id_, tls_info_.version, tls_info_.cipher,
-              tls_info_.peer_subject.empty() ? std::string() : fmt::format(" client=\"{}\"", log::escaped(tls_info_.peer_subject)));
+    log::info("session={} event=tls version={} cipher={}{}", id_, info.version, info.cipher,
+              info.peer_subject.empty() ? std::string() : fmt::format(" client=\"{}\"", log::escaped(info.peer_subject)));
     co_return true;
 }
 
@@ -206,7 +195,7 @@ asio::awaitable<bool> session::read_proxy_header()
             co_return false;
         }
         if (r.state == proxy::result::status::done) {
-            proxy_header_ = r.value;
+            proxy_header_ = std::make_unique<const proxy::header>(r.value);
             break;
         }
         const std::size_t have = buf.size();
@@ -239,50 +228,22 @@ asio::awaitable<bool> session::read_proxy_header()
     co_return true;
 }
 
-asio::awaitable<void> session::serve()
+// The session's whole life: the SMTP conversation. Cold paths (hooks, TLS, PROXY, AUTH failures)
+// are separate coroutines or plain functions, so that the one frame an idle session keeps is small.
+asio::awaitable<void> session::run()
 {
-    bool tls_ok = true;
-    if (ctx_->proxy_protocol) tls_ok = co_await read_proxy_header();
-    if (tls_ok && ctx_->tls == config::tls_mode::implicit) {
-        // RFC 8314 §3.3: TLS first, then the greeting; this counts as TLS (design.md §5 Q10).
-        tls_ok = co_await handshake();
-        engine_.set_tls_active(tls_ok);
+    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_, local_port_);
+    metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
+    arm(ctx_->idle_timeout);
+    start_watchdog();
+    if (!co_await open()) {
+        co_await close();
+        co_return;
     }
-    if (tls_ok) engine_.start();
+    engine_.start();
     for (;;) {
-        if (!tls_ok) break;
-        while (const proto::hook_request* req = engine_.pending_hook()) {
-            if (req->kind == proto::hook_kind::data) data_started_ = std::chrono::steady_clock::now();
-            const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
-            const std::string login(auth ? req->login : std::string_view{});
-            proto::hook_result result = co_await run_chain(*req);
-            engine_.hook_done(std::move(result));
-            if (auth && engine_.authenticated()) {
-                log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
-                metrics::get().auth_ok.fetch_add(1, std::memory_order_relaxed);
-            }
-        }
-        if (auto t = engine_.take_transaction()) {
-            // One line per transaction: who, how much, the answer, who decided, how long.
-            const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                                  data_started_).count();
-            log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
-                      log::escaped(t->mail_from), t->rcpts, t->size, t->code,
-                      decided_by_.empty() ? std::string_view("default") : std::string_view(decided_by_),
-                      data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
-            metrics::get().message(t->code, t->size);
-            decided_by_.clear();
-            data_started_ = {};
-        }
-        if (engine_.take_auth_failure()) {
-            // Brute force: a failed AUTH answers slowly (never log the credentials).
-            log::info("session={} event=auth result=failed", id_);
-            metrics::get().auth_failed.fetch_add(1, std::memory_order_relaxed);
-            if (ctx_->auth_failure_delay.count() > 0) {
-                asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);
-                co_await pause.async_wait(nothrow);
-            }
-        }
+        if (engine_.pending_hook()) co_await run_hooks();
+        if (engine_.take_auth_failure()) co_await auth_failed();
         if (forced_ && !engine_.close_requested()) {
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
@@ -303,11 +264,19 @@ asio::awaitable<void> session::serve()
             end_reason_ = "shutdown";
             continue;
         }
-        const std::span<char> room = engine_.prepare(read_size_);
         boost::system::error_code ec;
+        if (!tls_ && engine_.release_buffer()) {
+            // Nothing buffered: wait for the client without holding a receive buffer (an idle
+            // session costs no buffer memory). Same syscalls as a read that would block.
+            std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
+        }
         std::size_t n = 0;
-        if (tls_) std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-        else std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        if (!ec) {
+            const std::span<char> room = engine_.prepare(read_size_);
+            if (tls_) std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+            else std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+            if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
+        }
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {
                 engine_.timed_out();
@@ -320,19 +289,82 @@ asio::awaitable<void> session::serve()
             break;
         }
         arm(ctx_->idle_timeout);
-        read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         engine_.commit(n);
+        if (auto t = engine_.take_transaction()) log_transaction(*t);
     }
+    co_await close();
+}
+
+// Before the greeting: the PROXY header, implicit TLS (RFC 8314 §3.3: TLS first, then the
+// greeting; it counts as TLS, design.md §5 Q10). False: the session ends without a greeting.
+asio::awaitable<bool> session::open()
+{
+    if (ctx_->proxy_protocol && !co_await read_proxy_header()) co_return false;
+    if (ctx_->tls == config::tls_mode::implicit) {
+        const bool ok = co_await handshake();
+        engine_.set_tls_active(ok);
+        co_return ok;
+    }
+    co_return true;
+}
+
+asio::awaitable<void> session::close()
+{
     if (tls_ && socket_.is_open() && !forced_) {
         // close_notify, bounded by the watchdog; the peer may already be gone.
         arm(ctx_->close_grace);
-        co_await tls_->async_shutdown(nothrow);
+        co_await tls_->stream.async_shutdown(nothrow);
     }
     finished_ = true;
     watchdog_timer_.cancel();
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
+    run_session_close_hooks();
+    slots_.clear_all();
+    log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
+}
+
+// The hook chains the engine asked for, one after the other (a hook's outcome may release
+// pipelined commands that ask for the next).
+asio::awaitable<void> session::run_hooks()
+{
+    while (const proto::hook_request* req = engine_.pending_hook()) {
+        if (req->kind == proto::hook_kind::data) data_started_ = std::chrono::steady_clock::now();
+        const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
+        proto::hook_result result = co_await run_chain(*req);
+        engine_.hook_done(std::move(result));
+        if (auth && engine_.authenticated()) {
+            log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
+            metrics::get().auth_ok.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (auto t = engine_.take_transaction()) log_transaction(*t);
+    }
+}
+
+// One line per transaction: who, how much, the answer, who decided, how long.
+void session::log_transaction(const proto::transaction_summary& t)
+{
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - data_started_)
+                        .count();
+    log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
+              log::escaped(t.mail_from), t.rcpts, t.size, t.code,
+              decided_by_.empty() ? std::string_view("default") : std::string_view(decided_by_),
+              data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
+    metrics::get().message(t.code, t.size);
+    decided_by_.clear();
+    data_started_ = {};
+}
+
+// Brute force: a failed AUTH answers slowly (never log the credentials).
+asio::awaitable<void> session::auth_failed()
+{
+    log::info("session={} event=auth result=failed", id_);
+    metrics::get().auth_failed.fetch_add(1, std::memory_order_relaxed);
+    if (ctx_->auth_failure_delay.count() > 0) {
+        asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);
+        co_await pause.async_wait(nothrow);
+    }
 }
 
 // --------------------------------------------------------------------------------------------

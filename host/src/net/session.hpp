@@ -63,14 +63,22 @@ public:
     [[nodiscard]] const proto::engine& smtp() const noexcept override { return engine_; }
     [[nodiscard]] std::string_view peer_address() const noexcept override { return peer_address_; }
     [[nodiscard]] std::uint16_t peer_port() const noexcept override { return peer_port_; }
-    [[nodiscard]] std::string_view tls_version() const noexcept override { return tls_info_.version; }
-    [[nodiscard]] std::string_view tls_cipher() const noexcept override { return tls_info_.cipher; }
-    [[nodiscard]] std::string_view tls_peer_subject() const noexcept override { return tls_info_.peer_subject; }
+    [[nodiscard]] std::string_view tls_version() const noexcept override { return tls_ ? tls_->info.version : std::string_view(); }
+    [[nodiscard]] std::string_view tls_cipher() const noexcept override { return tls_ ? tls_->info.cipher : std::string_view(); }
+    [[nodiscard]] std::string_view tls_peer_subject() const noexcept override
+    {
+        return tls_ ? tls_->info.peer_subject : std::string_view();
+    }
     plugin::slots& data_slots() noexcept override;
 
 private:
-    asio::awaitable<void> serve();
-    asio::awaitable<void> watchdog();
+    asio::awaitable<bool> open();
+    asio::awaitable<void> close();
+    asio::awaitable<void> run_hooks();
+    asio::awaitable<void> auth_failed();
+    void log_transaction(const proto::transaction_summary& t);
+    void start_watchdog();
+    void on_watchdog();
     asio::awaitable<bool> flush();
     asio::awaitable<bool> handshake();
     asio::awaitable<bool> read_proxy_header();
@@ -81,9 +89,16 @@ private:
     void disarm();
     bool at_command_boundary() const noexcept;
 
+    // What only some sessions need lives behind a pointer: an idle plaintext session is small
+    // (issue 8: <= 4 KiB per idle connection, the whole session included).
+    struct tls_state {
+        tls_state(tcp::socket& s, asio::ssl::context& c) : stream(s, c) {}
+        asio::ssl::stream<tcp::socket&> stream;
+        tls::session_info info;  ///< set once the handshake succeeded
+    };
+
     tcp::socket socket_;
-    std::optional<asio::ssl::stream<tcp::socket&>> tls_;  ///< over socket_, once TLS started
-    tls::session_info tls_info_;
+    std::unique_ptr<tls_state> tls_;  ///< over socket_, once TLS started
     std::shared_ptr<const listener_context> ctx_;
     registry& owner_;
     proto::engine engine_;
@@ -96,7 +111,7 @@ private:
     std::string peer_address_;
     std::uint16_t peer_port_ = 0;
     std::string proxy_address_;       ///< the load balancer (TCP peer) when PROXY named a client
-    std::optional<proxy::header> proxy_header_;
+    std::unique_ptr<const proxy::header> proxy_header_;
     std::string local_address_;
     std::uint16_t local_port_ = 0;
     std::size_t read_size_ = 2 * 1024;

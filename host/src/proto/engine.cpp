@@ -270,6 +270,14 @@ std::span<char> engine::prepare(std::size_t min)
     return {in_.data() + end_, in_.size() - end_};
 }
 
+bool engine::release_buffer() noexcept
+{
+    if (pos_ != end_) return false;
+    pos_ = scan_ = end_ = 0;
+    if (!in_.empty()) std::string().swap(in_);
+    return true;
+}
+
 void engine::commit(std::size_t n)
 {
     end_ = std::min(end_ + n, in_.size());
