@@ -1,6 +1,7 @@
 #include "net/metrics.hpp"
 
 #include "log/log.hpp"
+#include "plugin/loader.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -87,6 +88,9 @@ std::string metrics::render(std::size_t current) const
     counter("asiosmtpd_auth_total", "AUTH attempts.", "{result=\"ok\"}", v(auth_ok));
     counter("asiosmtpd_auth_total", "", "{result=\"failed\"}", v(auth_failed), false);
     counter("asiosmtpd_plugin_errors_total", "Hook calls that failed (answered 451).", "", v(plugin_errors));
+    counter("asiosmtpd_plugin_blocking_total",
+            "Hook calls that held an event-loop thread longer than the blocking threshold.", "",
+            plugin::blocking_incidents());
     out += "# HELP asiosmtpd_hook_duration_seconds Plugin hook calls, until their verdict.\n"
            "# TYPE asiosmtpd_hook_duration_seconds histogram\n";
     const std::lock_guard guard(lock_);

@@ -53,7 +53,7 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
 {
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
-    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_PROXY) return ASIOSMTPD_E_UNSUPPORTED;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_DATA_CHUNK) return ASIOSMTPD_E_UNSUPPORTED;
     reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
     return ASIOSMTPD_OK;
 }
@@ -234,24 +234,18 @@ asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd
     return ASIOSMTPD_OK;
 }
 
-// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF; "NNN-" takes 4.
-constexpr std::size_t max_reply_text_line = 512 - 2 - 4;
-
 asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str text)
 {
-    if (!usable(call) || code < 200 || code > 599) return ASIOSMTPD_E_INVALID;
-    const std::string_view t = view(text);
-    if (t.find('\r') != std::string_view::npos) return ASIOSMTPD_E_INVALID;
-    std::size_t start = 0;
-    for (;;) {
-        const auto nl = t.find('\n', start);
-        const std::size_t len = (nl == std::string_view::npos ? t.size() : nl) - start;
-        if (len > max_reply_text_line) return ASIOSMTPD_E_INVALID;
-        if (nl == std::string_view::npos) break;
-        start = nl + 1;
+    if (!usable(call)) return ASIOSMTPD_E_INVALID;
+    // A refusal changes nothing but is remembered: a verdict given without a later accepted
+    // reply costs the session 451 4.3.0 (invoke()), never a default reply the plugin did not mean.
+    if (std::string problem = reply_problem(code, view(text)); !problem.empty()) {
+        call->refused_reply = std::move(problem);
+        return ASIOSMTPD_E_INVALID;
     }
+    call->refused_reply.clear();
     call->code = code;
-    call->text.assign(t);
+    call->text.assign(view(text));
     return ASIOSMTPD_OK;
 }
 
@@ -276,17 +270,12 @@ asiosmtpd_status set_auth_identity(asiosmtpd_call* call, asiosmtpd_str login)
     return ASIOSMTPD_OK;
 }
 
-bool valid_reply_text(std::string_view t) noexcept
-{
-    return t.size() <= max_reply_text_line && t.find_first_of("\r\n") == std::string_view::npos;
-}
-
 asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t code, asiosmtpd_str text)
 {
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
     if (call->hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
-    if (index >= call->session->smtp().current_envelope().rcpt_tos.size() || code < 200 || code > 599 ||
-        !valid_reply_text(view(text)))
+    if (index >= call->session->smtp().current_envelope().rcpt_tos.size() ||
+        !reply_problem(code, view(text), false).empty())
         return ASIOSMTPD_E_INVALID;
     if (call->rcpt_replies.size() <= index) call->rcpt_replies.resize(index + 1);
     call->rcpt_replies[index] = {code, std::string(view(text))};
@@ -295,7 +284,7 @@ asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t cod
 
 asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, size_t index, uint16_t code, asiosmtpd_str text)
 {
-    if (code < 200 || code > 599 || index > 100000 || !valid_reply_text(view(text))) return ASIOSMTPD_E_INVALID;
+    if (index > 100000 || !reply_problem(code, view(text), false).empty()) return ASIOSMTPD_E_INVALID;
     auto& t = table();
     const std::lock_guard guard(t.lock);
     const auto it = t.calls.find(token);
@@ -330,6 +319,7 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
     if (call->token != 0) return ASIOSMTPD_E_STATE;  // one suspension per call
     if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_STATE;
     auto p = std::make_shared<pending_call>();
+    p->hook = call->hook;
     auto& t = table();
     {
         const std::lock_guard guard(t.lock);
@@ -341,11 +331,38 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
     return ASIOSMTPD_OK;
 }
 
+// Why complete()'s verdict and reply cannot be used ("" when they can): the checks of
+// to_result(), made here too so that the plugin hears E_INVALID.
+std::string completion_problem(const pending_call& p, asiosmtpd_verdict verdict, uint16_t code, std::string_view text)
+{
+    switch (verdict) {
+    case ASIOSMTPD_CONTINUE:
+    case ASIOSMTPD_ACCEPT:
+    case ASIOSMTPD_REJECT:
+    case ASIOSMTPD_TEMPFAIL:
+    case ASIOSMTPD_REJECT_CLOSE:
+    case ASIOSMTPD_TEMPFAIL_CLOSE:
+        break;
+    case ASIOSMTPD_AUTH_CHALLENGE:
+        if (p.hook != auth_mechanism_call) return "AUTH_CHALLENGE outside an AUTH mechanism";
+        // The challenge travels as the text; the 334 line must fit once base64-encoded.
+        if (text.size() > 700) return fmt::format("AUTH challenge of {} bytes (at most 700)", text.size());
+        return {};
+    default:
+        return fmt::format("unknown verdict {}", verdict);
+    }
+    if (code == 0) return {};  // no reply: the verdict's default; the text is ignored
+    std::string why;
+    (void)to_result(verdict, code, std::string(text), why, false);
+    return why;
+}
+
 asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint16_t code, asiosmtpd_str text)
 {
-    if (verdict == ASIOSMTPD_PENDING) return ASIOSMTPD_E_INVALID;
+    if (verdict == ASIOSMTPD_PENDING) return ASIOSMTPD_E_INVALID;  // the token stays valid
     std::shared_ptr<pending_call> p;
     std::function<void()> notify;
+    asiosmtpd_status status = ASIOSMTPD_OK;
     auto& t = table();
     {
         // Fill the call while the table is locked, so that a concurrent cancel() (timeout)
@@ -357,13 +374,23 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
         t.calls.erase(it);
         const std::lock_guard call_guard(p->lock);
         p->done = true;
-        p->verdict = verdict;
-        p->code = code;
-        p->text.assign(view(text));
+        if (std::string problem = completion_problem(*p, verdict, code, view(text)); !problem.empty()) {
+            // The call ends now as a plugin error (451 4.3.0 and a log line), rather than
+            // waiting for the hook timeout: a C++ sdk::pending has given up its token already.
+            p->verdict = refused_verdict;
+            p->code = 0;
+            p->text = fmt::format("complete() refused: {}", problem);
+            p->rcpt_replies.clear();
+            status = ASIOSMTPD_E_INVALID;
+        } else {
+            p->verdict = verdict;
+            p->code = code;
+            p->text.assign(view(text));
+        }
         notify = p->notify;
     }
     if (notify) notify();
-    return ASIOSMTPD_OK;
+    return status;
 }
 
 // ---- logging -----------------------------------------------------------------------------

@@ -324,27 +324,263 @@ void slots::clear_all() noexcept
 }
 
 // --------------------------------------------------------------------------------------------
+// Blocking hooks: a watchdog thread looks at the hook calls in progress
+// --------------------------------------------------------------------------------------------
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+std::string_view hook_label(std::int32_t hook, const void* args) noexcept
+{
+    switch (hook) {
+    case ASIOSMTPD_HOOK_CONNECT: return "CONNECT";
+    case ASIOSMTPD_HOOK_HELO: return "HELO";
+    case ASIOSMTPD_HOOK_EHLO: return "EHLO";
+    case ASIOSMTPD_HOOK_MAIL: return "MAIL";
+    case ASIOSMTPD_HOOK_RCPT: return "RCPT";
+    case ASIOSMTPD_HOOK_DATA: return "DATA";
+    case ASIOSMTPD_HOOK_RSET: return "RSET";
+    case ASIOSMTPD_HOOK_NOOP: return "NOOP";
+    case ASIOSMTPD_HOOK_QUIT: return "QUIT";
+    case ASIOSMTPD_HOOK_VRFY: return "VRFY";
+    case ASIOSMTPD_HOOK_UNKNOWN: return "UNKNOWN";
+    case ASIOSMTPD_HOOK_SESSION_CLOSE: return "SESSION_CLOSE";
+    case ASIOSMTPD_HOOK_STARTTLS: return "STARTTLS";
+    case ASIOSMTPD_HOOK_AUTH_CHECK: return "AUTH_CHECK";
+    case ASIOSMTPD_HOOK_PROXY: return "PROXY";
+    case ASIOSMTPD_HOOK_DATA_CHUNK: return "DATA_CHUNK";
+    case auth_mechanism_call: return "AUTH";
+    default: break;
+    }
+    if (hook == static_cast<std::int32_t>(proto::hook_kind::command) && args != nullptr) {
+        // A custom command: named by its verb, as in the session's logs and metrics.
+        const auto* c = static_cast<const asiosmtpd_command_args*>(args);
+        if (c->verb.data != nullptr) return {c->verb.data, c->verb.size};
+    }
+    return "?";
+}
+
+// The hook call one thread is running. Written by that thread around the call, read by the
+// watchdog, both under `lock`. While `active`, `owner` and `args` are alive: the session
+// making the call holds its generation, and the arguments live until the hook returns.
+struct call_record {
+    std::mutex lock;
+    bool active = false;
+    bool reported = false;  ///< the watchdog logged this call already (once per incident)
+    steady::time_point started;
+    const instance* owner = nullptr;
+    std::int32_t hook = 0;
+    const void* args = nullptr;
+    std::uint64_t session = 0;
+};
+
+// Every thread that ever called a hook. Never destroyed: thread_local enrolments may end
+// after static destructors ran.
+struct call_records {
+    std::mutex lock;
+    std::vector<std::shared_ptr<call_record>> all;
+    std::atomic<std::uint64_t> incidents{0};
+};
+
+call_records& records()
+{
+    static call_records* const r = new call_records;
+    return *r;
+}
+
+// The watchdog thread: every blocking_check_interval, one warn line per call that has held
+// its thread for blocking_threshold (a sync hook that sleeps, waits on a lock or loops). It
+// can only tell: a blocked event-loop thread cannot be taken back from a plugin. Stopped and
+// joined at exit.
+class watchdog {
+public:
+    static void ensure_started() { static watchdog w; }
+
+    watchdog(const watchdog&) = delete;
+    watchdog& operator=(const watchdog&) = delete;
+    ~watchdog()
+    {
+        {
+            const std::lock_guard guard(lock_);
+            stopped_ = true;
+        }
+        wake_.notify_one();
+        if (thread_.joinable()) thread_.join();
+    }
+
+private:
+    watchdog() : thread_([this] { run(); }) {}
+
+    void run()
+    {
+        std::unique_lock lock(lock_);
+        while (!stopped_) {
+            wake_.wait_for(lock, blocking_check_interval, [this] { return stopped_; });
+            if (stopped_) return;
+            lock.unlock();
+            scan();
+            lock.lock();
+        }
+    }
+
+    static void scan()
+    {
+        struct incident {
+            std::uint64_t session;
+            std::string plugin, key, hook;
+            long long ms;
+        };
+        std::vector<std::shared_ptr<call_record>> all;
+        {
+            const std::lock_guard guard(records().lock);
+            all = records().all;
+        }
+        std::vector<incident> found;
+        const auto now = steady::now();
+        for (const auto& r : all) {
+            const std::lock_guard guard(r->lock);
+            if (!r->active || r->reported || now - r->started < blocking_threshold) continue;
+            r->reported = true;
+            found.push_back({r->session, r->owner->name, r->owner->key, std::string(hook_label(r->hook, r->args)),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(now - r->started).count()});
+        }
+        for (const incident& i : found) {
+            records().incidents.fetch_add(1, std::memory_order_relaxed);
+            log::warn("session={} event=plugin_blocking plugin={} key={} hook={} ms={}", i.session, i.plugin, i.key,
+                      log::escaped(i.hook, 40), i.ms);
+        }
+    }
+
+    std::mutex lock_;
+    std::condition_variable wake_;
+    bool stopped_ = false;
+    std::thread thread_;  // last: starts after the members it uses exist
+};
+
+// This thread's record, enrolled on its first hook call and removed when the thread ends.
+class enrolment {
+public:
+    enrolment() : record_(std::make_shared<call_record>())
+    {
+        watchdog::ensure_started();
+        const std::lock_guard guard(records().lock);
+        records().all.push_back(record_);
+    }
+    enrolment(const enrolment&) = delete;
+    enrolment& operator=(const enrolment&) = delete;
+    ~enrolment()
+    {
+        const std::lock_guard guard(records().lock);
+        auto& all = records().all;
+        all.erase(std::remove(all.begin(), all.end(), record_), all.end());
+    }
+    call_record& record() noexcept { return *record_; }
+
+private:
+    std::shared_ptr<call_record> record_;
+};
+
+call_record& this_thread_record()
+{
+    thread_local enrolment e;
+    return e.record();
+}
+
+bool uses_reply(std::int32_t verdict) noexcept
+{
+    return verdict != ASIOSMTPD_PENDING && verdict != refused_verdict;
+}
+
+} // namespace
+
+std::uint64_t blocking_incidents() noexcept { return records().incidents.load(std::memory_order_relaxed); }
+
+// --------------------------------------------------------------------------------------------
 // Calls
 // --------------------------------------------------------------------------------------------
 
 int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept
 {
     call.owner = e.owner;
-    if (e.owner->thread_safe) return e.fn(e.owner->self, &call, args);
-    const std::lock_guard guard(e.owner->serial);
-    return e.fn(e.owner->self, &call, args);
+    call_record& rec = this_thread_record();
+    const auto started = steady::now();
+    {
+        const std::lock_guard guard(rec.lock);
+        rec.active = true;
+        rec.reported = false;
+        rec.started = started;  // waiting for the instance lock counts: the thread is held all the same
+        rec.owner = e.owner;
+        rec.hook = call.hook;
+        rec.args = args;
+        rec.session = call.session != nullptr ? call.session->session_id() : 0;
+    }
+    int32_t verdict = 0;
+    if (e.owner->thread_safe) {
+        verdict = e.fn(e.owner->self, &call, args);
+    } else {
+        const std::lock_guard guard(e.owner->serial);
+        verdict = e.fn(e.owner->self, &call, args);
+    }
+    bool reported = false;
+    {
+        const std::lock_guard guard(rec.lock);
+        rec.active = false;
+        reported = rec.reported;
+    }
+    if (reported) {
+        // The end of an incident the watchdog logged: how long the thread was held in all.
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - started).count();
+        log::warn("session={} event=plugin_unblocked plugin={} key={} hook={} ms={}", rec.session, e.owner->name,
+                  e.owner->key, log::escaped(hook_label(call.hook, args), 40), ms);
+    }
+    if (!call.refused_reply.empty() && uses_reply(verdict)) {
+        // The plugin ignored set_reply()'s E_INVALID: its verdict came without the reply it
+        // meant. Answering the verdict's default (a 550 the operator never sees, say) would
+        // hide the bug; the session gets 451 4.3.0 and the log says why.
+        call.text = fmt::format("set_reply() refused: {}", call.refused_reply);
+        call.code = 0;
+        return refused_verdict;
+    }
+    return verdict;
+}
+
+std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline)
+{
+    if (code < 200 || code > 599) return fmt::format("reply code {} is outside 200..599", code);
+    if (text.size() > max_reply_text) return fmt::format("reply text of {} bytes (at most {})", text.size(), max_reply_text);
+    std::size_t line_start = 0;
+    for (std::size_t i = 0; i <= text.size(); ++i) {
+        const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
+        if (c == '\n') {
+            if (i < text.size() && !multiline) return fmt::format("reply text has LF at byte {} (one line only)", i);
+            if (i - line_start > max_reply_line)
+                return fmt::format("reply line of {} bytes (at most {})", i - line_start, max_reply_line);
+            line_start = i + 1;
+            continue;
+        }
+        if (c == '\r') return fmt::format("reply text has CR at byte {}", i);
+        if ((c < 0x20 && c != '\t') || c == 0x7f) return fmt::format("reply text has control byte 0x{:02x} at byte {}", c, i);
+    }
+    return {};
 }
 
 proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why,
                              bool challenge_allowed)
 {
     proto::hook_result r;
-    r.code = code;
-    r.text = std::move(text);
     const auto fail = [&](std::string reason) {
         why = std::move(reason);
         return proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
     };
+    if (verdict == refused_verdict) return fail(text.empty() ? std::string("reply refused") : std::move(text));
+    // A reply the host would not send is a plugin error whatever the verdict (set_reply()
+    // refuses these, complete() reports them; this also covers any other path).
+    if (code != 0 && verdict != ASIOSMTPD_AUTH_CHALLENGE) {
+        if (std::string problem = reply_problem(code, text); !problem.empty()) return fail(std::move(problem));
+    }
+    r.code = code;
+    r.text = code != 0 ? std::move(text) : std::string();
     // The reply class must fit the verdict (plugin-abi.md §2.3).
     const unsigned cls = code / 100u;
     switch (verdict) {
@@ -367,6 +603,8 @@ proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string te
     case ASIOSMTPD_AUTH_CHALLENGE:
         if (!challenge_allowed) return fail("AUTH_CHALLENGE outside an AUTH mechanism");
         r.verdict = proto::verdict::challenge;
+        r.code = 0;
+        r.text.clear();
         return r;
     default:
         return fail(fmt::format("unknown verdict {}", verdict));

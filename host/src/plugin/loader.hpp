@@ -19,6 +19,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace asiosmtpd::plugin {
@@ -35,7 +36,7 @@ struct library;
 inline constexpr std::int32_t auth_mechanism_call = static_cast<std::int32_t>(proto::hook_kind::auth_mechanism);
 
 /// One past the highest hook id this host knows (ABI 1.1).
-inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_PROXY + 1;
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_DATA_CHUNK + 1;
 
 } // namespace asiosmtpd::plugin
 
@@ -157,6 +158,7 @@ private:
 /// session posts to its strand). Tokens are never reused, so a stale one is recognised.
 struct pending_call {
     std::mutex lock;
+    std::int32_t hook = 0;  ///< asiosmtpd_call::hook of the suspended call (set by suspend())
     bool done = false;
     int32_t verdict = ASIOSMTPD_CONTINUE;
     std::uint16_t code = 0;
@@ -192,6 +194,9 @@ struct asiosmtpd_call {
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply
     asiosmtpd_token token = 0;        ///< set by suspend()
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
+    /// Why set_reply() last refused a reply; cleared by an accepted one. invoke() turns a
+    /// verdict given after a refused reply into refused_verdict.
+    std::string refused_reply;
 };
 
 namespace asiosmtpd::plugin {
@@ -200,12 +205,41 @@ namespace asiosmtpd::plugin {
 /// plugins' destroy() run and libraries closed). Call before returning from main.
 void drain_retired();
 
-/// Call one hook entry (taking the instance lock when the plugin is not thread-safe).
+/// A host-internal verdict (not an ABI value): the plugin gave a reply the host refused
+/// (set_reply() refused and never replaced, or complete() with a bad verdict or reply). The
+/// call's text carries the reason, code is 0; to_result() turns it into verdict::error.
+inline constexpr std::int32_t refused_verdict = -1001;
+
+/// Reply text rules (RFC 5321 §4.2 textstring, RFC 6531 §3.3 UTF-8): HT, printable ASCII and
+/// bytes >= 0x80 only ('\n' separates the lines of a multi-line reply, when `multiline`); no
+/// CR, NUL or other control byte, so that no reply line a plugin writes can become two on the
+/// wire. Lines at most max_reply_line bytes, the whole text at most max_reply_text.
+inline constexpr std::size_t max_reply_line = 512 - 2 - 4;  // RFC 5321 §4.5.3.1.5, minus "NNN-" and CRLF
+inline constexpr std::size_t max_reply_text = 64 * 1024;  // 160 lines of 400 bytes: a relay listing refusals
+
+/// Why a reply is not acceptable ("" when it is): code outside 200..599 or text breaking the
+/// rules above. Code 0 means "no reply" and is never checked here.
+std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline = true);
+
+/// Call one hook entry (taking the instance lock when the plugin is not thread-safe). The call
+/// is watched: one that keeps its event-loop thread longer than blocking_threshold is logged
+/// (event=plugin_blocking) while it still runs. A verdict (anything but PENDING) given after a
+/// refused set_reply() comes back as refused_verdict with the reason in call.text.
 int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept;
 
+/// A hook call holding its thread longer than this is a blocking incident (plugin.h T4).
+inline constexpr std::chrono::milliseconds blocking_threshold{500};
+/// How often the watchdog thread looks at the calls in progress.
+inline constexpr std::chrono::milliseconds blocking_check_interval{100};
+/// Blocking incidents since start (asiosmtpd_plugin_blocking_total).
+[[nodiscard]] std::uint64_t blocking_incidents() noexcept;
+
 /// Turn a plugin's verdict and reply into what the engine applies; a verdict or reply that
-/// makes no sense becomes verdict::error with a reason in `why`. ASIOSMTPD_AUTH_CHALLENGE is
-/// only valid where `challenge_allowed` (AUTH mechanisms).
+/// makes no sense becomes verdict::error with a reason in `why`: an unknown verdict, a reply
+/// breaking reply_problem()'s rules (whatever the verdict), a reply class that does not fit the
+/// verdict (ACCEPT 2xx/3xx, REJECT* 5xx, TEMPFAIL* 4xx; CONTINUE ignores its reply),
+/// refused_verdict. ASIOSMTPD_AUTH_CHALLENGE is only valid where `challenge_allowed` (AUTH
+/// mechanisms).
 proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why,
                              bool challenge_allowed = false);
 

@@ -24,7 +24,9 @@
  *  T4 Hooks must not block. A hook that must wait (DNS, an upstream server, a disk fsync on a
  *     slow device) calls suspend(), returns ASIOSMTPD_PENDING and later calls complete() from
  *     any thread. A hook that does not complete within the instance's timeout costs its session
- *     a "451 4.3.0 Error: internal" reply; the server goes on.
+ *     a "451 4.3.0 Error: internal" reply; the server goes on. A hook that blocks anyway holds
+ *     an event-loop thread (every session that thread serves waits); the host cannot take the
+ *     thread back, but logs "event=plugin_blocking" once the call has run for 500 ms.
  *  T5 A asiosmtpd_call pointer is valid only during the hook call that received it. Functions
  *     that may be called from any thread at any time: complete(), log().
  *  T6 The host never calls back into a plugin from inside a host API function.
@@ -38,7 +40,8 @@
 #include <stdint.h>
 
 #define ASIOSMTPD_ABI_MAJOR 1u /* a breaking change gets a new entry symbol name */
-#define ASIOSMTPD_ABI_MINOR 1u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info */
+#define ASIOSMTPD_ABI_MINOR 2u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info;
+                                  1.2: DATA_CHUNK (the message in pieces, as it arrives) */
 
 #if defined(_WIN32)
 #define ASIOSMTPD_EXPORT __declspec(dllexport)
@@ -105,6 +108,27 @@ typedef int32_t asiosmtpd_hook_id;
 #define ASIOSMTPD_HOOK_STARTTLS 13     /* after a STARTTLS handshake   args: NULL; see below */
 #define ASIOSMTPD_HOOK_AUTH_CHECK 14   /* AUTH PLAIN/LOGIN credentials args: asiosmtpd_auth_args */
 #define ASIOSMTPD_HOOK_PROXY 15        /* PROXY header, before TLS/greeting args: asiosmtpd_proxy_args */
+/* ---- ABI 1.2 and later ---- */
+#define ASIOSMTPD_HOOK_DATA_CHUNK 16   /* the next piece of the message  args: asiosmtpd_data_args */
+
+/* DATA_CHUNK (1.2): streaming, so that a message need not sit whole in memory (aiosmtpd #293).
+ * While the body arrives, the host calls DATA_CHUNK with consecutive pieces of the unstuffed
+ * message (the same bytes, in order, as DATA's `content`), each at least 64 KiB but the last;
+ * the last carries ASIOSMTPD_DATA_LAST_CHUNK (and may be empty). Then the DATA hook runs as
+ * usual and gives the verdict and the reply. The chunk's bytes are valid during the call
+ * only: copy what you keep (also before suspend()).
+ *   - A plugin that registers DATA_CHUNK gets its DATA hook with content NULL, size 0 and
+ *     ASIOSMTPD_DATA_STREAMED, unless some other plugin's DATA hook needs the whole message
+ *     (it registered DATA without DATA_CHUNK); then everybody's DATA gets the whole message.
+ *     `message_size` always holds the message's size.
+ *   - CONTINUE or ACCEPT: go on. PENDING: the host reads nothing more from the client until
+ *     complete() (backpressure: a slow store bounds the memory, not the client).
+ *   - REJECT / TEMPFAIL (any form), or a plugin error: the message is refused. The rest is
+ *     read and dropped, no more chunks and no DATA hook run, and the final dot is answered
+ *     with that reply (451 4.3.0 for an error); the *_CLOSE forms close after it.
+ *   - A message over data_size_limit or with an overlong line stops the chunks and gets
+ *     aiosmtpd's 552/500 reply without DATA. Keep per-message state in a transaction slot
+ *     (set_data with a dtor): the host destroys it when the transaction ends, however. */
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
@@ -179,11 +203,18 @@ typedef struct asiosmtpd_address_args {
  * the bytes are always `original_content`. */
 #define ASIOSMTPD_DATA_DECODED 0x4u
 #define ASIOSMTPD_DATA_UTF8 0x8u          /* with DECODED: the text is UTF-8 (SMTPUTF8), not ASCII */
+/* ABI 1.2 (see DATA_CHUNK above) */
+#define ASIOSMTPD_DATA_STREAMED 0x10u     /* DATA: the message went to DATA_CHUNK; content is NULL */
+#define ASIOSMTPD_DATA_LAST_CHUNK 0x20u   /* DATA_CHUNK: the final piece; DATA comes next */
 typedef struct asiosmtpd_data_args {
     uint32_t struct_size;
-    const uint8_t *content; /* the message as aiosmtpd's envelope.original_content */
+    const uint8_t *content; /* DATA: the message as aiosmtpd's envelope.original_content;
+                               DATA_CHUNK: the next piece of it */
     size_t size;
     uint32_t flags;         /* ASIOSMTPD_DATA_* */
+    /* ---- ABI 1.2 and later ---- */
+    uint64_t message_size;  /* DATA: the whole message's size (also when STREAMED);
+                               DATA_CHUNK: bytes so far, this piece included */
 } asiosmtpd_data_args;
 
 /* ABI 1.1: AUTH_CHECK (built-in PLAIN and LOGIN) and plugin mechanisms. Credentials are raw
@@ -322,8 +353,12 @@ typedef struct asiosmtpd_host_api {
 
     /* The reply for this hook's verdict. `code` 200..599; `text` may hold '\n' between lines,
      * which the host sends as a multi-line reply (code-text ... code text). The class must fit
-     * the verdict (2xx/3xx ACCEPT or CONTINUE, 4xx TEMPFAIL*, 5xx REJECT*), else the host logs
-     * and answers 451 4.3.0. Copied. E_INVALID on CR, a line over 510 bytes or a bad code. */
+     * the verdict (2xx/3xx ACCEPT, 4xx TEMPFAIL*, 5xx REJECT*; CONTINUE ignores the reply),
+     * else the host logs and answers 451 4.3.0. Copied. E_INVALID on a code outside 200..599,
+     * on CR, NUL or another control byte but HT in the text, a line over 506 bytes or a text
+     * over 65536 bytes (RFC 5321 textstring; bytes >= 0x80 pass, RFC 6531). A refused reply
+     * changes nothing, but unless a later set_reply() succeeds the hook's verdict (anything but
+     * PENDING) costs the session 451 4.3.0 and a log line, not the verdict's default reply. */
     asiosmtpd_status (*set_reply)(asiosmtpd_call *call, uint16_t code, asiosmtpd_str text);
 
     /* Private data: one slot per instance and scope. The host calls dtor(data) (if not NULL)
@@ -335,9 +370,13 @@ typedef struct asiosmtpd_host_api {
     /* Suspend the running hook: *out receives a token, the hook returns ASIOSMTPD_PENDING, and
      * the session waits (no further pipelined command runs) until complete(). */
     asiosmtpd_status (*suspend)(asiosmtpd_call *call, asiosmtpd_token *out);
-    /* Finish a suspended hook, from ANY thread, exactly once per token. code 0 = no reply set.
-     * Returns ASIOSMTPD_E_GONE when the session ended or the hook timed out (harmless),
-     * E_INVALID for a verdict of PENDING or an unknown token. Strings are copied. */
+    /* Finish a suspended hook, from ANY thread, exactly once per token. code 0 = no reply set
+     * (the verdict's default; `text` is then ignored). Returns ASIOSMTPD_E_GONE when the session
+     * ended, the hook timed out or the token was completed already (harmless; nothing changes),
+     * E_INVALID for a verdict of PENDING (the token stays valid) or an unknown token. An unknown
+     * verdict, a reply set_reply() would refuse, a reply class not fitting the verdict, or an
+     * AUTH_CHALLENGE over 700 bytes also answer E_INVALID, and the call ends at once as a plugin
+     * error (451 4.3.0 and a log line; do not complete the token again). Strings are copied. */
     asiosmtpd_status (*complete)(asiosmtpd_token token, asiosmtpd_verdict verdict, uint16_t code,
                                  asiosmtpd_str text);
 

@@ -97,6 +97,7 @@ enum class hook : asiosmtpd_hook_id {
     starttls = ASIOSMTPD_HOOK_STARTTLS, ///< ABI 1.1: after a STARTTLS handshake (no arguments)
     auth_check = ASIOSMTPD_HOOK_AUTH_CHECK, ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
     proxy = ASIOSMTPD_HOOK_PROXY,           ///< ABI 1.1: the PROXY protocol header (proxy_args)
+    data_chunk = ASIOSMTPD_HOOK_DATA_CHUNK, ///< ABI 1.2: the next piece of the message (data_args)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
@@ -176,6 +177,7 @@ inline const char* hook_name(hook h) noexcept
     case hook::session_close: return "SESSION_CLOSE";
     case hook::starttls: return "STARTTLS";
     case hook::auth_check: return "AUTH_CHECK";
+    case hook::data_chunk: return "DATA_CHUNK";
     case hook::proxy: return "PROXY";
     case hook::other: break;
     }
@@ -298,12 +300,17 @@ struct address_args {
     const asiosmtpd_address_args* raw;
 };
 
-/// DATA: the whole message.
+/// DATA: the whole message (empty when streamed()); DATA_CHUNK (1.2): the next piece of it.
 struct data_args {
     explicit data_args(const asiosmtpd_data_args& a) noexcept
-        : data(a.content), size(a.content ? a.size : 0), flags(a.flags), raw(&a)
+        : data(a.content), size(a.content ? a.size : 0), flags(a.flags),
+          message_size(ASIOSMTPD_HAS(&a, asiosmtpd_data_args, message_size) ? a.message_size : size), raw(&a)
     {
     }
+    /// DATA: the message went to DATA_CHUNK hooks and is not passed again (ABI 1.2).
+    bool streamed() const noexcept { return (flags & ASIOSMTPD_DATA_STREAMED) != 0; }
+    /// DATA_CHUNK: the final piece; the DATA hook comes next (ABI 1.2).
+    bool last_chunk() const noexcept { return (flags & ASIOSMTPD_DATA_LAST_CHUNK) != 0; }
     /// The message bytes as a string_view (binary-safe).
     std::string_view content() const noexcept
     {
@@ -315,6 +322,8 @@ struct data_args {
     const std::uint8_t* data;
     std::size_t size;
     std::uint32_t flags; ///< ASIOSMTPD_DATA_*
+    /// DATA: the whole message's size (also when streamed); DATA_CHUNK: bytes so far.
+    std::uint64_t message_size;
     const asiosmtpd_data_args* raw;
 };
 
@@ -1039,6 +1048,7 @@ template <> struct hook_args<ASIOSMTPD_HOOK_MAIL> { using c_type = asiosmtpd_add
 template <> struct hook_args<ASIOSMTPD_HOOK_RCPT> { using c_type = asiosmtpd_address_args; using type = address_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_VRFY> { using c_type = asiosmtpd_address_args; using type = address_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_DATA> { using c_type = asiosmtpd_data_args; using type = data_args; };
+template <> struct hook_args<ASIOSMTPD_HOOK_DATA_CHUNK> { using c_type = asiosmtpd_data_args; using type = data_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_NOOP> { using c_type = asiosmtpd_command_args; using type = command_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> { using c_type = asiosmtpd_command_args; using type = command_args; };
 template <> struct hook_args<ASIOSMTPD_HOOK_AUTH_CHECK> { using c_type = asiosmtpd_auth_args; using type = auth_args; };
@@ -1189,7 +1199,7 @@ public:
     ///   verdict (Plugin::*)(call&)                  for any hook, or
     ///   verdict (Plugin::*)(call&, const X&)        with X the hook's view:
     ///     connect_args (CONNECT), helo_args (HELO, EHLO), address_args (MAIL, RCPT, VRFY),
-    ///     data_args (DATA), command_args (NOOP, UNKNOWN).
+    ///     data_args (DATA, DATA_CHUNK), command_args (NOOP, UNKNOWN).
     /// Throws std::logic_error when M does not fit `h` or is not a member of the plugin
     /// class, sdk::error when the host refuses (E_UNSUPPORTED: a hook the host lacks).
     template <auto M>
@@ -1227,6 +1237,7 @@ public:
         case hook::starttls: fn = detail::pick<M, ASIOSMTPD_HOOK_STARTTLS>(); break;
         case hook::auth_check: fn = detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>(); break;
         case hook::proxy: fn = detail::pick<M, ASIOSMTPD_HOOK_PROXY>(); break;
+        case hook::data_chunk: fn = detail::pick<M, ASIOSMTPD_HOOK_DATA_CHUNK>(); break;
         case hook::command:
             throw std::logic_error("register commands with registrar::command()");
         case hook::other:

@@ -14,7 +14,7 @@
  *     EXPECT_EQ(s.cmd("PING"), "259 Pong");
  *     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: x\r\n\r\nhi\r\n"), "250 OK");
  *
- * What it is: the whole host API of plugin.h, ABI 1.1 (the table's struct_size is the full
+ * What it is: the whole host API of plugin.h, ABI 1.2 (the table's struct_size is the full
  * current table), implemented faithfully where a plugin can observe it (registration frozen
  * after create(), reply validation, verdict/reply class checks, default replies of plugin.h,
  * data slots and their destructors, suspend()/complete() from any thread with a hook timeout,
@@ -31,6 +31,9 @@
  *    recipient (set_rcpt_reply / set_rcpt_reply_pending), joined by '\n' (data_replies()).
  *  - DATA flags DECODED/UTF8 from host::decode_data / host::enable_smtputf8; config_dir() is
  *    host::config_dir (default: the current directory).
+ *  - DATA_CHUNK (1.2): the message in pieces of host::data_chunk_size, the last flagged, then
+ *    DATA (STREAMED, without content, unless some DATA hook's plugin takes no chunks); a
+ *    refused piece answers the message and DATA does not run.
  * What it is not: the real SMTP engine. Command syntax and sequence checks are simplified
  * (the server's own tests pin the wire behaviour): no address syntax beyond <...>, no SIZE or
  * BODY checks, no line or call limits, no require_starttls, no PIPELINING, no unknown-command
@@ -403,6 +406,8 @@ public:
     /// server.decode_data / enable_smtputf8: DATA flags DECODED (and UTF8), strict ASCII check.
     bool decode_data = false;
     bool enable_smtputf8 = false;
+    /// DATA_CHUNK (ABI 1.2): the size of each piece but the last (the server uses 64 KiB).
+    std::size_t data_chunk_size = 64 * 1024;
     /// What config_dir() answers during create() (the folder of the server's config file).
     std::string config_dir = current_dir();
     /// What cmd("STARTTLS") and open_tls() negotiate.
@@ -1260,10 +1265,7 @@ private:
         std::uint32_t flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF;
         if (h_->decode_data)
             flags |= ASIOSMTPD_DATA_DECODED | (h_->enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u);
-        const asiosmtpd_data_args a{sizeof a, reinterpret_cast<const std::uint8_t*>(content_.data()),
-                                    content_.size(), flags};
-        const outcome o = run(ASIOSMTPD_HOOK_DATA, &a);
-        // LMTP (RFC 2033 §4.2): one reply per accepted recipient; set_rcpt_reply overrides one.
+        const outcome o = deliver(flags);        // LMTP (RFC 2033 §4.2): one reply per accepted recipient; set_rcpt_reply overrides one.
         const std::size_t due = h_->lmtp ? std::max<std::size_t>(rcpts_.size(), 1) : 1;
         const bool closes = o.verdict == ASIOSMTPD_REJECT_CLOSE || o.verdict == ASIOSMTPD_TEMPFAIL_CLOSE;
         outcome each = o;
@@ -1288,6 +1290,50 @@ private:
         if (closes)
             closed_ = true;
         return r;
+    }
+
+    // DATA_CHUNK pieces (ABI 1.2), then DATA, as the server runs them; a refused piece is the
+    // outcome and DATA does not run.
+    outcome deliver(std::uint32_t flags)
+    {
+        const auto* content = reinterpret_cast<const std::uint8_t*>(content_.data());
+        bool streamed = false;
+        const auto chunk_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA_CHUNK);
+        if (chunk_hooks != h_->hooks_.end() && !chunk_hooks->second.empty()) {
+            // Streamed unless a DATA hook's plugin does not take chunks (it needs the whole message).
+            streamed = true;
+            const auto data_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA);
+            if (data_hooks != h_->hooks_.end())
+                for (const auto& d : data_hooks->second)
+                    if (std::none_of(chunk_hooks->second.begin(), chunk_hooks->second.end(),
+                                     [&](const detail::hook_entry& c) { return c.inst == d.inst; }))
+                        streamed = false;
+            const std::size_t piece = std::max<std::size_t>(h_->data_chunk_size, 1);
+            std::size_t at = 0;
+            for (;;) {
+                const std::size_t n = std::min(piece, content_.size() - at);
+                const bool last = at + n == content_.size();
+                asiosmtpd_data_args c{};
+                c.struct_size = sizeof c;
+                c.content = content + at;
+                c.size = n;
+                c.flags = flags | (last ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
+                c.message_size = at + n;
+                const outcome o = run(ASIOSMTPD_HOOK_DATA_CHUNK, &c);
+                if (o.verdict != ASIOSMTPD_CONTINUE && o.verdict != ASIOSMTPD_ACCEPT)
+                    return o;
+                at += n;
+                if (last)
+                    break;
+            }
+        }
+        asiosmtpd_data_args a{};
+        a.struct_size = sizeof a;
+        a.content = streamed ? nullptr : content;
+        a.size = streamed ? 0 : content_.size();
+        a.flags = flags | (streamed ? ASIOSMTPD_DATA_STREAMED : 0u);
+        a.message_size = content_.size();
+        return run(ASIOSMTPD_HOOK_DATA, &a);
     }
 
     void reset_txn()
@@ -1480,7 +1526,7 @@ struct api_impl {
         host* h = rs(reg)->owner;
         if (h->frozen_)
             return ASIOSMTPD_E_FROZEN;
-        if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_PROXY)
+        if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_DATA_CHUNK)
             return ASIOSMTPD_E_UNSUPPORTED;
         h->hooks_[hook].push_back({rs(reg)->inst, fn});
         return ASIOSMTPD_OK;
@@ -1800,7 +1846,7 @@ struct api_impl {
 
 inline void host::init_api()
 {
-    api_.struct_size = static_cast<std::uint32_t>(sizeof api_); // the whole ABI 1.1 table
+    api_.struct_size = static_cast<std::uint32_t>(sizeof api_); // the whole current table
     api_.abi_major = ASIOSMTPD_ABI_MAJOR;
     api_.abi_minor = ASIOSMTPD_ABI_MINOR;
     api_.host_version = detail::str("testkit");
