@@ -36,7 +36,7 @@ using asiosmtpd::fuzz::controls;
 constexpr std::array hook_order{hook_kind::connect, hook_kind::helo,  hook_kind::ehlo,  hook_kind::mail,
                                 hook_kind::rcpt,    hook_kind::data,  hook_kind::rset,  hook_kind::noop,
                                 hook_kind::quit,    hook_kind::vrfy,  hook_kind::unknown, hook_kind::command,
-                                hook_kind::starttls};
+                                hook_kind::starttls, hook_kind::data_chunk};
 
 settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
 {
@@ -66,6 +66,9 @@ settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
     if ((b & 0x80) != 0) s.data_line_limit = 40;
     for (std::size_t i = 0; i < hook_order.size(); ++i)
         if ((mask & (1u << i)) != 0) s.hook_mask |= hook_bit(hook_order[i]);
+    // Bit 14: every DATA hook's plugin also takes chunks, so the message is streamed.
+    s.data_whole_message = (mask & (1u << 14)) == 0;
+    s.data_chunk_size = (b & 0x02) != 0 ? 16 : 64 * 1024;
     // The host registers a command together with its handler: a custom verb always has a chain.
     if (!s.commands.empty()) s.hook_mask |= hook_bit(hook_kind::command);
     return s;

@@ -1,5 +1,6 @@
 """The `sink` plugin under load: many messages in one session, several concurrent sessions."""
 import smtplib
+import socket
 import threading
 
 import harness
@@ -8,6 +9,14 @@ from harness import ServerTestCase, server_config
 MESSAGES_PER_SESSION = 100
 SESSIONS = 8
 MESSAGES_PER_CONCURRENT_SESSION = 25
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
 
 
 def transaction(s, i):
@@ -60,6 +69,29 @@ class SinkTest(ServerTestCase):
             self.assertEqual(s.mail("a@b.example", [f"SIZE={len(body)}"]), (250, b"OK"))
             self.assertEqual(s.rcpt("c@d.example"), (250, b"OK"))
             self.assertEqual(s.data(body), (250, b"OK"))
+
+    def test_messages_are_streamed_not_held(self):
+        # sink takes DATA in chunks (ABI 1.2, DATA_CHUNK): the server never holds a whole
+        # message for it, so three 48 MiB messages leave its peak RSS far below one message.
+        limit = 64 * 1024 * 1024
+        big = self.start_server(server_config(plugins=["sink"], data_size_limit=limit, workers=1))
+        peak_before = peak_rss_kib(big.process.pid)
+        line = b"y" * 998 + b"\r\n"
+        body = b"Subject: huge\r\n\r\n" + line * (48 * 1049)
+        with socket.create_connection((big.host, big.port), timeout=30) as c:
+            f = c.makefile("rb")
+            f.readline()
+            c.sendall(b"EHLO client.example\r\n")
+            while f.readline()[:4] != b"250 ":
+                pass
+            for _ in range(3):
+                c.sendall(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+                self.assertEqual([f.readline()[:3] for _ in range(3)], [b"250", b"250", b"354"])
+                c.sendall(body + b".\r\n")
+                self.assertEqual(f.readline(), b"250 OK\r\n")
+        grown_mib = (peak_rss_kib(big.process.pid) - peak_before) / 1024
+        bound = 16 if not harness.sanitized() else 160
+        self.assertLess(grown_mib, bound, f"peak RSS grew {grown_mib:.1f} MiB for 48 MiB messages")
 
     def test_size_limit(self):
         # A message above data_size_limit: aiosmtpd's 552 after DATA; the session goes on.

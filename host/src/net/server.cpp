@@ -133,6 +133,15 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     for (const auto& m : g.auth_mechanisms) e.auth_mechanisms.push_back(m.name);
     e.auth_max_failures = srv.auth_max_failures;
     e.hook_mask = g.hook_mask();
+    // Streaming (ABI 1.2): the whole message is kept only for a DATA hook whose plugin takes no
+    // DATA_CHUNK; otherwise a session holds one chunk at most.
+    const auto& chunked = g.hooks[ASIOSMTPD_HOOK_DATA_CHUNK];
+    e.data_whole_message = std::any_of(g.hooks[ASIOSMTPD_HOOK_DATA].begin(), g.hooks[ASIOSMTPD_HOOK_DATA].end(),
+                                       [&](const plugin::hook_entry& d) {
+                                           return std::none_of(chunked.begin(), chunked.end(), [&](const plugin::hook_entry& c) {
+                                               return c.owner == d.owner;
+                                           });
+                                       });
     return e;
 }
 

@@ -50,6 +50,7 @@ std::string_view hook_name(proto::hook_kind k) noexcept
     case proto::hook_kind::auth_check: return "AUTH_CHECK";
     case proto::hook_kind::auth_mechanism: return "AUTH";
     case proto::hook_kind::proxy: return "PROXY";
+    case proto::hook_kind::data_chunk: return "DATA_CHUNK";
     case proto::hook_kind::command: return "COMMAND";
     }
     return "?";
@@ -330,7 +331,9 @@ asio::awaitable<void> session::close()
 asio::awaitable<void> session::run_hooks()
 {
     while (const proto::hook_request* req = engine_.pending_hook()) {
-        if (req->kind == proto::hook_kind::data) data_started_ = std::chrono::steady_clock::now();
+        if ((req->kind == proto::hook_kind::data || req->kind == proto::hook_kind::data_chunk) &&
+            data_started_ == std::chrono::steady_clock::time_point{})
+            data_started_ = std::chrono::steady_clock::now();
         const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
         proto::hook_result result = co_await run_chain(*req);
         engine_.hook_done(std::move(result));
@@ -460,11 +463,16 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     for (const auto& p : req.params) params.push_back({p.data(), p.size()});
     asiosmtpd_address_args address{sizeof address, {req.argument.data(), req.argument.size()},
                                    params.empty() ? nullptr : params.data(), params.size()};
-    asiosmtpd_data_args data{sizeof data, reinterpret_cast<const std::uint8_t*>(req.content.data()),
-                             req.content.size(),
-                             ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
-                                 (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
-                                 (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u)};
+    asiosmtpd_data_args data{};
+    data.struct_size = sizeof data;
+    data.content = req.streamed ? nullptr : reinterpret_cast<const std::uint8_t*>(req.content.data());
+    data.size = req.streamed ? 0 : req.content.size();
+    data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
+                 (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
+                 (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u) |
+                 (req.streamed ? ASIOSMTPD_DATA_STREAMED : 0u) |
+                 (req.kind == proto::hook_kind::data_chunk && req.last_chunk ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
+    data.message_size = req.content_size;
     asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
                                    {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
     const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
@@ -514,7 +522,8 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     case proto::hook_kind::mail:
     case proto::hook_kind::rcpt:
     case proto::hook_kind::vrfy: args = &address; break;
-    case proto::hook_kind::data: args = &data; break;
+    case proto::hook_kind::data:
+    case proto::hook_kind::data_chunk: args = &data; break;
     case proto::hook_kind::noop:
     case proto::hook_kind::unknown:
     case proto::hook_kind::command: args = &command; break;

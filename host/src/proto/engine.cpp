@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstring>
 
 namespace asiosmtpd::proto {
@@ -13,7 +14,17 @@ constexpr std::string_view crlf = "\r\n";
 
 bool is_ascii(std::string_view s) noexcept
 {
-    return std::none_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+    // Eight bytes at a time: DATA lines go through here with decode_data.
+    const char* p = s.data();
+    std::size_t n = s.size();
+    std::uint64_t high = 0;
+    for (; n >= 8; p += 8, n -= 8) {
+        std::uint64_t word;
+        std::memcpy(&word, p, sizeof word);
+        high |= word;
+    }
+    for (; n > 0; ++p, --n) high |= static_cast<unsigned char>(*p);
+    return (high & 0x8080808080808080ull) == 0;
 }
 
 // Python's bytes.strip(): ASCII whitespace only.
@@ -272,7 +283,9 @@ std::span<char> engine::prepare(std::size_t min)
 
 bool engine::release_buffer() noexcept
 {
-    if (pos_ != end_) return false;
+    // Only between commands: inside DATA the next bytes are due at once and the (large)
+    // buffer would be allocated again for each read.
+    if (pos_ != end_ || phase_ == phase::data) return false;
     pos_ = scan_ = end_ = 0;
     if (!in_.empty()) std::string().swap(in_);
     return true;
@@ -485,6 +498,21 @@ void engine::finish_hook(const hook_result& r)
     case hook_kind::data:
         deliver_data_reply(r);
         return;
+    case hook_kind::data_chunk:
+        if (r.verdict != verdict::none && r.verdict != verdict::accept && r.verdict != verdict::challenge) {
+            // Refused (or the plugin failed): the rest of the message is read and dropped, and
+            // this reply answers the final dot.
+            chunk_refusal_ = r;
+            if (!request_.last_chunk) data_error_ = data_error::refused;
+        } else if (!settings_.data_whole_message || !has_hook(hook_kind::data)) {
+            envelope_.content.clear();  // streaming: the engine keeps one chunk at most
+            chunk_from_ = 0;
+        } else {
+            chunk_from_ = envelope_.content.size();
+        }
+        if (!request_.last_chunk) return;
+        if (chunk_refusal_.verdict != verdict::none) return deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
+        return finish_data();
     case hook_kind::rset:
     case hook_kind::noop:
         reply_for(r, replies::ok);
@@ -718,8 +746,23 @@ void engine::on_data(std::string_view arg)
     phase_ = phase::data;
     data_error_ = data_error::none;
     data_bytes_ = 0;
+    data_unstuffed_ = 0;
+    data_non_ascii_ = false;
+    chunk_from_ = 0;
+    chunk_refusal_ = {};
     partial_line_ = 0;
     envelope_.content.clear();
+    if (has_hook(hook_kind::data) && settings_.data_whole_message) {
+        // The client declared the size (RFC 1870): one allocation instead of doubling copies.
+        for (const std::string& p : envelope_.mail_options) {
+            std::uint64_t declared = 0;
+            if (!p.starts_with("SIZE=")) continue;
+            const auto [end, ec] = std::from_chars(p.data() + 5, p.data() + p.size(), declared);
+            if (ec == std::errc() && end == p.data() + p.size() &&
+                (settings_.data_size_limit == 0 || declared <= settings_.data_size_limit) && declared <= (1ull << 32))
+                envelope_.content.reserve(static_cast<std::size_t>(declared));
+        }
+    }
 }
 
 // The DATA reader. RFC 5321 §4.1.1.4: only CRLF.CRLF ends the message; bare LF and bare CR are
@@ -761,14 +804,32 @@ bool engine::step_data()
         else if (settings_.data_size_limit != 0 && data_bytes_ > settings_.data_size_limit)
             data_error_ = data_error::too_much;
     }
-    if (data_error_ == data_error::none) {
-        // RFC 5321 §4.5.2: remove the transparency dot.
-        envelope_.content.append(line_start && line.front() == '.' ? line.substr(1) : line);
-    } else if (!envelope_.content.empty()) {
-        envelope_.content.clear();
-        envelope_.content.shrink_to_fit();
+    if (data_error_ != data_error::none) {
+        if (envelope_.content.capacity() > settings_.data_chunk_size) std::string().swap(envelope_.content);
+        else envelope_.content.clear();
+        return true;
     }
+    // RFC 5321 §4.5.2: remove the transparency dot.
+    const std::string_view text = line_start && line.front() == '.' ? line.substr(1) : line;
+    data_unstuffed_ += text.size();
+    // aiosmtpd decode_data without SMTPUTF8 is strict ASCII (checked line by line, so that a
+    // streamed message needs no second pass).
+    if (settings_.decode_data && !settings_.enable_smtputf8 && !data_non_ascii_ && !is_ascii(text))
+        data_non_ascii_ = true;
+    if (!keeps_content()) return true;
+    envelope_.content.append(text);
+    // Streaming: hand over a chunk once enough has arrived; reading waits for the hook.
+    if (has_hook(hook_kind::data_chunk) && envelope_.content.size() - chunk_from_ >= settings_.data_chunk_size)
+        ask_chunk(false);
     return true;
+}
+
+void engine::ask_chunk(bool last)
+{
+    ask(hook_kind::data_chunk);
+    request_.content = std::string_view(envelope_.content).substr(chunk_from_);
+    request_.last_chunk = last;
+    request_.content_size = data_unstuffed_;
 }
 
 // Record what became of the transaction whose reply starts at out_[reply_start].
@@ -787,7 +848,7 @@ void engine::summarize(std::size_t reply_start)
 void engine::end_of_data()
 {
     phase_ = phase::command;
-    if (data_error_ != data_error::none) {
+    if (data_error_ == data_error::too_long || data_error_ == data_error::too_much) {
         const bool too_long = data_error_ == data_error::too_long;
         const std::size_t at = out_.size();
         reply(too_long ? replies::data_line_too_long : replies::too_much_data);
@@ -795,12 +856,30 @@ void engine::end_of_data()
         reset_envelope();
         return;
     }
+    if (chunk_refusal_.verdict != verdict::none) {
+        // A data_chunk hook refused the message; the rest was read and dropped.
+        deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
+        return;
+    }
+    // The last piece (possibly empty: the hooks learn the message is complete).
+    if (has_hook(hook_kind::data_chunk)) return ask_chunk(true);
+    finish_data();
+}
+
+// The whole message is in (and every data_chunk hook has seen it): the DATA hook, or the reply.
+void engine::finish_data()
+{
     // aiosmtpd decode_data without SMTPUTF8 is strict ASCII; the envelope is kept (its Q5).
-    if (settings_.decode_data && !settings_.enable_smtputf8 && !is_ascii(envelope_.content))
+    if (data_non_ascii_) {
+        data_non_ascii_ = false;
+        envelope_.content.clear();
         return reply(replies::strict_ascii);
+    }
     if (has_hook(hook_kind::data)) {
         ask(hook_kind::data);
-        request_.content = envelope_.content;
+        request_.streamed = !settings_.data_whole_message;
+        request_.content = request_.streamed ? std::string_view() : std::string_view(envelope_.content);
+        request_.content_size = data_unstuffed_;
         return;
     }
     deliver_data_reply(hook_result{});
@@ -1182,6 +1261,8 @@ void engine::close(std::string_view why) noexcept
 void engine::reset_envelope() noexcept
 {
     envelope_.clear();
+    // A large message's memory goes back: a session between messages holds little.
+    if (envelope_.content.capacity() > 1024 * 1024) std::string().swap(envelope_.content);
     ++envelope_serial_;
 }
 

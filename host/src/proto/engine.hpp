@@ -31,6 +31,7 @@ enum class hook_kind : std::uint8_t {
     quit = 9, vrfy = 10, unknown = 11, starttls = 13,
     auth_check = 14,     ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
     proxy = 15,          ///< run by the session, never asked by the engine (PROXY header)
+    data_chunk = 16,     ///< the next piece of the unstuffed message, while it arrives
     auth_mechanism = 30, ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
     command = 31, ///< a plugin-registered verb (settings::commands[command_index])
 };
@@ -68,6 +69,11 @@ struct settings {
     std::uint32_t auth_max_failures = 3;      ///< failed AUTHs before 421 and close; 0 = no limit
     std::uint32_t hook_mask = 0;              ///< hook_bit() of every hook that has a chain
     std::size_t data_line_limit = 1001;       ///< aiosmtpd line_length_limit, CRLF included
+    /// The DATA hook needs the whole message in memory (some plugin with a DATA hook does not
+    /// take the message in chunks). False: the engine keeps at most one chunk (streaming).
+    bool data_whole_message = true;
+    /// data_chunk hooks get pieces of at least this size (the last one may be smaller).
+    std::size_t data_chunk_size = 64 * 1024;
     std::size_t unknown_command_budget = 5;   ///< aiosmtpd BOGUS_LIMIT
 };
 
@@ -110,7 +116,12 @@ struct hook_request {
     bool has_argument = false;
     std::size_t command_index = 0; ///< for hook_kind::command
     std::span<const std::string> params; ///< MAIL: upper-cased ESMTP parameters
-    std::string_view content;      ///< DATA: the unstuffed message
+    /// DATA: the unstuffed message, empty when streamed (then see content_size); data_chunk:
+    /// the next piece of it.
+    std::string_view content;
+    bool streamed = false;         ///< DATA: the message went to data_chunk hooks and is not kept
+    bool last_chunk = false;       ///< data_chunk: the final piece (the DATA hook comes next)
+    std::uint64_t content_size = 0; ///< DATA, data_chunk: unstuffed bytes of the whole message so far
     std::string_view authzid;      ///< auth_check: PLAIN's authorization identity
     std::string_view login;        ///< auth_check
     std::string_view password;     ///< auth_check (never log it)
@@ -205,7 +216,7 @@ public:
 private:
     enum class phase : std::uint8_t { greeting, command, data, tls, auth, closed };
     enum class auth_kind : std::uint8_t { none, plain, login, plugin };
-    enum class data_error : std::uint8_t { none, too_long, too_much };
+    enum class data_error : std::uint8_t { none, too_long, too_much, refused };
 
     struct line_read {
         std::string_view text;
@@ -259,6 +270,12 @@ private:
     void reply(std::string_view line);
     void reply_plugin(const hook_result& r);
     void close(std::string_view why) noexcept;
+    void ask_chunk(bool last);
+    void finish_data();
+    bool keeps_content() const noexcept
+    {
+        return has_hook(hook_kind::data_chunk) || (has_hook(hook_kind::data) && settings_.data_whole_message);
+    }
     void reset_envelope() noexcept;
     std::size_t command_limit(std::string_view verb) const noexcept;
     std::string help_list() const;
@@ -305,6 +322,10 @@ private:
     // DATA reader
     data_error data_error_ = data_error::none;
     std::uint64_t data_bytes_ = 0;
+    std::uint64_t data_unstuffed_ = 0; // message bytes after unstuffing
+    bool data_non_ascii_ = false;    // decode_data without SMTPUTF8: some byte >= 0x80 seen
+    std::size_t chunk_from_ = 0;     // envelope_.content[chunk_from_, end) not yet given to data_chunk
+    hook_result chunk_refusal_;      // a data_chunk hook refused the message: its reply, after the dot
     std::size_t partial_line_ = 0;   // bytes of the current line already consumed (too long)
 
     // the pending hook
