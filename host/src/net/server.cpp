@@ -191,7 +191,11 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
 
 server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
                std::shared_ptr<asio::ssl::context> tls_context)
-    : config_(std::move(s)), signals_(ioc_), grace_timer_(ioc_)
+    : config_(std::move(s)),
+      workers_(config_.server.workers != 0 ? config_.server.workers : std::max(1u, std::thread::hardware_concurrency())),
+      ioc_(static_cast<int>(std::min<std::size_t>(workers_, 1024))),  // 1: Asio skips cross-thread wake-ups
+      signals_(ioc_),
+      grace_timer_(ioc_)
 {
     if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
     max_connections_ = config_.server.max_connections;
@@ -405,8 +409,7 @@ void server::wait_for_signal()
 
 void server::run()
 {
-    std::size_t n = config_.server.workers;
-    if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+    const std::size_t n = workers_;
     std::vector<std::thread> threads;
     threads.reserve(n - 1);
     for (std::size_t i = 1; i < n; ++i) threads.emplace_back([this] { ioc_.run(); });
@@ -446,7 +449,10 @@ asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 {
     tcp::acceptor& acceptor = *slot->acceptor;
     for (;;) {
-        auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc_), nothrow);
+        // One thread runs every handler: no strand needed (nor its locking and extra dispatch).
+        const asio::any_io_executor session_ex =
+            workers_ == 1 ? asio::any_io_executor(ioc_.get_executor()) : asio::any_io_executor(asio::make_strand(ioc_));
+        auto [ec, socket] = co_await acceptor.async_accept(session_ex, nothrow);
         // The listener's current settings and plugins (a reload may have replaced them).
         const std::shared_ptr<const listener_context> ctx = slot->ctx.load();
         if (ec) {

@@ -100,6 +100,7 @@ private:
     void wait_for_signal();
 
     config::settings config_;  // as started (workers, the file to reload)
+    std::size_t workers_;      // event-loop threads (config's workers, 0 resolved)
     asio::io_context ioc_;
     std::vector<std::shared_ptr<listener_slot>> listeners_;  // on the io_context only (after bind)
     std::atomic<std::uint32_t> max_connections_{0};

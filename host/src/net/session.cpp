@@ -144,6 +144,28 @@ void session::force_close()
     });
 }
 
+// Plaintext replies are written at once when the socket takes them (nearly always): no
+// asynchronous operation, no trip through the event loop. What it does not take, flush() sends.
+session::sent session::send_now()
+{
+    if (tls_) return sent::some;
+    std::string& out = engine_.output();
+    boost::system::error_code ec;
+    const std::size_t n = socket_.write_some(asio::buffer(out), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) return sent::some;
+    if (ec) {
+        end_reason_ = timed_out_ ? "timeout (client not reading)" : fmt::format("write failed: {}", ec.message());
+        engine_.clear_output();
+        return sent::failed;
+    }
+    if (n == out.size()) {
+        engine_.clear_output();
+        return sent::all;
+    }
+    out.erase(0, n);
+    return sent::some;
+}
+
 asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
@@ -241,6 +263,10 @@ asio::awaitable<void> session::run()
         co_await close();
         co_return;
     }
+    {
+        boost::system::error_code ignored;
+        socket_.non_blocking(true, ignored);  // the reads and writes below never block
+    }
     engine_.start();
     for (;;) {
         if (engine_.pending_hook()) co_await run_hooks();
@@ -249,13 +275,16 @@ asio::awaitable<void> session::run()
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
         }
-        if (!engine_.output().empty() && !co_await flush()) break;
+        if (!engine_.output().empty()) {
+            const sent r = send_now();
+            if (r == sent::failed || (r == sent::some && !co_await flush())) break;
+        }
         if (engine_.close_requested()) {
             if (end_reason_ == "closed") end_reason_ = engine_.close_reason();
             break;
         }
         if (engine_.tls_requested()) {
-            // The 220 went out with flush(); plaintext pipelined after STARTTLS was dropped.
+            // The 220 went out above; plaintext pipelined after STARTTLS was dropped.
             if (!co_await handshake()) break;
             engine_.tls_established();
             continue;
@@ -266,17 +295,36 @@ asio::awaitable<void> session::run()
             continue;
         }
         boost::system::error_code ec;
-        if (!tls_ && engine_.release_buffer()) {
-            // Nothing buffered: wait for the client without holding a receive buffer (an idle
-            // session costs no buffer memory). Same syscalls as a read that would block.
-            std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
-        }
         std::size_t n = 0;
-        if (!ec) {
+        if (tls_) {
             const std::span<char> room = engine_.prepare(read_size_);
-            if (tls_) std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            else std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+            std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
             if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
+        } else {
+            std::size_t asked = 0;
+            if (socket_drained_) {
+                // Wait for the client without holding a receive buffer when nothing is buffered
+                // (an idle session costs no buffer memory), then read without another trip
+                // through the event loop: one epoll_ctl replaces the read that would block.
+                engine_.release_buffer();
+                std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
+                if (!ec) {
+                    const std::span<char> room = engine_.prepare(read_size_);
+                    asked = room.size();
+                    n = socket_.read_some(asio::buffer(room.data(), room.size()), ec);  // non-blocking
+                    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;  // spurious
+                }
+            } else {
+                // The last read filled its buffer, so more is probably there: read at once (this
+                // still goes through the event loop, so a fast sender cannot starve the others).
+                const std::span<char> room = engine_.prepare(read_size_);
+                asked = room.size();
+                std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+            }
+            if (!ec) {
+                socket_drained_ = n < asked;
+                read_size_ = socket_drained_ ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
+            }
         }
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {

@@ -79,6 +79,8 @@ private:
     void log_transaction(const proto::transaction_summary& t);
     void start_watchdog();
     void on_watchdog();
+    enum class sent { all, some, failed };
+    sent send_now();
     asio::awaitable<bool> flush();
     asio::awaitable<bool> handshake();
     asio::awaitable<bool> read_proxy_header();
@@ -115,6 +117,7 @@ private:
     std::string local_address_;
     std::uint16_t local_port_ = 0;
     std::size_t read_size_ = 2 * 1024;
+    bool socket_drained_ = true;  ///< the last read did not fill its buffer: wait before reading
     std::string decided_by_;  ///< the plugin whose verdict ended the last chain
     std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
