@@ -79,6 +79,13 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
 
 session::~session() = default;
 
+// A transaction's slots end with it (their destructors run now, not at the next use: a
+// plugin's temporary file of a refused message goes at once).
+void session::end_transaction_slots() noexcept
+{
+    if (engine_.envelope_serial() != slots_serial_) (void)data_slots();
+}
+
 plugin::slots& session::data_slots() noexcept
 {
     // Transaction slots end with their transaction (RSET, HELO/EHLO, end of DATA).
@@ -340,6 +347,7 @@ asio::awaitable<void> session::run()
         arm(ctx_->idle_timeout);
         engine_.commit(n);
         if (auto t = engine_.take_transaction()) log_transaction(*t);
+        end_transaction_slots();
     }
     co_await close();
 }
@@ -390,6 +398,7 @@ asio::awaitable<void> session::run_hooks()
             metrics::get().auth_ok.fetch_add(1, std::memory_order_relaxed);
         }
         if (auto t = engine_.take_transaction()) log_transaction(*t);
+        end_transaction_slots();
     }
 }
 
@@ -637,6 +646,9 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
                       req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind), why);
             co_return r;
         }
+        // A piece of the message goes to every plugin that takes pieces: ACCEPT goes on, as
+        // CONTINUE does (plugin.h, DATA_CHUNK); only a refusal ends the chain.
+        if (req.kind == proto::hook_kind::data_chunk && r.verdict == proto::verdict::accept) continue;
         if (r.verdict != proto::verdict::none) co_return r;
     }
     co_return proto::hook_result{};

@@ -77,6 +77,7 @@ private:
     asio::awaitable<void> run_hooks();
     asio::awaitable<void> auth_failed();
     void log_transaction(const proto::transaction_summary& t);
+    void end_transaction_slots() noexcept;
     void start_watchdog();
     void on_watchdog();
     enum class sent { all, some, failed };

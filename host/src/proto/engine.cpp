@@ -873,6 +873,9 @@ void engine::finish_data()
     if (data_non_ascii_) {
         data_non_ascii_ = false;
         envelope_.content.clear();
+        // The envelope is kept (aiosmtpd), but this message is over: the transaction's plugin
+        // state (slots) goes, so that a following DATA starts afresh.
+        ++envelope_serial_;
         return reply(replies::strict_ascii);
     }
     if (has_hook(hook_kind::data)) {

@@ -19,6 +19,15 @@
  * after create(), reply validation, verdict/reply class checks, default replies of plugin.h,
  * data slots and their destructors, suspend()/complete() from any thread with a hook timeout,
  * log capture), and the 1.1 additions as the server behaves:
+ *  - Replies are checked with the server's rules and reasons: code 200..599, no CR, NUL or
+ *    other control byte but HT, lines of at most 506 bytes, 64 KiB of text in all. A refused
+ *    set_reply() answers E_INVALID and, unless a later set_reply() succeeds, makes the hook's
+ *    verdict (anything but PENDING) a plugin error; complete() with an unknown verdict, a reply
+ *    set_reply() would refuse or a class not fitting the verdict answers E_INVALID and ends the
+ *    call at once as a plugin error. A plugin error (also: PENDING without suspend(), a hook
+ *    timeout, an unknown verdict, a misfitting class) answers "451 4.3.0 Error: internal" and
+ *    logs "warn plugin=<name> session=<id> event=plugin_error hook=<HOOK> reason="<the
+ *    server's reason>"".
  *  - AUTH: `s.auth("PLAIN", user, password)`, `s.auth("LOGIN", ...)`, or any mechanism with
  *    `s.sasl("X-MECH", {answers...})`; or by hand with cmd("AUTH ...") and base64 lines.
  *    AUTH_CHECK and plugin mechanisms answer 235 / 535 / 454 / "334 <base64 challenge>" like
@@ -31,9 +40,13 @@
  *    recipient (set_rcpt_reply / set_rcpt_reply_pending), joined by '\n' (data_replies()).
  *  - DATA flags DECODED/UTF8 from host::decode_data / host::enable_smtputf8; config_dir() is
  *    host::config_dir (default: the current directory).
- *  - DATA_CHUNK (1.2): the message in pieces of host::data_chunk_size, the last flagged, then
- *    DATA (STREAMED, without content, unless some DATA hook's plugin takes no chunks); a
- *    refused piece answers the message and DATA does not run.
+ *  - DATA_CHUNK (1.2): the message in pieces of host::data_chunk_size (the server's are at
+ *    least 64 KiB, cut at line ends), then the rest as the LAST_CHUNK piece (empty when the
+ *    message is a whole number of pieces), then DATA: STREAMED without content, unless some
+ *    DATA hook's plugin takes no chunks. A refused piece (or a plugin error) answers the
+ *    message and DATA does not run; CONTINUE and ACCEPT pass a piece on to the next plugin,
+ *    as in the server. With decode_data a non-ASCII message gets its pieces, then
+ *    "500 Error: strict ASCII mode" without DATA (the envelope is kept, its slots end).
  * What it is not: the real SMTP engine. Command syntax and sequence checks are simplified
  * (the server's own tests pin the wire behaviour): no address syntax beyond <...>, no SIZE or
  * BODY checks, no line or call limits, no require_starttls, no PIPELINING, no unknown-command
@@ -305,8 +318,10 @@ struct slot {
 struct pending_state {
     std::mutex m;
     std::condition_variable cv;
+    asiosmtpd_hook_id hook = 0;
     bool done = false;
     bool gone = false;
+    std::string refused; // complete() refused the verdict or reply: the call ends as an error
     asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE;
     std::uint16_t code = 0;
     std::string text;
@@ -336,46 +351,86 @@ struct call_state {
     std::string challenge; // set_auth_challenge
     std::string identity;  // set_auth_identity
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply
+    std::string refused_reply; // why the last set_reply() was refused; "" after one succeeded
 };
 
 inline call_state* cs(asiosmtpd_call* c) noexcept { return reinterpret_cast<call_state*>(c); }
 
-// set_reply()/complete() rules of plugin.h: code 200..599, no CR, lines <= 510 bytes.
-inline bool valid_reply(std::uint16_t code, std::string_view text) noexcept
+// The reply rules of plugin.h set_reply(), as the server checks them for set_reply(),
+// complete(), set_rcpt_reply() and set_rcpt_reply_pending(): code 200..599; text without CR,
+// NUL or another control byte but HT ('\n' separates the lines of a multi-line reply, or is
+// refused when the reply is one line); lines of at most 506 bytes (RFC 5321 §4.5.3.1.5: 512
+// with "NNN-" and CRLF), 64 KiB of text in all; bytes >= 0x80 pass (RFC 6531). Returns why a
+// reply is refused, in the server's words, or "" when it is fine.
+inline constexpr std::size_t max_reply_line = 512 - 2 - 4;
+inline constexpr std::size_t max_reply_text = 64 * 1024;
+inline std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline = true)
 {
     if (code < 200 || code > 599)
-        return false;
-    std::size_t line = 0;
-    for (char c : text) {
+        return "reply code " + std::to_string(code) + " is outside 200..599";
+    if (text.size() > max_reply_text)
+        return "reply text of " + std::to_string(text.size()) + " bytes (at most " + std::to_string(max_reply_text) + ")";
+    std::size_t line_start = 0;
+    for (std::size_t i = 0; i <= text.size(); ++i) {
+        const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
+        if (c == '\n') {
+            if (i < text.size() && !multiline)
+                return "reply text has LF at byte " + std::to_string(i) + " (one line only)";
+            if (i - line_start > max_reply_line)
+                return "reply line of " + std::to_string(i - line_start) + " bytes (at most " +
+                       std::to_string(max_reply_line) + ")";
+            line_start = i + 1;
+            continue;
+        }
         if (c == '\r')
-            return false;
-        line = c == '\n' ? 0 : line + 1;
-        if (line > 510)
-            return false;
+            return "reply text has CR at byte " + std::to_string(i);
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            static const char digits[] = "0123456789abcdef";
+            return std::string("reply text has control byte 0x") + digits[c >> 4] + digits[c & 15] + " at byte " +
+                   std::to_string(i);
+        }
     }
-    return true;
+    return {};
 }
 
-// set_rcpt_reply text: one line, at most 506 bytes (512 with "NNN " and CRLF).
-inline bool valid_line(std::string_view t) noexcept
+// Why a verdict with this reply cannot be used ("" when it can): the reply rules, then the
+// class against the verdict (2xx/3xx ACCEPT, 4xx TEMPFAIL*, 5xx REJECT*; CONTINUE ignores its
+// reply), as the server's to_result(). Code 0 is "no reply".
+inline std::string verdict_problem(asiosmtpd_verdict v, std::uint16_t code, std::string_view text)
 {
-    return t.size() <= 506 && t.find_first_of("\r\n") == std::string_view::npos;
-}
-
-// Whether the reply class fits the verdict (plugin.h set_reply).
-inline bool class_fits(asiosmtpd_verdict v, std::uint16_t code) noexcept
-{
-    if (code == 0)
-        return true;
+    if (code != 0) {
+        std::string problem = reply_problem(code, text);
+        if (!problem.empty())
+            return problem;
+    }
+    const unsigned cls = code / 100u;
     switch (v) {
-    case ASIOSMTPD_CONTINUE:
-    case ASIOSMTPD_ACCEPT: return code < 400;
-    case ASIOSMTPD_TEMPFAIL:
-    case ASIOSMTPD_TEMPFAIL_CLOSE: return code >= 400 && code < 500;
+    case ASIOSMTPD_CONTINUE: return {};
+    case ASIOSMTPD_ACCEPT:
+        return code != 0 && cls != 2 && cls != 3 ? "ACCEPT with reply code " + std::to_string(code) : std::string();
     case ASIOSMTPD_REJECT:
-    case ASIOSMTPD_REJECT_CLOSE: return code >= 500;
-    default: return false;
+    case ASIOSMTPD_REJECT_CLOSE:
+        return code != 0 && cls != 5 ? "REJECT with reply code " + std::to_string(code) : std::string();
+    case ASIOSMTPD_TEMPFAIL:
+    case ASIOSMTPD_TEMPFAIL_CLOSE:
+        return code != 0 && cls != 4 ? "TEMPFAIL with reply code " + std::to_string(code) : std::string();
+    default: return "unknown verdict " + std::to_string(v);
     }
+}
+
+// The hook named in a plugin_error log line: the hook, or a command's verb.
+inline std::string hook_label(asiosmtpd_hook_id hook, const void* args)
+{
+    static const char* const names[] = {"?", "CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP",
+                                        "QUIT", "VRFY", "UNKNOWN", "SESSION_CLOSE", "STARTTLS", "AUTH_CHECK",
+                                        "PROXY", "DATA_CHUNK"};
+    if (hook == 0 && args)
+        return std::string(view(static_cast<const asiosmtpd_command_args*>(args)->verb));
+    if (hook == auth_mechanism_call && args)
+        return "AUTH " + std::string(view(static_cast<const asiosmtpd_auth_args*>(args)->mechanism));
+    if (hook > 0 && static_cast<std::size_t>(hook) < sizeof names / sizeof names[0])
+        return names[hook];
+    return "hook " + std::to_string(hook);
 }
 
 } // namespace detail
@@ -977,6 +1032,8 @@ public:
             result = run_one(e, hook, args);
             if (hook == ASIOSMTPD_HOOK_SESSION_CLOSE)
                 continue; // a notification: every plugin sees it
+            if (hook == ASIOSMTPD_HOOK_DATA_CHUNK && result.verdict == ASIOSMTPD_ACCEPT)
+                continue; // every plugin that takes pieces gets each piece (plugin.h)
             if (result.verdict != ASIOSMTPD_CONTINUE)
                 return result;
         }
@@ -1257,15 +1314,22 @@ private:
     std::string end_of_data()
     {
         data_replies_.clear();
-        if (h_->decode_data && !h_->enable_smtputf8 &&
-            std::any_of(content_.begin(), content_.end(), [](char c) { return static_cast<unsigned char>(c) > 127; })) {
-            data_replies_.push_back("500 Error: strict ASCII mode"); // the envelope is kept
-            return data_replies_.back();
-        }
         std::uint32_t flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF;
         if (h_->decode_data)
             flags |= ASIOSMTPD_DATA_DECODED | (h_->enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u);
-        const outcome o = deliver(flags);        // LMTP (RFC 2033 §4.2): one reply per accepted recipient; set_rcpt_reply overrides one.
+        // aiosmtpd decode_data without SMTPUTF8 is strict ASCII. The server checks it as the
+        // lines arrive and answers after the DATA_CHUNK pieces, before DATA.
+        const bool non_ascii =
+            h_->decode_data && !h_->enable_smtputf8 &&
+            std::any_of(content_.begin(), content_.end(), [](char c) { return static_cast<unsigned char>(c) > 127; });
+        std::optional<outcome> refused = stream(flags);
+        if (!refused && non_ascii) {
+            data_replies_.push_back("500 Error: strict ASCII mode"); // the envelope is kept,
+            free_slots(ASIOSMTPD_SCOPE_TXN);                         // the message's slots end
+            return data_replies_.back();
+        }
+        const outcome o = refused ? std::move(*refused) : deliver(flags);
+        // LMTP (RFC 2033 §4.2): one reply per accepted recipient; set_rcpt_reply overrides one.
         const std::size_t due = h_->lmtp ? std::max<std::size_t>(rcpts_.size(), 1) : 1;
         const bool closes = o.verdict == ASIOSMTPD_REJECT_CLOSE || o.verdict == ASIOSMTPD_TEMPFAIL_CLOSE;
         outcome each = o;
@@ -1292,41 +1356,57 @@ private:
         return r;
     }
 
-    // DATA_CHUNK pieces (ABI 1.2), then DATA, as the server runs them; a refused piece is the
-    // outcome and DATA does not run.
+    // Whether DATA gets the message as DATA_CHUNK pieces only (ABI 1.2): some plugin takes
+    // chunks and every DATA hook's plugin does too (else DATA gets the whole message).
+    bool streams_message() const
+    {
+        const auto chunk_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA_CHUNK);
+        if (chunk_hooks == h_->hooks_.end() || chunk_hooks->second.empty())
+            return false;
+        const auto data_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA);
+        if (data_hooks == h_->hooks_.end())
+            return true;
+        return std::all_of(data_hooks->second.begin(), data_hooks->second.end(), [&](const detail::hook_entry& d) {
+            return std::any_of(chunk_hooks->second.begin(), chunk_hooks->second.end(),
+                               [&](const detail::hook_entry& c) { return c.inst == d.inst; });
+        });
+    }
+
+    // The DATA_CHUNK pieces (ABI 1.2) as the server cuts them: every full host::data_chunk_size
+    // piece, then the last one with the rest, flagged LAST_CHUNK and empty when the message is a
+    // whole number of pieces. A refused piece (or a plugin error) ends the message: its outcome
+    // answers it and nothing more runs. As in the server, the chain of a piece stops at the
+    // first verdict other than CONTINUE, ACCEPT included.
+    std::optional<outcome> stream(std::uint32_t flags)
+    {
+        const auto chunk_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA_CHUNK);
+        if (chunk_hooks == h_->hooks_.end() || chunk_hooks->second.empty())
+            return std::nullopt;
+        const auto* content = reinterpret_cast<const std::uint8_t*>(content_.data());
+        const std::size_t piece = std::max<std::size_t>(h_->data_chunk_size, 1);
+        for (std::size_t at = 0;;) {
+            const bool last = content_.size() - at < piece;
+            const std::size_t n = last ? content_.size() - at : piece;
+            asiosmtpd_data_args c{};
+            c.struct_size = sizeof c;
+            c.content = content + at;
+            c.size = n;
+            c.flags = flags | (last ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
+            c.message_size = at + n;
+            outcome o = run(ASIOSMTPD_HOOK_DATA_CHUNK, &c);
+            if (o.verdict != ASIOSMTPD_CONTINUE && o.verdict != ASIOSMTPD_ACCEPT)
+                return o;
+            at += n;
+            if (last)
+                return std::nullopt;
+        }
+    }
+
+    // The DATA chain, after the pieces: STREAMED without content, or the whole message.
     outcome deliver(std::uint32_t flags)
     {
         const auto* content = reinterpret_cast<const std::uint8_t*>(content_.data());
-        bool streamed = false;
-        const auto chunk_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA_CHUNK);
-        if (chunk_hooks != h_->hooks_.end() && !chunk_hooks->second.empty()) {
-            // Streamed unless a DATA hook's plugin does not take chunks (it needs the whole message).
-            streamed = true;
-            const auto data_hooks = h_->hooks_.find(ASIOSMTPD_HOOK_DATA);
-            if (data_hooks != h_->hooks_.end())
-                for (const auto& d : data_hooks->second)
-                    if (std::none_of(chunk_hooks->second.begin(), chunk_hooks->second.end(),
-                                     [&](const detail::hook_entry& c) { return c.inst == d.inst; }))
-                        streamed = false;
-            const std::size_t piece = std::max<std::size_t>(h_->data_chunk_size, 1);
-            std::size_t at = 0;
-            for (;;) {
-                const std::size_t n = std::min(piece, content_.size() - at);
-                const bool last = at + n == content_.size();
-                asiosmtpd_data_args c{};
-                c.struct_size = sizeof c;
-                c.content = content + at;
-                c.size = n;
-                c.flags = flags | (last ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
-                c.message_size = at + n;
-                const outcome o = run(ASIOSMTPD_HOOK_DATA_CHUNK, &c);
-                if (o.verdict != ASIOSMTPD_CONTINUE && o.verdict != ASIOSMTPD_ACCEPT)
-                    return o;
-                at += n;
-                if (last)
-                    break;
-            }
-        }
+        const bool streamed = streams_message();
         asiosmtpd_data_args a{};
         a.struct_size = sizeof a;
         a.content = streamed ? nullptr : content;
@@ -1390,14 +1470,20 @@ private:
         return r;
     }
 
-    outcome internal_error(detail::instance* inst, const char* why)
+    // A plugin error, as the server handles it: 451 4.3.0 for the session and one log line
+    // "warn plugin=<name> session=<id> event=plugin_error hook=<HOOK> reason="<why>"" (the
+    // server's reason texts).
+    outcome internal_error(detail::instance* inst, asiosmtpd_hook_id hook, const void* args, const std::string& why)
     {
-        h_->write_log(inst, nullptr, ASIOSMTPD_LOG_WARN, why);
+        h_->write_log(inst, nullptr, ASIOSMTPD_LOG_WARN,
+                      "session=" + std::to_string(id_) + " event=plugin_error hook=" + detail::hook_label(hook, args) +
+                          " reason=\"" + why + "\"");
         return outcome{ASIOSMTPD_TEMPFAIL, 451, "4.3.0 Error: internal"};
     }
 
     outcome run_one(const detail::hook_entry& e, asiosmtpd_hook_id hook, const void* args)
     {
+        const auto fail = [&](const std::string& why) { return internal_error(e.inst, hook, args, why); };
         detail::call_state c;
         c.s = this;
         c.inst = e.inst;
@@ -1416,17 +1502,19 @@ private:
             if (v != ASIOSMTPD_PENDING && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
                 std::lock_guard<std::mutex> reg(detail::token_registry::get().m);
                 detail::token_registry::get().live.erase(c.token);
-                return internal_error(e.inst, "a hook suspended the call but returned a verdict");
+                return fail("suspended the call but returned a verdict");
             }
-            // Suspended: complete() decides.
+            // Suspended: complete() decides (a reply refused before suspend() no longer counts).
             std::unique_lock<std::mutex> lock(c.pending->m);
             if (!c.pending->cv.wait_for(lock, h_->hook_timeout, [&] { return c.pending->done; })) {
                 c.pending->gone = true;
                 lock.unlock();
                 std::lock_guard<std::mutex> reg(detail::token_registry::get().m);
                 detail::token_registry::get().live.erase(c.token);
-                return internal_error(e.inst, "a suspended hook was not completed within the hook timeout");
+                return fail("did not complete within " + std::to_string(h_->hook_timeout.count()) + " ms");
             }
+            if (!c.pending->refused.empty())
+                return fail("complete() refused: " + c.pending->refused);
             v = c.pending->verdict;
             code = c.pending->code;
             text = c.pending->text;
@@ -1444,20 +1532,27 @@ private:
                 code = 0;
             }
         } else if (v == ASIOSMTPD_PENDING && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
-            return internal_error(e.inst, "a hook returned PENDING without suspend()");
+            return fail("returned PENDING without suspend()");
+        } else if (!c.refused_reply.empty() && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
+            // plugin.h set_reply(): a refused reply changes nothing, but the verdict given
+            // without a later accepted one is a plugin error (not the verdict's default reply).
+            return fail("set_reply() refused: " + c.refused_reply);
         }
         if (hook == ASIOSMTPD_HOOK_SESSION_CLOSE)
             return outcome{};
         if (v == ASIOSMTPD_AUTH_CHALLENGE) {
             if (hook != detail::auth_mechanism_call)
-                return internal_error(e.inst, "AUTH_CHALLENGE outside an AUTH mechanism");
+                return fail("AUTH_CHALLENGE outside an AUTH mechanism");
         } else if (v < ASIOSMTPD_CONTINUE || v >= ASIOSMTPD_PENDING) {
-            return internal_error(e.inst, "a hook returned an unknown verdict");
+            return fail("unknown verdict " + std::to_string(v));
+        }
+        if (v != ASIOSMTPD_AUTH_CHALLENGE) {
+            const std::string problem = detail::verdict_problem(v, code, text);
+            if (!problem.empty())
+                return fail(problem);
         }
         if (v == ASIOSMTPD_CONTINUE)
             return outcome{}; // no opinion: a reply set on the way is ignored (as the server)
-        if (v != ASIOSMTPD_AUTH_CHALLENGE && !detail::class_fits(v, code))
-            return internal_error(e.inst, "the reply class does not fit the verdict");
         outcome o{v, code, std::move(text)};
         o.challenge = std::move(c.challenge);
         o.identity = std::move(c.identity);
@@ -1677,8 +1772,14 @@ struct api_impl {
         detail::call_state* st = detail::cs(c);
         if (!st->active)
             return ASIOSMTPD_E_STATE;
-        if (!detail::valid_reply(code, detail::view(text)))
+        // A refusal changes nothing but is remembered: unless a later set_reply() succeeds, the
+        // hook's verdict (anything but PENDING) is a plugin error (run_one).
+        std::string problem = detail::reply_problem(code, detail::view(text));
+        if (!problem.empty()) {
+            st->refused_reply = std::move(problem);
             return ASIOSMTPD_E_INVALID;
+        }
+        st->refused_reply.clear();
         st->code = code;
         st->text = std::string(detail::view(text));
         return ASIOSMTPD_OK;
@@ -1716,16 +1817,17 @@ struct api_impl {
         std::lock_guard<std::mutex> lock(reg.m);
         st->token = ++reg.last;
         st->pending = std::make_shared<detail::pending_state>();
+        st->pending->hook = st->hook;
         reg.live[st->token] = st->pending;
         *out = st->token;
         return ASIOSMTPD_OK;
     }
+    // plugin.h complete(): PENDING is refused and the token stays valid; an unknown token is
+    // E_INVALID, a finished one E_GONE; a verdict or reply the server cannot use answers
+    // E_INVALID and ends the call at once as a plugin error (451 4.3.0).
     static asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict v, std::uint16_t code, asiosmtpd_str text)
     {
-        if (v < ASIOSMTPD_CONTINUE || v == ASIOSMTPD_PENDING || v > ASIOSMTPD_AUTH_CHALLENGE)
-            return ASIOSMTPD_E_INVALID;
-        if (v == ASIOSMTPD_AUTH_CHALLENGE ? text.size > 700 // code ignored: the text is the challenge
-                                          : (code != 0 && !detail::valid_reply(code, detail::view(text))))
+        if (v == ASIOSMTPD_PENDING)
             return ASIOSMTPD_E_INVALID;
         std::shared_ptr<detail::pending_state> p;
         {
@@ -1740,12 +1842,29 @@ struct api_impl {
         std::lock_guard<std::mutex> lock(p->m);
         if (p->gone)
             return ASIOSMTPD_E_GONE;
-        p->verdict = v;
-        p->code = code;
-        p->text = std::string(detail::view(text));
+        std::string problem;
+        if (v == ASIOSMTPD_AUTH_CHALLENGE) {
+            // The challenge travels as the text; the code is ignored.
+            if (p->hook != detail::auth_mechanism_call)
+                problem = "AUTH_CHALLENGE outside an AUTH mechanism";
+            else if (text.size > 700)
+                problem = "AUTH challenge of " + std::to_string(text.size) + " bytes (at most 700)";
+        } else if (v < ASIOSMTPD_CONTINUE || v > ASIOSMTPD_AUTH_CHALLENGE) {
+            problem = "unknown verdict " + std::to_string(v);
+        } else if (code != 0) {
+            problem = detail::verdict_problem(v, code, detail::view(text));
+        }
+        const bool refused = !problem.empty();
+        if (refused) {
+            p->refused = std::move(problem);
+        } else {
+            p->verdict = v;
+            p->code = code;
+            p->text = std::string(detail::view(text));
+        }
         p->done = true;
         p->cv.notify_all();
-        return ASIOSMTPD_OK;
+        return refused ? ASIOSMTPD_E_INVALID : ASIOSMTPD_OK;
     }
     // ---- ABI 1.1 ----
     static asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str name, asiosmtpd_hook_fn fn)
@@ -1804,7 +1923,7 @@ struct api_impl {
         detail::call_state* st = detail::cs(c);
         if (st->hook != ASIOSMTPD_HOOK_DATA)
             return ASIOSMTPD_E_STATE;
-        if (index >= st->s->rcpts_.size() || code < 200 || code > 599 || !detail::valid_line(detail::view(text)))
+        if (index >= st->s->rcpts_.size() || !detail::reply_problem(code, detail::view(text), false).empty())
             return ASIOSMTPD_E_INVALID;
         if (st->rcpt_replies.size() <= index)
             st->rcpt_replies.resize(index + 1);
@@ -1814,7 +1933,7 @@ struct api_impl {
     static asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, std::size_t index, std::uint16_t code,
                                                    asiosmtpd_str text)
     {
-        if (code < 200 || code > 599 || index > 100000 || !detail::valid_line(detail::view(text)))
+        if (index > 100000 || !detail::reply_problem(code, detail::view(text), false).empty())
             return ASIOSMTPD_E_INVALID;
         std::shared_ptr<detail::pending_state> p;
         {
