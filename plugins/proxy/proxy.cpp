@@ -12,7 +12,12 @@
 //  - no recipient accepted: 451 when any refusal was temporary (4xx), else 550 (or the
 //    upstream's 5xx), listing every refusal;
 //  - MAIL or DATA refused: the upstream's reply (4xx → TEMPFAIL, 5xx → REJECT; 421 → 451).
+// Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
+// refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
+// name is resolved within the same deadline as the rest (resolver.hpp).
 #include "delivery_common.hpp"
+#include "reply_text.hpp"
+#include "resolver.hpp"
 
 #include <asiosmtpd/plugin.hpp>
 
@@ -33,6 +38,7 @@
 #include <chrono>
 #include <cerrno>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -44,6 +50,8 @@ namespace {
 
 namespace sdk = asiosmtpd::sdk;
 namespace ap = asiosmtpd::plugins;
+namespace reply_text = asiosmtpd::plugins::proxy_text;
+namespace dns = asiosmtpd::plugins::proxy_dns;
 using clock_type = std::chrono::steady_clock;
 
 /// The upstream could not be used (connect, timeout, TLS, protocol): the client gets 451.
@@ -51,9 +59,14 @@ struct upstream_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Upstream replies are kept within these bounds whatever the upstream sends (the rest is read
+// and dropped, so that a chatty but accepting upstream is not turned into a 451).
+constexpr std::size_t max_upstream_line = 4096; // bytes of one line kept
+constexpr std::size_t max_upstream_lines = 100; // lines of one reply kept
+
 struct reply {
     int code = 0;
-    std::vector<std::string> lines; // the text after "ddd-" / "ddd "
+    std::vector<std::string> lines; // the text after "ddd-" / "ddd ", through clean()
     std::string text() const
     {
         std::string out;
@@ -66,19 +79,9 @@ struct reply {
     }
 };
 
-// A reply line we can hand to set_reply/complete: no CR/LF, at most 400 bytes.
-std::string clean(std::string_view s)
-{
-    std::string out;
-    for (char ch : s) {
-        if (ch == '\r' || ch == '\n')
-            continue;
-        out += ch;
-        if (out.size() >= 400)
-            break;
-    }
-    return out;
-}
+// A line of upstream text as we keep, log and answer it: control bytes (but HT) → '?', at most
+// 506 bytes, cut on a UTF-8 boundary.
+std::string clean(std::string_view s) { return reply_text::line(s); }
 
 bool is_ip_literal(const std::string& host)
 {
@@ -109,25 +112,18 @@ public:
             ::SSL_free(ssl_);
     }
 
-    void open(const std::string& host, std::uint16_t port)
+    // Connects to the first of `addresses` that answers (resolved by the caller, in time).
+    void open(const std::vector<dns::address>& addresses, const std::string& host, std::uint16_t port)
     {
-        struct addrinfo hints {};
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_ADDRCONFIG;
-        struct addrinfo* res = nullptr;
         const std::string service = std::to_string(port);
-        const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-        if (rc != 0)
-            throw upstream_error("cannot resolve " + host + ": " + ::gai_strerror(rc));
         std::string why = "no address";
-        for (struct addrinfo* ai = res; ai; ai = ai->ai_next) {
-            ap::unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+        for (const dns::address& ai : addresses) {
+            ap::unique_fd fd(::socket(ai.family, ai.socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai.protocol));
             if (fd.get() < 0) {
                 why = ap::errno_text(errno);
                 continue;
             }
-            if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+            if (::connect(fd.get(), ai.sa(), ai.size) != 0) {
                 if (errno != EINPROGRESS) {
                     why = ap::errno_text(errno);
                     continue;
@@ -147,7 +143,6 @@ public:
             fd_ = std::move(fd);
             break;
         }
-        ::freeaddrinfo(res);
         if (fd_.get() < 0)
             throw upstream_error("cannot connect to " + host + ":" + service + ": " + why);
     }
@@ -218,7 +213,7 @@ public:
         }
     }
 
-    // One reply (all its lines). Refuses lines over 4096 bytes and replies over 100 lines.
+    // One reply (all its lines); lines beyond max_upstream_lines are read and dropped.
     reply read_reply()
     {
         reply r;
@@ -233,11 +228,10 @@ public:
             if (r.code != 0 && code != r.code)
                 throw upstream_error("inconsistent multi-line reply");
             r.code = code;
-            r.lines.push_back(clean(line.size() > 4 ? std::string_view(line).substr(4) : std::string_view()));
+            if (r.lines.size() < max_upstream_lines)
+                r.lines.push_back(clean(line.size() > 4 ? std::string_view(line).substr(4) : std::string_view()));
             if (line.size() <= 3 || line[3] == ' ')
                 return r;
-            if (r.lines.size() > 100)
-                throw upstream_error("reply too long");
         }
     }
 
@@ -265,19 +259,23 @@ private:
         }
     }
 
+    // One line without its CRLF; of a longer line only the first max_upstream_line bytes are
+    // kept (the rest is read and dropped: memory stays bounded, the deadline bounds the time).
     std::string read_line()
     {
+        std::string line;
         for (;;) {
             const std::size_t eol = in_.find('\n');
+            const std::size_t upto = eol == std::string::npos ? in_.size() : eol;
+            if (line.size() < max_upstream_line)
+                line.append(in_, 0, std::min(upto, max_upstream_line - line.size()));
             if (eol != std::string::npos) {
-                std::string line = in_.substr(0, eol);
                 in_.erase(0, eol + 1);
                 if (!line.empty() && line.back() == '\r')
                     line.pop_back();
                 return line;
             }
-            if (in_.size() > 4096)
-                throw upstream_error("reply line too long");
+            in_.clear();
             char buf[4096];
             if (ssl_) {
                 const int n = ::SSL_read(ssl_, buf, sizeof buf);
@@ -407,29 +405,41 @@ std::string own_hostname()
     return buf;
 }
 
-// The upstream's reply as ours: verdict by class (2xx accept, 4xx tempfail, 5xx reject); a
-// 421 becomes 451 (the client's session goes on).
+// What the client gets. `text` is always made by reply_text::with_list(), so it is valid.
 struct outcome {
     sdk::verdict verdict = sdk::verdict::tempfail;
     std::uint16_t code = 451;
     std::string text;
 };
 
-outcome from_reply(const reply& r, std::string text)
+// The upstream's reply code as ours (reply_text::map_code: 2xx → 250, 4xx/5xx kept but 421 → 451,
+// nonsense → 451), with `first` and `listed` as the reply's lines.
+outcome from_code(int upstream_code, std::string_view first, const std::vector<std::string>& listed = {})
 {
+    const reply_text::local_reply l = reply_text::map_code(upstream_code);
     outcome o;
-    o.text = std::move(text);
-    if (r.code >= 200 && r.code < 300) {
-        o.verdict = sdk::verdict::accept;
-        o.code = static_cast<std::uint16_t>(r.code);
-    } else if (r.code >= 500 && r.code < 600) {
-        o.verdict = sdk::verdict::reject;
-        o.code = static_cast<std::uint16_t>(r.code);
-    } else {
-        o.verdict = sdk::verdict::tempfail;
-        o.code = (r.code >= 400 && r.code < 500 && r.code != 421) ? static_cast<std::uint16_t>(r.code) : 451;
-    }
+    o.verdict = l.verdict == reply_text::kind::accept   ? sdk::verdict::accept
+                : l.verdict == reply_text::kind::reject ? sdk::verdict::reject
+                                                  : sdk::verdict::tempfail;
+    o.code = l.code;
+    o.text = reply_text::with_list(first, listed);
     return o;
+}
+
+std::string code_and_text(const reply& r) { return std::to_string(r.code) + " " + r.text(); }
+
+// RFC 5321 §4.1.1.1: the EHLO argument is a domain or an address literal; never anything that
+// could end the command early.
+bool valid_helo(std::string_view name)
+{
+    if (name.empty() || name.size() > 255)
+        return false;
+    for (char ch : name) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c <= 0x20 || c >= 0x7f)
+            return false;
+    }
+    return true;
 }
 
 class proxy {
@@ -453,6 +463,8 @@ public:
         helo_ = cfg.string_or("helo", "");
         if (helo_.empty())
             helo_ = own_hostname();
+        if (!valid_helo(helo_))
+            throw std::invalid_argument("helo: \"" + clean(helo_) + "\" is not a host name");
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 256) : 8;
         if (starttls_) {
@@ -473,6 +485,10 @@ public:
                 }
             }
         }
+        // An IP literal needs no DNS; a name is resolved for each message, bounded by `timeout`
+        // (one thread: there is one name, and lookups of it are shared).
+        if (!is_ip_literal(host_))
+            resolver_ = std::make_unique<dns::resolver>(1);
         reg.on<&proxy::on_data>(sdk::hook::data);
         pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { relay(j); });
     }
@@ -480,7 +496,8 @@ public:
     proxy& operator=(const proxy&) = delete;
     ~proxy()
     {
-        pool_.reset();
+        pool_.reset();     // each worker returns by its deadline (timeout)
+        resolver_.reset(); // then the lookup thread, once getaddrinfo() gives up (resolv.conf)
         if (ctx_)
             ::SSL_CTX_free(ctx_);
     }
@@ -539,20 +556,48 @@ private:
         return {};
     }
 
+    // The upstream's addresses, found before `deadline` or never (upstream_error: 451).
+    std::vector<dns::address> addresses(clock_type::time_point deadline) const
+    {
+        const std::string service = std::to_string(port_);
+        if (!resolver_) {
+            std::vector<dns::address> out;
+            if (const int rc = dns::system_lookup(host_, service, out, true); rc != 0)
+                throw upstream_error("cannot use address " + host_ + ": " + ::gai_strerror(rc));
+            return out;
+        }
+        const auto started = clock_type::now();
+        dns::answer a = resolver_->resolve(host_, service, deadline);
+        switch (a.state) {
+        case dns::answer::status::ok:
+            return std::move(a.addresses);
+        case dns::answer::status::timed_out:
+            throw upstream_error(
+                "resolving " + host_ + " timed out after " +
+                std::to_string(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started).count()) +
+                " ms (the DNS server did not answer within timeout)");
+        case dns::answer::status::failed:
+            break;
+        }
+        throw upstream_error("cannot resolve " + host_ + ": " + ::gai_strerror(a.error));
+    }
+
     outcome transact(job& j)
     {
-        connection conn(clock_type::now() + std::chrono::milliseconds(static_cast<long long>(timeout_ * 1000)));
-        conn.open(host_, port_);
+        const auto deadline = clock_type::now() + std::chrono::milliseconds(static_cast<long long>(timeout_ * 1000));
+        connection conn(deadline);
+        conn.open(addresses(deadline), host_, port_);
         const reply greeting = conn.read_reply();
         if (greeting.code != 220)
-            throw upstream_error("greeting: " + std::to_string(greeting.code) + " " + greeting.text());
+            throw upstream_error("greeting: " + code_and_text(greeting));
         std::vector<std::string> kw = hello(conn);
         if (starttls_) {
             if (!offers(kw, "STARTTLS"))
                 throw upstream_error("the upstream does not offer STARTTLS");
             const reply r = conn.command("STARTTLS");
             if (r.code != 220)
-                throw upstream_error("STARTTLS refused: " + std::to_string(r.code) + " " + r.text());
+                throw upstream_error("STARTTLS refused: " + code_and_text(r));
             conn.start_tls(ctx_, host_, tls_verify_);
             kw = hello(conn);
         }
@@ -567,7 +612,7 @@ private:
         const reply m = conn.command(mail);
         if (m.code / 100 != 2) {
             quit(conn);
-            return from_reply(m, "upstream refused the sender: " + std::to_string(m.code) + " " + m.text());
+            return from_code(m.code, "upstream refused the sender: " + code_and_text(m));
         }
         std::vector<std::string> refusals;
         bool any_temporary = false;
@@ -579,48 +624,42 @@ private:
                 ++accepted;
                 continue;
             }
-            if (r.code / 100 == 4)
-                any_temporary = true;
-            else if (r.code / 100 == 5 && first_permanent == 0)
-                first_permanent = r.code;
-            refusals.push_back("refused <" + rcpt + ">: " + std::to_string(r.code) + " " + r.text());
+            if (r.code / 100 == 5) {
+                if (first_permanent == 0)
+                    first_permanent = r.code;
+            } else {
+                any_temporary = true; // 4xx, or a code RCPT cannot have: not known to be final
+            }
+            refusals.push_back("refused <" + rcpt + ">: " + code_and_text(r));
         }
+        // The log is the record of who did not get the message: every refusal, one line each.
         for (const std::string& line : refusals)
-            log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + line);
-        auto with_refusals = [&](std::string first) {
-            for (const std::string& line : refusals)
-                first += "\n" + clean(line);
-            return first;
-        };
+            log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + clean(line));
         if (accepted == 0) {
             quit(conn);
-            outcome o;
-            if (any_temporary || first_permanent == 0) {
-                o.verdict = sdk::verdict::tempfail;
-                o.code = 451;
-                o.text = with_refusals("4.4.0 Upstream accepted no recipient");
-            } else {
-                o.verdict = sdk::verdict::reject;
-                o.code = static_cast<std::uint16_t>(first_permanent);
-                o.text = with_refusals("5.1.1 Upstream accepted no recipient");
-            }
-            return o;
+            if (any_temporary || first_permanent == 0)
+                return from_code(451, "4.4.0 Upstream accepted no recipient", refusals);
+            return from_code(first_permanent, "5.1.1 Upstream accepted no recipient", refusals);
         }
         const reply d = conn.command("DATA");
         if (d.code != 354) {
             quit(conn);
-            if (d.code / 100 == 3)
-                throw upstream_error("DATA: unexpected " + std::to_string(d.code));
-            return from_reply(d, "upstream refused DATA: " + std::to_string(d.code) + " " + d.text());
+            // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
+            // upstream is confused): the client keeps the message.
+            if (d.code / 100 != 4 && d.code / 100 != 5)
+                throw upstream_error("DATA: unexpected " + code_and_text(d));
+            return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
         }
         conn.send(j.data);
         const reply done = conn.read_reply();
         quit(conn);
         if (done.code / 100 == 2)
-            return from_reply(done, with_refusals(clean(done.text())));
-        if (done.code / 100 == 3)
-            throw upstream_error("end of data: unexpected " + std::to_string(done.code));
-        return from_reply(done, "upstream: " + clean(done.text()));
+            return from_code(done.code, done.text().empty() ? std::string("2.0.0 OK") : done.text(), refusals);
+        // After the dot, anything but 2xx/4xx/5xx leaves the message's fate unknown: 451 (a
+        // duplicate at worst, never a loss).
+        if (done.code / 100 != 4 && done.code / 100 != 5)
+            throw upstream_error("end of data: unexpected " + code_and_text(done));
+        return from_code(done.code, "upstream: " + done.text());
     }
 
     static void quit(connection& conn) noexcept
@@ -643,10 +682,19 @@ private:
             o.code = 451;
             o.text = "4.4.1 Upstream unavailable, try again later";
         }
-        if (o.text.empty())
-            o.text = o.verdict == sdk::verdict::accept ? "OK" : "Error";
+        if (!reply_text::valid(o.code, o.text)) {
+            // Cannot happen (from_code() builds valid replies); if it did, the host would turn
+            // the verdict into 451 - after an upstream 250, a duplicate. Keep the verdict.
+            log_.error("session=" + std::to_string(j.session) + " proxy: invalid reply " + std::to_string(o.code) +
+                       " \"" + clean(o.text) + "\" replaced");
+            o.code = o.verdict == sdk::verdict::accept ? 250 : o.verdict == sdk::verdict::reject ? 554 : 451;
+            o.text = o.verdict == sdk::verdict::accept ? "2.0.0 OK" : "Error";
+        }
+        const std::size_t first_end = o.text.find('\n');
+        const std::size_t more = static_cast<std::size_t>(std::count(o.text.begin(), o.text.end(), '\n'));
         log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) +
-                  ": " + std::to_string(o.code) + " " + clean(o.text));
+                  ": " + std::to_string(o.code) + " " + o.text.substr(0, first_end) +
+                  (more ? " (+" + std::to_string(more) + " lines)" : ""));
         const asiosmtpd_status st = j.pending.complete(o.verdict, o.code, o.text);
         if (st != ASIOSMTPD_OK)
             log_.warn("session=" + std::to_string(j.session) + " proxy: the host refused the completion (" +
@@ -661,6 +709,7 @@ private:
     double timeout_ = 20;
     std::string helo_;
     SSL_CTX* ctx_ = nullptr;
+    std::unique_ptr<dns::resolver> resolver_; // null for an IP literal
     std::optional<ap::worker_pool<job>> pool_;
 };
 
