@@ -250,6 +250,104 @@ inline std::string prepare_message(std::string_view content, std::string_view he
     return out;
 }
 
+/// prepare_message() one piece at a time, for a message that arrives in DATA_CHUNK pieces
+/// (ABI 1.2): feed() each piece in order, then finish() once; what they append to `out`,
+/// concatenated, is prepare_message(the whole content, headers, mbox), wherever the pieces
+/// were cut (a CR ending one piece and an LF starting the next are one line end). It keeps at
+/// most one unfinished line: one in the header block, or with mbox a body line (which may
+/// still turn out to start with ">*From "); other body bytes go straight through.
+class message_preparer {
+public:
+    explicit message_preparer(std::string headers, bool mbox = false) : headers_(std::move(headers)), mbox_(mbox) {}
+
+    void feed(std::string_view piece, std::string& out)
+    {
+        std::size_t start = 0;
+        if (skip_lf_ && !piece.empty()) {
+            skip_lf_ = false;
+            if (piece.front() == '\n')
+                start = 1; // the second half of a CRLF cut between two pieces
+        }
+        while (start < piece.size()) {
+            const std::size_t eol = piece.find_first_of("\r\n", start);
+            if (eol == std::string_view::npos) {
+                if (in_headers_ || mbox_)
+                    partial_.append(piece.substr(start));
+                else
+                    out.append(piece.substr(start)); // a body line: its bytes never change
+                return;
+            }
+            const std::string_view rest = piece.substr(start, eol - start);
+            if (partial_.empty()) {
+                line(rest, true, out);
+            } else {
+                partial_.append(rest);
+                line(partial_, true, out);
+                partial_.clear();
+            }
+            start = eol + 1;
+            if (piece[eol] == '\r') {
+                if (start == piece.size())
+                    skip_lf_ = true;
+                else if (piece[start] == '\n')
+                    ++start;
+            }
+        }
+    }
+
+    void finish(std::string& out)
+    {
+        if (!partial_.empty()) { // the last line, without line end
+            line(partial_, false, out);
+            partial_.clear();
+        }
+        if (in_headers_) { // headers only (or nothing at all)
+            out += headers_;
+            out += '\n';
+            in_headers_ = false;
+        } else if (mbox_ && !ended_with_eol_) {
+            out += '\n';
+        }
+    }
+
+private:
+    // One line of the content, as prepare_message's loop handles it.
+    void line(std::string_view text, bool has_eol, std::string& out)
+    {
+        if (in_headers_) {
+            if (text.empty()) {
+                out += headers_;
+                out += '\n';
+                in_headers_ = false;
+                return;
+            }
+            if (detail::header_line(text, after_header_)) {
+                out += text;
+                out += '\n';
+                after_header_ = true;
+                return;
+            }
+            out += headers_;
+            out += '\n';
+            in_headers_ = false;
+        }
+        if (mbox_ && detail::from_line(text))
+            out += '>';
+        out += text;
+        if (has_eol)
+            out += '\n';
+        ended_with_eol_ = has_eol;
+    }
+
+    std::string headers_;
+    std::string partial_; // an unfinished line (header block, or mbox body)
+    bool mbox_;
+    bool in_headers_ = true;
+    bool after_header_ = false;
+    bool ended_with_eol_ = true;
+    bool skip_lf_ = false; // the last piece ended with CR: an LF starting the next belongs to it
+};
+
 } // namespace asiosmtpd::plugins
 
 #endif // ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP

@@ -2,8 +2,18 @@
 // X-MailFrom and X-RcptTo appended to the headers, "\n" line ends), durably: the file is
 // written to tmp/ under a unique name (time, pid, counter, host), fsync'd, renamed into new/,
 // and new/ is fsync'd; only then does the client get 250. Any error answers 451 and leaves
-// nothing in new/. The DATA hook only prepares the bytes and suspends; the blocking I/O runs
-// on the plugin's worker threads, which complete the hook.
+// nothing in new/. Hooks never block: they copy what they need and suspend; the blocking I/O
+// runs on the plugin's worker threads, which complete the hook.
+//
+// Streaming (ABI 1.2): the message is taken in DATA_CHUNK pieces and written to tmp/ as it
+// arrives, so a session holds about one piece, not the message. The first piece creates the
+// file (the envelope, and so the X- headers, is known by then); each piece is suspended until
+// a worker has written it, so pieces of one message are written one at a time and in order
+// (the host reads nothing more from the client meanwhile). DATA then finishes the file, syncs
+// and renames it; a message of a single piece is kept until DATA and written in one go. The
+// file lives in a transaction slot: a transaction that ends any other way (refused piece, 552,
+// client gone, shutdown) gets its tmp/ file closed and removed by a worker. With a host older
+// than ABI 1.2 the DATA hook gets the whole message, as before.
 #include "delivery_common.hpp"
 
 #include <asiosmtpd/plugin.hpp>
@@ -14,12 +24,15 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <optional>
 #include <cerrno>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace {
 
@@ -71,7 +84,7 @@ std::string maildir_host()
     return out;
 }
 
-bool write_all(int fd, const std::string& data)
+bool write_all(int fd, std::string_view data)
 {
     std::size_t done = 0;
     while (done < data.size()) {
@@ -85,6 +98,77 @@ bool write_all(int fd, const std::string& data)
     }
     return true;
 }
+
+// A file in tmp/ being written; removed on destruction unless release()d (renamed away).
+class tmp_file {
+public:
+    tmp_file() noexcept = default;
+    tmp_file(int dir, std::string name, int fd) noexcept : dir_(dir), name_(std::move(name)), fd_(fd) {}
+    tmp_file(tmp_file&& o) noexcept : dir_(o.dir_), name_(std::move(o.name_)), fd_(std::move(o.fd_)) { o.name_.clear(); }
+    tmp_file& operator=(tmp_file&& o) noexcept
+    {
+        if (this != &o) {
+            remove();
+            dir_ = o.dir_;
+            name_ = std::exchange(o.name_, std::string());
+            fd_ = std::move(o.fd_);
+        }
+        return *this;
+    }
+    tmp_file(const tmp_file&) = delete;
+    tmp_file& operator=(const tmp_file&) = delete;
+    ~tmp_file() { remove(); }
+
+    bool open() const noexcept { return !name_.empty(); }
+    int fd() const noexcept { return fd_.get(); }
+    const std::string& name() const noexcept { return name_; }
+    /// close(2), keeping the name (for the rename); returns its errno, 0 on success.
+    int close() noexcept
+    {
+        const int fd = fd_.release();
+        return fd >= 0 && ::close(fd) != 0 ? errno : 0;
+    }
+    /// The file was renamed away: nothing left to remove.
+    void release() noexcept
+    {
+        fd_.reset();
+        name_.clear();
+    }
+    /// Close and unlink it (a delivery that failed or was abandoned).
+    void remove() noexcept
+    {
+        fd_.reset();
+        if (!name_.empty())
+            ::unlinkat(dir_, name_.c_str(), 0);
+        name_.clear();
+    }
+
+private:
+    int dir_ = -1; // borrowed: the plugin's tmp/, open as long as any file of it
+    std::string name_;
+    ap::unique_fd fd_;
+};
+
+// A message being streamed into tmp/ (ABI 1.2). Shared by its transaction slot and the job a
+// worker runs on it; whoever lets go last closes the file and, unless it went to new/, removes
+// it. The fields under `lock` belong to the workers; the hook-side ones to the session's hooks,
+// which the host runs one after the other.
+struct stream {
+    explicit stream(std::string headers) : preparer(std::move(headers)) {}
+
+    std::mutex lock;            // one job at a time (pieces come one after another anyway)
+    tmp_file file;              // created by the first piece's job (DATA's, for one piece)
+    ap::message_preparer preparer;
+    std::string out;            // the prepared bytes of the piece being written (reused)
+    std::string held;           // a message of one piece: DATA's job writes it, in one go
+    bool failed = false;        // a write failed: the piece was refused, the file removed
+    std::atomic<bool> settled{false}; // renamed into new/ or removed: nothing left to clean up
+
+    // Hook side.
+    std::uint64_t received = 0; // unstuffed bytes taken so far
+    bool last_seen = false;     // the LAST_CHUNK piece was taken
+    bool missed = false;        // a piece went by without us (the host should not let that happen)
+};
 
 class maildir {
 public:
@@ -102,30 +186,119 @@ public:
         mkdir_if_absent(path_);
         for (const char* sub : {"tmp", "new", "cur"})
             mkdir_if_absent(path_ + "/" + sub);
+        // A host older than ABI 1.2 has no DATA_CHUNK: DATA then gets the whole message.
+        const asiosmtpd_status st = reg.try_on<&maildir::on_chunk>(sdk::hook::data_chunk);
+        if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED)
+            throw sdk::error(st, "register_hook(DATA_CHUNK)");
+        streaming_ = st == ASIOSMTPD_OK;
+        if (!streaming_)
+            log_.info("maildir " + path_ + ": the host has no DATA_CHUNK (ABI < 1.2): each message is "
+                      "taken whole");
         reg.on<&maildir::on_data>(sdk::hook::data);
         tmp_fd_.reset(open_dir(path_ + "/tmp"));
         new_fd_.reset(open_dir(path_ + "/new"));
-        pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { deliver(j); });
+        pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { run(j); });
     }
     maildir(const maildir&) = delete;
     maildir& operator=(const maildir&) = delete;
     ~maildir()
     {
-        pool_.reset(); // joins the workers before the folders close
+        pool_.reset(); // joins the workers before the folders close (queued streams are removed)
+    }
+
+    // ABI 1.2: the next piece of the message. Copied, then written by a worker; the hook stays
+    // suspended until it is (backpressure, and the order of the pieces).
+    sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
+    {
+        // message_size counts the bytes so far: equal to this piece's size on the first one.
+        const bool first = args.message_size == args.size;
+        txn_stream* slot = c.find_slot<txn_stream>(sdk::scope::txn);
+        if (first || !slot || slot->s->last_seen) {
+            // A new message (the envelope outlives a DATA refused after its pieces, e.g. by
+            // strict ASCII): a new file. Replacing the slot lets go of an older one.
+            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(ap::message_headers(c)), this);
+            slot->s->missed = !first;
+        }
+        stream& st = *slot->s;
+        if (!st.missed && st.received + args.size != args.message_size) {
+            // A gap: the file would lack bytes. DATA answers 451; the file goes now.
+            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(std::string()), this);
+            slot->s->missed = true;
+        }
+        stream& cur = *slot->s;
+        cur.received = args.message_size;
+        cur.last_seen = args.last_chunk();
+        if (cur.missed)
+            return sdk::verdict::continue_;
+        if (first && cur.last_seen) {
+            // A message of one piece (most are): DATA's job creates, writes and delivers it,
+            // one trip to a worker instead of two. It holds no more than a piece would.
+            std::lock_guard<std::mutex> lock(cur.lock);
+            cur.held.assign(args.content());
+            return sdk::verdict::continue_;
+        }
+        const std::uint64_t session = c.session().id;
+        std::string copy(args.content()); // the piece's bytes die when this hook returns
+        pool_->post(job{job::kind::piece, c.suspend(), std::move(copy), slot->s, session});
+        return sdk::verdict::pending;
     }
 
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
     {
+        if (streaming_) {
+            txn_stream* slot = c.find_slot<txn_stream>(sdk::scope::txn);
+            if (slot && slot->s->last_seen && !slot->s->missed && slot->s->received == args.message_size) {
+                const std::uint64_t session = c.session().id;
+                pool_->post(job{job::kind::finish, c.suspend(), {}, slot->s, session});
+                return sdk::verdict::pending;
+            }
+            if (slot)
+                c.clear_slot(sdk::scope::txn);
+            if (args.streamed()) {
+                log_.error("session=" + std::to_string(c.session().id) + " maildir " + path_ +
+                           ": the message's pieces did not all reach this plugin; answering 451");
+                return c.tempfail(451, failure_text);
+            }
+            // The whole message is here too (another DATA hook takes no pieces): store it so.
+        }
         std::string bytes = ap::prepare_message(args.content(), ap::message_headers(c));
-        pool_->post(job{c.suspend(), std::move(bytes), c.session().id});
+        const std::uint64_t session = c.session().id;
+        pool_->post(job{job::kind::whole, c.suspend(), std::move(bytes), nullptr, session});
         return sdk::verdict::pending;
     }
 
 private:
     struct job {
+        enum class kind {
+            whole,   // `bytes`: the prepared message, delivered at once (no streaming)
+            piece,   // `bytes`: the next piece as received, for `s`
+            finish,  // DATA after the pieces: finish, sync and deliver `s`
+            discard, // the transaction of `s` ended: let go of it here, not on the event loop
+        };
+        kind what = kind::whole;
         sdk::pending pending;
         std::string bytes;
+        std::shared_ptr<stream> s;
         std::uint64_t session = 0;
+    };
+
+    // The transaction slot: lets go of its stream on a worker (close and unlink block).
+    struct txn_stream {
+        txn_stream(std::shared_ptr<stream> st, maildir* o) : s(std::move(st)), owner(o) {}
+        txn_stream(const txn_stream&) = delete;
+        txn_stream& operator=(const txn_stream&) = delete;
+        ~txn_stream()
+        {
+            if (!s || s->settled.load(std::memory_order_acquire))
+                return;
+            try {
+                owner->pool_->post(job{job::kind::discard, {}, {}, std::move(s), 0});
+            } catch (...) {
+                // No memory for the job: the stream goes here, on the session's thread.
+            }
+        }
+        std::shared_ptr<stream> s;
+        maildir* owner; // outlives every session, and so every slot
     };
 
     std::string unique_name() const
@@ -143,9 +316,20 @@ private:
         j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
     }
 
-    void deliver(job& j)
+    void run(job& j)
     {
-        std::string name;
+        switch (j.what) {
+        case job::kind::whole: return deliver(j);
+        case job::kind::piece: return write_piece(j);
+        case job::kind::finish: return finish(j);
+        case job::kind::discard: return; // j.s goes with the job, here
+        }
+    }
+
+    // A new file in tmp/ (O_EXCL) into `file`; 0, or the errno of the failure (and the name
+    // tried in `name`).
+    int create(tmp_file& file, std::string& name)
+    {
         int fd = -1;
         for (int attempt = 0; attempt < 5 && fd < 0; ++attempt) {
             name = unique_name();
@@ -154,24 +338,31 @@ private:
                 break;
         }
         if (fd < 0)
-            return fail(j, "cannot create tmp/" + name, errno);
-        if (!write_all(fd, j.bytes) || ::fsync(fd) != 0) {
+            return errno;
+        file = tmp_file(tmp_fd_.get(), name, fd);
+        return 0;
+    }
+
+    // The written file, synced, into new/; then 250. On error it is removed and 451 answers.
+    void commit(job& j, tmp_file& file)
+    {
+        const std::string name = file.name();
+        if (::fsync(file.fd()) != 0) {
             const int err = errno;
-            ::close(fd);
-            ::unlinkat(tmp_fd_.get(), name.c_str(), 0);
+            file.remove();
             return fail(j, "cannot write tmp/" + name, err);
         }
-        if (::close(fd) != 0) {
-            const int err = errno;
-            ::unlinkat(tmp_fd_.get(), name.c_str(), 0);
+        if (const int err = file.close(); err != 0) {
+            file.remove();
             return fail(j, "cannot write tmp/" + name, err);
         }
         // rename(2) is atomic: new/ holds the whole file or nothing, also after a crash.
         if (::renameat(tmp_fd_.get(), name.c_str(), new_fd_.get(), name.c_str()) != 0) {
             const int err = errno;
-            ::unlinkat(tmp_fd_.get(), name.c_str(), 0);
+            file.remove();
             return fail(j, "cannot rename tmp/" + name + " into new/", err);
         }
+        file.release();
         if (::fsync(new_fd_.get()) != 0) {
             // Not known to be durable: take it back, so that 451 means "not delivered".
             const int err = errno;
@@ -181,10 +372,84 @@ private:
         j.pending.complete(sdk::verdict::accept); // the host's "250 OK", as aiosmtpd's Mailbox
     }
 
+    // No streaming: the whole prepared message at once.
+    void deliver(job& j)
+    {
+        tmp_file file;
+        std::string name;
+        if (const int err = create(file, name); err != 0)
+            return fail(j, "cannot create tmp/" + name, err);
+        if (!write_all(file.fd(), j.bytes)) {
+            const int err = errno;
+            file.remove();
+            return fail(j, "cannot write tmp/" + name, err);
+        }
+        commit(j, file);
+    }
+
+    // A write failed: the file goes, the piece (and so the message) gets 451.
+    void fail_stream(job& j, stream& st, const std::string& what, int err)
+    {
+        st.failed = true;
+        st.file.remove();
+        st.out = std::string();
+        st.settled.store(true, std::memory_order_release);
+        fail(j, what, err);
+    }
+
+    void write_piece(job& j)
+    {
+        stream& st = *j.s;
+        std::lock_guard<std::mutex> lock(st.lock);
+        if (st.failed) { // not reached: no piece comes after a refused one
+            j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
+            return;
+        }
+        if (!st.file.open()) {
+            std::string name;
+            if (const int err = create(st.file, name); err != 0)
+                return fail_stream(j, st, "cannot create tmp/" + name, err);
+        }
+        st.out.clear();
+        st.preparer.feed(j.bytes, st.out);
+        if (!write_all(st.file.fd(), st.out)) {
+            const int err = errno;
+            return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
+        }
+        j.pending.complete(sdk::verdict::continue_); // later plugins get the piece too
+    }
+
+    void finish(job& j)
+    {
+        stream& st = *j.s;
+        std::lock_guard<std::mutex> lock(st.lock);
+        if (st.failed) { // not reached: DATA does not run after a refused piece
+            j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
+            return;
+        }
+        if (!st.file.open()) { // a message of one piece
+            std::string name;
+            if (const int err = create(st.file, name); err != 0)
+                return fail_stream(j, st, "cannot create tmp/" + name, err);
+        }
+        st.out.clear();
+        st.preparer.feed(st.held, st.out);
+        st.held = std::string();
+        st.preparer.finish(st.out);
+        if (!write_all(st.file.fd(), st.out)) {
+            const int err = errno;
+            return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
+        }
+        st.out = std::string();
+        st.settled.store(true, std::memory_order_release); // commit() renames or removes it
+        commit(j, st.file);
+    }
+
     sdk::logger log_;
     std::string host_;
     std::string pid_;
     std::string path_;
+    bool streaming_ = false;
     ap::unique_fd tmp_fd_;
     ap::unique_fd new_fd_;
     std::optional<ap::worker_pool<job>> pool_;
