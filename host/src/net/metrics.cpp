@@ -14,6 +14,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <memory>
+#include <vector>
+
 namespace asiosmtpd::net {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -50,17 +54,34 @@ void metrics::message(std::uint16_t code, std::uint64_t size) noexcept
     message_bytes.fetch_add(size, std::memory_order_relaxed);
 }
 
+// Histograms are never removed (metrics are never destroyed), so a thread may keep pointers.
+metrics::histogram& metrics::find(std::string_view plugin, std::string_view hook_name)
+{
+    struct cached {
+        std::string plugin;
+        std::string hook;
+        histogram* h;
+    };
+    thread_local std::vector<cached> cache;
+    for (const cached& c : cache)
+        if (c.plugin == plugin && c.hook == hook_name) return *c.h;
+    const std::lock_guard guard(lock_);
+    auto key = std::make_pair(std::string(plugin), std::string(hook_name));
+    auto it = hooks_.find(key);
+    if (it == hooks_.end()) it = hooks_.emplace(std::move(key), std::make_unique<histogram>()).first;
+    cache.push_back({std::string(plugin), std::string(hook_name), it->second.get()});
+    return *it->second;
+}
+
 void metrics::hook(std::string_view plugin, std::string_view hook_name, std::chrono::steady_clock::duration took)
 {
+    histogram& h = find(plugin, hook_name);
     const double seconds = std::chrono::duration<double>(took).count();
-    const std::lock_guard guard(lock_);
-    auto it = hooks_.find(std::make_pair(std::string(plugin), std::string(hook_name)));
-    if (it == hooks_.end()) it = hooks_.emplace(std::make_pair(std::string(plugin), std::string(hook_name)), histogram{}).first;
-    histogram& h = it->second;
     for (std::size_t i = 0; i < bounds.size(); ++i)
-        if (seconds <= bounds[i]) ++h.buckets[i];
-    ++h.count;
-    h.sum += seconds;
+        if (seconds <= bounds[i]) h.buckets[i].fetch_add(1, std::memory_order_relaxed);
+    h.count.fetch_add(1, std::memory_order_relaxed);
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(took).count();
+    h.sum_ns.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(ns, 0)), std::memory_order_relaxed);
 }
 
 std::string metrics::render(std::size_t current) const
@@ -94,13 +115,19 @@ std::string metrics::render(std::size_t current) const
     out += "# HELP asiosmtpd_hook_duration_seconds Plugin hook calls, until their verdict.\n"
            "# TYPE asiosmtpd_hook_duration_seconds histogram\n";
     const std::lock_guard guard(lock_);
-    for (const auto& [key, h] : hooks_) {
+    for (const auto& [key, hp] : hooks_) {
+        const histogram& h = *hp;
         const std::string labels = fmt::format("plugin=\"{}\",hook=\"{}\"", label(key.first), label(key.second));
+        // A scrape may race with hook calls: buckets are clamped to the count read first, so
+        // le="+Inf" is never below a bucket.
+        const std::uint64_t count = h.count.load(std::memory_order_relaxed);
         for (std::size_t i = 0; i < bounds.size(); ++i)
-            out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"{}\"}} {}\n", labels, bounds[i], h.buckets[i]);
-        out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"+Inf\"}} {}\n", labels, h.count);
-        out += fmt::format("asiosmtpd_hook_duration_seconds_sum{{{}}} {}\n", labels, h.sum);
-        out += fmt::format("asiosmtpd_hook_duration_seconds_count{{{}}} {}\n", labels, h.count);
+            out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"{}\"}} {}\n", labels, bounds[i],
+                               std::min(count, h.buckets[i].load(std::memory_order_relaxed)));
+        out += fmt::format("asiosmtpd_hook_duration_seconds_bucket{{{},le=\"+Inf\"}} {}\n", labels, count);
+        out += fmt::format("asiosmtpd_hook_duration_seconds_sum{{{}}} {}\n", labels,
+                           static_cast<double>(h.sum_ns.load(std::memory_order_relaxed)) / 1e9);
+        out += fmt::format("asiosmtpd_hook_duration_seconds_count{{{}}} {}\n", labels, count);
     }
     return out;
 }

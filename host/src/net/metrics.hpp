@@ -1,6 +1,7 @@
 // metrics: process-wide counters and hook latency histograms, served in Prometheus text
-// format over a minimal HTTP endpoint (GET /metrics). Counting is lock-free (atomics) except
-// the per-plugin histograms, which take a mutex once per hook call.
+// format over a minimal HTTP endpoint (GET /metrics). Counting is lock-free (atomics); a
+// per-plugin histogram is looked up under a mutex once per thread, then found in a
+// thread-local cache.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -12,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -48,12 +50,13 @@ public:
 private:
     static constexpr std::array<double, 10> bounds{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
     struct histogram {
-        std::array<std::uint64_t, bounds.size()> buckets{};
-        std::uint64_t count = 0;
-        double sum = 0;
+        std::array<std::atomic<std::uint64_t>, bounds.size()> buckets{};  ///< cumulative (le)
+        std::atomic<std::uint64_t> count{0};
+        std::atomic<std::uint64_t> sum_ns{0};
     };
-    mutable std::mutex lock_;
-    std::map<std::pair<std::string, std::string>, histogram, std::less<>> hooks_;
+    histogram& find(std::string_view plugin, std::string_view hook);
+    mutable std::mutex lock_;  // hooks_'s structure; the histograms themselves are atomics
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<histogram>, std::less<>> hooks_;
 };
 
 /// Serve GET /metrics on `acceptor` until it is closed. `live` gives the current session count.
