@@ -27,6 +27,8 @@ constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 // (a DATA transfer), up to read_max.
 constexpr std::size_t read_min = 2 * 1024;
 constexpr std::size_t read_max = 256 * 1024;
+// Between commands: enough for a command line or a small pipelined group.
+constexpr std::size_t idle_read = 128;
 std::atomic<std::uint64_t> next_session_id{1};
 
 // A hook that did not complete in time (not an ABI value).
@@ -225,7 +227,8 @@ asio::awaitable<bool> session::read_proxy_header()
             co_return false;
         }
         if (r.state == proxy::result::status::done) {
-            proxy_header_ = std::make_unique<const proxy::header>(r.value);
+            proxy_ = std::make_unique<proxied>();
+            proxy_->header = r.value;
             break;
         }
         const std::size_t have = buf.size();
@@ -237,14 +240,14 @@ asio::awaitable<bool> session::read_proxy_header()
             co_return false;
         }
     }
-    const proxy::header& h = *proxy_header_;
+    const proxy::header& h = proxy_->header;
     if (h.has_client()) {
-        proxy_address_ = fmt::format("{}:{}", peer_address_, peer_port_);
+        proxy_->via = fmt::format("{}:{}", peer_address_, peer_port_);
         peer_address_ = h.src_address;
         peer_port_ = h.src_port;
     }
     log::info("session={} event=proxy version={} client={}:{} via={}", id_, h.version, peer_address_, peer_port_,
-              proxy_address_.empty() ? "-" : proxy_address_);
+              proxy_->via.empty() ? std::string_view("-") : std::string_view(proxy_->via));
     if (!ctx_->plugins->hooks[ASIOSMTPD_HOOK_PROXY].empty()) {
         proto::hook_request req;
         req.kind = proto::hook_kind::proxy;
@@ -308,30 +311,14 @@ asio::awaitable<void> session::run()
             std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
             if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
-            std::size_t asked = 0;
-            if (socket_drained_) {
-                // Wait for the client without holding a receive buffer when nothing is buffered
-                // (an idle session costs no buffer memory), then read without another trip
-                // through the event loop: one epoll_ctl replaces the read that would block.
-                engine_.release_buffer();
-                std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
-                if (!ec) {
-                    const std::span<char> room = engine_.prepare(read_size_);
-                    asked = room.size();
-                    n = socket_.read_some(asio::buffer(room.data(), room.size()), ec);  // non-blocking
-                    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;  // spurious
-                }
-            } else {
-                // The last read filled its buffer, so more is probably there: read at once (this
-                // still goes through the event loop, so a fast sender cannot starve the others).
-                const std::span<char> room = engine_.prepare(read_size_);
-                asked = room.size();
-                std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            }
-            if (!ec) {
-                socket_drained_ = n < asked;
-                read_size_ = socket_drained_ ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
-            }
+            // Between commands (nothing buffered) the session holds only a small buffer: an idle
+            // session costs little memory. A read queued after one that drained the socket costs
+            // no syscall (Asio waits for the next readiness edge), and still goes through the
+            // event loop, so a fast sender cannot starve the others.
+            const bool idle = engine_.release_buffer();
+            const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
+            std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+            if (!ec && !idle) read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
         }
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {
@@ -409,10 +396,10 @@ void session::log_transaction(const proto::transaction_summary& t)
                         .count();
     log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
               log::escaped(t.mail_from), t.rcpts, t.size, t.code,
-              decided_by_.empty() ? std::string_view("default") : std::string_view(decided_by_),
+              decided_by_.empty() ? std::string_view("default") : decided_by_,
               data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
     metrics::get().message(t.code, t.size);
-    decided_by_.clear();
+    decided_by_ = {};
     data_started_ = {};
 }
 
@@ -507,7 +494,7 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
 
 asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request& req)
 {
-    decided_by_.clear();
+    decided_by_ = {};
     const plugin::generation& gen = *ctx_->plugins;
     const auto id = static_cast<std::int32_t>(req.kind);
 
@@ -536,8 +523,8 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
     std::string tlv_bytes;
     asiosmtpd_proxy_args proxy_args{};
     proxy_args.struct_size = sizeof proxy_args;
-    if (req.kind == proto::hook_kind::proxy && proxy_header_) {
-        const proxy::header& h = *proxy_header_;
+    if (req.kind == proto::hook_kind::proxy && proxy_) {
+        const proxy::header& h = proxy_->header;
         for (const auto& t : h.tlvs) {
             tlv_bytes.push_back(static_cast<char>(t.type));
             tlv_bytes.push_back(static_cast<char>((t.value.size() >> 8) & 0xff));
@@ -553,7 +540,7 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
         proxy_args.dst_address = str(h.dst_address);
         proxy_args.dst_port = h.dst_port;
         proxy_args.tlvs = str(tlv_bytes);
-        proxy_args.proxy_address = str(proxy_address_);
+        proxy_args.proxy_address = str(proxy_->via);
     }
     asiosmtpd_auth_args auth{};
     auth.struct_size = sizeof auth;

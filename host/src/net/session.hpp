@@ -113,13 +113,16 @@ private:
     const std::uint64_t id_;
     std::string peer_address_;
     std::uint16_t peer_port_ = 0;
-    std::string proxy_address_;       ///< the load balancer (TCP peer) when PROXY named a client
-    std::unique_ptr<const proxy::header> proxy_header_;
+    struct proxied {
+        proxy::header header;
+        std::string via;  ///< the load balancer (TCP peer) when the header named a client
+    };
+    std::unique_ptr<proxied> proxy_;  ///< set once a PROXY header was read
     std::string local_address_;
     std::uint16_t local_port_ = 0;
     std::size_t read_size_ = 2 * 1024;
-    bool socket_drained_ = true;  ///< the last read did not fill its buffer: wait before reading
-    std::string decided_by_;  ///< the plugin whose verdict ended the last chain
+    /// The plugin whose verdict ended the last chain (its name lives as long as ctx_'s plugins).
+    std::string_view decided_by_;
     std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
     bool finished_ = false;
