@@ -312,9 +312,9 @@ asio::awaitable<void> session::run()
             if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
             // Between commands (nothing buffered) the session holds only a small buffer: an idle
-            // session costs little memory. A read queued after one that drained the socket costs
-            // no syscall (Asio waits for the next readiness edge), and still goes through the
-            // event loop, so a fast sender cannot starve the others.
+            // session costs little memory. Asio tries the read at once (EAGAIN when the client
+            // has not sent yet: cheaper than re-arming epoll for a readiness wait), and every
+            // read goes through the event loop, so a fast sender cannot starve the others.
             const bool idle = engine_.release_buffer();
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
             std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
