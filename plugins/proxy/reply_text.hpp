@@ -7,6 +7,8 @@
 #ifndef ASIOSMTPD_PLUGINS_PROXY_REPLY_TEXT_HPP
 #define ASIOSMTPD_PLUGINS_PROXY_REPLY_TEXT_HPP
 
+#include <asiosmtpd/reply_rules.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -15,18 +17,16 @@
 
 namespace asiosmtpd::plugins::proxy_text {
 
-/// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with "NNN-" and CRLF (the host's
-/// max_reply_line).
-inline constexpr std::size_t max_line = 512 - 4 - 2;
-/// The host's limit for a whole reply text (max_reply_text).
-inline constexpr std::size_t max_text = 64 * 1024;
+/// The host's limits (asiosmtpd/reply_rules.hpp): a reply line, a whole reply text.
+inline constexpr std::size_t max_line = sdk::max_reply_line;
+inline constexpr std::size_t max_text = sdk::max_reply_text;
 /// Refused recipients listed in one reply; the rest are counted in a last "... and N more"
 /// line (all of them are logged). 100 lines of at most 507 bytes stay well below max_text.
 inline constexpr std::size_t max_listed = 100;
 
 /// Bytes the host refuses in a reply text: C0 controls but HT, and DEL. (LF separates lines
 /// of a multi-line text; within one line it is refused like the others.)
-constexpr bool forbidden(unsigned char c) noexcept { return (c < 0x20 && c != '\t') || c == 0x7f; }
+constexpr bool forbidden(unsigned char c) noexcept { return c == '\n' || sdk::reply_byte_forbidden(c); }
 
 /// The length of the longest prefix of `s` of at most `n` bytes that does not end inside a
 /// UTF-8 sequence. Text that is not UTF-8 (no lead byte within 3 bytes back) is cut at `n`.
@@ -75,25 +75,9 @@ inline std::string with_list(std::string_view first, const std::vector<std::stri
     return out;
 }
 
-/// The host's rules for a multi-line reply (host/src/plugin/loader.cpp, reply_problem()),
-/// checked once more just before complete(): a refused reply cannot be retried.
-inline bool valid(std::uint16_t code, std::string_view text) noexcept
-{
-    if (code < 200 || code > 599 || text.size() > max_text)
-        return false;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i <= text.size(); ++i) {
-        const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
-        if (c == '\n') {
-            if (i - start > max_line)
-                return false;
-            start = i + 1;
-        } else if (forbidden(c)) {
-            return false;
-        }
-    }
-    return true;
-}
+/// The host's rules for a multi-line reply, checked once more just before complete(): a
+/// refused reply cannot be retried.
+inline bool valid(std::uint16_t code, std::string_view text) { return sdk::reply_problem(code, text).empty(); }
 
 /// What the client gets for an upstream reply code.
 enum class kind { accept, tempfail, reject };

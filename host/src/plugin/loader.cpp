@@ -545,26 +545,6 @@ int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noex
     return verdict;
 }
 
-std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline)
-{
-    if (code < 200 || code > 599) return fmt::format("reply code {} is outside 200..599", code);
-    if (text.size() > max_reply_text) return fmt::format("reply text of {} bytes (at most {})", text.size(), max_reply_text);
-    std::size_t line_start = 0;
-    for (std::size_t i = 0; i <= text.size(); ++i) {
-        const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
-        if (c == '\n') {
-            if (i < text.size() && !multiline) return fmt::format("reply text has LF at byte {} (one line only)", i);
-            if (i - line_start > max_reply_line)
-                return fmt::format("reply line of {} bytes (at most {})", i - line_start, max_reply_line);
-            line_start = i + 1;
-            continue;
-        }
-        if (c == '\r') return fmt::format("reply text has CR at byte {}", i);
-        if ((c < 0x20 && c != '\t') || c == 0x7f) return fmt::format("reply text has control byte 0x{:02x} at byte {}", c, i);
-    }
-    return {};
-}
-
 proto::hook_result to_result(int32_t verdict, std::uint16_t code, std::string text, std::string& why,
                              bool challenge_allowed)
 {

@@ -9,6 +9,7 @@
 #include "proto/engine.hpp"
 
 #include <asiosmtpd/plugin.h>
+#include <asiosmtpd/reply_rules.hpp>
 
 #include <array>
 #include <chrono>
@@ -210,16 +211,12 @@ void drain_retired();
 /// call's text carries the reason, code is 0; to_result() turns it into verdict::error.
 inline constexpr std::int32_t refused_verdict = -1001;
 
-/// Reply text rules (RFC 5321 §4.2 textstring, RFC 6531 §3.3 UTF-8): HT, printable ASCII and
-/// bytes >= 0x80 only ('\n' separates the lines of a multi-line reply, when `multiline`); no
-/// CR, NUL or other control byte, so that no reply line a plugin writes can become two on the
-/// wire. Lines at most max_reply_line bytes, the whole text at most max_reply_text.
-inline constexpr std::size_t max_reply_line = 512 - 2 - 4;  // RFC 5321 §4.5.3.1.5, minus "NNN-" and CRLF
-inline constexpr std::size_t max_reply_text = 64 * 1024;  // 160 lines of 400 bytes: a relay listing refusals
-
-/// Why a reply is not acceptable ("" when it is): code outside 200..599 or text breaking the
-/// rules above. Code 0 means "no reply" and is never checked here.
-std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline = true);
+/// Reply text rules (RFC 5321 §4.2 textstring, RFC 6531 §3.3 UTF-8), shared with the test kit
+/// and plugins through the SDK: why a reply is not acceptable ("" when it is). Code 0 means
+/// "no reply" and is never checked.
+using sdk::max_reply_line;
+using sdk::max_reply_text;
+using sdk::reply_problem;
 
 /// Call one hook entry (taking the instance lock when the plugin is not thread-safe). The call
 /// is watched: one that keeps its event-loop thread longer than blocking_threshold is logged

@@ -64,6 +64,7 @@
 #define ASIOSMTPD_TESTKIT_HPP
 
 #include <asiosmtpd/plugin.h>
+#include <asiosmtpd/reply_rules.hpp>
 
 #include <dlfcn.h>
 #include <unistd.h>
@@ -356,42 +357,9 @@ struct call_state {
 
 inline call_state* cs(asiosmtpd_call* c) noexcept { return reinterpret_cast<call_state*>(c); }
 
-// The reply rules of plugin.h set_reply(), as the server checks them for set_reply(),
-// complete(), set_rcpt_reply() and set_rcpt_reply_pending(): code 200..599; text without CR,
-// NUL or another control byte but HT ('\n' separates the lines of a multi-line reply, or is
-// refused when the reply is one line); lines of at most 506 bytes (RFC 5321 §4.5.3.1.5: 512
-// with "NNN-" and CRLF), 64 KiB of text in all; bytes >= 0x80 pass (RFC 6531). Returns why a
-// reply is refused, in the server's words, or "" when it is fine.
-inline constexpr std::size_t max_reply_line = 512 - 2 - 4;
-inline constexpr std::size_t max_reply_text = 64 * 1024;
-inline std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline = true)
-{
-    if (code < 200 || code > 599)
-        return "reply code " + std::to_string(code) + " is outside 200..599";
-    if (text.size() > max_reply_text)
-        return "reply text of " + std::to_string(text.size()) + " bytes (at most " + std::to_string(max_reply_text) + ")";
-    std::size_t line_start = 0;
-    for (std::size_t i = 0; i <= text.size(); ++i) {
-        const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
-        if (c == '\n') {
-            if (i < text.size() && !multiline)
-                return "reply text has LF at byte " + std::to_string(i) + " (one line only)";
-            if (i - line_start > max_reply_line)
-                return "reply line of " + std::to_string(i - line_start) + " bytes (at most " +
-                       std::to_string(max_reply_line) + ")";
-            line_start = i + 1;
-            continue;
-        }
-        if (c == '\r')
-            return "reply text has CR at byte " + std::to_string(i);
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            static const char digits[] = "0123456789abcdef";
-            return std::string("reply text has control byte 0x") + digits[c >> 4] + digits[c & 15] + " at byte " +
-                   std::to_string(i);
-        }
-    }
-    return {};
-}
+// The reply rules of plugin.h set_reply() (asiosmtpd/reply_rules.hpp), as the server checks
+// them for set_reply(), complete(), set_rcpt_reply() and set_rcpt_reply_pending().
+using sdk::reply_problem;
 
 // Why a verdict with this reply cannot be used ("" when it can): the reply rules, then the
 // class against the verdict (2xx/3xx ACCEPT, 4xx TEMPFAIL*, 5xx REJECT*; CONTINUE ignores its
