@@ -276,6 +276,7 @@ asio::awaitable<void> session::run()
     {
         boost::system::error_code ignored;
         socket_.non_blocking(true, ignored);  // the reads and writes below never block
+        socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
     engine_.start();
     for (;;) {
@@ -311,11 +312,12 @@ asio::awaitable<void> session::run()
             std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
             if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
-            // Between commands (nothing buffered) the session holds only a small buffer: an idle
-            // session costs little memory. Asio tries the read at once (EAGAIN when the client
+            // Between commands (nothing buffered) the session holds only a small buffer, kept
+            // from one command to the next: an idle session costs little memory, a command no
+            // allocation. Asio tries the read at once (EAGAIN when the client
             // has not sent yet: cheaper than re-arming epoll for a readiness wait), and every
             // read goes through the event loop, so a fast sender cannot starve the others.
-            const bool idle = engine_.release_buffer();
+            const bool idle = engine_.release_buffer(idle_read);
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
             std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
             if (!ec && !idle) read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
@@ -492,122 +494,162 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
     co_return pending->verdict;
 }
 
+// The hook's arguments (plugin.h): one kind's struct at a time. Views point into the engine
+// and the session, which do not change while the hook runs.
+struct session::hook_args {
+    union {
+        asiosmtpd_connect_args connect;
+        asiosmtpd_helo_args helo;
+        asiosmtpd_address_args address;
+        asiosmtpd_data_args data;
+        asiosmtpd_command_args command;
+        asiosmtpd_proxy_args proxy;
+        asiosmtpd_auth_args auth;
+    };
+    std::vector<asiosmtpd_str> params;
+    std::string tlv_bytes;
+};
+
+const void* session::hook_arguments(const proto::hook_request& req, hook_args& a) const
+{
+    const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
+    switch (req.kind) {
+    case proto::hook_kind::connect:
+        a.connect = {sizeof a.connect, str(peer_address_), peer_port_, str(local_address_), local_port_};
+        return &a.connect;
+    case proto::hook_kind::helo:
+    case proto::hook_kind::ehlo:
+        a.helo = {sizeof a.helo, str(req.argument)};
+        return &a.helo;
+    case proto::hook_kind::mail:
+    case proto::hook_kind::rcpt:
+    case proto::hook_kind::vrfy:
+        for (const auto& p : req.params) a.params.push_back(str(p));
+        a.address = {sizeof a.address, str(req.argument), a.params.empty() ? nullptr : a.params.data(), a.params.size()};
+        return &a.address;
+    case proto::hook_kind::data:
+    case proto::hook_kind::data_chunk:
+        a.data = {};
+        a.data.struct_size = sizeof a.data;
+        a.data.content = req.streamed ? nullptr : reinterpret_cast<const std::uint8_t*>(req.content.data());
+        a.data.size = req.streamed ? 0 : req.content.size();
+        a.data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
+                       (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
+                       (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u) |
+                       (req.streamed ? ASIOSMTPD_DATA_STREAMED : 0u) |
+                       (req.kind == proto::hook_kind::data_chunk && req.last_chunk ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
+        a.data.message_size = req.content_size;
+        return &a.data;
+    case proto::hook_kind::noop:
+    case proto::hook_kind::unknown:
+    case proto::hook_kind::command:
+        a.command = {sizeof a.command, str(req.verb), str(req.argument), req.has_argument ? 1 : 0};
+        return &a.command;
+    case proto::hook_kind::auth_check:
+    case proto::hook_kind::auth_mechanism:
+        a.auth = {};
+        a.auth.struct_size = sizeof a.auth;
+        if (req.kind == proto::hook_kind::auth_check) {
+            a.auth.mechanism = str(req.argument);
+            a.auth.authzid = str(req.authzid);
+            a.auth.login = str(req.login);
+            a.auth.password = str(req.password);
+            a.auth.response = str({});
+        } else {
+            a.auth.mechanism = str(req.verb);
+            a.auth.authzid = a.auth.login = a.auth.password = str({});
+            a.auth.response = str(req.argument);
+            a.auth.has_response = req.has_argument ? 1 : 0;
+            a.auth.step = req.step;
+        }
+        return &a.auth;
+    case proto::hook_kind::proxy:
+        a.proxy = {};
+        a.proxy.struct_size = sizeof a.proxy;
+        if (proxy_) {
+            const proxy::header& h = proxy_->header;
+            for (const auto& t : h.tlvs) {
+                a.tlv_bytes.push_back(static_cast<char>(t.type));
+                a.tlv_bytes.push_back(static_cast<char>((t.value.size() >> 8) & 0xff));
+                a.tlv_bytes.push_back(static_cast<char>(t.value.size() & 0xff));
+                a.tlv_bytes += t.value;
+            }
+            a.proxy.version = h.version;
+            a.proxy.command = h.command;
+            a.proxy.family = h.family;
+            a.proxy.protocol = h.protocol;
+            a.proxy.src_address = str(h.src_address);
+            a.proxy.src_port = h.src_port;
+            a.proxy.dst_address = str(h.dst_address);
+            a.proxy.dst_port = h.dst_port;
+            a.proxy.tlvs = str(a.tlv_bytes);
+            a.proxy.proxy_address = str(proxy_->via);
+        }
+        return &a.proxy;
+    case proto::hook_kind::rset:
+    case proto::hook_kind::quit:
+    case proto::hook_kind::starttls: return nullptr;
+    }
+    return nullptr;
+}
+
+// After one entry of a chain answered: the result, its metric and log line. A value when the
+// chain ends here (a verdict, or an error), nothing when it goes on to the next plugin.
+std::optional<proto::hook_result> session::entry_done(const proto::hook_request& req, const plugin::hook_entry& entry,
+                                                      asiosmtpd_call& call, std::int32_t verdict, std::string& why,
+                                                      std::chrono::steady_clock::time_point started)
+{
+    proto::hook_result r = why.empty() ? plugin::to_result(verdict, call.code, std::move(call.text), why,
+                                                           req.kind == proto::hook_kind::auth_mechanism)
+                                       : proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
+    r.challenge = std::move(call.auth_challenge);
+    r.identity = std::move(call.auth_identity);
+    r.rcpt_replies = std::move(call.rcpt_replies);
+    const std::string_view hook = req.kind == proto::hook_kind::command ? std::string_view(req.verb) : hook_name(req.kind);
+    metrics::get().hook(entry.owner->name, hook, std::chrono::steady_clock::now() - started);
+    if (r.verdict != proto::verdict::none) decided_by_ = entry.owner->name;
+    if (r.verdict == proto::verdict::error) {
+        metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
+        log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, entry.owner->name,
+                  entry.owner->key, hook, why);
+        return r;
+    }
+    // A piece of the message goes to every plugin that takes pieces: ACCEPT goes on, as
+    // CONTINUE does (plugin.h, DATA_CHUNK); only a refusal ends the chain.
+    if (req.kind == proto::hook_kind::data_chunk && r.verdict == proto::verdict::accept) return std::nullopt;
+    if (r.verdict != proto::verdict::none) return r;
+    return std::nullopt;
+}
+
 asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request& req)
 {
     decided_by_ = {};
     const plugin::generation& gen = *ctx_->plugins;
-    const auto id = static_cast<std::int32_t>(req.kind);
-
-    // The hook's arguments (plugin.h). Views point into the engine, which does not change
-    // while the hook runs.
-    asiosmtpd_connect_args connect{sizeof connect, {peer_address_.data(), peer_address_.size()}, peer_port_,
-                                   {local_address_.data(), local_address_.size()}, local_port_};
-    asiosmtpd_helo_args helo{sizeof helo, {req.argument.data(), req.argument.size()}};
-    std::vector<asiosmtpd_str> params;
-    for (const auto& p : req.params) params.push_back({p.data(), p.size()});
-    asiosmtpd_address_args address{sizeof address, {req.argument.data(), req.argument.size()},
-                                   params.empty() ? nullptr : params.data(), params.size()};
-    asiosmtpd_data_args data{};
-    data.struct_size = sizeof data;
-    data.content = req.streamed ? nullptr : reinterpret_cast<const std::uint8_t*>(req.content.data());
-    data.size = req.streamed ? 0 : req.content.size();
-    data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
-                 (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
-                 (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u) |
-                 (req.streamed ? ASIOSMTPD_DATA_STREAMED : 0u) |
-                 (req.kind == proto::hook_kind::data_chunk && req.last_chunk ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
-    data.message_size = req.content_size;
-    asiosmtpd_command_args command{sizeof command, {req.verb.data(), req.verb.size()},
-                                   {req.argument.data(), req.argument.size()}, req.has_argument ? 1 : 0};
-    const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
-    std::string tlv_bytes;
-    asiosmtpd_proxy_args proxy_args{};
-    proxy_args.struct_size = sizeof proxy_args;
-    if (req.kind == proto::hook_kind::proxy && proxy_) {
-        const proxy::header& h = proxy_->header;
-        for (const auto& t : h.tlvs) {
-            tlv_bytes.push_back(static_cast<char>(t.type));
-            tlv_bytes.push_back(static_cast<char>((t.value.size() >> 8) & 0xff));
-            tlv_bytes.push_back(static_cast<char>(t.value.size() & 0xff));
-            tlv_bytes += t.value;
-        }
-        proxy_args.version = h.version;
-        proxy_args.command = h.command;
-        proxy_args.family = h.family;
-        proxy_args.protocol = h.protocol;
-        proxy_args.src_address = str(h.src_address);
-        proxy_args.src_port = h.src_port;
-        proxy_args.dst_address = str(h.dst_address);
-        proxy_args.dst_port = h.dst_port;
-        proxy_args.tlvs = str(tlv_bytes);
-        proxy_args.proxy_address = str(proxy_->via);
-    }
-    asiosmtpd_auth_args auth{};
-    auth.struct_size = sizeof auth;
-    if (req.kind == proto::hook_kind::auth_check) {
-        auth.mechanism = str(req.argument);
-        auth.authzid = str(req.authzid);
-        auth.login = str(req.login);
-        auth.password = str(req.password);
-        auth.response = str({});
-    } else {
-        auth.mechanism = str(req.verb);
-        auth.authzid = auth.login = auth.password = str({});
-        auth.response = str(req.argument);
-        auth.has_response = req.has_argument ? 1 : 0;
-        auth.step = req.step;
-    }
-    const void* args = nullptr;
+    hook_args a;
+    const void* const args = hook_arguments(req, a);
     std::span<const plugin::hook_entry> chain;
-    switch (req.kind) {
-    case proto::hook_kind::connect: args = &connect; break;
-    case proto::hook_kind::helo:
-    case proto::hook_kind::ehlo: args = &helo; break;
-    case proto::hook_kind::mail:
-    case proto::hook_kind::rcpt:
-    case proto::hook_kind::vrfy: args = &address; break;
-    case proto::hook_kind::data:
-    case proto::hook_kind::data_chunk: args = &data; break;
-    case proto::hook_kind::noop:
-    case proto::hook_kind::unknown:
-    case proto::hook_kind::command: args = &command; break;
-    case proto::hook_kind::auth_check:
-    case proto::hook_kind::auth_mechanism: args = &auth; break;
-    case proto::hook_kind::proxy: args = &proxy_args; break;
-    case proto::hook_kind::rset:
-    case proto::hook_kind::quit:
-    case proto::hook_kind::starttls: break;
-    }
-    if (req.kind == proto::hook_kind::command) {
-        const auto& c = gen.commands.at(req.command_index);
-        chain = {&c.handler, 1};
-    } else if (req.kind == proto::hook_kind::auth_mechanism) {
-        const auto& m = gen.auth_mechanisms.at(req.command_index);
-        chain = {&m.handler, 1};
-    } else {
-        chain = gen.hooks.at(static_cast<std::size_t>(id));
-    }
+    if (req.kind == proto::hook_kind::command) chain = {&gen.commands.at(req.command_index).handler, 1};
+    else if (req.kind == proto::hook_kind::auth_mechanism) chain = {&gen.auth_mechanisms.at(req.command_index).handler, 1};
+    else chain = gen.hooks.at(static_cast<std::size_t>(req.kind));
 
     for (const plugin::hook_entry& entry : chain) {
         asiosmtpd_call call;
         call.session = this;
-        call.hook = id;
+        call.hook = static_cast<std::int32_t>(req.kind);
         const auto started = std::chrono::steady_clock::now();
         std::int32_t verdict = plugin::invoke(entry, call, args);
         call.active = false;
-        std::uint16_t code = call.code;
-        std::string text = std::move(call.text);
         std::string why;
         if (verdict == ASIOSMTPD_PENDING) {
             if (!call.pending) {
                 why = "returned PENDING without suspend()";
             } else {
-                verdict = co_await await_pending(call, code, text);
+                verdict = co_await await_pending(call, call.code, call.text);
                 if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
                     // From complete(), a challenge travels as the text (plugin.h).
-                    call.auth_challenge = std::move(text);
-                    text.clear();
-                    code = 0;
+                    call.auth_challenge = std::move(call.text);
+                    call.text.clear();
+                    call.code = 0;
                 }
                 if (verdict == timed_out_verdict)
                     why = forced_ ? "cancelled by shutdown"
@@ -617,26 +659,7 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
             plugin::cancel(call.token);
             why = "suspended the call but returned a verdict";
         }
-        proto::hook_result r =
-            why.empty() ? plugin::to_result(verdict, code, std::move(text), why, req.kind == proto::hook_kind::auth_mechanism)
-                        : proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
-        r.challenge = std::move(call.auth_challenge);
-        r.identity = std::move(call.auth_identity);
-        r.rcpt_replies = std::move(call.rcpt_replies);
-        metrics::get().hook(entry.owner->name, req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind),
-                            std::chrono::steady_clock::now() - started);
-        if (r.verdict != proto::verdict::none) decided_by_ = entry.owner->name;
-        if (r.verdict == proto::verdict::error) {
-            metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
-            log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
-                      entry.owner->name, entry.owner->key,
-                      req.kind == proto::hook_kind::command ? req.verb : hook_name(req.kind), why);
-            co_return r;
-        }
-        // A piece of the message goes to every plugin that takes pieces: ACCEPT goes on, as
-        // CONTINUE does (plugin.h, DATA_CHUNK); only a refusal ends the chain.
-        if (req.kind == proto::hook_kind::data_chunk && r.verdict == proto::verdict::accept) continue;
-        if (r.verdict != proto::verdict::none) co_return r;
+        if (auto r = entry_done(req, entry, call, verdict, why, started)) co_return std::move(*r);
     }
     co_return proto::hook_result{};
 }

@@ -86,6 +86,13 @@ private:
     asio::awaitable<bool> handshake();
     asio::awaitable<bool> read_proxy_header();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
+    // run_chain's synchronous parts, kept out of its coroutine frame: a frame over Asio's
+    // recycling limit (about 1 KiB) costs a malloc per hook call.
+    struct hook_args;
+    const void* hook_arguments(const proto::hook_request& req, hook_args& a) const;
+    std::optional<proto::hook_result> entry_done(const proto::hook_request& req, const plugin::hook_entry& entry,
+                                                 asiosmtpd_call& call, std::int32_t verdict, std::string& why,
+                                                 std::chrono::steady_clock::time_point started);
     asio::awaitable<std::int32_t> await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text);
     void run_session_close_hooks() noexcept;
     void arm(std::chrono::steady_clock::duration d);

@@ -281,13 +281,13 @@ std::span<char> engine::prepare(std::size_t min)
     return {in_.data() + end_, in_.size() - end_};
 }
 
-bool engine::release_buffer() noexcept
+bool engine::release_buffer(std::size_t keep) noexcept
 {
     // Only between commands: inside DATA the next bytes are due at once and the (large)
     // buffer would be allocated again for each read.
     if (pos_ != end_ || phase_ == phase::data) return false;
     pos_ = scan_ = end_ = 0;
-    if (!in_.empty()) std::string().swap(in_);
+    if (in_.capacity() > keep) std::string().swap(in_);
     return true;
 }
 

@@ -198,9 +198,10 @@ public:
     }
     /// Bytes buffered but not yet processed (pipelined input waiting behind a hook).
     [[nodiscard]] std::size_t buffered() const noexcept { return end_ - pos_; }
-    /// If nothing is buffered, give the receive buffer's memory back (a session waiting for
-    /// its client holds none; the next prepare() allocates again) and return true.
-    bool release_buffer() noexcept;
+    /// If nothing is buffered, give back a receive buffer larger than `keep` bytes (a session
+    /// waiting for its client holds at most `keep`; a smaller one is kept, so that a command
+    /// costs no allocation) and return true.
+    bool release_buffer(std::size_t keep) noexcept;
 
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (§5 Q10).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
