@@ -192,6 +192,18 @@ class Peer:
 RUNNING: list[Peer] = []
 
 
+def build_floor() -> Path | str:
+    """Compiles floor/floor.c into .out/ when the binary is missing or older: the path, or why not."""
+    src, exe = BENCH / "floor" / "floor.c", OUT / "floor"
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return "no C compiler (cc) to build bench/floor/floor.c"
+    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src)], capture_output=True, text=True)
+    return exe if r.returncode == 0 else f"building bench/floor/floor.c failed: {r.stderr.strip()[:300]}"
+
+
 def make_peers(args) -> tuple[list[Peer], list[str]]:
     peers: list[Peer] = []
     skipped: list[str] = []
@@ -229,6 +241,14 @@ def make_peers(args) -> tuple[list[Peer], list[str]]:
                                        "-c", "aiosmtpd.handlers.Sink"], "python3-aiosmtpd, Sink handler"))
     else:
         skipped.append("aiosmtpd: /usr/bin/python3 cannot import aiosmtpd (Debian package python3-aiosmtpd)")
+
+    # The floor: not a server, a yardstick (floor/floor.c). Built here, so --no-build has it too.
+    floor = build_floor()
+    if isinstance(floor, Path):
+        peers.append(Peer("floor", [str(floor), "127.0.0.1:@PORT@"],
+                          "bench/floor/floor.c: answers smtp-source and does nothing else (the least any server spends here)"))
+    else:
+        skipped.append(f"floor: {floor}")
 
     if args.no_haraka:
         skipped.append("Haraka: --no-haraka")
@@ -627,7 +647,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     w = out.append
     w("")
     w("asiosmtpd benchmark — " + meta["when"])
-    w(f"machine: {meta['cpu']}, {meta['ncpu']} CPUs, {meta['kernel']}, load average {meta['load']} at start; server pinned to CPU {args.server_cpus or '-'},"
+    w(f"machine: {meta['cpu']}, {meta['ncpu']} CPUs, {meta['kernel']}, TCP congestion control {meta.get('tcp_cc', '?')},"
+      f" load average {meta['load']} at start; server pinned to CPU {args.server_cpus or '-'},"
       f" clients to CPU {args.client_cpus or '-'}")
     w(f"rounds: {args.rounds} (medians), each about {args.round_seconds:g} s after a warm-up round;"
       f" {args.client_procs} smtp-source processes in parallel for c>=10")
@@ -741,6 +762,20 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
                     ok = a and a.extra and r and r.extra
                     cells.append(f"{ratio(a.extra['kib_per_conn'], r.extra['kib_per_conn'])} KiB/conn" if ok else "-")
             w(f"{sc.title:44} " + " ".join(f"{c:>20}" for c in cells))
+    # What the do-nothing floor reaches against smtp-sink: the best ratio any server can show on
+    # this machine with this client (a target below it is out of anyone's reach here).
+    if "floor" in peers and base in peers:
+        w("")
+        w(f"== floor / {base}: a server that only answers (its CPU/msg is about the least any server spends here:"
+          f" the kernel's TCP and wake-ups) ==")
+        for sc in scs:
+            f, b = results.get(("floor", sc.key)), results.get((base, sc.key))
+            if sc.kind == "source" and f and f.good() and b and b.good():
+                w(f"{sc.title:44} {ratio(f.median(lambda x: x.msgs / x.elapsed), b.median(lambda x: x.msgs / x.elapsed)):>7} rate"
+                  f" {ratio(f.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs), b.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs)):>7} cpu")
+            elif sc.kind == "latency" and f and f.good() and b and b.good():
+                w(f"{sc.title:44} {ratio(statistics.median(f.extra['p50']), statistics.median(b.extra['p50'])):>7} p50"
+                  f" {ratio(statistics.median(f.extra['p99']), statistics.median(b.extra['p99'])):>7} p99")
     w("")
     return "\n".join(out)
 
@@ -758,7 +793,11 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "ncpu": os.cpu_count(), "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "kernel": os.uname().release, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        cc = "?"
+    return {"cpu": cpu, "ncpu": os.cpu_count(), "tcp_cc": cc, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "kernel": os.uname().release, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def stop_all(*_):
@@ -774,11 +813,11 @@ def main() -> int:
         idle(int(sys.argv[2]), int(sys.argv[3]))
         return 0
 
-    ap = argparse.ArgumentParser(description="asiosmtpd vs smtp-sink, aiosmtpd, Haraka (see bench/README.md)")
+    ap = argparse.ArgumentParser(description="asiosmtpd vs smtp-sink, aiosmtpd, Haraka and the floor (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="one round, short rounds, fewer scenarios (< 60 s)")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, --quick 1)")
     ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
-    ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka")
+    ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k")
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
                     " (default build/release; bench/run builds it)")
@@ -830,7 +869,8 @@ def main() -> int:
     try:
         for peer in peers:
             # Idle memory first, each on a freshly started server (nothing freed earlier to reuse).
-            for sc in [s for s in scs if s.kind == "idle"]:
+            # Not the floor's: it keeps a fixed 4 KiB per connection, which says nothing.
+            for sc in [s for s in scs if s.kind == "idle" and peer.name != "floor"]:
                 port = free_port()
                 log(f"{peer.name}: {sc.title}")
                 RUNNING.append(peer)
@@ -873,7 +913,7 @@ def main() -> int:
            "results": [{"peer": r.peer, "scenario": r.scenario, "error": r.error, "extra": r.extra,
                         "rounds": [vars(x) for x in r.rounds]} for r in results.values()]}
     Path(args.json).write_text(json.dumps(raw, indent=1))
-    (OUT / "last.txt").write_text(text + "\n")
+    Path(args.json).with_suffix(".txt").write_text(text + "\n")
     return 0
 
 
