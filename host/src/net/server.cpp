@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -194,7 +195,6 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
     : config_(std::move(s)),
       workers_(config_.server.workers != 0 ? config_.server.workers : std::max(1u, std::thread::hardware_concurrency())),
       ioc_(static_cast<int>(std::min<std::size_t>(workers_, 1024))),  // 1: Asio skips cross-thread wake-ups
-      signals_(ioc_),
       grace_timer_(ioc_)
 {
     if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
@@ -210,6 +210,7 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
 
 server::~server()
 {
+    stop_control_thread();
     ioc_.stop();
     if (reload_thread_.joinable()) reload_thread_.join();
 }
@@ -389,22 +390,54 @@ void server::handle_signals()
     signals_.add(SIGTERM);
     signals_.add(SIGHUP);
     wait_for_signal();
+    // Signals arrive through the reactor of the io_context their signal_set belongs to. On ioc_
+    // a sync hook that never returns (workers: 1) would keep SIGTERM from ever being seen.
+    control_thread_ = std::thread([this] { control_ioc_.run(); });
 }
 
+// On the control thread: reload and stop are handed to the event loop.
 void server::wait_for_signal()
 {
     signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
         if (ec) return;
         if (signo == SIGHUP) {
             log::info("event=signal signal=SIGHUP action=reload");
-            reload();
+            asio::post(ioc_, [this] { reload(); });
             wait_for_signal();
             return;
         }
         log::info("event=signal signal={} action=stop grace={}s", signo == SIGINT ? "SIGINT" : "SIGTERM",
                   static_cast<double>(shutdown_grace_ms_.load()) / 1000.0);
-        begin_stop();
+        arm_stop_deadline();
+        asio::post(ioc_, [this] { begin_stop(); });
     });
+}
+
+// On the control thread. The graceful stop (begin_stop, grace_timer_) runs on the event loop; a
+// plugin hook that never returns holds one of its threads for good: with workers: 1 not even
+// grace_timer_ fires, with more run() never joins that thread. This deadline does not depend on
+// the event loop. Exiting loses no acknowledged mail: a message gets its 250 only once the
+// delivering plugin's DATA hook took it, so a client cut off here was not told "250" for mail
+// it sent and will try again. std::_Exit, not exit(): destructors and atexit handlers would
+// wait for or tear down what the stuck thread still uses.
+void server::arm_stop_deadline()
+{
+    const auto limit = std::chrono::milliseconds(shutdown_grace_ms_.load()) + shutdown_forced_margin;
+    stop_deadline_.expires_after(limit);
+    stop_deadline_.async_wait([this, limit](const boost::system::error_code& ec) {
+        if (ec) return;
+        log::error("event=shutdown_forced reason=\"a plugin hook did not return\" sessions={} waited={}s exit=1",
+                   registry_.size(), static_cast<double>(limit.count()) / 1000.0);
+        std::fflush(stderr);  // log::write flushes each line; stderr is where the logs go
+        std::_Exit(EXIT_FAILURE);
+    });
+}
+
+void server::stop_control_thread()
+{
+    if (!control_thread_.joinable()) return;
+    control_ioc_.stop();  // the pending signal wait and stop deadline are dropped
+    control_thread_.join();
 }
 
 void server::run()
@@ -415,6 +448,7 @@ void server::run()
     for (std::size_t i = 1; i < n; ++i) threads.emplace_back([this] { ioc_.run(); });
     ioc_.run();
     for (auto& t : threads) t.join();
+    stop_control_thread();  // drained in time: no forced exit, no thread left behind
 }
 
 void server::stop()
@@ -433,7 +467,6 @@ void server::begin_stop()
         if (slot->acceptor) slot->acceptor->close(ignored);
     }
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
-    signals_.cancel(ignored);
     // Sessions finish what they are doing; idle ones say 421 and close at once.
     registry_.request_stop_all();
     grace_timer_.expires_after(std::chrono::milliseconds(shutdown_grace_ms_.load()));

@@ -1,6 +1,7 @@
 // server: the listeners of one configuration, the registry of live sessions, the worker
 // threads, and graceful shutdown (stop accepting, let sessions finish within shutdown_grace,
-// then close them with 421).
+// then close them with 421; with handle_signals(), end the process if that does not finish
+// within shutdown_grace + shutdown_forced_margin).
 #pragma once
 
 #include "config/config.hpp"
@@ -11,6 +12,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <string_view>
@@ -50,6 +52,12 @@ std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s);
 /// The proto::settings of one listener, from the config and the loaded plugins.
 proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g);
 
+/// After SIGTERM/SIGINT, how long beyond shutdown_grace the process may take to finish run()
+/// before it is ended with exit status 1 (event=shutdown_forced). Only a plugin hook that never
+/// returns keeps it that long: it holds an event-loop thread, which cannot be taken back.
+/// Keep shutdown_grace + this margin below systemd's TimeoutStopSec (packaging: 45 s).
+inline constexpr std::chrono::seconds shutdown_forced_margin{5};
+
 class server {
 public:
     /// `tls_context`: from tls_context_for(s) (made before the plugins load, so that a
@@ -68,9 +76,15 @@ public:
     void use_plugins(std::shared_ptr<const plugin::generation> g);
     /// The bound endpoints, in listener order (port 0 resolved).
     [[nodiscard]] std::vector<tcp::endpoint> endpoints() const;
-    /// Stop on SIGINT/SIGTERM (for the executable).
+    /// Stop on SIGINT/SIGTERM, reload on SIGHUP (for the executable). The signals are taken
+    /// on a control thread of their own, started here, so that they are seen even while every
+    /// event-loop thread is held by a plugin; that thread also ends the process (std::_Exit,
+    /// status 1) when run() has not returned shutdown_grace + shutdown_forced_margin after
+    /// SIGTERM/SIGINT. Without this call (embedding, controller.hpp) no signal is handled and
+    /// the process is never ended.
     void handle_signals();
-    /// Serve on `workers` threads (this one included) until stopped and drained.
+    /// Serve on `workers` threads (this one included) until stopped and drained; then stop
+    /// and join the control thread of handle_signals().
     void run();
     /// Begin a graceful stop; thread-safe, idempotent.
     void stop();
@@ -98,6 +112,8 @@ private:
     asio::awaitable<void> refuse(tcp::socket socket, std::string reply);
     void begin_stop();
     void wait_for_signal();
+    void arm_stop_deadline();
+    void stop_control_thread();
 
     config::settings config_;  // as started (workers, the file to reload)
     std::size_t workers_;      // event-loop threads (config's workers, 0 resolved)
@@ -110,9 +126,14 @@ private:
     std::uint64_t generation_ = 1;
     std::unique_ptr<tcp::acceptor> metrics_acceptor_;
     registry registry_;
-    asio::signal_set signals_;
     asio::steady_timer grace_timer_;
     bool stopping_ = false;  // on the io_context only
+    // handle_signals(): signals and the stop deadline live on their own io_context and thread,
+    // which no plugin ever runs on; signals_ and stop_deadline_ are used on that thread only.
+    asio::io_context control_ioc_{1};
+    asio::signal_set signals_{control_ioc_};
+    asio::steady_timer stop_deadline_{control_ioc_};
+    std::thread control_thread_;
 };
 
 } // namespace asiosmtpd::net
