@@ -252,6 +252,7 @@ asio::awaitable<bool> session::read_proxy_header()
         proto::hook_request req;
         req.kind = proto::hook_kind::proxy;
         const proto::hook_result r = co_await run_chain(req);
+        if (client_gone_) co_return false;
         if (r.verdict != proto::verdict::none && r.verdict != proto::verdict::accept) {
             end_reason_ = "refused by a PROXY hook";
             co_return false;
@@ -280,7 +281,10 @@ asio::awaitable<void> session::run()
     }
     engine_.start();
     for (;;) {
-        if (engine_.pending_hook()) co_await run_hooks();
+        if (engine_.pending_hook()) {
+            co_await run_hooks();
+            if (client_gone_) break;  // end_reason_ says why
+        }
         if (engine_.take_auth_failure()) co_await auth_failed();
         if (forced_ && !engine_.close_requested()) {
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
@@ -304,6 +308,10 @@ asio::awaitable<void> session::run()
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
             continue;
+        }
+        if (client_eof_) {  // seen by the watch during a suspended hook (await_pending)
+            end_reason_ = "client closed";
+            break;
         }
         boost::system::error_code ec;
         std::size_t n = 0;
@@ -356,7 +364,7 @@ asio::awaitable<bool> session::open()
 
 asio::awaitable<void> session::close()
 {
-    if (tls_ && socket_.is_open() && !forced_) {
+    if (tls_ && socket_.is_open() && !forced_ && !client_gone_) {
         // close_notify, bounded by the watchdog; the peer may already be gone.
         arm(ctx_->close_grace);
         co_await tls_->stream.async_shutdown(nothrow);
@@ -381,6 +389,7 @@ asio::awaitable<void> session::run_hooks()
             data_started_ = std::chrono::steady_clock::now();
         const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
         proto::hook_result result = co_await run_chain(*req);
+        if (client_gone_) co_return;  // the session loop ends; no reply, no further command
         engine_.hook_done(std::move(result));
         if (auth && engine_.authenticated()) {
             log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
@@ -456,6 +465,50 @@ struct waker_closer {
     ~waker_closer() { w->close(); }
 };
 
+// What a suspended hook's wait knows of its client. Shared with the peek's handler, which may
+// run after the wait ended (a completion already queued when the wait cancels the peek).
+struct client_watch {
+    explicit client_watch(std::shared_ptr<asio::steady_timer> t) : waiter(std::move(t)) {}
+    std::shared_ptr<asio::steady_timer> waiter;  ///< the hook wait, cut short when the client is gone
+    bool active = true;    ///< false once the wait ended
+    bool peeking = false;  ///< the peek is outstanding on the socket
+    std::string gone;      ///< why the client is gone; empty while it is not
+    bool eof = false;      ///< plaintext EOF seen (a half-close): the next read would answer it
+    char byte = 0;         ///< the peek's buffer
+};
+
+// Nobody reads the socket while a hook is suspended, so a client that leaves would go
+// unnoticed until the plugin answered or timed out, holding its connection slot. This peeks at
+// one byte, and does what aiosmtpd (asyncio) does when its transport sees the same:
+// - a reset or another socket error: the client is gone, the wait is cut short;
+// - EOF under TLS: gone too (asyncio closes a TLS transport at EOF);
+// - EOF in plaintext: a half-close, the client may still read its replies (asyncio keeps the
+//   transport open): the hook goes on and its reply is sent; the read after it sees the EOF;
+// - a byte: pipelined input (RFC 2920), left in the kernel buffer for the read after the
+//   hook, and under TLS a record that is the TLS layer's to read.
+// In the last two cases the watch ends there (no busy loop). A peek rather than a readiness
+// wait: Asio tries it at once, so what came before the wait began is seen too.
+void watch_client(tcp::socket& socket, bool tls, const std::shared_ptr<client_watch>& w)
+{
+    w->peeking = true;
+    socket.async_receive(asio::buffer(&w->byte, 1), tcp::socket::message_peek,
+                         [w, tls](const boost::system::error_code& ec, std::size_t) {
+                             w->peeking = false;
+                             // operation_aborted: the wait ended, or a shutdown cancelled the socket.
+                             if (!ec || !w->active || ec == asio::error::operation_aborted) return;
+                             if (ec == asio::error::eof && !tls) {
+                                 // Asio takes a read of 0 bytes as "drained" and would not try the
+                                 // next read until an event that never comes: remember the EOF.
+                                 w->eof = true;
+                                 return;
+                             }
+                             w->gone = ec == asio::error::eof
+                                           ? std::string("client closed during a plugin hook")
+                                           : fmt::format("client connection lost during a plugin hook: {}", ec.message());
+                             w->waiter->cancel();
+                         });
+}
+
 } // namespace
 
 asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text)
@@ -471,19 +524,36 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
         if (!done) pending->notify = [wake] { wake->wake(); };  // complete() may run on any thread
     }
     if (!done) {
-        // Replies already due go out now, not after the plugin's wait.
-        co_await flush();
-        disarm();  // the plugin's own timeout bounds the wait, not the idle timer
-        hook_waiter_ = timer;
-        timer->expires_after(call.owner->timeout);
-        co_await timer->async_wait(nothrow);
-        hook_waiter_.reset();
+        // Replies already due go out now, not after the plugin's wait. One that cannot be
+        // written means the client is gone: nothing to wait for.
+        if (!co_await flush()) {
+            client_gone_ = !forced_;  // forced_: the shutdown cancelled the write, and ends the session
+        } else {
+            disarm();  // the plugin's own timeout bounds the wait, not the idle timer
+            hook_waiter_ = timer;
+            timer->expires_after(call.owner->timeout);
+            const auto watch = std::make_shared<client_watch>(timer);
+            watch_client(socket_, tls_ != nullptr, watch);
+            co_await timer->async_wait(nothrow);
+            hook_waiter_.reset();
+            watch->active = false;
+            boost::system::error_code ignored;
+            if (watch->peeking) socket_.cancel(ignored);  // the peek is the socket's only operation now
+            client_eof_ = watch->eof;
+            if (!watch->gone.empty()) {
+                client_gone_ = true;
+                end_reason_ = std::move(watch->gone);
+                log::info("session={} event=hook_cancelled plugin={} hook={} reason=\"{}\"", id_, call.owner->name,
+                          hook_name(static_cast<proto::hook_kind>(call.hook)), end_reason_);
+            }
+            arm(ctx_->idle_timeout);
+        }
         plugin::cancel(call.token);  // from here on, complete() answers E_GONE
-        arm(ctx_->idle_timeout);
     }
     const std::lock_guard guard(pending->lock);
     pending->notify = nullptr;
-    if (!pending->done) co_return timed_out_verdict;
+    // A client gone wins over a completion that came meanwhile: there is nobody to answer.
+    if (client_gone_ || !pending->done) co_return timed_out_verdict;
     code = pending->code;
     text = std::move(pending->text);
     for (std::size_t i = 0; i < pending->rcpt_replies.size(); ++i) {
@@ -645,6 +715,7 @@ asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request
                 why = "returned PENDING without suspend()";
             } else {
                 verdict = co_await await_pending(call, call.code, call.text);
+                if (client_gone_) break;  // no reply: the session ends (run_hooks)
                 if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
                     // From complete(), a challenge travels as the text (plugin.h).
                     call.auth_challenge = std::move(call.text);

@@ -133,6 +133,8 @@ private:
     std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
     bool finished_ = false;
+    bool client_gone_ = false;  ///< the client left while a hook was suspended: no more replies
+    bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> forced_{false};
     std::string end_reason_ = "closed";
