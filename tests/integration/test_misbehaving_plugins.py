@@ -293,6 +293,44 @@ class CompletionTest(ServerTestCase):
 
 
 @unittest.skipUnless(os.path.exists(SCRIPTED), f"{SCRIPTED} is not built")
+class ConnectHookTest(ServerTestCase):
+    """A CONNECT hook that fails: the client gets one reply instead of the greeting and the
+    connection closes; the server goes on. A plugin error (unknown verdict, refused reply,
+    PENDING without suspend(), a timeout) is "421 4.7.0 <host> Service not available, closing
+    transmission channel" and event=plugin_error; an exception in a C++ handler is the SDK
+    wrapper's TEMPFAIL with "451 4.3.0 Error: internal", which closes as any CONNECT TEMPFAIL.
+    The SDK test kit mirrors exactly this (tests/unit/plugins/testkit_abi12_test.cpp)."""
+
+    CLOSING = f"421 4.7.0 {HOSTNAME} Service not available, closing transmission channel"
+
+    def check(self, spec, reply, reason=None, timeout=None):
+        server = self.start_server(scripted({"hooks": {"CONNECT": spec}}, timeout=timeout))
+        c = self.connect(server)
+        self.assertEqual(c.line(), reply)
+        self.assertEqual(c.expect_eof(), b"")
+        err = server.wait_output(lambda e: "event=disconnect" in e, which="stderr")
+        self.assertEqual(plugin_errors(err, "CONNECT"), [reason] if reason else [])
+        return err
+
+    def test_unknown_verdict(self):
+        self.check({"verdict": "nonsense"}, self.CLOSING, "unknown verdict 42")
+
+    def test_refused_reply(self):
+        self.check({"verdict": "accept", "code": 600, "text": "x"}, self.CLOSING,
+                   "set_reply() refused: reply code 600 is outside 200..599")
+
+    def test_pending_without_suspend(self):
+        self.check({"verdict": "pending_no_suspend"}, self.CLOSING, "returned PENDING without suspend()")
+
+    def test_timeout(self):
+        self.check({"verdict": "pending_never"}, self.CLOSING, "did not complete within 300 ms", timeout=0.3)
+
+    def test_exception(self):
+        err = self.check({"verdict": "throw"}, INTERNAL)
+        self.assertIn("CONNECT handler: unhandled exception: scripted: CONNECT throws as configured", err)
+
+
+@unittest.skipUnless(os.path.exists(SCRIPTED), f"{SCRIPTED} is not built")
 class BlockingTest(ServerTestCase):
     """A MAIL hook that sleeps 2 s on its event-loop thread (plugin.h T4 broken).
 

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstring>
 #include <unordered_map>
+#include <utility>
 
 namespace asiosmtpd::plugin {
 namespace {
@@ -270,30 +271,69 @@ asiosmtpd_status set_auth_identity(asiosmtpd_call* call, asiosmtpd_str login)
     return ASIOSMTPD_OK;
 }
 
+// ---- per-recipient replies (LMTP) ------------------------------------------------------------
+
+using rcpt_replies = std::vector<std::pair<std::uint16_t, std::string>>;
+using rcpt_refusals = std::vector<std::pair<std::size_t, std::string>>;
+
+// One set_rcpt_reply[_pending]() call (plugin.h): per recipient the last call counts. A reply
+// for a recipient past the last one, or one breaking the one-line reply rules (`problem`,
+// checked by the caller before taking any lock), is refused with E_INVALID and remembered with
+// the reason the log will give, until a later call for the same recipient succeeds. Refusals
+// of recipients past the last share one entry, so the list stays within rcpt_count + 1.
+asiosmtpd_status put_rcpt_reply(rcpt_replies& replies, rcpt_refusals& refused, std::size_t rcpt_count,
+                                std::string_view origin, std::size_t index, std::uint16_t code, std::string_view text,
+                                std::string problem)
+{
+    const std::size_t key = std::min(index, rcpt_count);
+    const auto same = [key](const auto& r) { return r.first == key; };
+    if (index >= rcpt_count)
+        problem = fmt::format("the transaction has {} recipient{}", rcpt_count, rcpt_count == 1 ? "" : "s");
+    if (!problem.empty()) {
+        std::string why = fmt::format("{}() refused: recipient {}: {}", origin, index, problem);
+        if (const auto it = std::find_if(refused.begin(), refused.end(), same); it != refused.end())
+            it->second = std::move(why);
+        else
+            refused.emplace_back(key, std::move(why));
+        return ASIOSMTPD_E_INVALID;
+    }
+    std::erase_if(refused, same);
+    if (replies.size() <= index) replies.resize(index + 1);
+    replies[index] = {code, std::string(text)};
+    return ASIOSMTPD_OK;
+}
+
 asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t code, asiosmtpd_str text)
 {
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
     if (call->hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
-    if (index >= call->session->smtp().current_envelope().rcpt_tos.size() ||
-        !reply_problem(code, view(text), false).empty())
-        return ASIOSMTPD_E_INVALID;
-    if (call->rcpt_replies.size() <= index) call->rcpt_replies.resize(index + 1);
-    call->rcpt_replies[index] = {code, std::string(view(text))};
-    return ASIOSMTPD_OK;
+    std::string problem = reply_problem(code, view(text), false);
+    if (call->pending) {
+        // Suspended already: suspend() moved the replies to the pending call, where complete()
+        // decides on them with those of set_rcpt_reply_pending().
+        pending_call& p = *call->pending;
+        const std::lock_guard guard(p.lock);
+        if (p.done) return ASIOSMTPD_E_GONE;
+        return put_rcpt_reply(p.rcpt_replies, p.refused_rcpt_replies, p.rcpt_count, "set_rcpt_reply", index, code,
+                              view(text), std::move(problem));
+    }
+    return put_rcpt_reply(call->rcpt_replies, call->refused_rcpt_replies,
+                          call->session->smtp().current_envelope().rcpt_tos.size(), "set_rcpt_reply", index, code,
+                          view(text), std::move(problem));
 }
 
 asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, size_t index, uint16_t code, asiosmtpd_str text)
 {
-    if (index > 100000 || !reply_problem(code, view(text), false).empty()) return ASIOSMTPD_E_INVALID;
+    std::string problem = reply_problem(code, view(text), false);
     auto& t = table();
     const std::lock_guard guard(t.lock);
     const auto it = t.calls.find(token);
     if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
-    const std::lock_guard call_guard(it->second->lock);
-    auto& replies = it->second->rcpt_replies;
-    if (replies.size() <= index) replies.resize(index + 1);
-    replies[index] = {code, std::string(view(text))};
-    return ASIOSMTPD_OK;
+    pending_call& p = *it->second;
+    const std::lock_guard call_guard(p.lock);
+    if (p.hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
+    return put_rcpt_reply(p.rcpt_replies, p.refused_rcpt_replies, p.rcpt_count, "set_rcpt_reply_pending", index, code,
+                          view(text), std::move(problem));
 }
 
 asiosmtpd_status slot_set(asiosmtpd_call* call, int32_t scope, void* data, void (*dtor)(void*))
@@ -320,6 +360,13 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
     if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_STATE;
     auto p = std::make_shared<pending_call>();
     p->hook = call->hook;
+    if (call->hook == ASIOSMTPD_HOOK_DATA) {
+        // From here on the per-recipient replies (and refusals) are the pending call's:
+        // set_rcpt_reply[_pending]() add to them, complete() decides on them.
+        p->rcpt_count = call->session->smtp().current_envelope().rcpt_tos.size();
+        p->rcpt_replies = std::exchange(call->rcpt_replies, {});
+        p->refused_rcpt_replies = std::exchange(call->refused_rcpt_replies, {});
+    }
     auto& t = table();
     {
         const std::lock_guard guard(t.lock);
@@ -380,6 +427,14 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
             p->verdict = refused_verdict;
             p->code = 0;
             p->text = fmt::format("complete() refused: {}", problem);
+            p->rcpt_replies.clear();
+            status = ASIOSMTPD_E_INVALID;
+        } else if (!p->refused_rcpt_replies.empty()) {
+            // A recipient's reply was refused and not replaced: the verdict would answer that
+            // recipient in its stead (a 250, say). A plugin error, as invoke() makes it.
+            p->verdict = refused_verdict;
+            p->code = 0;
+            p->text = std::move(p->refused_rcpt_replies.front().second);
             p->rcpt_replies.clear();
             status = ASIOSMTPD_E_INVALID;
         } else {

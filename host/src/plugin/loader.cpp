@@ -540,6 +540,16 @@ int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noex
         // hide the bug; the session gets 451 4.3.0 and the log says why.
         call.text = fmt::format("set_reply() refused: {}", call.refused_reply);
         call.code = 0;
+        call.rcpt_replies.clear();
+        return refused_verdict;
+    }
+    if (!call.refused_rcpt_replies.empty() && uses_reply(verdict)) {
+        // The same for a recipient's reply (plugin.h set_rcpt_reply): that recipient would get
+        // the verdict's reply (250, say) instead of the one meant for it. The whole DATA is a
+        // plugin error; the replies accepted for the others do not go out either.
+        call.text = std::move(call.refused_rcpt_replies.front().second);
+        call.code = 0;
+        call.rcpt_replies.clear();
         return refused_verdict;
     }
     return verdict;

@@ -166,6 +166,11 @@ struct pending_call {
     std::string text;
     std::function<void()> notify; ///< set by the session before it waits
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply_pending
+    /// DATA: the recipients of the transaction (set by suspend()), and the per-recipient
+    /// replies refused so far (asiosmtpd_call::refused_rcpt_replies, moved here by suspend()).
+    /// complete() ends a call with refusals left as a plugin error.
+    std::size_t rcpt_count = 0;
+    std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
 };
 
 /// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
@@ -193,6 +198,11 @@ struct asiosmtpd_call {
     std::string auth_challenge;       ///< set_auth_challenge
     std::string auth_identity;        ///< set_auth_identity
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply
+    /// Per-recipient replies set_rcpt_reply() refused (recipient index, the log's reason),
+    /// each until a later call for the same recipient succeeds. Like refused_reply, invoke()
+    /// turns a verdict given with one left into refused_verdict. suspend() moves these and
+    /// rcpt_replies to the pending call, where set_rcpt_reply[_pending]() go on from then.
+    std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
     asiosmtpd_token token = 0;        ///< set by suspend()
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
     /// Why set_reply() last refused a reply; cleared by an accepted one. invoke() turns a
@@ -221,7 +231,8 @@ using sdk::reply_problem;
 /// Call one hook entry (taking the instance lock when the plugin is not thread-safe). The call
 /// is watched: one that keeps its event-loop thread longer than blocking_threshold is logged
 /// (event=plugin_blocking) while it still runs. A verdict (anything but PENDING) given after a
-/// refused set_reply() comes back as refused_verdict with the reason in call.text.
+/// refused set_reply(), or with a refused set_rcpt_reply() not replaced, comes back as
+/// refused_verdict with the reason in call.text (and no per-recipient replies).
 int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noexcept;
 
 /// A hook call holding its thread longer than this is a blocking incident (plugin.h T4).

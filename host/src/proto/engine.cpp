@@ -898,8 +898,10 @@ void engine::deliver_data_reply(const hook_result& r)
     bool accepted = false;
     const std::size_t at = out_.size();
     for (std::size_t i = 0; i < replies_due; ++i) {
-        // LMTP: a plugin may answer for one recipient (RFC 2033 §4.2).
-        if (settings_.lmtp && i < r.rcpt_replies.size() && r.rcpt_replies[i].first != 0) {
+        // LMTP: a plugin may answer for one recipient (RFC 2033 §4.2), unless it failed: then
+        // every recipient gets the 451 (plugin.h set_rcpt_reply), never a reply it left behind.
+        if (settings_.lmtp && r.verdict != verdict::error && i < r.rcpt_replies.size() &&
+            r.rcpt_replies[i].first != 0) {
             const hook_result one{verdict::accept, r.rcpt_replies[i].first, r.rcpt_replies[i].second, {}, {}, {}};
             reply_plugin(one);
             accepted = accepted || one.code / 100 == 2;

@@ -95,7 +95,8 @@ struct hook_result {
     std::string text;        ///< lines separated by '\n' (no CR)
     std::string challenge;   ///< verdict::challenge: raw bytes (base64-encoded on the wire)
     std::string identity;    ///< AUTH accepted: the identity (default: the login)
-    /// LMTP: per-recipient replies (index = recipient; code 0 = the verdict's reply).
+    /// LMTP: per-recipient replies (index = recipient; code 0 = the verdict's reply). Ignored
+    /// with verdict::error: every recipient gets 451 4.3.0.
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies;
 };
 

@@ -132,7 +132,8 @@ typedef int32_t asiosmtpd_hook_id;
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
- *            TEMPFAIL*: 421 and close.
+ *            TEMPFAIL* and REJECT_CLOSE: 421 and close. A plugin error (unknown verdict,
+ *            refused reply, timeout, ...) is always 421 and close, not the 451 of other hooks.
  *   HELO     250 <hostname>           EHLO  the keyword lines      MAIL/RCPT 250 OK
  *   DATA     250 OK                   RSET  250 OK                 NOOP 250 OK
  *   QUIT     221 Bye                  VRFY  252 Cannot VRFY user, but will accept ...
@@ -376,7 +377,8 @@ typedef struct asiosmtpd_host_api {
      * E_INVALID for a verdict of PENDING (the token stays valid) or an unknown token. An unknown
      * verdict, a reply set_reply() would refuse, a reply class not fitting the verdict, or an
      * AUTH_CHALLENGE over 700 bytes also answer E_INVALID, and the call ends at once as a plugin
-     * error (451 4.3.0 and a log line; do not complete the token again). Strings are copied. */
+     * error (451 4.3.0 and a log line; do not complete the token again); so does a DATA call
+     * with a refused per-recipient reply left (set_rcpt_reply). Strings are copied. */
     asiosmtpd_status (*complete)(asiosmtpd_token token, asiosmtpd_verdict verdict, uint16_t code,
                                  asiosmtpd_str text);
 
@@ -403,11 +405,22 @@ typedef struct asiosmtpd_host_api {
 
     /* LMTP (RFC 2033 §4.2): in the DATA hook, the reply for the index-th accepted recipient
      * (txn_rcpt_at order), overriding the verdict's reply for that recipient only. On SMTP
-     * listeners the one DATA reply is the verdict's. `code` 200..599; copied. E_INVALID on a bad
-     * index, code or text; E_STATE outside the DATA hook. */
+     * listeners the one DATA reply is the verdict's. `code` 200..599, `text` one line under
+     * set_reply()'s rules (no '\n'); copied; per recipient the last call counts. E_INVALID on an
+     * index past the last recipient, a bad code or text; E_STATE outside the DATA hook.
+     * As with set_reply(), a refused reply changes nothing but is remembered: unless a later
+     * call for the same index succeeds, the hook's verdict (anything but PENDING; for a
+     * suspended call, its complete(), which then returns E_INVALID) is a plugin error. The
+     * client gets "451 4.3.0 Error: internal" for every recipient on LMTP (none of the call's
+     * per-recipient replies goes out) and as the DATA reply on SMTP, and the host logs
+     * event=plugin_error; never the verdict's reply (a 250, say) for a recipient the plugin
+     * meant to answer otherwise. Any plugin error in DATA drops the call's per-recipient
+     * replies the same way. */
     asiosmtpd_status (*set_rcpt_reply)(asiosmtpd_call *call, size_t index, uint16_t code, asiosmtpd_str text);
-    /* The same for a suspended DATA hook, from ANY thread, before complete() for that token.
-     * E_GONE when the call already ended or timed out. */
+    /* The same for a suspended DATA hook, from ANY thread, before complete() for that token
+     * (replies set with set_rcpt_reply() before suspend() stay, and count the same way).
+     * E_GONE when the call already ended or timed out; E_STATE when the token is not a DATA
+     * hook's. */
     asiosmtpd_status (*set_rcpt_reply_pending)(asiosmtpd_token token, size_t index, uint16_t code,
                                                asiosmtpd_str text);
 

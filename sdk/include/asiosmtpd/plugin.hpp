@@ -748,6 +748,8 @@ public:
     }
 
     /// LMTP, before complete(), from any thread: the reply for the index-th recipient.
+    /// E_INVALID (bad index/code/text) makes the completion a plugin error (451 4.3.0 for
+    /// every recipient) unless a later rcpt_reply() for the same index succeeds.
     asiosmtpd_status rcpt_reply(std::size_t index, std::uint16_t code, std::string_view text) noexcept
     {
         const asiosmtpd_token t = token_.load(std::memory_order_acquire);
@@ -830,7 +832,9 @@ public:
 
     /// In the DATA hook on an LMTP listener: the reply for the index-th recipient (rcpts()
     /// order), instead of the verdict's. Return accept (or another verdict) as usual.
-    /// Throws sdk::error (E_STATE outside DATA, E_INVALID bad index/code/text).
+    /// Throws sdk::error (E_STATE outside DATA, E_INVALID bad index/code/text). A refused reply
+    /// stays a plugin error (451 4.3.0 for every recipient) unless a later rcpt_reply() for the
+    /// same index succeeds: catch the error to fall back to a reply of your own.
     void rcpt_reply(std::size_t index, std::uint16_t code, std::string_view text) const
     {
         detail::check(host_->set_rcpt_reply(call_, index, code, to_str(text)), "set_rcpt_reply");

@@ -172,6 +172,7 @@ struct probe_state {
     asiosmtpd_status rcpt_reply_in_rcpt = ASIOSMTPD_OK;
     asiosmtpd_status rcpt_reply_bad_index = ASIOSMTPD_OK;
     asiosmtpd_status rcpt_reply_ok = -100;
+    bool rcpt_replies_in_data = true; // probe_data tries set_rcpt_reply (a bad index costs a 451)
     asiosmtpd_status challenge_in_noop = ASIOSMTPD_OK;
     asiosmtpd_status identity_in_noop = ASIOSMTPD_OK;
     asiosmtpd_status mechanism_plain = ASIOSMTPD_OK;
@@ -190,6 +191,8 @@ asiosmtpd_verdict probe_rcpt(void*, asiosmtpd_call* c, const void*)
 asiosmtpd_verdict probe_data(void*, asiosmtpd_call* c, const void* args)
 {
     probe.data_flags = static_cast<const asiosmtpd_data_args*>(args)->flags;
+    if (!probe.rcpt_replies_in_data)
+        return ASIOSMTPD_CONTINUE;
     probe.rcpt_reply_bad_index = probe.api->set_rcpt_reply(c, 5, 250, {"x", 1});
     probe.rcpt_reply_ok = probe.api->set_rcpt_reply(c, 0, 250, {"2.0.0 first", 11});
     return ASIOSMTPD_CONTINUE;
@@ -256,7 +259,11 @@ TEST(testkit_abi11, the_table_and_the_state_rules)
     EXPECT_EQ(probe.identity_in_noop, ASIOSMTPD_E_STATE);
     EXPECT_EQ(probe.info_size_full, sizeof(asiosmtpd_session_info));
     EXPECT_EQ(probe.info_size_v1_0, offsetof(asiosmtpd_session_info, authenticated) + sizeof(std::int32_t));
-    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "hi\r\n"), "250 OK");
+    // The reply for recipient 5 of 1 was refused and never replaced: as with set_reply(), the
+    // verdict (CONTINUE) became a plugin error.
+    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "hi\r\n"), "451 4.3.0 Error: internal");
+    EXPECT_TRUE(h.logged("event=plugin_error hook=DATA reason=\"set_rcpt_reply() refused: recipient 5: the "
+                         "transaction has 1 recipient\""));
     EXPECT_EQ(probe.rcpt_reply_in_rcpt, ASIOSMTPD_E_STATE);
     EXPECT_EQ(probe.rcpt_reply_bad_index, ASIOSMTPD_E_INVALID);
     EXPECT_EQ(probe.rcpt_reply_ok, ASIOSMTPD_OK);
@@ -267,6 +274,7 @@ TEST(testkit_abi11, the_table_and_the_state_rules)
 TEST(testkit_abi11, data_flags_follow_decode_data)
 {
     probe = probe_state{};
+    probe.rcpt_replies_in_data = false;
     tk::host h;
     h.decode_data = true;
     h.add(&probe_entry);

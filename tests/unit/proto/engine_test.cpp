@@ -194,6 +194,30 @@ TEST(engine, lmtp_answers_once_per_recipient_after_data)
     EXPECT_TRUE(out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n250 OK\r\n")) << out;
 }
 
+TEST(engine, lmtp_per_recipient_replies_and_a_plugin_error)
+{
+    settings s = base_settings();
+    s.lmtp = true;
+    s.hook_mask = hook_bit(hook_kind::data);
+    const auto transaction = [&](hook_result r) {
+        engine e(s);
+        e.start();
+        take(e);
+        e.receive("LHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<1@e.f>\r\nRCPT TO:<2@e.f>\r\nDATA\r\nhi\r\n.\r\n");
+        take(e);
+        e.hook_done(std::move(r));
+        return take(e);
+    };
+    hook_result split = make(verdict::accept);
+    split.rcpt_replies = {{550, "5.1.1 no"}};
+    EXPECT_EQ(transaction(split), "550 5.1.1 no\r\n250 OK\r\n");
+    // A plugin error (a refused reply, a timeout, ...) answers every recipient 451, whatever
+    // per-recipient replies the failed call left (plugin.h set_rcpt_reply).
+    hook_result failed = make(verdict::error);
+    failed.rcpt_replies = {{250, "2.0.0 first"}, {550, "5.1.1 no"}};
+    EXPECT_EQ(transaction(failed), "451 4.3.0 Error: internal\r\n451 4.3.0 Error: internal\r\n");
+}
+
 TEST(engine, custom_command_ping)
 {
     settings s = base_settings();

@@ -24,10 +24,18 @@
  *    set_reply() answers E_INVALID and, unless a later set_reply() succeeds, makes the hook's
  *    verdict (anything but PENDING) a plugin error; complete() with an unknown verdict, a reply
  *    set_reply() would refuse or a class not fitting the verdict answers E_INVALID and ends the
- *    call at once as a plugin error. A plugin error (also: PENDING without suspend(), a hook
- *    timeout, an unknown verdict, a misfitting class) answers "451 4.3.0 Error: internal" and
- *    logs "warn plugin=<name> session=<id> event=plugin_error hook=<HOOK> reason="<the
- *    server's reason>"".
+ *    call at once as a plugin error. A refused set_rcpt_reply() / set_rcpt_reply_pending()
+ *    (bad index, code or text) counts the same way unless a later call for that recipient
+ *    succeeds (then complete() answers E_INVALID too). A plugin error (also: PENDING without
+ *    suspend(), a hook timeout, an unknown verdict, a misfitting class) answers "451 4.3.0
+ *    Error: internal" (LMTP: to every recipient, without the call's per-recipient replies; at
+ *    CONNECT the server's "421 4.7.0 <hostname> Service not available, closing transmission
+ *    channel" and the session closes) and logs "warn plugin=<name> session=<id>
+ *    event=plugin_error hook=<HOOK> reason="<the server's reason>"".
+ *  - CONNECT answers as the server: the 220 greeting, or the plugin's reply; REJECT's default
+ *    is "554 5.7.1 Rejected" and then every command but QUIT gets "503 5.5.1 Error: connection
+ *    rejected, send QUIT"; TEMPFAIL, TEMPFAIL_CLOSE and REJECT_CLOSE close after their reply
+ *    (default the 421 above).
  *  - AUTH: `s.auth("PLAIN", user, password)`, `s.auth("LOGIN", ...)`, or any mechanism with
  *    `s.sasl("X-MECH", {answers...})`; or by hand with cmd("AUTH ...") and base64 lines.
  *    AUTH_CHECK and plugin mechanisms answer 235 / 535 / 454 / "334 <base64 challenge>" like
@@ -51,10 +59,9 @@
  * (the server's own tests pin the wire behaviour): no address syntax beyond <...>, no SIZE or
  * BODY checks, no line or call limits, no require_starttls, no PIPELINING, no unknown-command
  * budget, no auth_failure_delay, no real TLS (tls() only sets what session_info reports), the
- * PROXY header is given as fields rather than parsed, a CONNECT REJECT does not restrict the
- * session to QUIT. Replies are returned without CRLF, lines of a multi-line reply joined by
- * '\n'; where the server sends two replies at once (LMTP DATA, a 535 followed by the 421 of
- * auth_max_failures) they are joined by '\n' too.
+ * PROXY header is given as fields rather than parsed. Replies are returned without CRLF,
+ * lines of a multi-line reply joined by '\n'; where the server sends two replies at once
+ * (LMTP DATA, a 535 followed by the 421 of auth_max_failures) they are joined by '\n' too.
  *
  * Threads: one session is driven from the test's thread; complete() and log() may be called
  * by the plugin from any thread, as with the real host. A suspended hook is waited for (up to
@@ -151,6 +158,10 @@ struct outcome {
     std::string challenge; ///< AUTH_CHALLENGE: the raw challenge bytes (set_auth_challenge or complete's text)
     std::string identity;  ///< set_auth_identity()
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< LMTP: per recipient; code 0 = none
+    /// The chain ended in a plugin error (unknown verdict, refused reply, timeout, ...): the
+    /// server's "451 4.3.0 Error: internal" (verdict TEMPFAIL, code 451 here). At CONNECT the
+    /// server answers 421 and closes instead; in DATA no per-recipient reply goes out.
+    bool plugin_error = false;
 };
 
 /// What tls() / open_tls() pretend the handshake negotiated (session_info's 1.1 fields).
@@ -322,11 +333,17 @@ struct pending_state {
     asiosmtpd_hook_id hook = 0;
     bool done = false;
     bool gone = false;
-    std::string refused; // complete() refused the verdict or reply: the call ends as an error
+    // Why complete() ended the call as a plugin error ("complete() refused: ...", or a refused
+    // per-recipient reply left); "" when its verdict stands.
+    std::string refused;
     asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE;
     std::uint16_t code = 0;
     std::string text;
-    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply_pending
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply[_pending]
+    // DATA: the transaction's recipients, and the refused per-recipient replies (suspend()
+    // moves the call's here; see put_rcpt_reply).
+    std::size_t rcpt_count = 0;
+    std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
 };
 
 struct token_registry {
@@ -353,6 +370,9 @@ struct call_state {
     std::string identity;  // set_auth_identity
     std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; // set_rcpt_reply
     std::string refused_reply; // why the last set_reply() was refused; "" after one succeeded
+    // set_rcpt_reply() refusals (recipient, reason) not replaced by a later accepted reply for
+    // the same recipient: as refused_reply, they make the verdict a plugin error.
+    std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
 };
 
 inline call_state* cs(asiosmtpd_call* c) noexcept { return reinterpret_cast<call_state*>(c); }
@@ -384,6 +404,37 @@ inline std::string verdict_problem(asiosmtpd_verdict v, std::uint16_t code, std:
         return code != 0 && cls != 4 ? "TEMPFAIL with reply code " + std::to_string(code) : std::string();
     default: return "unknown verdict " + std::to_string(v);
     }
+}
+
+// One set_rcpt_reply[_pending]() call, as the server takes it: per recipient the last call
+// counts; a reply for a recipient past the last one, or one breaking the one-line reply rules,
+// answers E_INVALID and is remembered with the server's reason until a later call for the
+// same recipient succeeds (refusals past the last recipient share one entry).
+inline asiosmtpd_status put_rcpt_reply(std::vector<std::pair<std::uint16_t, std::string>>& replies,
+                                       std::vector<std::pair<std::size_t, std::string>>& refused,
+                                       std::size_t rcpt_count, const char* origin, std::size_t index,
+                                       std::uint16_t code, std::string_view text)
+{
+    const std::size_t key = std::min(index, rcpt_count);
+    const auto same = [key](const std::pair<std::size_t, std::string>& r) { return r.first == key; };
+    std::string problem = index >= rcpt_count ? "the transaction has " + std::to_string(rcpt_count) +
+                                                    (rcpt_count == 1 ? " recipient" : " recipients")
+                                              : reply_problem(code, text, false);
+    const auto it = std::find_if(refused.begin(), refused.end(), same);
+    if (!problem.empty()) {
+        std::string why = std::string(origin) + "() refused: recipient " + std::to_string(index) + ": " + problem;
+        if (it != refused.end())
+            it->second = std::move(why);
+        else
+            refused.emplace_back(key, std::move(why));
+        return ASIOSMTPD_E_INVALID;
+    }
+    if (it != refused.end())
+        refused.erase(it);
+    if (replies.size() <= index)
+        replies.resize(index + 1);
+    replies[index] = {code, std::string(text)};
+    return ASIOSMTPD_OK;
 }
 
 // The hook named in a plugin_error log line: the hook, or a command's verb.
@@ -666,6 +717,7 @@ public:
             tls_active_ = o.tls_active_;
             tls_ = std::move(o.tls_);
             tls_vetoed_ = o.tls_vetoed_;
+            connect_rejected_ = o.connect_rejected_;
             authenticated_ = o.authenticated_;
             auth_login_ = std::move(o.auth_login_);
             auth_kind_ = o.auth_kind_;
@@ -714,6 +766,8 @@ public:
         const std::string_view arg = sp == std::string_view::npos ? std::string_view() : detail::trim(l.substr(sp + 1));
         const bool has_arg = sp != std::string_view::npos && !arg.empty();
 
+        if (connect_rejected_ && verb != "QUIT")
+            return "503 5.5.1 Error: connection rejected, send QUIT"; // RFC 5321 §3.1, as the server
         if (tls_vetoed_ && verb != "QUIT")
             return "554 Command refused due to lack of security";
         const bool needs_auth = h_->auth_required && !authenticated_;
@@ -1051,11 +1105,36 @@ private:
             tls_ = *tls;
         }
         const asiosmtpd_connect_args a{sizeof a, detail::str(peer_), port_, detail::str("127.0.0.1"), 25};
-        const outcome o = run(ASIOSMTPD_HOOK_CONNECT, &a);
-        if (o.verdict == ASIOSMTPD_REJECT || o.verdict == ASIOSMTPD_REJECT_CLOSE)
-            greeting_ = finish(o, "554 5.7.1 Rejected"); // real host: only QUIT is served then
-        else
-            greeting_ = finish(o, "220 " + h.hostname + " asiosmtpd-testkit");
+        greeting_ = connect_reply(run(ASIOSMTPD_HOOK_CONNECT, &a));
+    }
+
+    // The greeting for the CONNECT chain's outcome, as the server's engine answers it: the 220,
+    // or the plugin's reply; REJECT's default is 554 and then only QUIT is served (RFC 5321
+    // §3.1); TEMPFAIL and the *_CLOSE verdicts close after the reply (default 421); a plugin
+    // error is always 421 and close (it may not greet: there is no session to go on with).
+    std::string connect_reply(const outcome& o)
+    {
+        const std::string closing = "421 4.7.0 " + h_->hostname + " Service not available, closing transmission channel";
+        if (o.plugin_error) {
+            closed_ = true;
+            return closing;
+        }
+        switch (o.verdict) {
+        case ASIOSMTPD_ACCEPT:
+            if (o.code)
+                return finish(o, "");
+            break;
+        case ASIOSMTPD_REJECT:
+            connect_rejected_ = true;
+            return o.code ? finish(o, "") : "554 5.7.1 Rejected";
+        case ASIOSMTPD_TEMPFAIL:
+        case ASIOSMTPD_TEMPFAIL_CLOSE:
+        case ASIOSMTPD_REJECT_CLOSE:
+            closed_ = true;
+            return o.code ? finish(o, "") : closing;
+        default: break;
+        }
+        return "220 " + h_->hostname + " asiosmtpd-testkit";
     }
 
     enum class auth_kind { none, plain, login, plugin };
@@ -1306,7 +1385,7 @@ private:
         std::string r;
         for (std::size_t i = 0; i < due; ++i) {
             std::string one;
-            if (h_->lmtp && i < o.rcpt_replies.size() && o.rcpt_replies[i].first != 0) {
+            if (h_->lmtp && !o.plugin_error && i < o.rcpt_replies.size() && o.rcpt_replies[i].first != 0) {
                 outcome single;
                 single.verdict = ASIOSMTPD_ACCEPT;
                 single.code = o.rcpt_replies[i].first;
@@ -1446,7 +1525,9 @@ private:
         h_->write_log(inst, nullptr, ASIOSMTPD_LOG_WARN,
                       "session=" + std::to_string(id_) + " event=plugin_error hook=" + detail::hook_label(hook, args) +
                           " reason=\"" + why + "\"");
-        return outcome{ASIOSMTPD_TEMPFAIL, 451, "4.3.0 Error: internal"};
+        outcome o{ASIOSMTPD_TEMPFAIL, 451, "4.3.0 Error: internal"};
+        o.plugin_error = true;
+        return o;
     }
 
     outcome run_one(const detail::hook_entry& e, asiosmtpd_hook_id hook, const void* args)
@@ -1482,7 +1563,7 @@ private:
                 return fail("did not complete within " + std::to_string(h_->hook_timeout.count()) + " ms");
             }
             if (!c.pending->refused.empty())
-                return fail("complete() refused: " + c.pending->refused);
+                return fail(c.pending->refused);
             v = c.pending->verdict;
             code = c.pending->code;
             text = c.pending->text;
@@ -1505,6 +1586,10 @@ private:
             // plugin.h set_reply(): a refused reply changes nothing, but the verdict given
             // without a later accepted one is a plugin error (not the verdict's default reply).
             return fail("set_reply() refused: " + c.refused_reply);
+        } else if (!c.refused_rcpt_replies.empty() && hook != ASIOSMTPD_HOOK_SESSION_CLOSE) {
+            // The same for a recipient's reply (plugin.h set_rcpt_reply): that recipient would
+            // get the verdict's reply instead; the whole DATA is a plugin error.
+            return fail(c.refused_rcpt_replies.front().second);
         }
         if (hook == ASIOSMTPD_HOOK_SESSION_CLOSE)
             return outcome{};
@@ -1546,6 +1631,7 @@ private:
     bool tls_active_ = false;
     tls_params tls_;
     bool tls_vetoed_ = false;
+    bool connect_rejected_ = false; // CONNECT REJECT: every command but QUIT gets 503
     bool authenticated_ = false;
     std::string auth_login_;
     auth_kind auth_kind_ = auth_kind::none;
@@ -1786,13 +1872,19 @@ struct api_impl {
         st->token = ++reg.last;
         st->pending = std::make_shared<detail::pending_state>();
         st->pending->hook = st->hook;
+        if (st->hook == ASIOSMTPD_HOOK_DATA) {
+            // From here on the per-recipient replies (and refusals) are the pending call's.
+            st->pending->rcpt_count = st->s->rcpts_.size();
+            st->pending->rcpt_replies = std::exchange(st->rcpt_replies, {});
+            st->pending->refused_rcpt_replies = std::exchange(st->refused_rcpt_replies, {});
+        }
         reg.live[st->token] = st->pending;
         *out = st->token;
         return ASIOSMTPD_OK;
     }
     // plugin.h complete(): PENDING is refused and the token stays valid; an unknown token is
-    // E_INVALID, a finished one E_GONE; a verdict or reply the server cannot use answers
-    // E_INVALID and ends the call at once as a plugin error (451 4.3.0).
+    // E_INVALID, a finished one E_GONE; a verdict or reply the server cannot use, or a refused
+    // per-recipient reply left, answers E_INVALID and ends the call at once as a plugin error.
     static asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict v, std::uint16_t code, asiosmtpd_str text)
     {
         if (v == ASIOSMTPD_PENDING)
@@ -1822,9 +1914,14 @@ struct api_impl {
         } else if (code != 0) {
             problem = detail::verdict_problem(v, code, detail::view(text));
         }
+        if (!problem.empty())
+            problem = "complete() refused: " + problem;
+        else if (!p->refused_rcpt_replies.empty())
+            problem = std::move(p->refused_rcpt_replies.front().second);
         const bool refused = !problem.empty();
         if (refused) {
             p->refused = std::move(problem);
+            p->rcpt_replies.clear();
         } else {
             p->verdict = v;
             p->code = code;
@@ -1891,18 +1988,20 @@ struct api_impl {
         detail::call_state* st = detail::cs(c);
         if (st->hook != ASIOSMTPD_HOOK_DATA)
             return ASIOSMTPD_E_STATE;
-        if (index >= st->s->rcpts_.size() || !detail::reply_problem(code, detail::view(text), false).empty())
-            return ASIOSMTPD_E_INVALID;
-        if (st->rcpt_replies.size() <= index)
-            st->rcpt_replies.resize(index + 1);
-        st->rcpt_replies[index] = {code, std::string(detail::view(text))};
-        return ASIOSMTPD_OK;
+        if (st->pending) {
+            // Suspended already: the replies are the pending call's (suspend()); complete() decides.
+            std::lock_guard<std::mutex> lock(st->pending->m);
+            if (st->pending->done || st->pending->gone)
+                return ASIOSMTPD_E_GONE;
+            return detail::put_rcpt_reply(st->pending->rcpt_replies, st->pending->refused_rcpt_replies,
+                                          st->pending->rcpt_count, "set_rcpt_reply", index, code, detail::view(text));
+        }
+        return detail::put_rcpt_reply(st->rcpt_replies, st->refused_rcpt_replies, st->s->rcpts_.size(),
+                                      "set_rcpt_reply", index, code, detail::view(text));
     }
     static asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, std::size_t index, std::uint16_t code,
                                                    asiosmtpd_str text)
     {
-        if (index > 100000 || !detail::reply_problem(code, detail::view(text), false).empty())
-            return ASIOSMTPD_E_INVALID;
         std::shared_ptr<detail::pending_state> p;
         {
             auto& reg = detail::token_registry::get();
@@ -1915,10 +2014,10 @@ struct api_impl {
         std::lock_guard<std::mutex> lock(p->m);
         if (p->gone || p->done)
             return ASIOSMTPD_E_GONE;
-        if (p->rcpt_replies.size() <= index)
-            p->rcpt_replies.resize(index + 1);
-        p->rcpt_replies[index] = {code, std::string(detail::view(text))};
-        return ASIOSMTPD_OK;
+        if (p->hook != ASIOSMTPD_HOOK_DATA)
+            return ASIOSMTPD_E_STATE;
+        return detail::put_rcpt_reply(p->rcpt_replies, p->refused_rcpt_replies, p->rcpt_count,
+                                      "set_rcpt_reply_pending", index, code, detail::view(text));
     }
 
     static void log(asiosmtpd_ctx* ctx, call* c, std::int32_t level, asiosmtpd_str m)
