@@ -1,7 +1,7 @@
 """Reload on SIGHUP: new sessions get the new plugins and settings, open sessions finish on
 the generation they started with, a broken config is refused while service goes on, a plugin
-file replaced on disk is picked up, listeners come and go; and a reload under load drops
-nothing."""
+file replaced on disk is picked up, listeners come and go, keys only a restart can apply are
+named in a warn line; and a reload under load drops nothing."""
 import os
 import shutil
 import signal
@@ -58,6 +58,23 @@ class ReloadTest(ServerTestCase):
         # 2 KB: over the new generation's 1000-byte limit, fine for the old one.
         self.assertEqual(old.data(b"Subject: x\r\n\r\n" + (b"y" * 98 + b"\r\n") * 20), (250, b"OK"))
         old.quit()
+
+    def test_restart_only_keys_are_named_not_silently_dropped(self):
+        # workers, the user, the metrics listener and the log level are set up at start: a
+        # reload applies the rest and says, key by key, what waits for a restart.
+        server = self.start_server(self.config([noop_says("one"), "sink"]))
+        self.rewrite(server, self.config([noop_says("two"), "sink"], workers=3, log_level="debug"))
+        self.reload(server)
+        ignored = [l for l in server.stderr().splitlines() if "event=reload_ignored" in l]
+        self.assertEqual(len(ignored), 2, ignored)
+        self.assertIn('key=server.workers started="2" configured="3" reason="takes effect at restart"', ignored[0])
+        self.assertIn('key=server.log_level started="info" configured="debug"', ignored[1])
+        with smtplib.SMTP(HOST, self.port, timeout=10) as s:
+            self.assertEqual(s.noop(), (250, b"two"))  # the rest of the reload took effect
+        # A reload that changes only what a reload can change names nothing.
+        self.rewrite(server, self.config([noop_says("three"), "sink"], data_size_limit=1000))
+        self.reload(server)
+        self.assertEqual(server.stderr().count("event=reload_ignored"), 2)
 
     def test_a_broken_config_is_refused_and_service_goes_on(self):
         server = self.start_server(self.config([noop_says("still me"), "sink"]))

@@ -377,11 +377,41 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     listeners_ = std::move(kept);
     max_connections_ = next.server.max_connections;
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
+    warn_restart_only(next);
     ++generation_;
     metrics::get().reloads_ok.fetch_add(1, std::memory_order_relaxed);
     notify_systemd("READY=1\nSTATUS=serving");
     log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={}",
               generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size());
+}
+
+// Keys a running process cannot take from a reload: its event-loop threads, the user it
+// switched to, the metrics listener and the log level are set up once, at start. A reload that
+// changes them still applies everything else; each such key gets a warn line, so that an
+// operator does not believe it took effect. The values the process started with are kept.
+void server::warn_restart_only(const config::settings& next) const
+{
+    const auto warn = [](std::string_view key, std::string_view started, std::string_view configured) {
+        log::warn("event=reload_ignored key={} started=\"{}\" configured=\"{}\" reason=\"takes effect at restart\"", key,
+                  log::escaped(started, 200), log::escaped(configured, 200));
+    };
+    const config::server_settings& was = config_.server;
+    const config::server_settings& now = next.server;
+    if (now.workers != was.workers) {
+        const auto show = [](std::uint32_t w) { return w == 0 ? std::string("0 (one per core)") : std::to_string(w); };
+        warn("server.workers", show(was.workers), show(now.workers));
+    }
+    const auto who = [](const std::optional<config::run_as>& u) {
+        return u ? u->user + (u->group_given ? ":" + u->group : std::string()) : std::string("(not set)");
+    };
+    if (who(now.user) != who(was.user)) warn("server.user/group", who(was.user), who(now.user));
+    if (now.allow_root != was.allow_root)
+        warn("server.allow_root", was.allow_root ? "true" : "false", now.allow_root ? "true" : "false");
+    if (now.log_level != was.log_level) warn("server.log_level", was.log_level, now.log_level);
+    const auto where = [](const std::optional<config::metrics_settings>& m) {
+        return m ? fmt::format("{}:{}", m->address, m->port) : std::string("(not set)");
+    };
+    if (where(next.metrics) != where(config_.metrics)) warn("metrics.listen", where(config_.metrics), where(next.metrics));
 }
 
 void server::handle_signals()

@@ -113,6 +113,7 @@ private:
     void begin_stop();
     void wait_for_signal();
     void arm_stop_deadline();
+    void warn_restart_only(const config::settings& next) const;
     void stop_control_thread();
 
     config::settings config_;  // as started (workers, the file to reload)
