@@ -2,20 +2,17 @@
 // bcrypt), verified with libcrypt's crypt_r on the plugin's own worker threads, so that the
 // AUTH_CHECK hook never blocks the server: it suspends and a worker completes it.
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <crypt.h>
 
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
-#include <vector>
 
 namespace {
 
@@ -62,7 +59,7 @@ public:
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 16) : 2;
         load(file);
-        for (std::int64_t i = 0; i < workers; ++i) threads_.emplace_back([this] { run(); });
+        pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { check(j); });
         reg.on<&authfile::on_auth_check>(sdk::hook::auth_check);
     }
 
@@ -71,23 +68,13 @@ public:
 
     ~authfile()
     {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
-        }
-        cv_.notify_all();
-        for (auto& t : threads_) t.join();
+        pool_.reset();
         // Jobs still queued complete through ~pending with 451 (the session is gone anyway).
     }
 
     sdk::verdict on_auth_check(sdk::call& c, const sdk::auth_args& a)
     {
-        job j{c.suspend(), std::string(a.login), std::string(a.password), std::string(a.authzid)};
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            jobs_.push_back(std::move(j));
-        }
-        cv_.notify_one();
+        pool_->post(job{c.suspend(), std::string(a.login), std::string(a.password), std::string(a.authzid)});
         return sdk::verdict::pending;
     }
 
@@ -129,19 +116,6 @@ private:
         log_.info("loaded " + std::to_string(users_.size()) + " user(s) from " + file);
     }
 
-    void run()
-    {
-        for (;;) {
-            std::unique_lock<std::mutex> lock(mutex_);
-            cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-            if (stop_) return;
-            job j = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            check(j);
-        }
-    }
-
     void check(job& j)
     {
         const auto it = users_.find(j.login);
@@ -158,11 +132,7 @@ private:
     sdk::logger log_;
     std::map<std::string, std::string> users_; // read-only after the constructor
     std::string decoy_;
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    std::deque<job> jobs_;
-    bool stop_ = false;
-    std::vector<std::thread> threads_;
+    std::optional<sdk::worker_pool<job>> pool_; // last: its workers read users_ and decoy_
 };
 
 } // namespace

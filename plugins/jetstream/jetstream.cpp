@@ -11,18 +11,19 @@
 //
 // The wire encoding (version 1) is documented in README.md next to this file.
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <nats/nats.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cinttypes>
-#include <condition_variable>
 #include <cstdio>
 #include <ctime>
-#include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -316,11 +317,11 @@ public:
         try {
             connect();
             prepare_stream();
+            pool_.emplace(static_cast<std::size_t>(cfg_.workers), [this](job& j) { publish(j); });
         } catch (...) {
             disconnect();
             throw;
         }
-        for (std::int64_t i = 0; i < cfg_.workers; ++i) threads_.emplace_back([this] { run(); });
         reg.on<&jetstream::on_data>(sdk::hook::data);
     }
 
@@ -329,16 +330,11 @@ public:
 
     ~jetstream()
     {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
-        }
-        cv_.notify_all();
-        for (auto& t : threads_) t.join();
-        // Jobs still queued were never published: 451, nothing claimed stored.
-        for (auto& j : jobs_)
+        // Publishes in progress end after their current attempt (stopping()); jobs still
+        // queued were never published: 451, nothing claimed stored.
+        pool_->stop([](job& j) {
             j.pending.complete(sdk::verdict::tempfail, 451, "4.3.0 Error: message not stored, try again later");
-        jobs_.clear();
+        });
         disconnect();
     }
 
@@ -365,11 +361,7 @@ public:
         j.msg_id = id_prefix_ + std::to_string(counter_.fetch_add(1, std::memory_order_relaxed) + 1);
         j.deadline = clock_type::now() + std::chrono::milliseconds(to_ms(cfg_.timeout));
         j.pending = c.suspend();
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            jobs_.push_back(std::move(j));
-        }
-        cv_.notify_one();
+        pool_->post(std::move(j));
         return sdk::verdict::pending;
     }
 
@@ -523,25 +515,6 @@ private:
     }
 
     // -- publishing -------------------------------------------------------------------------
-    void run()
-    {
-        for (;;) {
-            std::unique_lock<std::mutex> lock(mutex_);
-            cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-            if (stop_) return;
-            job j = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            publish(j);
-        }
-    }
-
-    bool stopping()
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return stop_;
-    }
-
     void publish(job& j)
     {
         nats_ptr<natsMsg, natsMsg_Destroy> msg;
@@ -571,7 +544,7 @@ private:
         std::chrono::milliseconds pause(25);
         for (;;) {
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(j.deadline - clock_type::now());
-            if (left.count() <= 0 || (attempts > 0 && stopping())) break;
+            if (left.count() <= 0 || (attempts > 0 && pool_->stopping())) break;
             // While the client reconnects, a publish would wait in its reconnect buffer and
             // could be stored after we gave up and answered 451: publish only when connected.
             const natsConnStatus cs = natsConnection_Status(nc_.p);
@@ -629,11 +602,7 @@ private:
     std::unique_ptr<events> events_;
     nats_ptr<natsConnection, natsConnection_Destroy> nc_;
     nats_ptr<jsCtx, jsCtx_Destroy> js_;
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    std::deque<job> jobs_;
-    bool stop_ = false;
-    std::vector<std::thread> threads_;
+    std::optional<sdk::worker_pool<job>> pool_; // stopped by the destructor before disconnect()
 };
 
 } // namespace

@@ -1,6 +1,6 @@
-// Shared by the delivery plugins (maildir, mbox, proxy): a small pool of worker threads that
-// run blocking jobs (file I/O, fsync, an upstream SMTP conversation) so that hooks never
-// block (plugin.h T4), and aiosmtpd's Message-handler preparation of a message for a mailbox.
+// Shared by the delivery plugins (maildir, mbox, proxy): an owned file descriptor, errno texts,
+// config paths, and aiosmtpd's Message-handler preparation of a message for a mailbox. Their
+// worker threads (hooks never block, plugin.h T4) are the SDK's asiosmtpd/worker_pool.hpp.
 // Header-only; compiled into each plugin (nothing here crosses the ABI).
 #ifndef ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
 #define ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
@@ -10,77 +10,14 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <deque>
-#include <functional>
-#include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
-#include <vector>
 
 namespace asiosmtpd::plugins {
-
-/// N threads running `run(job&)` for each posted job, in order of posting. The destructor
-/// stops the threads after the job each one is running and joins them (T7); jobs still
-/// queued are destroyed unrun (a job's sdk::pending then completes with 451 by itself).
-template <class Job>
-class worker_pool {
-public:
-    worker_pool(std::size_t threads, std::function<void(Job&)> run) : run_(std::move(run))
-    {
-        threads_.reserve(threads);
-        for (std::size_t i = 0; i < threads; ++i)
-            threads_.emplace_back([this] { loop(); });
-    }
-    worker_pool(const worker_pool&) = delete;
-    worker_pool& operator=(const worker_pool&) = delete;
-    ~worker_pool()
-    {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
-        }
-        cv_.notify_all();
-        for (auto& t : threads_)
-            t.join();
-    }
-
-    void post(Job job)
-    {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            jobs_.push_back(std::move(job));
-        }
-        cv_.notify_one();
-    }
-
-private:
-    void loop()
-    {
-        for (;;) {
-            std::unique_lock<std::mutex> lock(mutex_);
-            cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-            if (stop_)
-                return;
-            Job job = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            run_(job);
-        }
-    }
-
-    std::function<void(Job&)> run_;
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    std::deque<Job> jobs_;
-    bool stop_ = false;
-    std::vector<std::thread> threads_;
-};
 
 /// A file descriptor closed on destruction.
 class unique_fd {

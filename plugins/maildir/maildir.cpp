@@ -17,6 +17,7 @@
 #include "delivery_common.hpp"
 
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -291,11 +292,10 @@ private:
         {
             if (!s || s->settled.load(std::memory_order_acquire))
                 return;
-            try {
-                owner->pool_->post(job{job::kind::discard, {}, {}, std::move(s), 0});
-            } catch (...) {
-                // No memory for the job: the stream goes here, on the session's thread.
-            }
+            job j{job::kind::discard, {}, {}, std::move(s), 0};
+            // No memory for the job: try_post leaves it here, and the stream goes with it, on
+            // the session's thread.
+            owner->pool_->try_post(j);
         }
         std::shared_ptr<stream> s;
         maildir* owner; // outlives every session, and so every slot
@@ -452,7 +452,7 @@ private:
     bool streaming_ = false;
     ap::unique_fd tmp_fd_;
     ap::unique_fd new_fd_;
-    std::optional<ap::worker_pool<job>> pool_;
+    std::optional<sdk::worker_pool<job>> pool_;
 };
 
 } // namespace

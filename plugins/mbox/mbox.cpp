@@ -8,6 +8,7 @@
 #include "delivery_common.hpp"
 
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -147,7 +148,7 @@ private:
 
     sdk::logger log_;
     std::string path_;
-    std::optional<ap::worker_pool<job>> pool_;
+    std::optional<sdk::worker_pool<job>> pool_;
 };
 
 } // namespace

@@ -20,6 +20,7 @@
 #include "resolver.hpp"
 
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -710,7 +711,7 @@ private:
     std::string helo_;
     SSL_CTX* ctx_ = nullptr;
     std::unique_ptr<dns::resolver> resolver_; // null for an IP literal
-    std::optional<ap::worker_pool<job>> pool_;
+    std::optional<sdk::worker_pool<job>> pool_;
 };
 
 } // namespace

@@ -22,7 +22,7 @@ install)
   cmake --install "$build" --prefix "$prefix" >"$work/install.log"
   need "$prefix/bin/asiosmtpd" \
        "$prefix"/lib/asiosmtpd/plugins/{sink,debugging,ping}.so \
-       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,testkit.hpp} \
+       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp} \
        "$prefix"/lib/cmake/asiosmtpd-sdk/{asiosmtpd-sdkConfig.cmake,asiosmtpd-sdkConfigVersion.cmake,asiosmtpd-sdk-targets.cmake,AsiosmtpdPlugin.cmake,plugin.map} \
        "$prefix/lib/pkgconfig/asiosmtpd-sdk.pc" \
        "$prefix/etc/asiosmtpd/asiosmtpd.yaml" \
@@ -70,6 +70,7 @@ deb)
     contents "$server" | grep -qx "$f" || fail "$server lacks $f"
   done
   for f in ./usr/include/asiosmtpd/plugin.h ./usr/include/asiosmtpd/plugin.hpp ./usr/include/asiosmtpd/testkit.hpp \
+           ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp \
            ./usr/lib/cmake/asiosmtpd-sdk/asiosmtpd-sdkConfig.cmake ./usr/lib/cmake/asiosmtpd-sdk/AsiosmtpdPlugin.cmake \
            ./usr/lib/pkgconfig/asiosmtpd-sdk.pc ./usr/share/doc/asiosmtpd-dev/plugin-guide.md \
            ./usr/share/asiosmtpd-sdk/examples/async_policy/async_policy.cpp; do

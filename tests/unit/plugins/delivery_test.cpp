@@ -1,17 +1,15 @@
 // The maildir, mbox and proxy plugins through the SDK test kit (a fake host): what they store,
 // their configuration checks, and 451 when delivery fails. (The real server, smtp-source and
 // upstreams: tests/integration/test_delivery_*.py.)
+#include "file_helpers.hpp"
+
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,35 +18,9 @@ namespace {
 namespace tk = asiosmtpd::testkit;
 std::string plugin(const char* name) { return std::string(ASIOSMTPD_BUILD_PLUGIN_DIR) + "/" + name + ".so"; }
 
-struct temp_dir {
-    temp_dir()
-    {
-        char tmpl[] = "/tmp/asiosmtpd-delivery-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~temp_dir() { std::system(("rm -rf '" + path + "'").c_str()); }
-    std::string path;
-};
-
-std::vector<std::string> list(const std::string& dir)
-{
-    std::vector<std::string> out;
-    if (DIR* d = ::opendir(dir.c_str())) {
-        while (dirent* e = ::readdir(d))
-            if (e->d_name[0] != '.')
-                out.push_back(dir + "/" + e->d_name);
-        ::closedir(d);
-    }
-    return out;
-}
-
-std::string slurp(const std::string& file)
-{
-    std::ifstream in(file, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using asiosmtpd::test::list;
+using asiosmtpd::test::slurp;
+using asiosmtpd::test::temp_dir;
 
 TEST(maildir, stores_as_aiosmtpd_mailbox)
 {

@@ -4,21 +4,18 @@
 // paths (a host without DATA_CHUNK; another DATA hook that takes no pieces). First, the
 // streaming message_preparer of delivery_common.hpp against prepare_message at every cut.
 #include "../../../plugins/maildir/delivery_common.hpp"
+#include "file_helpers.hpp"
 
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -94,35 +91,9 @@ TEST(message_preparer, matches_prepare_message_wherever_the_message_is_cut)
 
 // ---- helpers -------------------------------------------------------------------------------
 
-struct temp_dir {
-    temp_dir()
-    {
-        char tmpl[] = "/tmp/asiosmtpd-maildir-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~temp_dir() { std::system(("rm -rf '" + path + "'").c_str()); }
-    std::string path;
-};
-
-std::vector<std::string> list(const std::string& dir)
-{
-    std::vector<std::string> out;
-    if (DIR* d = ::opendir(dir.c_str())) {
-        while (dirent* e = ::readdir(d))
-            if (e->d_name[0] != '.')
-                out.push_back(dir + "/" + e->d_name);
-        ::closedir(d);
-    }
-    return out;
-}
-
-std::string slurp(const std::string& file)
-{
-    std::ifstream in(file, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using asiosmtpd::test::list;
+using asiosmtpd::test::slurp;
+using asiosmtpd::test::temp_dir;
 
 // Removed files go on a worker thread: wait (bounded) until `dir` is empty.
 bool empties(const std::string& dir)
