@@ -8,15 +8,14 @@
 // RCPT TO:<x@spam.example>  ->  550 5.7.1 x@spam.example: recipient domain refused
 // RCPT TO:<x@ok.example>    ->  CONTINUE (the next plugin, or the host's 250 OK)
 //
-// The hook calls suspend(), hands the `pending` to the worker and returns verdict::pending;
-// the worker completes it. The destructor stops and joins the worker (T7); a job it never
-// ran is completed with 451 by the `pending` destructor.
+// The hook calls suspend(), posts the `pending` to a worker thread of an sdk::worker_pool
+// (asiosmtpd/worker_pool.hpp) and returns verdict::pending; the worker completes it. The pool
+// is the last member: destroyed first, it stops and joins its thread before what the thread
+// uses goes (T7); a job it never ran is completed with 451 by the `pending` destructor.
 #include <asiosmtpd/plugin.hpp>
+#include <asiosmtpd/worker_pool.hpp>
 
 #include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,27 +34,12 @@ public:
             deny_ = deny->as_string_list();
         delay_ = std::chrono::milliseconds(cfg.int_or("delay_ms", 0));
         reg.on<&async_policy::on_rcpt>(sdk::hook::rcpt);
-        worker_ = std::thread([this] { run(); });
-    }
-
-    ~async_policy()
-    {
-        {
-            std::lock_guard<std::mutex> lock(m_);
-            stop_ = true;
-        }
-        cv_.notify_all();
-        worker_.join();
     }
 
     sdk::verdict on_rcpt(sdk::call& c, const sdk::address_args& a)
     {
-        job j{std::string(a.address), c.suspend()}; // copy: the args die with the hook
-        {
-            std::lock_guard<std::mutex> lock(m_);
-            jobs_.push_back(std::move(j));
-        }
-        cv_.notify_one();
+        // Copy what the worker needs: the args die with the hook.
+        pool_.post(job{std::string(a.address), c.suspend()});
         return sdk::verdict::pending;
     }
 
@@ -64,21 +48,6 @@ private:
         std::string address;
         sdk::pending done;
     };
-
-    void run()
-    {
-        std::unique_lock<std::mutex> lock(m_);
-        for (;;) {
-            cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-            if (stop_)
-                return; // jobs_ dies with the plugin: each pending completes with 451
-            job j = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            decide(j); // any thread may complete
-            lock.lock();
-        }
-    }
 
     void decide(job& j) const
     {
@@ -91,16 +60,12 @@ private:
                 return;
             }
         }
-        j.done.complete(sdk::verdict::continue_);
+        j.done.complete(sdk::verdict::continue_); // any thread may complete
     }
 
     std::vector<std::string> deny_;
     std::chrono::milliseconds delay_{0};
-    std::mutex m_;
-    std::condition_variable cv_;
-    std::deque<job> jobs_;
-    bool stop_ = false;
-    std::thread worker_; // last: started after everything it uses
+    sdk::worker_pool<job> pool_{1, [this](job& j) { decide(j); }}; // last: see above
 };
 
 } // namespace
