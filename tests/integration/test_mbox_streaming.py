@@ -3,13 +3,17 @@ unnamed spool file, and appended at DATA. The mbox gets the same bytes as throug
 whole-message path (">From " lines crossing the pieces' cuts included); a 64 MiB message lands
 byte-exact while the server's peak memory grows by a small fraction of it; a client that goes
 away mid-DATA, and a message over data_size_limit, leave the mbox untouched and nothing in its
-folder; concurrent sessions append whole messages, never interleaved."""
+folder; concurrent sessions append whole messages, never interleaved; a server that may write
+its mbox but not create files in its folder (a /var/mail) spools in /tmp instead."""
 import os
+import pwd
+import shutil
 import smtplib
 import sys
 import tempfile
 import threading
 import time
+import unittest
 
 import harness
 from harness import HOST, HOSTNAME, IDENT, ServerTestCase, server_config
@@ -190,6 +194,48 @@ class MboxStreamingTest(ServerTestCase):
         for rcpt, body in bodies.items():
             self.check(messages[rcpt], body, rcpt)
         self.assertEqual(self.folder(), ["mail.mbox"])
+
+
+def _nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root: the server drops to user nobody")
+@unittest.skipIf(_nobody() is None, "no user nobody on this system")
+class MboxSpoolFallbackTest(ServerTestCase):
+    def test_a_folder_it_may_not_write_spools_in_tmp(self):
+        # As /var/mail: the folder is root's (0755), only the mbox file is the server's user's.
+        nobody = _nobody()
+        folder = tempfile.mkdtemp(prefix="asiosmtpd-mbox-ro-")
+        self.addCleanup(rmtree, folder)
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "nobody")
+        with open(path, "wb"):
+            pass
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(path, 0o600)
+        # The plugin file must be readable by nobody (the build folder may not be).
+        public = tempfile.mkdtemp(prefix="asiosmtpd-mbox-so-")
+        self.addCleanup(rmtree, public)
+        os.chmod(public, 0o755)
+        plugin = os.path.join(public, "mbox.so")
+        shutil.copy(os.path.join(harness.PLUGIN_DIR, "mbox.so"), plugin)
+        os.chmod(plugin, 0o644)
+        server = self.start_server(server_config(plugins=[{"path": plugin, "config": {"path": path}}],
+                                                 user="nobody"))
+        body = from_heavy_body(300 * 1024)  # several pieces: a spool is needed
+        with smtplib.SMTP(HOST, server.port, timeout=30) as s:
+            s.sendmail("a@b.example", ["c@d.example"], body)
+        with open(path, "rb") as f:
+            messages = split_mbox(f.read())
+        self.assertEqual(len(messages), 1)
+        m = _FROM_LINE.match(messages[0])
+        headers = x_headers(peer_of(messages[0]), "a@b.example", ["c@d.example"])
+        self.assertEqual(messages[0][m.end():], expected_message(body, headers, mbox=True) + b"\n")
+        self.assertEqual(sorted(os.listdir(folder)), ["nobody"])
 
 
 if __name__ == "__main__":
