@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -45,6 +47,25 @@ public:
 private:
     int fd_ = -1;
 };
+
+/// write(2) all of `data` to `fd` (at its offset, or at the end for an O_APPEND file), again
+/// after EINTR and short writes; false with errno set on failure.
+inline bool write_all(int fd, std::string_view data)
+{
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return false;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return true;
+}
 
 /// strerror_r as a std::string (thread-safe).
 inline std::string errno_text(int err)
@@ -284,6 +305,50 @@ private:
     bool ended_with_eol_ = true;
     bool skip_lf_ = false; // the last piece ended with CR: an LF starting the next belongs to it
 };
+
+/// What a delivery plugin does with a DATA_CHUNK piece (ABI 1.2); see take_piece.
+enum class piece_step {
+    skip,  ///< a piece of a message missed earlier: nothing (DATA answers 451)
+    held,  ///< a message of one piece, kept in the stream's `held`: DATA's job takes it
+    write, ///< copy the piece and hand it to a worker, suspended until written
+};
+
+/// The hook side of a message taken in DATA_CHUNK pieces (ABI 1.2), shared by the plugins that
+/// stream into a file: which stream a piece belongs to, and what to do with it. The message
+/// lives in a transaction slot `Slot`, made from (std::shared_ptr<Stream>, Owner*) and holding
+/// it as `s`; a `Stream` is made from the headers to prepend (message_headers) and has the
+/// members `received`, `last_seen`, `missed`, `lock` and `held`. A first piece (or one after a
+/// finished message: the envelope outlives a DATA refused after its pieces) starts a new
+/// stream; replacing the slot lets go of the older one. A gap in the pieces (the host should
+/// never leave one) replaces the stream by a missed one, so that DATA answers 451 and what was
+/// written goes now.
+template <class Slot, class Stream, class Owner>
+std::pair<Slot*, piece_step> take_piece(sdk::call& c, const sdk::data_args& args, Owner* owner)
+{
+    // message_size counts the bytes so far: equal to this piece's size on the first one.
+    const bool first = args.message_size == args.size;
+    Slot* slot = c.find_slot<Slot>(sdk::scope::txn);
+    if (first || !slot || slot->s->last_seen) {
+        slot = &c.emplace_slot<Slot>(sdk::scope::txn, std::make_shared<Stream>(message_headers(c)), owner);
+        slot->s->missed = !first;
+    }
+    if (!slot->s->missed && slot->s->received + args.size != args.message_size) {
+        slot = &c.emplace_slot<Slot>(sdk::scope::txn, std::make_shared<Stream>(std::string()), owner);
+        slot->s->missed = true;
+    }
+    Stream& st = *slot->s;
+    st.received = args.message_size;
+    st.last_seen = args.last_chunk();
+    if (st.missed)
+        return {slot, piece_step::skip};
+    if (first && st.last_seen) {
+        // A message of one piece (most are): one trip to a worker (DATA's) instead of two.
+        std::lock_guard<std::mutex> lock(st.lock);
+        st.held.assign(args.content());
+        return {slot, piece_step::held};
+    }
+    return {slot, piece_step::write};
+}
 
 } // namespace asiosmtpd::plugins
 

@@ -85,21 +85,6 @@ std::string maildir_host()
     return out;
 }
 
-bool write_all(int fd, std::string_view data)
-{
-    std::size_t done = 0;
-    while (done < data.size()) {
-        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return false;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
 // A file in tmp/ being written; removed on destruction unless release()d (renamed away).
 class tmp_file {
 public:
@@ -211,33 +196,9 @@ public:
     // suspended until it is (backpressure, and the order of the pieces).
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
-        // message_size counts the bytes so far: equal to this piece's size on the first one.
-        const bool first = args.message_size == args.size;
-        txn_stream* slot = c.find_slot<txn_stream>(sdk::scope::txn);
-        if (first || !slot || slot->s->last_seen) {
-            // A new message (the envelope outlives a DATA refused after its pieces, e.g. by
-            // strict ASCII): a new file. Replacing the slot lets go of an older one.
-            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(ap::message_headers(c)), this);
-            slot->s->missed = !first;
-        }
-        stream& st = *slot->s;
-        if (!st.missed && st.received + args.size != args.message_size) {
-            // A gap: the file would lack bytes. DATA answers 451; the file goes now.
-            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(std::string()), this);
-            slot->s->missed = true;
-        }
-        stream& cur = *slot->s;
-        cur.received = args.message_size;
-        cur.last_seen = args.last_chunk();
-        if (cur.missed)
+        const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
+        if (step != ap::piece_step::write)
             return sdk::verdict::continue_;
-        if (first && cur.last_seen) {
-            // A message of one piece (most are): DATA's job creates, writes and delivers it,
-            // one trip to a worker instead of two. It holds no more than a piece would.
-            std::lock_guard<std::mutex> lock(cur.lock);
-            cur.held.assign(args.content());
-            return sdk::verdict::continue_;
-        }
         const std::uint64_t session = c.session().id;
         std::string copy(args.content()); // the piece's bytes die when this hook returns
         pool_->post(job{job::kind::piece, c.suspend(), std::move(copy), slot->s, session});
@@ -379,7 +340,7 @@ private:
         std::string name;
         if (const int err = create(file, name); err != 0)
             return fail(j, "cannot create tmp/" + name, err);
-        if (!write_all(file.fd(), j.bytes)) {
+        if (!ap::write_all(file.fd(), j.bytes)) {
             const int err = errno;
             file.remove();
             return fail(j, "cannot write tmp/" + name, err);
@@ -412,7 +373,7 @@ private:
         }
         st.out.clear();
         st.preparer.feed(j.bytes, st.out);
-        if (!write_all(st.file.fd(), st.out)) {
+        if (!ap::write_all(st.file.fd(), st.out)) {
             const int err = errno;
             return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
         }
@@ -436,7 +397,7 @@ private:
         st.preparer.feed(st.held, st.out);
         st.held = std::string();
         st.preparer.finish(st.out);
-        if (!write_all(st.file.fd(), st.out)) {
+        if (!ap::write_all(st.file.fd(), st.out)) {
             const int err = errno;
             return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
         }

@@ -79,42 +79,6 @@ std::string folder_of(const std::string& path)
     return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// write(2) all of `data` at the file offset; false with errno set on failure.
-bool write_all(int fd, std::string_view data)
-{
-    std::size_t done = 0;
-    while (done < data.size()) {
-        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                errno = EIO;
-            return false;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-// write(2) all of `data` to `fd` (opened O_APPEND: at its end); false with errno set on failure.
-bool append_all(int fd, std::string_view data)
-{
-    std::size_t done = 0;
-    while (done < data.size()) {
-        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                errno = EIO;
-            return false;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
 // The first `size` bytes of `in` appended to `out`, in 64 KiB blocks. False with errno set on
 // failure.
 bool copy_spool(int in, std::uint64_t size, int out)
@@ -132,7 +96,7 @@ bool copy_spool(int in, std::uint64_t size, int out)
                 errno = EIO;
             return false;
         }
-        if (!append_all(out, std::string_view(buf.data(), static_cast<std::size_t>(n))))
+        if (!ap::write_all(out, std::string_view(buf.data(), static_cast<std::size_t>(n))))
             return false;
         in_off += n;
     }
@@ -192,37 +156,13 @@ public:
     mbox& operator=(const mbox&) = delete;
     ~mbox() { pool_.reset(); }
 
-    // ABI 1.2: the next piece of the message. Copied, then prepared and spooled by a worker;
-    // the hook stays suspended until it is (backpressure, and the order of the pieces).
+    // ABI 1.2: the next piece of the message. Copied, then prepared and spooled by a worker; the hook stays
+    // suspended until it is (backpressure, and the order of the pieces).
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
-        // message_size counts the bytes so far: equal to this piece's size on the first one.
-        const bool first = args.message_size == args.size;
-        txn_stream* slot = c.find_slot<txn_stream>(sdk::scope::txn);
-        if (first || !slot || slot->s->last_seen) {
-            // A new message (the envelope outlives a DATA refused after its pieces): a new
-            // spool. Replacing the slot lets go of an older one.
-            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(ap::message_headers(c)), this);
-            slot->s->missed = !first;
-        }
-        stream& st = *slot->s;
-        if (!st.missed && st.received + args.size != args.message_size) {
-            // A gap: the spool would lack bytes. DATA answers 451; the spool goes now.
-            slot = &c.emplace_slot<txn_stream>(sdk::scope::txn, std::make_shared<stream>(std::string()), this);
-            slot->s->missed = true;
-        }
-        stream& cur = *slot->s;
-        cur.received = args.message_size;
-        cur.last_seen = args.last_chunk();
-        if (cur.missed)
+        const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
+        if (step != ap::piece_step::write)
             return sdk::verdict::continue_;
-        if (first && cur.last_seen) {
-            // A message of one piece (most are): DATA's job appends it, one trip to a worker
-            // instead of two, and no spool. It holds no more than a piece would.
-            std::lock_guard<std::mutex> lock(cur.lock);
-            cur.held.assign(args.content());
-            return sdk::verdict::continue_;
-        }
         const std::uint64_t session = c.session().id;
         std::string copy(args.content()); // the piece's bytes die when this hook returns
         pool_->post(job{job::kind::piece, c.suspend(), std::move(copy), slot->s, session});
@@ -359,7 +299,7 @@ private:
         }
         st.out.clear();
         st.preparer.feed(j.bytes, st.out);
-        if (!write_all(st.spool.get(), st.out))
+        if (!ap::write_all(st.spool.get(), st.out))
             return fail_stream(j, st, "cannot write the spool file", errno);
         st.spooled += st.out.size();
         j.pending.complete(sdk::verdict::continue_); // later plugins get the piece too
@@ -420,11 +360,11 @@ private:
             // A previous writer that did not end with a line end: start on a new line.
             char last = '\n';
             if (::pread(fd.get(), &last, 1, start - 1) == 1 && last != '\n')
-                ok = append_all(fd.get(), "\n");
+                ok = ap::write_all(fd.get(), "\n");
         }
-        ok = ok && append_all(fd.get(), head);
+        ok = ok && ap::write_all(fd.get(), head);
         ok = ok && (spool < 0 || copy_spool(spool, spooled, fd.get()));
-        ok = ok && append_all(fd.get(), tail);
+        ok = ok && ap::write_all(fd.get(), tail);
         if (!ok) {
             const int err = errno;
             // Take the partial message back, so that readers never see half of one.

@@ -4,6 +4,7 @@
 // paths (a host without DATA_CHUNK; another DATA hook that takes no pieces). First, the
 // streaming message_preparer of delivery_common.hpp against prepare_message at every cut.
 #include "../../../plugins/maildir/delivery_common.hpp"
+#include "abi11_host.hpp"
 #include "file_helpers.hpp"
 
 #include <asiosmtpd/testkit.hpp>
@@ -352,62 +353,16 @@ TEST(maildir_streaming, a_gap_in_the_pieces_answers_451)
 
 // ---- a host without DATA_CHUNK (ABI 1.0/1.1): the table refuses the hook ------------------
 
-struct old_host_state {
-    asiosmtpd_entry_fn real_entry = nullptr;
-    asiosmtpd_plugin_descriptor desc{};
-    asiosmtpd_host_api api{};
-    asiosmtpd_status (*real_register)(asiosmtpd_registrar*, asiosmtpd_hook_id, asiosmtpd_hook_fn) = nullptr;
-};
-old_host_state old_host;
-
-asiosmtpd_status old_register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook, asiosmtpd_hook_fn fn)
-{
-    if (hook == ASIOSMTPD_HOOK_DATA_CHUNK)
-        return ASIOSMTPD_E_UNSUPPORTED; // what a 1.1 host answers for a hook it does not know
-    return old_host.real_register(reg, hook, fn);
-}
-
-asiosmtpd_status old_create(const asiosmtpd_host_api* api, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg, void** out,
-                            asiosmtpd_errbuf* err)
-{
-    old_host.api = *api;
-    old_host.api.abi_minor = 1;
-    old_host.real_register = api->register_hook;
-    old_host.api.register_hook = &old_register_hook;
-    return old_host.real_entry()->create(&old_host.api, ctx, reg, out, err);
-}
-
-const asiosmtpd_plugin_descriptor* old_entry()
-{
-    old_host.desc = *old_host.real_entry();
-    old_host.desc.create = &old_create;
-    return &old_host.desc;
-}
-
-struct library {
-    explicit library(const std::string& path) : handle(::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)) {}
-    ~library()
-    {
-        if (handle)
-            ::dlclose(handle);
-    }
-    library(const library&) = delete;
-    library& operator=(const library&) = delete;
-    void* handle;
-};
-
 TEST(maildir_streaming, a_host_without_data_chunk_gets_whole_messages)
 {
     temp_dir t;
     const std::string md = t.path + "/Maildir";
-    library lib(maildir_so); // outlives the host, which destroys the instance first
+    asiosmtpd::test::library lib(maildir_so); // outlives the host, which destroys the instance first
     ASSERT_NE(lib.handle, nullptr) << ::dlerror();
-    old_host = old_host_state{};
-    old_host.real_entry = reinterpret_cast<asiosmtpd_entry_fn>(::dlsym(lib.handle, "asiosmtpd_plugin_entry_v1"));
-    ASSERT_NE(old_host.real_entry, nullptr);
+    ASSERT_TRUE(asiosmtpd::test::abi11::load(lib));
     tk::host h;
     h.data_chunk_size = 100;
-    h.add(&old_entry, tk::node::map({{"path", md}}));
+    h.add(&asiosmtpd::test::abi11::entry, tk::node::map({{"path", md}}));
     EXPECT_EQ(h.hook_count(ASIOSMTPD_HOOK_DATA_CHUNK), 0u);
     EXPECT_TRUE(h.logged("each message is taken whole"));
     auto s = h.open("192.0.2.1", 40000);
