@@ -532,7 +532,7 @@ void reader::read_server(const item& it, server_settings& s)
         it, {"hostname", "ident", "listen", "data_size_limit", "command_size_limit",
              "enable_smtputf8", "decode_data", "require_starttls", "auth_required",
              "auth_require_tls", "auth_max_failures", "auth_failure_delay", "advertise_pipelining", "command_call_limit", "timeout",
-             "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level",
+             "data_min_rate", "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level",
              "user", "group", "allow_root"});
 
     if (const item* f = m.find("hostname"); f != nullptr && !f->value.IsNull()) {
@@ -588,6 +588,8 @@ void reader::read_server(const item& it, server_settings& s)
         s.command_call_limit = read_call_limits(*f);
     if (const item* f = m.find("timeout"))
         s.timeout = read_seconds(*f, false);
+    if (const item* f = m.find("data_min_rate"))
+        s.data_min_rate = read_uint(*f, 0, 1ull << 40);
     if (const item* f = m.find("auth_max_failures"))
         s.auth_max_failures = static_cast<std::uint32_t>(read_uint(*f, 0, 1000000));
     if (const item* f = m.find("auth_failure_delay"))

@@ -85,6 +85,7 @@ struct server_settings {
     bool advertise_pipelining = false;
     call_limits command_call_limit;
     double timeout = 300;                        // seconds, > 0
+    std::uint64_t data_min_rate = 500;           // bytes/s a message must keep up over each timeout window
     double tls_handshake_timeout = 30;           // seconds, > 0
     double proxy_protocol_timeout = 10;          // seconds to receive a PROXY header, > 0
     std::uint32_t max_connections = 10000;       // >= 1

@@ -108,6 +108,28 @@ void session::arm(std::chrono::steady_clock::duration d)
 
 void session::disarm() { deadline_ = std::chrono::steady_clock::time_point::max(); }
 
+// The idle timeout bounds the time to receive one whole unit of input (a command line, an AUTH
+// line), as aiosmtpd's per-line read does, counted from when the session starts waiting for
+// it: bytes that arrive without completing it do not push the deadline back (slowloris). A
+// message is bounded by a rate instead (data_rate_ok), so that a large message on a slow but
+// honest link is not cut off.
+void session::restart_read_clock()
+{
+    progress_seen_ = engine_.progress();
+    window_bytes_ = 0;
+    window_start_ = std::chrono::steady_clock::now();
+    arm(ctx_->idle_timeout);
+}
+
+// At the deadline, during DATA: did the window bring data_min_rate bytes per second (at least
+// one byte)? Then the client may go on for another window.
+bool session::data_rate_ok(std::chrono::steady_clock::time_point now) const noexcept
+{
+    if (!engine_.reading_data() || window_bytes_ == 0) return false;
+    const double seconds = std::chrono::duration<double>(now - window_start_).count();
+    return static_cast<double>(window_bytes_) >= static_cast<double>(ctx_->data_min_rate) * seconds;
+}
+
 // The only place that decides a session is idle: it may cancel the socket, never write. A plain
 // completion handler, not a coroutine: an idle session holds one timer wait, not a second frame.
 void session::start_watchdog()
@@ -119,13 +141,21 @@ void session::start_watchdog()
 void session::on_watchdog()
 {
     if (finished_) return;
-    if (std::chrono::steady_clock::now() < deadline_) return start_watchdog();  // re-armed meanwhile
+    const auto now = std::chrono::steady_clock::now();
+    if (now < deadline_) return start_watchdog();  // re-armed meanwhile
     boost::system::error_code ignored;
+    if (!timed_out_ && data_rate_ok(now)) {
+        window_bytes_ = 0;
+        window_start_ = now;
+        deadline_ = now + ctx_->idle_timeout;
+        return start_watchdog();
+    }
     if (!timed_out_) {
+        too_slow_ = engine_.reading_data();
         // Idle: the session loop sees operation_aborted and sends the 421 (design.md §5 Q1). A
         // client that does not read gets close_grace, then the socket is closed.
         timed_out_ = true;
-        deadline_ = std::chrono::steady_clock::now() + ctx_->close_grace;
+        deadline_ = now + ctx_->close_grace;
         socket_.cancel(ignored);
         return start_watchdog();
     }
@@ -313,6 +343,7 @@ asio::awaitable<void> session::run()
             end_reason_ = "client closed";
             break;
         }
+        if (engine_.progress() != progress_seen_) restart_read_clock();  // waiting for the next line
         boost::system::error_code ec;
         std::size_t n = 0;
         if (tls_) {
@@ -333,7 +364,8 @@ asio::awaitable<void> session::run()
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {
                 engine_.timed_out();
-                end_reason_ = "timeout";
+                end_reason_ = too_slow_ ? fmt::format("timeout (message data slower than {} bytes/s)", ctx_->data_min_rate)
+                                        : std::string("timeout");
             }
             continue;  // forced_ or stop_requested_: decided at the top of the loop
         }
@@ -341,7 +373,7 @@ asio::awaitable<void> session::run()
             end_reason_ = ec == asio::error::eof ? "client closed" : fmt::format("read failed: {}", ec.message());
             break;
         }
-        arm(ctx_->idle_timeout);
+        window_bytes_ += n;
         engine_.commit(n);
         if (auto t = engine_.take_transaction()) log_transaction(*t);
         end_transaction_slots();
@@ -546,7 +578,7 @@ asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::
                 log::info("session={} event=hook_cancelled plugin={} hook={} reason=\"{}\"", id_, call.owner->name,
                           hook_name(static_cast<proto::hook_kind>(call.hook)), end_reason_);
             }
-            arm(ctx_->idle_timeout);
+            restart_read_clock();  // the plugin's time is not the client's
         }
         plugin::cancel(call.token);  // from here on, complete() answers E_GONE
     }

@@ -43,6 +43,9 @@ struct listener_context {
     std::chrono::milliseconds auth_failure_delay{1000};
     bool proxy_protocol = false;                      ///< a PROXY header comes first
     std::chrono::milliseconds proxy_timeout{10000};
+    /// While a message arrives, each idle_timeout window must bring at least this many bytes
+    /// per second (0: at least one byte); slower is a timeout.
+    std::uint64_t data_min_rate = 500;
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view {
@@ -97,6 +100,8 @@ private:
     void run_session_close_hooks() noexcept;
     void arm(std::chrono::steady_clock::duration d);
     void disarm();
+    void restart_read_clock();
+    bool data_rate_ok(std::chrono::steady_clock::time_point now) const noexcept;
     bool at_command_boundary() const noexcept;
 
     // What only some sessions need lives behind a pointer: an idle plaintext session is small
@@ -116,6 +121,11 @@ private:
     std::uint64_t slots_serial_ = 0;
     asio::steady_timer watchdog_timer_;
     std::chrono::steady_clock::time_point deadline_;
+    // The read clock (restart_read_clock): the engine progress the idle deadline was armed
+    // for, and the bytes read since the current window started (DATA's minimum rate).
+    std::uint64_t progress_seen_ = 0;
+    std::uint64_t window_bytes_ = 0;
+    std::chrono::steady_clock::time_point window_start_{};
     std::shared_ptr<asio::steady_timer> hook_waiter_;  ///< set while a PENDING hook is awaited
     const std::uint64_t id_;
     std::string peer_address_;
@@ -132,6 +142,7 @@ private:
     std::string_view decided_by_;
     std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
+    bool too_slow_ = false;     ///< the timeout was DATA's minimum rate (for the log)
     bool finished_ = false;
     bool client_gone_ = false;  ///< the client left while a hook was suspended: no more replies
     bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads

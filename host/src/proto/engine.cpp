@@ -350,6 +350,7 @@ bool engine::step_command()
     // command_size_limit: "Command line too long" either way.
     const auto line = next_line(std::max(settings_.data_line_limit, settings_.command_size_limit + 38));
     if (!line) return false;
+    ++progress_;
     if (line->too_long) reply(replies::line_too_long);
     else handle_line(line->text);
     return true;
@@ -847,6 +848,7 @@ void engine::summarize(std::size_t reply_start)
 
 void engine::end_of_data()
 {
+    ++progress_;
     phase_ = phase::command;
     if (data_error_ == data_error::too_long || data_error_ == data_error::too_much) {
         const bool too_long = data_error_ == data_error::too_long;
@@ -1053,6 +1055,7 @@ bool engine::step_auth()
 {
     const auto line = next_line(settings_.data_line_limit);
     if (!line) return false;
+    ++progress_;
     phase_ = phase::command;
     if (line->too_long) {
         auth_end();

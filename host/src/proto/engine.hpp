@@ -197,6 +197,13 @@ public:
     {
         return phase_ == phase::command && !waiting_ && envelope_.mail_from.empty() && end_ == pos_;
     }
+    /// Changes each time the engine has read a whole unit of client input: a command line, an
+    /// AUTH response line, or a message up to its final dot. The host's timeout bounds the time
+    /// from one change to the next, whatever partial input arrives meanwhile (a client that
+    /// trickles a line byte by byte does not keep its session alive).
+    [[nodiscard]] std::uint64_t progress() const noexcept { return progress_; }
+    /// Reading message data (between the 354 reply and the final dot).
+    [[nodiscard]] bool reading_data() const noexcept { return phase_ == phase::data; }
     /// Bytes buffered but not yet processed (pipelined input waiting behind a hook).
     [[nodiscard]] std::size_t buffered() const noexcept { return end_ - pos_; }
     /// If nothing is buffered, give back a receive buffer larger than `keep` bytes (a session
@@ -307,6 +314,7 @@ private:
     std::map<std::string, std::uint32_t, std::less<>> calls_;
     std::uint64_t transactions_ = 0;
     std::uint64_t envelope_serial_ = 0;
+    std::uint64_t progress_ = 0;
 
     std::optional<transaction_summary> finished_;
 

@@ -91,6 +91,7 @@ void expect_default_server(const server_settings& s)
     EXPECT_FALSE(s.command_call_limit.enabled);
     EXPECT_TRUE(s.command_call_limit.per_verb.empty());
     EXPECT_EQ(s.timeout, 300);
+    EXPECT_EQ(s.data_min_rate, 500u);
     EXPECT_EQ(s.tls_handshake_timeout, 30);
     EXPECT_EQ(s.max_connections, 10000u);
     EXPECT_EQ(s.workers, 0u);
@@ -361,6 +362,9 @@ TEST(config_errors, seconds)
               R"(t.yaml:2: server.timeout: expected seconds > 0 and <= 31536000, got "1e300")");
     EXPECT_EQ(error_of("server:\n  shutdown_grace: -1\n"),
               R"(t.yaml:2: server.shutdown_grace: expected seconds >= 0 and <= 31536000, got "-1")");
+    EXPECT_EQ(error_of("server:\n  data_min_rate: -5\n"),
+              R"(t.yaml:2: server.data_min_rate: expected an integer 0..1099511627776, got "-5")");
+    EXPECT_EQ(parse_text("server:\n  data_min_rate: 0\n").server.data_min_rate, 0u);
     EXPECT_EQ(error_of("plugins:\n  - name: sink\n    timeout: 0\n"),
               R"(t.yaml:3: plugins[0].timeout: expected seconds > 0 and <= 31536000, got "0")");
 }

@@ -300,6 +300,55 @@ TEST(engine, quit_hook_reply_then_close)
     EXPECT_TRUE(e.close_requested());
 }
 
+// The host's timeout clock (slowloris): progress() moves only when a whole command line, AUTH
+// line or message has been read, never for bytes that leave it incomplete.
+TEST(engine, progress_moves_per_whole_line_and_message_not_per_byte)
+{
+    const settings s = base_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    const std::uint64_t start = e.progress();
+    for (const char c : std::string("EHLO client.example")) {
+        e.receive(std::string_view(&c, 1));
+        EXPECT_EQ(e.progress(), start);
+    }
+    e.receive("\r\n");
+    EXPECT_EQ(e.progress(), start + 1);
+    e.receive("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");  // pipelined
+    EXPECT_EQ(e.progress(), start + 4);
+    EXPECT_TRUE(e.reading_data());
+    e.receive("Subject: x\r\n\r\nbody\r\n");
+    EXPECT_EQ(e.progress(), start + 4);  // message lines are not units: the rate bounds them
+    e.receive(".\r");
+    EXPECT_EQ(e.progress(), start + 4);
+    e.receive("\n");
+    EXPECT_EQ(e.progress(), start + 5);
+    EXPECT_FALSE(e.reading_data());
+    take(e);
+    e.receive("NOOP");
+    EXPECT_EQ(e.progress(), start + 5);
+    e.receive("\n");  // a bare LF ends a command line too
+    EXPECT_EQ(e.progress(), start + 6);
+}
+
+TEST(engine, progress_counts_auth_response_lines)
+{
+    settings s = base_settings();
+    s.auth_require_tls = false;
+    s.hook_mask = hook_bit(hook_kind::auth_check);
+    engine e(s);
+    e.start();
+    e.receive("EHLO c\r\nAUTH LOGIN\r\n");
+    take(e);
+    const std::uint64_t before = e.progress();
+    e.receive("YWxp");
+    EXPECT_EQ(e.progress(), before);
+    e.receive("Y2U=\r\n");
+    EXPECT_EQ(e.progress(), before + 1);
+    EXPECT_EQ(take(e), "334 UGFzc3dvcmQ6\r\n");
+}
+
 TEST(engine, idle_timeout_sends_421)
 {
     const settings s = base_settings();
