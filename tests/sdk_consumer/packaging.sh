@@ -66,13 +66,15 @@ deb)
   contents() { dpkg-deb -c "$1" | awk '{print $6}'; }
   for f in ./usr/bin/asiosmtpd ./usr/lib/asiosmtpd/plugins/sink.so ./usr/lib/asiosmtpd/plugins/debugging.so \
            ./usr/lib/asiosmtpd/plugins/ping.so ./etc/asiosmtpd/asiosmtpd.yaml \
-           ./usr/lib/systemd/system/asiosmtpd.service ./usr/share/doc/asiosmtpd/README.md; do
+           ./usr/lib/systemd/system/asiosmtpd.service ./usr/share/doc/asiosmtpd/README.md \
+           ./usr/share/doc/asiosmtpd/copyright ./usr/share/doc/asiosmtpd/LICENSE; do
     contents "$server" | grep -qx "$f" || fail "$server lacks $f"
   done
   for f in ./usr/include/asiosmtpd/plugin.h ./usr/include/asiosmtpd/plugin.hpp ./usr/include/asiosmtpd/testkit.hpp \
            ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp \
            ./usr/lib/cmake/asiosmtpd-sdk/asiosmtpd-sdkConfig.cmake ./usr/lib/cmake/asiosmtpd-sdk/AsiosmtpdPlugin.cmake \
            ./usr/lib/pkgconfig/asiosmtpd-sdk.pc ./usr/share/doc/asiosmtpd-dev/plugin-guide.md \
+           ./usr/share/doc/asiosmtpd-dev/copyright ./usr/share/doc/asiosmtpd-dev/LICENSE \
            ./usr/share/asiosmtpd-sdk/examples/async_policy/async_policy.cpp; do
     contents "$dev" | grep -qx "$f" || fail "$dev lacks $f"
   done
