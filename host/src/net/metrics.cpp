@@ -1,7 +1,7 @@
 #include "net/metrics.hpp"
 
 #include "log/log.hpp"
-#include "plugin/loader.hpp"
+#include "plugin/chain.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>

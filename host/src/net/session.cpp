@@ -31,33 +31,6 @@ constexpr std::size_t read_max = 256 * 1024;
 constexpr std::size_t idle_read = 128;
 std::atomic<std::uint64_t> next_session_id{1};
 
-// A hook that did not complete in time (not an ABI value).
-constexpr std::int32_t timed_out_verdict = -1000;
-
-std::string_view hook_name(proto::hook_kind k) noexcept
-{
-    switch (k) {
-    case proto::hook_kind::connect: return "CONNECT";
-    case proto::hook_kind::helo: return "HELO";
-    case proto::hook_kind::ehlo: return "EHLO";
-    case proto::hook_kind::mail: return "MAIL";
-    case proto::hook_kind::rcpt: return "RCPT";
-    case proto::hook_kind::data: return "DATA";
-    case proto::hook_kind::rset: return "RSET";
-    case proto::hook_kind::noop: return "NOOP";
-    case proto::hook_kind::quit: return "QUIT";
-    case proto::hook_kind::vrfy: return "VRFY";
-    case proto::hook_kind::unknown: return "UNKNOWN";
-    case proto::hook_kind::starttls: return "STARTTLS";
-    case proto::hook_kind::auth_check: return "AUTH_CHECK";
-    case proto::hook_kind::auth_mechanism: return "AUTH";
-    case proto::hook_kind::proxy: return "PROXY";
-    case proto::hook_kind::data_chunk: return "DATA_CHUNK";
-    case proto::hook_kind::command: return "COMMAND";
-    }
-    return "?";
-}
-
 } // namespace
 
 session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner)
@@ -543,240 +516,76 @@ void watch_client(tcp::socket& socket, bool tls, const std::shared_ptr<client_wa
 
 } // namespace
 
-asio::awaitable<std::int32_t> session::await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text)
+// Wait for the call `c` suspended: until complete() wakes us, the plugin's timeout, the client
+// leaving (client_gone_) or a forced shutdown. The chain decides what came of it.
+asio::awaitable<void> session::await_pending(const plugin::chain& c)
 {
-    const auto pending = call.pending;
+    const std::shared_ptr<plugin::pending_call>& pending = c.pending();
     auto timer = std::make_shared<asio::steady_timer>(socket_.get_executor());
     const auto wake = std::make_shared<waker>(socket_.get_executor(), timer);
     const waker_closer closer{wake};
-    bool done = false;
     {
         const std::lock_guard guard(pending->lock);
-        done = pending->done;
-        if (!done) pending->notify = [wake] { wake->wake(); };  // complete() may run on any thread
+        if (pending->done) co_return;
+        pending->notify = [wake] { wake->wake(); };  // complete() may run on any thread
     }
-    if (!done) {
-        // Replies already due go out now, not after the plugin's wait. One that cannot be
-        // written means the client is gone: nothing to wait for.
-        if (!co_await flush()) {
-            client_gone_ = !forced_;  // forced_: the shutdown cancelled the write, and ends the session
-        } else {
-            disarm();  // the plugin's own timeout bounds the wait, not the idle timer
-            hook_waiter_ = timer;
-            timer->expires_after(call.owner->timeout);
-            const auto watch = std::make_shared<client_watch>(timer);
-            watch_client(socket_, tls_ != nullptr, watch);
-            co_await timer->async_wait(nothrow);
-            hook_waiter_.reset();
-            watch->active = false;
-            boost::system::error_code ignored;
-            if (watch->peeking) socket_.cancel(ignored);  // the peek is the socket's only operation now
-            client_eof_ = watch->eof;
-            if (!watch->gone.empty()) {
-                client_gone_ = true;
-                end_reason_ = std::move(watch->gone);
-                log::info("session={} event=hook_cancelled plugin={} hook={} reason=\"{}\"", id_, call.owner->name,
-                          hook_name(static_cast<proto::hook_kind>(call.hook)), end_reason_);
-            }
-            restart_read_clock();  // the plugin's time is not the client's
-        }
-        plugin::cancel(call.token);  // from here on, complete() answers E_GONE
+    // Replies already due go out now, not after the plugin's wait. One that cannot be written
+    // means the client is gone: nothing to wait for.
+    if (!co_await flush()) {
+        client_gone_ = !forced_;  // forced_: the shutdown cancelled the write, and ends the session
+        co_return;
     }
-    const std::lock_guard guard(pending->lock);
-    pending->notify = nullptr;
-    // A client gone wins over a completion that came meanwhile: there is nobody to answer.
-    if (client_gone_ || !pending->done) co_return timed_out_verdict;
-    code = pending->code;
-    text = std::move(pending->text);
-    for (std::size_t i = 0; i < pending->rcpt_replies.size(); ++i) {
-        if (pending->rcpt_replies[i].first == 0) continue;
-        if (call.rcpt_replies.size() <= i) call.rcpt_replies.resize(i + 1);
-        call.rcpt_replies[i] = std::move(pending->rcpt_replies[i]);
+    disarm();  // the plugin's own timeout bounds the wait, not the idle timer
+    hook_waiter_ = timer;
+    timer->expires_after(c.timeout());
+    const auto watch = std::make_shared<client_watch>(timer);
+    watch_client(socket_, tls_ != nullptr, watch);
+    co_await timer->async_wait(nothrow);
+    hook_waiter_.reset();
+    watch->active = false;
+    boost::system::error_code ignored;
+    if (watch->peeking) socket_.cancel(ignored);  // the peek is the socket's only operation now
+    client_eof_ = watch->eof;
+    if (!watch->gone.empty()) {
+        client_gone_ = true;
+        end_reason_ = std::move(watch->gone);
+        log::info("session={} event=hook_cancelled plugin={} hook={} reason=\"{}\"", id_, c.plugin().name, c.hook(),
+                  end_reason_);
     }
-    co_return pending->verdict;
+    restart_read_clock();  // the plugin's time is not the client's
 }
 
-// The hook's arguments (plugin.h): one kind's struct at a time. Views point into the engine
-// and the session, which do not change while the hook runs.
-struct session::hook_args {
-    union {
-        asiosmtpd_connect_args connect;
-        asiosmtpd_helo_args helo;
-        asiosmtpd_address_args address;
-        asiosmtpd_data_args data;
-        asiosmtpd_command_args command;
-        asiosmtpd_proxy_args proxy;
-        asiosmtpd_auth_args auth;
-    };
-    std::vector<asiosmtpd_str> params;
-    std::string tlv_bytes;
-};
-
-const void* session::hook_arguments(const proto::hook_request& req, hook_args& a) const
-{
-    const auto str = [](std::string_view v) { return asiosmtpd_str{v.data(), v.size()}; };
-    switch (req.kind) {
-    case proto::hook_kind::connect:
-        a.connect = {sizeof a.connect, str(peer_address_), peer_port_, str(local_address_), local_port_};
-        return &a.connect;
-    case proto::hook_kind::helo:
-    case proto::hook_kind::ehlo:
-        a.helo = {sizeof a.helo, str(req.argument)};
-        return &a.helo;
-    case proto::hook_kind::mail:
-    case proto::hook_kind::rcpt:
-    case proto::hook_kind::vrfy:
-        for (const auto& p : req.params) a.params.push_back(str(p));
-        a.address = {sizeof a.address, str(req.argument), a.params.empty() ? nullptr : a.params.data(), a.params.size()};
-        return &a.address;
-    case proto::hook_kind::data:
-    case proto::hook_kind::data_chunk:
-        a.data = {};
-        a.data.struct_size = sizeof a.data;
-        a.data.content = req.streamed ? nullptr : reinterpret_cast<const std::uint8_t*>(req.content.data());
-        a.data.size = req.streamed ? 0 : req.content.size();
-        a.data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
-                       (ctx_->smtp.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
-                       (ctx_->smtp.decode_data && ctx_->smtp.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u) |
-                       (req.streamed ? ASIOSMTPD_DATA_STREAMED : 0u) |
-                       (req.kind == proto::hook_kind::data_chunk && req.last_chunk ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
-        a.data.message_size = req.content_size;
-        return &a.data;
-    case proto::hook_kind::noop:
-    case proto::hook_kind::unknown:
-    case proto::hook_kind::command:
-        a.command = {sizeof a.command, str(req.verb), str(req.argument), req.has_argument ? 1 : 0};
-        return &a.command;
-    case proto::hook_kind::auth_check:
-    case proto::hook_kind::auth_mechanism:
-        a.auth = {};
-        a.auth.struct_size = sizeof a.auth;
-        if (req.kind == proto::hook_kind::auth_check) {
-            a.auth.mechanism = str(req.argument);
-            a.auth.authzid = str(req.authzid);
-            a.auth.login = str(req.login);
-            a.auth.password = str(req.password);
-            a.auth.response = str({});
-        } else {
-            a.auth.mechanism = str(req.verb);
-            a.auth.authzid = a.auth.login = a.auth.password = str({});
-            a.auth.response = str(req.argument);
-            a.auth.has_response = req.has_argument ? 1 : 0;
-            a.auth.step = req.step;
-        }
-        return &a.auth;
-    case proto::hook_kind::proxy:
-        a.proxy = {};
-        a.proxy.struct_size = sizeof a.proxy;
-        if (proxy_) {
-            const proxy::header& h = proxy_->header;
-            for (const auto& t : h.tlvs) {
-                a.tlv_bytes.push_back(static_cast<char>(t.type));
-                a.tlv_bytes.push_back(static_cast<char>((t.value.size() >> 8) & 0xff));
-                a.tlv_bytes.push_back(static_cast<char>(t.value.size() & 0xff));
-                a.tlv_bytes += t.value;
-            }
-            a.proxy.version = h.version;
-            a.proxy.command = h.command;
-            a.proxy.family = h.family;
-            a.proxy.protocol = h.protocol;
-            a.proxy.src_address = str(h.src_address);
-            a.proxy.src_port = h.src_port;
-            a.proxy.dst_address = str(h.dst_address);
-            a.proxy.dst_port = h.dst_port;
-            a.proxy.tlvs = str(a.tlv_bytes);
-            a.proxy.proxy_address = str(proxy_->via);
-        }
-        return &a.proxy;
-    case proto::hook_kind::rset:
-    case proto::hook_kind::quit:
-    case proto::hook_kind::starttls: return nullptr;
-    }
-    return nullptr;
-}
-
-// After one entry of a chain answered: the result, its metric and log line. A value when the
-// chain ends here (a verdict, or an error), nothing when it goes on to the next plugin.
-std::optional<proto::hook_result> session::entry_done(const proto::hook_request& req, const plugin::hook_entry& entry,
-                                                      asiosmtpd_call& call, std::int32_t verdict, std::string& why,
-                                                      std::chrono::steady_clock::time_point started)
-{
-    proto::hook_result r = why.empty() ? plugin::to_result(verdict, call.code, std::move(call.text), why,
-                                                           req.kind == proto::hook_kind::auth_mechanism)
-                                       : proto::hook_result{proto::verdict::error, 0, {}, {}, {}, {}};
-    r.challenge = std::move(call.auth_challenge);
-    r.identity = std::move(call.auth_identity);
-    r.rcpt_replies = std::move(call.rcpt_replies);
-    const std::string_view hook = req.kind == proto::hook_kind::command ? std::string_view(req.verb) : hook_name(req.kind);
-    metrics::get().hook(entry.owner->name, hook, std::chrono::steady_clock::now() - started);
-    if (r.verdict != proto::verdict::none) decided_by_ = entry.owner->name;
-    if (r.verdict == proto::verdict::error) {
-        metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
-        log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, entry.owner->name,
-                  entry.owner->key, hook, why);
-        return r;
-    }
-    // A piece of the message goes to every plugin that takes pieces: ACCEPT goes on, as
-    // CONTINUE does (plugin.h, DATA_CHUNK); only a refusal ends the chain.
-    if (req.kind == proto::hook_kind::data_chunk && r.verdict == proto::verdict::accept) return std::nullopt;
-    if (r.verdict != proto::verdict::none) return r;
-    return std::nullopt;
-}
-
+// The plugins' chain for one request: the chain calls them; this awaits the suspended calls.
 asio::awaitable<proto::hook_result> session::run_chain(const proto::hook_request& req)
 {
-    decided_by_ = {};
-    const plugin::generation& gen = *ctx_->plugins;
-    hook_args a;
-    const void* const args = hook_arguments(req, a);
-    std::span<const plugin::hook_entry> chain;
-    if (req.kind == proto::hook_kind::command) chain = {&gen.commands.at(req.command_index).handler, 1};
-    else if (req.kind == proto::hook_kind::auth_mechanism) chain = {&gen.auth_mechanisms.at(req.command_index).handler, 1};
-    else chain = gen.hooks.at(static_cast<std::size_t>(req.kind));
-
-    for (const plugin::hook_entry& entry : chain) {
-        asiosmtpd_call call;
-        call.session = this;
-        call.hook = static_cast<std::int32_t>(req.kind);
-        const auto started = std::chrono::steady_clock::now();
-        std::int32_t verdict = plugin::invoke(entry, call, args);
-        call.active = false;
-        std::string why;
-        if (verdict == ASIOSMTPD_PENDING) {
-            if (!call.pending) {
-                why = "returned PENDING without suspend()";
-            } else {
-                verdict = co_await await_pending(call, call.code, call.text);
-                if (client_gone_) break;  // no reply: the session ends (run_hooks)
-                if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
-                    // From complete(), a challenge travels as the text (plugin.h).
-                    call.auth_challenge = std::move(call.text);
-                    call.text.clear();
-                    call.code = 0;
-                }
-                if (verdict == timed_out_verdict)
-                    why = forced_ ? "cancelled by shutdown"
-                                  : fmt::format("did not complete within {} ms", call.owner->timeout.count());
-            }
-        } else if (call.pending) {
-            plugin::cancel(call.token);
-            why = "suspended the call but returned a verdict";
+    plugin::chain c(*ctx_->plugins, req, *this, *this);
+    for (bool waiting = c.run(); waiting;) {
+        co_await await_pending(c);
+        if (client_gone_) {  // no reply: the session ends (run_hooks)
+            c.abandon();
+            co_return proto::hook_result{};
         }
-        if (auto r = entry_done(req, entry, call, verdict, why, started)) co_return std::move(*r);
+        waiting = c.resume(forced_ ? std::string("cancelled by shutdown")
+                                   : fmt::format("did not complete within {} ms", c.timeout().count()));
     }
-    co_return proto::hook_result{};
+    decided_by_ = c.decided_by();
+    co_return c.take_result();
+}
+
+// Each plugin's answer: its metric, and a log line when it failed.
+void session::answered(const plugin::instance& plugin, std::string_view hook, std::chrono::steady_clock::duration took,
+                       const proto::hook_result& r, std::string_view why)
+{
+    metrics::get().hook(plugin.name, hook, took);
+    if (r.verdict != proto::verdict::error) return;
+    metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
+    log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, plugin.name, plugin.key, hook,
+              why);
 }
 
 void session::run_session_close_hooks() noexcept
 {
-    if (!ctx_->plugins) return;
-    for (const plugin::hook_entry& entry : ctx_->plugins->hooks[ASIOSMTPD_HOOK_SESSION_CLOSE]) {
-        asiosmtpd_call call;
-        call.session = this;
-        call.hook = ASIOSMTPD_HOOK_SESSION_CLOSE;
-        (void)plugin::invoke(entry, call, nullptr);  // a notification: the verdict is ignored
-        call.active = false;
-    }
+    if (ctx_->plugins) plugin::notify(*ctx_->plugins, ASIOSMTPD_HOOK_SESSION_CLOSE, *this);
 }
 
 } // namespace asiosmtpd::net

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "config/config.hpp"
+#include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
 #include "proxy/parser.hpp"
@@ -48,7 +49,7 @@ struct listener_context {
     std::uint64_t data_min_rate = 500;
 };
 
-class session : public std::enable_shared_from_this<session>, public plugin::session_view {
+class session : public std::enable_shared_from_this<session>, public plugin::session_view, public plugin::chain_events {
 public:
     session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner);
     ~session() override;
@@ -72,7 +73,15 @@ public:
     {
         return tls_ ? tls_->info.peer_subject : std::string_view();
     }
+    [[nodiscard]] std::string_view local_address() const noexcept override { return local_address_; }
+    [[nodiscard]] std::uint16_t local_port() const noexcept override { return local_port_; }
+    [[nodiscard]] const proxy::header* proxy_header() const noexcept override { return proxy_ ? &proxy_->header : nullptr; }
+    [[nodiscard]] std::string_view proxy_via() const noexcept override { return proxy_ ? std::string_view(proxy_->via) : std::string_view(); }
     plugin::slots& data_slots() noexcept override;
+
+    // plugin::chain_events
+    void answered(const plugin::instance& plugin, std::string_view hook, std::chrono::steady_clock::duration took,
+                  const proto::hook_result& r, std::string_view why) override;
 
 private:
     asio::awaitable<bool> open();
@@ -89,14 +98,7 @@ private:
     asio::awaitable<bool> handshake();
     asio::awaitable<bool> read_proxy_header();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
-    // run_chain's synchronous parts, kept out of its coroutine frame: a frame over Asio's
-    // recycling limit (about 1 KiB) costs a malloc per hook call.
-    struct hook_args;
-    const void* hook_arguments(const proto::hook_request& req, hook_args& a) const;
-    std::optional<proto::hook_result> entry_done(const proto::hook_request& req, const plugin::hook_entry& entry,
-                                                 asiosmtpd_call& call, std::int32_t verdict, std::string& why,
-                                                 std::chrono::steady_clock::time_point started);
-    asio::awaitable<std::int32_t> await_pending(asiosmtpd_call& call, std::uint16_t& code, std::string& text);
+    asio::awaitable<void> await_pending(const plugin::chain& c);
     void run_session_close_hooks() noexcept;
     void arm(std::chrono::steady_clock::duration d);
     void disarm();

@@ -1,9 +1,11 @@
 // The host function table (asiosmtpd_host_api): what plugins may call. Every function checks
 // its arguments and state and answers with a status instead of trusting the plugin.
+#include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 
 #include "log/log.hpp"
 
+#include <asiosmtpd/reply_rules.hpp>
 #include <asiosmtpd/version.hpp>
 
 #include <algorithm>
@@ -240,8 +242,8 @@ asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str te
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
     // A refusal changes nothing but is remembered: a verdict given without a later accepted
     // reply costs the session 451 4.3.0 (invoke()), never a default reply the plugin did not mean.
-    if (std::string problem = reply_problem(code, view(text)); !problem.empty()) {
-        call->refused_reply = std::move(problem);
+    if (std::string problem = sdk::reply_problem(code, view(text)); !problem.empty()) {
+        call->refused_reply = fmt::format("set_reply() refused: {}", problem);
         return ASIOSMTPD_E_INVALID;
     }
     call->refused_reply.clear();
@@ -307,7 +309,7 @@ asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t cod
 {
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
     if (call->hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
-    std::string problem = reply_problem(code, view(text), false);
+    std::string problem = sdk::reply_problem(code, view(text), false);
     if (call->pending) {
         // Suspended already: suspend() moved the replies to the pending call, where complete()
         // decides on them with those of set_rcpt_reply_pending().
@@ -324,7 +326,7 @@ asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t cod
 
 asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, size_t index, uint16_t code, asiosmtpd_str text)
 {
-    std::string problem = reply_problem(code, view(text), false);
+    std::string problem = sdk::reply_problem(code, view(text), false);
     auto& t = table();
     const std::lock_guard guard(t.lock);
     const auto it = t.calls.find(token);
@@ -378,32 +380,6 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
     return ASIOSMTPD_OK;
 }
 
-// Why complete()'s verdict and reply cannot be used ("" when they can): the checks of
-// to_result(), made here too so that the plugin hears E_INVALID.
-std::string completion_problem(const pending_call& p, asiosmtpd_verdict verdict, uint16_t code, std::string_view text)
-{
-    switch (verdict) {
-    case ASIOSMTPD_CONTINUE:
-    case ASIOSMTPD_ACCEPT:
-    case ASIOSMTPD_REJECT:
-    case ASIOSMTPD_TEMPFAIL:
-    case ASIOSMTPD_REJECT_CLOSE:
-    case ASIOSMTPD_TEMPFAIL_CLOSE:
-        break;
-    case ASIOSMTPD_AUTH_CHALLENGE:
-        if (p.hook != auth_mechanism_call) return "AUTH_CHALLENGE outside an AUTH mechanism";
-        // The challenge travels as the text; the 334 line must fit once base64-encoded.
-        if (text.size() > 700) return fmt::format("AUTH challenge of {} bytes (at most 700)", text.size());
-        return {};
-    default:
-        return fmt::format("unknown verdict {}", verdict);
-    }
-    if (code == 0) return {};  // no reply: the verdict's default; the text is ignored
-    std::string why;
-    (void)to_result(verdict, code, std::string(text), why, false);
-    return why;
-}
-
 asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint16_t code, asiosmtpd_str text)
 {
     if (verdict == ASIOSMTPD_PENDING) return ASIOSMTPD_E_INVALID;  // the token stays valid
@@ -421,27 +397,21 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
         t.calls.erase(it);
         const std::lock_guard call_guard(p->lock);
         p->done = true;
-        if (std::string problem = completion_problem(*p, verdict, code, view(text)); !problem.empty()) {
+        if (std::string problem = verdict_problem(verdict, code, view(text), p->hook == auth_mechanism_call);
+            !problem.empty()) {
             // The call ends now as a plugin error (451 4.3.0 and a log line), rather than
             // waiting for the hook timeout: a C++ sdk::pending has given up its token already.
-            p->verdict = refused_verdict;
-            p->code = 0;
-            p->text = fmt::format("complete() refused: {}", problem);
-            p->rcpt_replies.clear();
+            p->refused = fmt::format("complete() refused: {}", problem);
             status = ASIOSMTPD_E_INVALID;
         } else if (!p->refused_rcpt_replies.empty()) {
             // A recipient's reply was refused and not replaced: the verdict would answer that
-            // recipient in its stead (a 250, say). A plugin error, as invoke() makes it.
-            p->verdict = refused_verdict;
-            p->code = 0;
-            p->text = std::move(p->refused_rcpt_replies.front().second);
-            p->rcpt_replies.clear();
+            // recipient in its stead (a 250, say). A plugin error, as on the hook's return.
+            p->refused = std::move(p->refused_rcpt_replies.front().second);
             status = ASIOSMTPD_E_INVALID;
-        } else {
-            p->verdict = verdict;
-            p->code = code;
-            p->text.assign(view(text));
         }
+        p->verdict = verdict;
+        p->code = code;
+        p->text.assign(view(text));
         notify = p->notify;
     }
     if (notify) notify();

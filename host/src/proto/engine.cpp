@@ -540,6 +540,7 @@ void engine::finish_hook(const hook_result& r)
         reply_for(r, replies::ok);
         return;
     case hook_kind::proxy:
+    case hook_kind::session_close:
         return;  // the session's business
     case hook_kind::auth_check:
     case hook_kind::auth_mechanism:

@@ -28,7 +28,9 @@ namespace asiosmtpd::proto {
 /// Hooks the engine may ask for; values match the ASIOSMTPD_HOOK_* ids of the SDK.
 enum class hook_kind : std::uint8_t {
     connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
-    quit = 9, vrfy = 10, unknown = 11, starttls = 13,
+    quit = 9, vrfy = 10, unknown = 11,
+    session_close = 12,  ///< run by the session when it ends, never asked by the engine
+    starttls = 13,
     auth_check = 14,     ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
     proxy = 15,          ///< run by the session, never asked by the engine (PROXY header)
     data_chunk = 16,     ///< the next piece of the unstuffed message, while it arrives
@@ -37,6 +39,33 @@ enum class hook_kind : std::uint8_t {
 };
 
 constexpr std::uint32_t hook_bit(hook_kind k) noexcept { return 1u << static_cast<unsigned>(k); }
+
+/// The one table of hook names, as logs and metrics show them ("COMMAND" stands for any
+/// plugin-registered verb; callers name those by their verb).
+constexpr std::string_view hook_name(hook_kind k) noexcept
+{
+    switch (k) {
+    case hook_kind::connect: return "CONNECT";
+    case hook_kind::helo: return "HELO";
+    case hook_kind::ehlo: return "EHLO";
+    case hook_kind::mail: return "MAIL";
+    case hook_kind::rcpt: return "RCPT";
+    case hook_kind::data: return "DATA";
+    case hook_kind::rset: return "RSET";
+    case hook_kind::noop: return "NOOP";
+    case hook_kind::quit: return "QUIT";
+    case hook_kind::vrfy: return "VRFY";
+    case hook_kind::unknown: return "UNKNOWN";
+    case hook_kind::session_close: return "SESSION_CLOSE";
+    case hook_kind::starttls: return "STARTTLS";
+    case hook_kind::auth_check: return "AUTH_CHECK";
+    case hook_kind::proxy: return "PROXY";
+    case hook_kind::data_chunk: return "DATA_CHUNK";
+    case hook_kind::auth_mechanism: return "AUTH";
+    case hook_kind::command: return "COMMAND";
+    }
+    return "?";
+}
 
 /// A verb added by a plugin (aiosmtpd's smtp_<VERB>).
 struct custom_command {
@@ -176,6 +205,9 @@ public:
     [[nodiscard]] bool close_requested() const noexcept { return closed_; }
     /// Why the engine asked to close ("quit", "timeout", ...), for logs.
     [[nodiscard]] std::string_view close_reason() const noexcept { return close_reason_; }
+
+    /// The settings the engine runs with.
+    [[nodiscard]] const settings& config() const noexcept { return settings_; }
 
     // --- session state, for the host API and logs ---
     [[nodiscard]] const std::string& helo_name() const noexcept { return host_name_; }

@@ -1,6 +1,7 @@
 // The loader and the host API against real plugin files (tests/fixtures/plugins and the
 // bundled plugins): what loads, what is refused and why, and hook calls through the ABI,
 // including a hook completed later from another thread. No sockets.
+#include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 
 #include <gtest/gtest.h>
@@ -151,7 +152,7 @@ TEST(hooks, scripted_reply_sees_what_the_host_passed)
     const called c = call_hook(gen->hooks[ASIOSMTPD_HOOK_MAIL].at(0), s, ASIOSMTPD_HOOK_MAIL, &args);
     EXPECT_EQ(c.verdict, ASIOSMTPD_REJECT);
     std::string why;
-    const proto::hook_result r = to_result(c.verdict, c.code, c.text, why);
+    const proto::hook_result r = judge(c.verdict, c.code, c.text, false, {}, why);
     EXPECT_EQ(r.verdict, proto::verdict::reject);
     EXPECT_EQ(r.text, "5.7.1 no a@b.c from 192.0.2.1:4242");
 }
@@ -169,13 +170,13 @@ TEST(hooks, an_exception_in_a_cpp_hook_becomes_a_451)
 TEST(hooks, nonsense_verdicts_and_mismatched_reply_classes_are_errors)
 {
     std::string why;
-    EXPECT_EQ(to_result(42, 0, {}, why).verdict, proto::verdict::error);
+    EXPECT_EQ(judge(42, 0, {}, false, {}, why).verdict, proto::verdict::error);
     EXPECT_NE(why.find("unknown verdict 42"), std::string::npos);
-    EXPECT_EQ(to_result(ASIOSMTPD_ACCEPT, 550, "x", why).verdict, proto::verdict::error);
-    EXPECT_EQ(to_result(ASIOSMTPD_REJECT, 451, "x", why).verdict, proto::verdict::error);
-    EXPECT_EQ(to_result(ASIOSMTPD_TEMPFAIL, 250, "x", why).verdict, proto::verdict::error);
-    EXPECT_EQ(to_result(ASIOSMTPD_TEMPFAIL_CLOSE, 421, "x", why).verdict, proto::verdict::tempfail_close);
-    EXPECT_EQ(to_result(ASIOSMTPD_CONTINUE, 250, "ignored", why).verdict, proto::verdict::none);
+    EXPECT_EQ(judge(ASIOSMTPD_ACCEPT, 550, "x", false, {}, why).verdict, proto::verdict::error);
+    EXPECT_EQ(judge(ASIOSMTPD_REJECT, 451, "x", false, {}, why).verdict, proto::verdict::error);
+    EXPECT_EQ(judge(ASIOSMTPD_TEMPFAIL, 250, "x", false, {}, why).verdict, proto::verdict::error);
+    EXPECT_EQ(judge(ASIOSMTPD_TEMPFAIL_CLOSE, 421, "x", false, {}, why).verdict, proto::verdict::tempfail_close);
+    EXPECT_EQ(judge(ASIOSMTPD_CONTINUE, 250, "ignored", false, {}, why).verdict, proto::verdict::none);
 }
 
 TEST(hooks, a_hook_completed_later_from_another_thread)
