@@ -5,7 +5,7 @@
 // map: a regular file, an ELF shared object for this machine, every loadable segment and the
 // dynamic section inside the file. This is not a defence against a crafted file (a plugin is
 // native code running in our process: its constructor can do worse); it turns an accidental
-// broken file into a refusal with a reason. Standard library and <elf.h> only.
+// broken file into a refusal with a reason. Standard library, <elf.h> and POSIX calls only.
 #pragma once
 
 #include <cstdint>
