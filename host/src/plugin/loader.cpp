@@ -3,6 +3,7 @@
 #include "plugin/loader.hpp"
 
 #include "log/log.hpp"
+#include "plugin/elf_check.hpp"
 
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
@@ -13,9 +14,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <thread>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -153,6 +157,69 @@ const fs::path& private_copies()
     return *dir;
 }
 
+// Copy the open `source` to `to` (a new file): at most the size it had when opened, so that a
+// file still being written cannot keep the copy going. A file that shrank meanwhile gives a
+// shorter copy, which the check of the copy then refuses. "" or why not.
+std::string copy_out(const plugin_file& source, const fs::path& to)
+{
+    const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
+    if (out < 0) return std::strerror(errno);
+    std::vector<char> buffer(64 * 1024);
+    std::uint64_t done = 0;
+    std::string why;
+    while (why.empty() && done < source.size()) {
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), source.size() - done));
+        const ssize_t got = ::pread(source.fd(), buffer.data(), want, static_cast<off_t>(done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) why = std::strerror(errno);
+        if (got <= 0) break;
+        for (ssize_t written = 0; why.empty() && written < got;) {
+            const ssize_t n = ::write(out, buffer.data() + written, static_cast<std::size_t>(got - written));
+            if (n > 0) written += n;
+            else if (n == 0) why = "nothing written";
+            else if (errno != EINTR) why = std::strerror(errno);
+        }
+        done += static_cast<std::uint64_t>(got);
+    }
+    if (::close(out) != 0 && why.empty()) why = std::strerror(errno);
+    return why;
+}
+
+// Check and load one plugin file. Whatever is at `file` must not end the process: ld.so maps a
+// truncated ELF's segments past the end of the file (SIGBUS on first touch), blocks on a FIFO
+// for ever; so the path is opened without blocking and refused unless it is a regular file,
+// and the ELF structure is checked (elf_check.hpp) on the exact bytes that dlopen() maps: the
+// private copy, which nobody else writes. The original gets the same look first, so that a
+// file that is no plugin at all is named without being copied.
+std::shared_ptr<library> open_checked(const fs::path& config_file, const fs::path& file, const std::string& key)
+{
+    static std::atomic<std::uint64_t> copies{0};
+    const auto refuse = [&](std::string_view why) { return refusal(config_file, key, file, why); };
+    const plugin_file source(file);
+    if (!source.problem().empty()) throw refuse(source.problem());
+    if (std::string why = elf_problem(source.fd(), source.size()); !why.empty()) throw refuse(why);
+    if (private_copies().empty()) {
+        // No private folder (no writable temp folder): the original is loaded as it is. It was
+        // checked just now; only a change in the moment between check and dlopen() gets past.
+        return open(config_file, file, key, file);
+    }
+    std::error_code ec;
+    const fs::path copy = private_copies() / fmt::format("{}.{}.so", file.stem().string(), ++copies);
+    std::shared_ptr<library> lib;
+    try {
+        if (std::string why = copy_out(source, copy); !why.empty())
+            throw refuse(fmt::format("cannot copy for loading: {}", why));
+        if (std::string why = elf_problem(copy); !why.empty()) throw refuse(why);
+        lib = open(config_file, copy, key, file);
+    } catch (...) {
+        fs::remove(copy, ec);
+        throw;
+    }
+    fs::remove(copy, ec);  // the mapping stays; nothing is left behind
+    lib->file = file;
+    return lib;
+}
+
 } // namespace
 
 // Generations end on this thread, never on the I/O thread whose session happened to hold the
@@ -229,30 +296,13 @@ void drain_retired()
 
 std::shared_ptr<const generation> load(const config::settings& s)
 {
-    static std::atomic<std::uint64_t> copies{0};
     janitor::get();  // constructed before the first generation: destroyed after the last one
     std::shared_ptr<generation> gen(new generation, [](generation* g) { janitor::get().retire(g); });
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
         auto inst = std::make_unique<instance>();
-        std::error_code exists_ec;
-        if (!private_copies().empty() && fs::is_regular_file(file, exists_ec)) {
-            std::error_code ec;
-            const fs::path copy = private_copies() / fmt::format("{}.{}.so", file.stem().string(), ++copies);
-            fs::copy_file(file, copy, fs::copy_options::overwrite_existing, ec);
-            if (ec) throw refusal(s.file, e.key, file, fmt::format("cannot copy for loading: {}", ec.message()));
-            try {
-                inst->lib = open(s.file, copy, e.key, file);
-            } catch (...) {
-                fs::remove(copy, ec);
-                throw;
-            }
-            fs::remove(copy, ec);  // the mapping stays; nothing is left behind
-            inst->lib->file = file;
-        } else {
-            inst->lib = open(s.file, file, e.key, file);
-        }
+        inst->lib = open_checked(s.file, file, e.key);
         inst->desc = inst->lib->desc;
         inst->name = inst->desc->name;
         inst->key = e.key;

@@ -103,7 +103,9 @@ std::vector<std::filesystem::path> search_dirs(const config::settings& s);
 /// Each file is loaded from a private copy (a 0700 folder of this process, unlinked once
 /// mapped): dlopen() of a path or inode already loaded returns the old code, so a plugin
 /// rebuilt in place would never change on reload, and a file overwritten in place would
-/// corrupt the running mapping.
+/// corrupt the running mapping. No file can end the process here: anything but a regular file
+/// (a FIFO, a directory, a device) is refused before it is opened for loading, and the copy's
+/// ELF structure is checked before dlopen() (elf_check.hpp: truncated, another machine...).
 std::shared_ptr<const generation> load(const config::settings& s);
 
 } // namespace asiosmtpd::plugin
