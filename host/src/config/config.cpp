@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <sstream>
 #include <system_error>
 
@@ -39,6 +40,38 @@ const node* node::get(std::string_view key) const noexcept
         if (keys[i] == key)
             return &items[i];
     return nullptr;
+}
+
+// The keys each section accepts: what the parser checks against, and what known_keys()
+// lists for the documentation test (docs/configuration.md documents every one).
+namespace keys {
+constexpr std::string_view top[] = {"server", "tls", "plugin_path", "plugins", "metrics"};
+constexpr std::string_view server[] = {
+    "hostname", "ident", "listen", "data_size_limit", "command_size_limit", "enable_smtputf8", "decode_data",
+    "require_starttls", "auth_required", "auth_require_tls", "auth_max_failures", "auth_failure_delay",
+    "advertise_pipelining", "command_call_limit", "timeout", "data_min_rate", "tls_handshake_timeout",
+    "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level", "user", "group",
+    "allow_root"};
+constexpr std::string_view listener[] = {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"};
+constexpr std::string_view tls[] = {"certificate", "private_key", "min_version", "ciphers", "ciphersuites",
+                                    "request_client_certificate"};
+constexpr std::string_view plugin[] = {"name", "path", "config", "timeout"};
+constexpr std::string_view metrics[] = {"listen"};
+} // namespace keys
+
+std::vector<std::string> known_keys()
+{
+    std::vector<std::string> all;
+    const auto add = [&all](std::string_view prefix, std::span<const std::string_view> names) {
+        for (const std::string_view n : names) all.push_back(std::string(prefix) + std::string(n));
+    };
+    add("", keys::top);
+    add("server.", keys::server);
+    add("server.listen[].", keys::listener);
+    add("tls.", keys::tls);
+    add("plugins[].", keys::plugin);
+    add("metrics.", keys::metrics);
+    return all;
 }
 
 namespace {
@@ -270,7 +303,7 @@ private:
         throw config_error(fmt::format("{}:{}: {}: {}", file_, at.line + 1, one_line(key), one_line(problem)));
     }
 
-    mapping open_map(const item& it, std::initializer_list<std::string_view> known) const;
+    mapping open_map(const item& it, std::span<const std::string_view> known) const;
     std::vector<item> open_sequence(const item& it, bool non_empty) const;
 
     bool read_bool(const item& it) const;
@@ -308,7 +341,7 @@ private:
     std::vector<YAML::Mark> listen_tls_marks_; // per listed listener: its `tls:` (or the item)
 };
 
-mapping reader::open_map(const item& it, std::initializer_list<std::string_view> known) const
+mapping reader::open_map(const item& it, std::span<const std::string_view> known) const
 {
     if (!it.value.IsMap())
         fail(it.mark, it.key, fmt::format("expected a mapping, got {}", describe(it.value)));
@@ -450,7 +483,7 @@ E reader::read_enum(const item& it, std::initializer_list<std::pair<std::string_
 
 listener reader::read_listener(const item& it)
 {
-    const mapping m = open_map(it, {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"});
+    const mapping m = open_map(it, keys::listener);
     listener l;
     if (const item* f = m.find("address")) {
         l.address = read_string(*f);
@@ -528,12 +561,7 @@ call_limits reader::read_call_limits(const item& it) const
 void reader::read_server(const item& it, server_settings& s)
 {
     constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
-    const mapping m = open_map(
-        it, {"hostname", "ident", "listen", "data_size_limit", "command_size_limit",
-             "enable_smtputf8", "decode_data", "require_starttls", "auth_required",
-             "auth_require_tls", "auth_max_failures", "auth_failure_delay", "advertise_pipelining", "command_call_limit", "timeout",
-             "data_min_rate", "tls_handshake_timeout", "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level",
-             "user", "group", "allow_root"});
+    const mapping m = open_map(it, keys::server);
 
     if (const item* f = m.find("hostname"); f != nullptr && !f->value.IsNull()) {
         s.hostname = read_string(*f);
@@ -661,8 +689,7 @@ void reader::read_run_as(const item* user, const item* group, server_settings& s
 
 reader::tls_section reader::read_tls(const item& it) const
 {
-    const mapping m = open_map(it, {"certificate", "private_key", "min_version", "ciphers", "ciphersuites",
-                                    "request_client_certificate"});
+    const mapping m = open_map(it, keys::tls);
     const item* cert = m.find("certificate");
     const item* key = m.find("private_key");
     if (cert == nullptr)
@@ -742,7 +769,7 @@ node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::str
 
 plugin_entry reader::read_plugin(const item& it) const
 {
-    const mapping m = open_map(it, {"name", "path", "config", "timeout"});
+    const mapping m = open_map(it, keys::plugin);
     plugin_entry p;
     p.key = it.key;
     const item* name = m.find("name");
@@ -791,7 +818,7 @@ void reader::read_document(const YAML::Node& root, settings& out)
 {
     if (!root.IsMap())
         fail(root.Mark(), "", fmt::format("expected a mapping, got {}", describe(root)));
-    const mapping m = open_map(item{root, root.Mark(), ""}, {"server", "tls", "plugin_path", "plugins", "metrics"});
+    const mapping m = open_map(item{root, root.Mark(), ""}, keys::top);
 
     // A null section (`server:` with everything below commented out) is as if absent.
     auto present = [&m](std::string_view name) -> const item* {
@@ -833,7 +860,7 @@ void reader::read_document(const YAML::Node& root, settings& out)
             out.plugins.push_back(read_plugin(e));
 
     if (const item* f = present("metrics")) {
-        const mapping mm = open_map(*f, {"listen"});
+        const mapping mm = open_map(*f, keys::metrics);
         metrics_settings ms;
         if (const item* l = mm.find("listen")) {
             // "address:port", split at the last colon ("[::1]:9125" or "::1:9125" for IPv6).

@@ -132,6 +132,11 @@ struct settings {
     std::optional<metrics_settings> metrics;     // absent: no metrics endpoint
 };
 
+/// Every key the parser accepts, as dotted paths: "server.timeout", "server.listen[].port",
+/// "plugins[].config" (a plugin's own `config:` keys are the plugin's). The documentation test
+/// checks that docs/configuration.md describes each.
+std::vector<std::string> known_keys();
+
 /// Parse and validate YAML text. `file` names it in errors; relative paths resolve against
 /// `base_dir`. Throws config_error.
 settings parse(std::string_view yaml_text, const std::filesystem::path& file,
