@@ -10,6 +10,8 @@
 // duplicate window and acks it as a duplicate.
 //
 // The wire encoding (version 1) is documented in README.md next to this file.
+#include "delivery_common.hpp"
+
 #include <asiosmtpd/plugin.hpp>
 #include <asiosmtpd/worker_pool.hpp>
 
@@ -141,14 +143,10 @@ bool subject_matches(const std::string& pattern, const std::string& subject)
     return p.size() == s.size();
 }
 
-// A header value: one line, no control characters (NATS headers are MIME-like lines).
-std::string header_value(std::string_view v)
-{
-    std::string out;
-    out.reserve(v.size());
-    for (const char ch : v) out += (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ? ' ' : ch;
-    return out;
-}
+// A header value: one line, no control characters (NATS headers are MIME-like lines: a CR or LF
+// would end the header and start one of the sender's choosing). Each control character is
+// written \xNN, as the other plugins write envelope text (delivery_common.hpp).
+std::string header_value(std::string_view v) { return asiosmtpd::plugins::escape_controls(v); }
 
 std::string utc_now()
 {

@@ -1,6 +1,7 @@
-// Shared by the delivery plugins (maildir, mbox, proxy): an owned file descriptor, errno texts,
-// config paths, and aiosmtpd's Message-handler preparation of a message for a mailbox. Their
-// worker threads (hooks never block, plugin.h T4) are the SDK's asiosmtpd/worker_pool.hpp.
+// Shared by the delivery plugins (maildir, mbox, proxy; jetstream for escape_controls): an owned
+// file descriptor, errno texts, config paths, envelope text made safe for a header or a line,
+// and aiosmtpd's Message-handler preparation of a message for a mailbox. Their worker threads
+// (hooks never block, plugin.h T4) are the SDK's asiosmtpd/worker_pool.hpp.
 // Header-only; compiled into each plugin (nothing here crosses the ABI).
 #ifndef ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
 #define ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
@@ -85,11 +86,60 @@ inline std::string resolve_path(std::string path, std::string_view config_dir)
     return path;
 }
 
+/// A control character: C0 (NUL, TAB, CR, LF, ...) or DEL. Bytes >= 0x80 (UTF-8) are not.
+constexpr bool is_control(char c) noexcept
+{
+    return static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) == 0x7F;
+}
+
+inline bool has_control(std::string_view s) noexcept
+{
+    for (const char c : s)
+        if (is_control(c))
+            return true;
+    return false;
+}
+
+/// Appends envelope text (an address, a MAIL parameter, a HELO name, a peer) to `out` so that it
+/// can go into a header or a line: each control character becomes `\xNN` (two lower-case hex
+/// digits: CR is `\x0d`, NUL `\x00`, TAB `\x09`), every other byte is kept, UTF-8 included.
+/// The server refuses addresses and parameters with control characters (553/501), so this
+/// changes nothing it hands over today; it is the defence for whatever else could hand a plugin
+/// such text (a plugin that rewrites the envelope, a host or test kit without that check, a
+/// HELO name). Why this encoding: a CR, LF or NUL as-is would end the header or line and start
+/// a forged one (X-MailFrom: "x\rX-RcptTo: ceo@..."); dropping them or writing '?' would make a
+/// different, valid-looking address ('?' is atext); an RFC 2047 encoded word would be decoded
+/// back into the CR by the mail reader. `\x0d` is plain printable ASCII, visibly not an
+/// address, and reads as Python's repr does (the debugging plugin prints aiosmtpd's repr()).
+inline void append_escaped(std::string& out, std::string_view s)
+{
+    static constexpr char hex[] = "0123456789abcdef";
+    for (const char c : s) {
+        if (!is_control(c)) {
+            out += c;
+            continue;
+        }
+        const auto u = static_cast<unsigned char>(c);
+        out += "\\x";
+        out += hex[u >> 4];
+        out += hex[u & 0xF];
+    }
+}
+
+/// escape_controls(s): append_escaped() into a new string.
+inline std::string escape_controls(std::string_view s)
+{
+    std::string out;
+    out.reserve(s.size());
+    append_escaped(out, s);
+    return out;
+}
+
 /// repr(session.peer) as aiosmtpd prints it: ('127.0.0.1', 40000), ('::1', 40000, 0, 0).
-/// (Addresses are plain ASCII: no escaping needed beyond what an IP literal can hold.)
+/// (The host's peer addresses are IP literals; control characters would be escaped anyway.)
 inline std::string python_peer_repr(std::string_view address, std::uint16_t port)
 {
-    std::string out = "('" + std::string(address) + "', " + std::to_string(port);
+    std::string out = "('" + escape_controls(address) + "', " + std::to_string(port);
     if (address.find(':') != std::string_view::npos)
         out += ", 0, 0";
     out += ")";
@@ -100,18 +150,20 @@ inline std::string python_peer_repr(std::string_view address, std::uint16_t port
 ///   X-Peer: ('127.0.0.1', 40000)
 ///   X-MailFrom: a@b.example
 ///   X-RcptTo: c@d.example, e@f.example
+/// Envelope values go through append_escaped(): a control character in one never ends the
+/// header (aiosmtpd writes them as they are).
 inline std::string message_headers(sdk::call& c)
 {
     const sdk::session_info s = c.session();
     std::string out = "X-Peer: " + python_peer_repr(s.peer_address, s.peer_port) + "\n";
     out += "X-MailFrom: ";
-    out += c.txn().mail_from;
+    append_escaped(out, c.txn().mail_from);
     out += "\nX-RcptTo: ";
     const auto rcpts = c.rcpts();
     for (std::size_t i = 0; i < rcpts.size(); ++i) {
         if (i)
             out += ", ";
-        out += rcpts[i];
+        append_escaped(out, rcpts[i]);
     }
     out += "\n";
     return out;

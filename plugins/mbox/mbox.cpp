@@ -52,16 +52,20 @@ constexpr std::string_view failure_text = "4.3.0 Requested action aborted: local
 constexpr std::size_t copy_block = 64 * 1024;
 
 // "From sender Thu Jan  1 00:00:00 1970\n" (UTC, asctime layout, as Python's mailbox.mbox).
+// The sender is one field of one line: blanks become '_', other control characters \xNN
+// (ap::append_escaped), so that a CR or LF never ends the line early.
 std::string from_line(std::string_view mail_from)
 {
-    std::string sender(mail_from);
-    if (sender.size() >= 2 && sender.front() == '<' && sender.back() == '>')
-        sender = sender.substr(1, sender.size() - 2);
-    if (sender.empty())
-        sender = "MAILER-DAEMON";
-    for (char& ch : sender)
+    std::string_view bare = mail_from;
+    if (bare.size() >= 2 && bare.front() == '<' && bare.back() == '>')
+        bare = bare.substr(1, bare.size() - 2);
+    std::string spaced(bare);
+    for (char& ch : spaced)
         if (ch == ' ' || ch == '\t')
             ch = '_';
+    std::string sender = ap::escape_controls(spaced);
+    if (sender.empty())
+        sender = "MAILER-DAEMON";
     const std::time_t now = std::time(nullptr);
     std::tm tm {};
     ::gmtime_r(&now, &tm);

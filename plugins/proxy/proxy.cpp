@@ -12,6 +12,12 @@
 //  - no recipient accepted: 451 when any refusal was temporary (4xx), else 550 (or the
 //    upstream's 5xx), listing every refusal;
 //  - MAIL or DATA refused: the upstream's reply (4xx → TEMPFAIL, 5xx → REJECT; 421 → 451).
+// An envelope address with a control character (CR, LF, NUL, ... DEL) is never sent: in
+// "MAIL FROM:<...>" or "RCPT TO:<...>" a CR LF would end the command and start one of the
+// client's choosing. The server refuses such addresses (553) before any plugin sees them; should
+// one arrive anyway (an envelope-rewriting plugin, a host without that check), a sender with one
+// rejects the message with 553 5.1.7 and a recipient with one is refused (553 5.1.3, listed like
+// the upstream's refusals) while the others are relayed; no connection is made for nothing.
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
@@ -429,6 +435,10 @@ outcome from_code(int upstream_code, std::string_view first, const std::vector<s
 
 std::string code_and_text(const reply& r) { return std::to_string(r.code) + " " + r.text(); }
 
+// Envelope addresses that are never sent upstream (a control character in them).
+constexpr std::string_view sender_refused = "5.1.7 Sender address has a control character, not relayed";
+constexpr std::string_view rcpt_refused = "553 5.1.3 Recipient address has a control character, not relayed";
+
 // RFC 5321 §4.1.1.1: the EHLO argument is a domain or an address literal; never anything that
 // could end the command early.
 bool valid_helo(std::string_view name)
@@ -508,10 +518,26 @@ public:
         const sdk::session_info s = c.session();
         job j;
         j.session = s.id;
-        j.data = smtp_data(insert_x_peer(args.content(), s.peer_address));
-        j.mail_from = std::string(c.txn().mail_from);
-        for (std::string_view r : c.rcpts())
-            j.rcpts.emplace_back(r);
+        const std::string_view mail_from = c.txn().mail_from;
+        if (ap::has_control(mail_from)) {
+            log_.warn("session=" + std::to_string(s.id) + " proxy: sender <" + ap::escape_controls(mail_from) +
+                      "> has a control character; not relayed");
+            return c.reject(553, sender_refused);
+        }
+        for (std::string_view r : c.rcpts()) {
+            if (ap::has_control(r))
+                j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
+            else
+                j.rcpts.emplace_back(r);
+        }
+        if (j.rcpts.empty() && !j.refused.empty()) {
+            for (const std::string& line : j.refused)
+                log_.warn("session=" + std::to_string(s.id) + " proxy: " + line);
+            const outcome o = from_code(553, "5.1.3 No recipient could be relayed", j.refused);
+            return c.reject(o.code, o.text);
+        }
+        j.data = smtp_data(insert_x_peer(args.content(), ap::escape_controls(s.peer_address)));
+        j.mail_from = std::string(mail_from);
         for (std::string_view p : c.mail_params())
             j.params.emplace_back(p);
         j.eight_bit = has_8bit(args.content());
@@ -526,7 +552,8 @@ private:
         std::uint64_t session = 0;
         std::string data; // dot-stuffed, CRLF, with the final "."
         std::string mail_from;
-        std::vector<std::string> rcpts;
+        std::vector<std::string> rcpts;    // the ones to relay
+        std::vector<std::string> refused;  // "refused <rcpt>: ..." for those never sent (control characters)
         std::vector<std::string> params;
         bool eight_bit = false;
     };
@@ -615,9 +642,9 @@ private:
             quit(conn);
             return from_code(m.code, "upstream refused the sender: " + code_and_text(m));
         }
-        std::vector<std::string> refusals;
+        std::vector<std::string> refusals = j.refused;
         bool any_temporary = false;
-        int first_permanent = 0;
+        int first_permanent = j.refused.empty() ? 0 : 553;
         std::size_t accepted = 0;
         for (const std::string& rcpt : j.rcpts) {
             const reply r = conn.command("RCPT TO:<" + rcpt + ">");

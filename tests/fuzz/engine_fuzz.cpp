@@ -13,7 +13,10 @@
 // Checked on every step: no crash or sanitizer report; output is whole reply lines
 // ("DDD-..."/"DDD ...", CRLF-terminated, no bare LF, a multi-line reply keeps its code); a
 // requested hook is one that has a chain; nothing is answered after close_requested(); without
-// a pending hook, unprocessed input stays below the line limit (no unbounded buffering).
+// a pending hook, unprocessed input stays below the line limit (no unbounded buffering); no
+// address or parameter the engine accepted (a MAIL/RCPT/VRFY hook's argument and parameters,
+// the envelope's mail_from, rcpt_tos and mail_options) holds a control character (C0 or DEL),
+// which a plugin could write into a header or a command line.
 #include "fuzz_check.hpp"
 #include "fuzz_input.hpp"
 #include "proto/engine.hpp"
@@ -92,6 +95,29 @@ hook_result make_result(std::uint8_t c)
     return r;
 }
 
+bool has_control(std::string_view s)
+{
+    return std::any_of(s.begin(), s.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u < 0x20 || u == 0x7f;
+    });
+}
+
+// What the engine accepted from MAIL/RCPT/VRFY: free of control characters.
+void check_no_control(const hook_request* h, const envelope& env)
+{
+    if (h && (h->kind == hook_kind::mail || h->kind == hook_kind::rcpt || h->kind == hook_kind::vrfy)) {
+        ASIOSMTPD_FUZZ_CHECK(!has_control(h->argument), "no control character in a hook's address");
+        for (const std::string& p : h->params)
+            ASIOSMTPD_FUZZ_CHECK(!has_control(p), "no control character in a hook's parameter");
+    }
+    ASIOSMTPD_FUZZ_CHECK(!has_control(env.mail_from), "no control character in the envelope's mail_from");
+    for (const std::string& r : env.rcpt_tos)
+        ASIOSMTPD_FUZZ_CHECK(!has_control(r), "no control character in the envelope's rcpt_tos");
+    for (const std::string& p : env.mail_options)
+        ASIOSMTPD_FUZZ_CHECK(!has_control(p), "no control character in the envelope's mail_options");
+}
+
 class checker {
 public:
     // Every reply line: three digits, then ' ' or '-' (or nothing), then CRLF; a '-' line is
@@ -160,6 +186,7 @@ struct session {
             ASIOSMTPD_FUZZ_CHECK(!check.in_multiline(), "the last reply before a close is complete");
             was_closed = true;
         }
+        check_no_control(e.pending_hook(), e.current_envelope());
         if (const hook_request* h = e.pending_hook()) {
             if (trace) print_escaped("hook " + std::to_string(static_cast<int>(h->kind)) + ": ", h->argument);
             ASIOSMTPD_FUZZ_CHECK((s.hook_mask & hook_bit(h->kind)) != 0, "only hooks with a chain are run");

@@ -260,9 +260,11 @@ class HugeMessageTest(AttackTestCase):
 
 class NulBytesTest(AttackTestCase):
     def test_nul_bytes_in_commands(self):
-        # NUL is an ordinary byte to aiosmtpd's parser: an unknown verb echoes it, a NUL in an
-        # address is kept (Python's header parser records a defect and goes on), so plugins see
-        # it (asiosmtpd_str has a size: C plugins must not treat addresses as C strings).
+        # NUL is an ordinary byte to aiosmtpd's parser: an unknown verb echoes it, a HELO name and
+        # the message keep it (asiosmtpd_str has a size: C plugins must not treat them as C
+        # strings). An address with a NUL, which aiosmtpd keeps too (Python's header parser
+        # records a defect and goes on), is refused like any control character
+        # (test_header_injection.py): the session goes on.
         server = self.start_server(server_config(plugins=["debugging"]))
         c = self.connect(server)
         self.assertEqual(c.reply(), [GREETING])
@@ -270,7 +272,8 @@ class NulBytesTest(AttackTestCase):
         self.assertEqual(c.reply(), ['500 Error: command "NO\x00OP" not recognized'])
         self.assertEqual(c.cmd("NOOP \x00"), ["250 OK"])
         self.assertEqual(c.cmd("HELO a\x00b"), [f"250 {HOSTNAME}"])
-        self.assertEqual(c.cmd("MAIL FROM:<a\x00b@c.example>"), ["250 OK"])
+        self.assertEqual(c.cmd("MAIL FROM:<a\x00b@c.example>"), ["553 5.1.3 Error: malformed address"])
+        self.assertEqual(c.cmd("MAIL FROM:<a@c.example>"), ["250 OK"])
         self.assertEqual(c.cmd("RCPT TO:<d@e.example>"), ["250 OK"])
         self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
         c.send(b"Subject: nul\r\n\r\na\x00b\r\n.\r\n")

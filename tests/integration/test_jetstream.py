@@ -247,6 +247,29 @@ class JetStreamTest(ServerTestCase):
         self.assertRegex(ids[0], r"^asiosmtpd-[0-9a-f]{16}-\d+$")
         self.assertIn("created stream MAIL", server.stderr())
 
+    def test_control_characters_never_reach_a_header(self):
+        # The server refuses them in addresses (553), but a HELO name keeps them: its Helo
+        # header gets \xNN for each, so a CR never starts a header of the client's choosing.
+        nats = self.start_nats()
+        server = self.start_server(server_config(plugins=[jetstream_plugin(nats.urls)]))
+        with harness.Client(server.host, server.port) as c:
+            c.reply()
+            c.send(b"EHLO client\rX-Evil: 1\x01.example\r\n")
+            self.assertEqual(c.reply()[-1], "250 HELP")
+            c.send(b'MAIL FROM:<"x\rX-Evil: 2"@b.example>\r\n')
+            self.assertEqual(c.reply(), ["553 5.1.3 Error: malformed address"])
+            for line, want in ((b"MAIL FROM:<a@b.example>", "250 OK"), (b"RCPT TO:<d@e.example>", "250 OK"),
+                               (b"DATA", "354 End data with <CR><LF>.<CR><LF>")):
+                c.send(line + b"\r\n")
+                self.assertEqual(c.reply(), [want])
+            c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+            self.assertEqual(c.reply(), ["250 OK"])
+        (m,) = stream_messages(nats.urls, "MAIL")
+        h = m["headers"]
+        self.assertEqual(h["Helo"], ["client\\x0dX-Evil: 1\\x01.example"])
+        self.assertEqual(h["Mail-From"], ["a@b.example"])
+        self.assertNotIn("X-Evil", h)
+
     def test_existing_stream_is_used_and_must_take_the_subject(self):
         nats = self.start_nats()
         with self.start_server(server_config(plugins=[jetstream_plugin(nats.urls)])) as first:

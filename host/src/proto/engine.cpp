@@ -111,6 +111,24 @@ bool exceeds(std::string_view digits, std::uint64_t limit) noexcept
     return v > limit;
 }
 
+// A control character: C0 (NUL, TAB, CR, LF, ...) or DEL; bytes >= 0x80 (UTF-8) are not. RFC 5321
+// §4.1.2 has none of them in a path (atext, qtextSMTP and quoted-pairSMTP are printable ASCII,
+// RFC 6531 adds UTF-8) or in an esmtp-value (%d33-60 / %d62-126). TAB included: outside a quoted
+// string whitespace only separates, inside one only SP is allowed.
+// Python's parser keeps them (a CR or NUL inside a quoted string, an atom, an RFC 2047 word), and
+// aiosmtpd stores them, so that a plugin writing the envelope into a header or a line (maildir's
+// X-MailFrom, mbox's "From " line, an upstream's RCPT TO) could be made to write two. Refused
+// in the parsed address and parameters rather than in the raw argument: whitespace between them
+// (TAB, Python's \x1c-\x1f, a CR in mid-line) separates and stays allowed, and what an encoded
+// word decodes to (=0D) is only visible after parsing.
+constexpr bool is_control(char c) noexcept
+{
+    const auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+}
+
+bool has_control(std::string_view s) noexcept { return std::any_of(s.begin(), s.end(), is_control); }
+
 // An ESMTP parameter as aiosmtpd's _getparams() sees it: KEY, or KEY=VALUE.
 struct esmtp_param {
     std::string_view key;
@@ -119,7 +137,11 @@ struct esmtp_param {
 };
 
 // Split upper-cased parameter text on whitespace into `tokens`; then validate them as
-// RFC 1869 parameters (aiosmtpd _getparams). Duplicate keys: the last one wins.
+// RFC 1869 parameters (aiosmtpd _getparams). Duplicate keys: the last one wins. A parameter
+// with a control character is a syntax error, whatever its key (aiosmtpd: SIZE=1\x01 fails
+// SIZE's digit check with the same 501, X=\x01 is an unknown parameter, 555). None of the
+// parameters known today could carry one past its own check; this keeps it so for any added
+// later whose value is free text (DSN's ENVID, ORCPT), before a hook or the envelope sees it.
 bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
 {
     tokens.clear();
@@ -136,6 +158,7 @@ bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& to
     }
     for (const std::string& t : tokens) {
         const std::string_view tv = t;
+        if (has_control(tv)) return false;
         const auto eq = tv.find('=');
         esmtp_param p;
         p.key = tv.substr(0, eq);
@@ -682,7 +705,10 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     const std::string_view syntax = extended_smtp_ ? replies::syntax_mail_esmtp : replies::syntax_mail;
     if (!has_arg || !iequals_prefix(arg, "FROM:")) return reply(syntax);
     const auto parsed = parse_address(strip_str(arg.substr(5), settings_.enable_smtputf8), settings_.enable_smtputf8);
-    if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
+    // A control character in the address (see is_control) counts as malformed: the same reply,
+    // at the same point of the check order.
+    if (parsed.state == address_result::status::malformed || has_control(parsed.address))
+        return reply(replies::malformed_address);
     if (parsed.state == address_result::status::empty) return reply(syntax);
     if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     if (!envelope_.mail_from.empty()) return reply(replies::nested_mail);
@@ -725,7 +751,8 @@ void engine::on_rcpt(std::string_view arg, bool has_arg)
     const std::string_view syntax = extended_smtp_ ? replies::syntax_rcpt_esmtp : replies::syntax_rcpt;
     if (!has_arg || !iequals_prefix(arg, "TO:")) return reply(syntax);
     const auto parsed = parse_address(strip_str(arg.substr(3), settings_.enable_smtputf8), settings_.enable_smtputf8);
-    if (parsed.state == address_result::status::malformed) return reply(replies::malformed_address);
+    if (parsed.state == address_result::status::malformed || has_control(parsed.address))
+        return reply(replies::malformed_address);
     if (parsed.state == address_result::status::empty) return reply(syntax);
     if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     std::vector<esmtp_param> params;
@@ -949,7 +976,10 @@ void engine::on_vrfy(std::string_view arg)
     if (arg.empty()) return reply(replies::syntax_vrfy);
     const auto parsed = parse_address(arg, settings_.enable_smtputf8);
     // aiosmtpd: only a parse failure is "Could not VRFY"; an empty address (VRFY "") goes on.
-    if (parsed.state == address_result::status::malformed) return reply(replies::could_not_vrfy(arg));
+    // An address with a control character is answered as unparsable too, so the VRFY hook
+    // never gets one (aiosmtpd: 252).
+    if (parsed.state == address_result::status::malformed || has_control(parsed.address))
+        return reply(replies::could_not_vrfy(arg));
     if (has_hook(hook_kind::vrfy)) return ask(hook_kind::vrfy, parsed.address, true);
     reply(replies::cannot_vrfy);
 }

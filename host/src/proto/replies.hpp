@@ -92,7 +92,7 @@ std::string greeting(std::string_view hostname, std::string_view ident);  // 220
 std::string helo_ok(std::string_view hostname);                           // 250 <host>
 std::string unknown_command(std::string_view verb);                       // 500 Error: command "X" not recognized
 std::string call_limit_hit(std::string_view verb);                        // 421 4.7.0 X sent too many times
-std::string could_not_vrfy(std::string_view arg);                         // 502 Could not VRFY <arg>
+std::string could_not_vrfy(std::string_view arg);                         // 502 Could not VRFY <arg> (controls → '?')
 // design.md §5 Q1: aiosmtpd closes silently; we say why first.
 std::string timeout_exceeded(std::string_view hostname);                  // 421 4.4.2 <host> Error: timeout exceeded
 std::string closing(std::string_view hostname);                           // 421 4.7.0 <host> ... closing

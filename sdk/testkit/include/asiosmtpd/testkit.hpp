@@ -56,7 +56,9 @@
  *    as in the server. With decode_data a non-ASCII message gets its pieces, then
  *    "500 Error: strict ASCII mode" without DATA (the envelope is kept, its slots end).
  * What it is not: the real SMTP engine. Command syntax and sequence checks are simplified
- * (the server's own tests pin the wire behaviour): no address syntax beyond <...>, no SIZE or
+ * (the server's own tests pin the wire behaviour): no address syntax beyond <...> (but an
+ * address or parameter with a control character, C0 or DEL, is refused as by the server:
+ * 553 5.1.3, 501, "502 Could not VRFY"; so no hook ever sees one), no SIZE or
  * BODY checks, no line or call limits, no require_starttls, no PIPELINING, no unknown-command
  * budget, no auth_failure_delay, no real TLS (tls() only sets what session_info reports), the
  * PROXY header is given as fields rather than parsed. Replies are returned without CRLF,
@@ -269,6 +271,16 @@ inline std::string upper(std::string_view s)
         if (c >= 'a' && c <= 'z')
             c = static_cast<char>(c - 'a' + 'A');
     return out;
+}
+/// A control character: C0 (NUL, TAB, CR, LF, ...) or DEL. The server refuses addresses and
+/// ESMTP parameters holding one (RFC 5321 has none in a path or an esmtp-value), so no plugin
+/// ever gets one from MAIL, RCPT or VRFY.
+inline bool has_control(std::string_view s) noexcept
+{
+    for (const char c : s)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+            return true;
+    return false;
 }
 inline std::string_view trim(std::string_view s) noexcept
 {
@@ -840,11 +852,16 @@ public:
         if (verb == "MAIL") {
             if (helo_.empty())
                 return "503 Error: send HELO first";
-            if (in_txn_)
-                return "503 Error: nested MAIL command";
             std::string address;
             std::vector<std::string> params;
-            if (!parse_path(arg, "FROM:", address, params))
+            const bool parsed = parse_path(arg, "FROM:", address, params);
+            // As the server: a control character makes the address malformed (checked before
+            // "nested MAIL"), a parameter a syntax error (after it).
+            if (parsed && detail::has_control(address))
+                return "553 5.1.3 Error: malformed address";
+            if (in_txn_)
+                return "503 Error: nested MAIL command";
+            if (!parsed || std::any_of(params.begin(), params.end(), detail::has_control))
                 return "501 Syntax: MAIL FROM: <address>";
             std::vector<asiosmtpd_str> ps;
             for (const auto& p : params)
@@ -865,7 +882,10 @@ public:
                 return "503 Error: need MAIL command";
             std::string address;
             std::vector<std::string> params;
-            if (!parse_path(arg, "TO:", address, params) || address == "<>")
+            const bool parsed = parse_path(arg, "TO:", address, params);
+            if (parsed && detail::has_control(address))
+                return "553 5.1.3 Error: malformed address";
+            if (!parsed || address == "<>" || std::any_of(params.begin(), params.end(), detail::has_control))
                 return "501 Syntax: RCPT TO: <address>";
             const asiosmtpd_address_args a{sizeof a, detail::str(address), nullptr, 0};
             const outcome o = run(ASIOSMTPD_HOOK_RCPT, &a);
@@ -898,6 +918,14 @@ public:
         if (verb == "VRFY") {
             if (!has_arg)
                 return "501 Syntax: VRFY <address>";
+            if (detail::has_control(arg)) {
+                // As the server: unparsable, echoed with each control byte but HT as '?'.
+                std::string r = "502 Could not VRFY " + std::string(arg);
+                for (char& c : r)
+                    if (c != '\t' && (static_cast<unsigned char>(c) < 0x20 || c == 0x7f))
+                        c = '?';
+                return r;
+            }
             const asiosmtpd_address_args a{sizeof a, detail::str(arg), nullptr, 0};
             return finish(run(ASIOSMTPD_HOOK_VRFY, &a),
                           "252 Cannot VRFY user, but will accept message and attempt delivery");
@@ -1344,14 +1372,14 @@ private:
             path = rest.substr(1, gt - 1);
             rest = rest.substr(gt + 1);
         } else {
-            const std::size_t sp = rest.find(' ');
+            const std::size_t sp = rest.find_first_of(" \t");
             path = rest.substr(0, sp);
             rest = sp == std::string_view::npos ? std::string_view() : rest.substr(sp);
         }
         address = path.empty() ? "<>" : std::string(path);
         rest = detail::trim(rest);
         while (!rest.empty()) {
-            const std::size_t sp = rest.find(' ');
+            const std::size_t sp = rest.find_first_of(" \t"); // blanks and tabs separate, as in the server
             params.push_back(detail::upper(rest.substr(0, sp)));
             rest = sp == std::string_view::npos ? std::string_view() : detail::trim(rest.substr(sp));
         }
