@@ -84,6 +84,7 @@ private:
     sent send_now();
     asio::awaitable<bool> flush();
     asio::awaitable<bool> handshake();
+    asio::awaitable<boost::system::error_code> await_client_hello();
     asio::awaitable<bool> read_proxy_header();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
     // run_chain's synchronous parts, kept out of its coroutine frame: a frame over Asio's
@@ -102,7 +103,8 @@ private:
     // What only some sessions need lives behind a pointer: an idle plaintext session is small
     // (issue 8: <= 4 KiB per idle connection, the whole session included).
     struct tls_state {
-        tls_state(tcp::socket& s, asio::ssl::context& c) : stream(s, c) {}
+        /// Takes the SSL* of a finished handshake (the stream owns and frees it).
+        tls_state(tcp::socket& s, tls::server_handshake& done) : stream(s, done.release()) {}
         asio::ssl::stream<tcp::socket&> stream;
         tls::session_info info;  ///< set once the handshake succeeded
     };
