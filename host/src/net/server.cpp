@@ -2,6 +2,7 @@
 
 #include "log/log.hpp"
 #include "net/metrics.hpp"
+#include "net/trimmer.hpp"
 #include "os/privileges.hpp"
 
 #include <asiosmtpd/version.hpp>
@@ -472,6 +473,8 @@ void server::stop_control_thread()
 
 void server::run()
 {
+    // Memory a burst of connections freed goes back to the system (not on an event-loop thread).
+    const memory_trimmer trimmer([this] { return registry_.size(); });
     const std::size_t n = workers_;
     std::vector<std::thread> threads;
     threads.reserve(n - 1);
