@@ -190,6 +190,22 @@ asio::awaitable<bool> session::flush()
     co_return true;
 }
 
+// A TLS handshake may start if fewer than max_tls_handshakes are in progress, and fewer than
+// max_tls_handshakes_per_client with this client. The slot is held until the handshake ends,
+// however it ends. Over a cap: false, logged (the refusal is counted in the metrics).
+bool session::admit_tls()
+{
+    if (tls_slot_ || !ctx_->tls_handshakes) return true;
+    handshake_limits::refusal why = handshake_limits::refusal::none;
+    tls_slot_ = ctx_->tls_handshakes->try_acquire(peer_address_, why);
+    if (why == handshake_limits::refusal::none) return true;
+    const bool client = why == handshake_limits::refusal::client;
+    log::warn("session={} event=tls_refused peer={} limit={} max={} reason=\"too many TLS handshakes in progress{}\"", id_,
+              peer_address_, client ? "max_tls_handshakes_per_client" : "max_tls_handshakes",
+              ctx_->tls_handshakes->limit(why), client ? " with this client" : "");
+    return false;
+}
+
 // Nothing is allocated for TLS until the client's first record (its ClientHello) is all in the
 // socket: a client that sends nothing, or only part of it, holds what an idle plaintext
 // connection holds. The readiness wait ends only once that many bytes are there (the socket's
@@ -232,6 +248,11 @@ asio::awaitable<boost::system::error_code> session::await_client_hello()
 asio::awaitable<bool> session::handshake()
 {
     arm(ctx_->handshake_timeout);
+    if (!admit_tls()) {
+        end_reason_ = "tls refused: too many handshakes in progress";
+        co_return false;
+    }
+    const handshake_limits::slot slot = std::move(tls_slot_);  // given back when this returns
     boost::system::error_code ec;
     socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
     if (!ec) ec = co_await await_client_hello();
@@ -340,6 +361,8 @@ asio::awaitable<void> session::run()
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
         }
+        // Over the TLS handshake caps, STARTTLS is answered 454 instead of 220 (RFC 3207 §4).
+        if (engine_.tls_requested() && !admit_tls()) engine_.refuse_tls(proto::replies::tls_temporarily_unavailable);
         if (!engine_.output().empty()) {
             const sent r = send_now();
             if (r == sent::failed || (r == sent::some && !co_await flush())) break;
