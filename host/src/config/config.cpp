@@ -50,7 +50,7 @@ constexpr std::string_view server[] = {
     "hostname", "ident", "listen", "data_size_limit", "command_size_limit", "enable_smtputf8", "decode_data",
     "require_starttls", "auth_required", "auth_require_tls", "auth_max_failures", "auth_failure_delay",
     "advertise_pipelining", "command_call_limit", "timeout", "data_min_rate", "tls_handshake_timeout",
-    "proxy_protocol_timeout", "max_connections", "workers", "shutdown_grace", "log_level", "user", "group",
+    "proxy_protocol_timeout", "max_connections", "max_tls_handshakes", "max_tls_handshakes_per_client", "workers", "shutdown_grace", "log_level", "user", "group",
     "allow_root"};
 constexpr std::string_view listener[] = {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"};
 constexpr std::string_view tls[] = {"certificate", "private_key", "min_version", "ciphers", "ciphersuites",
@@ -630,6 +630,10 @@ void reader::read_server(const item& it, server_settings& s)
         s.tls_handshake_timeout = read_seconds(*f, false);
     if (const item* f = m.find("max_connections"))
         s.max_connections = static_cast<std::uint32_t>(read_uint(*f, 1, u32_max));
+    if (const item* f = m.find("max_tls_handshakes"))
+        s.max_tls_handshakes = static_cast<std::uint32_t>(read_uint(*f, 0, u32_max));
+    if (const item* f = m.find("max_tls_handshakes_per_client"))
+        s.max_tls_handshakes_per_client = static_cast<std::uint32_t>(read_uint(*f, 0, u32_max));
     if (const item* f = m.find("workers"))
         s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
     if (const item* f = m.find("shutdown_grace"))

@@ -89,6 +89,8 @@ struct server_settings {
     double tls_handshake_timeout = 30;           // seconds, > 0
     double proxy_protocol_timeout = 10;          // seconds to receive a PROXY header, > 0
     std::uint32_t max_connections = 10000;       // >= 1
+    std::uint32_t max_tls_handshakes = 1000;     // TLS handshakes in progress at once; 0 = no limit
+    std::uint32_t max_tls_handshakes_per_client = 20; // the same per client address (IPv6: per /64); 0 = no limit
     std::uint32_t workers = 0;                   // 0 = one per core
     double shutdown_grace = 30;                  // seconds, >= 0
     std::string log_level = "info";              // debug | info | warn | error (--log-level wins)

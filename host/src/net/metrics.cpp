@@ -106,6 +106,14 @@ std::string metrics::render(std::size_t current) const
     counter("asiosmtpd_reloads_total", "", "{result=\"failed\"}", v(reloads_failed), false);
     counter("asiosmtpd_tls_handshakes_total", "TLS handshakes.", "{result=\"ok\"}", v(tls_ok));
     counter("asiosmtpd_tls_handshakes_total", "", "{result=\"failed\"}", v(tls_failed), false);
+    counter("asiosmtpd_tls_handshakes_refused_total",
+            "TLS handshakes not started: too many in progress (max_tls_handshakes, max_tls_handshakes_per_client).",
+            "{limit=\"server\"}", v(tls_refused_server));
+    counter("asiosmtpd_tls_handshakes_refused_total", "", "{limit=\"client\"}", v(tls_refused_client), false);
+    out += fmt::format("# HELP asiosmtpd_tls_handshakes_in_progress TLS handshakes started and not yet finished.\n"
+                       "# TYPE asiosmtpd_tls_handshakes_in_progress gauge\n"
+                       "asiosmtpd_tls_handshakes_in_progress {}\n",
+                       std::max<std::int64_t>(tls_handshaking.load(std::memory_order_relaxed), 0));
     counter("asiosmtpd_auth_total", "AUTH attempts.", "{result=\"ok\"}", v(auth_ok));
     counter("asiosmtpd_auth_total", "", "{result=\"failed\"}", v(auth_failed), false);
     counter("asiosmtpd_plugin_errors_total", "Hook calls that failed (answered 451).", "", v(plugin_errors));

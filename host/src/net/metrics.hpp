@@ -35,6 +35,9 @@ public:
     std::atomic<std::uint64_t> reloads_failed{0};
     std::atomic<std::uint64_t> tls_ok{0};
     std::atomic<std::uint64_t> tls_failed{0};
+    std::atomic<std::uint64_t> tls_refused_server{0};  ///< server.max_tls_handshakes reached
+    std::atomic<std::uint64_t> tls_refused_client{0};  ///< server.max_tls_handshakes_per_client reached
+    std::atomic<std::int64_t> tls_handshaking{0};      ///< handshakes in progress (a gauge)
     std::atomic<std::uint64_t> auth_ok{0};
     std::atomic<std::uint64_t> auth_failed{0};
     std::atomic<std::uint64_t> plugin_errors{0};

@@ -2,6 +2,7 @@
 
 #include "log/log.hpp"
 #include "net/metrics.hpp"
+#include "net/trimmer.hpp"
 #include "os/privileges.hpp"
 
 #include <asiosmtpd/version.hpp>
@@ -172,7 +173,7 @@ std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s)
 
 std::shared_ptr<const listener_context> server::make_context(const config::settings& s, const config::listener& l,
                                                               const std::shared_ptr<const plugin::generation>& g,
-                                                              const std::shared_ptr<asio::ssl::context>& tls)
+                                                              const std::shared_ptr<asio::ssl::context>& tls) const
 {
     auto ctx = std::make_shared<listener_context>();
     ctx->plugins = g;
@@ -187,6 +188,7 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
     if (l.tls != config::tls_mode::none) {
         if (!tls) throw std::runtime_error(fmt::format("{}: tls: required by a TLS listener", s.file.string()));
         ctx->tls_context = tls;
+        ctx->tls_handshakes = tls_handshakes_;
     }
     return ctx;
 }
@@ -200,6 +202,7 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
 {
     if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
     max_connections_ = config_.server.max_connections;
+    tls_handshakes_->set_limits(config_.server.max_tls_handshakes, config_.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(config_.server.shutdown_grace).count();
     for (const auto& l : config_.server.listen) {
         auto slot = std::make_shared<listener_slot>();
@@ -377,6 +380,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     }
     listeners_ = std::move(kept);
     max_connections_ = next.server.max_connections;
+    tls_handshakes_->set_limits(next.server.max_tls_handshakes, next.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
     warn_restart_only(next);
     ++generation_;
@@ -473,6 +477,8 @@ void server::stop_control_thread()
 
 void server::run()
 {
+    // Memory a burst of connections freed goes back to the system (not on an event-loop thread).
+    const memory_trimmer trimmer([this] { return registry_.size(); });
     const std::size_t n = workers_;
     std::vector<std::thread> threads;
     threads.reserve(n - 1);

@@ -102,9 +102,9 @@ private:
         bool closed = false;  // on the io_context only
     };
 
-    static std::shared_ptr<const listener_context> make_context(const config::settings& s, const config::listener& l,
-                                                                const std::shared_ptr<const plugin::generation>& g,
-                                                                const std::shared_ptr<asio::ssl::context>& tls);
+    std::shared_ptr<const listener_context> make_context(const config::settings& s, const config::listener& l,
+                                                         const std::shared_ptr<const plugin::generation>& g,
+                                                         const std::shared_ptr<asio::ssl::context>& tls) const;
     void open(listener_slot& slot);
     void apply(config::settings next, std::shared_ptr<const plugin::generation> plugins,
                std::shared_ptr<asio::ssl::context> tls);
@@ -121,6 +121,8 @@ private:
     asio::io_context ioc_;
     std::vector<std::shared_ptr<listener_slot>> listeners_;  // on the io_context only (after bind)
     std::atomic<std::uint32_t> max_connections_{0};
+    // TLS handshakes in progress, shared by every TLS listener's sessions; limits from the config.
+    std::shared_ptr<handshake_limits> tls_handshakes_ = std::make_shared<handshake_limits>();
     std::atomic<std::int64_t> shutdown_grace_ms_{0};
     std::atomic<bool> reloading_{false};
     std::thread reload_thread_;

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -192,20 +193,90 @@ asio::awaitable<bool> session::flush()
     co_return true;
 }
 
+// A TLS handshake may start if fewer than max_tls_handshakes are in progress, and fewer than
+// max_tls_handshakes_per_client with this client. The slot is held until the handshake ends,
+// however it ends. Over a cap: false, logged (the refusal is counted in the metrics).
+bool session::admit_tls()
+{
+    if (tls_slot_ || !ctx_->tls_handshakes) return true;
+    handshake_limits::refusal why = handshake_limits::refusal::none;
+    tls_slot_ = ctx_->tls_handshakes->try_acquire(peer_address_, why);
+    if (why == handshake_limits::refusal::none) return true;
+    const bool client = why == handshake_limits::refusal::client;
+    log::warn("session={} event=tls_refused peer={} limit={} max={} reason=\"too many TLS handshakes in progress{}\"", id_,
+              peer_address_, client ? "max_tls_handshakes_per_client" : "max_tls_handshakes",
+              ctx_->tls_handshakes->limit(why), client ? " with this client" : "");
+    return false;
+}
+
+// Nothing is allocated for TLS until the client's first record (its ClientHello) is all in the
+// socket: a client that sends nothing, or only part of it, holds what an idle plaintext
+// connection holds. The readiness wait ends only once that many bytes are there (the socket's
+// SO_RCVLOWAT), at EOF or on an error; OpenSSL then reads the record at once, or reports what
+// went wrong.
+asio::awaitable<boost::system::error_code> session::await_client_hello()
+{
+    boost::system::error_code ec;
+    std::size_t want = 1;  // bytes that end the wait
+    for (;;) {
+        std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
+        if (ec) break;  // timed out or cancelled
+        boost::system::error_code ignored;
+        const std::size_t have = socket_.available(ignored);
+        if (have < want) break;  // woken before `want` bytes: EOF or an error
+        if (have < tls::record_header_size) {
+            want = tls::record_header_size;
+        } else {
+            std::array<unsigned char, tls::record_header_size> header{};
+            const std::size_t n = socket_.receive(asio::buffer(header), tcp::socket::message_peek, ignored);
+            const std::size_t size = n == header.size() ? tls::handshake_record_size(header) : 0;
+            if (size == 0 || have >= size) break;  // not a TLS handshake record, or all there
+            want = size;
+        }
+        socket_.set_option(asio::socket_base::receive_low_watermark(static_cast<int>(want)), ignored);
+        if (ignored) break;
+    }
+    boost::system::error_code ignored;
+    if (want > 1) socket_.set_option(asio::socket_base::receive_low_watermark(1), ignored);
+    co_return ec;
+}
+
 // The TLS handshake (implicit TLS, or after "220 Ready to start TLS"), bounded by
 // tls_handshake_timeout. A failure costs this session only: logged, closed without a reply.
+// A pending handshake is cheap (an attacker may hold many until the timeout): nothing is
+// allocated for TLS before the client's ClientHello is there (await_client_hello), then
+// OpenSSL runs the handshake on the socket itself (tls::server_handshake: no Asio buffers,
+// OpenSSL's record buffers released between records); the asio::ssl::stream, whose buffers
+// cost about 70 KiB, is made only once the handshake succeeded.
 asio::awaitable<bool> session::handshake()
 {
-    tls_ = std::make_unique<tls_state>(socket_, *ctx_->tls_context);
     arm(ctx_->handshake_timeout);
-    auto [ec] = co_await tls_->stream.async_handshake(asio::ssl::stream_base::server, nothrow);
+    if (!admit_tls()) {
+        end_reason_ = "tls refused: too many handshakes in progress";
+        co_return false;
+    }
+    const handshake_limits::slot slot = std::move(tls_slot_);  // given back when this returns
+    boost::system::error_code ec;
+    socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
+    if (!ec) ec = co_await await_client_hello();
+    std::optional<tls::server_handshake> hs;
+    if (!ec) {
+        hs.emplace(*ctx_->tls_context, socket_.native_handle());
+        for (;;) {
+            const auto step = hs->advance(ec);
+            if (step == tls::server_handshake::step::done || step == tls::server_handshake::step::failed) break;
+            const auto ready = step == tls::server_handshake::step::want_read ? tcp::socket::wait_read : tcp::socket::wait_write;
+            std::tie(ec) = co_await socket_.async_wait(ready, nothrow);
+            if (ec) break;
+        }
+    }
     if (ec) {
         end_reason_ = timed_out_ ? "tls handshake timeout" : fmt::format("tls handshake failed: {}", ec.message());
         log::info("session={} event=tls_failed reason=\"{}\"", id_, log::escaped(end_reason_, 200));
         metrics::get().tls_failed.fetch_add(1, std::memory_order_relaxed);
-        tls_.reset();
         co_return false;
     }
+    tls_ = std::make_unique<tls_state>(socket_, *hs);
     arm(ctx_->idle_timeout);
     tls_->info = tls::describe(tls_->stream.native_handle());
     const tls::session_info& info = tls_->info;
@@ -293,6 +364,8 @@ asio::awaitable<void> session::run()
             engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
             end_reason_ = "shutdown";
         }
+        // Over the TLS handshake caps, STARTTLS is answered 454 instead of 220 (RFC 3207 §4).
+        if (engine_.tls_requested() && !admit_tls()) engine_.refuse_tls(proto::replies::tls_temporarily_unavailable);
         if (!engine_.output().empty()) {
             const sent r = send_now();
             if (r == sent::failed || (r == sent::some && !co_await flush())) break;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "config/config.hpp"
+#include "net/handshake_limits.hpp"
 #include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
@@ -41,6 +42,7 @@ struct listener_context {
     config::tls_mode tls = config::tls_mode::none;
     std::shared_ptr<asio::ssl::context> tls_context;  ///< set for starttls and implicit listeners
     std::chrono::milliseconds handshake_timeout{30000};
+    std::shared_ptr<handshake_limits> tls_handshakes;  ///< the server's; set for starttls and implicit listeners
     std::chrono::milliseconds auth_failure_delay{1000};
     bool proxy_protocol = false;                      ///< a PROXY header comes first
     std::chrono::milliseconds proxy_timeout{10000};
@@ -96,6 +98,8 @@ private:
     sent send_now();
     asio::awaitable<bool> flush();
     asio::awaitable<bool> handshake();
+    bool admit_tls();
+    asio::awaitable<boost::system::error_code> await_client_hello();
     asio::awaitable<bool> read_proxy_header();
     asio::awaitable<proto::hook_result> run_chain(const proto::hook_request& req);
     asio::awaitable<void> await_pending(const plugin::chain& c);
@@ -109,7 +113,8 @@ private:
     // What only some sessions need lives behind a pointer: an idle plaintext session is small
     // (issue 8: <= 4 KiB per idle connection, the whole session included).
     struct tls_state {
-        tls_state(tcp::socket& s, asio::ssl::context& c) : stream(s, c) {}
+        /// Takes the SSL* of a finished handshake (the stream owns and frees it).
+        tls_state(tcp::socket& s, tls::server_handshake& done) : stream(s, done.release()) {}
         asio::ssl::stream<tcp::socket&> stream;
         tls::session_info info;  ///< set once the handshake succeeded
     };
@@ -117,6 +122,7 @@ private:
     tcp::socket socket_;
     std::unique_ptr<tls_state> tls_;  ///< over socket_, once TLS started
     std::shared_ptr<const listener_context> ctx_;
+    handshake_limits::slot tls_slot_;  ///< held from STARTTLS's admission to its handshake
     registry& owner_;
     proto::engine engine_;
     plugin::slots slots_;

@@ -1206,6 +1206,17 @@ void engine::on_starttls(std::string_view arg)
     phase_ = phase::tls;
 }
 
+void engine::refuse_tls(std::string_view line)
+{
+    if (phase_ != phase::tls) return;
+    const std::size_t ready = replies::ready_to_start_tls.size() + crlf.size();
+    if (out_.size() >= ready && std::string_view(out_).substr(out_.size() - ready, replies::ready_to_start_tls.size()) ==
+                                    replies::ready_to_start_tls)
+        out_.resize(out_.size() - ready);
+    phase_ = phase::command;
+    reply(line);
+}
+
 void engine::tls_established()
 {
     if (phase_ != phase::tls) return;

@@ -250,6 +250,11 @@ public:
     /// the TLS handshake and call tls_established(), or close on failure. Input buffered after
     /// the STARTTLS line has been discarded (RFC 3207 §4.2, CVE-2011-0411, CVE-2024-34083).
     [[nodiscard]] bool tls_requested() const noexcept { return phase_ == phase::tls; }
+    /// Instead of the handshake, while tls_requested() and before output() is written: the
+    /// "220 Ready to start TLS" becomes `reply` (a 454, RFC 3207 §4) and the session goes on in
+    /// plaintext as it was before STARTTLS (its greeting and transaction kept; what was
+    /// pipelined after STARTTLS stays discarded).
+    void refuse_tls(std::string_view reply);
     /// The handshake after STARTTLS succeeded: the SMTP session starts over (a new EHLO is
     /// needed), then the STARTTLS hook runs if a plugin has one.
     void tls_established();

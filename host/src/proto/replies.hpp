@@ -19,6 +19,8 @@ inline constexpr std::string_view cannot_vrfy =
 // --- 4xx -------------------------------------------------------------------------------------
 inline constexpr std::string_view tls_not_available = "454 TLS not available";
 inline constexpr std::string_view ready_to_start_tls = "220 Ready to start TLS";
+// RFC 3207 §4: the host cannot start a handshake now (too many in progress).
+inline constexpr std::string_view tls_temporarily_unavailable = "454 4.7.0 TLS not available due to temporary reason";
 inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";   // design §5 Q11/Q12
 inline constexpr std::string_view default_tempfail = "451 4.7.1 Try again later"; // plugin TEMPFAIL, no text
 

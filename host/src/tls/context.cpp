@@ -1,11 +1,18 @@
 #include "tls/context.hpp"
 
+#include <boost/asio/error.hpp>
+#include <boost/asio/ssl/error.hpp>
+
 #include <fmt/format.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
 #include <stdexcept>
 
 namespace asiosmtpd::tls {
@@ -28,6 +35,63 @@ std::string openssl_reason()
         why += buf;
     }
     return why.empty() ? "unknown OpenSSL error" : why;
+}
+
+// The connection's socket as OpenSSL's BIO during the handshake. Not BIO_s_socket(): it
+// writes with write(2), and a client gone mid-handshake would raise SIGPIPE, which ends a
+// process that does not ignore it (one embedding the server; Asio sends with MSG_NOSIGNAL).
+int fd_of(BIO* b) noexcept { return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b))); }
+
+bool retryable(int e) noexcept { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+
+int socket_write(BIO* b, const char* data, int size)
+{
+    BIO_clear_retry_flags(b);
+    const ssize_t n = ::send(fd_of(b), data, static_cast<std::size_t>(size), MSG_NOSIGNAL);
+    if (n < 0 && retryable(errno)) BIO_set_retry_write(b);
+    return static_cast<int>(n);
+}
+
+int socket_read(BIO* b, char* data, int size)
+{
+    BIO_clear_retry_flags(b);
+    if (data == nullptr || size <= 0) return 0;
+    const ssize_t n = ::recv(fd_of(b), data, static_cast<std::size_t>(size), 0);
+    if (n == 0) BIO_set_flags(b, BIO_FLAGS_IN_EOF);  // OpenSSL asks BIO_eof() why a read gave 0
+    if (n < 0 && retryable(errno)) BIO_set_retry_read(b);
+    return static_cast<int>(n);
+}
+
+long socket_ctrl(BIO* b, int cmd, long, void*)
+{
+    switch (cmd) {
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_EOF: return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0 ? 1 : 0;
+    default: return 0;
+    }
+}
+
+int socket_create(BIO* b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+BIO* socket_bio(int fd)
+{
+    static BIO_METHOD* const method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "asiosmtpd socket");
+        if (m != nullptr && (BIO_meth_set_write(m, socket_write) != 1 || BIO_meth_set_read(m, socket_read) != 1 ||
+                             BIO_meth_set_ctrl(m, socket_ctrl) != 1 || BIO_meth_set_create(m, socket_create) != 1)) {
+            BIO_meth_free(m);
+            m = nullptr;
+        }
+        return m;
+    }();
+    if (method == nullptr) return nullptr;
+    BIO* b = BIO_new(method);
+    if (b != nullptr) BIO_set_data(b, reinterpret_cast<void*>(static_cast<std::intptr_t>(fd)));
+    return b;
 }
 
 } // namespace
@@ -94,6 +158,72 @@ session_info describe(void* handle)
         X509_free(peer);
     }
     return info;
+}
+
+std::size_t handshake_record_size(std::span<const unsigned char, record_header_size> header) noexcept
+{
+    constexpr unsigned char handshake = 22;
+    constexpr std::size_t max_length = 16384;  // TLSPlaintext (RFC 8446 §5.1; RFC 5246 §6.2.1)
+    if (header[0] != handshake || header[1] != 3) return 0;
+    const std::size_t length = (std::size_t{header[3]} << 8) | header[4];
+    if (length == 0 || length > max_length) return 0;
+    return record_header_size + length;
+}
+
+server_handshake::server_handshake(ssl::context& ctx, int fd) noexcept
+{
+    ERR_clear_error();
+    ssl_ = SSL_new(ctx.native_handle());
+    BIO* const bio = ssl_ != nullptr ? socket_bio(fd) : nullptr;
+    if (bio == nullptr) {
+        setup_error_ = {static_cast<int>(ERR_get_error()), boost::asio::error::get_ssl_category()};
+        if (!setup_error_) setup_error_ = boost::asio::error::no_memory;
+        return;
+    }
+    SSL_set_bio(ssl_, bio, bio);  // the SSL owns it
+    // OpenSSL's record buffers only while a record is read or written (asio's engine sets the
+    // same modes once it takes the SSL*).
+    SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_accept_state(ssl_);
+}
+
+server_handshake::~server_handshake()
+{
+    if (ssl_ != nullptr) SSL_free(ssl_);
+}
+
+server_handshake::step server_handshake::advance(boost::system::error_code& ec) noexcept
+{
+    ec = setup_error_;
+    if (ec) return step::failed;
+    if (ssl_ == nullptr) {
+        ec = boost::asio::error::bad_descriptor;  // released
+        return step::failed;
+    }
+    ERR_clear_error();
+    errno = 0;
+    const int r = SSL_do_handshake(ssl_);
+    const int saved_errno = errno;
+    if (r == 1) return step::done;
+    const int why = SSL_get_error(ssl_, r);
+    const unsigned long e = ERR_get_error();
+    switch (why) {
+    case SSL_ERROR_WANT_READ: return step::want_read;
+    case SSL_ERROR_WANT_WRITE: return step::want_write;
+    case SSL_ERROR_SYSCALL:
+        // Without an errno, the client closed the connection mid-handshake.
+        if (saved_errno != 0) ec = {saved_errno, boost::system::system_category()};
+        else ec = e != 0 ? boost::system::error_code(static_cast<int>(e), boost::asio::error::get_ssl_category())
+                         : boost::system::error_code(boost::asio::ssl::error::stream_truncated);
+        return step::failed;
+    case SSL_ERROR_ZERO_RETURN: ec = boost::asio::error::eof; return step::failed;
+    case SSL_ERROR_SSL:
+        // OpenSSL 3 reports a client gone mid-handshake as an error of its own.
+        if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ec = boost::asio::ssl::error::stream_truncated;
+        else ec = {static_cast<int>(e), boost::asio::error::get_ssl_category()};
+        return step::failed;
+    default: ec = boost::asio::ssl::error::unexpected_result; return step::failed;
+    }
 }
 
 } // namespace asiosmtpd::tls

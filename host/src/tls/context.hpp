@@ -6,9 +6,13 @@
 #include "config/config.hpp"
 
 #include <boost/asio/ssl/context.hpp>
+#include <boost/system/error_code.hpp>
 
+#include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
+#include <utility>
 
 namespace asiosmtpd::tls {
 
@@ -25,5 +29,42 @@ struct session_info {
 
 /// Read what `ssl` (an SSL* after the handshake) negotiated.
 session_info describe(void* ssl);
+
+/// The bytes a TLS record header starts (type, version, length).
+inline constexpr std::size_t record_header_size = 5;
+
+/// The size, header included, of the TLS record whose header is `header` when it is a
+/// handshake record (a ClientHello's) of a valid length; 0 otherwise (not TLS: OpenSSL
+/// refuses it as soon as it reads it).
+std::size_t handshake_record_size(std::span<const unsigned char, record_header_size> header) noexcept;
+
+/// A server-side handshake run by OpenSSL directly on the connection's non-blocking socket,
+/// with SSL_MODE_RELEASE_BUFFERS: while it waits for the client it holds OpenSSL's handshake
+/// state and no more (OpenSSL 3.0, once it answered a ClientHello: about 42 KiB, the SSL object,
+/// a 21 KiB handshake message buffer, an 8 KiB write-buffering BIO, keys), where an
+/// asio::ssl::stream would hold its four 17 KiB buffers as well. The caller waits for what advance() asks for and calls it
+/// again; once done, release() hands the SSL* over (to asio::ssl::stream's constructor, which
+/// then owns it and puts its BIO pair in place of the socket's BIO). Read-ahead stays off, so
+/// OpenSSL never reads past the handshake's last record: what the client pipelined after it
+/// (its first command) is still in the socket for the stream to read.
+class server_handshake {
+public:
+    /// `fd`: the connection's socket, already non-blocking; it stays the caller's.
+    server_handshake(boost::asio::ssl::context& ctx, int fd) noexcept;
+    ~server_handshake();
+    server_handshake(const server_handshake&) = delete;
+    server_handshake& operator=(const server_handshake&) = delete;
+
+    enum class step { done, want_read, want_write, failed };
+    /// One SSL_do_handshake(): finished, what to wait for, or failed (`ec` says why, as an
+    /// asio::ssl::stream would: "stream truncated" for a client that left, OpenSSL's reason).
+    step advance(boost::system::error_code& ec) noexcept;
+    /// The SSL* (nullptr after the first call); the caller owns it.
+    SSL* release() noexcept { return std::exchange(ssl_, nullptr); }
+
+private:
+    SSL* ssl_ = nullptr;
+    boost::system::error_code setup_error_;  ///< SSL_new or SSL_set_fd failed
+};
 
 } // namespace asiosmtpd::tls

@@ -94,6 +94,8 @@ void expect_default_server(const server_settings& s)
     EXPECT_EQ(s.data_min_rate, 500u);
     EXPECT_EQ(s.tls_handshake_timeout, 30);
     EXPECT_EQ(s.max_connections, 10000u);
+    EXPECT_EQ(s.max_tls_handshakes, 1000u);
+    EXPECT_EQ(s.max_tls_handshakes_per_client, 20u);
     EXPECT_EQ(s.workers, 0u);
     EXPECT_EQ(s.shutdown_grace, 30);
 }
@@ -205,6 +207,8 @@ TEST(config_keys, every_key_is_read)
   timeout: 1.5
   tls_handshake_timeout: 10
   max_connections: 1
+  max_tls_handshakes: 0
+  max_tls_handshakes_per_client: 3
   workers: 1024
   shutdown_grace: 0
 tls:
@@ -248,6 +252,8 @@ plugins:
     EXPECT_DOUBLE_EQ(v.timeout, 1.5);
     EXPECT_DOUBLE_EQ(v.tls_handshake_timeout, 10);
     EXPECT_EQ(v.max_connections, 1u);
+    EXPECT_EQ(v.max_tls_handshakes, 0u);
+    EXPECT_EQ(v.max_tls_handshakes_per_client, 3u);
     EXPECT_EQ(v.workers, 1024u);
     EXPECT_DOUBLE_EQ(v.shutdown_grace, 0);
     ASSERT_TRUE(s.tls.has_value());
@@ -332,6 +338,12 @@ TEST(config_errors, integers)
               R"(t.yaml:2: server.max_connections: expected an integer >= 1, got "0")");
     EXPECT_EQ(error_of("server:\n  max_connections: 4294967296\n"),
               R"(t.yaml:2: server.max_connections: expected an integer >= 1, got "4294967296" (too large))");
+    EXPECT_EQ(error_of("server:\n  max_tls_handshakes: -1\n"),
+              R"(t.yaml:2: server.max_tls_handshakes: expected an integer >= 0, got "-1")");
+    EXPECT_EQ(error_of("server:\n  max_tls_handshakes_per_client: 4294967296\n"),
+              R"(t.yaml:2: server.max_tls_handshakes_per_client: expected an integer >= 0, got "4294967296" (too large))");
+    EXPECT_EQ(error_of("server:\n  max_tls_handshakes_per_client: many\n"),
+              R"(t.yaml:2: server.max_tls_handshakes_per_client: expected an integer >= 0, got "many")");
     EXPECT_EQ(error_of("server:\n  data_size_limit: 18446744073709551616\n"),
               R"(t.yaml:2: server.data_size_limit: expected an integer >= 0, got "18446744073709551616" (too large))");
     EXPECT_EQ(error_of("server:\n  data_size_limit: -5\n"),

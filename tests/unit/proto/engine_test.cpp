@@ -451,6 +451,34 @@ TEST(engine_starttls, plaintext_pipelined_after_starttls_is_discarded)
                        "503 5.5.1 Error: TLS already active\r\n");
 }
 
+TEST(engine_starttls, a_refused_handshake_answers_454_and_the_session_goes_on)
+{
+    // The host cannot start a handshake now (too many in progress): 454 instead of 220, RFC 3207 §4.
+    const settings s = starttls_settings();
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("EHLO c\r\nMAIL FROM:<a@b.c>\r\nSTARTTLS\r\nRSET\r\n");
+    ASSERT_TRUE(e.tls_requested());
+    e.refuse_tls(replies::tls_temporarily_unavailable);
+    EXPECT_FALSE(e.tls_requested());
+    EXPECT_FALSE(e.tls_active());
+    EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 HELP\r\n"
+                       "250 OK\r\n454 4.7.0 TLS not available due to temporary reason\r\n");
+    // The greeting and the transaction are kept; the RSET pipelined after STARTTLS never ran.
+    EXPECT_EQ(e.helo_name(), "c");
+    EXPECT_EQ(e.current_envelope().mail_from, "a@b.c");
+    e.receive("RCPT TO:<d@e.f>\r\nSTARTTLS\r\n");
+    EXPECT_TRUE(e.tls_requested());
+    e.refuse_tls("454 again");
+    e.refuse_tls("454 twice");  // no longer in the TLS phase: nothing
+    EXPECT_EQ(take(e), "250 OK\r\n454 again\r\n");
+    e.receive("STARTTLS\r\n");
+    EXPECT_EQ(take(e), "220 Ready to start TLS\r\n");
+    e.tls_established();
+    EXPECT_TRUE(e.tls_active());
+}
+
 TEST(engine_starttls, unavailable_and_syntax)
 {
     const settings s = base_settings();

@@ -1,0 +1,191 @@
+// tls::server_handshake: OpenSSL's handshake on the connection's own socket, handed over to an
+// asio::ssl::stream once done. A client over a socketpair, driven step by step.
+#include "tls/context.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/write.hpp>
+
+#include <gtest/gtest.h>
+
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <sys/socket.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <memory>
+#include <string>
+
+namespace asiosmtpd::tls {
+namespace {
+
+namespace ssl = boost::asio::ssl;
+
+// A server context with a fresh self-signed P-256 certificate.
+std::unique_ptr<ssl::context> server_context()
+{
+    auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
+    EVP_PKEY* key = EVP_EC_gen("P-256");
+    X509* cert = X509_new();
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+    X509_set_pubkey(cert, key);
+    X509_NAME* name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+    X509_set_issuer_name(cert, name);
+    X509_sign(cert, key, EVP_sha256());
+    EXPECT_EQ(SSL_CTX_use_certificate(ctx->native_handle(), cert), 1);
+    EXPECT_EQ(SSL_CTX_use_PrivateKey(ctx->native_handle(), key), 1);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return ctx;
+}
+
+struct pair {
+    int server = -1;
+    int client = -1;
+    pair()
+    {
+        int fds[2];
+        EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+        server = fds[0];
+        client = fds[1];
+        ::fcntl(server, F_SETFL, O_NONBLOCK);
+        ::fcntl(client, F_SETFL, O_NONBLOCK);
+    }
+    ~pair()
+    {
+        if (server >= 0) ::close(server);
+        if (client >= 0) ::close(client);
+    }
+};
+
+struct client {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL* ssl = nullptr;
+    explicit client(int fd)
+    {
+        ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        SSL_set_connect_state(ssl);
+    }
+    ~client()
+    {
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+    }
+    bool step() { return SSL_do_handshake(ssl) == 1; }
+};
+
+// Both sides in turns until the server is done (or failed).
+server_handshake::step run(server_handshake& hs, client& c, boost::system::error_code& ec)
+{
+    for (int i = 0; i < 20; ++i) {
+        c.step();
+        const auto s = hs.advance(ec);
+        if (s == server_handshake::step::done || s == server_handshake::step::failed) return s;
+    }
+    return server_handshake::step::failed;
+}
+
+TEST(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
+{
+    const auto ctx = server_context();
+    pair p;
+    client c(p.client);
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
+    ASSERT_TRUE(c.step());
+    // The client's first command right after its Finished: OpenSSL did not read it (no
+    // read-ahead), the stream that takes over reads it from the socket.
+    ASSERT_EQ(SSL_write(c.ssl, "EHLO x\r\n", 8), 8);
+    char peek = 0;
+    EXPECT_EQ(::recv(p.server, &peek, 1, MSG_PEEK), 1);
+    EXPECT_EQ(peek, 23);  // an application data record, still in the socket
+
+    boost::asio::io_context io;
+    boost::asio::local::stream_protocol::socket socket(io, boost::asio::local::stream_protocol(), p.server);
+    p.server = -1;  // the socket owns it now
+    ssl::stream<boost::asio::local::stream_protocol::socket&> stream(socket, hs.release());
+    EXPECT_EQ(hs.release(), nullptr);
+    EXPECT_EQ(describe(stream.native_handle()).version, "TLSv1.3");
+    std::array<char, 64> buf{};
+    const std::size_t n = stream.read_some(boost::asio::buffer(buf), ec);
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_EQ(std::string(buf.data(), n), "EHLO x\r\n");
+    boost::asio::write(stream, boost::asio::buffer(std::string("250 ok\r\n")), ec);
+    ASSERT_FALSE(ec) << ec.message();
+    std::array<char, 64> reply{};
+    int got = -1;
+    for (int i = 0; i < 10 && got <= 0; ++i) got = SSL_read(c.ssl, reply.data(), static_cast<int>(reply.size()));
+    EXPECT_EQ(std::string(reply.data(), static_cast<std::size_t>(std::max(got, 0))), "250 ok\r\n");
+}
+
+TEST(tls_server_handshake, a_client_gone_fails_without_sigpipe)
+{
+    // The server's first flight goes to a socket whose peer is closed: an error (EPIPE), not
+    // SIGPIPE (this test process does not ignore it).
+    const auto ctx = server_context();
+    pair p;
+    {
+        client c(p.client);
+        c.step();  // the ClientHello
+    }
+    ::close(p.client);
+    p.client = -1;
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    EXPECT_EQ(hs.advance(ec), server_handshake::step::failed);
+    EXPECT_TRUE(ec);
+}
+
+TEST(tls_server_handshake, a_client_that_left_is_a_truncated_stream)
+{
+    const auto ctx = server_context();
+    pair p;
+    ::close(p.client);
+    p.client = -1;
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    EXPECT_EQ(hs.advance(ec), server_handshake::step::failed);
+    EXPECT_EQ(ec, boost::asio::ssl::error::stream_truncated) << ec.message();
+}
+
+TEST(tls_server_handshake, waits_for_the_client)
+{
+    const auto ctx = server_context();
+    pair p;
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    EXPECT_EQ(hs.advance(ec), server_handshake::step::want_read);
+    EXPECT_FALSE(ec);
+    ASSERT_EQ(::write(p.client, "not tls at all\r\n", 16), 16);
+    EXPECT_EQ(hs.advance(ec), server_handshake::step::failed);
+    EXPECT_EQ(ec.category(), boost::asio::error::get_ssl_category()) << ec.message();
+}
+
+TEST(tls_records, a_client_hello_record_header_gives_its_size)
+{
+    const std::array<unsigned char, 5> hello{22, 3, 1, 0x02, 0x00};
+    EXPECT_EQ(handshake_record_size(hello), 5u + 512u);
+    const std::array<unsigned char, 5> largest{22, 3, 3, 0x40, 0x00};
+    EXPECT_EQ(handshake_record_size(largest), 5u + 16384u);
+    const std::array<unsigned char, 5> too_large{22, 3, 3, 0x40, 0x01};
+    EXPECT_EQ(handshake_record_size(too_large), 0u);
+    const std::array<unsigned char, 5> empty{22, 3, 3, 0, 0};
+    EXPECT_EQ(handshake_record_size(empty), 0u);
+    const std::array<unsigned char, 5> plaintext{'E', 'H', 'L', 'O', ' '};
+    EXPECT_EQ(handshake_record_size(plaintext), 0u);
+    const std::array<unsigned char, 5> alert{21, 3, 3, 0, 2};
+    EXPECT_EQ(handshake_record_size(alert), 0u);
+}
+
+} // namespace
+} // namespace asiosmtpd::tls
