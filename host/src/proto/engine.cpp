@@ -1046,6 +1046,11 @@ void engine::on_auth(std::string_view arg)
     // Mechanism names are case-insensitive (RFC 4954 §4; design.md §5 Q3).
     std::string mechanism;
     upper_into(mechanism, words[0]);
+    // The mechanism is known before its initial response is decoded (aiosmtpd looks it up
+    // first: an unknown one with a response that is not base64 is still 504).
+    const auto& plugins = settings_.auth_mechanisms;
+    const auto it = std::find(plugins.begin(), plugins.end(), mechanism);
+    if (mechanism != "PLAIN" && mechanism != "LOGIN" && it == plugins.end()) return reply(replies::unknown_mechanism);
     std::optional<std::string> initial;
     if (count == 2) {
         initial = base64_decode(words[1]);
@@ -1071,9 +1076,6 @@ void engine::on_auth(std::string_view arg)
         phase_ = phase::auth;
         return;
     }
-    const auto& plugins = settings_.auth_mechanisms;
-    const auto it = std::find(plugins.begin(), plugins.end(), mechanism);
-    if (it == plugins.end()) return reply(replies::unknown_mechanism);
     auth_kind_ = auth_kind::plugin;
     auth_plugin_ = static_cast<std::size_t>(it - plugins.begin());
     if (initial) return auth_plugin_step(std::string_view(*initial));
