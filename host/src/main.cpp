@@ -1,4 +1,4 @@
-// asiosmtpd: argument parsing and wiring, nothing else (design.md §3).
+// asiosmtpd: argument parsing and wiring, nothing else (README.md, "Command line").
 #include "config/config.hpp"
 #include "log/log.hpp"
 #include "net/server.hpp"

@@ -125,7 +125,7 @@ private:
                         (j.authzid.empty() || j.authzid == j.login);
         wipe(j.password);
         wipe(computed);
-        // The host answers 235 or 535 (design.md §5 Q6); no reply text of our own.
+        // The host answers 235 or 535 (docs/behaviour.md); no reply text of our own.
         j.pending.complete(ok ? sdk::verdict::accept : sdk::verdict::reject);
     }
 

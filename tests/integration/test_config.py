@@ -1,4 +1,4 @@
-"""Command line and configuration errors (design.md section 3): every error stops start-up
+"""Command line and configuration errors (README.md, "Command line"): every error stops start-up
 with one clear line naming the file, the key and what is wrong, and a non-zero exit."""
 import os
 import re

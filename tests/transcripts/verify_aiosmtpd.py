@@ -252,7 +252,7 @@ class Transcript:
         base = LMTP if parse_bool("lmtp", self.settings.get("lmtp", "false")) else SMTP
         limit = int(self.settings.get("command_size_limit", "512"))
         # A fresh subclass per run: aiosmtpd keeps the per-verb limits in a class-level
-        # dict that every instance clears and every EHLO grows (its quirk Q2). A private
+        # dict that every instance clears and every EHLO grows (an aiosmtpd quirk). A private
         # dict per run keeps concurrent runs apart and still shows that quirk within one
         # connection. The dict's default follows command_size_limit (aiosmtpd's own dict
         # would stay at 512 in ESMTP sessions for a subclass that only sets the int).

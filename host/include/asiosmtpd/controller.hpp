@@ -12,7 +12,7 @@ namespace asiosmtpd {
 
 class controller {
 public:
-    /// From YAML text (design.md §4); relative paths resolve against `base_dir`.
+    /// From YAML text (docs/configuration.md); relative paths resolve against `base_dir`.
     static controller from_yaml(std::string_view yaml, const std::filesystem::path& base_dir = std::filesystem::current_path());
     /// From a config file.
     static controller from_file(const std::filesystem::path& file);

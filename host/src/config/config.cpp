@@ -1,4 +1,4 @@
-// config: the YAML file of design.md §4 read with yaml-cpp and checked key by key into the
+// config: the YAML file (docs/configuration.md) read with yaml-cpp and checked key by key into the
 // plain structs of config.hpp. Nothing else in the project sees yaml-cpp. Every problem is
 // one config_error line "<file>:<line>: <dotted key>: <problem>" (style.md §3.3 item 4); the
 // first problem found stops the walk. TLS files are only checked for readability here: the
@@ -193,7 +193,7 @@ std::string machine_fqdn()
 }
 
 // Control bytes in an error message escaped as \xNN, so that the error stays the one line
-// design.md promises: yaml-cpp quotes the offending character in some messages ("unknown escape
+// the README promises: yaml-cpp quotes the offending character in some messages ("unknown escape
 // character: X"), and a key may contain anything (found by tests/fuzz/config_fuzz).
 std::string one_line(std::string_view text)
 {
@@ -456,7 +456,7 @@ fs::path reader::read_path(const item& it, bool folder) const
         fail(it.mark, it.key, "expected a path, got an empty string");
     if (s.find('\0') != std::string::npos)
         fail(it.mark, it.key, "a path cannot contain a NUL byte");
-    // design.md §4: relative paths are relative to the config file's folder.
+    // relative paths are relative to the config file's folder.
     fs::path p = fs::path(s);
     if (p.is_relative())
         p = base_dir_ / p;
@@ -812,7 +812,7 @@ settings reader::read(const YAML::Node& root)
     out.base_dir = base_dir_;
     if (!root.IsNull())
         read_document(root, out);
-    // design.md §4: no hostname (absent, null or empty) means the machine's FQDN.
+    // no hostname (absent, null or empty) means the machine's FQDN.
     if (out.server.hostname.empty())
         out.server.hostname = machine_fqdn();
     return out;

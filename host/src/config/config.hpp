@@ -1,4 +1,4 @@
-// config: the YAML file of design.md §4 turned into validated, immutable structs.
+// config: the YAML file (docs/configuration.md) turned into validated, immutable structs.
 // The only user of yaml-cpp in the project. Every problem is a config_error naming the file,
 // the key (dotted path, e.g. "server.listen[0].port"), the line and what is wrong.
 // Plugin `config:` subtrees are kept as a neutral tree (node) handed to plugins as data.

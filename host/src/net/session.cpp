@@ -126,7 +126,7 @@ void session::on_watchdog()
     }
     if (!timed_out_) {
         too_slow_ = engine_.reading_data();
-        // Idle: the session loop sees operation_aborted and sends the 421 (design.md §5 Q1). A
+        // Idle: the session loop sees operation_aborted and sends the 421 (docs/behaviour.md). A
         // client that does not read gets close_grace, then the socket is closed.
         timed_out_ = true;
         deadline_ = now + ctx_->close_grace;
@@ -428,7 +428,7 @@ asio::awaitable<void> session::run()
 }
 
 // Before the greeting: the PROXY header, implicit TLS (RFC 8314 §3.3: TLS first, then the
-// greeting; it counts as TLS, design.md §5 Q10). False: the session ends without a greeting.
+// greeting; it counts as TLS, docs/behaviour.md). False: the session ends without a greeting.
 asio::awaitable<bool> session::open()
 {
     if (ctx_->proxy_protocol && !co_await read_proxy_header()) co_return false;

@@ -44,7 +44,7 @@ asiosmtpd_ctx::~asiosmtpd_ctx()
 namespace asiosmtpd::plugin {
 namespace {
 
-// "<config file>: plugins[0]: <plugin file>: <why>" (design.md §3: the file, the key, the problem)
+// "<config file>: plugins[0]: <plugin file>: <why>" (the file, the key, the problem, as every start-up error)
 load_error refusal(const fs::path& config_file, const std::string& key, const fs::path& file, std::string_view why)
 {
     return load_error(fmt::format("{}: {}: {}: {}", config_file.string(), key, file.string(), why));
@@ -223,7 +223,7 @@ std::shared_ptr<library> open_checked(const fs::path& config_file, const fs::pat
 } // namespace
 
 // Generations end on this thread, never on the I/O thread whose session happened to hold the
-// last reference: a plugin's destroy() joins its threads and may take a while (plugin-abi.md
+// last reference: a plugin's destroy() joins its threads and may take a while (plugin.h
 // §3.2 step 6). Generations still queued at exit are destroyed by the thread that exits.
 class janitor {
 public:

@@ -1111,7 +1111,7 @@ step header_parser::get_domain_literal(std::string_view& value, token& out)
 step header_parser::get_domain(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]: `MAIL FROM:a@` (quirk Q13)
+    if (v.empty()) return step::crash; // value[0]: `MAIL FROM:a@` (an aiosmtpd quirk)
     std::optional<token> leader;
     if (is_cfws_leader(v.front())) {
         leader.emplace();

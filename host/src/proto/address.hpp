@@ -1,5 +1,5 @@
 // address: the MAIL/RCPT/VRFY address parser, reproducing what aiosmtpd (via Python's RFC 5322
-// header parser) stores for each argument (aiosmtpd-behaviour.md §3.11). Pure function, std only.
+// header parser) stores for each argument (aiosmtpd 1.4). Pure function, std only.
 // It finds the address at the start of the argument and returns it normalised plus the rest
 // (the ESMTP parameter text), or says the address is malformed.
 #pragma once
@@ -36,7 +36,7 @@ struct address_result {
 ///   (`""`, `"" (c)`); aiosmtpd's `not address`. MAIL/RCPT answer with their syntax error; VRFY
 ///   with a non-blank argument calls its hook with an empty address (aiosmtpd: 252).
 /// - `malformed`: Python raised HeaderParseError (553) or any other exception (aiosmtpd's
-///   `500 Error: (IndexError) ...`, quirk Q13, which design.md §5 answers with 553 too).
+///   `500 Error: (IndexError) ...`, which asiosmtpd answers with 553, see docs/behaviour.md).
 ///
 /// With `smtputf8` false any byte >= 0x80 makes the argument malformed (the engine rejects such
 /// lines earlier with "500 Error: strict ASCII mode"); with true, UTF-8 (and undecodable bytes,

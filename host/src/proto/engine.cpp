@@ -185,7 +185,7 @@ std::optional<esmtp_param> take_param(std::vector<esmtp_param>& params, std::str
 }
 
 // RFC 4648 base64, strict as Python's b64decode(validate=True): the alphabet only, correct
-// padding, no blanks. RFC 4954 §4: a lone "=" is an empty response (design.md §5, aiosmtpd Q16).
+// padding, no blanks. RFC 4954 §4: a lone "=" is an empty response (docs/behaviour.md).
 std::optional<std::string> base64_decode(std::string_view in)
 {
     if (in == "=") return std::string{};
@@ -379,7 +379,7 @@ bool engine::step_command()
     return true;
 }
 
-// aiosmtpd-behaviour.md §2.3: the pre-dispatch checks, in order; the first match wins.
+// aiosmtpd 1.4: the pre-dispatch checks, in order; the first match wins.
 void engine::handle_line(std::string_view line)
 {
     // Bare LF ends a command line (aiosmtpd); then every trailing CR and LF is stripped.
@@ -401,7 +401,7 @@ void engine::handle_line(std::string_view line)
     if (tls_vetoed_ && verb_ != "QUIT") return reply(replies::lack_of_security);
 
     // RFC 3207 §4: before STARTTLS only these verbs (aiosmtpd ALLOWED_BEFORE_STARTTLS; LHLO added,
-    // design.md §5 Q9).
+    // docs/behaviour.md).
     if (settings_.require_starttls && !tls_active_ && verb_ != "NOOP" && verb_ != "EHLO" &&
         verb_ != "STARTTLS" && verb_ != "QUIT" && !(settings_.lmtp && verb_ == "LHLO"))
         return reply(replies::need_starttls);
@@ -638,7 +638,7 @@ bool engine::reply_for(const hook_result& r, std::string_view default_reply)
 }
 
 // --------------------------------------------------------------------------------------------
-// Commands (aiosmtpd-behaviour.md §3)
+// Commands (aiosmtpd 1.4)
 // --------------------------------------------------------------------------------------------
 
 bool engine::need_helo()
@@ -685,7 +685,7 @@ void engine::send_ehlo_lines()
     if (settings_.enable_smtputf8) out_.append("250-SMTPUTF8\r\n");
     if (settings_.starttls_available && !tls_active_) out_.append("250-STARTTLS\r\n");
     if (!settings_.auth_require_tls || tls_active_) {
-        // Sorted by code point, as aiosmtpd; never a trailing space (design.md §5 Q17).
+        // Sorted by code point, as aiosmtpd; never a trailing space (docs/behaviour.md).
         std::vector<std::string_view> mechanisms{"LOGIN", "PLAIN"};
         for (const auto& m : settings_.auth_mechanisms) mechanisms.push_back(m);
         std::sort(mechanisms.begin(), mechanisms.end());
@@ -899,7 +899,7 @@ void engine::end_of_data()
 // The whole message is in (and every data_chunk hook has seen it): the DATA hook, or the reply.
 void engine::finish_data()
 {
-    // aiosmtpd decode_data without SMTPUTF8 is strict ASCII; the envelope is kept (its Q5).
+    // aiosmtpd decode_data without SMTPUTF8 is strict ASCII; the envelope is kept (as aiosmtpd does).
     if (data_non_ascii_) {
         data_non_ascii_ = false;
         envelope_.content.clear();
@@ -920,7 +920,7 @@ void engine::finish_data()
 
 void engine::deliver_data_reply(const hook_result& r)
 {
-    // LMTP (RFC 2033 §4.2): one reply per accepted recipient, in order (design.md §5 Q9).
+    // LMTP (RFC 2033 §4.2): one reply per accepted recipient, in order (docs/behaviour.md).
     const std::size_t replies_due = settings_.lmtp ? std::max<std::size_t>(envelope_.rcpt_tos.size(), 1) : 1;
     const bool closes = r.verdict == verdict::reject_close || r.verdict == verdict::tempfail_close;
     hook_result each = r;
@@ -1027,7 +1027,7 @@ void engine::on_help(std::string_view arg)
 
 void engine::on_auth(std::string_view arg)
 {
-    // aiosmtpd-behaviour.md §3.16, the check order. AUTH is not subject to auth_required.
+    // aiosmtpd 1.4, the check order. AUTH is not subject to auth_required.
     if (host_name_.empty()) return reply(replies::need_ehlo);
     if (!extended_smtp_) return reply(replies::auth_not_recognized);
     if (settings_.auth_require_tls && !tls_active_) return reply(replies::encryption_required);
@@ -1043,7 +1043,7 @@ void engine::on_auth(std::string_view arg)
         if (count == 2) return reply(replies::auth_too_many);
         words[count++] = arg.substr(start, i - start);
     }
-    // Mechanism names are case-insensitive (RFC 4954 §4; design.md §5 Q3).
+    // Mechanism names are case-insensitive (RFC 4954 §4; docs/behaviour.md).
     std::string mechanism;
     upper_into(mechanism, words[0]);
     // The mechanism is known before its initial response is decoded (aiosmtpd looks it up
@@ -1175,7 +1175,7 @@ void engine::auth_success(const hook_result& r, std::string_view login)
 
 void engine::auth_failure(const hook_result& r)
 {
-    // design.md §5 Q6: a rejected credential is always answered.
+    // docs/behaviour.md: a rejected credential is always answered.
     r.code ? reply_plugin(r) : reply(replies::auth_failed);
     auth_end();
     auth_failed_ = true;
@@ -1197,7 +1197,7 @@ void engine::auth_end() noexcept
 
 void engine::on_starttls(std::string_view arg)
 {
-    // RFC 3207 §4, aiosmtpd-behaviour.md §3.14.
+    // RFC 3207 §4, and aiosmtpd 1.4's check order.
     if (!arg.empty()) return reply(replies::syntax_starttls);
     if (tls_active_) return reply(replies::tls_already_active);
     if (!settings_.starttls_available) return reply(replies::tls_not_available);
@@ -1322,7 +1322,7 @@ std::size_t engine::command_limit(std::string_view verb) const noexcept
 {
     if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit;
     // RFC 1870 §3 (+26 for SIZE) and RFC 6531 §3.4 (+10 for SMTPUTF8), once per session
-    // (design.md §5 Q2: aiosmtpd grows it with every EHLO).
+    // (docs/behaviour.md: aiosmtpd grows it with every EHLO).
     return settings_.command_size_limit + (settings_.data_size_limit != 0 ? 26 : 0) +
            (settings_.enable_smtputf8 ? 10 : 0);
 }

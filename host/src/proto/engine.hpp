@@ -7,8 +7,8 @@
 // engine processes nothing else (pipelined commands wait in the buffer), so replies stay in
 // order. close_requested() means: write the remaining output, then close.
 //
-// Replies and check order follow aiosmtpd 1.4 (aiosmtpd-behaviour.md §2-§3) with the quirk
-// policy of design.md §5.
+// Replies and check order follow aiosmtpd 1.4 (aiosmtpd's smtp.py), with the deliberate
+// differences of docs/behaviour.md.
 #pragma once
 
 #include "proto/replies.hpp"
@@ -192,7 +192,7 @@ public:
     /// The outcome of the hook chain for pending_hook().
     void hook_done(hook_result result);
 
-    /// The idle timer expired: queue 421 and close (design.md §5 Q1).
+    /// The idle timer expired: queue 421 and close (docs/behaviour.md).
     void timed_out();
     /// The host is going away (shutdown, too many connections): queue 421 text and close.
     void abort_with(std::string_view reply);
@@ -243,7 +243,7 @@ public:
     /// costs no allocation) and return true.
     bool release_buffer(std::size_t keep) noexcept;
 
-    /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (§5 Q10).
+    /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (docs/behaviour.md).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
 
     /// STARTTLS was accepted ("220 Ready to start TLS" is in output()): write it, then run

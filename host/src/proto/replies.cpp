@@ -15,7 +15,7 @@ std::string join(std::initializer_list<std::string_view> parts)
 
 std::string greeting(std::string_view hostname, std::string_view ident) { return join({"220 ", hostname, " ", ident}); }
 std::string helo_ok(std::string_view hostname) { return join({"250 ", hostname}); }
-// aiosmtpd echoes the upper-cased verb raw, control characters included (its Q14).
+// aiosmtpd echoes the upper-cased verb raw, control characters included (as aiosmtpd does).
 std::string unknown_command(std::string_view verb) { return join({"500 Error: command \"", verb, "\" not recognized"}); }
 std::string call_limit_hit(std::string_view verb) { return join({"421 4.7.0 ", verb, " sent too many times"}); }
 // aiosmtpd echoes the argument raw. Here a control byte but HT in it (a CR, a NUL: VRFY refuses

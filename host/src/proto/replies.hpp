@@ -1,5 +1,5 @@
 // replies: every fixed reply text the engine sends, each beside the aiosmtpd reply it mirrors
-// (aiosmtpd-behaviour.md §3.1). Handlers name replies from here; they never inline text.
+// (aiosmtpd 1.4). Handlers name replies from here; they never inline text.
 // Texts are without the trailing CRLF. Replies that carry a variable part are built by the
 // small functions in replies.cpp.
 #pragma once
@@ -21,7 +21,7 @@ inline constexpr std::string_view tls_not_available = "454 TLS not available";
 inline constexpr std::string_view ready_to_start_tls = "220 Ready to start TLS";
 // RFC 3207 §4: the host cannot start a handshake now (too many in progress).
 inline constexpr std::string_view tls_temporarily_unavailable = "454 4.7.0 TLS not available due to temporary reason";
-inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";   // design §5 Q11/Q12
+inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";   // a plugin error (docs/behaviour.md)
 inline constexpr std::string_view default_tempfail = "451 4.7.1 Try again later"; // plugin TEMPFAIL, no text
 
 // --- 5xx: syntax -----------------------------------------------------------------------------
@@ -47,7 +47,7 @@ inline constexpr std::string_view smtputf8_disabled = "501 Error: SMTPUTF8 disab
 inline constexpr std::string_view auth_not_enough = "501 Not enough value";
 inline constexpr std::string_view auth_ok = "235 2.7.0 Authentication successful";
 inline constexpr std::string_view auth_empty_challenge = "334 ";                      // PLAIN without initial response
-// design.md §5: the standard LOGIN challenges ("Username:", "Password:"), not aiosmtpd's
+// docs/behaviour.md: the standard LOGIN challenges ("Username:", "Password:"), not aiosmtpd's
 // "User Name\0" / "Password\0" (its issue #566: Go net/smtp and curl abort on the NUL).
 inline constexpr std::string_view auth_username_challenge = "334 VXNlcm5hbWU6";
 inline constexpr std::string_view auth_password_challenge = "334 UGFzc3dvcmQ6";
@@ -73,7 +73,7 @@ inline constexpr std::string_view need_rcpt = "503 Error: need RCPT command";
 inline constexpr std::string_view only_quit = "503 5.5.1 Error: connection rejected, send QUIT";
 inline constexpr std::string_view unknown_mechanism = "504 5.5.4 Unrecognized authentication type";
 inline constexpr std::string_view need_starttls = "530 Must issue a STARTTLS command first";
-// design.md §5 Q8: aiosmtpd answers 220 and attempts TLS inside TLS.
+// docs/behaviour.md: aiosmtpd answers 220 and attempts TLS inside TLS.
 inline constexpr std::string_view tls_already_active = "503 5.5.1 Error: TLS already active";
 // aiosmtpd: handle_STARTTLS returned false; every command but QUIT gets this.
 inline constexpr std::string_view lack_of_security = "554 Command refused due to lack of security";
@@ -95,7 +95,7 @@ std::string helo_ok(std::string_view hostname);                           // 250
 std::string unknown_command(std::string_view verb);                       // 500 Error: command "X" not recognized
 std::string call_limit_hit(std::string_view verb);                        // 421 4.7.0 X sent too many times
 std::string could_not_vrfy(std::string_view arg);                         // 502 Could not VRFY <arg> (controls → '?')
-// design.md §5 Q1: aiosmtpd closes silently; we say why first.
+// docs/behaviour.md: aiosmtpd closes silently; we say why first.
 std::string timeout_exceeded(std::string_view hostname);                  // 421 4.4.2 <host> Error: timeout exceeded
 std::string closing(std::string_view hostname);                           // 421 4.7.0 <host> ... closing
 std::string too_many_connections(std::string_view hostname);              // 421 4.7.0 <host> Error: too many connections

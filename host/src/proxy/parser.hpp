@@ -1,6 +1,6 @@
 // proxy: the HAProxy PROXY protocol header (v1 text, v2 binary), sans-I/O and std only.
 // Feed it the first bytes of a connection; it says how many more it needs, or that the header
-// is complete (and how long it was), or why it is invalid (aiosmtpd-behaviour.md §6; HAProxy's
+// is complete (and how long it was), or why it is invalid (aiosmtpd 1.4; HAProxy's
 // proxy-protocol.txt). It never reads past the header, so the bytes after it belong to SMTP or
 // to a TLS handshake.
 #pragma once

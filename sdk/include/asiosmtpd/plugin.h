@@ -400,7 +400,7 @@ typedef struct asiosmtpd_host_api {
     /* The identity to authenticate as, with ACCEPT from AUTH_CHECK or a mechanism. Copied. */
     asiosmtpd_status (*set_auth_identity)(asiosmtpd_call *call, asiosmtpd_str login);
     /* The folder of the config file (absolute), to resolve relative paths in the plugin's own
-     * config as the host does for its keys (design.md §4). Valid during create(). */
+     * config as the host does for its keys (docs/configuration.md). Valid during create(). */
     asiosmtpd_str (*config_dir)(asiosmtpd_registrar *reg);
 
     /* LMTP (RFC 2033 §4.2): in the DATA hook, the reply for the index-th accepted recipient

@@ -1,4 +1,4 @@
-// Unit tests for proto/address: every row of aiosmtpd-behaviour.md §3.11, aiosmtpd's own list
+// Unit tests for proto/address: every row of aiosmtpd 1.4, aiosmtpd's own list
 // of valid and invalid addresses (aiosmtpd/tests/test_smtp.py), the split between address and
 // parameter text, and the corners of Python's parser that the port reproduces. Each expectation
 // was checked against aiosmtpd 1.4.3 on Python 3.11: SMTP._getaddr itself for every row, MAIL and
@@ -85,7 +85,7 @@ const std::vector<address_case> spec_table{
     ok("<a@b.c", "a@b.c"),
     // case preserved
     ok("<A@B.C>", "A@B.C"),
-    // the null path is stored as the two characters `<>` (quirk Q4)
+    // the null path is stored as the two characters `<>` (an aiosmtpd quirk)
     ok("<>", "<>"),
     // 553
     malformed("< >"),
@@ -100,7 +100,7 @@ const std::vector<address_case> spec_table{
     malformed("<a@b..c>"),
     malformed("a@b.c."),
     malformed("a@.b.c"),
-    // aiosmtpd: `500 Error: (IndexError) string index out of range` (Q13); design.md §5: 553
+    // aiosmtpd: `500 Error: (IndexError) string index out of range` ; docs/behaviour.md: 553
     malformed("a@"),
     // no domain required
     ok("<a>", "a"),

@@ -498,7 +498,7 @@ TEST(engine_starttls, implicit_tls_counts_as_tls)
     e.start();
     take(e);
     e.receive("EHLO c\r\nSTARTTLS\r\nAUTH PLAIN\r\n");
-    // AUTH is advertised and passes the TLS gate (design.md §5 Q10).
+    // AUTH is advertised and passes the TLS gate (docs/behaviour.md).
     EXPECT_EQ(take(e), "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-AUTH LOGIN PLAIN\r\n250 HELP\r\n"
                        "503 5.5.1 Error: TLS already active\r\n"
                        "334 \r\n");

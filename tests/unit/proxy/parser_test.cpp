@@ -1,4 +1,4 @@
-// The PROXY protocol header parser (aiosmtpd-behaviour.md §6.2-§6.3, HAProxy's spec).
+// The PROXY protocol header parser (aiosmtpd 1.4-§6.3, HAProxy's spec).
 #include "proxy/parser.hpp"
 
 #include <gtest/gtest.h>
