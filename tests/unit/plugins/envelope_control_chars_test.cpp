@@ -4,7 +4,7 @@
 // envelope into a header or a line must encode or refuse it without help. The envelope is
 // swapped under the plugin by rewritten_envelope_host.hpp (the test kit itself refuses such
 // addresses, as the server: testkit_control_chars_test.cpp). Also: escape_controls() itself.
-#include "../../../plugins/maildir/delivery_common.hpp"
+#include "common/delivery_common.hpp"
 #include "file_helpers.hpp"
 #include "rewritten_envelope_host.hpp"
 

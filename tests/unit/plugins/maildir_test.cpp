@@ -3,7 +3,7 @@
 // pieces arrive, nothing left behind when a later plugin refuses a piece, and the whole-message
 // paths (a host without DATA_CHUNK; another DATA hook that takes no pieces). First, the
 // streaming message_preparer of delivery_common.hpp against prepare_message at every cut.
-#include "../../../plugins/maildir/delivery_common.hpp"
+#include "common/delivery_common.hpp"
 #include "abi11_host.hpp"
 #include "file_helpers.hpp"
 

@@ -3,7 +3,7 @@
 // the cuts included), the spool invisible in the folder, and an mbox left untouched by a
 // transaction that ends without DATA (a refused piece, a session closed mid-message), and
 // whole messages from a host without DATA_CHUNK.
-#include "../../../plugins/maildir/delivery_common.hpp"
+#include "common/delivery_common.hpp"
 #include "abi11_host.hpp"
 #include "file_helpers.hpp"
 

@@ -3,8 +3,8 @@
 // of them), upstream codes map to sane local ones, and name resolution keeps its deadline with
 // an injected slow resolver (no DNS, no network). The plugin end to end:
 // tests/integration/test_delivery_proxy.py.
-#include "../../../plugins/proxy/reply_text.hpp"
-#include "../../../plugins/proxy/resolver.hpp"
+#include "proxy/reply_text.hpp"
+#include "proxy/resolver.hpp"
 
 #include <asiosmtpd/testkit.hpp>
 
