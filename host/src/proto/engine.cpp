@@ -240,31 +240,64 @@ std::string base64_encode(std::string_view in)
     return out;
 }
 
-struct help_entry {
-    std::string_view verb;
-    std::string_view text;
-    std::string_view extended; // appended in ESMTP sessions
-};
-
-constexpr std::array builtin_help{
-    help_entry{"AUTH", "AUTH <mechanism>", ""},
-    help_entry{"DATA", "DATA", ""},
-    help_entry{"EHLO", "EHLO hostname", ""},
-    help_entry{"HELO", "HELO hostname", ""},
-    help_entry{"HELP", "HELP [command]", ""},
-    help_entry{"LHLO", "LHLO hostname", ""},
-    help_entry{"MAIL", "MAIL FROM: <address>", " [SP <mail-parameters>]"},
-    help_entry{"NOOP", "NOOP [ignored]", ""},
-    help_entry{"QUIT", "QUIT", ""},
-    help_entry{"RCPT", "RCPT TO: <address>", " [SP <mail-parameters>]"},
-    help_entry{"RSET", "RSET", ""},
-    help_entry{"STARTTLS", "STARTTLS", ""},
-    help_entry{"VRFY", "VRFY <address>", ""},
-};
-
 } // namespace
 
 engine::engine(const settings& s) : settings_(s), unknown_budget_(s.unknown_command_budget) {}
+
+// --------------------------------------------------------------------------------------------
+// The command table: every built-in verb, in one place
+// --------------------------------------------------------------------------------------------
+
+namespace {
+constexpr std::uint8_t before_starttls = 1; // allowed before STARTTLS with require_starttls (RFC 3207 §4)
+constexpr std::uint8_t smtp_only = 2;       // not in LMTP (RFC 2033 §4.1: LHLO instead)
+constexpr std::uint8_t lmtp_only = 4;       // only in LMTP; elsewhere an unknown verb
+} // namespace
+
+struct engine::command_spec {
+    std::string_view verb;
+    std::uint8_t flags;
+    void (engine::*handle)(std::string_view arg, bool has_arg);
+    std::string_view help;          // "HELP <verb>" syntax; empty: not listed (aiosmtpd)
+    std::string_view help_extended; // appended in ESMTP sessions
+};
+
+std::span<const engine::command_spec> engine::command_table() noexcept
+{
+    // aiosmtpd's smtp_<VERB> methods, with their HELP texts; ALLOWED_BEFORE_STARTTLS, plus LHLO.
+    static constexpr command_spec table[] = {
+        {"HELO", smtp_only, &engine::on_helo, "HELO hostname", ""},
+        {"EHLO", smtp_only | before_starttls, &engine::on_ehlo, "EHLO hostname", ""},
+        {"LHLO", lmtp_only | before_starttls, &engine::on_ehlo, "LHLO hostname", ""},
+        {"MAIL", 0, &engine::on_mail, "MAIL FROM: <address>", " [SP <mail-parameters>]"},
+        {"RCPT", 0, &engine::on_rcpt, "RCPT TO: <address>", " [SP <mail-parameters>]"},
+        {"DATA", 0, &engine::on_data, "DATA", ""},
+        {"RSET", 0, &engine::on_rset, "RSET", ""},
+        {"NOOP", before_starttls, &engine::on_noop, "NOOP [ignored]", ""},
+        {"QUIT", before_starttls, &engine::on_quit, "QUIT", ""},
+        {"VRFY", 0, &engine::on_vrfy, "VRFY <address>", ""},
+        {"HELP", 0, &engine::on_help, "HELP [command]", ""},
+        {"EXPN", 0, &engine::on_expn, "", ""},
+        {"AUTH", 0, &engine::on_auth, "AUTH <mechanism>", ""},
+        {"STARTTLS", before_starttls, &engine::on_starttls, "STARTTLS", ""},
+    };
+    return table;
+}
+
+const engine::command_spec* engine::find_command(std::string_view verb) noexcept
+{
+    for (const command_spec& c : command_table())
+        if (c.verb == verb) return &c;
+    return nullptr;
+}
+
+// Whether this session knows the verb at all (HELP lists it, the handler runs).
+bool engine::offered(const command_spec& c) const noexcept
+{
+    if ((c.flags & smtp_only) && settings_.lmtp) return false;
+    if ((c.flags & lmtp_only) && !settings_.lmtp) return false;
+    return c.handle != &engine::on_starttls || settings_.starttls_available;
+}
 
 // --------------------------------------------------------------------------------------------
 // Input and the main loop
@@ -402,8 +435,9 @@ void engine::handle_line(std::string_view line)
 
     // RFC 3207 §4: before STARTTLS only these verbs (aiosmtpd ALLOWED_BEFORE_STARTTLS; LHLO added,
     // docs/behaviour.md).
-    if (settings_.require_starttls && !tls_active_ && verb_ != "NOOP" && verb_ != "EHLO" &&
-        verb_ != "STARTTLS" && verb_ != "QUIT" && !(settings_.lmtp && verb_ == "LHLO"))
+    const command_spec* const spec = find_command(verb_);
+    if (settings_.require_starttls && !tls_active_ &&
+        !(spec != nullptr && (spec->flags & before_starttls) != 0 && ((spec->flags & lmtp_only) == 0 || settings_.lmtp)))
         return reply(replies::need_starttls);
 
     if (settings_.call_limit_enabled) {
@@ -419,32 +453,18 @@ void engine::handle_line(std::string_view line)
         }
         --it->second;
     }
-    dispatch(verb_, arg, has_arg);
+    dispatch(spec, verb_, arg, has_arg);
 }
 
-void engine::dispatch(std::string_view verb, std::string_view arg, bool has_arg)
+void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
 {
     if (connect_rejected_ && verb != "QUIT") return reply(replies::only_quit);
-    if (settings_.lmtp) {
-        // RFC 2033 §4.1: LMTP has LHLO instead; aiosmtpd answers these as unknown without
-        // using the unknown-command budget.
-        if (verb == "HELO" || verb == "EHLO") return reply(replies::unknown_command(verb));
-        if (verb == "LHLO") return on_ehlo(arg);
-    } else {
-        if (verb == "HELO") return on_helo(arg);
-        if (verb == "EHLO") return on_ehlo(arg);
+    if (spec != nullptr) {
+        // RFC 2033 §4.1: LMTP has LHLO instead; aiosmtpd answers HELO and EHLO as unknown
+        // without using the unknown-command budget.
+        if ((spec->flags & smtp_only) && settings_.lmtp) return reply(replies::unknown_command(verb));
+        if (!(spec->flags & lmtp_only) || settings_.lmtp) return (this->*spec->handle)(arg, has_arg);
     }
-    if (verb == "MAIL") return on_mail(arg, has_arg);
-    if (verb == "RCPT") return on_rcpt(arg, has_arg);
-    if (verb == "DATA") return on_data(arg);
-    if (verb == "RSET") return on_rset(arg);
-    if (verb == "NOOP") return on_noop(arg, has_arg);
-    if (verb == "QUIT") return on_quit(arg);
-    if (verb == "VRFY") return on_vrfy(arg);
-    if (verb == "HELP") return on_help(arg);
-    if (verb == "EXPN") return reply(replies::expn_not_implemented);
-    if (verb == "AUTH") return on_auth(arg);
-    if (verb == "STARTTLS") return on_starttls(arg);
     for (std::size_t i = 0; i < settings_.commands.size(); ++i)
         if (settings_.commands[i].verb == verb) return on_custom(i, verb, arg, has_arg);
     on_unknown(verb, arg, has_arg);
@@ -463,6 +483,18 @@ void engine::ask(hook_kind k, std::string_view arg, bool has_arg)
     request_.has_argument = has_arg;
     request_.verb = request_verb_;
     waiting_ = true;
+}
+
+void engine::decide(hook_kind k, std::string_view arg, bool has_arg, std::span<const std::string> params)
+{
+    if (has_hook(k)) {
+        ask(k, arg, has_arg);
+        request_.params = params;
+        return;
+    }
+    if (arg.data() != request_arg_.data()) request_arg_.assign(arg);
+    request_.kind = k;
+    finish_hook(hook_result{});
 }
 
 void engine::hook_done(hook_result result)
@@ -655,24 +687,20 @@ bool engine::need_auth()
     return true;
 }
 
-void engine::on_helo(std::string_view arg)
+void engine::on_helo(std::string_view arg, bool)
 {
     if (arg.empty()) return reply(replies::syntax_helo);
     reset_envelope();
     extended_smtp_ = false;
-    if (has_hook(hook_kind::helo)) return ask(hook_kind::helo, arg, true);
-    host_name_.assign(arg);
-    reply(replies::helo_ok(settings_.hostname));
+    decide(hook_kind::helo, arg, true);
 }
 
-void engine::on_ehlo(std::string_view arg)
+void engine::on_ehlo(std::string_view arg, bool)
 {
     if (arg.empty()) return reply(replies::syntax_ehlo);
     reset_envelope();
     extended_smtp_ = true;
-    if (has_hook(hook_kind::ehlo)) return ask(hook_kind::ehlo, arg, true);
-    host_name_.assign(arg);
-    send_ehlo_lines();
+    decide(hook_kind::ehlo, arg, true);
 }
 
 // §3.3: the keyword lines, in aiosmtpd's order.
@@ -733,14 +761,7 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     if (!params.empty()) return reply(replies::mail_params_unknown);
     envelope_.smtp_utf8 = utf8.has_value();
 
-    if (has_hook(hook_kind::mail)) {
-        ask(hook_kind::mail, parsed.address, true);
-        request_.params = request_params_;
-        return;
-    }
-    envelope_.mail_from = parsed.address;
-    envelope_.mail_options.insert(envelope_.mail_options.end(), request_params_.begin(), request_params_.end());
-    reply(replies::ok);
+    decide(hook_kind::mail, parsed.address, true, request_params_);
 }
 
 void engine::on_rcpt(std::string_view arg, bool has_arg)
@@ -760,12 +781,10 @@ void engine::on_rcpt(std::string_view arg, bool has_arg)
     // aiosmtpd recognises no RCPT parameter (no DSN).
     if (!params.empty()) return reply(replies::rcpt_params_unknown);
 
-    if (has_hook(hook_kind::rcpt)) return ask(hook_kind::rcpt, parsed.address, true);
-    envelope_.rcpt_tos.push_back(parsed.address);
-    reply(replies::ok);
+    decide(hook_kind::rcpt, parsed.address, true);
 }
 
-void engine::on_data(std::string_view arg)
+void engine::on_data(std::string_view arg, bool)
 {
     // §3.13
     if (need_helo() || need_auth()) return;
@@ -945,32 +964,26 @@ void engine::deliver_data_reply(const hook_result& r)
     if (closes) close("closed by plugin");
 }
 
-void engine::on_rset(std::string_view arg)
+void engine::on_rset(std::string_view arg, bool)
 {
     if (!arg.empty()) return reply(replies::syntax_rset);
     reset_envelope();
-    if (has_hook(hook_kind::rset)) return ask(hook_kind::rset);
-    reply(replies::ok);
+    decide(hook_kind::rset);
 }
 
 void engine::on_noop(std::string_view arg, bool has_arg)
 {
-    if (has_hook(hook_kind::noop)) {
-        request_verb_ = "NOOP";
-        return ask(hook_kind::noop, arg, has_arg);
-    }
-    reply(replies::ok);
+    request_verb_ = "NOOP";
+    decide(hook_kind::noop, arg, has_arg);
 }
 
-void engine::on_quit(std::string_view arg)
+void engine::on_quit(std::string_view arg, bool)
 {
     if (!arg.empty()) return reply(replies::syntax_quit);
-    if (has_hook(hook_kind::quit)) return ask(hook_kind::quit);
-    reply(replies::bye);
-    close("quit");
+    decide(hook_kind::quit);
 }
 
-void engine::on_vrfy(std::string_view arg)
+void engine::on_vrfy(std::string_view arg, bool)
 {
     if (need_auth()) return;
     if (arg.empty()) return reply(replies::syntax_vrfy);
@@ -980,18 +993,14 @@ void engine::on_vrfy(std::string_view arg)
     // never gets one (aiosmtpd: 252).
     if (parsed.state == address_result::status::malformed || has_control(parsed.address))
         return reply(replies::could_not_vrfy(arg));
-    if (has_hook(hook_kind::vrfy)) return ask(hook_kind::vrfy, parsed.address, true);
-    reply(replies::cannot_vrfy);
+    decide(hook_kind::vrfy, parsed.address, true);
 }
 
 std::string engine::help_list() const
 {
     std::vector<std::string_view> verbs;
-    for (const auto& h : builtin_help) {
-        if (h.verb == "STARTTLS" && !settings_.starttls_available) continue;
-        if (settings_.lmtp ? (h.verb == "HELO" || h.verb == "EHLO") : h.verb == "LHLO") continue;
-        verbs.push_back(h.verb);
-    }
+    for (const command_spec& c : command_table())
+        if (!c.help.empty() && offered(c)) verbs.push_back(c.verb);
     for (const auto& c : settings_.commands)
         if (!c.help.empty()) verbs.push_back(c.verb);
     std::sort(verbs.begin(), verbs.end());
@@ -1003,19 +1012,18 @@ std::string engine::help_list() const
     return list;
 }
 
-void engine::on_help(std::string_view arg)
+void engine::on_expn(std::string_view, bool) { reply(replies::expn_not_implemented); }
+
+void engine::on_help(std::string_view arg, bool)
 {
     if (need_auth()) return;
     if (!arg.empty()) {
         std::string wanted;
         upper_into(wanted, arg);
-        for (const auto& h : builtin_help) {
-            if (h.verb != wanted) continue;
-            if (h.verb == "STARTTLS" && !settings_.starttls_available) break;
-            if (settings_.lmtp ? (h.verb == "HELO" || h.verb == "EHLO") : h.verb == "LHLO") break;
+        if (const command_spec* c = find_command(wanted); c != nullptr && !c->help.empty() && offered(*c)) {
             std::string line = "250 Syntax: ";
-            line.append(h.text);
-            if (extended_smtp_) line.append(h.extended);
+            line.append(c->help);
+            if (extended_smtp_) line.append(c->help_extended);
             return reply(line);
         }
         for (const auto& c : settings_.commands)
@@ -1025,7 +1033,7 @@ void engine::on_help(std::string_view arg)
     reply("250 Supported commands: " + help_list());
 }
 
-void engine::on_auth(std::string_view arg)
+void engine::on_auth(std::string_view arg, bool)
 {
     // aiosmtpd 1.4, the check order. AUTH is not subject to auth_required.
     if (host_name_.empty()) return reply(replies::need_ehlo);
@@ -1195,7 +1203,7 @@ void engine::auth_end() noexcept
     if (phase_ == phase::auth) phase_ = phase::command;
 }
 
-void engine::on_starttls(std::string_view arg)
+void engine::on_starttls(std::string_view arg, bool)
 {
     // RFC 3207 §4, and aiosmtpd 1.4's check order.
     if (!arg.empty()) return reply(replies::syntax_starttls);
@@ -1237,14 +1245,7 @@ void engine::tls_established()
 void engine::on_unknown(std::string_view verb, std::string_view arg, bool has_arg)
 {
     request_verb_.assign(verb);
-    if (has_hook(hook_kind::unknown)) return ask(hook_kind::unknown, arg, has_arg);
-    finish_hook_unknown_default();
-}
-
-void engine::finish_hook_unknown_default()
-{
-    request_.kind = hook_kind::unknown;
-    finish_hook(hook_result{});
+    decide(hook_kind::unknown, arg, has_arg);
 }
 
 void engine::on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg)

@@ -281,24 +281,30 @@ private:
     void auth_failure(const hook_result& r);
     void auth_end() noexcept;
     void handle_line(std::string_view line);
-    void dispatch(std::string_view verb, std::string_view arg, bool has_arg);
+    // The command table (engine.cpp): each built-in verb with its flags, handler and HELP text.
+    struct command_spec;
+    static std::span<const command_spec> command_table() noexcept;
+    static const command_spec* find_command(std::string_view verb) noexcept;
+    [[nodiscard]] bool offered(const command_spec& c) const noexcept;
+    void dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg);
     void finish_hook(const hook_result& r);
 
-    void on_helo(std::string_view arg);
-    void on_ehlo(std::string_view arg);
+    // Handlers of the built-in verbs, one signature (the command table's).
+    void on_helo(std::string_view arg, bool has_arg);
+    void on_ehlo(std::string_view arg, bool has_arg);
     void on_mail(std::string_view arg, bool has_arg);
     void on_rcpt(std::string_view arg, bool has_arg);
-    void on_data(std::string_view arg);
-    void on_rset(std::string_view arg);
+    void on_data(std::string_view arg, bool has_arg);
+    void on_rset(std::string_view arg, bool has_arg);
     void on_noop(std::string_view arg, bool has_arg);
-    void on_quit(std::string_view arg);
-    void on_vrfy(std::string_view arg);
-    void on_help(std::string_view arg);
-    void on_auth(std::string_view arg);
-    void on_starttls(std::string_view arg);
+    void on_quit(std::string_view arg, bool has_arg);
+    void on_vrfy(std::string_view arg, bool has_arg);
+    void on_help(std::string_view arg, bool has_arg);
+    void on_expn(std::string_view arg, bool has_arg);
+    void on_auth(std::string_view arg, bool has_arg);
+    void on_starttls(std::string_view arg, bool has_arg);
     void on_unknown(std::string_view verb, std::string_view arg, bool has_arg);
     void on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg);
-    void finish_hook_unknown_default();
     void end_of_data();
 
     void send_greeting();
@@ -310,6 +316,10 @@ private:
     bool need_auth();
     bool has_hook(hook_kind k) const noexcept { return (settings_.hook_mask & hook_bit(k)) != 0; }
     void ask(hook_kind k, std::string_view arg = {}, bool has_arg = false);
+    /// A command's outcome: the plugins' (ask) when some plugin has the hook, else the default
+    /// applied at once by the same step (finish_hook with no verdict), so that both paths
+    /// change the state in one place.
+    void decide(hook_kind k, std::string_view arg = {}, bool has_arg = false, std::span<const std::string> params = {});
 
     /// Apply a verdict's reply: returns true when the state change is to be applied.
     bool reply_for(const hook_result& r, std::string_view default_reply);
