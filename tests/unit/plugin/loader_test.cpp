@@ -37,12 +37,13 @@ std::string load_failure(const std::string& yaml)
 // A session as the host API sees it, without a network.
 class fake_session : public session_view {
 public:
-    explicit fake_session(const proto::settings& s) : engine_(s) { engine_.start(); }
+    explicit fake_session(proto::settings s) : settings_(std::move(s)), engine_(settings_) { engine_.start(); }
     std::uint64_t session_id() const noexcept override { return 7; }
     const proto::engine& smtp() const noexcept override { return engine_; }
     std::string_view peer_address() const noexcept override { return "192.0.2.1"; }
     std::uint16_t peer_port() const noexcept override { return 4242; }
     slots& data_slots() noexcept override { return slots_; }
+    proto::settings settings_;  // the engine keeps a reference
     proto::engine engine_;
     slots slots_;
 };
