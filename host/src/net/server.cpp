@@ -31,8 +31,6 @@
 namespace asiosmtpd::net {
 namespace {
 
-constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
-
 std::chrono::milliseconds millis(double seconds)
 {
     return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));

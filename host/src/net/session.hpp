@@ -13,11 +13,13 @@
 #include "proxy/parser.hpp"
 #include "tls/context.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -32,6 +34,10 @@ using tcp = asio::ip::tcp;
 using strand = asio::strand<asio::any_io_executor>;
 
 class registry;
+
+// Boost 1.81 has no default completion token; I/O errors are expected, so the session's
+// operations return them as values.
+inline constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 
 /// What every session of one listener shares (immutable).
 struct listener_context {
