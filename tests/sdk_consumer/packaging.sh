@@ -22,7 +22,8 @@ install)
   cmake --install "$build" --prefix "$prefix" >"$work/install.log"
   need "$prefix/bin/asiosmtpd" \
        "$prefix"/lib/asiosmtpd/plugins/{sink,debugging,ping}.so \
-       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp} \
+       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp,testkit_core.hpp} \
+       "$prefix/lib/libasiosmtpd_core.a" \
        "$prefix"/lib/cmake/asiosmtpd-sdk/{asiosmtpd-sdkConfig.cmake,asiosmtpd-sdkConfigVersion.cmake,asiosmtpd-sdk-targets.cmake,AsiosmtpdPlugin.cmake,plugin.map} \
        "$prefix/lib/pkgconfig/asiosmtpd-sdk.pc" \
        "$prefix/etc/asiosmtpd/asiosmtpd.yaml" \
@@ -62,7 +63,7 @@ pkgconfig_examples)
 deb)
   out=$work/deb; rm -rf "$out"
   (cd "$build" && cpack -G DEB -B "$out" >"$work/cpack.log") || { cat "$work/cpack.log"; fail cpack; }
-  server=$(ls "$out"/asiosmtpd_*_*.deb); dev=$(ls "$out"/asiosmtpd-dev_*_all.deb)
+  server=$(ls "$out"/asiosmtpd_*_*.deb); dev=$(ls "$out"/asiosmtpd-dev_*_*.deb)
   contents() { dpkg-deb -c "$1" | awk '{print $6}'; }
   for f in ./usr/bin/asiosmtpd ./usr/lib/asiosmtpd/plugins/sink.so ./usr/lib/asiosmtpd/plugins/debugging.so \
            ./usr/lib/asiosmtpd/plugins/ping.so ./etc/asiosmtpd/asiosmtpd.yaml \
@@ -71,6 +72,7 @@ deb)
     contents "$server" | grep -qx "$f" || fail "$server lacks $f"
   done
   for f in ./usr/include/asiosmtpd/plugin.h ./usr/include/asiosmtpd/plugin.hpp ./usr/include/asiosmtpd/testkit.hpp \
+           ./usr/include/asiosmtpd/testkit_core.hpp ./usr/lib/libasiosmtpd_core.a \
            ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp \
            ./usr/lib/cmake/asiosmtpd-sdk/asiosmtpd-sdkConfig.cmake ./usr/lib/cmake/asiosmtpd-sdk/AsiosmtpdPlugin.cmake \
            ./usr/lib/pkgconfig/asiosmtpd-sdk.pc ./usr/share/doc/asiosmtpd-dev/plugin-guide.md \
@@ -78,8 +80,10 @@ deb)
            ./usr/share/asiosmtpd-sdk/examples/async_policy/async_policy.cpp; do
     contents "$dev" | grep -qx "$f" || fail "$dev lacks $f"
   done
-  # Nothing of the SDK in the server package and no binaries in the SDK package.
+  # Nothing of the SDK in the server package and no shared objects in the SDK package (the
+  # test kit's core is a static library).
   contents "$server" | grep -q '/include/' && fail "$server ships headers"
+  contents "$server" | grep -q '\.a$' && fail "$server ships static libraries"
   contents "$dev" | grep -q '\.so$' && fail "$dev ships shared objects"
   [ "$(dpkg-deb -f "$server" Package)" = asiosmtpd ] || fail "server package name"
   [ "$(dpkg-deb -f "$dev" Package)" = asiosmtpd-dev ] || fail "dev package name"

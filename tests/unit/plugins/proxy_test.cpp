@@ -6,6 +6,7 @@
 #include "../../../plugins/proxy/reply_text.hpp"
 #include "../../../plugins/proxy/resolver.hpp"
 
+#include <asiosmtpd/reply_rules.hpp>
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>
@@ -34,7 +35,7 @@ std::string plugin(const char* name) { return std::string(ASIOSMTPD_BUILD_PLUGIN
 
 std::string host_problem(std::uint16_t code, const std::string& t)
 {
-    return asiosmtpd::testkit::detail::reply_problem(code, t);
+    return asiosmtpd::sdk::reply_problem(code, t);  // the host's rule (set_reply)
 }
 
 std::vector<std::string> split_lines(const std::string& t)
