@@ -271,8 +271,8 @@ TEST(proxy_resolver, the_system_lookup_takes_ip_literals_without_dns)
     EXPECT_TRUE(none.empty());
 }
 
-// The plugin through the test kit (a fake host): a host name goes through the resolver
-// thread, which the unload joins; an EHLO name that could inject commands is refused.
+// The plugin through the test kit (the server's engine, no sockets): a host name goes through
+// the resolver thread, which the unload joins; an EHLO name that could inject commands is refused.
 TEST(proxy_plugin, a_host_name_is_resolved_and_unloading_joins_the_resolver)
 {
     {
