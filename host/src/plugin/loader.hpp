@@ -1,5 +1,5 @@
-// plugin: loading plugins (Boost.DLL) into a generation (generation.hpp). A generation
-// is immutable once loaded: the instances in config order, the hook chains, the commands and
+// plugin: loading plugins (Boost.DLL) into a generation (generation.hpp). A generation is
+// immutable once loaded: the instances in config order, the hook chains, the commands and
 // EHLO keywords they registered. Sessions hold the generation they started on (shared_ptr), so
 // a library is unloaded only after its last session ended. Calling the plugins is chain.hpp's.
 #pragma once
@@ -9,16 +9,9 @@
 
 #include <asiosmtpd/plugin.h>
 
-#include <array>
-#include <chrono>
-#include <cstdint>
 #include <filesystem>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
-#include <string>
-#include <string_view>
 #include <vector>
 
 namespace asiosmtpd::plugin {
@@ -42,10 +35,6 @@ std::vector<std::filesystem::path> search_dirs(const config::settings& s);
 /// (a FIFO, a directory, a device) is refused before it is opened for loading, and the copy's
 /// ELF structure is checked before dlopen() (elf_check.hpp: truncated, another machine...).
 std::shared_ptr<const generation> load(const config::settings& s);
-
-} // namespace asiosmtpd::plugin
-
-namespace asiosmtpd::plugin {
 
 /// Wait until every generation whose last reference was dropped has been destroyed (their
 /// plugins' destroy() run and libraries closed). Call before returning from main.
