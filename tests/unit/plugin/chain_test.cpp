@@ -27,7 +27,9 @@ std::shared_ptr<const generation> load_yaml(const std::string& yaml)
 
 class test_session : public session_view, public chain_events {
 public:
-    explicit test_session(const proto::settings& s) : engine_(s) { engine_.start(); }
+    // The engine keeps a reference to its settings: the session holds them (callers pass a
+    // temporary).
+    explicit test_session(const proto::settings& s) : settings_(s), engine_(settings_) { engine_.start(); }
     std::uint64_t session_id() const noexcept override { return 9; }
     const proto::engine& smtp() const noexcept override { return engine_; }
     std::string_view peer_address() const noexcept override { return "192.0.2.7"; }
@@ -45,6 +47,7 @@ public:
         answers.push_back({plugin.key, std::string(hook), r.verdict, std::string(why)});
     }
 
+    proto::settings settings_;
     proto::engine engine_;
     slots slots_;
     std::vector<answer> answers;
