@@ -36,11 +36,14 @@ install)
   ;;
 cmake_examples)
   out=$work/cmake; rm -rf "$out"
+  # A sanitized build tree installs a sanitized libasiosmtpd_core.a: its users need the same.
+  san=${ASIOSMTPD_SANITIZE:+-fsanitize=$ASIOSMTPD_SANITIZE}
   for ex in hello_c async_policy; do
     # Only the installed prefix: no path into the source or build tree.
     cmake -S "$prefix/share/asiosmtpd-sdk/examples/$ex" -B "$out/$ex" -G Ninja \
       -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug \
-      -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >"$out.$ex.log"
+      -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror $san" \
+      -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san" >"$out.$ex.log"
     cmake --build "$out/$ex" >>"$out.$ex.log" || { cat "$out.$ex.log"; fail "building $ex"; }
   done
   need "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
