@@ -3,7 +3,7 @@
 #   install             cmake --install the build tree into $WORK/prefix, check the layout
 #   cmake_examples      build sdk/examples (as installed) with find_package(asiosmtpd-sdk),
 #                       run the example's own test-kit unit test
-#   pkgconfig_examples  build the same examples with pkg-config and make
+#   pkgconfig_examples  build the same examples with pkg-config and make, run the unit test
 #   deb                 cpack -G DEB; check contents, control fields and dependencies
 #   exports FILE...     nm -D: each plugin exports exactly asiosmtpd_plugin_entry_v1
 # Environment (from CMake): ASIOSMTPD_BUILD_DIR, ASIOSMTPD_WORK_DIR.
@@ -62,6 +62,11 @@ pkgconfig_examples)
   make -s -C "$out/async_policy" CXXFLAGS="-O2 -Wall -Wextra -Werror -std=c++17"
   need "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
   bash "$0" exports "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
+  # The unit test, linked with pkg-config's testkit_libs (GoogleTest from Debian's libgtest-dev).
+  if [ -e /usr/include/gtest/gtest.h ]; then
+    san=${ASIOSMTPD_SANITIZE:+-fsanitize=$ASIOSMTPD_SANITIZE}
+    make -s -C "$out/async_policy" check CXXFLAGS="-O2 -Wall -Wextra -Werror -std=c++17 $san" LDFLAGS="$san"
+  fi
   ;;
 deb)
   out=$work/deb; rm -rf "$out"
