@@ -3,7 +3,7 @@
 #   install             cmake --install the build tree into $WORK/prefix, check the layout
 #   cmake_examples      build sdk/examples (as installed) with find_package(asiosmtpd-sdk),
 #                       run the example's own test-kit unit test
-#   pkgconfig_examples  build the same examples with pkg-config and make
+#   pkgconfig_examples  build the same examples with pkg-config and make, run the unit test
 #   deb                 cpack -G DEB; check contents, control fields and dependencies
 #   exports FILE...     nm -D: each plugin exports exactly asiosmtpd_plugin_entry_v1
 # Environment (from CMake): ASIOSMTPD_BUILD_DIR, ASIOSMTPD_WORK_DIR.
@@ -22,7 +22,8 @@ install)
   cmake --install "$build" --prefix "$prefix" >"$work/install.log"
   need "$prefix/bin/asiosmtpd" \
        "$prefix"/lib/asiosmtpd/plugins/{sink,debugging,ping}.so \
-       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp} \
+       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp,testkit_core.hpp} \
+       "$prefix/lib/libasiosmtpd_core.a" \
        "$prefix"/lib/cmake/asiosmtpd-sdk/{asiosmtpd-sdkConfig.cmake,asiosmtpd-sdkConfigVersion.cmake,asiosmtpd-sdk-targets.cmake,AsiosmtpdPlugin.cmake,plugin.map} \
        "$prefix/lib/pkgconfig/asiosmtpd-sdk.pc" \
        "$prefix/etc/asiosmtpd/asiosmtpd.yaml" \
@@ -35,11 +36,14 @@ install)
   ;;
 cmake_examples)
   out=$work/cmake; rm -rf "$out"
+  # A sanitized build tree installs a sanitized libasiosmtpd_core.a: its users need the same.
+  san=${ASIOSMTPD_SANITIZE:+-fsanitize=$ASIOSMTPD_SANITIZE}
   for ex in hello_c async_policy; do
     # Only the installed prefix: no path into the source or build tree.
     cmake -S "$prefix/share/asiosmtpd-sdk/examples/$ex" -B "$out/$ex" -G Ninja \
       -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug \
-      -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >"$out.$ex.log"
+      -DCMAKE_C_FLAGS="-Wall -Wextra -Werror" -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror $san" \
+      -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san" >"$out.$ex.log"
     cmake --build "$out/$ex" >>"$out.$ex.log" || { cat "$out.$ex.log"; fail "building $ex"; }
   done
   need "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
@@ -58,11 +62,16 @@ pkgconfig_examples)
   make -s -C "$out/async_policy" CXXFLAGS="-O2 -Wall -Wextra -Werror -std=c++17"
   need "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
   bash "$0" exports "$out/hello_c/hello.so" "$out/async_policy/async_policy.so"
+  # The unit test, linked with pkg-config's testkit_libs (GoogleTest from Debian's libgtest-dev).
+  if [ -e /usr/include/gtest/gtest.h ]; then
+    san=${ASIOSMTPD_SANITIZE:+-fsanitize=$ASIOSMTPD_SANITIZE}
+    make -s -C "$out/async_policy" check CXXFLAGS="-O2 -Wall -Wextra -Werror -std=c++17 $san" LDFLAGS="$san"
+  fi
   ;;
 deb)
   out=$work/deb; rm -rf "$out"
   (cd "$build" && cpack -G DEB -B "$out" >"$work/cpack.log") || { cat "$work/cpack.log"; fail cpack; }
-  server=$(ls "$out"/asiosmtpd_*_*.deb); dev=$(ls "$out"/asiosmtpd-dev_*_all.deb)
+  server=$(ls "$out"/asiosmtpd_*_*.deb); dev=$(ls "$out"/asiosmtpd-dev_*_*.deb)
   contents() { dpkg-deb -c "$1" | awk '{print $6}'; }
   for f in ./usr/bin/asiosmtpd ./usr/lib/asiosmtpd/plugins/sink.so ./usr/lib/asiosmtpd/plugins/debugging.so \
            ./usr/lib/asiosmtpd/plugins/ping.so ./etc/asiosmtpd/asiosmtpd.yaml \
@@ -71,6 +80,7 @@ deb)
     contents "$server" | grep -qx "$f" || fail "$server lacks $f"
   done
   for f in ./usr/include/asiosmtpd/plugin.h ./usr/include/asiosmtpd/plugin.hpp ./usr/include/asiosmtpd/testkit.hpp \
+           ./usr/include/asiosmtpd/testkit_core.hpp ./usr/lib/libasiosmtpd_core.a \
            ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp \
            ./usr/lib/cmake/asiosmtpd-sdk/asiosmtpd-sdkConfig.cmake ./usr/lib/cmake/asiosmtpd-sdk/AsiosmtpdPlugin.cmake \
            ./usr/lib/pkgconfig/asiosmtpd-sdk.pc ./usr/share/doc/asiosmtpd-dev/plugin-guide.md \
@@ -78,8 +88,10 @@ deb)
            ./usr/share/asiosmtpd-sdk/examples/async_policy/async_policy.cpp; do
     contents "$dev" | grep -qx "$f" || fail "$dev lacks $f"
   done
-  # Nothing of the SDK in the server package and no binaries in the SDK package.
+  # Nothing of the SDK in the server package and no shared objects in the SDK package (the
+  # test kit's core is a static library).
   contents "$server" | grep -q '/include/' && fail "$server ships headers"
+  contents "$server" | grep -q '\.a$' && fail "$server ships static libraries"
   contents "$dev" | grep -q '\.so$' && fail "$dev ships shared objects"
   [ "$(dpkg-deb -f "$server" Package)" = asiosmtpd ] || fail "server package name"
   [ "$(dpkg-deb -f "$dev" Package)" = asiosmtpd-dev ] || fail "dev package name"

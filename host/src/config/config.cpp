@@ -31,17 +31,6 @@
 
 namespace asiosmtpd::config {
 
-const node* node::get(std::string_view key) const noexcept
-{
-    if (type != kind::map)
-        return nullptr;
-    const std::size_t n = std::min(keys.size(), items.size());
-    for (std::size_t i = 0; i < n; ++i)
-        if (keys[i] == key)
-            return &items[i];
-    return nullptr;
-}
-
 // The keys each section accepts: what the parser checks against, and what known_keys()
 // lists for the documentation test (docs/configuration.md documents every one).
 namespace keys {

@@ -4,6 +4,8 @@
 // Plugin `config:` subtrees are kept as a neutral tree (node) handed to plugins as data.
 #pragma once
 
+#include "config/node.hpp"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -22,16 +24,6 @@ namespace asiosmtpd::config {
 class config_error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
-};
-
-/// A YAML subtree as plain data (for plugins). Maps keep their keys in file order.
-struct node {
-    enum class kind { null, scalar, sequence, map };
-    kind type = kind::null;
-    std::string scalar;                                  // raw text when type == scalar
-    std::vector<node> items;                             // sequence items, or map values
-    std::vector<std::string> keys;                       // map keys, parallel to items
-    const node* get(std::string_view key) const noexcept; // nullptr if absent or not a map
 };
 
 enum class protocol { smtp, lmtp };

@@ -1,5 +1,7 @@
 #include "log/log.hpp"
 
+#include "plugin/log_sink.hpp"
+
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -35,18 +37,6 @@ void write(level l, std::string_view line)
     std::fflush(stderr);
 }
 
-std::string escaped(std::string_view text, std::size_t max)
-{
-    std::string out;
-    const bool cut = text.size() > max;
-    if (cut) text = text.substr(0, max);
-    for (const char c : text) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u >= 0x7f || c == '\\' || c == '"') out.append(fmt::format("\\x{:02x}", u));
-        else out.push_back(c);
-    }
-    if (cut) out.append("...");
-    return out;
-}
+std::string escaped(std::string_view text, std::size_t max) { return plugin::escaped(text, max); }
 
 } // namespace asiosmtpd::log

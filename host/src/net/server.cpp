@@ -127,21 +127,8 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     e.call_limit_enabled = srv.command_call_limit.enabled;
     for (const auto& [verb, n] : srv.command_call_limit.per_verb) e.call_limits.emplace(verb, n);
     e.call_limit_default = srv.command_call_limit.default_limit;
-    for (const auto& c : g.commands)
-        e.commands.push_back({c.verb, c.help, (c.flags & ASIOSMTPD_CMD_NEEDS_HELO) != 0});
-    e.ehlo_keywords = g.ehlo_keywords;
-    for (const auto& m : g.auth_mechanisms) e.auth_mechanisms.push_back(m.name);
     e.auth_max_failures = srv.auth_max_failures;
-    e.hook_mask = g.hook_mask();
-    // Streaming (ABI 1.2): the whole message is kept only for a DATA hook whose plugin takes no
-    // DATA_CHUNK; otherwise a session holds one chunk at most.
-    const auto& chunked = g.hooks[ASIOSMTPD_HOOK_DATA_CHUNK];
-    e.data_whole_message = std::any_of(g.hooks[ASIOSMTPD_HOOK_DATA].begin(), g.hooks[ASIOSMTPD_HOOK_DATA].end(),
-                                       [&](const plugin::hook_entry& d) {
-                                           return std::none_of(chunked.begin(), chunked.end(), [&](const plugin::hook_entry& c) {
-                                               return c.owner == d.owner;
-                                           });
-                                       });
+    plugin::add_registrations(e, g);  // the same in the SDK test kit
     return e;
 }
 

@@ -2,11 +2,7 @@
 // about verdicts.
 #include "plugin/chain.hpp"
 
-#include "log/log.hpp"
-
 #include <asiosmtpd/reply_rules.hpp>
-
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -125,6 +121,7 @@ private:
     static void scan()
     {
         struct incident {
+            const instance* owner;
             std::uint64_t session;
             std::string plugin, key, hook;
             long long ms;
@@ -140,13 +137,16 @@ private:
             const std::lock_guard guard(r->lock);
             if (!r->active || r->reported || now - r->started < blocking_threshold) continue;
             r->reported = true;
-            found.push_back({r->session, r->owner->name, r->owner->key, std::string(hook_label(r->hook, r->args)),
+            found.push_back({r->owner, r->session, r->owner->name, r->owner->key, std::string(hook_label(r->hook, r->args)),
                              std::chrono::duration_cast<std::chrono::milliseconds>(now - r->started).count()});
         }
         for (const incident& i : found) {
             records().incidents.fetch_add(1, std::memory_order_relaxed);
-            log::warn("session={} event=plugin_blocking plugin={} key={} hook={} ms={}", i.session, i.plugin, i.key,
-                      log::escaped(i.hook, 40), i.ms);
+            log_sink& sink = log_for(i.owner);
+            if (sink.enabled(log_level::warn))
+                sink.write(log_level::warn, "session=" + std::to_string(i.session) + " event=plugin_blocking plugin=" +
+                                                i.plugin + " key=" + i.key + " hook=" + escaped(i.hook, 40) +
+                                                " ms=" + std::to_string(i.ms));
         }
     }
 
@@ -224,8 +224,12 @@ int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noex
     if (reported) {
         // The end of an incident the watchdog logged: how long the thread was held in all.
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - started).count();
-        log::warn("session={} event=plugin_unblocked plugin={} key={} hook={} ms={}", rec.session, e.owner->name,
-                  e.owner->key, log::escaped(hook_label(call.hook, args), 40), ms);
+        log_sink& sink = log_for(e.owner);
+        if (sink.enabled(log_level::warn))
+            sink.write(log_level::warn, "session=" + std::to_string(rec.session) + " event=plugin_unblocked plugin=" +
+                                            e.owner->name + " key=" + e.owner->key +
+                                            " hook=" + escaped(hook_label(call.hook, args), 40) +
+                                            " ms=" + std::to_string(ms));
     }
     return verdict;
 }
@@ -244,9 +248,9 @@ std::string verdict_problem(int32_t verdict, std::uint16_t code, std::string_vie
         if (!auth_mechanism) return "AUTH_CHALLENGE outside an AUTH mechanism";
         // The challenge (set_auth_challenge, or complete()'s text): the 334 line must fit the
         // 1001-byte line limit once base64-encoded.
-        if (text.size() > 700) return fmt::format("AUTH challenge of {} bytes (at most 700)", text.size());
+        if (text.size() > 700) return "AUTH challenge of " + std::to_string(text.size()) + " bytes (at most 700)";
         return {};
-    default: return fmt::format("unknown verdict {}", verdict);
+    default: return "unknown verdict " + std::to_string(verdict);
     }
     if (code == 0) return {};  // no reply: the verdict's default; the text is ignored
     // A reply the host would not send is a plugin error whatever the verdict.
@@ -255,7 +259,7 @@ std::string verdict_problem(int32_t verdict, std::uint16_t code, std::string_vie
     // ACCEPT takes 2xx, and 3xx (a command of a plugin's own may ask for more input).
     if (fits == 0 || cls == fits || (fits == 2 && cls == 3)) return {};
     static constexpr std::string_view names[] = {"", "", "ACCEPT", "", "TEMPFAIL", "REJECT"};
-    return fmt::format("{} with reply code {}", names[fits], code);
+    return std::string(names[fits]) + " with reply code " + std::to_string(code);
 }
 
 proto::hook_result judge(int32_t verdict, std::uint16_t code, std::string text, bool auth_mechanism,
@@ -287,7 +291,7 @@ proto::hook_result judge(int32_t verdict, std::uint16_t code, std::string text, 
     case ASIOSMTPD_REJECT_CLOSE: r.verdict = proto::verdict::reject_close; break;
     case ASIOSMTPD_TEMPFAIL: r.verdict = proto::verdict::tempfail; break;
     case ASIOSMTPD_TEMPFAIL_CLOSE: r.verdict = proto::verdict::tempfail_close; break;
-    default: return fail(fmt::format("unknown verdict {}", verdict));  // verdict_problem said so already
+    default: return fail("unknown verdict " + std::to_string(verdict));  // verdict_problem said so already
     }
     r.code = code;
     if (code != 0) r.text = std::move(text);
@@ -315,6 +319,12 @@ asiosmtpd_str str(std::string_view v) noexcept { return asiosmtpd_str{v.data(), 
 
 chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events)
     : req_(req), session_(session), events_(events), entries_(entries_for(gen, req))
+{
+}
+
+chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events,
+             const void* args)
+    : req_(req), session_(session), events_(events), entries_(entries_for(gen, req)), args_ptr_(args), args_given_(true)
 {
 }
 
@@ -410,7 +420,7 @@ const void* chain::build_arguments()
 
 bool chain::run()
 {
-    if (next_ == 0 && !entries_.empty()) args_ptr_ = build_arguments();
+    if (next_ == 0 && !entries_.empty() && !args_given_) args_ptr_ = build_arguments();
     while (next_ < entries_.size()) {
         const hook_entry& entry = entries_[next_++];
         call_ = asiosmtpd_call{};

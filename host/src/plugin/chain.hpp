@@ -4,11 +4,11 @@
 // completed or given up. Everything that happens to a verdict happens here: a reader looking
 // for "what does REJECT with a 250 do" reads judge() and nothing else.
 //
-// No Asio, no sockets, no clock but for the duration of a call: the server's session and the
-// unit tests drive it the same way.
+// No Asio, no sockets, no clock but for the duration of a call: the server's session, the SDK
+// test kit (core/testkit_core.cpp) and the unit tests drive it the same way.
 #pragma once
 
-#include "plugin/loader.hpp"
+#include "plugin/generation.hpp"
 #include "plugin/slots.hpp"
 #include "proto/engine.hpp"
 #include "proxy/parser.hpp"
@@ -149,6 +149,10 @@ public:
 class chain {
 public:
     chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events);
+    /// With the hook's argument struct made by the caller (the test kit's session::run()),
+    /// instead of one built from the request; `args` outlives the chain.
+    chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events,
+          const void* args);
     ~chain();
     chain(const chain&) = delete;
     chain& operator=(const chain&) = delete;
@@ -201,6 +205,7 @@ private:
     std::size_t next_ = 0;
     arguments args_;
     const void* args_ptr_ = nullptr;
+    bool args_given_ = false;
     asiosmtpd_call call_;
     std::chrono::steady_clock::time_point started_;
     proto::hook_result result_;

@@ -1,9 +1,8 @@
 // The host function table (asiosmtpd_host_api): what plugins may call. Every function checks
 // its arguments and state and answers with a status instead of trusting the plugin.
 #include "plugin/chain.hpp"
-#include "plugin/loader.hpp"
-
-#include "log/log.hpp"
+#include "plugin/generation.hpp"
+#include "plugin/log_sink.hpp"
 
 #include <asiosmtpd/reply_rules.hpp>
 #include <asiosmtpd/version.hpp>
@@ -243,7 +242,7 @@ asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str te
     // A refusal changes nothing but is remembered: a verdict given without a later accepted
     // reply costs the session 451 4.3.0 (invoke()), never a default reply the plugin did not mean.
     if (std::string problem = sdk::reply_problem(code, view(text)); !problem.empty()) {
-        call->refused_reply = fmt::format("set_reply() refused: {}", problem);
+        call->refused_reply = "set_reply() refused: " + problem;
         return ASIOSMTPD_E_INVALID;
     }
     call->refused_reply.clear();
@@ -290,9 +289,9 @@ asiosmtpd_status put_rcpt_reply(rcpt_replies& replies, rcpt_refusals& refused, s
     const std::size_t key = std::min(index, rcpt_count);
     const auto same = [key](const auto& r) { return r.first == key; };
     if (index >= rcpt_count)
-        problem = fmt::format("the transaction has {} recipient{}", rcpt_count, rcpt_count == 1 ? "" : "s");
+        problem = "the transaction has " + std::to_string(rcpt_count) + (rcpt_count == 1 ? " recipient" : " recipients");
     if (!problem.empty()) {
-        std::string why = fmt::format("{}() refused: recipient {}: {}", origin, index, problem);
+        std::string why = std::string(origin) + "() refused: recipient " + std::to_string(index) + ": " + problem;
         if (const auto it = std::find_if(refused.begin(), refused.end(), same); it != refused.end())
             it->second = std::move(why);
         else
@@ -401,7 +400,7 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
             !problem.empty()) {
             // The call ends now as a plugin error (451 4.3.0 and a log line), rather than
             // waiting for the hook timeout: a C++ sdk::pending has given up its token already.
-            p->refused = fmt::format("complete() refused: {}", problem);
+            p->refused = "complete() refused: " + problem;
             status = ASIOSMTPD_E_INVALID;
         } else if (!p->refused_rcpt_replies.empty()) {
             // A recipient's reply was refused and not replaced: the verdict would answer that
@@ -422,18 +421,20 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
 
 void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message)
 {
-    const auto l = level <= ASIOSMTPD_LOG_DEBUG ? log::level::debug
-                 : level == ASIOSMTPD_LOG_INFO  ? log::level::info
-                 : level == ASIOSMTPD_LOG_WARN  ? log::level::warn
-                                                : log::level::error;
-    if (!log::enabled(l)) return;
+    const auto l = level <= ASIOSMTPD_LOG_DEBUG ? log_level::debug
+                 : level == ASIOSMTPD_LOG_INFO  ? log_level::info
+                 : level == ASIOSMTPD_LOG_WARN  ? log_level::warn
+                                                : log_level::error;
     const asiosmtpd_ctx* who = ctx != nullptr ? ctx : (call != nullptr ? call->owner : nullptr);
+    log_sink& sink = log_for(who);
+    if (!sink.enabled(l)) return;
     const std::string name = who != nullptr ? who->name : std::string("?");
     // `call` may be stale when used from another thread; only read it when it is active.
+    std::string line;
     if (call != nullptr && call->active && call->session != nullptr)
-        log::write(l, fmt::format("session={} plugin={} {}", call->session->session_id(), name, log::escaped(view(message), 2000)));
-    else
-        log::write(l, fmt::format("plugin={} {}", name, log::escaped(view(message), 2000)));
+        line = "session=" + std::to_string(call->session->session_id()) + " ";
+    line += "plugin=" + name + " " + escaped(view(message), 2000);
+    sink.write(l, line);
 }
 
 } // namespace

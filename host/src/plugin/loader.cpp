@@ -36,11 +36,6 @@ struct library {
 } // namespace asiosmtpd::plugin
 
 
-asiosmtpd_ctx::~asiosmtpd_ctx()
-{
-    if (self != nullptr && desc != nullptr) desc->destroy(self);
-}
-
 namespace asiosmtpd::plugin {
 namespace {
 
@@ -101,22 +96,6 @@ std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file,
 }
 
 } // namespace
-
-generation::~generation()
-{
-    // Reverse config order; each instance's destroy() runs before its library may close.
-    while (!instances.empty()) instances.pop_back();
-}
-
-std::uint32_t generation::hook_mask() const noexcept
-{
-    std::uint32_t mask = 0;
-    for (std::size_t id = 1; id < hooks.size(); ++id)
-        if (!hooks[id].empty()) mask |= 1u << id;
-    if (!commands.empty()) mask |= proto::hook_bit(proto::hook_kind::command);
-    if (!auth_mechanisms.empty()) mask |= proto::hook_bit(proto::hook_kind::auth_mechanism);
-    return mask;
-}
 
 std::vector<fs::path> search_dirs(const config::settings& s)
 {
@@ -289,6 +268,22 @@ private:
     std::thread thread_;
 };
 
+namespace {
+
+class server_log_sink final : public log_sink {
+public:
+    [[nodiscard]] bool enabled(log_level l) const noexcept override { return log::enabled(static_cast<log::level>(l)); }
+    void write(log_level l, std::string_view line) noexcept override
+    {
+        try {
+            log::write(static_cast<log::level>(l), line);
+        } catch (...) {
+        }
+    }
+};
+
+} // namespace
+
 void drain_retired()
 {
     janitor::get().drain();
@@ -297,13 +292,17 @@ void drain_retired()
 std::shared_ptr<const generation> load(const config::settings& s)
 {
     janitor::get();  // constructed before the first generation: destroyed after the last one
+    // The core logs (plugins' log() calls, blocking incidents) through the server's log.
+    static server_log_sink sink;
+    set_default_log_sink(&sink);
     std::shared_ptr<generation> gen(new generation, [](generation* g) { janitor::get().retire(g); });
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
         auto inst = std::make_unique<instance>();
-        inst->lib = open_checked(s.file, file, e.key);
-        inst->desc = inst->lib->desc;
+        const std::shared_ptr<library> lib = open_checked(s.file, file, e.key);
+        inst->lib = lib;
+        inst->desc = lib->desc;
         inst->name = inst->desc->name;
         inst->key = e.key;
         inst->timeout = std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000));

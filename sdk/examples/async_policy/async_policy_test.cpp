@@ -1,5 +1,6 @@
-// Unit test of async_policy through the SDK test kit: a fake host drives a scripted SMTP
-// conversation into the plugin (no server, no sockets) and waits for its completions.
+// Unit test of async_policy through the SDK test kit: the server's own engine and hook chain
+// drive a scripted SMTP conversation into the plugin (no server process, no sockets) and wait
+// for its completions.
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>

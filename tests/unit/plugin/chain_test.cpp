@@ -2,6 +2,7 @@
 // sockets: real plugin files (the scripted fixture), config order, suspended calls completed
 // from another thread or never, refused replies, and what each plugin's answer reports.
 #include "plugin/chain.hpp"
+#include "plugin/loader.hpp"
 
 #include <gtest/gtest.h>
 

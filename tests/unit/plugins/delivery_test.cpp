@@ -1,6 +1,6 @@
-// The maildir, mbox and proxy plugins through the SDK test kit (a fake host): what they store,
-// their configuration checks, and 451 when delivery fails. (The real server, smtp-source and
-// upstreams: tests/integration/test_delivery_*.py.)
+// The maildir, mbox and proxy plugins through the SDK test kit (the server's engine, no
+// sockets): what they store, their configuration checks, and 451 when delivery fails. (The
+// real server, smtp-source and upstreams: tests/integration/test_delivery_*.py.)
 #include "file_helpers.hpp"
 
 #include <asiosmtpd/testkit.hpp>

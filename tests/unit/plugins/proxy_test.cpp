@@ -6,6 +6,7 @@
 #include "proxy/reply_text.hpp"
 #include "proxy/resolver.hpp"
 
+#include <asiosmtpd/reply_rules.hpp>
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>
@@ -34,7 +35,7 @@ std::string plugin(const char* name) { return std::string(ASIOSMTPD_BUILD_PLUGIN
 
 std::string host_problem(std::uint16_t code, const std::string& t)
 {
-    return asiosmtpd::testkit::detail::reply_problem(code, t);
+    return asiosmtpd::sdk::reply_problem(code, t);  // the host's rule (set_reply)
 }
 
 std::vector<std::string> split_lines(const std::string& t)
@@ -270,8 +271,8 @@ TEST(proxy_resolver, the_system_lookup_takes_ip_literals_without_dns)
     EXPECT_TRUE(none.empty());
 }
 
-// The plugin through the test kit (a fake host): a host name goes through the resolver
-// thread, which the unload joins; an EHLO name that could inject commands is refused.
+// The plugin through the test kit (the server's engine, no sockets): a host name goes through
+// the resolver thread, which the unload joins; an EHLO name that could inject commands is refused.
 TEST(proxy_plugin, a_host_name_is_resolved_and_unloading_joins_the_resolver)
 {
     {

@@ -1,5 +1,5 @@
-// The bundled sink plugin through the SDK test kit (a fake host, no sockets): it accepts
-// and discards every message and refuses any configuration.
+// The bundled sink plugin through the SDK test kit (the server's engine, no sockets): it
+// accepts and discards every message and refuses any configuration.
 #include <asiosmtpd/testkit.hpp>
 
 #include <gtest/gtest.h>

@@ -26,7 +26,7 @@ TEST(testkit_control_chars, addresses_and_parameters_are_refused_before_any_hook
     s.cmd("EHLO c.example");
     EXPECT_EQ(s.cmd("MAIL FROM:<\"x\rX-RcptTo: ceo@corp.example\"@b.example>"), "553 5.1.3 Error: malformed address");
     EXPECT_EQ(s.cmd("MAIL FROM:<a\0b@c.example>"s), "553 5.1.3 Error: malformed address");
-    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=1\x01"), "501 Syntax: MAIL FROM: <address>");
+    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=1\x01"), "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]");
     EXPECT_EQ(s.cmd("VRFY a\rb@c.example"), "502 Could not VRFY a?b@c.example");
     EXPECT_EQ(s.cmd("VRFY a@b.example"), "552 vrfy hook");
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>\tSIZE=10"), "550 mail hook"); // a TAB separates
@@ -41,7 +41,7 @@ TEST(testkit_control_chars, rcpt_is_refused_before_its_hook)
     s.cmd("EHLO c.example");
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>"), "250 OK");
     EXPECT_EQ(s.cmd("RCPT TO:<\"y\rX-Spam-Flag: NO\"@b.example>"), "553 5.1.3 Error: malformed address");
-    EXPECT_EQ(s.cmd("RCPT TO:<d@e.example> X=\x7f"), "501 Syntax: RCPT TO: <address>");
+    EXPECT_EQ(s.cmd("RCPT TO:<d@e.example> X=\x7f"), "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]");
     EXPECT_EQ(s.cmd("RCPT TO:<d@e.example>"), "551 rcpt hook");
 }
 
