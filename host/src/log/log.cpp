@@ -1,6 +1,5 @@
 #include "log/log.hpp"
 
-#include "plugin/log_sink.hpp"
 
 #include <atomic>
 #include <cstdio>
@@ -37,6 +36,5 @@ void write(level l, std::string_view line)
     std::fflush(stderr);
 }
 
-std::string escaped(std::string_view text, std::size_t max) { return plugin::escaped(text, max); }
 
 } // namespace asiosmtpd::log

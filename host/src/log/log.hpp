@@ -2,6 +2,8 @@
 // session, the loader and plugins do, through here. Remote text goes through escaped().
 #pragma once
 
+#include "log/escape.hpp"
+
 #include <fmt/format.h>
 
 #include <string>
@@ -16,9 +18,6 @@ void set_level(level l) noexcept;
 /// Write one finished line (a newline is added); thread-safe.
 void write(level l, std::string_view line);
 
-/// Printable form of peer-supplied text: control bytes and non-ASCII as \xNN, at most `max`
-/// bytes shown (Postfix shows 30 of an over-long line).
-std::string escaped(std::string_view text, std::size_t max = 100);
 
 template <class... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args)

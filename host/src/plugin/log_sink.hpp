@@ -3,6 +3,8 @@
 // sink, the test kit gives each instance its host's capture. Standard library only.
 #pragma once
 
+#include "log/escape.hpp"
+
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -27,8 +29,6 @@ void set_default_log_sink(log_sink* sink) noexcept;
 /// The sink for lines about `who` (its own, else the process's).
 [[nodiscard]] log_sink& log_for(const asiosmtpd_ctx* who) noexcept;
 
-/// Printable form of peer-supplied text: control bytes, non-ASCII, '\\' and '"' as \xNN, at
-/// most `max` bytes shown (then "...").
-[[nodiscard]] std::string escaped(std::string_view text, std::size_t max = 100);
+using log::escaped;  // log/escape.hpp
 
 } // namespace asiosmtpd::plugin
