@@ -73,7 +73,8 @@ class CommandPhaseTest(SlowlorisTestCase):
             self.assertEqual(c.cmd("EHLO client.example")[-1], "250 HELP")
             took, received = trickle(c.sock, slow_bytes(100))
         self.assert_closed_in_time(took, received)
-        self.assertIn('reason="timeout"', server.stderr())
+        # The disconnect line follows the close: wait for it (bounded).
+        server.wait_output(lambda err: 'reason="timeout"' in err, which="stderr", timeout=5)
 
     def test_trickle_before_the_first_command(self):
         # The greeting's clock: bytes right after connecting do not extend it either.
@@ -159,7 +160,7 @@ class DataPhaseTest(SlowlorisTestCase):
         c = self.open_data(server)
         took, received = trickle(c.sock, b"Subject: slow\r\n\r\n" + b"z\r\n" * 100)
         self.assert_closed_in_time(took, received)
-        self.assertIn("slower than 500 bytes/s", server.stderr())
+        server.wait_output(lambda err: "slower than 500 bytes/s" in err, which="stderr", timeout=5)
 
     def test_below_data_min_rate_is_cut_off(self):
         # 10 KiB/s steadily against a floor of 40 KiB/s: closed at the end of the first window.
