@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """Side-by-side SMTP server benchmark: asiosmtpd against Postfix's smtp-sink, aiosmtpd and Haraka.
 
 Run it through bench/run (which installs the peers and builds asiosmtpd); see bench/README.md

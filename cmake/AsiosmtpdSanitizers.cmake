@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # ASIOSMTPD_SANITIZE applies to everything built in this tree, plugins included, so that a
 # plugin loaded into a sanitized host is sanitized too.
 if(ASIOSMTPD_SANITIZE)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Warnings live on an INTERFACE target linked PRIVATE to our own targets, never on the
 # exported SDK target, so consumers are not forced onto them.
 add_library(asiosmtpd_warnings INTERFACE)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* bench/floor/floor.c - the least an SMTP sink can do, as a yardstick (bench/README.md, "The floor").
  *
  * Not a server anyone should run: it answers just enough SMTP for smtp-source (220, 250 to

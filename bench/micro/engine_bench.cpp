@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // engine_bench: Google Benchmark microbenchmarks of the sans-I/O engine (issue 8), to show how
 // much headroom the protocol engine leaves below the network: whole transactions on a reused
 // connection, pipelined commands, DATA throughput with dot-stuffing, MAIL FROM parsing.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // asiosmtpd: argument parsing and wiring, nothing else (README.md, "Command line").
 #include "config/config.hpp"
 #include "log/log.hpp"

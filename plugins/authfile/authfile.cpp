@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // authfile: AUTH PLAIN/LOGIN against a file of "user:hash" lines (crypt(3): yescrypt, SHA-512,
 // bcrypt), verified with libcrypt's crypt_r on the plugin's own worker threads, so that the
 // AUTH_CHECK hook never blocks the server: it suspends and a worker completes it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Shared by the delivery plugins (maildir, mbox, proxy; jetstream for escape_controls): an owned
 // file descriptor, errno texts, config paths, envelope text made safe for a header or a line,
 // and aiosmtpd's Message-handler preparation of a message for a mailbox. Their worker threads

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // debugging: prints every message to stdout or stderr exactly as aiosmtpd's Debugging handler
 // (aiosmtpd/handlers.py, 1.4.3) does, and leaves the verdict to the rest of the chain.
 //

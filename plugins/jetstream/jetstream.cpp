@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // jetstream: publishes each accepted message (envelope + raw content) to a NATS JetStream
 // stream and answers 250 only after JetStream's publish acknowledgement.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // maildir: delivers each message into a Maildir as aiosmtpd's Mailbox handler does (X-Peer,
 // X-MailFrom and X-RcptTo appended to the headers, "\n" line ends), durably: the file is
 // written to tmp/ under a unique name (time, pid, counter, host), fsync'd, renamed into new/,

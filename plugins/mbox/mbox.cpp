@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // mbox: appends each message to an mbox file: a "From <sender> <date>" line, the message as
 // aiosmtpd's Message handler prepares it (X-Peer, X-MailFrom, X-RcptTo; "\n" line ends), body
 // lines matching ">*From " quoted with one more '>' (mboxrd), and an empty line. Each append

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ping: the SDK example. Adds the SMTP command PING, answered "259 Pong" (aiosmtpd's
 // documented smtp_PING subclass example: smtplib's docmd('PING') returns (259, b'Pong')).
 // Any argument is ignored, as in the example; HELO is not required. Takes no configuration.

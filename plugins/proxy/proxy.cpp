@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // proxy: relays each message with its envelope to an upstream SMTP server, as aiosmtpd's Proxy
 // handler (X-Peer: <client ip> inserted before the first empty line), and answers with the
 // upstream's verdict instead of aiosmtpd's unconditional 250: 250 only when the upstream took

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // proxy: the reply texts and codes the proxy hands the host (complete()), valid by
 // construction. The host refuses a code outside 200..599, a text with CR, NUL or another control
 // byte but HT (DEL too), a line over 506 bytes or a text over 64 KiB, and then answers

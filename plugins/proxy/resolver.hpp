@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // proxy: name resolution with a deadline. getaddrinfo() cannot be cancelled and, with a dead DNS
 // server, blocks for resolv.conf's timeout × attempts for each server (30 s and more), longer
 // than the proxy's `timeout`. So lookups run on the resolver's own thread(s); a caller waits

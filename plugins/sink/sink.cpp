@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // sink: accepts every message and discards it (aiosmtpd's Sink handler).
 // The DATA hook ACCEPTs without a reply, so the host answers its default "250 OK" and no
 // later plugin sees the message. It takes the message in chunks (ABI 1.2) and drops them, so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # asiosmtpd_add_plugin(<name> SOURCES ... [LIBRARIES ...] [OUTPUT_DIRECTORY dir] [INSTALL])
 #
 # Builds <name>.so as a MODULE against asiosmtpd::sdk only: hidden visibility, a version

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The embedding API (asiosmtpd::controller, aiosmtpd's Controller) end to end on 127.0.0.1:
 // a server on background threads, real plugins through the ABI, a blocking client.
 // Every server a test starts, the test stops (the controller's destructor too).

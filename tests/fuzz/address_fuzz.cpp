@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // address_fuzz: the MAIL/RCPT/VRFY address parser against arbitrary arguments.
 //
 // Input: byte 0 bit 0 = smtputf8; the rest is the argument (as the engine hands it over:

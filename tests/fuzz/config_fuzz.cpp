@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // config_fuzz: the YAML configuration loader against arbitrary text.
 //
 // Input: the whole file. Checked: parse() returns settings or throws config_error, nothing else

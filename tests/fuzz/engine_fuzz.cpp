@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // engine_fuzz: the SMTP engine against arbitrary client bytes, split at arbitrary points, with
 // random settings, random hook chains and random (but host-valid) hook verdicts and replies.
 //

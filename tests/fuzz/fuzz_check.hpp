@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // fuzz_check: an invariant check that stays on in every build type (assert() is compiled out
 // in release builds). A failure prints what broke and aborts, which libFuzzer reports as a
 // crash with the input that caused it.

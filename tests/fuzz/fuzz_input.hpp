@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // fuzz_input: a tiny reader over a fuzzer input, shared by the fuzz targets (clang's
 // FuzzedDataProvider is not available to the g++ replay build). Bytes are taken from the front;
 // "control" bytes from a separate region cycle, so that a short control region can drive a long

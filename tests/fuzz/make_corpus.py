@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Regenerates the seed corpora in tests/fuzz/corpus/ from the golden transcripts and the
 shipped configurations. Seeds are named after their source (engine/<transcript>, ...); inputs
 found by fuzzing (crash-*, regression-*) are committed next to them by hand and left alone here.

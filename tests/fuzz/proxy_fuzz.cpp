@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // proxy_fuzz: the PROXY protocol header parser (proxy::parse) against arbitrary bytes, and
 // against v1/v2 headers built from the fuzzer's bytes.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // replay_main: a stand-in for libFuzzer's main() in ordinary builds. Runs every file given (or
 // every file in every directory given) through LLVMFuzzerTestOneInput once, so that the
 // committed corpora and crash regressions replay under g++ (and under the asan preset) as a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Real fuzzing for a bounded time: builds the `fuzz` preset (clang, libFuzzer, ASan + UBSan) in
 # build/fuzz and runs every target for SECONDS seconds (default: $ASIOSMTPD_FUZZ_SECONDS or 10),
 # starting from the committed corpus tests/fuzz/corpus/<target>/.

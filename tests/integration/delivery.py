@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the delivery tests (maildir, mbox, proxy): the expected bytes of a stored message,
 Postfix's smtp-source and smtp-sink, reading a Maildir and an mbox."""
 import glob

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Harness for the integration tests: the real asiosmtpd binary on 127.0.0.1, real clients.
 
 Every server is started with a temporary YAML config (``port: 0``); the real port is read from

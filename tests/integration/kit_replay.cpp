@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // kit_replay: one client byte stream through the SDK test kit, for test_kit_vs_server.py.
 //
 //   kit_replay [--plugin FILE] [key=value ...] < client-bytes > reply-bytes

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile clients (issue 9): each attack is bounded in time, the server must stay alive and
 bounded in memory (RSS from /proc), and a well-behaved client must be served meanwhile.
 

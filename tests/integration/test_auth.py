@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """AUTH (RFC 4954): the authfile plugin (crypt(3) hashes checked on worker threads) with
 smtplib, swaks and curl over STARTTLS and implicit TLS; failures, the brute-force limit,
 auth_required, auth_require_tls; plugin mechanisms with challenge steps, also completed from

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Broken plugin files never end the process. A half-copied deploy (sink.so cut anywhere, in
 particular inside its last loadable segment, which used to be SIGBUS in dlopen()), a build for
 another machine, not an ELF at all, a directory, a FIFO (dlopen() would block on it), a sparse

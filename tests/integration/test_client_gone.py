@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A client that leaves while a plugin hook is suspended (the `scripted` test plugin's MAIL
 hook completed later by its worker thread). As aiosmtpd (asyncio) does: a reset, or EOF under
 TLS, means the client is gone: the session notices at once, cancels the pending call (a later

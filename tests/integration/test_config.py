@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command line and configuration errors (README.md, "Command line"): every error stops start-up
 with one clear line naming the file, the key and what is wrong, and a non-zero exit."""
 import os

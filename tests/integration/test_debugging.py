@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The default `debugging` plugin through smtplib: a full transaction, and the message with
 its envelope printed on the server's stdout in aiosmtpd's Debugging format."""
 import smtplib

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """maildir plugin: crafted messages byte-exact (dot-stuffing, 8-bit, long lines, empty body, bare
 CR/LF, no headers), the same bytes aiosmtpd's Mailbox handler writes for well-formed messages;
 1,000 messages from Postfix's smtp-source all present and byte-exact; a failing folder → 451 and

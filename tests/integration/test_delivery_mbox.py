@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mbox plugin: the "From " line, >From quoting and the aiosmtpd Message headers; concurrent
 writers (many sessions of one server and two server processes on one file) never interleave;
 an unusable file answers 451."""

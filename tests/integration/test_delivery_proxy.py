@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """proxy plugin: relays into Postfix's smtp-sink and into a second asiosmtpd with maildir (byte-
 exact, X-Peer inserted as aiosmtpd's Proxy), over STARTTLS with a verified certificate; the
 upstream's verdict comes back (refused recipients, refused DATA); upstream down or silent → 451.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Header injection through the envelope: control characters (CR, NUL, DEL, TAB, ...) inside a
 MAIL/RCPT/VRFY address or an ESMTP parameter, sent over a raw socket to a server with the maildir
 plugin. Each is refused (553 for an address, 501 for a parameter, 502 for VRFY) and nothing is

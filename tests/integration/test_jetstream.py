@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The jetstream plugin against a real nats-server with JetStream (one node here; the 3-node
 cluster behind HAProxy with faults is test_jetstream_cluster.py): the versioned encoding
 (headers + raw message), 250 only after the ack, 451 when NATS is away and recovery after it

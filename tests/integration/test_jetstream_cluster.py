@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Beyond one machine, on loopback: a 3-node nats-server cluster with an R3 stream, HAProxy (TCP
 mode) in front of 3 asiosmtpd instances running the jetstream plugin, load from smtplib
 threads, and faults: kill -9 one asiosmtpd instance mid-load; kill -9 the stream leader's

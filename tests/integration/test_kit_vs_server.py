@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The SDK test kit answers as the server: every golden transcript (tests/transcripts/*.txt)
 is replayed through the kit (kit_replay, testkit.hpp over the server's core) and through the
 real asiosmtpd binary over a socket, with the transcript's settings and the bundled sink

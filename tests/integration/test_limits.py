@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Idle timeout and max_connections, with bounded waits."""
 import time
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """LMTP (RFC 2033) listeners: LHLO, one reply per accepted recipient after DATA, and plugins
 answering per recipient (RFC 2033 §4.2; aiosmtpd sends a single reply, its issue #517).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """maildir streams (ABI 1.2 DATA_CHUNK): the message goes to tmp/ piece by piece as it arrives.
 A 64 MiB message lands byte-exact in new/ while the server's peak memory grows by a small
 fraction of it; a message of many pieces is still what aiosmtpd's Mailbox writes; a client that

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mbox streams (ABI 1.2 DATA_CHUNK): the message is prepared and quoted piece by piece into an
 unnamed spool file, and appended at DATA. The mbox gets the same bytes as through the
 whole-message path (">From " lines crossing the pieces' cuts included); a 64 MiB message lands

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Prometheus metrics endpoint (metrics: {listen: ...}), scraped with curl."""
 import shutil
 import smtplib

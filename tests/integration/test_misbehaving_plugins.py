@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Plugins that misbehave (issue 9): each misbehaviour costs one session at most, with a clear
 SMTP reply and a log line; never a crash, a hang or a corrupt reply on the wire.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The SDK example plugin `ping`: a new SMTP command, as aiosmtpd's documented smtp_PING."""
 import smtplib
 

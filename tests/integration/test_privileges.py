@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Privileges (issue 9): started as root with `server.user`, asiosmtpd binds its listeners (a
 port below 1024 here) and loads its TLS key (root-only here) as root, then drops to that user
 for good (no supplementary groups left, no capabilities, root not regainable) before any

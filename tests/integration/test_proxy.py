@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The HAProxy PROXY protocol (v1 and v2) on listeners with proxy_protocol: true: raw headers
 good, bad, slow and missing; with implicit TLS and across STARTTLS; the PROXY hook; and real
 HAProxy (send-proxy, send-proxy-v2) in front of two asiosmtpd instances."""

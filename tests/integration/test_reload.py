@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reload on SIGHUP: new sessions get the new plugins and settings, open sessions finish on
 the generation they started with, a broken config is refused while service goes on, a plugin
 file replaced on disk is picked up, listeners come and go, keys only a restart can apply are

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The `scripted` test plugin (tests/fixtures/plugins/scripted.cpp), whose behaviour per hook
 is its YAML config: rejects with custom text, hooks completed later from another thread,
 hooks that never complete (plugin timeout), hooks that throw or answer nonsense, custom

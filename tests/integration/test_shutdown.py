@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Graceful stop on SIGTERM/SIGINT: idle sessions get 421 and EOF, the process exits 0, and a
 session in the middle of a message may finish it within shutdown_grace."""
 import signal

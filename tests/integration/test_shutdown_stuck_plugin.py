@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """SIGTERM while a plugin's synchronous hook never returns: the process still ends, within
 shutdown_grace + shutdown_forced_margin (5 s, host/src/net/server.hpp), with exit status 1 and
 one error line (event=shutdown_forced). A hook that is slow but returns, or none at all, still

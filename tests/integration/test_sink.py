@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The `sink` plugin under load: many messages in one session, several concurrent sessions."""
 import smtplib
 import socket

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Slowloris (issue 15): `server.timeout` bounds the time to receive each whole command line or
 AUTH line, whatever trickles in meanwhile; a message must keep `server.data_min_rate` bytes/s
 over each `timeout` window; the TLS handshake is bounded by `tls_handshake_timeout`. Trickling

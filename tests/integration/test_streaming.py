@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Streaming DATA (ABI 1.2, DATA_CHUNK) against the real server, driven by the `scripted`
 fixture plugin (tests/fixtures/plugins/scripted.cpp), whose DATA_CHUNK and DATA hooks log what
 the host passed: each piece's size, the LAST_CHUNK and STREAMED flags, message_size, and a

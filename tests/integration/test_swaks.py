@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """swaks (Debian package `swaks`) against the real server, plain and with --pipeline."""
 import re
 import shutil

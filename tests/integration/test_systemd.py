@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """systemd's readiness protocol (Type=notify): READY=1 once listening, RELOADING=1 then
 READY=1 around a SIGHUP reload, STOPPING=1 on SIGTERM, sent to $NOTIFY_SOCKET."""
 import os

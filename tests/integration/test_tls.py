@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TLS: STARTTLS (RFC 3207) and implicit TLS (RFC 8314) with real clients (Python's smtplib,
 swaks, openssl s_client, curl), the STARTTLS plaintext-injection attack, require_starttls,
 broken and stalled handshakes, and certificate errors at start-up. Certificates are made

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TLS handshakes that never finish (an attack run: 900 clients open the implicit-TLS port and
 stall; each pending handshake cost about 90 KB and RSS never came back down).
 

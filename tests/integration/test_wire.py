@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Exact bytes on the wire through a raw socket: greeting, EHLO lines per config, pipelining,
 SMTP smuggling, several listeners, LMTP."""
 import socket

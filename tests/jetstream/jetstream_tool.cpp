@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // jetstream_tool: what the jetstream plugin's tests need from a NATS JetStream cluster, through
 // the NATS C client (Debian ships no `nats` CLI).
 //

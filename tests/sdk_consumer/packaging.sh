@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Steps of the packaging tests (tests/sdk_consumer/CMakeLists.txt runs each as a ctest test).
 #   install             cmake --install the build tree into $WORK/prefix, check the layout
 #   cmake_examples      build sdk/examples (as installed) with find_package(asiosmtpd-sdk),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ABI promise against the real server (tests/sdk_consumer/abi): a plugin built against
 the frozen 1.0 header loads and works; a plugin needing a newer minor, and one of another
 major, are refused at start-up with a clear message."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The INSTALLED server (packaging.install's prefix) with the bundled plugins found by name and
 the example plugins built out of tree (packaging.cmake_examples), driven by smtplib."""
 import os

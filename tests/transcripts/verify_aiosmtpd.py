@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """Replay transcript files against the real aiosmtpd and compare its replies.
 
 Run with Debian's interpreter, which has python3-aiosmtpd installed:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // asiosmtpd::controller: run a whole server (config, plugins, listeners) on background
 // threads inside another program, as aiosmtpd's Controller does; for tests and tools.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // config: the YAML file (docs/configuration.md) read with yaml-cpp and checked key by key into the
 // plain structs of config.hpp. Nothing else in the project sees yaml-cpp. Every problem is
 // one config_error line "<file>:<line>: <dotted key>: <problem>" (style.md §3.3 item 4); the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // config: the YAML file (docs/configuration.md) turned into validated, immutable structs.
 // The only user of yaml-cpp in the project. Every problem is a config_error naming the file,
 // the key (dotted path, e.g. "server.listen[0].port"), the line and what is wrong.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // node: a plugin's `config:` subtree as plain data, handed to plugins through the host API
 // (cfg_root, cfg_get, ...). Standard library only: part of the core the test kit runs too.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The SDK test kit's driver (asiosmtpd/testkit_core.hpp): the server's engine, hook chain and
 // host function table, driven without sockets. A session is driven as the server's session
 // drives it (net/session.cpp): bytes into the engine, each hook request through a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The log lines' escaping of peer text (escape.hpp).
 #include "log/escape.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // escape: peer-supplied text made printable for a log line. Standard library only: the core
 // (the hook chain, the host API) and the server's logger use the same function.
 #pragma once

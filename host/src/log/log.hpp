@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // log: one line per event on stderr, "<level> <key=value ...>". The engine does not log; the
 // session, the loader and plugins do, through here. Remote text goes through escaped().
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "net/handshake_limits.hpp"
 
 #include "net/metrics.hpp"

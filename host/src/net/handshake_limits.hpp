@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // handshake_limits: how many TLS handshakes may be in progress at once, server-wide
 // (server.max_tls_handshakes) and per client address (server.max_tls_handshakes_per_client).
 // A handshake that never finishes holds OpenSSL's handshake state until

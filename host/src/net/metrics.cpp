@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "net/metrics.hpp"
 
 #include "log/log.hpp"

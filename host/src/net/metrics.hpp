@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // metrics: process-wide counters and hook latency histograms, served in Prometheus text
 // format over a minimal HTTP endpoint (GET /metrics). Counting is lock-free (atomics); a
 // per-plugin histogram is looked up under a mutex once per thread, then found in a

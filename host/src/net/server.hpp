@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // server: the listeners of one configuration, the registry of live sessions, the worker
 // threads, and graceful shutdown (stop accepting, let sessions finish within shutdown_grace,
 // then close them with 421; with handle_signals(), end the process if that does not finish

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // session: one client connection. A coroutine on its own strand feeds the socket's bytes to
 // the engine, writes the engine's replies (a pipelined batch in one write), and runs plugin
 // hook chains when the engine asks, awaiting PENDING hooks without blocking the thread.

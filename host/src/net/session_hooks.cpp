@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // session: running the plugins' hook chains. The chain (plugin/chain.hpp) calls the plugins
 // and decides; the session waits, with Asio, for the calls a plugin suspended: until
 // complete() (from any thread), the plugin's timeout, the client leaving or a shutdown.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // session: what comes before the SMTP conversation, and TLS. The PROXY header, implicit TLS
 // and the STARTTLS handshake: admission against the handshake caps, waiting for the client's
 // first TLS record before any TLS state exists, the handshake itself (session.hpp).

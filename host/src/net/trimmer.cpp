@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "net/trimmer.hpp"
 
 #include "log/log.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // trimmer: gives the memory a burst of connections left behind back to the system. glibc keeps
 // what sessions freed in its arenas (one per event-loop thread, about) and shrinks them only
 // from the top, so after 900 TLS handshakes that never finished RSS stayed tens of MiB above

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // os/privileges: deciding whether to switch user, switching for good, and checking that the
 // plugin files can be read afterwards. The order of the calls in drop() is the usual one
 // (Postfix's set_ugid(), OpenSSH's permanently_set_uid()): supplementary groups and gid while

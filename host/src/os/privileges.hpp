@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // os/privileges: whom the server runs as (issue 9). Started as root with server.user set, the
 // executable binds its listeners and loads its TLS keys as root, then drop() switches to that
 // user for good, before any plugin code runs: a plugin's create() and its C++ static

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One run of a hook chain (chain.hpp): arguments, calls, the blocking watchdog, and every rule
 // about verdicts.
 #include "plugin/chain.hpp"

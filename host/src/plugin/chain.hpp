@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // chain: one run of a hook chain, sans-I/O. It builds the hook's arguments, calls the plugins
 // in config order, checks and translates every answer, and stops where a plugin suspends its
 // call; the driver (the server's session, awaiting with Asio) resumes it once that call was

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The structural check of a plugin file before dlopen(): see elf_check.hpp for why.
 #include "plugin/elf_check.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // plugin: the structural check of a plugin file before dlopen(). ld.so trusts the file it is
 // handed: a program header that points past the end of the file gets mmap()ed all the same,
 // and the first touch of such a page is SIGBUS, which ends the whole server (a plugin copied

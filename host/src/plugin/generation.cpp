@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // generation.hpp: instances and their registrations.
 #include "plugin/generation.hpp"
 

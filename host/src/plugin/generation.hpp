@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // generation: the plugins of one configuration as the hook chains see them: the instances in
 // config order, the hook chains, the commands, EHLO keywords and AUTH mechanisms they
 // registered, and the registrar handed to create(). Standard library only (part of the core

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The host function table (asiosmtpd_host_api): what plugins may call. Every function checks
 // its arguments and state and answers with a status instead of trusting the plugin.
 #include "plugin/chain.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Boost.DLL loader: find, open and check each plugin, create its instance, collect what
 // it registers. Runs on the control thread only (dlopen is not thread-safe everywhere).
 #include "plugin/loader.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // plugin: loading plugins (Boost.DLL) into a generation (generation.hpp). A generation is
 // immutable once loaded: the instances in config order, the hook chains, the commands and
 // EHLO keywords they registered. Sessions hold the generation they started on (shared_ptr), so

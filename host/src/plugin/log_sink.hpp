@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // log_sink: where the core's log lines go (plugin log() calls, plugin_blocking incidents).
 // The core has no logger of its own: the server sets its log (log.hpp) as the process's
 // sink, the test kit gives each instance its host's capture. Standard library only.

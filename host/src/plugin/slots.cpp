@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The plugins' data slots (slots.hpp).
 #include "plugin/slots.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // slots: the plugins' private data per session and per transaction (plugin.h slot_set /
 // slot_get), with the destructors the plugins gave.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // address: parse_address(), a port of the part of CPython 3.11's email/_header_value_parser.py
 // that aiosmtpd's SMTP._getaddr() uses (get_angle_addr / get_addr_spec and what they call, plus
 // the AddrSpec/AngleAddr/LocalPart/Domain properties that turn the parse tree into text).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // address: the MAIL/RCPT/VRFY address parser, reproducing what aiosmtpd (via Python's RFC 5322
 // header parser) stores for each argument (aiosmtpd 1.4). Pure function, std only.
 // It finds the address at the start of the argument and returns it normalised plus the rest

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // engine: the sans-I/O SMTP/LMTP protocol state machine. Bytes in, reply bytes and hook
 // requests out; no sockets, no clock, no threads, no exceptions on bad input.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // replies: every fixed reply text the engine sends, each beside the aiosmtpd reply it mirrors
 // (aiosmtpd 1.4). Handlers name replies from here; they never inline text.
 // Texts are without the trailing CRLF. Replies that carry a variable part are built by the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // proxy: the HAProxy PROXY protocol header (v1 text, v2 binary), sans-I/O and std only.
 // Feed it the first bytes of a connection; it says how many more it needs, or that the header
 // is complete (and how long it was), or why it is invalid (aiosmtpd 1.4; HAProxy's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "tls/context.hpp"
 
 #include <boost/asio/error.hpp>

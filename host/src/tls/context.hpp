@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // tls: the OpenSSL server context of a configuration. No SMTP knowledge here.
 // TLS 1.2 and 1.3 only (RFC 8996 retired 1.0/1.1), forward-secret AEAD ciphers by default, no
 // compression (CRIME), no renegotiation, server cipher preference.

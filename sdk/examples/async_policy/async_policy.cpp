@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // async_policy: decides each RCPT on a worker thread, the way a plugin waits for DNS, a
 // database or a policy server without blocking the server's event loop (plugin.h T4).
 //

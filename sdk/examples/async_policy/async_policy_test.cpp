@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Unit test of async_policy through the SDK test kit: the server's own engine and hook chain
 // drive a scripted SMTP conversation into the plugin (no server process, no sockets) and wait
 // for its completions.

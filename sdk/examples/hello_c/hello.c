@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * hello: an asiosmtpd plugin in C99 that adds the SMTP command HELLO and the EHLO keyword
  * XHELLO. It shows the whole C ABI life cycle: the entry symbol and descriptor, create()

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * asiosmtpd/plugin.h - the plugin C ABI of asiosmtpd, major version 1.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * asiosmtpd/plugin.hpp - header-only C++17 convenience layer over asiosmtpd/plugin.h.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // asiosmtpd/reply_rules.hpp: the reply rules of plugin.h set_reply(), as one C++17 function
 // that the server, the test kit and plugins share (header-only, standard library only).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // asiosmtpd/worker_pool.hpp: N threads that run a function for each posted job, taken in order
 // of posting. It is where a plugin's blocking work goes (a password hash, a disk fsync, an
 // upstream server) while the hook that needs it is suspended (plugin.h T4); the job's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * frozen_v1_0: built against the FROZEN ABI 1.0 header (tests/sdk_consumer/abi/v1.0), never
  * against the current one. The current host must load it and serve it: the command FROZEN

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* plugin.h compiles on its own as C99 with -pedantic-errors (and every warning as error). */
 #include <asiosmtpd/plugin.h>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The C++ SDK headers (plugin.h, plugin.hpp, reply_rules.hpp, worker_pool.hpp, testkit.hpp)
 // compile on their own as C++ with -pedantic-errors (C++17 and C++20 targets build this file;
 // every warning is an error in the dev preset).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * newer_minor: declares that it needs a host ABI minor one above the current header's. The
  * host must refuse it ("needs plugin ABI 1.N, this host has 1.M") without calling create().

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Unit tests for config/config.hpp: defaults, every key, every error class with its exact
 // one-line message, relative paths, plugin config trees and command call limits.
 #include "config/config.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The configuration reference stays true: docs/configuration.md documents every key the parser
 // accepts (and no key it does not), and the default config, conf/asiosmtpd.yaml, parses and
 // mentions only keys that exist (also in its commented-out lines).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Inputs found by tests/fuzz/config_fuzz that once misbehaved; each must end in config_error.
 #include "config/config.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The TLS handshake caps (server.max_tls_handshakes, server.max_tls_handshakes_per_client).
 #include "net/handshake_limits.hpp"
 #include "net/metrics.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // tls::server_handshake: OpenSSL's handshake on the connection's own socket, handed over to an
 // asio::ssl::stream once done. A client over a socketpair, driven step by step.
 #include "tls/context.hpp"

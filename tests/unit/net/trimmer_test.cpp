@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The memory trimmer: malloc_trim(0) on its own thread once the session count fell.
 #include "net/trimmer.hpp"
 

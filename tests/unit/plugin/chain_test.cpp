@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The hook chain (plugin/chain.hpp), driven as the server's session drives it but without
 // sockets: real plugin files (the scripted fixture), config order, suspended calls completed
 // from another thread or never, refused replies, and what each plugin's answer reports.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The ELF check before dlopen() (plugin/elf_check.hpp) and the loader against broken plugin
 // files made from real built plugins: truncated where it matters (inside the header, the
 // program headers, each loadable segment, one byte short), another class, byte order,

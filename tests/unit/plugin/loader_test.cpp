@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The loader and the host API against real plugin files (tests/fixtures/plugins and the
 // bundled plugins): what loads, what is refused and why, and hook calls through the ABI,
 // including a hook completed later from another thread. No sockets.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A plugin as a host older than ABI 1.2 sees it, for the test kit: the plugin's own entry,
 // but its create() is given abi_minor 1 and a register_hook that answers E_UNSUPPORTED for
 // DATA_CHUNK, as a 1.1 host does for a hook it does not know. Shared by the plugins' tests of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The bundled debugging plugin through the test kit: the aiosmtpd Debugging format on the
 // configured stream, and the verdict left to the rest of the chain.
 #include <asiosmtpd/testkit.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The maildir, mbox and proxy plugins through the SDK test kit (the server's engine, no
 // sockets): what they store, their configuration checks, and 451 when delivery fails. (The
 // real server, smtp-source and upstreams: tests/integration/test_delivery_*.py.)

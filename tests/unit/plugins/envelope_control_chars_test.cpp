@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Control characters in the envelope, the plugins' own defence: what the server refuses on the
 // wire (553/501, tests/unit/proto/engine_control_chars_test.cpp) can still reach a plugin from
 // an envelope-rewriting plugin or a host without that check, so each plugin that writes the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Files on disk for the delivery plugins' tests (delivery_test.cpp, maildir_test.cpp, mbox_test.cpp): a
 // temporary folder removed with its contents, a folder's entries, a file's bytes.
 #ifndef ASIOSMTPD_TESTS_UNIT_PLUGINS_FILE_HELPERS_HPP

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The maildir plugin streaming its messages (ABI 1.2 DATA_CHUNK) through the SDK test kit: the
 // same file as a whole delivery for every cut of the message, the tmp/ file growing while the
 // pieces arrive, nothing left behind when a later plugin refuses a piece, and the whole-message

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The mbox plugin streaming its messages (ABI 1.2 DATA_CHUNK) through the SDK test kit: the
 // same mbox bytes as the whole-message path for every cut of the message (">From " lines at
 // the cuts included), the spool invisible in the folder, and an mbox left untouched by a

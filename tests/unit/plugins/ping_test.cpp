@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The bundled ping plugin (the SDK example) through the test kit: PING answers 259 Pong,
 // with or without HELO and with an argument, and HELP lists it.
 #include <asiosmtpd/testkit.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The proxy plugin's helpers (plugins/proxy/*.hpp, header-only, compiled in here): reply texts
 // made from untrusted upstream bytes always pass the host's reply rules (the test kit's copy
 // of them), upstream codes map to sane local ones, and name resolution keeps its deadline with

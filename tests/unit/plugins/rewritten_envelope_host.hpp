@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A plugin as it would see an envelope rewritten by another plugin (or handed over by a host
 // without the server's address checks), for the test kit: the plugin's own entry, but its
 // create() gets a host API whose txn_info/txn_rcpt_at/txn_mail_param_at answer with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The bundled sink plugin through the SDK test kit (the server's engine, no sockets): it
 // accepts and discards every message and refuses any configuration.
 #include <asiosmtpd/testkit.hpp>

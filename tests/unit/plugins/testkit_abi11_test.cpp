@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit's other ABI 1.1 parts: LMTP per-recipient replies (the lmtp_split fixture, with
 // set_rcpt_reply and, from a worker thread, set_rcpt_reply_pending), STARTTLS and PROXY hooks
 // (the scripted fixture), and the raw host table seen by a plain C-ABI probe plugin linked into

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit's ABI 1.2 parts: DATA_CHUNK through the kit (the bundled sink, the scripted
 // fixture's chunk hooks with their running CRC-32, refusals, timeouts, STREAMED versus the whole
 // message), and the reply validation the kit shares with the server (plugin.h set_reply and

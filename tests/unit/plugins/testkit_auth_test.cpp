@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit's ABI 1.1 AUTH support, against the bundled authfile plugin (AUTH_CHECK, suspended
 // and completed by its worker threads) and the xmech fixture (plugin AUTH mechanisms: 334
 // challenges set in the hook and through complete(), set_auth_identity, initial responses).

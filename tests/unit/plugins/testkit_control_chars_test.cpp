@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit refuses control characters (C0, DEL) in MAIL/RCPT/VRFY addresses and parameters
 // as the server does (553 5.1.3, 501, "502 Could not VRFY" with '?' for each control byte), so
 // that a plugin tested with it never gets what the server would never hand it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit runs the server's engine: what the old, hand-written kit did not check is there
 // now, with the server's replies (tests/transcripts/ has the same lines): SIZE, address
 // syntax, require_starttls, command_call_limit, the unknown-command budget, pipelined input

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test kit where a plugin fails, held to the server's behaviour: the CONNECT chain's
 // verdicts and errors as the engine answers them (host/src/proto/engine.cpp, CONNECT in
 // finish_hook; tests/integration/test_misbehaving_plugins.py ConnectHookTest), and

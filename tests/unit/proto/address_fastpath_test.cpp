@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Differential tests for parse_address's fast path (detail::parse_address_fast): for every
 // input it accepts, its result must be exactly what the port of Python's parser
 // (detail::parse_address_full) gives, with and without SMTPUTF8; parse_address as a whole must

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Unit tests for proto/address: every row of aiosmtpd 1.4, aiosmtpd's own list
 // of valid and invalid addresses (aiosmtpd/tests/test_smtp.py), the split between address and
 // parameter text, and the corners of Python's parser that the port reproduces. Each expectation

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Control characters (C0, TAB included, and DEL) in MAIL/RCPT/VRFY addresses and in ESMTP
 // parameters: refused reply by reply (553 for an address, the verb's 501 for a parameter, 502
 // for VRFY), in aiosmtpd's check order, with and without hooks, and never seen by a hook or

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // DATA in chunks (issue 8, aiosmtpd #293): data_chunk hooks see the unstuffed message as it
 // arrives, the engine keeps at most one chunk when no DATA hook needs the whole message, and
 // a chunk hook's refusal answers the final dot.

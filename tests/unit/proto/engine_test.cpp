@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The engine with hooks: what it asks, when it waits, and how verdicts become replies.
 // (Hook-less conversations are in tests/transcripts/, replayed by transcript_test.cpp.)
 #include "proto/engine.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Replays every golden conversation in tests/transcripts/*.txt through the engine, with the
 // client bytes split at every chunk size from 1 byte up (llhttp's scan), and requires the
 // exact same replies each time. Format: tests/transcripts/README.md.

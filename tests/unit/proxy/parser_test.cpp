@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The PROXY protocol header parser (aiosmtpd 1.4-§6.3, HAProxy's spec).
 #include "proxy/parser.hpp"
 

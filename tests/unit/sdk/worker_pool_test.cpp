@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The SDK's worker pool (asiosmtpd/worker_pool.hpp): jobs taken in order of posting, N threads
 // at once, what stop() and the destructor do with running and queued jobs, a throwing job
 // function, post() after stop, and try_post() when memory is short (operator new below fails

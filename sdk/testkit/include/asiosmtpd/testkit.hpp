@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * asiosmtpd/testkit.hpp - unit-testing plugins with the server's own engine, without sockets.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * asiosmtpd/testkit_core.hpp - the test kit's data types and its narrow driver API over the
  * server's own core (libasiosmtpd_core.a: the SMTP engine, the hook chain, the host function
