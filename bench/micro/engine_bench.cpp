@@ -46,8 +46,9 @@ proto::settings make_settings(bool hooks)
     s.data_size_limit = 32 * mib;  // the default: a 10 MiB body fits
     // Hook chains on MAIL, RCPT and DATA (more than the sink plugin's DATA alone): each asks the
     // host, which answers at once.
-    if (hooks) s.hook_mask = proto::hook_bit(proto::hook_kind::mail) | proto::hook_bit(proto::hook_kind::rcpt) |
-                            proto::hook_bit(proto::hook_kind::data);
+    if (hooks)
+        s.hook_mask = proto::hook_bit(proto::hook_kind::mail) | proto::hook_bit(proto::hook_kind::rcpt) |
+                      proto::hook_bit(proto::hook_kind::data);
     return s;
 }
 
@@ -298,7 +299,8 @@ void bm_mail_from(benchmark::State& state)
     if (feed_and_collect(e, batch, batch.size()) != expected) return fail(state, "unexpected MAIL replies");
 
     for (auto _ : state) feed(e, batch, batch.size());
-    state.counters["cmd"] = benchmark::Counter(2 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+    state.counters["cmd"] =
+        benchmark::Counter(2 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 BENCHMARK(bm_mail_from)->ArgName("arg")->DenseRange(0, static_cast<int>(mail_args.size()) - 1);
 
@@ -315,7 +317,7 @@ void bm_parse_address(benchmark::State& state)
 }
 BENCHMARK(bm_parse_address)->ArgName("arg")->DenseRange(0, static_cast<int>(mail_args.size()) - 1);
 
-} // namespace
+}  // namespace
 
 int main(int argc, char** argv)
 {

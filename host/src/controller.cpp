@@ -73,4 +73,4 @@ std::string controller::address(std::size_t index) const
     return index < eps.size() ? eps[index].address().to_string() : std::string{};
 }
 
-} // namespace asiosmtpd
+}  // namespace asiosmtpd

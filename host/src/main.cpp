@@ -36,8 +36,8 @@ int main(int argc, char** argv)
     std::signal(SIGPIPE, SIG_IGN);
 
     const auto set_level = [](const std::string& name) {
-        log::set_level(name == "debug" ? log::level::debug
-                       : name == "warn" ? log::level::warn
+        log::set_level(name == "debug"   ? log::level::debug
+                       : name == "warn"  ? log::level::warn
                        : name == "error" ? log::level::error
                                          : log::level::info);
     };
@@ -73,8 +73,9 @@ int main(int argc, char** argv)
             } catch (const plugin::load_error& e) {
                 const std::string who = os::dropped_to();
                 if (who.empty()) throw;
-                throw plugin::load_error(fmt::format(
-                    "{} (plugins run as user {}: their files and data must be accessible to that user)", e.what(), who));
+                throw plugin::load_error(
+                    fmt::format("{} (plugins run as user {}: their files and data must be accessible to that user)",
+                                e.what(), who));
             }
         };
         if (check_only) {

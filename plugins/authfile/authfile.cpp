@@ -100,17 +100,16 @@ private:
             if (first == std::string::npos || line[first] == '#') continue;
             const auto colon = line.find(':');
             const std::string where = file + ":" + std::to_string(number) + ": ";
-            if (colon == std::string::npos || colon == 0)
-                throw std::invalid_argument(where + "expected user:hash");
+            if (colon == std::string::npos || colon == 0) throw std::invalid_argument(where + "expected user:hash");
             std::string user = line.substr(0, colon);
             std::string hash = line.substr(colon + 1);
             // A complete hash hashes to a string of its own length; a bare setting ("$6$salt")
             // would be accepted by crypt_r but could never match.
             std::string probe = hash_with("probe", hash);
             if (hash.front() != '$' || probe.empty() || probe.size() != hash.size())
-                throw std::invalid_argument(where + "not a complete crypt(3) hash libcrypt can verify, for user " + user);
-            if (!users_.emplace(std::move(user), hash).second)
-                throw std::invalid_argument(where + "duplicate user");
+                throw std::invalid_argument(where + "not a complete crypt(3) hash libcrypt can verify, for user " +
+                                            user);
+            if (!users_.emplace(std::move(user), hash).second) throw std::invalid_argument(where + "duplicate user");
             if (decoy_.empty()) decoy_ = hash;  // unknown users are hashed against this
         }
         if (users_.empty()) throw std::invalid_argument("users_file: no users in \"" + file + "\"");
@@ -131,12 +130,12 @@ private:
     }
 
     sdk::logger log_;
-    std::map<std::string, std::string> users_; // read-only after the constructor
+    std::map<std::string, std::string> users_;  // read-only after the constructor
     std::string decoy_;
-    std::optional<sdk::worker_pool<job>> pool_; // last: its workers read users_ and decoy_
+    std::optional<sdk::worker_pool<job>> pool_;  // last: its workers read users_ and decoy_
 };
 
-} // namespace
+}  // namespace
 
 ASIOSMTPD_PLUGIN(authfile, "authfile", "1.0.0", "AUTH PLAIN/LOGIN against a file of crypt(3) hashes",
                  ASIOSMTPD_PF_THREAD_SAFE)

@@ -41,8 +41,7 @@ public:
     int release() noexcept { return std::exchange(fd_, -1); }
     void reset(int fd = -1) noexcept
     {
-        if (fd_ >= 0)
-            ::close(fd_);
+        if (fd_ >= 0) ::close(fd_);
         fd_ = fd;
     }
 
@@ -57,11 +56,9 @@ inline bool write_all(int fd, std::string_view data)
     std::size_t done = 0;
     while (done < data.size()) {
         const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            if (n == 0)
-                errno = EIO;
+            if (n == 0) errno = EIO;
             return false;
         }
         done += static_cast<std::size_t>(n);
@@ -82,8 +79,7 @@ inline std::string errno_text(int err)
 /// A path from the plugin's config: absolute as given, relative to the config file's folder.
 inline std::string resolve_path(std::string path, std::string_view config_dir)
 {
-    if (!path.empty() && path.front() != '/' && !config_dir.empty())
-        path = std::string(config_dir) + "/" + path;
+    if (!path.empty() && path.front() != '/' && !config_dir.empty()) path = std::string(config_dir) + "/" + path;
     return path;
 }
 
@@ -96,8 +92,7 @@ constexpr bool is_control(char c) noexcept
 inline bool has_control(std::string_view s) noexcept
 {
     for (const char c : s)
-        if (is_control(c))
-            return true;
+        if (is_control(c)) return true;
     return false;
 }
 
@@ -141,8 +136,7 @@ inline std::string escape_controls(std::string_view s)
 inline std::string python_peer_repr(std::string_view address, std::uint16_t port)
 {
     std::string out = "('" + escape_controls(address) + "', " + std::to_string(port);
-    if (address.find(':') != std::string_view::npos)
-        out += ", 0, 0";
+    if (address.find(':') != std::string_view::npos) out += ", 0, 0";
     out += ")";
     return out;
 }
@@ -162,8 +156,7 @@ inline std::string message_headers(sdk::call& c)
     out += "\nX-RcptTo: ";
     const auto rcpts = c.rcpts();
     for (std::size_t i = 0; i < rcpts.size(); ++i) {
-        if (i)
-            out += ", ";
+        if (i) out += ", ";
         append_escaped(out, rcpts[i]);
     }
     out += "\n";
@@ -176,17 +169,13 @@ namespace detail {
 // then ':'. A continuation (leading space or tab) only after a header line.
 inline bool header_line(std::string_view line, bool after_header) noexcept
 {
-    if (line.empty())
-        return false;
-    if (line.front() == ' ' || line.front() == '\t')
-        return after_header;
+    if (line.empty()) return false;
+    if (line.front() == ' ' || line.front() == '\t') return after_header;
     const std::size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0)
-        return false;
+    if (colon == std::string_view::npos || colon == 0) return false;
     for (std::size_t i = 0; i < colon; ++i) {
         const auto ch = static_cast<unsigned char>(line[i]);
-        if (ch < 0x21 || ch > 0x7E)
-            return false;
+        if (ch < 0x21 || ch > 0x7E) return false;
     }
     return true;
 }
@@ -195,11 +184,10 @@ inline bool header_line(std::string_view line, bool after_header) noexcept
 inline bool from_line(std::string_view line) noexcept
 {
     std::size_t i = 0;
-    while (i < line.size() && line[i] == '>')
-        ++i;
+    while (i < line.size() && line[i] == '>') ++i;
     return line.substr(i).substr(0, 5) == "From ";
 }
-} // namespace detail
+}  // namespace detail
 
 /// The message as aiosmtpd's Mailbox handler stores it (email parser + mailbox.Maildir):
 /// lines end in "\n" (CRLF, bare CR and bare LF all become LF, as Python's splitlines); the
@@ -219,17 +207,15 @@ inline std::string prepare_message(std::string_view content, std::string_view he
     while (start < content.size()) {
         std::size_t eol = content.find_first_of("\r\n", start);
         const bool has_eol = eol != std::string_view::npos;
-        if (!has_eol)
-            eol = content.size();
+        if (!has_eol) eol = content.size();
         const std::string_view line = content.substr(start, eol - start);
         start = eol;
         if (has_eol) {
             ++start;
-            if (content[eol] == '\r' && start < content.size() && content[start] == '\n')
-                ++start;
+            if (content[eol] == '\r' && start < content.size() && content[start] == '\n') ++start;
         }
         if (in_headers) {
-            if (line.empty()) { // the separator: our headers go just before it
+            if (line.empty()) {  // the separator: our headers go just before it
                 out += headers;
                 out += '\n';
                 in_headers = false;
@@ -237,22 +223,20 @@ inline std::string prepare_message(std::string_view content, std::string_view he
             }
             if (detail::header_line(line, after_header)) {
                 out += line;
-                out += '\n'; // a last header without line end gets one
+                out += '\n';  // a last header without line end gets one
                 after_header = true;
                 continue;
             }
-            out += headers; // the body starts without separator: insert one (as Python)
+            out += headers;  // the body starts without separator: insert one (as Python)
             out += '\n';
             in_headers = false;
         }
-        if (mbox && detail::from_line(line))
-            out += '>';
+        if (mbox && detail::from_line(line)) out += '>';
         out += line;
-        if (has_eol)
-            out += '\n';
+        if (has_eol) out += '\n';
         ended_with_eol = has_eol;
     }
-    if (in_headers) { // headers only (or nothing at all)
+    if (in_headers) {  // headers only (or nothing at all)
         out += headers;
         out += '\n';
     } else if (mbox && !ended_with_eol) {
@@ -276,16 +260,13 @@ public:
         std::size_t start = 0;
         if (skip_lf_ && !piece.empty()) {
             skip_lf_ = false;
-            if (piece.front() == '\n')
-                start = 1; // the second half of a CRLF cut between two pieces
+            if (piece.front() == '\n') start = 1;  // the second half of a CRLF cut between two pieces
         }
         while (start < piece.size()) {
             const std::size_t eol = piece.find_first_of("\r\n", start);
             if (eol == std::string_view::npos) {
-                if (in_headers_ || mbox_)
-                    partial_.append(piece.substr(start));
-                else
-                    out.append(piece.substr(start)); // a body line: its bytes never change
+                if (in_headers_ || mbox_) partial_.append(piece.substr(start));
+                else out.append(piece.substr(start));  // a body line: its bytes never change
                 return;
             }
             const std::string_view rest = piece.substr(start, eol - start);
@@ -298,21 +279,19 @@ public:
             }
             start = eol + 1;
             if (piece[eol] == '\r') {
-                if (start == piece.size())
-                    skip_lf_ = true;
-                else if (piece[start] == '\n')
-                    ++start;
+                if (start == piece.size()) skip_lf_ = true;
+                else if (piece[start] == '\n') ++start;
             }
         }
     }
 
     void finish(std::string& out)
     {
-        if (!partial_.empty()) { // the last line, without line end
+        if (!partial_.empty()) {  // the last line, without line end
             line(partial_, false, out);
             partial_.clear();
         }
-        if (in_headers_) { // headers only (or nothing at all)
+        if (in_headers_) {  // headers only (or nothing at all)
             out += headers_;
             out += '\n';
             in_headers_ = false;
@@ -342,28 +321,26 @@ private:
             out += '\n';
             in_headers_ = false;
         }
-        if (mbox_ && detail::from_line(text))
-            out += '>';
+        if (mbox_ && detail::from_line(text)) out += '>';
         out += text;
-        if (has_eol)
-            out += '\n';
+        if (has_eol) out += '\n';
         ended_with_eol_ = has_eol;
     }
 
     std::string headers_;
-    std::string partial_; // an unfinished line (header block, or mbox body)
+    std::string partial_;  // an unfinished line (header block, or mbox body)
     bool mbox_;
     bool in_headers_ = true;
     bool after_header_ = false;
     bool ended_with_eol_ = true;
-    bool skip_lf_ = false; // the last piece ended with CR: an LF starting the next belongs to it
+    bool skip_lf_ = false;  // the last piece ended with CR: an LF starting the next belongs to it
 };
 
 /// What a delivery plugin does with a DATA_CHUNK piece (ABI 1.2); see take_piece.
 enum class piece_step {
-    skip,  ///< a piece of a message missed earlier: nothing (DATA answers 451)
-    held,  ///< a message of one piece, kept in the stream's `held`: DATA's job takes it
-    write, ///< copy the piece and hand it to a worker, suspended until written
+    skip,   ///< a piece of a message missed earlier: nothing (DATA answers 451)
+    held,   ///< a message of one piece, kept in the stream's `held`: DATA's job takes it
+    write,  ///< copy the piece and hand it to a worker, suspended until written
 };
 
 /// The hook side of a message taken in DATA_CHUNK pieces (ABI 1.2), shared by the plugins that
@@ -392,8 +369,7 @@ std::pair<Slot*, piece_step> take_piece(sdk::call& c, const sdk::data_args& args
     Stream& st = *slot->s;
     st.received = args.message_size;
     st.last_seen = args.last_chunk();
-    if (st.missed)
-        return {slot, piece_step::skip};
+    if (st.missed) return {slot, piece_step::skip};
     if (first && st.last_seen) {
         // A message of one piece (most are): one trip to a worker (DATA's) instead of two.
         std::lock_guard<std::mutex> lock(st.lock);
@@ -403,6 +379,6 @@ std::pair<Slot*, piece_step> take_piece(sdk::call& c, const sdk::data_args& args
     return {slot, piece_step::write};
 }
 
-} // namespace asiosmtpd::plugins
+}  // namespace asiosmtpd::plugins
 
-#endif // ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP
+#endif  // ASIOSMTPD_PLUGINS_DELIVERY_COMMON_HPP

@@ -31,7 +31,7 @@ namespace {
 
 namespace sdk = asiosmtpd::sdk;
 
-constexpr std::string_view replacement_char = "\xEF\xBF\xBD"; // U+FFFD in UTF-8
+constexpr std::string_view replacement_char = "\xEF\xBF\xBD";  // U+FFFD in UTF-8
 
 // Decodes one code point of UTF-8 at s[i] as CPython's decoder does (Unicode 3.9 "maximal
 // subpart" practice, Table 3-7 well-formed sequences). Returns the code point and sets `len`
@@ -41,8 +41,7 @@ std::int32_t decode_one(std::string_view s, std::size_t i, std::size_t& len)
     const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
     const unsigned char b0 = byte(i);
     len = 1;
-    if (b0 < 0x80)
-        return b0;
+    if (b0 < 0x80) return b0;
     std::size_t need = 0;
     unsigned char lo = 0x80;
     unsigned char hi = 0xBF;
@@ -53,24 +52,22 @@ std::int32_t decode_one(std::string_view s, std::size_t i, std::size_t& len)
     } else if (b0 >= 0xE0 && b0 <= 0xEF) {
         need = 2;
         cp = b0 & 0x0F;
-        if (b0 == 0xE0) lo = 0xA0; // no overlong forms
-        if (b0 == 0xED) hi = 0x9F; // no surrogates
+        if (b0 == 0xE0) lo = 0xA0;  // no overlong forms
+        if (b0 == 0xED) hi = 0x9F;  // no surrogates
     } else if (b0 >= 0xF0 && b0 <= 0xF4) {
         need = 3;
         cp = b0 & 0x07;
-        if (b0 == 0xF0) lo = 0x90; // no overlong forms
-        if (b0 == 0xF4) hi = 0x8F; // nothing above U+10FFFF
+        if (b0 == 0xF0) lo = 0x90;  // no overlong forms
+        if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
     } else {
-        return -1; // 80..C1, F5..FF never start a sequence
+        return -1;  // 80..C1, F5..FF never start a sequence
     }
     for (std::size_t k = 1; k <= need; ++k) {
-        if (i + k >= s.size())
-            return -1;
+        if (i + k >= s.size()) return -1;
         const unsigned char b = byte(i + k);
         const unsigned char first_lo = k == 1 ? lo : 0x80;
         const unsigned char first_hi = k == 1 ? hi : 0xBF;
-        if (b < first_lo || b > first_hi)
-            return -1;
+        if (b < first_lo || b > first_hi) return -1;
         cp = (cp << 6) | (b & 0x3F);
         len = k + 1;
     }
@@ -84,10 +81,8 @@ void append_lenient_utf8(std::string& out, std::string_view s)
     std::size_t i = 0;
     while (i < s.size()) {
         std::size_t len = 0;
-        if (decode_one(s, i, len) < 0)
-            out += replacement_char;
-        else
-            out.append(s.substr(i, len));
+        if (decode_one(s, i, len) < 0) out += replacement_char;
+        else out.append(s.substr(i, len));
         i += len;
     }
 }
@@ -101,17 +96,15 @@ bool python_printable(std::int32_t cp)
         std::int32_t first, last;
     };
     static constexpr range not_printable[] = {
-        {0x0080, 0x00A0}, {0x00AD, 0x00AD}, {0x0600, 0x0605}, {0x061C, 0x061C},
-        {0x06DD, 0x06DD}, {0x070F, 0x070F}, {0x0890, 0x0891}, {0x08E2, 0x08E2},
-        {0x1680, 0x1680}, {0x180E, 0x180E}, {0x2000, 0x200F}, {0x2028, 0x202F},
-        {0x205F, 0x2064}, {0x2066, 0x206F}, {0x3000, 0x3000}, {0xD800, 0xF8FF},
-        {0xFEFF, 0xFEFF}, {0xFFF9, 0xFFFB}, {0xFFFE, 0xFFFF}, {0x110BD, 0x110BD},
-        {0x110CD, 0x110CD}, {0x13430, 0x1343F}, {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A},
-        {0xE0001, 0xE0001}, {0xE0020, 0xE007F}, {0xF0000, 0x10FFFF},
+        {0x0080, 0x00A0},   {0x00AD, 0x00AD},    {0x0600, 0x0605},   {0x061C, 0x061C},   {0x06DD, 0x06DD},
+        {0x070F, 0x070F},   {0x0890, 0x0891},    {0x08E2, 0x08E2},   {0x1680, 0x1680},   {0x180E, 0x180E},
+        {0x2000, 0x200F},   {0x2028, 0x202F},    {0x205F, 0x2064},   {0x2066, 0x206F},   {0x3000, 0x3000},
+        {0xD800, 0xF8FF},   {0xFEFF, 0xFEFF},    {0xFFF9, 0xFFFB},   {0xFFFE, 0xFFFF},   {0x110BD, 0x110BD},
+        {0x110CD, 0x110CD}, {0x13430, 0x1343F},  {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A}, {0xE0001, 0xE0001},
+        {0xE0020, 0xE007F}, {0xF0000, 0x10FFFF},
     };
     for (const range& r : not_printable)
-        if (cp >= r.first && cp <= r.last)
-            return false;
+        if (cp >= r.first && cp <= r.last) return false;
     return true;
 }
 
@@ -119,8 +112,7 @@ void append_hex(std::string& out, const char* prefix, std::uint32_t v, int digit
 {
     static constexpr char hex[] = "0123456789abcdef";
     out += prefix;
-    for (int d = digits - 1; d >= 0; --d)
-        out += hex[(v >> (4 * d)) & 0xF];
+    for (int d = digits - 1; d >= 0; --d) out += hex[(v >> (4 * d)) & 0xF];
 }
 
 // repr() of a Python str holding `s` (UTF-8; invalid bytes shown as U+FFFD).
@@ -173,10 +165,8 @@ std::string python_peer_repr(std::string_view address, std::uint16_t port)
         const std::size_t pct = address.find('%');
         if (pct != std::string_view::npos) {
             const std::string zone(address.substr(pct + 1));
-            if (!zone.empty() && zone.find_first_not_of("0123456789") == std::string::npos)
-                scope_id = std::stoul(zone);
-            else
-                scope_id = if_nametoindex(zone.c_str());
+            if (!zone.empty() && zone.find_first_not_of("0123456789") == std::string::npos) scope_id = std::stoul(zone);
+            else scope_id = if_nametoindex(zone.c_str());
         }
         out += ", 0, " + std::to_string(scope_id);
     }
@@ -197,8 +187,7 @@ std::vector<std::string_view> split_lines(std::string_view s)
         }
         lines.push_back(s.substr(start, eol - start));
         start = eol + 1;
-        if (s[eol] == '\r' && start < s.size() && s[start] == '\n')
-            ++start;
+        if (s[eol] == '\r' && start < s.size() && s[start] == '\n') ++start;
     }
     return lines;
 }
@@ -213,52 +202,44 @@ public:
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
     {
         const sdk::session_info s = c.session();
-        const std::string text =
-            format(c.mail_params(), python_peer_repr(s.peer_address, s.peer_port), args.content());
+        const std::string text = format(c.mail_params(), python_peer_repr(s.peer_address, s.peer_port), args.content());
         if (!write(text) && !write_failed_.exchange(true))
             c.log(sdk::log_level::warn, "debugging: cannot write to the stream; messages are lost");
-        return sdk::verdict::continue_; // an observer: the chain (or the host's 250 OK) decides
+        return sdk::verdict::continue_;  // an observer: the chain (or the host's 250 OK) decides
     }
 
 private:
     static std::FILE* parse_stream(const sdk::config& cfg)
     {
-        if (cfg.is_null())
-            return stdout;
-        if (!cfg.is_map())
-            throw std::invalid_argument("debugging: config must be a map (stream: stdout or stderr)");
+        if (cfg.is_null()) return stdout;
+        if (!cfg.is_map()) throw std::invalid_argument("debugging: config must be a map (stream: stdout or stderr)");
         for (const auto& [key, value] : cfg.entries())
             if (key != "stream")
-                throw std::invalid_argument("debugging: unknown key '" + std::string(key) +
-                                            "' (only stream)");
+                throw std::invalid_argument("debugging: unknown key '" + std::string(key) + "' (only stream)");
         const auto stream = cfg.get("stream");
-        if (!stream || stream->is_null())
-            return stdout;
-        if (stream->is_scalar() && stream->scalar() == "stdout")
-            return stdout;
-        if (stream->is_scalar() && stream->scalar() == "stderr")
-            return stderr;
+        if (!stream || stream->is_null()) return stdout;
+        if (stream->is_scalar() && stream->scalar() == "stdout") return stdout;
+        if (stream->is_scalar() && stream->scalar() == "stderr") return stderr;
         throw std::invalid_argument("debugging: stream must be stdout or stderr");
     }
 
-    static std::string format(const std::vector<std::string_view>& mail_params,
-                              const std::string& peer, std::string_view content)
+    static std::string format(const std::vector<std::string_view>& mail_params, const std::string& peer,
+                              std::string_view content)
     {
         std::string out;
         out.reserve(content.size() + content.size() / 16 + 256);
         out += "---------- MESSAGE FOLLOWS ----------\n";
-        if (!mail_params.empty()) { // print("mail options:", envelope.mail_options); print()
+        if (!mail_params.empty()) {  // print("mail options:", envelope.mail_options); print()
             out += "mail options: [";
             for (std::size_t i = 0; i < mail_params.size(); ++i) {
-                if (i)
-                    out += ", ";
+                if (i) out += ", ";
                 out += python_repr(mail_params[i]);
             }
             out += "]\n\n";
         }
         bool in_headers = true;
         for (std::string_view line : split_lines(content)) {
-            if (in_headers && line.empty()) { // the header/body separator
+            if (in_headers && line.empty()) {  // the header/body separator
                 out += "X-Peer: " + peer + "\n";
                 in_headers = false;
             }
@@ -277,8 +258,7 @@ private:
         flockfile(stream_);
         const std::size_t n = std::fwrite(text.data(), 1, text.size(), stream_);
         const bool ok = n == text.size() && std::fflush(stream_) == 0;
-        if (!ok)
-            std::clearerr(stream_);
+        if (!ok) std::clearerr(stream_);
         funlockfile(stream_);
         return ok;
     }
@@ -287,7 +267,7 @@ private:
     std::atomic<bool> write_failed_{false};
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(debugging, "debugging", "1.0.0",
-                 "prints each message as aiosmtpd's Debugging handler", ASIOSMTPD_PF_THREAD_SAFE)
+ASIOSMTPD_PLUGIN(debugging, "debugging", "1.0.0", "prints each message as aiosmtpd's Debugging handler",
+                 ASIOSMTPD_PF_THREAD_SAFE)

@@ -66,15 +66,14 @@ struct events {
 
 std::mutex library_mutex;
 int library_users = 0;
-std::vector<std::unique_ptr<events>> retired_events; // freed once the library has closed
+std::vector<std::unique_ptr<events>> retired_events;  // freed once the library has closed
 
 void library_acquire()
 {
     std::lock_guard<std::mutex> lock(library_mutex);
     if (library_users == 0) {
         const natsStatus s = nats_Open(-1);
-        if (s != NATS_OK)
-            throw std::runtime_error(std::string("cannot initialise libnats: ") + natsStatus_GetText(s));
+        if (s != NATS_OK) throw std::runtime_error(std::string("cannot initialise libnats: ") + natsStatus_GetText(s));
     }
     ++library_users;
 }
@@ -126,8 +125,7 @@ bool valid_subject(const std::string& s, bool wildcards)
         const bool wild = t[i] == "*" || t[i] == ">";
         if (wild && !wildcards) return false;
         if (t[i] == ">" && i + 1 != t.size()) return false;
-        if (!wild && (t[i].find('*') != std::string::npos || t[i].find('>') != std::string::npos))
-            return false;
+        if (!wild && (t[i].find('*') != std::string::npos || t[i].find('>') != std::string::npos)) return false;
     }
     return true;
 }
@@ -157,8 +155,8 @@ std::string utc_now()
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[96];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
     return buf;
 }
 
@@ -203,10 +201,8 @@ settings read_settings(sdk::registrar& reg)
                     "password", "token", "credentials", "tls"});
     settings s;
     const sdk::config servers = cfg.require("servers");
-    if (servers.kind() == sdk::node_kind::scalar)
-        s.servers.push_back(servers.as_string());
-    else
-        s.servers = servers.as_string_list();
+    if (servers.kind() == sdk::node_kind::scalar) s.servers.push_back(servers.as_string());
+    else s.servers = servers.as_string_list();
     if (s.servers.empty()) throw std::invalid_argument("servers: at least one URL (nats://host:port)");
     for (const auto& url : s.servers)
         if (url.empty() || url.find_first_of(" \t,") != std::string::npos)
@@ -217,9 +213,11 @@ settings read_settings(sdk::registrar& reg)
         throw std::invalid_argument("stream: a stream name without spaces, '.', '*', '>', '/' or '\\'");
 
     if (const auto v = cfg.get("subjects")) {
-        s.subjects = v->kind() == sdk::node_kind::scalar ? std::vector<std::string>{v->as_string()} : v->as_string_list();
+        s.subjects =
+            v->kind() == sdk::node_kind::scalar ? std::vector<std::string>{v->as_string()} : v->as_string_list();
         for (const auto& subj : s.subjects)
-            if (!valid_subject(subj, true)) throw std::invalid_argument("subjects: not a NATS subject: \"" + subj + "\"");
+            if (!valid_subject(subj, true))
+                throw std::invalid_argument("subjects: not a NATS subject: \"" + subj + "\"");
     }
     if (const auto v = cfg.get("subject")) {
         s.subject = v->as_string();
@@ -339,7 +337,8 @@ public:
 
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& a)
     {
-        const std::size_t max_payload = static_cast<std::size_t>(std::max<int64_t>(natsConnection_GetMaxPayload(nc_.p), 0));
+        const std::size_t max_payload =
+            static_cast<std::size_t>(std::max<int64_t>(natsConnection_GetMaxPayload(nc_.p), 0));
         if (max_payload != 0 && a.size + 4096 > max_payload)
             return c.reject(552, "5.3.4 Error: message too big for the message bus (" + std::to_string(max_payload) +
                                      " bytes at most)");
@@ -473,7 +472,7 @@ private:
             sc.SubjectsLen = static_cast<int>(subjects.size());
             sc.Storage = cfg_.memory_storage ? js_MemoryStorage : js_FileStorage;
             sc.Replicas = cfg_.replicas;
-            sc.Duplicates = to_ms(cfg_.duplicate_window) * 1000000; // nanoseconds
+            sc.Duplicates = to_ms(cfg_.duplicate_window) * 1000000;  // nanoseconds
             jerr = static_cast<jsErrCode>(0);
             s = js_AddStream(&si.p, js_.p, &sc, nullptr, &jerr);
             if (s == NATS_OK) {
@@ -484,8 +483,7 @@ private:
                 s = js_GetStreamInfo(&si.p, js_.p, cfg_.stream.c_str(), nullptr, &jerr);
             }
         }
-        if (s != NATS_OK)
-            throw std::runtime_error("stream " + cfg_.stream + ": " + nats_error(s, jerr));
+        if (s != NATS_OK) throw std::runtime_error("stream " + cfg_.stream + ": " + nats_error(s, jerr));
         const jsStreamConfig* have = si.p->Config;
         bool covered = false;
         std::string list;
@@ -500,7 +498,8 @@ private:
             log_.warn("stream " + cfg_.stream + " has " + std::to_string(have->Replicas) + " replica(s), config says " +
                       std::to_string(cfg_.replicas) + "; using the stream as it is");
         if (have && have->Duplicates > 0 && have->Duplicates < to_ms(cfg_.timeout) * 1000000)
-            log_.warn("stream " + cfg_.stream + ": its duplicate window is shorter than `timeout`; a retried publish "
+            log_.warn("stream " + cfg_.stream +
+                      ": its duplicate window is shorter than `timeout`; a retried publish "
                       "could be stored twice");
     }
 
@@ -517,10 +516,11 @@ private:
     void publish(job& j)
     {
         nats_ptr<natsMsg, natsMsg_Destroy> msg;
-        natsStatus s = natsMsg_Create(&msg.p, cfg_.subject.c_str(), nullptr, j.content.data(),
-                                      static_cast<int>(j.content.size()));
+        natsStatus s =
+            natsMsg_Create(&msg.p, cfg_.subject.c_str(), nullptr, j.content.data(), static_cast<int>(j.content.size()));
         auto header = [&](const char* key, const std::string& value, bool add = false) {
-            if (s == NATS_OK) s = add ? natsMsgHeader_Add(msg.p, key, value.c_str()) : natsMsgHeader_Set(msg.p, key, value.c_str());
+            if (s == NATS_OK)
+                s = add ? natsMsgHeader_Add(msg.p, key, value.c_str()) : natsMsgHeader_Set(msg.p, key, value.c_str());
         };
         header("Asiosmtpd-Version", encoding_version);
         header("Mail-From", j.mail_from);
@@ -601,11 +601,10 @@ private:
     std::unique_ptr<events> events_;
     nats_ptr<natsConnection, natsConnection_Destroy> nc_;
     nats_ptr<jsCtx, jsCtx_Destroy> js_;
-    std::optional<sdk::worker_pool<job>> pool_; // stopped by the destructor before disconnect()
+    std::optional<sdk::worker_pool<job>> pool_;  // stopped by the destructor before disconnect()
 };
 
-} // namespace
+}  // namespace
 
 ASIOSMTPD_PLUGIN(jetstream, "jetstream", "1.0.0",
-                 "publishes each message to a NATS JetStream stream; 250 only after the ack",
-                 ASIOSMTPD_PF_THREAD_SAFE)
+                 "publishes each message to a NATS JetStream stream; 250 only after the ack", ASIOSMTPD_PF_THREAD_SAFE)

@@ -63,8 +63,7 @@ void mkdir_if_absent(const std::string& dir)
 int open_dir(const std::string& dir)
 {
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        throw std::invalid_argument("path: cannot open \"" + dir + "\": " + ap::errno_text(errno));
+    if (fd < 0) throw std::invalid_argument("path: cannot open \"" + dir + "\": " + ap::errno_text(errno));
     return fd;
 }
 
@@ -72,16 +71,12 @@ int open_dir(const std::string& dir)
 std::string maildir_host()
 {
     char buf[256] = {0};
-    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0')
-        return "localhost";
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
     std::string out;
     for (const char* p = buf; *p; ++p) {
-        if (*p == '/')
-            out += "\\057";
-        else if (*p == ':')
-            out += "\\072";
-        else
-            out += *p;
+        if (*p == '/') out += "\\057";
+        else if (*p == ':') out += "\\072";
+        else out += *p;
     }
     return out;
 }
@@ -91,7 +86,10 @@ class tmp_file {
 public:
     tmp_file() noexcept = default;
     tmp_file(int dir, std::string name, int fd) noexcept : dir_(dir), name_(std::move(name)), fd_(fd) {}
-    tmp_file(tmp_file&& o) noexcept : dir_(o.dir_), name_(std::move(o.name_)), fd_(std::move(o.fd_)) { o.name_.clear(); }
+    tmp_file(tmp_file&& o) noexcept : dir_(o.dir_), name_(std::move(o.name_)), fd_(std::move(o.fd_))
+    {
+        o.name_.clear();
+    }
     tmp_file& operator=(tmp_file&& o) noexcept
     {
         if (this != &o) {
@@ -125,13 +123,12 @@ public:
     void remove() noexcept
     {
         fd_.reset();
-        if (!name_.empty())
-            ::unlinkat(dir_, name_.c_str(), 0);
+        if (!name_.empty()) ::unlinkat(dir_, name_.c_str(), 0);
         name_.clear();
     }
 
 private:
-    int dir_ = -1; // borrowed: the plugin's tmp/, open as long as any file of it
+    int dir_ = -1;  // borrowed: the plugin's tmp/, open as long as any file of it
     std::string name_;
     ap::unique_fd fd_;
 };
@@ -143,43 +140,40 @@ private:
 struct stream {
     explicit stream(std::string headers) : preparer(std::move(headers)) {}
 
-    std::mutex lock;            // one job at a time (pieces come one after another anyway)
-    tmp_file file;              // created by the first piece's job (DATA's, for one piece)
+    std::mutex lock;  // one job at a time (pieces come one after another anyway)
+    tmp_file file;    // created by the first piece's job (DATA's, for one piece)
     ap::message_preparer preparer;
-    std::string out;            // the prepared bytes of the piece being written (reused)
-    std::string held;           // a message of one piece: DATA's job writes it, in one go
-    bool failed = false;        // a write failed: the piece was refused, the file removed
-    std::atomic<bool> settled{false}; // renamed into new/ or removed: nothing left to clean up
+    std::string out;                   // the prepared bytes of the piece being written (reused)
+    std::string held;                  // a message of one piece: DATA's job writes it, in one go
+    bool failed = false;               // a write failed: the piece was refused, the file removed
+    std::atomic<bool> settled{false};  // renamed into new/ or removed: nothing left to clean up
 
     // Hook side.
-    std::uint64_t received = 0; // unstuffed bytes taken so far
-    bool last_seen = false;     // the LAST_CHUNK piece was taken
-    bool missed = false;        // a piece went by without us (the host should not let that happen)
+    std::uint64_t received = 0;  // unstuffed bytes taken so far
+    bool last_seen = false;      // the LAST_CHUNK piece was taken
+    bool missed = false;         // a piece went by without us (the host should not let that happen)
 };
 
 class maildir {
 public:
-    explicit maildir(sdk::registrar& reg)
-        : log_(reg.logger()), host_(maildir_host()), pid_(std::to_string(::getpid()))
+    explicit maildir(sdk::registrar& reg) : log_(reg.logger()), host_(maildir_host()), pid_(std::to_string(::getpid()))
     {
         const sdk::config cfg = reg.config();
         cfg.expect_map();
         cfg.check_keys({"path", "workers"});
         path_ = ap::resolve_path(cfg.require("path").as_string(), reg.config_dir());
-        if (path_.empty())
-            throw std::invalid_argument("path: must not be empty");
+        if (path_.empty()) throw std::invalid_argument("path: must not be empty");
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 64) : 4;
         mkdir_if_absent(path_);
-        for (const char* sub : {"tmp", "new", "cur"})
-            mkdir_if_absent(path_ + "/" + sub);
+        for (const char* sub : {"tmp", "new", "cur"}) mkdir_if_absent(path_ + "/" + sub);
         // A host older than ABI 1.2 has no DATA_CHUNK: DATA then gets the whole message.
         const asiosmtpd_status st = reg.try_on<&maildir::on_chunk>(sdk::hook::data_chunk);
-        if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED)
-            throw sdk::error(st, "register_hook(DATA_CHUNK)");
+        if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED) throw sdk::error(st, "register_hook(DATA_CHUNK)");
         streaming_ = st == ASIOSMTPD_OK;
         if (!streaming_)
-            log_.info("maildir " + path_ + ": the host has no DATA_CHUNK (ABI < 1.2): each message is "
+            log_.info("maildir " + path_ +
+                      ": the host has no DATA_CHUNK (ABI < 1.2): each message is "
                       "taken whole");
         reg.on<&maildir::on_data>(sdk::hook::data);
         tmp_fd_.reset(open_dir(path_ + "/tmp"));
@@ -190,7 +184,7 @@ public:
     maildir& operator=(const maildir&) = delete;
     ~maildir()
     {
-        pool_.reset(); // joins the workers before the folders close (queued streams are removed)
+        pool_.reset();  // joins the workers before the folders close (queued streams are removed)
     }
 
     // ABI 1.2: the next piece of the message. Copied, then written by a worker; the hook stays
@@ -198,10 +192,9 @@ public:
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
         const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
-        if (step != ap::piece_step::write)
-            return sdk::verdict::continue_;
+        if (step != ap::piece_step::write) return sdk::verdict::continue_;
         const std::uint64_t session = c.session().id;
-        std::string copy(args.content()); // the piece's bytes die when this hook returns
+        std::string copy(args.content());  // the piece's bytes die when this hook returns
         pool_->post(job{job::kind::piece, c.suspend(), std::move(copy), slot->s, session});
         return sdk::verdict::pending;
     }
@@ -215,8 +208,7 @@ public:
                 pool_->post(job{job::kind::finish, c.suspend(), {}, slot->s, session});
                 return sdk::verdict::pending;
             }
-            if (slot)
-                c.clear_slot(sdk::scope::txn);
+            if (slot) c.clear_slot(sdk::scope::txn);
             if (args.streamed()) {
                 log_.error("session=" + std::to_string(c.session().id) + " maildir " + path_ +
                            ": the message's pieces did not all reach this plugin; answering 451");
@@ -233,10 +225,10 @@ public:
 private:
     struct job {
         enum class kind {
-            whole,   // `bytes`: the prepared message, delivered at once (no streaming)
-            piece,   // `bytes`: the next piece as received, for `s`
-            finish,  // DATA after the pieces: finish, sync and deliver `s`
-            discard, // the transaction of `s` ended: let go of it here, not on the event loop
+            whole,    // `bytes`: the prepared message, delivered at once (no streaming)
+            piece,    // `bytes`: the next piece as received, for `s`
+            finish,   // DATA after the pieces: finish, sync and deliver `s`
+            discard,  // the transaction of `s` ended: let go of it here, not on the event loop
         };
         kind what = kind::whole;
         sdk::pending pending;
@@ -252,15 +244,14 @@ private:
         txn_stream& operator=(const txn_stream&) = delete;
         ~txn_stream()
         {
-            if (!s || s->settled.load(std::memory_order_acquire))
-                return;
+            if (!s || s->settled.load(std::memory_order_acquire)) return;
             job j{job::kind::discard, {}, {}, std::move(s), 0};
             // No memory for the job: try_post leaves it here, and the stream goes with it, on
             // the session's thread.
             owner->pool_->try_post(j);
         }
         std::shared_ptr<stream> s;
-        maildir* owner; // outlives every session, and so every slot
+        maildir* owner;  // outlives every session, and so every slot
     };
 
     std::string unique_name() const
@@ -284,7 +275,7 @@ private:
         case job::kind::whole: return deliver(j);
         case job::kind::piece: return write_piece(j);
         case job::kind::finish: return finish(j);
-        case job::kind::discard: return; // j.s goes with the job, here
+        case job::kind::discard: return;  // j.s goes with the job, here
         }
     }
 
@@ -296,11 +287,9 @@ private:
         for (int attempt = 0; attempt < 5 && fd < 0; ++attempt) {
             name = unique_name();
             fd = ::openat(tmp_fd_.get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-            if (fd < 0 && errno != EEXIST)
-                break;
+            if (fd < 0 && errno != EEXIST) break;
         }
-        if (fd < 0)
-            return errno;
+        if (fd < 0) return errno;
         file = tmp_file(tmp_fd_.get(), name, fd);
         return 0;
     }
@@ -331,7 +320,7 @@ private:
             ::unlinkat(new_fd_.get(), name.c_str(), 0);
             return fail(j, "cannot fsync new/", err);
         }
-        j.pending.complete(sdk::verdict::accept); // the host's "250 OK", as aiosmtpd's Mailbox
+        j.pending.complete(sdk::verdict::accept);  // the host's "250 OK", as aiosmtpd's Mailbox
     }
 
     // No streaming: the whole prepared message at once.
@@ -339,8 +328,7 @@ private:
     {
         tmp_file file;
         std::string name;
-        if (const int err = create(file, name); err != 0)
-            return fail(j, "cannot create tmp/" + name, err);
+        if (const int err = create(file, name); err != 0) return fail(j, "cannot create tmp/" + name, err);
         if (!ap::write_all(file.fd(), j.bytes)) {
             const int err = errno;
             file.remove();
@@ -363,7 +351,7 @@ private:
     {
         stream& st = *j.s;
         std::lock_guard<std::mutex> lock(st.lock);
-        if (st.failed) { // not reached: no piece comes after a refused one
+        if (st.failed) {  // not reached: no piece comes after a refused one
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
@@ -378,18 +366,18 @@ private:
             const int err = errno;
             return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
         }
-        j.pending.complete(sdk::verdict::continue_); // later plugins get the piece too
+        j.pending.complete(sdk::verdict::continue_);  // later plugins get the piece too
     }
 
     void finish(job& j)
     {
         stream& st = *j.s;
         std::lock_guard<std::mutex> lock(st.lock);
-        if (st.failed) { // not reached: DATA does not run after a refused piece
+        if (st.failed) {  // not reached: DATA does not run after a refused piece
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
-        if (!st.file.open()) { // a message of one piece
+        if (!st.file.open()) {  // a message of one piece
             std::string name;
             if (const int err = create(st.file, name); err != 0)
                 return fail_stream(j, st, "cannot create tmp/" + name, err);
@@ -403,7 +391,7 @@ private:
             return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
         }
         st.out = std::string();
-        st.settled.store(true, std::memory_order_release); // commit() renames or removes it
+        st.settled.store(true, std::memory_order_release);  // commit() renames or removes it
         commit(j, st.file);
     }
 
@@ -417,8 +405,7 @@ private:
     std::optional<sdk::worker_pool<job>> pool_;
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(maildir, "maildir", "1.0.0",
-                 "delivers each message into a Maildir (tmp/, fsync, rename into new/)",
+ASIOSMTPD_PLUGIN(maildir, "maildir", "1.0.0", "delivers each message into a Maildir (tmp/, fsync, rename into new/)",
                  ASIOSMTPD_PF_THREAD_SAFE)

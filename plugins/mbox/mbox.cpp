@@ -58,17 +58,14 @@ constexpr std::size_t copy_block = 64 * 1024;
 std::string from_line(std::string_view mail_from)
 {
     std::string_view bare = mail_from;
-    if (bare.size() >= 2 && bare.front() == '<' && bare.back() == '>')
-        bare = bare.substr(1, bare.size() - 2);
+    if (bare.size() >= 2 && bare.front() == '<' && bare.back() == '>') bare = bare.substr(1, bare.size() - 2);
     std::string spaced(bare);
     for (char& ch : spaced)
-        if (ch == ' ' || ch == '\t')
-            ch = '_';
+        if (ch == ' ' || ch == '\t') ch = '_';
     std::string sender = ap::escape_controls(spaced);
-    if (sender.empty())
-        sender = "MAILER-DAEMON";
+    if (sender.empty()) sender = "MAILER-DAEMON";
     const std::time_t now = std::time(nullptr);
-    std::tm tm {};
+    std::tm tm{};
     ::gmtime_r(&now, &tm);
     char date[64];
     const std::size_t n = std::strftime(date, sizeof date, "%a %b %e %H:%M:%S %Y", &tm);
@@ -79,8 +76,7 @@ std::string from_line(std::string_view mail_from)
 std::string folder_of(const std::string& path)
 {
     const std::size_t slash = path.find_last_of('/');
-    if (slash == std::string::npos)
-        return ".";
+    if (slash == std::string::npos) return ".";
     return slash == 0 ? "/" : path.substr(0, slash);
 }
 
@@ -94,15 +90,13 @@ bool copy_spool(int in, std::uint64_t size, int out)
         const std::uint64_t left = size - static_cast<std::uint64_t>(in_off);
         const std::size_t want = left < buf.size() ? static_cast<std::size_t>(left) : buf.size();
         const ssize_t n = ::pread(in, buf.data(), want, in_off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            if (n == 0) // the spool is shorter than written: not expected
+            if (n == 0)  // the spool is shorter than written: not expected
                 errno = EIO;
             return false;
         }
-        if (!ap::write_all(out, std::string_view(buf.data(), static_cast<std::size_t>(n))))
-            return false;
+        if (!ap::write_all(out, std::string_view(buf.data(), static_cast<std::size_t>(n)))) return false;
         in_off += n;
     }
     return true;
@@ -119,15 +113,15 @@ struct stream {
     ap::unique_fd spool;        // created by the first piece's job; never by a single piece
     std::uint64_t spooled = 0;  // bytes written to it
     ap::message_preparer preparer;
-    std::string out;            // the prepared bytes of the piece being written (reused)
-    std::string held;           // a message of one piece: DATA's job appends it, in one go
-    bool failed = false;        // a write failed: the piece was refused, the spool closed
-    std::atomic<bool> settled{false}; // appended or failed: the spool is closed
+    std::string out;                   // the prepared bytes of the piece being written (reused)
+    std::string held;                  // a message of one piece: DATA's job appends it, in one go
+    bool failed = false;               // a write failed: the piece was refused, the spool closed
+    std::atomic<bool> settled{false};  // appended or failed: the spool is closed
 
     // Hook side.
-    std::uint64_t received = 0; // unstuffed bytes taken so far
-    bool last_seen = false;     // the LAST_CHUNK piece was taken
-    bool missed = false;        // a piece went by without us (the host should not let that happen)
+    std::uint64_t received = 0;  // unstuffed bytes taken so far
+    bool last_seen = false;      // the LAST_CHUNK piece was taken
+    bool missed = false;         // a piece went by without us (the host should not let that happen)
 };
 
 class mbox {
@@ -138,19 +132,16 @@ public:
         cfg.expect_map();
         cfg.check_keys({"path", "workers"});
         path_ = ap::resolve_path(cfg.require("path").as_string(), reg.config_dir());
-        if (path_.empty())
-            throw std::invalid_argument("path: must not be empty");
+        if (path_.empty()) throw std::invalid_argument("path: must not be empty");
         folder_ = folder_of(path_);
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 64) : 2;
         // Fail at start-up, not at the first message, when the file cannot be opened.
         const ap::unique_fd fd(::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
-        if (fd.get() < 0)
-            throw std::invalid_argument("path: cannot open \"" + path_ + "\": " + ap::errno_text(errno));
+        if (fd.get() < 0) throw std::invalid_argument("path: cannot open \"" + path_ + "\": " + ap::errno_text(errno));
         // A host older than ABI 1.2 has no DATA_CHUNK: DATA then gets the whole message.
         const asiosmtpd_status st = reg.try_on<&mbox::on_chunk>(sdk::hook::data_chunk);
-        if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED)
-            throw sdk::error(st, "register_hook(DATA_CHUNK)");
+        if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED) throw sdk::error(st, "register_hook(DATA_CHUNK)");
         streaming_ = st == ASIOSMTPD_OK;
         if (!streaming_)
             log_.info("mbox " + path_ + ": the host has no DATA_CHUNK (ABI < 1.2): each message is taken whole");
@@ -166,10 +157,9 @@ public:
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
         const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
-        if (step != ap::piece_step::write)
-            return sdk::verdict::continue_;
+        if (step != ap::piece_step::write) return sdk::verdict::continue_;
         const std::uint64_t session = c.session().id;
-        std::string copy(args.content()); // the piece's bytes die when this hook returns
+        std::string copy(args.content());  // the piece's bytes die when this hook returns
         pool_->post(job{job::kind::piece, c.suspend(), std::move(copy), slot->s, session});
         return sdk::verdict::pending;
     }
@@ -183,8 +173,7 @@ public:
                 pool_->post(job{job::kind::finish, c.suspend(), from_line(c.txn().mail_from), slot->s, session});
                 return sdk::verdict::pending;
             }
-            if (slot)
-                c.clear_slot(sdk::scope::txn);
+            if (slot) c.clear_slot(sdk::scope::txn);
             if (args.streamed()) {
                 log_.error("session=" + std::to_string(c.session().id) + " mbox " + path_ +
                            ": the message's pieces did not all reach this plugin; answering 451");
@@ -202,10 +191,10 @@ public:
 private:
     struct job {
         enum class kind {
-            whole,   // `bytes`: the message with its "From " line and end, appended at once
-            piece,   // `bytes`: the next piece as received, for `s`
-            finish,  // DATA after the pieces; `bytes`: the "From " line. Append `s`
-            discard, // the transaction of `s` ended: let go of it here, not on the event loop
+            whole,    // `bytes`: the message with its "From " line and end, appended at once
+            piece,    // `bytes`: the next piece as received, for `s`
+            finish,   // DATA after the pieces; `bytes`: the "From " line. Append `s`
+            discard,  // the transaction of `s` ended: let go of it here, not on the event loop
         };
         kind what = kind::whole;
         sdk::pending pending;
@@ -222,15 +211,14 @@ private:
         txn_stream& operator=(const txn_stream&) = delete;
         ~txn_stream()
         {
-            if (!s || s->settled.load(std::memory_order_acquire))
-                return;
+            if (!s || s->settled.load(std::memory_order_acquire)) return;
             job j{job::kind::discard, {}, {}, std::move(s), 0};
             // No memory for the job: try_post leaves it here, and the stream goes with it, on
             // the session's thread.
             owner->pool_->try_post(j);
         }
         std::shared_ptr<stream> s;
-        mbox* owner; // outlives every session, and so every slot
+        mbox* owner;  // outlives every session, and so every slot
     };
 
     void fail(job& j, const std::string& what, int err)
@@ -246,7 +234,7 @@ private:
         case job::kind::whole: return append(j, j.bytes, -1, 0, {});
         case job::kind::piece: return write_piece(j);
         case job::kind::finish: return finish(j);
-        case job::kind::discard: return; // j.s goes with the job, here
+        case job::kind::discard: return;  // j.s goes with the job, here
         }
     }
 
@@ -256,8 +244,7 @@ private:
     int create_spool() const
     {
         const int fd = spool_in(folder_);
-        if (fd >= 0 || (errno != EACCES && errno != EPERM && errno != EROFS))
-            return fd;
+        if (fd >= 0 || (errno != EACCES && errno != EPERM && errno != EROFS)) return fd;
         const char* tmp = std::getenv("TMPDIR");
         return spool_in(tmp != nullptr && *tmp == '/' ? std::string(tmp) : std::string("/tmp"));
     }
@@ -265,8 +252,7 @@ private:
     static int spool_in(const std::string& dir)
     {
         const int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-        if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
-            return fd;
+        if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)) return fd;
         // No O_TMPFILE (kernel or file system): a named file, unlinked at once.
         std::string name = dir + "/.asiosmtpd-mbox-XXXXXX";
         const int named = ::mkostemp(name.data(), O_CLOEXEC);
@@ -293,28 +279,26 @@ private:
     {
         stream& st = *j.s;
         std::lock_guard<std::mutex> lock(st.lock);
-        if (st.failed) { // not reached: no piece comes after a refused one
+        if (st.failed) {  // not reached: no piece comes after a refused one
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
         if (st.spool.get() < 0) {
             st.spool.reset(create_spool());
-            if (st.spool.get() < 0)
-                return fail_stream(j, st, "cannot create a spool file in " + folder_, errno);
+            if (st.spool.get() < 0) return fail_stream(j, st, "cannot create a spool file in " + folder_, errno);
         }
         st.out.clear();
         st.preparer.feed(j.bytes, st.out);
-        if (!ap::write_all(st.spool.get(), st.out))
-            return fail_stream(j, st, "cannot write the spool file", errno);
+        if (!ap::write_all(st.spool.get(), st.out)) return fail_stream(j, st, "cannot write the spool file", errno);
         st.spooled += st.out.size();
-        j.pending.complete(sdk::verdict::continue_); // later plugins get the piece too
+        j.pending.complete(sdk::verdict::continue_);  // later plugins get the piece too
     }
 
     void finish(job& j)
     {
         stream& st = *j.s;
         std::lock_guard<std::mutex> lock(st.lock);
-        if (st.failed) { // not reached: DATA does not run after a refused piece
+        if (st.failed) {  // not reached: DATA does not run after a refused piece
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
@@ -326,14 +310,14 @@ private:
         st.out += '\n';
         const std::string tail = std::move(st.out);
         st.out = std::string();
-        if (st.spool.get() < 0) { // a message of one piece: no spool
+        if (st.spool.get() < 0) {  // a message of one piece: no spool
             std::string bytes = std::move(j.bytes);
             bytes += tail;
             append(j, bytes, -1, 0, {});
         } else {
             append(j, j.bytes, st.spool.get(), st.spooled, tail);
         }
-        st.spool.reset(); // here, not on the event loop
+        st.spool.reset();  // here, not on the event loop
         st.settled.store(true, std::memory_order_release);
     }
 
@@ -344,28 +328,24 @@ private:
         // O_APPEND: every write goes at the end, whoever wrote last; the lock keeps other
         // lock-takers out, O_APPEND keeps a writer that ignores locks from overwriting us.
         const ap::unique_fd fd(::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
-        if (fd.get() < 0)
-            return fail(j, "cannot open", errno);
+        if (fd.get() < 0) return fail(j, "cannot open", errno);
         struct flock lock {};
         lock.l_type = F_WRLCK;
         lock.l_whence = SEEK_SET;
         lock.l_start = 0;
-        lock.l_len = 0; // the whole file
+        lock.l_len = 0;  // the whole file
         while (::fcntl(fd.get(), F_OFD_SETLKW, &lock) != 0) {
-            if (errno != EINTR)
-                return fail(j, "cannot lock", errno);
+            if (errno != EINTR) return fail(j, "cannot lock", errno);
         }
         // Closing fd releases the lock.
         struct stat st {};
-        if (::fstat(fd.get(), &st) != 0)
-            return fail(j, "cannot stat", errno);
+        if (::fstat(fd.get(), &st) != 0) return fail(j, "cannot stat", errno);
         const off_t start = st.st_size;
         bool ok = true;
         if (start > 0) {
             // A previous writer that did not end with a line end: start on a new line.
             char last = '\n';
-            if (::pread(fd.get(), &last, 1, start - 1) == 1 && last != '\n')
-                ok = ap::write_all(fd.get(), "\n");
+            if (::pread(fd.get(), &last, 1, start - 1) == 1 && last != '\n') ok = ap::write_all(fd.get(), "\n");
         }
         ok = ok && ap::write_all(fd.get(), head);
         ok = ok && (spool < 0 || copy_spool(spool, spooled, fd.get()));
@@ -383,7 +363,7 @@ private:
                 log_.error("mbox " + path_ + ": cannot cut back a failed append: " + ap::errno_text(errno));
             return fail(j, "cannot fsync", err);
         }
-        j.pending.complete(sdk::verdict::accept); // the host's "250 OK"
+        j.pending.complete(sdk::verdict::accept);  // the host's "250 OK"
     }
 
     sdk::logger log_;
@@ -393,7 +373,7 @@ private:
     std::optional<sdk::worker_pool<job>> pool_;
 };
 
-} // namespace
+}  // namespace
 
 ASIOSMTPD_PLUGIN(mbox, "mbox", "1.0.0", "appends each message to an mbox file (fcntl lock, fsync)",
                  ASIOSMTPD_PF_THREAD_SAFE)

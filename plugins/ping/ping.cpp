@@ -14,15 +14,13 @@ class ping {
 public:
     explicit ping(sdk::registrar& reg)
     {
-        if (!reg.config().empty())
-            throw std::invalid_argument("ping takes no configuration");
+        if (!reg.config().empty()) throw std::invalid_argument("ping takes no configuration");
         reg.command<&ping::on_ping>("PING", "PING");
     }
 
     sdk::verdict on_ping(sdk::call& c, const sdk::command_args&) { return c.accept(259, "Pong"); }
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(ping, "ping", "1.0.0", "the PING command, answered 259 Pong",
-                 ASIOSMTPD_PF_THREAD_SAFE)
+ASIOSMTPD_PLUGIN(ping, "ping", "1.0.0", "the PING command, answered 259 Pong", ASIOSMTPD_PF_THREAD_SAFE)

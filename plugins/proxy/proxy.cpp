@@ -69,18 +69,17 @@ struct upstream_error : std::runtime_error {
 
 // Upstream replies are kept within these bounds whatever the upstream sends (the rest is read
 // and dropped, so that a chatty but accepting upstream is not turned into a 451).
-constexpr std::size_t max_upstream_line = 4096; // bytes of one line kept
-constexpr std::size_t max_upstream_lines = 100; // lines of one reply kept
+constexpr std::size_t max_upstream_line = 4096;  // bytes of one line kept
+constexpr std::size_t max_upstream_lines = 100;  // lines of one reply kept
 
 struct reply {
     int code = 0;
-    std::vector<std::string> lines; // the text after "ddd-" / "ddd ", through clean()
+    std::vector<std::string> lines;  // the text after "ddd-" / "ddd ", through clean()
     std::string text() const
     {
         std::string out;
         for (std::size_t i = 0; i < lines.size(); ++i) {
-            if (i)
-                out += ' ';
+            if (i) out += ' ';
             out += lines[i];
         }
         return out;
@@ -101,8 +100,7 @@ std::string openssl_error()
 {
     const unsigned long e = ::ERR_get_error();
     ::ERR_clear_error();
-    if (e == 0)
-        return "TLS error";
+    if (e == 0) return "TLS error";
     char buf[256];
     ::ERR_error_string_n(e, buf, sizeof buf);
     return buf;
@@ -116,8 +114,7 @@ public:
     connection& operator=(const connection&) = delete;
     ~connection()
     {
-        if (ssl_)
-            ::SSL_free(ssl_);
+        if (ssl_) ::SSL_free(ssl_);
     }
 
     // Connects to the first of `addresses` that answers (resolved by the caller, in time).
@@ -151,15 +148,13 @@ public:
             fd_ = std::move(fd);
             break;
         }
-        if (fd_.get() < 0)
-            throw upstream_error("cannot connect to " + host + ":" + service + ": " + why);
+        if (fd_.get() < 0) throw upstream_error("cannot connect to " + host + ":" + service + ": " + why);
     }
 
     void start_tls(SSL_CTX* ctx, const std::string& host, bool verify)
     {
         ssl_ = ::SSL_new(ctx);
-        if (!ssl_ || ::SSL_set_fd(ssl_, fd_.get()) != 1)
-            throw upstream_error("STARTTLS: " + openssl_error());
+        if (!ssl_ || ::SSL_set_fd(ssl_, fd_.get()) != 1) throw upstream_error("STARTTLS: " + openssl_error());
         if (is_ip_literal(host)) {
             if (verify && ::X509_VERIFY_PARAM_set1_ip_asc(::SSL_get0_param(ssl_), host.c_str()) != 1)
                 throw upstream_error("STARTTLS: " + openssl_error());
@@ -171,8 +166,7 @@ public:
         }
         for (;;) {
             const int r = ::SSL_connect(ssl_);
-            if (r == 1)
-                break;
+            if (r == 1) break;
             const int e = ::SSL_get_error(ssl_, r);
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
                 if (!wait(fd_.get(), e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT))
@@ -181,8 +175,7 @@ public:
             }
             std::string why = openssl_error();
             const long v = ::SSL_get_verify_result(ssl_);
-            if (v != X509_V_OK)
-                why += std::string(" (") + ::X509_verify_cert_error_string(v) + ")";
+            if (v != X509_V_OK) why += std::string(" (") + ::X509_verify_cert_error_string(v) + ")";
             throw upstream_error("STARTTLS: handshake failed: " + why);
         }
         in_.clear();
@@ -210,11 +203,9 @@ public:
                 done += static_cast<std::size_t>(n);
                 continue;
             }
-            if (n < 0 && errno == EINTR)
-                continue;
+            if (n < 0 && errno == EINTR) continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                if (!wait(fd_.get(), POLLOUT))
-                    throw upstream_error("timed out writing");
+                if (!wait(fd_.get(), POLLOUT)) throw upstream_error("timed out writing");
                 continue;
             }
             throw upstream_error("write failed: " + ap::errno_text(errno));
@@ -233,13 +224,11 @@ public:
                 (line.size() > 3 && line[3] != ' ' && line[3] != '-'))
                 throw upstream_error("not an SMTP reply: \"" + clean(line.substr(0, 80)) + "\"");
             const int code = std::stoi(line.substr(0, 3));
-            if (r.code != 0 && code != r.code)
-                throw upstream_error("inconsistent multi-line reply");
+            if (r.code != 0 && code != r.code) throw upstream_error("inconsistent multi-line reply");
             r.code = code;
             if (r.lines.size() < max_upstream_lines)
                 r.lines.push_back(clean(line.size() > 4 ? std::string_view(line).substr(4) : std::string_view()));
-            if (line.size() <= 3 || line[3] == ' ')
-                return r;
+            if (line.size() <= 3 || line[3] == ' ') return r;
         }
     }
 
@@ -254,16 +243,13 @@ private:
     {
         for (;;) {
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock_type::now());
-            if (left.count() <= 0)
-                return false;
+            if (left.count() <= 0) return false;
             struct pollfd p {};
             p.fd = fd;
             p.events = events;
             const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count() + 1, 60000)));
-            if (r > 0)
-                return true;
-            if (r < 0 && errno != EINTR)
-                return false;
+            if (r > 0) return true;
+            if (r < 0 && errno != EINTR) return false;
         }
     }
 
@@ -275,12 +261,10 @@ private:
         for (;;) {
             const std::size_t eol = in_.find('\n');
             const std::size_t upto = eol == std::string::npos ? in_.size() : eol;
-            if (line.size() < max_upstream_line)
-                line.append(in_, 0, std::min(upto, max_upstream_line - line.size()));
+            if (line.size() < max_upstream_line) line.append(in_, 0, std::min(upto, max_upstream_line - line.size()));
             if (eol != std::string::npos) {
                 in_.erase(0, eol + 1);
-                if (!line.empty() && line.back() == '\r')
-                    line.pop_back();
+                if (!line.empty() && line.back() == '\r') line.pop_back();
                 return line;
             }
             in_.clear();
@@ -304,13 +288,10 @@ private:
                 in_.append(buf, static_cast<std::size_t>(n));
                 continue;
             }
-            if (n == 0)
-                throw upstream_error("connection closed by the upstream");
-            if (errno == EINTR)
-                continue;
+            if (n == 0) throw upstream_error("connection closed by the upstream");
+            if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (!wait(fd_.get(), POLLIN))
-                    throw upstream_error("timed out waiting for a reply");
+                if (!wait(fd_.get(), POLLIN)) throw upstream_error("timed out waiting for a reply");
                 continue;
             }
             throw upstream_error("read failed: " + ap::errno_text(errno));
@@ -337,8 +318,7 @@ std::string insert_x_peer(std::string_view content, std::string_view peer_ip)
             break;
         }
         std::size_t end = eol + 1;
-        if (content[eol] == '\r' && end < content.size() && content[end] == '\n')
-            ++end;
+        if (content[eol] == '\r' && end < content.size() && content[end] == '\n') ++end;
         lines.push_back(content.substr(start, end - start));
         start = end;
     }
@@ -354,12 +334,10 @@ std::string insert_x_peer(std::string_view content, std::string_view peer_ip)
     std::string out;
     out.reserve(content.size() + peer_ip.size() + 16);
     for (std::size_t i = 0; i < lines.size(); ++i) {
-        if (i == at)
-            out.append("X-Peer: ").append(peer_ip).append(ending);
+        if (i == at) out.append("X-Peer: ").append(peer_ip).append(ending);
         out.append(lines[i]);
     }
-    if (lines.empty())
-        out.append("X-Peer: ").append(peer_ip).append(ending);
+    if (lines.empty()) out.append("X-Peer: ").append(peer_ip).append(ending);
     return out;
 }
 
@@ -373,18 +351,15 @@ std::string smtp_data(std::string_view msg)
         const char ch = msg[i];
         if (ch == '\r' || ch == '\n') {
             out += "\r\n";
-            if (ch == '\r' && i + 1 < msg.size() && msg[i + 1] == '\n')
-                ++i;
+            if (ch == '\r' && i + 1 < msg.size() && msg[i + 1] == '\n') ++i;
             line_start = true;
             continue;
         }
-        if (line_start && ch == '.')
-            out += '.';
+        if (line_start && ch == '.') out += '.';
         out += ch;
         line_start = false;
     }
-    if (!line_start)
-        out += "\r\n";
+    if (!line_start) out += "\r\n";
     out += ".\r\n";
     return out;
 }
@@ -392,24 +367,21 @@ std::string smtp_data(std::string_view msg)
 bool has_8bit(std::string_view s)
 {
     for (char ch : s)
-        if (static_cast<unsigned char>(ch) >= 0x80)
-            return true;
+        if (static_cast<unsigned char>(ch) >= 0x80) return true;
     return false;
 }
 
 std::string upper(std::string s)
 {
     for (char& ch : s)
-        if (ch >= 'a' && ch <= 'z')
-            ch = static_cast<char>(ch - 'a' + 'A');
+        if (ch >= 'a' && ch <= 'z') ch = static_cast<char>(ch - 'a' + 'A');
     return s;
 }
 
 std::string own_hostname()
 {
     char buf[256] = {0};
-    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0')
-        return "localhost";
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
     return buf;
 }
 
@@ -428,7 +400,7 @@ outcome from_code(int upstream_code, std::string_view first, const std::vector<s
     outcome o;
     o.verdict = l.verdict == reply_text::kind::accept   ? sdk::verdict::accept
                 : l.verdict == reply_text::kind::reject ? sdk::verdict::reject
-                                                  : sdk::verdict::tempfail;
+                                                        : sdk::verdict::tempfail;
     o.code = l.code;
     o.text = reply_text::with_list(first, listed);
     return o;
@@ -444,12 +416,10 @@ constexpr std::string_view rcpt_refused = "553 5.1.3 Recipient address has a con
 // could end the command early.
 bool valid_helo(std::string_view name)
 {
-    if (name.empty() || name.size() > 255)
-        return false;
+    if (name.empty() || name.size() > 255) return false;
     for (char ch : name) {
         const auto c = static_cast<unsigned char>(ch);
-        if (c <= 0x20 || c >= 0x7f)
-            return false;
+        if (c <= 0x20 || c >= 0x7f) return false;
     }
     return true;
 }
@@ -462,8 +432,7 @@ public:
         cfg.expect_map();
         cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers"});
         host_ = cfg.require("host").as_string();
-        if (host_.empty())
-            throw std::invalid_argument("host: must not be empty");
+        if (host_.empty()) throw std::invalid_argument("host: must not be empty");
         const auto p = cfg.get("port");
         port_ = static_cast<std::uint16_t>(p ? p->as_int(1, 65535) : 25);
         starttls_ = cfg.bool_or("starttls", false);
@@ -473,16 +442,13 @@ public:
         if (!(timeout_ > 0 && timeout_ <= 3600))
             throw std::invalid_argument("timeout: must be between 0 and 3600 seconds");
         helo_ = cfg.string_or("helo", "");
-        if (helo_.empty())
-            helo_ = own_hostname();
-        if (!valid_helo(helo_))
-            throw std::invalid_argument("helo: \"" + clean(helo_) + "\" is not a host name");
+        if (helo_.empty()) helo_ = own_hostname();
+        if (!valid_helo(helo_)) throw std::invalid_argument("helo: \"" + clean(helo_) + "\" is not a host name");
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 256) : 8;
         if (starttls_) {
             ctx_ = ::SSL_CTX_new(::TLS_client_method());
-            if (!ctx_)
-                throw std::invalid_argument("starttls: " + openssl_error());
+            if (!ctx_) throw std::invalid_argument("starttls: " + openssl_error());
             ::SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
             if (tls_verify_) {
                 ::SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
@@ -499,8 +465,7 @@ public:
         }
         // An IP literal needs no DNS; a name is resolved for each message, bounded by `timeout`
         // (one thread: there is one name, and lookups of it are shared).
-        if (!is_ip_literal(host_))
-            resolver_ = std::make_unique<dns::resolver>(1);
+        if (!is_ip_literal(host_)) resolver_ = std::make_unique<dns::resolver>(1);
         reg.on<&proxy::on_data>(sdk::hook::data);
         pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { relay(j); });
     }
@@ -508,10 +473,9 @@ public:
     proxy& operator=(const proxy&) = delete;
     ~proxy()
     {
-        pool_.reset();     // each worker returns by its deadline (timeout)
-        resolver_.reset(); // then the lookup thread, once getaddrinfo() gives up (resolv.conf)
-        if (ctx_)
-            ::SSL_CTX_free(ctx_);
+        pool_.reset();      // each worker returns by its deadline (timeout)
+        resolver_.reset();  // then the lookup thread, once getaddrinfo() gives up (resolv.conf)
+        if (ctx_) ::SSL_CTX_free(ctx_);
     }
 
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
@@ -528,19 +492,16 @@ public:
         for (std::string_view r : c.rcpts()) {
             if (ap::has_control(r))
                 j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
-            else
-                j.rcpts.emplace_back(r);
+            else j.rcpts.emplace_back(r);
         }
         if (j.rcpts.empty() && !j.refused.empty()) {
-            for (const std::string& line : j.refused)
-                log_.warn("session=" + std::to_string(s.id) + " proxy: " + line);
+            for (const std::string& line : j.refused) log_.warn("session=" + std::to_string(s.id) + " proxy: " + line);
             const outcome o = from_code(553, "5.1.3 No recipient could be relayed", j.refused);
             return c.reject(o.code, o.text);
         }
         j.data = smtp_data(insert_x_peer(args.content(), ap::escape_controls(s.peer_address)));
         j.mail_from = std::string(mail_from);
-        for (std::string_view p : c.mail_params())
-            j.params.emplace_back(p);
+        for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
         j.eight_bit = has_8bit(args.content());
         j.pending = c.suspend();
         pool_->post(std::move(j));
@@ -551,7 +512,7 @@ private:
     struct job {
         sdk::pending pending;
         std::uint64_t session = 0;
-        std::string data; // dot-stuffed, CRLF, with the final "."
+        std::string data;  // dot-stuffed, CRLF, with the final "."
         std::string mail_from;
         std::vector<std::string> rcpts;    // the ones to relay
         std::vector<std::string> refused;  // "refused <rcpt>: ..." for those never sent (control characters)
@@ -562,26 +523,22 @@ private:
     static std::vector<std::string> keywords(const reply& ehlo)
     {
         std::vector<std::string> out;
-        for (std::size_t i = 1; i < ehlo.lines.size(); ++i)
-            out.push_back(upper(ehlo.lines[i]));
+        for (std::size_t i = 1; i < ehlo.lines.size(); ++i) out.push_back(upper(ehlo.lines[i]));
         return out;
     }
     static bool offers(const std::vector<std::string>& kw, std::string_view name)
     {
         for (const std::string& k : kw)
-            if (k.compare(0, name.size(), name) == 0 && (k.size() == name.size() || k[name.size()] == ' '))
-                return true;
+            if (k.compare(0, name.size(), name) == 0 && (k.size() == name.size() || k[name.size()] == ' ')) return true;
         return false;
     }
 
     std::vector<std::string> hello(connection& conn)
     {
         const reply r = conn.command("EHLO " + helo_);
-        if (r.code == 250)
-            return keywords(r);
+        if (r.code == 250) return keywords(r);
         const reply h = conn.command("HELO " + helo_);
-        if (h.code != 250)
-            throw upstream_error("HELO refused: " + std::to_string(h.code) + " " + h.text());
+        if (h.code != 250) throw upstream_error("HELO refused: " + std::to_string(h.code) + " " + h.text());
         return {};
     }
 
@@ -598,16 +555,14 @@ private:
         const auto started = clock_type::now();
         dns::answer a = resolver_->resolve(host_, service, deadline);
         switch (a.state) {
-        case dns::answer::status::ok:
-            return std::move(a.addresses);
+        case dns::answer::status::ok: return std::move(a.addresses);
         case dns::answer::status::timed_out:
             throw upstream_error(
                 "resolving " + host_ + " timed out after " +
                 std::to_string(
                     std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started).count()) +
                 " ms (the DNS server did not answer within timeout)");
-        case dns::answer::status::failed:
-            break;
+        case dns::answer::status::failed: break;
         }
         throw upstream_error("cannot resolve " + host_ + ": " + ::gai_strerror(a.error));
     }
@@ -618,26 +573,20 @@ private:
         connection conn(deadline);
         conn.open(addresses(deadline), host_, port_);
         const reply greeting = conn.read_reply();
-        if (greeting.code != 220)
-            throw upstream_error("greeting: " + code_and_text(greeting));
+        if (greeting.code != 220) throw upstream_error("greeting: " + code_and_text(greeting));
         std::vector<std::string> kw = hello(conn);
         if (starttls_) {
-            if (!offers(kw, "STARTTLS"))
-                throw upstream_error("the upstream does not offer STARTTLS");
+            if (!offers(kw, "STARTTLS")) throw upstream_error("the upstream does not offer STARTTLS");
             const reply r = conn.command("STARTTLS");
-            if (r.code != 220)
-                throw upstream_error("STARTTLS refused: " + code_and_text(r));
+            if (r.code != 220) throw upstream_error("STARTTLS refused: " + code_and_text(r));
             conn.start_tls(ctx_, host_, tls_verify_);
             kw = hello(conn);
         }
         std::string mail = "MAIL FROM:" + (j.mail_from == "<>" ? std::string("<>") : "<" + j.mail_from + ">");
-        if (offers(kw, "SIZE"))
-            mail += " SIZE=" + std::to_string(j.data.size());
-        if (j.eight_bit && offers(kw, "8BITMIME"))
-            mail += " BODY=8BITMIME";
+        if (offers(kw, "SIZE")) mail += " SIZE=" + std::to_string(j.data.size());
+        if (j.eight_bit && offers(kw, "8BITMIME")) mail += " BODY=8BITMIME";
         for (const std::string& p : j.params)
-            if (p == "SMTPUTF8" && offers(kw, "SMTPUTF8"))
-                mail += " SMTPUTF8";
+            if (p == "SMTPUTF8" && offers(kw, "SMTPUTF8")) mail += " SMTPUTF8";
         const reply m = conn.command(mail);
         if (m.code / 100 != 2) {
             quit(conn);
@@ -654,10 +603,9 @@ private:
                 continue;
             }
             if (r.code / 100 == 5) {
-                if (first_permanent == 0)
-                    first_permanent = r.code;
+                if (first_permanent == 0) first_permanent = r.code;
             } else {
-                any_temporary = true; // 4xx, or a code RCPT cannot have: not known to be final
+                any_temporary = true;  // 4xx, or a code RCPT cannot have: not known to be final
             }
             refusals.push_back("refused <" + rcpt + ">: " + code_and_text(r));
         }
@@ -675,8 +623,7 @@ private:
             quit(conn);
             // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
             // upstream is confused): the client keeps the message.
-            if (d.code / 100 != 4 && d.code / 100 != 5)
-                throw upstream_error("DATA: unexpected " + code_and_text(d));
+            if (d.code / 100 != 4 && d.code / 100 != 5) throw upstream_error("DATA: unexpected " + code_and_text(d));
             return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
         }
         conn.send(j.data);
@@ -695,7 +642,7 @@ private:
     {
         try {
             conn.command("QUIT");
-        } catch (...) { // the transaction is decided; a lost QUIT changes nothing
+        } catch (...) {  // the transaction is decided; a lost QUIT changes nothing
         }
     }
 
@@ -705,8 +652,8 @@ private:
         try {
             o = transact(j);
         } catch (const std::exception& e) {
-            log_.error("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) +
-                       ": " + e.what() + "; answering 451");
+            log_.error("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
+                       e.what() + "; answering 451");
             o.verdict = sdk::verdict::tempfail;
             o.code = 451;
             o.text = "4.4.1 Upstream unavailable, try again later";
@@ -721,8 +668,8 @@ private:
         }
         const std::size_t first_end = o.text.find('\n');
         const std::size_t more = static_cast<std::size_t>(std::count(o.text.begin(), o.text.end(), '\n'));
-        log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) +
-                  ": " + std::to_string(o.code) + " " + o.text.substr(0, first_end) +
+        log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
+                  std::to_string(o.code) + " " + o.text.substr(0, first_end) +
                   (more ? " (+" + std::to_string(more) + " lines)" : ""));
         const asiosmtpd_status st = j.pending.complete(o.verdict, o.code, o.text);
         if (st != ASIOSMTPD_OK)
@@ -738,12 +685,11 @@ private:
     double timeout_ = 20;
     std::string helo_;
     SSL_CTX* ctx_ = nullptr;
-    std::unique_ptr<dns::resolver> resolver_; // null for an IP literal
+    std::unique_ptr<dns::resolver> resolver_;  // null for an IP literal
     std::optional<sdk::worker_pool<job>> pool_;
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(proxy, "proxy", "1.0.0",
-                 "relays each message to an upstream SMTP server and answers with its verdict",
+ASIOSMTPD_PLUGIN(proxy, "proxy", "1.0.0", "relays each message to an upstream SMTP server and answers with its verdict",
                  ASIOSMTPD_PF_THREAD_SAFE)

@@ -33,12 +33,10 @@ constexpr bool forbidden(unsigned char c) noexcept { return c == '\n' || sdk::re
 /// UTF-8 sequence. Text that is not UTF-8 (no lead byte within 3 bytes back) is cut at `n`.
 inline std::size_t utf8_prefix(std::string_view s, std::size_t n) noexcept
 {
-    if (s.size() <= n)
-        return s.size();
+    if (s.size() <= n) return s.size();
     auto continuation = [&](std::size_t i) { return (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80; };
     std::size_t cut = n;
-    for (int back = 0; back < 3 && cut > 0 && continuation(cut); ++back)
-        --cut;
+    for (int back = 0; back < 3 && cut > 0 && continuation(cut); ++back) --cut;
     return continuation(cut) ? n : cut;
 }
 
@@ -49,8 +47,7 @@ inline std::string line(std::string_view s, std::size_t limit = max_line)
 {
     std::string out(s.substr(0, utf8_prefix(s, limit)));
     for (char& ch : out)
-        if (forbidden(static_cast<unsigned char>(ch)))
-            ch = '?';
+        if (forbidden(static_cast<unsigned char>(ch))) ch = '?';
     return out;
 }
 
@@ -66,13 +63,11 @@ inline std::string with_list(std::string_view first, const std::vector<std::stri
     std::size_t shown = 0;
     for (; shown < items.size() && shown < listed; ++shown) {
         const std::string l = line(items[shown]);
-        if (out.size() + 1 + l.size() + tail_room > budget)
-            break;
+        if (out.size() + 1 + l.size() + tail_room > budget) break;
         out += '\n';
         out += l;
     }
-    if (shown < items.size())
-        out += "\n... and " + std::to_string(items.size() - shown) + " more";
+    if (shown < items.size()) out += "\n... and " + std::to_string(items.size() - shown) + " more";
     return out;
 }
 
@@ -93,15 +88,13 @@ struct local_reply {
 /// what the upstream did, so the client keeps the message.
 constexpr local_reply map_code(int upstream) noexcept
 {
-    if (upstream >= 200 && upstream <= 299)
-        return {kind::accept, 250};
-    if (upstream >= 500 && upstream <= 599)
-        return {kind::reject, static_cast<std::uint16_t>(upstream)};
+    if (upstream >= 200 && upstream <= 299) return {kind::accept, 250};
+    if (upstream >= 500 && upstream <= 599) return {kind::reject, static_cast<std::uint16_t>(upstream)};
     if (upstream >= 400 && upstream <= 499 && upstream != 421)
         return {kind::tempfail, static_cast<std::uint16_t>(upstream)};
     return {kind::tempfail, 451};
 }
 
-} // namespace asiosmtpd::plugins::proxy_text
+}  // namespace asiosmtpd::plugins::proxy_text
 
 #endif

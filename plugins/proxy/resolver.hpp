@@ -57,11 +57,9 @@ inline int system_lookup(const std::string& host, const std::string& service, st
     hints.ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV | (numeric_host ? AI_NUMERICHOST : 0);
     addrinfo* res = nullptr;
     const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     for (const addrinfo* ai = res; ai; ai = ai->ai_next) {
-        if (ai->ai_addrlen > sizeof(sockaddr_storage))
-            continue;
+        if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
         address a;
         a.family = ai->ai_family;
         a.socktype = ai->ai_socktype;
@@ -84,8 +82,8 @@ inline int dns_lookup(const std::string& host, const std::string& service, std::
 struct answer {
     enum class status { ok, failed, timed_out };
     status state = status::failed;
-    int error = 0;                  ///< failed: the EAI_* code (gai_strerror() explains it)
-    std::vector<address> addresses; ///< ok: at least one
+    int error = 0;                   ///< failed: the EAI_* code (gai_strerror() explains it)
+    std::vector<address> addresses;  ///< ok: at least one
 };
 
 class resolver {
@@ -95,8 +93,7 @@ public:
     /// `threads` lookups of different names at a time; `lookup` does one (tests inject theirs).
     explicit resolver(std::size_t threads = 1, lookup_fn lookup = dns_lookup) : lookup_(std::move(lookup))
     {
-        for (std::size_t i = 0; i < threads; ++i)
-            threads_.emplace_back([this] { run(); });
+        for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
     }
     resolver(const resolver&) = delete;
     resolver& operator=(const resolver&) = delete;
@@ -107,8 +104,7 @@ public:
             stop_ = true;
         }
         work_.notify_all();
-        for (std::thread& t : threads_)
-            t.join();
+        for (std::thread& t : threads_) t.join();
     }
 
     /// The addresses of `host`, or failed, or timed_out once `deadline` passes first. Any thread.
@@ -118,7 +114,7 @@ public:
         const key k{host, service};
         std::shared_ptr<request> r;
         if (const auto it = in_flight_.find(k); it != in_flight_.end()) {
-            r = it->second; // someone asked already: share that lookup
+            r = it->second;  // someone asked already: share that lookup
         } else {
             r = std::make_shared<request>();
             r->name = k;
@@ -141,7 +137,7 @@ public:
     }
 
 private:
-    using key = std::pair<std::string, std::string>; // host, service
+    using key = std::pair<std::string, std::string>;  // host, service
     struct request {
         key name;
         bool done = false;
@@ -154,8 +150,7 @@ private:
         for (;;) {
             std::unique_lock<std::mutex> lock(mutex_);
             work_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-            if (stop_)
-                return;
+            if (stop_) return;
             const std::shared_ptr<request> r = std::move(queue_.front());
             queue_.pop_front();
             lock.unlock();
@@ -166,8 +161,7 @@ private:
             } catch (...) {
                 error = EAI_MEMORY;
             }
-            if (error == 0 && found.empty())
-                error = EAI_NONAME;
+            if (error == 0 && found.empty()) error = EAI_NONAME;
             lock.lock();
             r->error = error;
             r->addresses = std::move(found);
@@ -179,14 +173,14 @@ private:
 
     lookup_fn lookup_;
     std::mutex mutex_;
-    std::condition_variable work_; // queue_ or stop_ changed
-    std::condition_variable done_; // a request is done
+    std::condition_variable work_;  // queue_ or stop_ changed
+    std::condition_variable done_;  // a request is done
     std::deque<std::shared_ptr<request>> queue_;
-    std::map<key, std::shared_ptr<request>> in_flight_; // queued or running
+    std::map<key, std::shared_ptr<request>> in_flight_;  // queued or running
     bool stop_ = false;
-    std::vector<std::thread> threads_; // last: started once the members they use exist
+    std::vector<std::thread> threads_;  // last: started once the members they use exist
 };
 
-} // namespace asiosmtpd::plugins::proxy_dns
+}  // namespace asiosmtpd::plugins::proxy_dns
 
 #endif

@@ -16,8 +16,7 @@ public:
     explicit sink(sdk::registrar& reg)
     {
         // aiosmtpd: "Sink handler does not accept arguments".
-        if (!reg.config().empty())
-            throw std::invalid_argument("sink takes no configuration");
+        if (!reg.config().empty()) throw std::invalid_argument("sink takes no configuration");
         reg.on<&sink::on_chunk>(sdk::hook::data_chunk);
         reg.on<&sink::on_data>(sdk::hook::data);
     }
@@ -26,7 +25,6 @@ public:
     sdk::verdict on_data(sdk::call&) { return sdk::verdict::accept; }
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(sink, "sink", "1.0.0", "accepts and discards every message",
-                 ASIOSMTPD_PF_THREAD_SAFE)
+ASIOSMTPD_PLUGIN(sink, "sink", "1.0.0", "accepts and discards every message", ASIOSMTPD_PF_THREAD_SAFE)

@@ -38,7 +38,8 @@ public:
         boost::system::error_code ec;
         const std::size_t n = asio::read_until(socket_, buf_, "\r\n", ec);
         if (ec) return "<" + ec.message() + ">";
-        std::string l(asio::buffers_begin(buf_.data()), asio::buffers_begin(buf_.data()) + static_cast<std::ptrdiff_t>(n) - 2);
+        std::string l(asio::buffers_begin(buf_.data()),
+                      asio::buffers_begin(buf_.data()) + static_cast<std::ptrdiff_t>(n) - 2);
         buf_.consume(n);
         return l;
     }
@@ -68,7 +69,8 @@ private:
 std::string yaml(const std::string& plugins, const std::string& server_extra = "")
 {
     return "server:\n  hostname: mx.test\n  ident: embedded\n  listen: [{address: 127.0.0.1, port: 0}]\n"
-           "  workers: 2\n  shutdown_grace: 2\n" + server_extra + "plugins:\n" + plugins;
+           "  workers: 2\n  shutdown_grace: 2\n" +
+           server_extra + "plugins:\n" + plugins;
 }
 
 TEST(controller, serves_a_transaction_through_the_sink_plugin)
@@ -93,7 +95,8 @@ TEST(controller, serves_a_transaction_through_the_sink_plugin)
 TEST(controller, a_hook_completed_later_from_another_thread)
 {
     auto c = asiosmtpd::controller::from_yaml(yaml(
-        "  - path: " + fixtures + "/scripted.so\n"
+        "  - path: " + fixtures +
+        "/scripted.so\n"
         "    config: {hooks: {RCPT: {verdict: accept, code: 250, text: \"2.1.5 checked {arg}\", delay_ms: 200}}}\n"));
     c.start();
     client cl(c.port());
@@ -112,10 +115,10 @@ TEST(controller, a_hook_completed_later_from_another_thread)
 
 TEST(controller, a_hook_that_never_completes_costs_one_451_not_the_session)
 {
-    auto c = asiosmtpd::controller::from_yaml(yaml(
-        "  - path: " + fixtures + "/scripted.so\n"
-        "    timeout: 0.3\n"
-        "    config: {hooks: {MAIL: {verdict: pending_never}}}\n"));
+    auto c = asiosmtpd::controller::from_yaml(yaml("  - path: " + fixtures +
+                                                   "/scripted.so\n"
+                                                   "    timeout: 0.3\n"
+                                                   "    config: {hooks: {MAIL: {verdict: pending_never}}}\n"));
     c.start();
     client cl(c.port());
     cl.reply();
@@ -183,4 +186,4 @@ TEST(controller, start_reports_bad_plugins_and_ports_in_use)
     first.stop();
 }
 
-} // namespace
+}  // namespace

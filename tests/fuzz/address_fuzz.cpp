@@ -46,7 +46,7 @@ void check_fast_path(std::string_view arg)
     ASIOSMTPD_FUZZ_CHECK(same(fast, detail::parse_address_full(arg, true)), "fast path = port (SMTPUTF8)");
 }
 
-} // namespace
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {
@@ -63,15 +63,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const address_result r = parse_address(arg, smtputf8);
     check_fast_path(arg);
     const address_result again = parse_address(arg, smtputf8);
-    ASIOSMTPD_FUZZ_CHECK(r.state == again.state && r.address == again.address && r.rest == again.rest,
-                         "deterministic");
+    ASIOSMTPD_FUZZ_CHECK(r.state == again.state && r.address == again.address && r.rest == again.rest, "deterministic");
     switch (r.state) {
-    case address_result::status::ok:
-        ASIOSMTPD_FUZZ_CHECK(!r.address.empty(), "ok has an address");
-        break;
-    case address_result::status::empty:
-        ASIOSMTPD_FUZZ_CHECK(r.address.empty(), "empty has no address");
-        break;
+    case address_result::status::ok: ASIOSMTPD_FUZZ_CHECK(!r.address.empty(), "ok has an address"); break;
+    case address_result::status::empty: ASIOSMTPD_FUZZ_CHECK(r.address.empty(), "empty has no address"); break;
     case address_result::status::malformed:
         ASIOSMTPD_FUZZ_CHECK(r.address.empty() && r.rest.empty(), "malformed has no address");
         break;
@@ -79,8 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // An RFC 2047 encoded word ("=?cs?b?...?=") may decode to any bytes, also without SMTPUTF8
     // (Python stores the decoded str); only input without one maps ASCII to ASCII.
     const bool encoded_word = arg.find("=?") != std::string_view::npos;
-    if (!smtputf8 && !encoded_word)
-        ASIOSMTPD_FUZZ_CHECK(ascii(r.address) && ascii(r.rest), "ASCII in, ASCII out");
+    if (!smtputf8 && !encoded_word) ASIOSMTPD_FUZZ_CHECK(ascii(r.address) && ascii(r.rest), "ASCII in, ASCII out");
     if (r.state == address_result::status::ok && !encoded_word)
         ASIOSMTPD_FUZZ_CHECK(r.rest.size() <= arg.size() && arg.substr(arg.size() - r.rest.size()) == r.rest,
                              "rest is a suffix of the argument");

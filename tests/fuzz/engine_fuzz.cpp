@@ -37,9 +37,9 @@ using namespace asiosmtpd::proto;
 using asiosmtpd::fuzz::byte_reader;
 using asiosmtpd::fuzz::controls;
 
-constexpr std::array hook_order{hook_kind::connect, hook_kind::helo,  hook_kind::ehlo,  hook_kind::mail,
-                                hook_kind::rcpt,    hook_kind::data,  hook_kind::rset,  hook_kind::noop,
-                                hook_kind::quit,    hook_kind::vrfy,  hook_kind::unknown, hook_kind::command,
+constexpr std::array hook_order{hook_kind::connect,  hook_kind::helo,      hook_kind::ehlo,    hook_kind::mail,
+                                hook_kind::rcpt,     hook_kind::data,      hook_kind::rset,    hook_kind::noop,
+                                hook_kind::quit,     hook_kind::vrfy,      hook_kind::unknown, hook_kind::command,
                                 hook_kind::starttls, hook_kind::data_chunk};
 
 settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
@@ -133,8 +133,9 @@ public:
             out.remove_prefix(end + 2);
             ASIOSMTPD_FUZZ_CHECK(line.find('\n') == std::string_view::npos, "no bare LF in a reply line");
             ASIOSMTPD_FUZZ_CHECK(line.size() >= 3, "reply line has a code");
-            ASIOSMTPD_FUZZ_CHECK(std::all_of(line.begin(), line.begin() + 3, [](char c) { return c >= '0' && c <= '9'; }),
-                                 "reply code is three digits");
+            ASIOSMTPD_FUZZ_CHECK(
+                std::all_of(line.begin(), line.begin() + 3, [](char c) { return c >= '0' && c <= '9'; }),
+                "reply code is three digits");
             ASIOSMTPD_FUZZ_CHECK(line[0] >= '2' && line[0] <= '5', "reply code class 2-5");
             ASIOSMTPD_FUZZ_CHECK(line.size() == 3 || line[3] == ' ' || line[3] == '-', "separator after the code");
             if (!continued_.empty())
@@ -178,8 +179,7 @@ struct session {
 
     void drain()
     {
-        if (was_closed)
-            ASIOSMTPD_FUZZ_CHECK(e.output().empty(), "nothing is sent after the close was requested");
+        if (was_closed) ASIOSMTPD_FUZZ_CHECK(e.output().empty(), "nothing is sent after the close was requested");
         if (trace && !e.output().empty()) print_escaped("S: ", e.output());
         check.output(e.output());
         e.clear_output();
@@ -192,7 +192,8 @@ struct session {
             if (trace) print_escaped("hook " + std::to_string(static_cast<int>(h->kind)) + ": ", h->argument);
             ASIOSMTPD_FUZZ_CHECK((s.hook_mask & hook_bit(h->kind)) != 0, "only hooks with a chain are run");
             ASIOSMTPD_FUZZ_CHECK(!e.close_requested(), "no hook after the close");
-            if (h->kind == hook_kind::command) ASIOSMTPD_FUZZ_CHECK(h->command_index < s.commands.size(), "command index");
+            if (h->kind == hook_kind::command)
+                ASIOSMTPD_FUZZ_CHECK(h->command_index < s.commands.size(), "command index");
             // Touch every view the host would read, so ASan sees a dangling one.
             volatile std::size_t sum = 0;
             for (const char c : h->verb) sum = sum + static_cast<unsigned char>(c);
@@ -210,7 +211,7 @@ struct session {
     }
 };
 
-} // namespace
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {

@@ -7,11 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define ASIOSMTPD_FUZZ_CHECK(cond, what)                                                          \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            std::fprintf(stderr, "fuzz check failed: %s (%s) at %s:%d\n", what, #cond, __FILE__, \
-                         __LINE__);                                                               \
-            std::abort();                                                                         \
-        }                                                                                         \
+#define ASIOSMTPD_FUZZ_CHECK(cond, what)                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            std::fprintf(stderr, "fuzz check failed: %s (%s) at %s:%d\n", what, #cond, __FILE__, __LINE__);            \
+            std::abort();                                                                                              \
+        }                                                                                                              \
     } while (false)

@@ -55,4 +55,4 @@ private:
     std::size_t at_ = 0;
 };
 
-} // namespace asiosmtpd::fuzz
+}  // namespace asiosmtpd::fuzz

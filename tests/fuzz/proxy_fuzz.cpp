@@ -62,12 +62,8 @@ result checked_parse(std::string_view bytes)
 {
     const result r = parse(bytes);
     switch (r.state) {
-    case status::need_more:
-        ASIOSMTPD_FUZZ_CHECK(r.need > bytes.size(), "need_more asks for more than it has");
-        break;
-    case status::invalid:
-        ASIOSMTPD_FUZZ_CHECK(!r.error.empty(), "invalid names a reason");
-        break;
+    case status::need_more: ASIOSMTPD_FUZZ_CHECK(r.need > bytes.size(), "need_more asks for more than it has"); break;
+    case status::invalid: ASIOSMTPD_FUZZ_CHECK(!r.error.empty(), "invalid names a reason"); break;
     case status::done: {
         ASIOSMTPD_FUZZ_CHECK(r.length > 0 && r.length <= bytes.size(), "done: length within the input");
         ASIOSMTPD_FUZZ_CHECK(r.value.raw == bytes.substr(0, r.length), "done: raw is the header");
@@ -118,7 +114,7 @@ std::string dotted(std::string_view four)
 std::string v2_header(unsigned char fam_proto, std::string_view body)
 {
     std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
-    h.push_back(static_cast<char>(0x21)); // version 2, PROXY
+    h.push_back(static_cast<char>(0x21));  // version 2, PROXY
     h.push_back(static_cast<char>(fam_proto));
     h.push_back(static_cast<char>((body.size() >> 8U) & 0xFFU));
     h.push_back(static_cast<char>(body.size() & 0xFFU));
@@ -131,8 +127,8 @@ std::string v2_header(unsigned char fam_proto, std::string_view body)
 void check_v1(std::string_view family, const std::string& src, const std::string& dst, std::uint16_t sport,
               std::uint16_t dport, std::string_view after)
 {
-    const std::string header = "PROXY " + std::string(family) + " " + src + " " + dst + " " +
-                               std::to_string(sport) + " " + std::to_string(dport) + "\r\n";
+    const std::string header = "PROXY " + std::string(family) + " " + src + " " + dst + " " + std::to_string(sport) +
+                               " " + std::to_string(dport) + "\r\n";
     const std::string wire = header + std::string(after);
     const result r = checked_parse(wire);
     if (header.size() > asiosmtpd::proxy::v1_max_length) {
@@ -152,7 +148,7 @@ void check_v2_tlvs(const result& r, std::string_view tlv_bytes)
         ASIOSMTPD_FUZZ_CHECK(r.value.tlvs.empty(), "v2: malformed TLVs are dropped");
         return;
     }
-    std::string again; // the TLVs written out again are the bytes they came from
+    std::string again;  // the TLVs written out again are the bytes they came from
     for (const auto& t : r.value.tlvs) {
         again.push_back(static_cast<char>(t.type));
         again.push_back(static_cast<char>((t.value.size() >> 8U) & 0xFFU));
@@ -162,7 +158,7 @@ void check_v2_tlvs(const result& r, std::string_view tlv_bytes)
     ASIOSMTPD_FUZZ_CHECK(again == tlv_bytes, "v2: the TLVs are the bytes after the addresses");
 }
 
-} // namespace
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {
@@ -207,7 +203,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ASIOSMTPD_FUZZ_CHECK(inet_pton(AF_INET6, r.value.src_address.c_str(), src.data()) == 1 &&
                              inet_pton(AF_INET6, r.value.dst_address.c_str(), dst.data()) == 1,
                          "v2: IPv6 text is an address");
-    ASIOSMTPD_FUZZ_CHECK(std::memcmp(src.data(), addr.data(), 16) == 0 && std::memcmp(dst.data(), addr.data() + 16, 16) == 0,
+    ASIOSMTPD_FUZZ_CHECK(std::memcmp(src.data(), addr.data(), 16) == 0 &&
+                             std::memcmp(dst.data(), addr.data() + 16, 16) == 0,
                          "v2: the IPv6 addresses it says");
     check_v1("TCP6", r.value.src_address, r.value.dst_address, sport, dport, more.substr(0, 64));
     return 0;

@@ -46,8 +46,7 @@ void set(tk::host& h, const std::string& key, const std::string& v)
         const auto colon = v.rfind(':');
         h.call_limit_enabled = true;
         h.call_limits[v.substr(0, colon)] = static_cast<std::uint32_t>(std::stoul(v.substr(colon + 1)));
-    } else
-        throw tk::error("unknown setting " + key);
+    } else throw tk::error("unknown setting " + key);
 }
 
 std::string wire(const std::string& replies)
@@ -61,7 +60,7 @@ std::string wire(const std::string& replies)
     return out + "\r\n";
 }
 
-} // namespace
+}  // namespace
 
 int main(int argc, char** argv)
 {

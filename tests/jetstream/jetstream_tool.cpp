@@ -137,12 +137,12 @@ int dump(session& ss, const char* stream, bool with_data)
             jerr = static_cast<jsErrCode>(0);
             s = js_GetMsg(&m, ss.js, stream, seq, nullptr, &jerr);
             if (s == NATS_OK || s == NATS_NOT_FOUND || attempt == 10) break;
-            nats_Sleep(200); // a leader election after a node was killed
+            nats_Sleep(200);  // a leader election after a node was killed
         }
-        if (s == NATS_NOT_FOUND) continue; // deleted
+        if (s == NATS_NOT_FOUND) continue;  // deleted
         if (s != NATS_OK) return fail("get message", s, jerr);
-        std::string line = "{\"seq\": " + std::to_string(seq) + ", \"subject\": " + json(natsMsg_GetSubject(m)) +
-                           ", \"headers\": {";
+        std::string line =
+            "{\"seq\": " + std::to_string(seq) + ", \"subject\": " + json(natsMsg_GetSubject(m)) + ", \"headers\": {";
         const char** keys = nullptr;
         int nkeys = 0;
         if (natsMsgHeader_Keys(m, &keys, &nkeys) == NATS_OK) {
@@ -179,7 +179,7 @@ int remove(session& ss, const char* stream)
     return fail("delete stream", s, jerr);
 }
 
-} // namespace
+}  // namespace
 
 int main(int argc, char** argv)
 {

@@ -23,7 +23,7 @@ format)
   bad=0
   while IFS= read -r f; do
     clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || { echo "not formatted: $f (clang-format -i $f)"; bad=1; }
-  done < <(list '*.c' '*.h' '*.cpp' '*.hpp' '*.cpp.in')
+  done < <(list '*.c' '*.h' '*.cpp' '*.hpp')
   exit $bad
   ;;
 spdx)

@@ -14,13 +14,14 @@ namespace asiosmtpd {
 class controller {
 public:
     /// From YAML text (docs/configuration.md); relative paths resolve against `base_dir`.
-    static controller from_yaml(std::string_view yaml, const std::filesystem::path& base_dir = std::filesystem::current_path());
+    static controller from_yaml(std::string_view yaml,
+                                const std::filesystem::path& base_dir = std::filesystem::current_path());
     /// From a config file.
     static controller from_file(const std::filesystem::path& file);
 
     controller(controller&&) noexcept;
     controller& operator=(controller&&) noexcept;
-    ~controller(); ///< stop() if still running
+    ~controller();  ///< stop() if still running
 
     /// Load the plugins, bind the listeners and serve on background threads. Throws
     /// std::runtime_error with a one-line reason (config, plugin, bind).
@@ -39,4 +40,4 @@ private:
     std::unique_ptr<impl> impl_;
 };
 
-} // namespace asiosmtpd
+}  // namespace asiosmtpd

@@ -36,18 +36,39 @@ namespace asiosmtpd::config {
 // lists for the documentation test (docs/configuration.md documents every one).
 namespace keys {
 constexpr std::string_view top[] = {"server", "tls", "plugin_path", "plugins", "metrics"};
-constexpr std::string_view server[] = {
-    "hostname", "ident", "listen", "data_size_limit", "command_size_limit", "enable_smtputf8", "decode_data",
-    "require_starttls", "auth_required", "auth_require_tls", "auth_max_failures", "auth_failure_delay",
-    "advertise_pipelining", "command_call_limit", "timeout", "data_min_rate", "tls_handshake_timeout",
-    "proxy_protocol_timeout", "max_connections", "max_tls_handshakes", "max_tls_handshakes_per_client", "workers", "shutdown_grace", "log_level", "user", "group",
-    "allow_root"};
+constexpr std::string_view server[] = {"hostname",
+                                       "ident",
+                                       "listen",
+                                       "data_size_limit",
+                                       "command_size_limit",
+                                       "enable_smtputf8",
+                                       "decode_data",
+                                       "require_starttls",
+                                       "auth_required",
+                                       "auth_require_tls",
+                                       "auth_max_failures",
+                                       "auth_failure_delay",
+                                       "advertise_pipelining",
+                                       "command_call_limit",
+                                       "timeout",
+                                       "data_min_rate",
+                                       "tls_handshake_timeout",
+                                       "proxy_protocol_timeout",
+                                       "max_connections",
+                                       "max_tls_handshakes",
+                                       "max_tls_handshakes_per_client",
+                                       "workers",
+                                       "shutdown_grace",
+                                       "log_level",
+                                       "user",
+                                       "group",
+                                       "allow_root"};
 constexpr std::string_view listener[] = {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"};
-constexpr std::string_view tls[] = {"certificate", "private_key", "min_version", "ciphers", "ciphersuites",
-                                    "request_client_certificate"};
+constexpr std::string_view tls[] = {"certificate", "private_key",  "min_version",
+                                    "ciphers",     "ciphersuites", "request_client_certificate"};
 constexpr std::string_view plugin[] = {"name", "path", "config", "timeout"};
 constexpr std::string_view metrics[] = {"listen"};
-} // namespace keys
+}  // namespace keys
 
 std::vector<std::string> known_keys()
 {
@@ -69,7 +90,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // Durations are capped so that converting them to std::chrono never overflows.
-constexpr double max_seconds = 31536000; // one year
+constexpr double max_seconds = 31536000;          // one year
 constexpr std::size_t max_tree_depth = 64;        // plugin `config:` nesting
 constexpr std::size_t max_tree_nodes = 100000;    // plugin `config:` size after alias expansion
 constexpr std::size_t max_file_size = 16u << 20;  // a config file is small; refuse /dev/zero
@@ -94,8 +115,7 @@ public:
     const item* find(std::string_view name) const noexcept
     {
         for (const auto& [n, it] : fields_)
-            if (n == name)
-                return &it;
+            if (n == name) return &it;
         return nullptr;
     }
 
@@ -105,49 +125,35 @@ private:
 
 std::string join_key(std::string_view prefix, std::string_view name)
 {
-    if (prefix.empty())
-        return std::string(name);
+    if (prefix.empty()) return std::string(name);
     return fmt::format("{}.{}", prefix, name);
 }
 
-std::string index_key(std::string_view prefix, std::size_t i)
-{
-    return fmt::format("{}[{}]", prefix, i);
-}
+std::string index_key(std::string_view prefix, std::size_t i) { return fmt::format("{}[{}]", prefix, i); }
 
 // A node's own mark, except for an empty (null) value, whose mark yaml-cpp puts at the start
 // of the next token (often the next line): the key's line is what the user wants to see.
 YAML::Mark value_mark(const YAML::Node& key, const YAML::Node& value)
 {
-    if (value.IsNull())
-        return key.Mark();
+    if (value.IsNull()) return key.Mark();
     return value.Mark();
 }
 
-bool plain(const YAML::Node& n)
-{
-    return n.Tag() == "?";
-}
+bool plain(const YAML::Node& n) { return n.Tag() == "?"; }
 
 // How an offending value is shown: its text quoted and escaped, or its kind.
 std::string describe(const YAML::Node& n)
 {
     switch (n.Type()) {
-    case YAML::NodeType::Null:
-        return "null";
-    case YAML::NodeType::Sequence:
-        return "a sequence";
-    case YAML::NodeType::Map:
-        return "a mapping";
-    case YAML::NodeType::Scalar:
-        break;
-    case YAML::NodeType::Undefined:
-        return "nothing";
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar: break;
+    case YAML::NodeType::Undefined: return "nothing";
     }
     std::string text = n.Scalar();
     const bool cut = text.size() > max_shown_value;
-    if (cut)
-        text.resize(max_shown_value);
+    if (cut) text.resize(max_shown_value);
     // A quoted "25" is a string in YAML; say so, or "got "25"" would puzzle the reader.
     const std::string_view what = n.Tag() == "!" ? "the string " : "";
     return fmt::format("{}{:?}{}", what, text, cut ? "..." : "");
@@ -166,8 +172,7 @@ bool has_control(std::string_view s, bool allow_space)
 std::string machine_fqdn()
 {
     char buf[256] = {};
-    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0')
-        return "localhost";
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
     std::string name = buf;
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -175,8 +180,7 @@ std::string machine_fqdn()
     hints.ai_flags = AI_CANONNAME;
     addrinfo* res = nullptr;
     if (::getaddrinfo(name.c_str(), nullptr, &hints, &res) == 0 && res != nullptr) {
-        if (res->ai_canonname != nullptr && res->ai_canonname[0] != '\0')
-            name = res->ai_canonname;
+        if (res->ai_canonname != nullptr && res->ai_canonname[0] != '\0') name = res->ai_canonname;
         ::freeaddrinfo(res);
     }
     return name;
@@ -219,7 +223,7 @@ std::optional<std::uint32_t> numeric_id(std::string_view s)
         return std::nullopt;
     std::uint64_t v = 0;
     std::from_chars(s.data(), s.data() + s.size(), v);
-    if (v > std::numeric_limits<std::uint32_t>::max() - 1) // (uid_t)-1 means "unchanged" to setresuid
+    if (v > std::numeric_limits<std::uint32_t>::max() - 1)  // (uid_t)-1 means "unchanged" to setresuid
         return std::nullopt;
     return static_cast<std::uint32_t>(v);
 }
@@ -227,7 +231,7 @@ std::optional<std::uint32_t> numeric_id(std::string_view s)
 struct db_entry {
     std::string name;
     std::uint32_t id = 0;
-    std::uint32_t primary_gid = 0; // users only
+    std::uint32_t primary_gid = 0;  // users only
 };
 
 // A user by name, else by numeric id, in the user database (NSS: files, LDAP, ...).
@@ -235,16 +239,13 @@ std::optional<db_entry> find_user(const std::string& text)
 {
     passwd pw{};
     std::vector<char> buf;
-    bool ok = lookup_entry(pw, buf, [&](passwd* e, char* b, std::size_t n, passwd** r) {
-        return ::getpwnam_r(text.c_str(), e, b, n, r);
-    });
+    bool ok = lookup_entry(
+        pw, buf, [&](passwd* e, char* b, std::size_t n, passwd** r) { return ::getpwnam_r(text.c_str(), e, b, n, r); });
     const auto id = numeric_id(text);
     if (!ok && id)
-        ok = lookup_entry(pw, buf, [&](passwd* e, char* b, std::size_t n, passwd** r) {
-            return ::getpwuid_r(*id, e, b, n, r);
-        });
-    if (!ok)
-        return std::nullopt;
+        ok = lookup_entry(pw, buf,
+                          [&](passwd* e, char* b, std::size_t n, passwd** r) { return ::getpwuid_r(*id, e, b, n, r); });
+    if (!ok) return std::nullopt;
     return db_entry{pw.pw_name, pw.pw_uid, pw.pw_gid};
 }
 
@@ -253,16 +254,13 @@ std::optional<db_entry> find_group(const std::string& text)
 {
     group gr{};
     std::vector<char> buf;
-    bool ok = lookup_entry(gr, buf, [&](group* e, char* b, std::size_t n, group** r) {
-        return ::getgrnam_r(text.c_str(), e, b, n, r);
-    });
+    bool ok = lookup_entry(
+        gr, buf, [&](group* e, char* b, std::size_t n, group** r) { return ::getgrnam_r(text.c_str(), e, b, n, r); });
     const auto id = numeric_id(text);
     if (!ok && id)
-        ok = lookup_entry(gr, buf, [&](group* e, char* b, std::size_t n, group** r) {
-            return ::getgrgid_r(*id, e, b, n, r);
-        });
-    if (!ok)
-        return std::nullopt;
+        ok = lookup_entry(gr, buf,
+                          [&](group* e, char* b, std::size_t n, group** r) { return ::getgrgid_r(*id, e, b, n, r); });
+    if (!ok) return std::nullopt;
     return db_entry{gr.gr_name, gr.gr_gid, 0};
 }
 
@@ -271,8 +269,7 @@ std::optional<db_entry> find_group(const std::string& text)
 std::string not_root_note()
 {
     const uid_t uid = ::geteuid();
-    if (uid == 0)
-        return {};
+    if (uid == 0) return {};
     const auto user = find_user(std::to_string(uid));
     return fmt::format(" (asiosmtpd runs as user {}, uid {})", user ? user->name : std::to_string(uid), uid);
 }
@@ -286,8 +283,7 @@ public:
 private:
     [[noreturn]] void fail(const YAML::Mark& at, std::string_view key, std::string_view problem) const
     {
-        if (key.empty())
-            key = "(document)";
+        if (key.empty()) key = "(document)";
         if (at.is_null() || at.line < 0)
             throw config_error(fmt::format("{}: {}: {}", file_, one_line(key), one_line(problem)));
         throw config_error(fmt::format("{}:{}: {}: {}", file_, at.line + 1, one_line(key), one_line(problem)));
@@ -322,30 +318,26 @@ private:
     call_limits read_call_limits(const item& it) const;
     tls_section read_tls(const item& it) const;
     plugin_entry read_plugin(const item& it) const;
-    node read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key,
-                   std::size_t depth, std::size_t& budget) const;
+    node read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key, std::size_t depth,
+                   std::size_t& budget) const;
     void check_readable(const item& it, const fs::path& p) const;
 
     std::string file_;
     fs::path base_dir_;
-    std::vector<YAML::Mark> listen_tls_marks_; // per listed listener: its `tls:` (or the item)
+    std::vector<YAML::Mark> listen_tls_marks_;  // per listed listener: its `tls:` (or the item)
 };
 
 mapping reader::open_map(const item& it, std::span<const std::string_view> known) const
 {
-    if (!it.value.IsMap())
-        fail(it.mark, it.key, fmt::format("expected a mapping, got {}", describe(it.value)));
+    if (!it.value.IsMap()) fail(it.mark, it.key, fmt::format("expected a mapping, got {}", describe(it.value)));
     mapping m;
     for (const auto& kv : it.value) {
         const YAML::Node& k = kv.first;
-        if (!k.IsScalar())
-            fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
+        if (!k.IsScalar()) fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
         std::string name = k.Scalar();
         std::string key = join_key(it.key, name);
-        if (std::find(known.begin(), known.end(), name) == known.end())
-            fail(k.Mark(), key, "unknown key");
-        if (m.find(name) != nullptr)
-            fail(k.Mark(), key, "duplicate key");
+        if (std::find(known.begin(), known.end(), name) == known.end()) fail(k.Mark(), key, "unknown key");
+        if (m.find(name) != nullptr) fail(k.Mark(), key, "duplicate key");
         m.add(std::move(name), item{kv.second, value_mark(k, kv.second), std::move(key)});
     }
     return m;
@@ -373,8 +365,7 @@ bool reader::read_bool(const item& it) const
     if (n.IsScalar() && (plain(n) || n.Tag() == tag_bool)) {
         // yaml-cpp's YAML 1.1 spellings: true/false, yes/no, on/off, y/n in three casings.
         bool b = false;
-        if (YAML::convert<bool>::decode(n, b))
-            return b;
+        if (YAML::convert<bool>::decode(n, b)) return b;
     }
     fail(it.mark, it.key, fmt::format("expected true or false, got {}", describe(n)));
 }
@@ -383,14 +374,13 @@ std::uint64_t reader::read_uint(const item& it, std::uint64_t min, std::uint64_t
 {
     const YAML::Node& n = it.value;
     auto bad = [&](std::string_view why) {
-        const std::string range = max == std::numeric_limits<std::uint64_t>::max() ||
-                                          max == std::numeric_limits<std::uint32_t>::max()
-                                      ? fmt::format(">= {}", min)
-                                      : fmt::format("{}..{}", min, max);
+        const std::string range =
+            max == std::numeric_limits<std::uint64_t>::max() || max == std::numeric_limits<std::uint32_t>::max()
+                ? fmt::format(">= {}", min)
+                : fmt::format("{}..{}", min, max);
         fail(it.mark, it.key, fmt::format("expected an integer {}, got {}{}", range, describe(n), why));
     };
-    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_int))
-        bad("");
+    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_int)) bad("");
     // Decimal only, as YAML 1.2's core schema; no 0x/0o, no "1_000", no "12abc".
     std::string_view s = n.Scalar();
     bool negative = false;
@@ -398,16 +388,12 @@ std::uint64_t reader::read_uint(const item& it, std::uint64_t min, std::uint64_t
         negative = s.front() == '-';
         s.remove_prefix(1);
     }
-    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
-        bad("");
+    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) bad("");
     std::uint64_t v = 0;
     const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (negative && !(ec == std::errc{} && v == 0))
-        bad("");
-    if (ec == std::errc::result_out_of_range || (ec == std::errc{} && v > max))
-        bad(" (too large)");
-    if (ec != std::errc{} || end != s.data() + s.size() || v < min)
-        bad("");
+    if (negative && !(ec == std::errc{} && v == 0)) bad("");
+    if (ec == std::errc::result_out_of_range || (ec == std::errc{} && v > max)) bad(" (too large)");
+    if (ec != std::errc{} || end != s.data() + s.size() || v < min) bad("");
     return v;
 }
 
@@ -416,43 +402,36 @@ double reader::read_seconds(const item& it, bool zero_allowed) const
     const YAML::Node& n = it.value;
     auto bad = [&] {
         fail(it.mark, it.key,
-             fmt::format("expected seconds {} 0 and <= {}, got {}", zero_allowed ? ">=" : ">",
-                         max_seconds, describe(n)));
+             fmt::format("expected seconds {} 0 and <= {}, got {}", zero_allowed ? ">=" : ">", max_seconds,
+                         describe(n)));
     };
-    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_float || n.Tag() == tag_int))
-        bad();
+    if (!n.IsScalar() || !(plain(n) || n.Tag() == tag_float || n.Tag() == tag_int)) bad();
     std::string_view s = n.Scalar();
-    if (!s.empty() && s.front() == '+')
-        s.remove_prefix(1);
+    if (!s.empty() && s.front() == '+') s.remove_prefix(1);
     double v = 0;
     const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || ec != std::errc{} || end != s.data() + s.size() || !std::isfinite(v) ||
-        v < 0 || (v == 0 && !zero_allowed) || v > max_seconds)
+    if (s.empty() || ec != std::errc{} || end != s.data() + s.size() || !std::isfinite(v) || v < 0 ||
+        (v == 0 && !zero_allowed) || v > max_seconds)
         bad();
     return v;
 }
 
 std::string reader::read_string(const item& it) const
 {
-    if (!it.value.IsScalar())
-        fail(it.mark, it.key, fmt::format("expected a string, got {}", describe(it.value)));
+    if (!it.value.IsScalar()) fail(it.mark, it.key, fmt::format("expected a string, got {}", describe(it.value)));
     return it.value.Scalar();
 }
 
 fs::path reader::read_path(const item& it, bool folder) const
 {
     const std::string s = read_string(it);
-    if (s.empty())
-        fail(it.mark, it.key, "expected a path, got an empty string");
-    if (s.find('\0') != std::string::npos)
-        fail(it.mark, it.key, "a path cannot contain a NUL byte");
+    if (s.empty()) fail(it.mark, it.key, "expected a path, got an empty string");
+    if (s.find('\0') != std::string::npos) fail(it.mark, it.key, "a path cannot contain a NUL byte");
     // relative paths are relative to the config file's folder.
     fs::path p = fs::path(s);
-    if (p.is_relative())
-        p = base_dir_ / p;
+    if (p.is_relative()) p = base_dir_ / p;
     p = p.lexically_normal();
-    if (folder && !p.has_filename() && p != p.root_path())
-        p = p.parent_path(); // "plugins/" -> ".../plugins"
+    if (folder && !p.has_filename() && p != p.root_path()) p = p.parent_path();  // "plugins/" -> ".../plugins"
     return p;
 }
 
@@ -462,12 +441,10 @@ E reader::read_enum(const item& it, std::initializer_list<std::pair<std::string_
     if (it.value.IsScalar()) {
         const std::string& s = it.value.Scalar();
         for (const auto& [name, e] : choices)
-            if (s == name)
-                return e;
+            if (s == name) return e;
     }
     std::string names;
-    for (const auto& c : choices)
-        names += names.empty() ? std::string(c.first) : fmt::format(", {}", c.first);
+    for (const auto& c : choices) names += names.empty() ? std::string(c.first) : fmt::format(", {}", c.first);
     fail(it.mark, it.key, fmt::format("expected one of {}, got {}", names, describe(it.value)));
 }
 
@@ -478,23 +455,19 @@ listener reader::read_listener(const item& it)
     if (const item* f = m.find("address")) {
         l.address = read_string(*f);
         if (l.address.empty() || has_control(l.address, false))
-            fail(f->mark, f->key,
-                 fmt::format("expected an address or host name, got {}", describe(f->value)));
+            fail(f->mark, f->key, fmt::format("expected an address or host name, got {}", describe(f->value)));
     }
     if (const item* f = m.find("port"))
-        l.port = static_cast<std::uint16_t>(read_uint(*f, 0, 65535)); // 0: an ephemeral port (tests)
+        l.port = static_cast<std::uint16_t>(read_uint(*f, 0, 65535));  // 0: an ephemeral port (tests)
     if (const item* f = m.find("protocol"))
         l.protocol = read_enum<protocol>(*f, {{"smtp", protocol::smtp}, {"lmtp", protocol::lmtp}});
     const item* tls = m.find("tls");
     listen_tls_marks_.push_back(tls != nullptr ? tls->mark : it.mark);
     if (const item* f = tls)
-        l.tls = read_enum<tls_mode>(*f, {{"none", tls_mode::none},
-                                         {"starttls", tls_mode::starttls},
-                                         {"implicit", tls_mode::implicit}});
-    if (const item* f = m.find("proxy_protocol"))
-        l.proxy_protocol = read_bool(*f);
-    if (const item* f = m.find("reuse_port"))
-        l.reuse_port = read_bool(*f);
+        l.tls = read_enum<tls_mode>(
+            *f, {{"none", tls_mode::none}, {"starttls", tls_mode::starttls}, {"implicit", tls_mode::implicit}});
+    if (const item* f = m.find("proxy_protocol")) l.proxy_protocol = read_bool(*f);
+    if (const item* f = m.find("reuse_port")) l.reuse_port = read_bool(*f);
     return l;
 }
 
@@ -503,8 +476,7 @@ call_limits reader::read_call_limits(const item& it) const
     constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
     call_limits c;
     const YAML::Node& n = it.value;
-    if (n.IsNull())
-        return c;
+    if (n.IsNull()) return c;
     if (n.IsScalar()) {
         // aiosmtpd: an int is the budget of every verb.
         c.enabled = true;
@@ -513,20 +485,17 @@ call_limits reader::read_call_limits(const item& it) const
     }
     if (!n.IsMap())
         fail(it.mark, it.key,
-             fmt::format("expected null, an integer or a mapping of verbs to integers, got {}",
-                         describe(n)));
+             fmt::format("expected null, an integer or a mapping of verbs to integers, got {}", describe(n)));
     // aiosmtpd: a dict gives per-verb budgets, "*" the others' (CALL_LIMIT_DEFAULT 20 if absent).
     c.enabled = true;
     bool star_seen = false;
     for (const auto& kv : n) {
         const YAML::Node& k = kv.first;
-        if (!k.IsScalar())
-            fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
+        if (!k.IsScalar()) fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
         const std::string& verb = k.Scalar();
         const item value{kv.second, value_mark(k, kv.second), join_key(it.key, verb)};
         if (verb == "*") {
-            if (star_seen)
-                fail(k.Mark(), value.key, "duplicate key");
+            if (star_seen) fail(k.Mark(), value.key, "duplicate key");
             star_seen = true;
             c.default_limit = static_cast<std::uint32_t>(read_uint(value, 1, u32_max));
             continue;
@@ -535,14 +504,11 @@ call_limits reader::read_call_limits(const item& it) const
             const auto u = static_cast<unsigned char>(ch);
             return std::isalnum(u) != 0 || ch == '_' || ch == '-';
         });
-        if (!is_verb)
-            fail(k.Mark(), value.key, "expected a command verb or \"*\" as key");
+        if (!is_verb) fail(k.Mark(), value.key, "expected a command verb or \"*\" as key");
         std::string upper = verb;
-        std::transform(upper.begin(), upper.end(), upper.begin(), [](char ch) {
-            return static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-        });
-        if (c.per_verb.count(upper) != 0)
-            fail(k.Mark(), value.key, "duplicate key (verbs are case-insensitive)");
+        std::transform(upper.begin(), upper.end(), upper.begin(),
+                       [](char ch) { return static_cast<char>(std::toupper(static_cast<unsigned char>(ch))); });
+        if (c.per_verb.count(upper) != 0) fail(k.Mark(), value.key, "duplicate key (verbs are case-insensitive)");
         c.per_verb.emplace(std::move(upper), static_cast<std::uint32_t>(read_uint(value, 1, u32_max)));
     }
     return c;
@@ -558,8 +524,7 @@ void reader::read_server(const item& it, server_settings& s)
         // It goes into the 220 greeting and EHLO reply: one token, no CR/LF smuggled in.
         if (has_control(s.hostname, false))
             fail(f->mark, f->key,
-                 fmt::format("expected a host name without spaces or control characters, got {}",
-                             describe(f->value)));
+                 fmt::format("expected a host name without spaces or control characters, got {}", describe(f->value)));
     }
 
     if (const item* f = m.find("ident"); f != nullptr && !f->value.IsNull()) {
@@ -567,8 +532,7 @@ void reader::read_server(const item& it, server_settings& s)
             fail(f->mark, f->key, fmt::format("expected a string or null, got {}", describe(f->value)));
         s.ident = f->value.Scalar();
         if (has_control(*s.ident, true))
-            fail(f->mark, f->key,
-                 fmt::format("expected text without control characters, got {}", describe(f->value)));
+            fail(f->mark, f->key, fmt::format("expected text without control characters, got {}", describe(f->value)));
     }
 
     // A null `listen:` is as if absent (the default listener).
@@ -579,8 +543,7 @@ void reader::read_server(const item& it, server_settings& s)
             listener l = read_listener(items[i]);
             for (std::size_t j = 0; j < s.listen.size(); ++j)
                 if (l.port != 0 && s.listen[j].port == l.port && s.listen[j].address == l.address)
-                    fail(items[i].mark, items[i].key,
-                         fmt::format("same address and port as {}", items[j].key));
+                    fail(items[i].mark, items[i].key, fmt::format("same address and port as {}", items[j].key));
             s.listen.push_back(std::move(l));
         }
     }
@@ -599,35 +562,27 @@ void reader::read_server(const item& it, server_settings& s)
         {"advertise_pipelining", &server_settings::advertise_pipelining},
     };
     for (const auto& [name, member] : flags)
-        if (const item* f = m.find(name))
-            s.*member = read_bool(*f);
+        if (const item* f = m.find(name)) s.*member = read_bool(*f);
 
-    if (const item* f = m.find("command_call_limit"))
-        s.command_call_limit = read_call_limits(*f);
-    if (const item* f = m.find("timeout"))
-        s.timeout = read_seconds(*f, false);
-    if (const item* f = m.find("data_min_rate"))
-        s.data_min_rate = read_uint(*f, 0, 1ull << 40);
+    if (const item* f = m.find("command_call_limit")) s.command_call_limit = read_call_limits(*f);
+    if (const item* f = m.find("timeout")) s.timeout = read_seconds(*f, false);
+    if (const item* f = m.find("data_min_rate")) s.data_min_rate = read_uint(*f, 0, 1ull << 40);
     if (const item* f = m.find("auth_max_failures"))
         s.auth_max_failures = static_cast<std::uint32_t>(read_uint(*f, 0, 1000000));
-    if (const item* f = m.find("auth_failure_delay"))
-        s.auth_failure_delay = read_seconds(*f, true);
+    if (const item* f = m.find("auth_failure_delay")) s.auth_failure_delay = read_seconds(*f, true);
     if (const item* f = m.find("log_level"))
-        s.log_level = read_enum<std::string>(*f, {{"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}});
-    if (const item* f = m.find("proxy_protocol_timeout"))
-        s.proxy_protocol_timeout = read_seconds(*f, false);
-    if (const item* f = m.find("tls_handshake_timeout"))
-        s.tls_handshake_timeout = read_seconds(*f, false);
+        s.log_level =
+            read_enum<std::string>(*f, {{"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}});
+    if (const item* f = m.find("proxy_protocol_timeout")) s.proxy_protocol_timeout = read_seconds(*f, false);
+    if (const item* f = m.find("tls_handshake_timeout")) s.tls_handshake_timeout = read_seconds(*f, false);
     if (const item* f = m.find("max_connections"))
         s.max_connections = static_cast<std::uint32_t>(read_uint(*f, 1, u32_max));
     if (const item* f = m.find("max_tls_handshakes"))
         s.max_tls_handshakes = static_cast<std::uint32_t>(read_uint(*f, 0, u32_max));
     if (const item* f = m.find("max_tls_handshakes_per_client"))
         s.max_tls_handshakes_per_client = static_cast<std::uint32_t>(read_uint(*f, 0, u32_max));
-    if (const item* f = m.find("workers"))
-        s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
-    if (const item* f = m.find("shutdown_grace"))
-        s.shutdown_grace = read_seconds(*f, true);
+    if (const item* f = m.find("workers")) s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
+    if (const item* f = m.find("shutdown_grace")) s.shutdown_grace = read_seconds(*f, true);
 
     // null is as if absent: no switch.
     auto given = [&m](std::string_view name) -> const item* {
@@ -652,8 +607,7 @@ void reader::read_run_as(const item* user, const item* group, server_settings& s
     if (name.empty() || has_control(name, false))
         fail(user->mark, user->key, fmt::format("expected a user name or id, got {}", describe(user->value)));
     const auto u = find_user(name);
-    if (!u)
-        fail(user->mark, user->key, fmt::format("unknown user {:?} (not in the user database)", name));
+    if (!u) fail(user->mark, user->key, fmt::format("unknown user {:?} (not in the user database)", name));
     if (u->id == 0)
         fail(user->mark, user->key,
              fmt::format("{:?} is root (uid 0): name an unprivileged user, or leave server.user unset", name));
@@ -667,8 +621,7 @@ void reader::read_run_as(const item* user, const item* group, server_settings& s
         if (gname.empty() || has_control(gname, false))
             fail(group->mark, group->key, fmt::format("expected a group name or id, got {}", describe(group->value)));
         const auto g = find_group(gname);
-        if (!g)
-            fail(group->mark, group->key, fmt::format("unknown group {:?} (not in the group database)", gname));
+        if (!g) fail(group->mark, group->key, fmt::format("unknown group {:?} (not in the group database)", gname));
         r.group = g->name;
         r.gid = g->id;
         r.group_given = true;
@@ -686,10 +639,8 @@ reader::tls_section reader::read_tls(const item& it) const
     const mapping m = open_map(it, keys::tls);
     const item* cert = m.find("certificate");
     const item* key = m.find("private_key");
-    if (cert == nullptr)
-        fail(it.mark, join_key(it.key, "certificate"), "missing (the tls section needs it)");
-    if (key == nullptr)
-        fail(it.mark, join_key(it.key, "private_key"), "missing (the tls section needs it)");
+    if (cert == nullptr) fail(it.mark, join_key(it.key, "certificate"), "missing (the tls section needs it)");
+    if (key == nullptr) fail(it.mark, join_key(it.key, "private_key"), "missing (the tls section needs it)");
     tls_section t{{}, *cert, *key};
     t.value.certificate = read_path(*cert, false);
     t.value.private_key = read_path(*key, false);
@@ -707,8 +658,9 @@ void reader::check_readable(const item& it, const fs::path& p) const
     const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        fail(it.mark, it.key, fmt::format("cannot read {:?}: {}{}", p.string(), std::strerror(err),
-                                          err == EACCES ? not_root_note() : std::string()));
+        fail(it.mark, it.key,
+             fmt::format("cannot read {:?}: {}{}", p.string(), std::strerror(err),
+                         err == EACCES ? not_root_note() : std::string()));
     }
     struct stat st {};
     const int rc = ::fstat(fd, &st);
@@ -717,20 +669,17 @@ void reader::check_readable(const item& it, const fs::path& p) const
         fail(it.mark, it.key, fmt::format("cannot read {:?}: not a regular file", p.string()));
 }
 
-node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key,
-                       std::size_t depth, std::size_t& budget) const
+node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key, std::size_t depth,
+                       std::size_t& budget) const
 {
     // Aliases are shared and may even refer to themselves (`&a [*a]`): bound the walk.
-    if (depth > max_tree_depth)
-        fail(at, key, fmt::format("nested deeper than {} levels", max_tree_depth));
-    if (budget == 0)
-        fail(at, key, fmt::format("more than {} values (alias expansion?)", max_tree_nodes));
+    if (depth > max_tree_depth) fail(at, key, fmt::format("nested deeper than {} levels", max_tree_depth));
+    if (budget == 0) fail(at, key, fmt::format("more than {} values (alias expansion?)", max_tree_nodes));
     --budget;
     node out;
     switch (n.Type()) {
     case YAML::NodeType::Undefined:
-    case YAML::NodeType::Null:
-        return out;
+    case YAML::NodeType::Null: return out;
     case YAML::NodeType::Scalar:
         out.type = node::kind::scalar;
         out.scalar = n.Scalar();
@@ -748,8 +697,7 @@ node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::str
         out.type = node::kind::map;
         for (const auto& kv : n) {
             const YAML::Node& k = kv.first;
-            if (!k.IsScalar())
-                fail(k.Mark(), key, fmt::format("expected a plain key, got {}", describe(k)));
+            if (!k.IsScalar()) fail(k.Mark(), key, fmt::format("expected a plain key, got {}", describe(k)));
             std::string sub = join_key(key, k.Scalar());
             if (std::find(out.keys.begin(), out.keys.end(), k.Scalar()) != out.keys.end())
                 fail(k.Mark(), sub, "duplicate key");
@@ -768,30 +716,25 @@ plugin_entry reader::read_plugin(const item& it) const
     p.key = it.key;
     const item* name = m.find("name");
     const item* path = m.find("path");
-    if (name != nullptr && path != nullptr)
-        fail(path->mark, it.key, "give either name or path, not both");
-    if (name == nullptr && path == nullptr)
-        fail(it.mark, it.key, "needs a name or a path");
+    if (name != nullptr && path != nullptr) fail(path->mark, it.key, "give either name or path, not both");
+    if (name == nullptr && path == nullptr) fail(it.mark, it.key, "needs a name or a path");
     if (name != nullptr) {
         // Looked up as <name>.so in the plugin folders: no '/' and no upper case.
         const bool ok = name->value.IsScalar() && !name->value.Scalar().empty() &&
                         std::all_of(name->value.Scalar().begin(), name->value.Scalar().end(), [](char c) {
-                            return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-                                   c == '.' || c == '-';
+                            return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
                         });
         if (!ok)
             fail(name->mark, name->key,
                  fmt::format("expected a plugin name of [a-z0-9_.-], got {}", describe(name->value)));
         p.name = name->value.Scalar();
     }
-    if (path != nullptr)
-        p.path = read_path(*path, false);
+    if (path != nullptr) p.path = read_path(*path, false);
     if (const item* f = m.find("config")) {
         std::size_t budget = max_tree_nodes;
         p.config = read_tree(f->value, f->mark, f->key, 0, budget);
     }
-    if (const item* f = m.find("timeout"))
-        p.timeout = read_seconds(*f, false);
+    if (const item* f = m.find("timeout")) p.timeout = read_seconds(*f, false);
     return p;
 }
 
@@ -800,18 +743,15 @@ settings reader::read(const YAML::Node& root)
     settings out;
     out.file = file_;
     out.base_dir = base_dir_;
-    if (!root.IsNull())
-        read_document(root, out);
+    if (!root.IsNull()) read_document(root, out);
     // no hostname (absent, null or empty) means the machine's FQDN.
-    if (out.server.hostname.empty())
-        out.server.hostname = machine_fqdn();
+    if (out.server.hostname.empty()) out.server.hostname = machine_fqdn();
     return out;
 }
 
 void reader::read_document(const YAML::Node& root, settings& out)
 {
-    if (!root.IsMap())
-        fail(root.Mark(), "", fmt::format("expected a mapping, got {}", describe(root)));
+    if (!root.IsMap()) fail(root.Mark(), "", fmt::format("expected a mapping, got {}", describe(root)));
     const mapping m = open_map(item{root, root.Mark(), ""}, keys::top);
 
     // A null section (`server:` with everything below commented out) is as if absent.
@@ -820,24 +760,21 @@ void reader::read_document(const YAML::Node& root, settings& out)
         return f != nullptr && !f->value.IsNull() ? f : nullptr;
     };
 
-    if (const item* f = present("server"))
-        read_server(*f, out.server);
+    if (const item* f = present("server")) read_server(*f, out.server);
 
     // The tls section is always type-checked, but used (and its files checked) only when a
     // listener needs it.
     std::optional<tls_section> tls;
-    if (const item* f = present("tls"))
-        tls = read_tls(*f);
+    if (const item* f = present("tls")) tls = read_tls(*f);
     for (std::size_t i = 0; i < out.server.listen.size(); ++i) {
         const tls_mode mode = out.server.listen[i].tls;
-        if (mode == tls_mode::none)
-            continue;
+        if (mode == tls_mode::none) continue;
         if (!tls) {
             // The default listener has no line of its own; a listed one points at its `tls:`.
             const YAML::Mark at = i < listen_tls_marks_.size() ? listen_tls_marks_[i] : YAML::Mark::null_mark();
             fail(at, "tls",
-                 fmt::format("required (certificate and private_key) because server.listen[{}] uses tls: {}",
-                             i, mode == tls_mode::starttls ? "starttls" : "implicit"));
+                 fmt::format("required (certificate and private_key) because server.listen[{}] uses tls: {}", i,
+                             mode == tls_mode::starttls ? "starttls" : "implicit"));
         }
         check_readable(tls->certificate, tls->value.certificate);
         check_readable(tls->private_key, tls->value.private_key);
@@ -846,12 +783,10 @@ void reader::read_document(const YAML::Node& root, settings& out)
     }
 
     if (const item* f = present("plugin_path"))
-        for (const item& e : open_sequence(*f, false))
-            out.plugin_path.push_back(read_path(e, true));
+        for (const item& e : open_sequence(*f, false)) out.plugin_path.push_back(read_path(e, true));
 
     if (const item* f = present("plugins"))
-        for (const item& e : open_sequence(*f, false))
-            out.plugins.push_back(read_plugin(e));
+        for (const item& e : open_sequence(*f, false)) out.plugins.push_back(read_plugin(e));
 
     if (const item* f = present("metrics")) {
         const mapping mm = open_map(*f, keys::metrics);
@@ -912,16 +847,14 @@ private:
     bool root_seen_ = false;
 };
 
-} // namespace
+}  // namespace
 
-settings parse(std::string_view yaml_text, const std::filesystem::path& file,
-               const std::filesystem::path& base_dir)
+settings parse(std::string_view yaml_text, const std::filesystem::path& file, const std::filesystem::path& base_dir)
 {
     const std::string name = file.string();
     std::error_code ec;
     fs::path base = base_dir.is_absolute() ? base_dir : fs::absolute(base_dir, ec);
-    if (ec)
-        base = base_dir;
+    if (ec) base = base_dir;
     base = base.lexically_normal();
 
     // Not YAML::LoadAll: in yaml-cpp 0.7 a stray top-level ',' (the 1-byte file ",") makes it
@@ -935,17 +868,14 @@ settings parse(std::string_view yaml_text, const std::filesystem::path& file,
         while (counter.documents < 2 && parser.HandleNextDocument(counter)) {}
         if (counter.documents > 1) {
             const YAML::Mark m = counter.second;
-            if (m.is_null())
-                throw config_error(fmt::format("{}: invalid YAML: more than one document", name));
+            if (m.is_null()) throw config_error(fmt::format("{}: invalid YAML: more than one document", name));
             throw config_error(fmt::format("{}:{}: invalid YAML: more than one document", name, m.line + 1));
         }
-        if (counter.documents == 1)
-            root = YAML::Load(std::string(yaml_text));
+        if (counter.documents == 1) root = YAML::Load(std::string(yaml_text));
     } catch (const YAML::Exception& e) {
-        if (e.mark.is_null())
-            throw config_error(fmt::format("{}: invalid YAML: {}", name, one_line(e.msg)));
-        throw config_error(fmt::format("{}:{}: invalid YAML: {} (column {})", name, e.mark.line + 1,
-                                       one_line(e.msg), e.mark.column + 1));
+        if (e.mark.is_null()) throw config_error(fmt::format("{}: invalid YAML: {}", name, one_line(e.msg)));
+        throw config_error(fmt::format("{}:{}: invalid YAML: {} (column {})", name, e.mark.line + 1, one_line(e.msg),
+                                       e.mark.column + 1));
     }
 
     reader r(name, base);
@@ -961,8 +891,7 @@ settings load_file(const std::filesystem::path& file)
 {
     std::error_code ec;
     fs::path abs = fs::absolute(file, ec);
-    if (ec)
-        abs = file;
+    if (ec) abs = file;
     abs = abs.lexically_normal();
 
     auto cannot_read = [&abs](std::string_view why) {
@@ -983,14 +912,12 @@ settings load_file(const std::filesystem::path& file)
             std::fclose(f);
             throw cannot_read(fmt::format("larger than {} bytes", max_file_size));
         }
-        if (n < sizeof buf)
-            break;
+        if (n < sizeof buf) break;
     }
     const bool failed = std::ferror(f) != 0;
-    const int err = errno; // EISDIR for a folder
+    const int err = errno;  // EISDIR for a folder
     std::fclose(f);
-    if (failed)
-        throw cannot_read(std::strerror(err));
+    if (failed) throw cannot_read(std::strerror(err));
     return parse(text, abs, abs.parent_path());
 }
 
@@ -998,9 +925,8 @@ settings load_default()
 {
     std::error_code ec;
     fs::path cwd = fs::current_path(ec);
-    if (ec)
-        cwd = "/";
+    if (ec) cwd = "/";
     return parse(default_text(), "<embedded default>", cwd);
 }
 
-} // namespace asiosmtpd::config
+}  // namespace asiosmtpd::config

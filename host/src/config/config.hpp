@@ -36,7 +36,7 @@ struct listener {
     config::protocol protocol = protocol::smtp;
     tls_mode tls = tls_mode::none;
     bool proxy_protocol = false;
-    bool reuse_port = false;   // SO_REUSEPORT: several processes on one host share the port
+    bool reuse_port = false;  // SO_REUSEPORT: several processes on one host share the port
 };
 
 /// command_call_limit: absent/null = no limits; an int = that budget for every verb;
@@ -44,7 +44,7 @@ struct listener {
 /// aiosmtpd's CALL_LIMIT_DEFAULT).
 struct call_limits {
     bool enabled = false;
-    std::map<std::string, std::uint32_t> per_verb; // upper-cased verbs
+    std::map<std::string, std::uint32_t> per_verb;  // upper-cased verbs
     std::uint32_t default_limit = 20;
 };
 
@@ -53,62 +53,62 @@ struct call_limits {
 /// code runs (os/privileges.hpp). Names are resolved when the config is loaded, so that an
 /// unknown one is a config error naming its line.
 struct run_as {
-    std::string user;                            // the name in the user database
-    std::uint32_t uid = 0;                       // never 0 (root is refused)
-    std::string group;                           // server.group, else the user's primary group
+    std::string user;       // the name in the user database
+    std::uint32_t uid = 0;  // never 0 (root is refused)
+    std::string group;      // server.group, else the user's primary group
     std::uint32_t gid = 0;
-    bool group_given = false;                    // server.group was set (else: primary group)
-    std::string user_at;                         // "<file>:<line>" of server.user, for messages
-    std::string group_at;                        // "<file>:<line>" of server.group ("" if not given)
+    bool group_given = false;  // server.group was set (else: primary group)
+    std::string user_at;       // "<file>:<line>" of server.user, for messages
+    std::string group_at;      // "<file>:<line>" of server.group ("" if not given)
 };
 
 struct server_settings {
-    std::string hostname;                        // empty in the file -> machine's FQDN (filled by load)
-    std::optional<std::string> ident;            // null -> "asiosmtpd <version>"
+    std::string hostname;              // empty in the file -> machine's FQDN (filled by load)
+    std::optional<std::string> ident;  // null -> "asiosmtpd <version>"
     std::vector<listener> listen{listener{}};
-    std::uint64_t data_size_limit = 33554432;    // 0 = no limit
+    std::uint64_t data_size_limit = 33554432;  // 0 = no limit
     std::uint32_t command_size_limit = 512;
     bool enable_smtputf8 = false;
     bool decode_data = false;
     bool require_starttls = false;
     bool auth_required = false;
     bool auth_require_tls = true;
-    std::uint32_t auth_max_failures = 3;         // failed AUTHs in a session before 421; 0 = no limit
-    double auth_failure_delay = 1;               // seconds each failed AUTH answer waits (>= 0)
+    std::uint32_t auth_max_failures = 3;  // failed AUTHs in a session before 421; 0 = no limit
+    double auth_failure_delay = 1;        // seconds each failed AUTH answer waits (>= 0)
     bool advertise_pipelining = false;
     call_limits command_call_limit;
-    double timeout = 300;                        // seconds, > 0
-    std::uint64_t data_min_rate = 500;           // bytes/s a message must keep up over each timeout window
-    double tls_handshake_timeout = 30;           // seconds, > 0
-    double proxy_protocol_timeout = 10;          // seconds to receive a PROXY header, > 0
-    std::uint32_t max_connections = 10000;       // >= 1
-    std::uint32_t max_tls_handshakes = 1000;     // TLS handshakes in progress at once; 0 = no limit
-    std::uint32_t max_tls_handshakes_per_client = 20; // the same per client address (IPv6: per /64); 0 = no limit
-    std::uint32_t workers = 0;                   // 0 = one per core
-    double shutdown_grace = 30;                  // seconds, >= 0
-    std::string log_level = "info";              // debug | info | warn | error (--log-level wins)
-    std::optional<run_as> user;                  // server.user (+ server.group); absent: no switch
-    bool allow_root = true;                      // false: refuse to start as root without server.user
-    std::string allow_root_at;                   // "<file>:<line>" of server.allow_root ("" if absent)
+    double timeout = 300;                              // seconds, > 0
+    std::uint64_t data_min_rate = 500;                 // bytes/s a message must keep up over each timeout window
+    double tls_handshake_timeout = 30;                 // seconds, > 0
+    double proxy_protocol_timeout = 10;                // seconds to receive a PROXY header, > 0
+    std::uint32_t max_connections = 10000;             // >= 1
+    std::uint32_t max_tls_handshakes = 1000;           // TLS handshakes in progress at once; 0 = no limit
+    std::uint32_t max_tls_handshakes_per_client = 20;  // the same per client address (IPv6: per /64); 0 = no limit
+    std::uint32_t workers = 0;                         // 0 = one per core
+    double shutdown_grace = 30;                        // seconds, >= 0
+    std::string log_level = "info";                    // debug | info | warn | error (--log-level wins)
+    std::optional<run_as> user;                        // server.user (+ server.group); absent: no switch
+    bool allow_root = true;                            // false: refuse to start as root without server.user
+    std::string allow_root_at;                         // "<file>:<line>" of server.allow_root ("" if absent)
 };
 
 enum class tls_version { v1_2, v1_3 };
 
 struct tls_settings {
-    std::filesystem::path certificate;           // absolute after load (relative to the file); PEM chain
-    std::filesystem::path private_key;           // PEM
-    tls_version min_version = tls_version::v1_2; // "1.2" | "1.3"; older versions are never offered
-    std::string ciphers;                         // TLS 1.2 cipher list (OpenSSL syntax); empty: ours
-    std::string ciphersuites;                    // TLS 1.3 suites (OpenSSL syntax); empty: OpenSSL's
-    bool request_client_certificate = false;     // ask for (never require) a client certificate
+    std::filesystem::path certificate;            // absolute after load (relative to the file); PEM chain
+    std::filesystem::path private_key;            // PEM
+    tls_version min_version = tls_version::v1_2;  // "1.2" | "1.3"; older versions are never offered
+    std::string ciphers;                          // TLS 1.2 cipher list (OpenSSL syntax); empty: ours
+    std::string ciphersuites;                     // TLS 1.3 suites (OpenSSL syntax); empty: OpenSSL's
+    bool request_client_certificate = false;      // ask for (never require) a client certificate
 };
 
 struct plugin_entry {
-    std::string name;                            // set when given by name
-    std::filesystem::path path;                  // set when given by path (absolute after load)
-    node config;                                 // the `config:` subtree (null when absent)
-    double timeout = 30;                         // seconds a PENDING hook may take (> 0)
-    std::string key;                             // "plugins[1]" for error messages
+    std::string name;            // set when given by name
+    std::filesystem::path path;  // set when given by path (absolute after load)
+    node config;                 // the `config:` subtree (null when absent)
+    double timeout = 30;         // seconds a PENDING hook may take (> 0)
+    std::string key;             // "plugins[1]" for error messages
 };
 
 /// metrics: {listen: "127.0.0.1:9125"}: Prometheus text format over HTTP at /metrics.
@@ -118,13 +118,13 @@ struct metrics_settings {
 };
 
 struct settings {
-    std::filesystem::path file;                  // the config file ("<embedded default>" if none)
-    std::filesystem::path base_dir;              // relative paths resolve against this
+    std::filesystem::path file;      // the config file ("<embedded default>" if none)
+    std::filesystem::path base_dir;  // relative paths resolve against this
     server_settings server;
     std::optional<tls_settings> tls;
-    std::vector<std::filesystem::path> plugin_path; // absolute after load
+    std::vector<std::filesystem::path> plugin_path;  // absolute after load
     std::vector<plugin_entry> plugins;
-    std::optional<metrics_settings> metrics;     // absent: no metrics endpoint
+    std::optional<metrics_settings> metrics;  // absent: no metrics endpoint
 };
 
 /// Every key the parser accepts, as dotted paths: "server.timeout", "server.listen[].port",
@@ -134,8 +134,7 @@ std::vector<std::string> known_keys();
 
 /// Parse and validate YAML text. `file` names it in errors; relative paths resolve against
 /// `base_dir`. Throws config_error.
-settings parse(std::string_view yaml_text, const std::filesystem::path& file,
-               const std::filesystem::path& base_dir);
+settings parse(std::string_view yaml_text, const std::filesystem::path& file, const std::filesystem::path& base_dir);
 
 /// Read and parse a file (base_dir = its folder). Throws config_error (also for an unreadable file).
 settings load_file(const std::filesystem::path& file);
@@ -146,4 +145,4 @@ settings load_default();
 /// The text of the embedded default configuration.
 std::string_view default_text() noexcept;
 
-} // namespace asiosmtpd::config
+}  // namespace asiosmtpd::config

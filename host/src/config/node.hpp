@@ -13,10 +13,10 @@ namespace asiosmtpd::config {
 struct node {
     enum class kind { null, scalar, sequence, map };
     kind type = kind::null;
-    std::string scalar;                                  // raw text when type == scalar
-    std::vector<node> items;                             // sequence items, or map values
-    std::vector<std::string> keys;                       // map keys, parallel to items
-    const node* get(std::string_view key) const noexcept; // nullptr if absent or not a map
+    std::string scalar;                                    // raw text when type == scalar
+    std::vector<node> items;                               // sequence items, or map values
+    std::vector<std::string> keys;                         // map keys, parallel to items
+    const node* get(std::string_view key) const noexcept;  // nullptr if absent or not a map
 };
 
-} // namespace asiosmtpd::config
+}  // namespace asiosmtpd::config

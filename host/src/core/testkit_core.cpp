@@ -109,7 +109,7 @@ asiosmtpd_verdict abi_verdict(proto::verdict v) noexcept
     return ASIOSMTPD_CONTINUE;
 }
 
-} // namespace
+}  // namespace
 
 // --------------------------------------------------------------------------------------------
 // host
@@ -139,8 +139,7 @@ struct host_core::impl final : plugin::log_sink {
             out.append(" ").append(line);
             const std::lock_guard guard(log_lock);
             lines.push_back(std::move(out));
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 
     void add(asiosmtpd_entry_fn entry, const node& config, const std::string& config_dir, const std::string& where,
@@ -270,10 +269,16 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     bool client_gone = false;
 
     impl(host_core::impl& h, const settings& s, std::string peer_address, std::uint16_t peer_port)
-        : host(h), live(s), timeout(s.hook_timeout), tls_defaults(s.tls_defaults), config(engine_settings(s, h.gen)),
-          engine(config), id(h.next_session++), peer(std::move(peer_address)), port(peer_port)
-    {
-    }
+        : host(h),
+          live(s),
+          timeout(s.hook_timeout),
+          tls_defaults(s.tls_defaults),
+          config(engine_settings(s, h.gen)),
+          engine(config),
+          id(h.next_session++),
+          peer(std::move(peer_address)),
+          port(peer_port)
+    {}
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
     ~impl() override { finish(); }
@@ -380,10 +385,8 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     proto::hook_result run_chain(const proto::hook_request& req, const void* args = nullptr, bool given = false)
     {
         std::optional<plugin::chain> c;
-        if (given)
-            c.emplace(host.gen, req, *this, *this, args);
-        else
-            c.emplace(host.gen, req, *this, *this);
+        if (given) c.emplace(host.gen, req, *this, *this, args);
+        else c.emplace(host.gen, req, *this, *this);
         for (bool waiting = c->run(); waiting;) {
             await_pending(*c);
             waiting = c->resume("did not complete within " + std::to_string(timeout.count()) + " ms");
@@ -573,4 +576,4 @@ const std::vector<std::string>& session_core::rcpts() const noexcept
 }
 const std::vector<std::string>& session_core::data_replies() const noexcept { return impl_->data_replies; }
 
-} // namespace asiosmtpd::testkit::core
+}  // namespace asiosmtpd::testkit::core

@@ -24,4 +24,4 @@ std::string escaped(std::string_view text, std::size_t max)
     return out;
 }
 
-} // namespace asiosmtpd::log
+}  // namespace asiosmtpd::log

@@ -13,4 +13,4 @@ namespace asiosmtpd::log {
 /// most `max` bytes shown (then "...").
 [[nodiscard]] std::string escaped(std::string_view text, std::size_t max = 100);
 
-} // namespace asiosmtpd::log
+}  // namespace asiosmtpd::log

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "log/log.hpp"
 
-
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -21,7 +20,7 @@ std::string_view name(level l) noexcept
     }
     return "?";
 }
-} // namespace
+}  // namespace
 
 void set_level(level l) noexcept { threshold.store(static_cast<int>(l), std::memory_order_relaxed); }
 
@@ -37,5 +36,4 @@ void write(level l, std::string_view line)
     std::fflush(stderr);
 }
 
-
-} // namespace asiosmtpd::log
+}  // namespace asiosmtpd::log

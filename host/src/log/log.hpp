@@ -19,7 +19,6 @@ void set_level(level l) noexcept;
 /// Write one finished line (a newline is added); thread-safe.
 void write(level l, std::string_view line);
 
-
 template <class... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args)
 {
@@ -41,4 +40,4 @@ void error(fmt::format_string<Args...> f, Args&&... args)
     if (enabled(level::error)) write(level::error, fmt::format(f, std::forward<Args>(args)...));
 }
 
-} // namespace asiosmtpd::log
+}  // namespace asiosmtpd::log

@@ -40,7 +40,8 @@ std::string handshake_limits::client_key(std::string_view address)
     boost::system::error_code ec;
     auto a = boost::asio::ip::make_address(std::string(address), ec);
     if (ec) return std::string(address);
-    if (a.is_v6() && a.to_v6().is_v4_mapped()) a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
+    if (a.is_v6() && a.to_v6().is_v4_mapped())
+        a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
     if (a.is_v4()) return a.to_string();
     auto bytes = a.to_v6().to_bytes();
     for (std::size_t i = 8; i < bytes.size(); ++i) bytes[i] = 0;
@@ -106,4 +107,4 @@ std::uint32_t handshake_limits::limit(refusal which) const
     return which == refusal::client ? max_per_client_ : max_server_;
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

@@ -63,4 +63,4 @@ private:
     std::unordered_map<std::string, std::uint32_t> per_client_;  ///< only addresses with a handshake
 };
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

@@ -40,7 +40,7 @@ std::string label(std::string_view v)
     }
     return out;
 }
-} // namespace
+}  // namespace
 
 metrics& metrics::get() noexcept
 {
@@ -51,7 +51,10 @@ metrics& metrics::get() noexcept
 void metrics::message(std::uint16_t code, std::uint64_t size) noexcept
 {
     const unsigned cls = code / 100u;
-    (cls == 2 ? messages_accepted : cls == 4 ? messages_deferred : messages_rejected).fetch_add(1, std::memory_order_relaxed);
+    (cls == 2   ? messages_accepted
+     : cls == 4 ? messages_deferred
+                : messages_rejected)
+        .fetch_add(1, std::memory_order_relaxed);
     message_bytes.fetch_add(size, std::memory_order_relaxed);
 }
 
@@ -95,11 +98,13 @@ std::string metrics::render(std::size_t current) const
         out += fmt::format("{}{} {}\n", name, labels, value);
     };
     out += fmt::format("# HELP asiosmtpd_connections Open SMTP sessions.\n# TYPE asiosmtpd_connections gauge\n"
-                       "asiosmtpd_connections {}\n", current);
+                       "asiosmtpd_connections {}\n",
+                       current);
     counter("asiosmtpd_connections_total", "Accepted connections.", "", v(connections_total));
     counter("asiosmtpd_connections_refused_total", "Connections refused with 421 (max_connections).", "",
             v(connections_refused));
-    counter("asiosmtpd_messages_total", "Messages by their final reply.", "{result=\"accepted\"}", v(messages_accepted));
+    counter("asiosmtpd_messages_total", "Messages by their final reply.", "{result=\"accepted\"}",
+            v(messages_accepted));
     counter("asiosmtpd_messages_total", "", "{result=\"deferred\"}", v(messages_deferred), false);
     counter("asiosmtpd_messages_total", "", "{result=\"rejected\"}", v(messages_rejected), false);
     counter("asiosmtpd_message_bytes_total", "Bytes of message content received.", "", v(message_bytes));
@@ -148,23 +153,25 @@ asio::awaitable<void> answer(tcp::socket socket, std::function<std::size_t()> li
     using namespace asio::experimental::awaitable_operators;
     asio::streambuf request(8192);  // bounded: a request line and a few headers
     asio::steady_timer deadline(socket.get_executor(), std::chrono::seconds(5));
-    auto outcome = co_await (asio::async_read_until(socket, request, "\r\n\r\n", nothrow) ||
-                             deadline.async_wait(nothrow));
+    auto outcome =
+        co_await (asio::async_read_until(socket, request, "\r\n\r\n", nothrow) || deadline.async_wait(nothrow));
     if (outcome.index() != 0) co_return;  // too slow
     const auto [ec, n] = std::get<0>(outcome);
     if (ec) co_return;
-    const std::string head(asio::buffers_begin(request.data()), asio::buffers_begin(request.data()) + static_cast<std::ptrdiff_t>(n));
+    const std::string head(asio::buffers_begin(request.data()),
+                           asio::buffers_begin(request.data()) + static_cast<std::ptrdiff_t>(n));
     const bool ok = head.rfind("GET /metrics ", 0) == 0 || head.rfind("GET /metrics?", 0) == 0;
     const std::string body = ok ? metrics::get().render(live()) : std::string("not found: try /metrics\n");
     const std::string response =
         fmt::format("HTTP/1.1 {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\n"
-                    "Connection: close\r\n\r\n{}", ok ? "200 OK" : "404 Not Found", body.size(), body);
+                    "Connection: close\r\n\r\n{}",
+                    ok ? "200 OK" : "404 Not Found", body.size(), body);
     co_await asio::async_write(socket, asio::buffer(response), nothrow);
     boost::system::error_code ignored;
     socket.shutdown(tcp::socket::shutdown_both, ignored);
 }
 
-} // namespace
+}  // namespace
 
 asio::awaitable<void> serve_metrics(tcp::acceptor& acceptor, std::function<std::size_t()> live)
 {
@@ -186,4 +193,4 @@ asio::awaitable<void> serve_metrics(tcp::acceptor& acceptor, std::function<std::
     }
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

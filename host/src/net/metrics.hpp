@@ -66,4 +66,4 @@ private:
 /// Serve GET /metrics on `acceptor` until it is closed. `live` gives the current session count.
 boost::asio::awaitable<void> serve_metrics(boost::asio::ip::tcp::acceptor& acceptor, std::function<std::size_t()> live);
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

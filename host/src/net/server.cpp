@@ -50,7 +50,7 @@ auto log_failure(std::string what)
     };
 }
 
-} // namespace
+}  // namespace
 
 // --------------------------------------------------------------------------------------------
 // registry
@@ -158,8 +158,8 @@ std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s)
 }
 
 std::shared_ptr<const listener_context> server::make_context(const config::settings& s, const config::listener& l,
-                                                              const std::shared_ptr<const plugin::generation>& g,
-                                                              const std::shared_ptr<asio::ssl::context>& tls) const
+                                                             const std::shared_ptr<const plugin::generation>& g,
+                                                             const std::shared_ptr<asio::ssl::context>& tls) const
 {
     auto ctx = std::make_shared<listener_context>();
     ctx->plugins = g;
@@ -182,7 +182,8 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
 server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
                std::shared_ptr<asio::ssl::context> tls_context)
     : config_(std::move(s)),
-      workers_(config_.server.workers != 0 ? config_.server.workers : std::max(1u, std::thread::hardware_concurrency())),
+      workers_(config_.server.workers != 0 ? config_.server.workers
+                                           : std::max(1u, std::thread::hardware_concurrency())),
       ioc_(static_cast<int>(std::min<std::size_t>(workers_, 1024))),  // 1: Asio skips cross-thread wake-ups
       grace_timer_(ioc_)
 {
@@ -226,7 +227,9 @@ void server::open(listener_slot& slot)
     const auto bound = acc->local_endpoint();
     log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
               l.protocol == config::protocol::lmtp ? "lmtp" : "smtp",
-              l.tls == config::tls_mode::none ? "none" : l.tls == config::tls_mode::starttls ? "starttls" : "implicit");
+              l.tls == config::tls_mode::none       ? "none"
+              : l.tls == config::tls_mode::starttls ? "starttls"
+                                                    : "implicit");
     slot.acceptor = std::move(acc);
 }
 
@@ -237,18 +240,23 @@ void server::bind()
         const auto& m = *config_.metrics;
         boost::system::error_code ec;
         const auto address = asio::ip::make_address(m.address, ec);
-        if (ec) throw std::runtime_error(fmt::format("metrics: cannot listen on {}:{}: not an IP address", m.address, m.port));
+        if (ec)
+            throw std::runtime_error(
+                fmt::format("metrics: cannot listen on {}:{}: not an IP address", m.address, m.port));
         const tcp::endpoint ep(address, m.port);
         auto acc = std::make_unique<tcp::acceptor>(ioc_);
         acc->open(ep.protocol(), ec);
         if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
         if (!ec) acc->bind(ep, ec);
         if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec) throw std::runtime_error(fmt::format("metrics: cannot listen on {}:{}: {}", m.address, m.port, ec.message()));
+        if (ec)
+            throw std::runtime_error(
+                fmt::format("metrics: cannot listen on {}:{}: {}", m.address, m.port, ec.message()));
         const auto bound = acc->local_endpoint();
         log::info("event=metrics_listening address={} port={}", bound.address().to_string(), bound.port());
         metrics_acceptor_ = std::move(acc);
-        asio::co_spawn(ioc_, serve_metrics(*metrics_acceptor_, [this] { return registry_.size(); }), log_failure("metrics"));
+        asio::co_spawn(ioc_, serve_metrics(*metrics_acceptor_, [this] { return registry_.size(); }),
+                       log_failure("metrics"));
     }
     for (const auto& slot : listeners_) asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
 }
@@ -291,9 +299,10 @@ void server::reload()
             config::settings next = file == "<embedded default>" ? config::load_default() : config::load_file(file);
             auto tls = tls_context_for(next);
             auto plugins = plugin::load(next);
-            asio::post(ioc_, [this, next = std::move(next), tls = std::move(tls), plugins = std::move(plugins)]() mutable {
-                apply(std::move(next), std::move(plugins), std::move(tls));
-            });
+            asio::post(ioc_,
+                       [this, next = std::move(next), tls = std::move(tls), plugins = std::move(plugins)]() mutable {
+                           apply(std::move(next), std::move(plugins), std::move(tls));
+                       });
         } catch (const std::exception& e) {
             log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
                        log::escaped(e.what(), 1000));
@@ -383,8 +392,8 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
 void server::warn_restart_only(const config::settings& next) const
 {
     const auto warn = [](std::string_view key, std::string_view started, std::string_view configured) {
-        log::warn("event=reload_ignored key={} started=\"{}\" configured=\"{}\" reason=\"takes effect at restart\"", key,
-                  log::escaped(started, 200), log::escaped(configured, 200));
+        log::warn("event=reload_ignored key={} started=\"{}\" configured=\"{}\" reason=\"takes effect at restart\"",
+                  key, log::escaped(started, 200), log::escaped(configured, 200));
     };
     const config::server_settings& was = config_.server;
     const config::server_settings& now = next.server;
@@ -402,7 +411,8 @@ void server::warn_restart_only(const config::settings& next) const
     const auto where = [](const std::optional<config::metrics_settings>& m) {
         return m ? fmt::format("{}:{}", m->address, m->port) : std::string("(not set)");
     };
-    if (where(next.metrics) != where(config_.metrics)) warn("metrics.listen", where(config_.metrics), where(next.metrics));
+    if (where(next.metrics) != where(config_.metrics))
+        warn("metrics.listen", where(config_.metrics), where(next.metrics));
 }
 
 void server::handle_signals()
@@ -546,4 +556,4 @@ asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
     socket.close(ignored);
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

@@ -140,4 +140,4 @@ private:
     std::thread control_thread_;
 };
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

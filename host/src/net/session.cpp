@@ -30,7 +30,7 @@ constexpr std::size_t read_max = 256 * 1024;
 constexpr std::size_t idle_read = 128;
 std::atomic<std::uint64_t> next_session_id{1};
 
-} // namespace
+}  // namespace
 
 session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner)
     : socket_(std::move(socket)),
@@ -181,7 +181,8 @@ asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
     boost::system::error_code ec;
-    if (tls_) std::tie(ec, std::ignore) = co_await asio::async_write(tls_->stream, asio::buffer(engine_.output()), nothrow);
+    if (tls_)
+        std::tie(ec, std::ignore) = co_await asio::async_write(tls_->stream, asio::buffer(engine_.output()), nothrow);
     else std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
     engine_.clear_output();
     if (ec) {
@@ -195,7 +196,8 @@ asio::awaitable<bool> session::flush()
 // are separate coroutines or plain functions, so that the one frame an idle session keeps is small.
 asio::awaitable<void> session::run()
 {
-    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_, local_port_);
+    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_,
+              local_port_);
     metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
     arm(ctx_->idle_timeout);
     start_watchdog();
@@ -250,7 +252,8 @@ asio::awaitable<void> session::run()
         if (tls_) {
             const std::span<char> room = engine_.prepare(read_size_);
             std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            if (!ec) read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
+            if (!ec)
+                read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
             // Between commands (nothing buffered) the session holds only a small buffer, kept
             // from one command to the next: an idle session costs little memory, a command no
@@ -260,13 +263,15 @@ asio::awaitable<void> session::run()
             const bool idle = engine_.release_buffer(idle_read);
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
             std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            if (!ec && !idle) read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
+            if (!ec && !idle)
+                read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
         }
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_) {
                 engine_.timed_out();
-                end_reason_ = too_slow_ ? fmt::format("timeout (message data slower than {} bytes/s)", ctx_->data_min_rate)
-                                        : std::string("timeout");
+                end_reason_ = too_slow_
+                                  ? fmt::format("timeout (message data slower than {} bytes/s)", ctx_->data_min_rate)
+                                  : std::string("timeout");
             }
             continue;  // forced_ or stop_requested_: decided at the top of the loop
         }
@@ -302,8 +307,8 @@ asio::awaitable<void> session::close()
 // One line per transaction: who, how much, the answer, who decided, how long.
 void session::log_transaction(const proto::transaction_summary& t)
 {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - data_started_)
-                        .count();
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - data_started_).count();
     log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
               log::escaped(t.mail_from), t.rcpts, t.size, t.code,
               decided_by_.empty() ? std::string_view("default") : decided_by_,
@@ -313,4 +318,4 @@ void session::log_transaction(const proto::transaction_summary& t)
     data_started_ = {};
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

@@ -45,13 +45,13 @@ struct listener_context {
     std::shared_ptr<const plugin::generation> plugins;
     proto::settings smtp;
     std::chrono::milliseconds idle_timeout{300000};
-    std::chrono::milliseconds close_grace{5000}; ///< for the last reply before a forced close
+    std::chrono::milliseconds close_grace{5000};  ///< for the last reply before a forced close
     config::tls_mode tls = config::tls_mode::none;
     std::shared_ptr<asio::ssl::context> tls_context;  ///< set for starttls and implicit listeners
     std::chrono::milliseconds handshake_timeout{30000};
     std::shared_ptr<handshake_limits> tls_handshakes;  ///< the server's; set for starttls and implicit listeners
     std::chrono::milliseconds auth_failure_delay{1000};
-    bool proxy_protocol = false;                      ///< a PROXY header comes first
+    bool proxy_protocol = false;  ///< a PROXY header comes first
     std::chrono::milliseconds proxy_timeout{10000};
     /// While a message arrives, each idle_timeout window must bring at least this many bytes
     /// per second (0: at least one byte); slower is a timeout.
@@ -76,16 +76,28 @@ public:
     [[nodiscard]] const proto::engine& smtp() const noexcept override { return engine_; }
     [[nodiscard]] std::string_view peer_address() const noexcept override { return peer_address_; }
     [[nodiscard]] std::uint16_t peer_port() const noexcept override { return peer_port_; }
-    [[nodiscard]] std::string_view tls_version() const noexcept override { return tls_ ? tls_->info.version : std::string_view(); }
-    [[nodiscard]] std::string_view tls_cipher() const noexcept override { return tls_ ? tls_->info.cipher : std::string_view(); }
+    [[nodiscard]] std::string_view tls_version() const noexcept override
+    {
+        return tls_ ? tls_->info.version : std::string_view();
+    }
+    [[nodiscard]] std::string_view tls_cipher() const noexcept override
+    {
+        return tls_ ? tls_->info.cipher : std::string_view();
+    }
     [[nodiscard]] std::string_view tls_peer_subject() const noexcept override
     {
         return tls_ ? tls_->info.peer_subject : std::string_view();
     }
     [[nodiscard]] std::string_view local_address() const noexcept override { return local_address_; }
     [[nodiscard]] std::uint16_t local_port() const noexcept override { return local_port_; }
-    [[nodiscard]] const proxy::header* proxy_header() const noexcept override { return proxy_ ? &proxy_->header : nullptr; }
-    [[nodiscard]] std::string_view proxy_via() const noexcept override { return proxy_ ? std::string_view(proxy_->via) : std::string_view(); }
+    [[nodiscard]] const proxy::header* proxy_header() const noexcept override
+    {
+        return proxy_ ? &proxy_->header : nullptr;
+    }
+    [[nodiscard]] std::string_view proxy_via() const noexcept override
+    {
+        return proxy_ ? std::string_view(proxy_->via) : std::string_view();
+    }
     plugin::slots& data_slots() noexcept override;
 
     // plugin::chain_events
@@ -157,7 +169,7 @@ private:
     std::string_view decided_by_;
     std::chrono::steady_clock::time_point data_started_{};
     bool timed_out_ = false;
-    bool too_slow_ = false;     ///< the timeout was DATA's minimum rate (for the log)
+    bool too_slow_ = false;  ///< the timeout was DATA's minimum rate (for the log)
     bool finished_ = false;
     bool client_gone_ = false;  ///< the client left while a hook was suspended: no more replies
     bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads
@@ -166,4 +178,4 @@ private:
     std::string end_reason_ = "closed";
 };
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

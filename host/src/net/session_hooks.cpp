@@ -62,7 +62,10 @@ namespace {
 // wake-up only holds a weak reference to the timer.
 class waker {
 public:
-    waker(asio::any_io_executor ex, const std::shared_ptr<asio::steady_timer>& timer) : ex_(std::move(ex)), timer_(timer) {}
+    waker(asio::any_io_executor ex, const std::shared_ptr<asio::steady_timer>& timer)
+        : ex_(std::move(ex)),
+          timer_(timer)
+    {}
     void wake()
     {
         const std::lock_guard guard(lock_);
@@ -95,11 +98,11 @@ struct waker_closer {
 struct client_watch {
     explicit client_watch(std::shared_ptr<asio::steady_timer> t) : waiter(std::move(t)) {}
     std::shared_ptr<asio::steady_timer> waiter;  ///< the hook wait, cut short when the client is gone
-    bool active = true;    ///< false once the wait ended
-    bool peeking = false;  ///< the peek is outstanding on the socket
-    std::string gone;      ///< why the client is gone; empty while it is not
-    bool eof = false;      ///< plaintext EOF seen (a half-close): the next read would answer it
-    char byte = 0;         ///< the peek's buffer
+    bool active = true;                          ///< false once the wait ended
+    bool peeking = false;                        ///< the peek is outstanding on the socket
+    std::string gone;                            ///< why the client is gone; empty while it is not
+    bool eof = false;                            ///< plaintext EOF seen (a half-close): the next read would answer it
+    char byte = 0;                               ///< the peek's buffer
 };
 
 // Nobody reads the socket while a hook is suspended, so a client that leaves would go
@@ -127,14 +130,15 @@ void watch_client(tcp::socket& socket, bool tls, const std::shared_ptr<client_wa
                                  w->eof = true;
                                  return;
                              }
-                             w->gone = ec == asio::error::eof
-                                           ? std::string("client closed during a plugin hook")
-                                           : fmt::format("client connection lost during a plugin hook: {}", ec.message());
+                             w->gone =
+                                 ec == asio::error::eof
+                                     ? std::string("client closed during a plugin hook")
+                                     : fmt::format("client connection lost during a plugin hook: {}", ec.message());
                              w->waiter->cancel();
                          });
 }
 
-} // namespace
+}  // namespace
 
 // Wait for the call `c` suspended: until complete() wakes us, the plugin's timeout, the client
 // leaving (client_gone_) or a forced shutdown. The chain decides what came of it.
@@ -199,8 +203,8 @@ void session::answered(const plugin::instance& plugin, std::string_view hook, st
     metrics::get().hook(plugin.name, hook, took);
     if (r.verdict != proto::verdict::error) return;
     metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
-    log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, plugin.name, plugin.key, hook,
-              why);
+    log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, plugin.name, plugin.key,
+              hook, why);
 }
 
 void session::run_session_close_hooks() noexcept
@@ -208,4 +212,4 @@ void session::run_session_close_hooks() noexcept
     if (ctx_->plugins) plugin::notify(*ctx_->plugins, ASIOSMTPD_HOOK_SESSION_CLOSE, *this);
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

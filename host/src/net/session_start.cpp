@@ -38,8 +38,8 @@ bool session::admit_tls()
     tls_slot_ = ctx_->tls_handshakes->try_acquire(peer_address_, why);
     if (why == handshake_limits::refusal::none) return true;
     const bool client = why == handshake_limits::refusal::client;
-    log::warn("session={} event=tls_refused peer={} limit={} max={} reason=\"too many TLS handshakes in progress{}\"", id_,
-              peer_address_, client ? "max_tls_handshakes_per_client" : "max_tls_handshakes",
+    log::warn("session={} event=tls_refused peer={} limit={} max={} reason=\"too many TLS handshakes in progress{}\"",
+              id_, peer_address_, client ? "max_tls_handshakes_per_client" : "max_tls_handshakes",
               ctx_->tls_handshakes->limit(why), client ? " with this client" : "");
     return false;
 }
@@ -100,7 +100,8 @@ asio::awaitable<bool> session::handshake()
         for (;;) {
             const auto step = hs->advance(ec);
             if (step == tls::server_handshake::step::done || step == tls::server_handshake::step::failed) break;
-            const auto ready = step == tls::server_handshake::step::want_read ? tcp::socket::wait_read : tcp::socket::wait_write;
+            const auto ready =
+                step == tls::server_handshake::step::want_read ? tcp::socket::wait_read : tcp::socket::wait_write;
             std::tie(ec) = co_await socket_.async_wait(ready, nothrow);
             if (ec) break;
         }
@@ -117,7 +118,8 @@ asio::awaitable<bool> session::handshake()
     const tls::session_info& info = tls_->info;
     metrics::get().tls_ok.fetch_add(1, std::memory_order_relaxed);
     log::info("session={} event=tls version={} cipher={}{}", id_, info.version, info.cipher,
-              info.peer_subject.empty() ? std::string() : fmt::format(" client=\"{}\"", log::escaped(info.peer_subject)));
+              info.peer_subject.empty() ? std::string()
+                                        : fmt::format(" client=\"{}\"", log::escaped(info.peer_subject)));
     co_return true;
 }
 
@@ -144,7 +146,8 @@ asio::awaitable<bool> session::read_proxy_header()
         buf.resize(r.need);
         auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(buf.data() + have, r.need - have), nothrow);
         if (ec) {
-            end_reason_ = timed_out_ ? "proxy header timeout" : fmt::format("proxy header not received: {}", ec.message());
+            end_reason_ =
+                timed_out_ ? "proxy header timeout" : fmt::format("proxy header not received: {}", ec.message());
             log::info("session={} event=proxy_failed reason=\"{}\"", id_, end_reason_);
             co_return false;
         }
@@ -171,4 +174,4 @@ asio::awaitable<bool> session::read_proxy_header()
     co_return true;
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

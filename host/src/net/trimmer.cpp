@@ -19,8 +19,7 @@ memory_trimmer::memory_trimmer(std::function<std::size_t()> live, std::size_t dr
       period_(period),
       spacing_(spacing),
       thread_([this](const std::stop_token& stop) { run(stop); })
-{
-}
+{}
 
 memory_trimmer::~memory_trimmer()
 {
@@ -53,4 +52,4 @@ void memory_trimmer::run(const std::stop_token& stop)
     }
 }
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

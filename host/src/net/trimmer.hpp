@@ -45,4 +45,4 @@ private:
     std::jthread thread_;  // last: started once everything it uses exists
 };
 
-} // namespace asiosmtpd::net
+}  // namespace asiosmtpd::net

@@ -26,9 +26,9 @@ public:
 
 /// What start-up does about privileges, decided by decide().
 enum class plan {
-    keep,         ///< not root (already the configured user, or no user configured): nothing to do
-    drop,         ///< root with server.user: bind, load TLS, drop(), then load plugins
-    stay_root,    ///< root without server.user and allow_root: plugins run as root (warn)
+    keep,       ///< not root (already the configured user, or no user configured): nothing to do
+    drop,       ///< root with server.user: bind, load TLS, drop(), then load plugins
+    stay_root,  ///< root without server.user and allow_root: plugins run as root (warn)
 };
 
 /// The plan for this process and config. Throws privilege_error when the config forbids how
@@ -63,4 +63,4 @@ void drop(const config::run_as& who);
 /// A file that does not exist is left to the loader's own message.
 void check_plugin_files(const config::settings& s, const std::vector<std::filesystem::path>& dirs);
 
-} // namespace asiosmtpd::os
+}  // namespace asiosmtpd::os

@@ -138,16 +138,17 @@ private:
             const std::lock_guard guard(r->lock);
             if (!r->active || r->reported || now - r->started < blocking_threshold) continue;
             r->reported = true;
-            found.push_back({r->owner, r->session, r->owner->name, r->owner->key, std::string(hook_label(r->hook, r->args)),
+            found.push_back({r->owner, r->session, r->owner->name, r->owner->key,
+                             std::string(hook_label(r->hook, r->args)),
                              std::chrono::duration_cast<std::chrono::milliseconds>(now - r->started).count()});
         }
         for (const incident& i : found) {
             records().incidents.fetch_add(1, std::memory_order_relaxed);
             log_sink& sink = log_for(i.owner);
             if (sink.enabled(log_level::warn))
-                sink.write(log_level::warn, "session=" + std::to_string(i.session) + " event=plugin_blocking plugin=" +
-                                                i.plugin + " key=" + i.key + " hook=" + escaped(i.hook, 40) +
-                                                " ms=" + std::to_string(i.ms));
+                sink.write(log_level::warn, "session=" + std::to_string(i.session) +
+                                                " event=plugin_blocking plugin=" + i.plugin + " key=" + i.key +
+                                                " hook=" + escaped(i.hook, 40) + " ms=" + std::to_string(i.ms));
         }
     }
 
@@ -186,7 +187,7 @@ call_record& this_thread_record()
     return e.record();
 }
 
-} // namespace
+}  // namespace
 
 std::uint64_t blocking_incidents() noexcept { return records().incidents.load(std::memory_order_relaxed); }
 
@@ -227,8 +228,8 @@ int32_t invoke(const hook_entry& e, asiosmtpd_call& call, const void* args) noex
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - started).count();
         log_sink& sink = log_for(e.owner);
         if (sink.enabled(log_level::warn))
-            sink.write(log_level::warn, "session=" + std::to_string(rec.session) + " event=plugin_unblocked plugin=" +
-                                            e.owner->name + " key=" + e.owner->key +
+            sink.write(log_level::warn, "session=" + std::to_string(rec.session) +
+                                            " event=plugin_unblocked plugin=" + e.owner->name + " key=" + e.owner->key +
                                             " hook=" + escaped(hook_label(call.hook, args), 40) +
                                             " ms=" + std::to_string(ms));
     }
@@ -316,18 +317,24 @@ std::span<const hook_entry> entries_for(const generation& gen, const proto::hook
 
 asiosmtpd_str str(std::string_view v) noexcept { return asiosmtpd_str{v.data(), v.size()}; }
 
-} // namespace
+}  // namespace
 
 chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events)
-    : req_(req), session_(session), events_(events), entries_(entries_for(gen, req))
-{
-}
+    : req_(req),
+      session_(session),
+      events_(events),
+      entries_(entries_for(gen, req))
+{}
 
 chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events,
              const void* args)
-    : req_(req), session_(session), events_(events), entries_(entries_for(gen, req)), args_ptr_(args), args_given_(true)
-{
-}
+    : req_(req),
+      session_(session),
+      events_(events),
+      entries_(entries_for(gen, req)),
+      args_ptr_(args),
+      args_given_(true)
+{}
 
 chain::~chain() { abandon(); }
 
@@ -339,18 +346,17 @@ const void* chain::build_arguments()
     arguments& a = args_;
     switch (req_.kind) {
     case proto::hook_kind::connect:
-        a.connect = {sizeof a.connect, str(session_.peer_address()), session_.peer_port(), str(session_.local_address()),
-                     session_.local_port()};
+        a.connect = {sizeof a.connect, str(session_.peer_address()), session_.peer_port(),
+                     str(session_.local_address()), session_.local_port()};
         return &a.connect;
     case proto::hook_kind::helo:
-    case proto::hook_kind::ehlo:
-        a.helo = {sizeof a.helo, str(req_.argument)};
-        return &a.helo;
+    case proto::hook_kind::ehlo: a.helo = {sizeof a.helo, str(req_.argument)}; return &a.helo;
     case proto::hook_kind::mail:
     case proto::hook_kind::rcpt:
     case proto::hook_kind::vrfy:
         for (const auto& p : req_.params) a.params.push_back(str(p));
-        a.address = {sizeof a.address, str(req_.argument), a.params.empty() ? nullptr : a.params.data(), a.params.size()};
+        a.address = {sizeof a.address, str(req_.argument), a.params.empty() ? nullptr : a.params.data(),
+                     a.params.size()};
         return &a.address;
     case proto::hook_kind::data:
     case proto::hook_kind::data_chunk: {
@@ -359,7 +365,8 @@ const void* chain::build_arguments()
         a.data.struct_size = sizeof a.data;
         a.data.content = req_.streamed ? nullptr : reinterpret_cast<const std::uint8_t*>(req_.content.data());
         a.data.size = req_.streamed ? 0 : req_.content.size();
-        a.data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF | (s.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
+        a.data.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF |
+                       (s.decode_data ? ASIOSMTPD_DATA_DECODED : 0u) |
                        (s.decode_data && s.enable_smtputf8 ? ASIOSMTPD_DATA_UTF8 : 0u) |
                        (req_.streamed ? ASIOSMTPD_DATA_STREAMED : 0u) |
                        (req_.kind == proto::hook_kind::data_chunk && req_.last_chunk ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
@@ -493,12 +500,13 @@ bool chain::finish_entry(int32_t verdict, std::string why)
     // A reply the host refused (set_reply(), set_rcpt_reply(), complete()) and that was not
     // replaced: the verdict came without the reply the plugin meant.
     std::string refused = std::move(call_.refused_reply);
-    if (refused.empty() && !call_.refused_rcpt_replies.empty()) refused = std::move(call_.refused_rcpt_replies.front().second);
+    if (refused.empty() && !call_.refused_rcpt_replies.empty())
+        refused = std::move(call_.refused_rcpt_replies.front().second);
     proto::hook_result r;
     if (why.empty())
-        r = judge(verdict, call_.code, std::move(call_.text), req_.kind == proto::hook_kind::auth_mechanism, refused, why);
-    else
-        r.verdict = proto::verdict::error;
+        r = judge(verdict, call_.code, std::move(call_.text), req_.kind == proto::hook_kind::auth_mechanism, refused,
+                  why);
+    else r.verdict = proto::verdict::error;
     if (r.verdict != proto::verdict::error) {
         r.challenge = std::move(call_.auth_challenge);
         r.identity = std::move(call_.auth_identity);
@@ -527,4 +535,4 @@ void notify(const generation& gen, std::int32_t hook, session_view& session) noe
     }
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -63,8 +63,8 @@ struct pending_call {
     std::string text;
     /// complete() was refused (E_INVALID): the call ended as a plugin error, for this reason.
     std::string refused;
-    std::function<void()> notify; ///< set by the driver before it waits
-    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply_pending
+    std::function<void()> notify;                                     ///< set by the driver before it waits
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies;  ///< set_rcpt_reply_pending
     /// DATA: the recipients of the transaction (set by suspend()), and the per-recipient
     /// replies refused so far (asiosmtpd_call::refused_rcpt_replies, moved here by suspend()).
     /// complete() ends a call with refusals left as a plugin error.
@@ -75,24 +75,24 @@ struct pending_call {
 /// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
 void cancel(asiosmtpd_token token) noexcept;
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin
 
 /// One hook call. The SDK's opaque asiosmtpd_call; lives in the chain that makes it.
 struct asiosmtpd_call {
     asiosmtpd::plugin::instance* owner = nullptr;
     asiosmtpd::plugin::session_view* session = nullptr;
     std::int32_t hook = 0;
-    bool active = true;               ///< false once the hook returned (T5)
-    std::uint16_t code = 0;           ///< set_reply
+    bool active = true;      ///< false once the hook returned (T5)
+    std::uint16_t code = 0;  ///< set_reply
     std::string text;
-    std::string auth_challenge;       ///< set_auth_challenge
-    std::string auth_identity;        ///< set_auth_identity
-    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< set_rcpt_reply
+    std::string auth_challenge;                                       ///< set_auth_challenge
+    std::string auth_identity;                                        ///< set_auth_identity
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies;  ///< set_rcpt_reply
     /// Per-recipient replies set_rcpt_reply() refused (recipient index, the log's reason),
     /// each until a later call for the same recipient succeeds. suspend() moves these and
     /// rcpt_replies to the pending call, where set_rcpt_reply[_pending]() go on from then.
     std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
-    asiosmtpd_token token = 0;        ///< set by suspend()
+    asiosmtpd_token token = 0;  ///< set by suspend()
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
     /// Why set_reply() last refused a reply; cleared by an accepted one.
     std::string refused_reply;
@@ -217,4 +217,4 @@ private:
 /// ignored, nothing can be suspended.
 void notify(const generation& gen, std::int32_t hook, session_view& session) noexcept;
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

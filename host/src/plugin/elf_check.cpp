@@ -138,7 +138,7 @@ const char* kind_of(mode_t mode) noexcept
     return "an unknown kind of file";
 }
 
-} // namespace
+}  // namespace
 
 plugin_file::plugin_file(const std::filesystem::path& file)
 {
@@ -219,8 +219,7 @@ std::string elf_problem(int fd, std::uint64_t size)
         return "not a valid ELF file (e_phnum " + std::to_string(h.e_phnum) + ", at most " +
                std::to_string(max_program_headers) + " accepted)";
     const std::uint64_t table = std::uint64_t{h.e_phnum} * sizeof(phdr);
-    if (!inside(h.e_phoff, table, size))
-        return past_end("the program header table", h.e_phoff, table, size);
+    if (!inside(h.e_phoff, table, size)) return past_end("the program header table", h.e_phoff, table, size);
 
     std::vector<phdr> ph(h.e_phnum);
     if (!read_at(fd, ph.data(), static_cast<std::size_t>(table), h.e_phoff, why)) return why;
@@ -264,4 +263,4 @@ std::string elf_problem(const std::filesystem::path& file)
     return elf_problem(f.fd(), f.size());
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -49,4 +49,4 @@ private:
 /// first), then checks the ELF structure.
 [[nodiscard]] std::string elf_problem(const std::filesystem::path& file);
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

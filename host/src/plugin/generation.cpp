@@ -29,27 +29,25 @@ std::uint32_t generation::hook_mask() const noexcept
 
 void add_registrations(proto::settings& e, const generation& g)
 {
-    for (const auto& c : g.commands)
-        e.commands.push_back({c.verb, c.help, (c.flags & ASIOSMTPD_CMD_NEEDS_HELO) != 0});
+    for (const auto& c : g.commands) e.commands.push_back({c.verb, c.help, (c.flags & ASIOSMTPD_CMD_NEEDS_HELO) != 0});
     e.ehlo_keywords = g.ehlo_keywords;
     for (const auto& m : g.auth_mechanisms) e.auth_mechanisms.push_back(m.name);
     e.hook_mask = g.hook_mask();
     // Streaming (ABI 1.2): the whole message is kept only for a DATA hook whose plugin takes no
     // DATA_CHUNK; otherwise a session holds one chunk at most.
     const auto& chunked = g.hooks[ASIOSMTPD_HOOK_DATA_CHUNK];
-    e.data_whole_message = std::any_of(g.hooks[ASIOSMTPD_HOOK_DATA].begin(), g.hooks[ASIOSMTPD_HOOK_DATA].end(),
-                                       [&](const hook_entry& d) {
-                                           return std::none_of(chunked.begin(), chunked.end(),
-                                                               [&](const hook_entry& c) { return c.owner == d.owner; });
-                                       });
+    e.data_whole_message =
+        std::any_of(g.hooks[ASIOSMTPD_HOOK_DATA].begin(), g.hooks[ASIOSMTPD_HOOK_DATA].end(), [&](const hook_entry& d) {
+            return std::none_of(chunked.begin(), chunked.end(),
+                                [&](const hook_entry& c) { return c.owner == d.owner; });
+        });
 }
 
 void generation::forget(const instance* owner)
 {
-    for (auto& chain : hooks)
-        std::erase_if(chain, [owner](const hook_entry& h) { return h.owner == owner; });
+    for (auto& chain : hooks) std::erase_if(chain, [owner](const hook_entry& h) { return h.owner == owner; });
     std::erase_if(commands, [owner](const command_entry& c) { return c.handler.owner == owner; });
     std::erase_if(auth_mechanisms, [owner](const auth_mechanism_entry& m) { return m.handler.owner == owner; });
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -27,7 +27,7 @@ inline constexpr std::int32_t auth_mechanism_call = static_cast<std::int32_t>(pr
 /// One past the highest hook id this host knows (ABI 1.1).
 inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_DATA_CHUNK + 1;
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin
 
 /// One plugin instance (one `plugins:` entry). The SDK's opaque asiosmtpd_ctx.
 struct asiosmtpd_ctx {
@@ -40,7 +40,7 @@ struct asiosmtpd_ctx {
     std::string key;   ///< "plugins[0]"
     std::chrono::milliseconds timeout{30000};
     bool thread_safe = false;
-    std::mutex serial; ///< taken around every hook call when !thread_safe (T3)
+    std::mutex serial;  ///< taken around every hook call when !thread_safe (T3)
     /// Where this instance's log lines go (nullptr: the process's sink, log_sink.hpp).
     asiosmtpd::plugin::log_sink* sink = nullptr;
 
@@ -67,7 +67,7 @@ struct command_entry {
 };
 
 struct auth_mechanism_entry {
-    std::string name; ///< upper-case
+    std::string name;  ///< upper-case
     hook_entry handler;
 };
 
@@ -76,7 +76,7 @@ public:
     generation() = default;
     generation(const generation&) = delete;
     generation& operator=(const generation&) = delete;
-    ~generation(); ///< destroys instances in reverse config order
+    ~generation();  ///< destroys instances in reverse config order
 
     std::vector<std::unique_ptr<instance>> instances;  ///< config order
     std::array<std::vector<hook_entry>, hook_count> hooks;
@@ -98,7 +98,7 @@ void add_registrations(proto::settings& e, const generation& g);
 /// The host function table handed to every plugin.
 const asiosmtpd_host_api& host_api() noexcept;
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin
 
 /// The registrar handed to create(); valid only during it.
 struct asiosmtpd_registrar {

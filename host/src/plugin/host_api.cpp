@@ -68,8 +68,8 @@ bool valid_verb(std::string_view v) noexcept
     });
 }
 
-constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP",
-                                              "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
+constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET",
+                                              "NOOP", "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
 
 asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_command_desc* desc)
 {
@@ -79,7 +79,8 @@ asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_comm
         return ASIOSMTPD_E_INVALID;
     if (!valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
     std::string verb(view(desc->verb));
-    std::transform(verb.begin(), verb.end(), verb.begin(), [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
+    std::transform(verb.begin(), verb.end(), verb.begin(),
+                   [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
     if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs))
         return ASIOSMTPD_E_CONFLICT;
     for (const auto& c : reg->gen->commands)
@@ -111,7 +112,8 @@ asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str
         }))
         return ASIOSMTPD_E_INVALID;
     std::string upper(n);
-    std::transform(upper.begin(), upper.end(), upper.begin(), [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
+    std::transform(upper.begin(), upper.end(), upper.begin(),
+                   [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
     if (upper == "PLAIN" || upper == "LOGIN") return ASIOSMTPD_E_CONFLICT;
     for (const auto& m : reg->gen->auth_mechanisms)
         if (m.name == upper) return ASIOSMTPD_E_CONFLICT;
@@ -264,8 +266,7 @@ asiosmtpd_status set_auth_challenge(asiosmtpd_call* call, asiosmtpd_str challeng
 asiosmtpd_status set_auth_identity(asiosmtpd_call* call, asiosmtpd_str login)
 {
     if (!usable(call)) return ASIOSMTPD_E_INVALID;
-    if (call->hook != auth_mechanism_call && call->hook != ASIOSMTPD_HOOK_AUTH_CHECK)
-        return ASIOSMTPD_E_STATE;
+    if (call->hook != auth_mechanism_call && call->hook != ASIOSMTPD_HOOK_AUTH_CHECK) return ASIOSMTPD_E_STATE;
     const std::string_view l = view(login);
     if (l.size() > 512 || l.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos)
         return ASIOSMTPD_E_INVALID;
@@ -290,13 +291,13 @@ asiosmtpd_status put_rcpt_reply(rcpt_replies& replies, rcpt_refusals& refused, s
     const std::size_t key = std::min(index, rcpt_count);
     const auto same = [key](const auto& r) { return r.first == key; };
     if (index >= rcpt_count)
-        problem = "the transaction has " + std::to_string(rcpt_count) + (rcpt_count == 1 ? " recipient" : " recipients");
+        problem =
+            "the transaction has " + std::to_string(rcpt_count) + (rcpt_count == 1 ? " recipient" : " recipients");
     if (!problem.empty()) {
         std::string why = std::string(origin) + "() refused: recipient " + std::to_string(index) + ": " + problem;
         if (const auto it = std::find_if(refused.begin(), refused.end(), same); it != refused.end())
             it->second = std::move(why);
-        else
-            refused.emplace_back(key, std::move(why));
+        else refused.emplace_back(key, std::move(why));
         return ASIOSMTPD_E_INVALID;
     }
     std::erase_if(refused, same);
@@ -422,10 +423,10 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
 
 void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message)
 {
-    const auto l = level <= ASIOSMTPD_LOG_DEBUG ? log_level::debug
-                 : level == ASIOSMTPD_LOG_INFO  ? log_level::info
-                 : level == ASIOSMTPD_LOG_WARN  ? log_level::warn
-                                                : log_level::error;
+    const auto l = level <= ASIOSMTPD_LOG_DEBUG  ? log_level::debug
+                   : level == ASIOSMTPD_LOG_INFO ? log_level::info
+                   : level == ASIOSMTPD_LOG_WARN ? log_level::warn
+                                                 : log_level::error;
     const asiosmtpd_ctx* who = ctx != nullptr ? ctx : (call != nullptr ? call->owner : nullptr);
     log_sink& sink = log_for(who);
     if (!sink.enabled(l)) return;
@@ -438,7 +439,7 @@ void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmt
     sink.write(l, line);
 }
 
-} // namespace
+}  // namespace
 
 void cancel(asiosmtpd_token token) noexcept
 {
@@ -486,4 +487,4 @@ const asiosmtpd_host_api& host_api() noexcept
     return api;
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

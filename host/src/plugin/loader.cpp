@@ -34,8 +34,7 @@ struct library {
     fs::path file;
 };
 
-} // namespace asiosmtpd::plugin
-
+}  // namespace asiosmtpd::plugin
 
 namespace asiosmtpd::plugin {
 namespace {
@@ -85,8 +84,8 @@ std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file,
     if (d->struct_size < offsetof(asiosmtpd_plugin_descriptor, abi_minor) + sizeof d->abi_minor)
         throw refuse("descriptor too small");
     if (d->abi_major != ASIOSMTPD_ABI_MAJOR)
-        throw refuse(fmt::format("built for plugin ABI {}.{}, this host has ABI {}.{}", d->abi_major,
-                                      d->abi_minor, ASIOSMTPD_ABI_MAJOR, ASIOSMTPD_ABI_MINOR));
+        throw refuse(fmt::format("built for plugin ABI {}.{}, this host has ABI {}.{}", d->abi_major, d->abi_minor,
+                                 ASIOSMTPD_ABI_MAJOR, ASIOSMTPD_ABI_MINOR));
     if (d->abi_minor > ASIOSMTPD_ABI_MINOR)
         throw refuse(fmt::format("needs plugin ABI 1.{}, this host has 1.{}", d->abi_minor, ASIOSMTPD_ABI_MINOR));
     if (d->struct_size < ASIOSMTPD_DESCRIPTOR_V1_0_SIZE) throw refuse("descriptor truncated");
@@ -96,7 +95,7 @@ std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file,
     return lib;
 }
 
-} // namespace
+}  // namespace
 
 std::vector<fs::path> search_dirs(const config::settings& s)
 {
@@ -200,7 +199,7 @@ std::shared_ptr<library> open_checked(const fs::path& config_file, const fs::pat
     return lib;
 }
 
-} // namespace
+}  // namespace
 
 // Generations end on this thread, never on the I/O thread whose session happened to hold the
 // last reference: a plugin's destroy() joins its threads and may take a while (plugin.h
@@ -278,17 +277,13 @@ public:
     {
         try {
             log::write(static_cast<log::level>(l), line);
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 };
 
-} // namespace
+}  // namespace
 
-void drain_retired()
-{
-    janitor::get().drain();
-}
+void drain_retired() { janitor::get().drain(); }
 
 std::shared_ptr<const generation> load(const config::settings& s)
 {
@@ -319,14 +314,18 @@ std::shared_ptr<const generation> load(const config::settings& s)
         if (st != ASIOSMTPD_OK) {
             // Drop what it registered before refusing.
             for (auto& chain : gen->hooks)
-                chain.erase(std::remove_if(chain.begin(), chain.end(), [&](const hook_entry& h) { return h.owner == inst.get(); }), chain.end());
-            throw refusal(s.file, e.key, file, fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
+                chain.erase(std::remove_if(chain.begin(), chain.end(),
+                                           [&](const hook_entry& h) { return h.owner == inst.get(); }),
+                            chain.end());
+            throw refusal(s.file, e.key, file,
+                          fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
         }
         inst->self = self;
-        log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key, file.string());
+        log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key,
+                  file.string());
         gen->instances.push_back(std::move(inst));
     }
     return gen;
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -41,4 +41,4 @@ std::shared_ptr<const generation> load(const config::settings& s);
 /// plugins' destroy() run and libraries closed). Call before returning from main.
 void drain_retired();
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

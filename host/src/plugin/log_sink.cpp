@@ -23,8 +23,7 @@ public:
             const std::lock_guard guard(lock_);
             std::fwrite(out.data(), 1, out.size(), stderr);
             std::fflush(stderr);
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 
 private:
@@ -34,7 +33,7 @@ private:
 stderr_sink fallback;
 std::atomic<log_sink*> process_sink{nullptr};
 
-} // namespace
+}  // namespace
 
 void set_default_log_sink(log_sink* sink) noexcept { process_sink.store(sink, std::memory_order_release); }
 
@@ -45,4 +44,4 @@ log_sink& log_for(const asiosmtpd_ctx* who) noexcept
     return s != nullptr ? *s : fallback;
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -32,4 +32,4 @@ void set_default_log_sink(log_sink* sink) noexcept;
 
 using log::escaped;  // log/escape.hpp
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -6,7 +6,6 @@
 
 namespace asiosmtpd::plugin {
 
-
 slot* slots::find(const instance* owner, int32_t scope) noexcept
 {
     for (auto& e : entries_)
@@ -47,4 +46,4 @@ void slots::clear_all() noexcept
     }
 }
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

@@ -39,4 +39,4 @@ private:
     std::vector<entry> entries_;
 };
 
-} // namespace asiosmtpd::plugin
+}  // namespace asiosmtpd::plugin

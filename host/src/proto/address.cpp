@@ -29,31 +29,25 @@ namespace {
 // in a set, just as a non-ASCII code point (or a surrogate-escaped byte) is not.
 
 enum char_class : std::uint8_t {
-    wsp = 1U << 0U,         ///< WSP: blank and tab
-    special = 1U << 1U,     ///< SPECIALS: ()<>@,:;.\"[]
-    phrase_end = 1U << 2U,  ///< PHRASE_ENDS: SPECIALS minus . " (
-    cfws_leader = 1U << 3U, ///< CFWS_LEADER: WSP and (
+    wsp = 1U << 0U,          ///< WSP: blank and tab
+    special = 1U << 1U,      ///< SPECIALS: ()<>@,:;.\"[]
+    phrase_end = 1U << 2U,   ///< PHRASE_ENDS: SPECIALS minus . " (
+    cfws_leader = 1U << 3U,  ///< CFWS_LEADER: WSP and (
 };
 
 constexpr std::array<std::uint8_t, 256> make_char_classes()
 {
     std::array<std::uint8_t, 256> table{};
-    for (const char c : std::string_view{" \t"})
-        table[static_cast<unsigned char>(c)] |= wsp | cfws_leader;
+    for (const char c : std::string_view{" \t"}) table[static_cast<unsigned char>(c)] |= wsp | cfws_leader;
     table[static_cast<unsigned char>('(')] |= cfws_leader;
-    for (const char c : std::string_view{R"(()<>@,:;.\"[])"})
-        table[static_cast<unsigned char>(c)] |= special;
-    for (const char c : std::string_view{R"()<>@,:;\[])"})
-        table[static_cast<unsigned char>(c)] |= phrase_end;
+    for (const char c : std::string_view{R"(()<>@,:;.\"[])"}) table[static_cast<unsigned char>(c)] |= special;
+    for (const char c : std::string_view{R"()<>@,:;\[])"}) table[static_cast<unsigned char>(c)] |= phrase_end;
     return table;
 }
 
 constexpr std::array<std::uint8_t, 256> char_classes = make_char_classes();
 
-constexpr bool has_class(char c, char_class cls)
-{
-    return (char_classes[static_cast<unsigned char>(c)] & cls) != 0;
-}
+constexpr bool has_class(char c, char_class cls) { return (char_classes[static_cast<unsigned char>(c)] & cls) != 0; }
 
 constexpr bool is_wsp(char c) { return has_class(c, wsp); }
 constexpr bool is_special(char c) { return has_class(c, special); }
@@ -81,15 +75,9 @@ constexpr bool is_ascii_alnum(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-constexpr char ascii_lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
+constexpr char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-constexpr unsigned char byte_at(std::string_view s, std::size_t i)
-{
-    return static_cast<unsigned char>(s[i]);
-}
+constexpr unsigned char byte_at(std::string_view s, std::size_t i) { return static_cast<unsigned char>(s[i]); }
 
 /// Length of the well-formed UTF-8 sequence for one non-ASCII code point at `pos`, or 0. This is
 /// what Python's strict UTF-8 decoder accepts (no overlongs, no surrogates, at most U+10FFFF);
@@ -103,16 +91,14 @@ std::size_t utf8_char_length(std::string_view s, std::size_t pos)
     const unsigned lead = byte_at(s, pos);
     if (lead >= 0xC2 && lead <= 0xDF) return continuation(pos + 1) ? 2 : 0;
     if (lead >= 0xE0 && lead <= 0xEF) {
-        const unsigned low = lead == 0xE0 ? 0xA0 : 0x80;  // no overlongs
-        const unsigned high = lead == 0xED ? 0x9F : 0xBF; // no UTF-16 surrogates
+        const unsigned low = lead == 0xE0 ? 0xA0 : 0x80;   // no overlongs
+        const unsigned high = lead == 0xED ? 0x9F : 0xBF;  // no UTF-16 surrogates
         return continuation(pos + 1, low, high) && continuation(pos + 2) ? 3 : 0;
     }
     if (lead >= 0xF0 && lead <= 0xF4) {
-        const unsigned low = lead == 0xF0 ? 0x90 : 0x80;  // no overlongs
-        const unsigned high = lead == 0xF4 ? 0x8F : 0xBF; // nothing above U+10FFFF
-        return continuation(pos + 1, low, high) && continuation(pos + 2) && continuation(pos + 3)
-                   ? 4
-                   : 0;
+        const unsigned low = lead == 0xF0 ? 0x90 : 0x80;   // no overlongs
+        const unsigned high = lead == 0xF4 ? 0x8F : 0xBF;  // nothing above U+10FFFF
+        return continuation(pos + 1, low, high) && continuation(pos + 2) && continuation(pos + 3) ? 4 : 0;
     }
     return 0;
 }
@@ -128,16 +114,17 @@ std::size_t python_space_length(std::string_view s, std::size_t pos)
     const std::size_t length = utf8_char_length(s, pos);
     if (length == 0) return 0;
     const unsigned b1 = byte_at(s, pos + 1);
-    if (length == 2) return (c == 0xC2 && (b1 == 0x85 || b1 == 0xA0)) ? 2 : 0; // U+0085, U+00A0
+    if (length == 2) return (c == 0xC2 && (b1 == 0x85 || b1 == 0xA0)) ? 2 : 0;  // U+0085, U+00A0
     if (length != 3) return 0;
     const unsigned b2 = byte_at(s, pos + 2);
-    const bool space = (c == 0xE1 && b1 == 0x9A && b2 == 0x80)       // U+1680
-                       || (c == 0xE2 && b1 == 0x80 && (b2 <= 0x8A     // U+2000..U+200A
-                                                        || b2 == 0xA8 // U+2028
-                                                        || b2 == 0xA9 // U+2029
-                                                        || b2 == 0xAF)) // U+202F
-                       || (c == 0xE2 && b1 == 0x81 && b2 == 0x9F)     // U+205F
-                       || (c == 0xE3 && b1 == 0x80 && b2 == 0x80);    // U+3000
+    const bool space = (c == 0xE1 && b1 == 0x9A && b2 == 0x80)  // U+1680
+                       || (c == 0xE2 && b1 == 0x80 &&
+                           (b2 <= 0x8A                              // U+2000..U+200A
+                            || b2 == 0xA8                           // U+2028
+                            || b2 == 0xA9                           // U+2029
+                            || b2 == 0xAF))                         // U+202F
+                       || (c == 0xE2 && b1 == 0x81 && b2 == 0x9F)   // U+205F
+                       || (c == 0xE3 && b1 == 0x80 && b2 == 0x80);  // U+3000
     return space ? 3 : 0;
 }
 
@@ -227,10 +214,8 @@ std::string decode_ascii_escaped(std::string_view bytes)
     text.reserve(bytes.size());
     for (const char c : bytes) {
         const unsigned b = static_cast<unsigned char>(c);
-        if (b < 0x80)
-            text.push_back(c);
-        else
-            append_escaped_byte(text, b);
+        if (b < 0x80) text.push_back(c);
+        else append_escaped_byte(text, b);
     }
     return text;
 }
@@ -309,23 +294,23 @@ std::string quote_string(std::string_view s)
 
 enum class token_kind : std::uint8_t {
     // Terminals.
-    text,         ///< ValueTerminal (atext, qcontent/dtext ptext, vtext, `[` ...): value = str = text
-    dot,          ///< the DOT ValueTerminal (token_type "dot")
-    comment_text, ///< WhiteSpaceTerminal ptext inside a comment: value is one blank
-    fws,          ///< WhiteSpaceTerminal "fws": value is one blank, str the blanks
-    ew_fws,       ///< EWWhiteSpaceTerminal: blank between two encoded words; value = str = ""
+    text,          ///< ValueTerminal (atext, qcontent/dtext ptext, vtext, `[` ...): value = str = text
+    dot,           ///< the DOT ValueTerminal (token_type "dot")
+    comment_text,  ///< WhiteSpaceTerminal ptext inside a comment: value is one blank
+    fws,           ///< WhiteSpaceTerminal "fws": value is one blank, str the blanks
+    ew_fws,        ///< EWWhiteSpaceTerminal: blank between two encoded words; value = str = ""
     // Token lists.
-    list,               ///< TokenList and subclasses that keep its value/str (atom, dot-atom ...)
-    cfws,               ///< CFWSList: value is one blank
-    comment,            ///< Comment: value is one blank, str re-escapes `\ ( )`
-    bare_quoted_string, ///< BareQuotedString: value is the unquoted text, str re-quotes it
-    encoded_word,       ///< EncodedWord (RFC 2047), holding the decoded text
+    list,                ///< TokenList and subclasses that keep its value/str (atom, dot-atom ...)
+    cfws,                ///< CFWSList: value is one blank
+    comment,             ///< Comment: value is one blank, str re-escapes `\ ( )`
+    bare_quoted_string,  ///< BareQuotedString: value is the unquoted text, str re-quotes it
+    encoded_word,        ///< EncodedWord (RFC 2047), holding the decoded text
 };
 
 struct token {
     token_kind kind = token_kind::list;
-    std::string text;            ///< terminals only
-    std::vector<token> children; ///< token lists only
+    std::string text;             ///< terminals only
+    std::vector<token> children;  ///< token lists only
 };
 
 constexpr bool is_list(token_kind kind) { return kind >= token_kind::list; }
@@ -334,10 +319,7 @@ token make_terminal(token_kind kind, std::string text) { return token{kind, std:
 token make_list(token_kind kind) { return token{kind, {}, {}}; }
 
 /// `token[:0] = [leader]`: Python splices leading CFWS into the token it precedes.
-void prepend(token& list, token leader)
-{
-    list.children.insert(list.children.begin(), std::move(leader));
-}
+void prepend(token& list, token leader) { list.children.insert(list.children.begin(), std::move(leader)); }
 
 void append_str(const token& t, std::string& out);
 
@@ -346,17 +328,12 @@ void append_value(const token& t, std::string& out)
 {
     switch (t.kind) {
     case token_kind::text:
-    case token_kind::dot:
-        out += t.text;
-        break;
+    case token_kind::dot: out += t.text; break;
     case token_kind::comment_text:
     case token_kind::fws:
     case token_kind::cfws:
-    case token_kind::comment:
-        out.push_back(' ');
-        break;
-    case token_kind::ew_fws:
-        break;
+    case token_kind::comment: out.push_back(' '); break;
+    case token_kind::ew_fws: break;
     case token_kind::bare_quoted_string:
         for (const token& child : t.children) append_str(child, out);
         break;
@@ -374,11 +351,8 @@ void append_str(const token& t, std::string& out)
     case token_kind::text:
     case token_kind::dot:
     case token_kind::comment_text:
-    case token_kind::fws:
-        out += t.text;
-        break;
-    case token_kind::ew_fws:
-        break;
+    case token_kind::fws: out += t.text; break;
+    case token_kind::ew_fws: break;
     case token_kind::comment: {
         // Comment.__str__ / Comment.quote: nested comments as they are, other parts escaped.
         out.push_back('(');
@@ -442,7 +416,7 @@ bool a2b_base64(std::string_view data, bool strict_mode, std::string& out)
         return not_base64;
     };
     out.clear();
-    if (strict_mode && !data.empty() && data.front() == '=') return false; // leading padding
+    if (strict_mode && !data.empty() && data.front() == '=') return false;  // leading padding
     int quad_pos = 0;
     unsigned left = 0;
     int pads = 0;
@@ -457,16 +431,14 @@ bool a2b_base64(std::string_view data, bool strict_mode, std::string& out)
         }
         const int digit = digit_value(c);
         if (digit == not_base64) {
-            if (strict_mode) return false; // only base64 data is allowed
+            if (strict_mode) return false;  // only base64 data is allowed
             continue;
         }
-        if (strict_mode && padding_started) return false; // discontinuous padding
+        if (strict_mode && padding_started) return false;  // discontinuous padding
         pads = 0;
         const auto bits = static_cast<unsigned>(digit);
         switch (quad_pos) {
-        case 0:
-            left = bits;
-            break;
+        case 0: left = bits; break;
         case 1:
             out.push_back(static_cast<char>(((left << 2U) | (bits >> 4U)) & 0xFFU));
             left = bits & 0x0FU;
@@ -482,7 +454,7 @@ bool a2b_base64(std::string_view data, bool strict_mode, std::string& out)
         }
         quad_pos = (quad_pos + 1) % 4;
     }
-    return quad_pos == 0; // one extra character, or incorrect padding
+    return quad_pos == 0;  // one extra character, or incorrect padding
 }
 
 /// _encoded_words.decode_b(): strict with the padding fixed, then lenient, then lenient with
@@ -506,8 +478,7 @@ std::string decode_q(std::string_view encoded)
     out.reserve(encoded.size());
     for (std::size_t i = 0; i < encoded.size(); ++i) {
         const char c = encoded[i];
-        if (c == '=' && i + 2 < encoded.size() && is_hex_digit(encoded[i + 1]) &&
-            is_hex_digit(encoded[i + 2])) {
+        if (c == '=' && i + 2 < encoded.size() && is_hex_digit(encoded[i + 1]) && is_hex_digit(encoded[i + 2])) {
             out.push_back(static_cast<char>((hex_value(encoded[i + 1]) << 4U) | hex_value(encoded[i + 2])));
             i += 2;
             continue;
@@ -545,12 +516,23 @@ codec lookup_codec(std::string_view charset)
     };
     // encodings.aliases entries for the two codecs (CPython 3.11).
     constexpr std::array<alias, 18> aliases{{
-        {"cp65001", codec::utf_8},      {"u8", codec::utf_8},           {"utf", codec::utf_8},
-        {"utf8", codec::utf_8},         {"utf8_ucs2", codec::utf_8},    {"utf8_ucs4", codec::utf_8},
-        {"8859", codec::latin_1},       {"cp819", codec::latin_1},      {"csisolatin1", codec::latin_1},
-        {"ibm819", codec::latin_1},     {"iso8859", codec::latin_1},    {"iso8859_1", codec::latin_1},
-        {"iso_8859_1", codec::latin_1}, {"iso_8859_1_1987", codec::latin_1},
-        {"iso_ir_100", codec::latin_1}, {"l1", codec::latin_1},         {"latin", codec::latin_1},
+        {"cp65001", codec::utf_8},
+        {"u8", codec::utf_8},
+        {"utf", codec::utf_8},
+        {"utf8", codec::utf_8},
+        {"utf8_ucs2", codec::utf_8},
+        {"utf8_ucs4", codec::utf_8},
+        {"8859", codec::latin_1},
+        {"cp819", codec::latin_1},
+        {"csisolatin1", codec::latin_1},
+        {"ibm819", codec::latin_1},
+        {"iso8859", codec::latin_1},
+        {"iso8859_1", codec::latin_1},
+        {"iso_8859_1", codec::latin_1},
+        {"iso_8859_1_1987", codec::latin_1},
+        {"iso_ir_100", codec::latin_1},
+        {"l1", codec::latin_1},
+        {"latin", codec::latin_1},
         {"latin1", codec::latin_1},
     }};
     const auto find_alias = [&](std::string_view n) -> std::optional<codec> {
@@ -583,24 +565,18 @@ std::optional<std::string> decode_encoded_word(std::string_view word)
     const std::optional<std::string> payload = encode_ascii_escaped(word.substr(second + 1));
     if (!payload) return std::nullopt;
     std::string bytes;
-    if (cte.size() == 1 && ascii_lower(cte[0]) == 'q')
-        bytes = decode_q(*payload);
-    else if (cte.size() == 1 && ascii_lower(cte[0]) == 'b')
-        bytes = decode_b(*payload);
-    else
-        return std::nullopt; // KeyError: no such transfer encoding
+    if (cte.size() == 1 && ascii_lower(cte[0]) == 'q') bytes = decode_q(*payload);
+    else if (cte.size() == 1 && ascii_lower(cte[0]) == 'b') bytes = decode_b(*payload);
+    else return std::nullopt;  // KeyError: no such transfer encoding
     // bytes.decode(charset). A charset holding an escaped byte cannot be handed to the codec
     // lookup (UnicodeEncodeError, caught: ASCII with surrogateescape); one holding NUL is a
     // ValueError that decode() does not catch.
     if (has_escaped_byte(charset)) return decode_ascii_escaped(bytes);
     if (charset.find('\0') != std::string_view::npos) return std::nullopt;
     switch (lookup_codec(charset)) {
-    case codec::utf_8:
-        return decode_utf8_escaped(bytes); // strict, else surrogateescape: the same text
-    case codec::latin_1:
-        return decode_latin1(bytes);
-    case codec::other:
-        break;
+    case codec::utf_8: return decode_utf8_escaped(bytes);  // strict, else surrogateescape: the same text
+    case codec::latin_1: return decode_latin1(bytes);
+    case codec::other: break;
     }
     // XXX: charsets Python knows besides these (cp1252, iso-8859-15, utf-16 ...) decode here as
     // unknown ones do, each byte >= 0x80 kept as it came.
@@ -614,8 +590,8 @@ std::optional<std::string> decode_encoded_word(std::string_view word)
 /// behave differently.
 enum class step : std::uint8_t {
     ok,
-    no_match, ///< HeaderParseError: a caller may catch it and try another alternative
-    crash,    ///< any other exception (IndexError, ...): nothing in the parser catches it
+    no_match,  ///< HeaderParseError: a caller may catch it and try another alternative
+    crash,     ///< any other exception (IndexError, ...): nothing in the parser catches it
 };
 
 /// A local part (the LocalPart's only child) and the domain (a Domain token), if any.
@@ -683,11 +659,10 @@ private:
 /// _get_ptext_to_endchars(): the run up to the first blank or unescaped end character, with
 /// quoted pairs undone. A `\` right before a blank is dropped (Python's quirk: the blank ends the
 /// fragment first).
-step header_parser::get_ptext_to_endchars(std::string_view& value, std::string_view endchars,
-                                          std::string& ptext)
+step header_parser::get_ptext_to_endchars(std::string_view& value, std::string_view endchars, std::string& ptext)
 {
     const std::size_t fragment = std::min(value.find_first_of(" \t"), value.size());
-    if (fragment == 0) return step::crash; // UnboundLocalError on `pos`
+    if (fragment == 0) return step::crash;  // UnboundLocalError on `pos`
     bool escape = false;
     std::size_t pos = 0;
     for (; pos < fragment; ++pos) {
@@ -699,10 +674,8 @@ step header_parser::get_ptext_to_endchars(std::string_view& value, std::string_v
             }
             escape = false;
         }
-        if (escape)
-            escape = false;
-        else if (endchars.find(c) != std::string_view::npos)
-            break;
+        if (escape) escape = false;
+        else if (endchars.find(c) != std::string_view::npos) break;
         ptext.push_back(c);
     }
     value.remove_prefix(pos);
@@ -792,7 +765,7 @@ step header_parser::get_atext(std::string_view& value, token& out)
 step header_parser::get_bare_quoted_string(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     if (v.front() != '"') return step::no_match;
     v.remove_prefix(1);
     token bare = make_list(token_kind::bare_quoted_string);
@@ -815,15 +788,14 @@ step header_parser::get_bare_quoted_string(std::string_view& value, token& out)
             if (valid_ew && n > 1) {
                 token& previous = bare.children[n - 1];
                 const bool is_fws = previous.kind == token_kind::fws || previous.kind == token_kind::ew_fws;
-                if (is_fws && bare.children[n - 2].kind == token_kind::encoded_word)
-                    previous.kind = token_kind::ew_fws;
+                if (is_fws && bare.children[n - 2].kind == token_kind::encoded_word) previous.kind = token_kind::ew_fws;
             }
         } else if (const step s = get_qcontent(v, part); s != step::ok) {
             return s;
         }
         bare.children.push_back(std::move(part));
     }
-    if (!v.empty()) v.remove_prefix(1); // the closing quote; a missing one is only a defect
+    if (!v.empty()) v.remove_prefix(1);  // the closing quote; a missing one is only a defect
     out = std::move(bare);
     value = v;
     return step::ok;
@@ -833,24 +805,21 @@ step header_parser::get_comment(std::string_view& value, token& out)
 {
     std::string_view v = value;
     if (!v.empty() && v.front() != '(') return step::no_match;
-    if (comment_depth_ >= max_comment_depth) return step::crash; // Python: RecursionError
+    if (comment_depth_ >= max_comment_depth) return step::crash;  // Python: RecursionError
     ++comment_depth_;
     token comment = make_list(token_kind::comment);
     if (!v.empty()) v.remove_prefix(1);
     step s = step::ok;
     while (s == step::ok && !v.empty() && v.front() != ')') {
         token part;
-        if (is_wsp(v.front()))
-            part = get_fws(v);
-        else if (v.front() == '(')
-            s = get_comment(v, part);
-        else
-            s = get_qp_ctext(v, part);
+        if (is_wsp(v.front())) part = get_fws(v);
+        else if (v.front() == '(') s = get_comment(v, part);
+        else s = get_qp_ctext(v, part);
         comment.children.push_back(std::move(part));
     }
     --comment_depth_;
     if (s != step::ok) return s;
-    if (!v.empty()) v.remove_prefix(1); // the closing parenthesis; a missing one is a defect
+    if (!v.empty()) v.remove_prefix(1);  // the closing parenthesis; a missing one is a defect
     out = std::move(comment);
     value = v;
     return step::ok;
@@ -862,10 +831,8 @@ step header_parser::get_cfws(std::string_view& value, token& out)
     token cfws = make_list(token_kind::cfws);
     while (!v.empty() && is_cfws_leader(v.front())) {
         token part;
-        if (is_wsp(v.front()))
-            part = get_fws(v);
-        else if (const step s = get_comment(v, part); s != step::ok)
-            return s;
+        if (is_wsp(v.front())) part = get_fws(v);
+        else if (const step s = get_comment(v, part); s != step::ok) return s;
         cfws.children.push_back(std::move(part));
     }
     out = std::move(cfws);
@@ -940,7 +907,7 @@ step header_parser::get_dot_atom_text(std::string_view& value, token& out)
 step header_parser::get_dot_atom(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     token dot_atom = make_list(token_kind::list);
     token part;
     if (is_cfws_leader(v.front())) {
@@ -964,7 +931,7 @@ step header_parser::get_dot_atom(std::string_view& value, token& out)
 step header_parser::get_word(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     std::optional<token> leader;
     if (is_cfws_leader(v.front())) {
         leader.emplace();
@@ -991,7 +958,7 @@ step header_parser::get_word(std::string_view& value, token& out)
 step header_parser::get_local_part(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     std::optional<token> leader;
     if (is_cfws_leader(v.front())) {
         leader.emplace();
@@ -1078,7 +1045,7 @@ step header_parser::get_dtext(std::string_view& value, token& out)
 step header_parser::get_domain_literal(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     token literal = make_list(token_kind::list);
     token part;
     if (is_cfws_leader(v.front())) {
@@ -1112,7 +1079,7 @@ step header_parser::get_domain_literal(std::string_view& value, token& out)
 step header_parser::get_domain(std::string_view& value, token& out)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]: `MAIL FROM:a@` (an aiosmtpd quirk)
+    if (v.empty()) return step::crash;  // value[0]: `MAIL FROM:a@` (an aiosmtpd quirk)
     std::optional<token> leader;
     if (is_cfws_leader(v.front())) {
         leader.emplace();
@@ -1183,7 +1150,7 @@ step header_parser::get_obs_route(std::string_view& value)
         if (is_cfws_leader(v.front())) {
             if (const step s = get_cfws(v, ignored); s != step::ok) return s;
         }
-        if (v.empty()) return step::crash; // value[0]
+        if (v.empty()) return step::crash;  // value[0]
         if (v.front() == '@') {
             v.remove_prefix(1);
             if (const step s = get_domain(v, ignored); s != step::ok) return s;
@@ -1198,14 +1165,14 @@ step header_parser::get_obs_route(std::string_view& value)
 step header_parser::get_angle_addr(std::string_view& value, std::optional<addr_spec>& spec)
 {
     std::string_view v = value;
-    if (v.empty()) return step::crash; // value[0]
+    if (v.empty()) return step::crash;  // value[0]
     token ignored;
     if (is_cfws_leader(v.front())) {
         if (const step s = get_cfws(v, ignored); s != step::ok) return s;
     }
     if (v.empty() || v.front() != '<') return step::no_match;
     v.remove_prefix(1);
-    if (v.empty()) return step::crash; // value[0]: a lone `<`
+    if (v.empty()) return step::crash;  // value[0]: a lone `<`
     if (v.front() == '>') {
         // SMTP's null path. Python returns here, before the trailing CFWS, so the blanks after
         // `<>` stay in the remainder.
@@ -1221,7 +1188,7 @@ step header_parser::get_angle_addr(std::string_view& value, std::optional<addr_s
         s = get_addr_spec(v, parsed);
     }
     if (s != step::ok) return s;
-    if (!v.empty() && v.front() == '>') v.remove_prefix(1); // a missing `>` is only a defect
+    if (!v.empty() && v.front() == '>') v.remove_prefix(1);  // a missing `>` is only a defect
     if (!v.empty() && is_cfws_leader(v.front())) {
         if (s = get_cfws(v, ignored); s != step::ok) return s;
     }
@@ -1256,7 +1223,7 @@ std::optional<std::string> local_part_text(const token& local_part)
     const auto visit = [&](const token& tok) {
         if (tok.kind == token_kind::cfws) return true;
         if (last_is_list && tok.kind == token_kind::dot) {
-            if (last.first == last.last) return false; // last[-1]
+            if (last.first == last.last) return false;  // last[-1]
             if (last.tok->children[last.last - 1].kind == token_kind::cfws)
                 res.back() = local_piece{last.tok, last.first, last.last - 1, true};
         }
@@ -1264,7 +1231,7 @@ std::optional<std::string> local_part_text(const token& local_part)
         const bool last_is_dot = !last.sliced && last.tok->kind == token_kind::dot;
         local_piece piece{&tok, 0, tok.children.size(), false};
         if (is_tl && last_is_dot) {
-            if (tok.children.empty()) return false; // tok[0]
+            if (tok.children.empty()) return false;  // tok[0]
             if (tok.children.front().kind == token_kind::cfws) piece = local_piece{&tok, 1, tok.children.size(), true};
         }
         res.push_back(piece);
@@ -1291,9 +1258,8 @@ std::optional<std::string> local_part_text(const token& local_part)
 /// `@domain` where there was a domain (comments and all whitespace removed).
 std::string addr_spec_text(const addr_spec& spec, const std::string& local_part)
 {
-    std::string out = std::any_of(local_part.begin(), local_part.end(), is_dot_atom_end)
-                          ? quote_string(local_part)
-                          : local_part;
+    std::string out =
+        std::any_of(local_part.begin(), local_part.end(), is_dot_atom_end) ? quote_string(local_part) : local_part;
     if (spec.domain) {
         out.push_back('@');
         out += python_remove_spaces(value_of(*spec.domain));
@@ -1364,7 +1330,7 @@ constexpr bool is_plain_parameter_start(char c) { return c > ' ' && c < '\x7f' &
 /// All ASCII and no `=?` (an RFC 2047 encoded word start, which Python decodes).
 bool plain_ascii(std::string_view s)
 {
-    unsigned bits = 0; // OR of all bytes: a loop the compiler vectorises
+    unsigned bits = 0;  // OR of all bytes: a loop the compiler vectorises
     for (const char c : s) bits |= static_cast<unsigned char>(c);
     if ((bits & 0x80U) != 0) return false;
     for (std::size_t q = s.find('?'); q != std::string_view::npos; q = s.find('?', q + 1))
@@ -1372,7 +1338,7 @@ bool plain_ascii(std::string_view s)
     return true;
 }
 
-} // namespace
+}  // namespace
 
 namespace detail {
 
@@ -1406,8 +1372,8 @@ bool parse_address_fast(std::string_view arg, address_result& out)
             // `a@b .c` is `a@b.c`).
             if (!is_space_or_tab(rest.front())) return false;
             while (!rest.empty() && is_space_or_tab(rest.front())) rest.remove_prefix(1);
-            if (!rest.empty() && (!is_plain_parameter_start(rest.front()) || rest.front() == '@' ||
-                                  rest.front() == '.'))
+            if (!rest.empty() &&
+                (!is_plain_parameter_start(rest.front()) || rest.front() == '@' || rest.front() == '.'))
                 return false;
         }
     }
@@ -1459,7 +1425,7 @@ address_result parse_address_full(std::string_view arg, bool smtputf8)
     return result;
 }
 
-} // namespace detail
+}  // namespace detail
 
 address_result parse_address(std::string_view arg, bool smtputf8)
 {
@@ -1468,4 +1434,4 @@ address_result parse_address(std::string_view arg, bool smtputf8)
     return detail::parse_address_full(arg, smtputf8);
 }
 
-} // namespace asiosmtpd::proto
+}  // namespace asiosmtpd::proto

@@ -12,12 +12,12 @@ namespace asiosmtpd::proto {
 
 struct address_result {
     enum class status {
-        ok,        ///< `address` holds the normalised address, `rest` what followed it
-        empty,     ///< the address came out empty (see parse_address): MAIL/RCPT syntax error
-        malformed, ///< "553 5.1.3 Error: malformed address" (aiosmtpd's parse failure)
+        ok,         ///< `address` holds the normalised address, `rest` what followed it
+        empty,      ///< the address came out empty (see parse_address): MAIL/RCPT syntax error
+        malformed,  ///< "553 5.1.3 Error: malformed address" (aiosmtpd's parse failure)
     };
     status state = status::empty;
-    std::string address; ///< "a@b.c"; "<>" for the null path `<>`
+    std::string address;  ///< "a@b.c"; "<>" for the null path `<>`
     /// What Python's parser left after the address, byte for byte: `SIZE=10` for
     /// `<a@b.c> SIZE=10` (blanks and comments after `>` belong to the address), ` SIZE=10` for
     /// `<> SIZE=10` (the null path keeps them), `d>` for `<a@b.c d>`. It is owned text rather
@@ -65,6 +65,6 @@ bool parse_address_fast(std::string_view arg, address_result& out);
 /// The port of Python's parser without the fast path (for the differential tests).
 address_result parse_address_full(std::string_view arg, bool smtputf8);
 
-} // namespace detail
+}  // namespace detail
 
-} // namespace asiosmtpd::proto
+}  // namespace asiosmtpd::proto

@@ -51,12 +51,12 @@ std::size_t py_str_space(std::string_view s, std::size_t i, bool utf8) noexcept
     const unsigned c = b(0);
     if (is_py_space(static_cast<char>(c)) || (c >= 0x1c && c <= 0x1f)) return 1;
     if (!utf8 || c < 0xc2) return 0;
-    if (c == 0xc2 && (b(1) == 0x85 || b(1) == 0xa0)) return 2;                     // U+0085 U+00A0
-    if (c == 0xe1 && b(1) == 0x9a && b(2) == 0x80) return 3;                         // U+1680
+    if (c == 0xc2 && (b(1) == 0x85 || b(1) == 0xa0)) return 2;  // U+0085 U+00A0
+    if (c == 0xe1 && b(1) == 0x9a && b(2) == 0x80) return 3;    // U+1680
     if (c == 0xe2 && b(1) == 0x80 && ((b(2) >= 0x80 && b(2) <= 0x8a) || b(2) == 0xa8 || b(2) == 0xa9 || b(2) == 0xaf))
-        return 3;                                                                    // U+2000-200A 2028 2029 202F
-    if (c == 0xe2 && b(1) == 0x81 && b(2) == 0x9f) return 3;                         // U+205F
-    if (c == 0xe3 && b(1) == 0x80 && b(2) == 0x80) return 3;                         // U+3000
+        return 3;                                             // U+2000-200A 2028 2029 202F
+    if (c == 0xe2 && b(1) == 0x81 && b(2) == 0x9f) return 3;  // U+205F
+    if (c == 0xe3 && b(1) == 0x80 && b(2) == 0x80) return 3;  // U+3000
     return 0;
 }
 
@@ -241,7 +241,7 @@ std::string base64_encode(std::string_view in)
     return out;
 }
 
-} // namespace
+}  // namespace
 
 engine::engine(const settings& s) : settings_(s), unknown_budget_(s.unknown_command_budget) {}
 
@@ -250,17 +250,17 @@ engine::engine(const settings& s) : settings_(s), unknown_budget_(s.unknown_comm
 // --------------------------------------------------------------------------------------------
 
 namespace {
-constexpr std::uint8_t before_starttls = 1; // allowed before STARTTLS with require_starttls (RFC 3207 §4)
-constexpr std::uint8_t smtp_only = 2;       // not in LMTP (RFC 2033 §4.1: LHLO instead)
-constexpr std::uint8_t lmtp_only = 4;       // only in LMTP; elsewhere an unknown verb
-} // namespace
+constexpr std::uint8_t before_starttls = 1;  // allowed before STARTTLS with require_starttls (RFC 3207 §4)
+constexpr std::uint8_t smtp_only = 2;        // not in LMTP (RFC 2033 §4.1: LHLO instead)
+constexpr std::uint8_t lmtp_only = 4;        // only in LMTP; elsewhere an unknown verb
+}  // namespace
 
 struct engine::command_spec {
     std::string_view verb;
     std::uint8_t flags;
     void (engine::*handle)(std::string_view arg, bool has_arg);
-    std::string_view help;          // "HELP <verb>" syntax; empty: not listed (aiosmtpd)
-    std::string_view help_extended; // appended in ESMTP sessions
+    std::string_view help;           // "HELP <verb>" syntax; empty: not listed (aiosmtpd)
+    std::string_view help_extended;  // appended in ESMTP sessions
 };
 
 std::span<const engine::command_spec> engine::command_table() noexcept
@@ -438,15 +438,18 @@ void engine::handle_line(std::string_view line)
     // docs/behaviour.md).
     const command_spec* const spec = find_command(verb_);
     if (settings_.require_starttls && !tls_active_ &&
-        !(spec != nullptr && (spec->flags & before_starttls) != 0 && ((spec->flags & lmtp_only) == 0 || settings_.lmtp)))
+        !(spec != nullptr && (spec->flags & before_starttls) != 0 &&
+          ((spec->flags & lmtp_only) == 0 || settings_.lmtp)))
         return reply(replies::need_starttls);
 
     if (settings_.call_limit_enabled) {
         auto it = calls_.find(verb_);
         if (it == calls_.end()) {
             const auto limit = settings_.call_limits.find(verb_);
-            it = calls_.emplace(verb_, limit == settings_.call_limits.end() ? settings_.call_limit_default
-                                                                            : limit->second).first;
+            it =
+                calls_
+                    .emplace(verb_, limit == settings_.call_limits.end() ? settings_.call_limit_default : limit->second)
+                    .first;
         }
         if (it->second < 1) {
             reply(replies::call_limit_hit(verb_));
@@ -552,9 +555,7 @@ void engine::finish_hook(const hook_result& r)
     case hook_kind::rcpt:
         if (reply_for(r, replies::ok)) envelope_.rcpt_tos.emplace_back(arg);
         return;
-    case hook_kind::data:
-        deliver_data_reply(r);
-        return;
+    case hook_kind::data: deliver_data_reply(r); return;
     case hook_kind::data_chunk:
         if (r.verdict != verdict::none && r.verdict != verdict::accept && r.verdict != verdict::challenge) {
             // Refused (or the plugin failed): the rest of the message is read and dropped, and
@@ -568,19 +569,16 @@ void engine::finish_hook(const hook_result& r)
             chunk_from_ = envelope_.content.size();
         }
         if (!request_.last_chunk) return;
-        if (chunk_refusal_.verdict != verdict::none) return deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
+        if (chunk_refusal_.verdict != verdict::none)
+            return deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
         return finish_data();
     case hook_kind::rset:
-    case hook_kind::noop:
-        reply_for(r, replies::ok);
-        return;
+    case hook_kind::noop: reply_for(r, replies::ok); return;
     case hook_kind::quit:
         reply_for(r, replies::bye);
         close("quit");
         return;
-    case hook_kind::vrfy:
-        reply_for(r, replies::cannot_vrfy);
-        return;
+    case hook_kind::vrfy: reply_for(r, replies::cannot_vrfy); return;
     case hook_kind::unknown:
         if (r.verdict == verdict::none) {
             // No plugin knows the verb: aiosmtpd's unknown-command budget.
@@ -592,20 +590,16 @@ void engine::finish_hook(const hook_result& r)
         }
         reply_for(r, replies::ok);  // ACCEPT without a reply: 250 OK, never an empty line
         return;
-    case hook_kind::command:
-        reply_for(r, replies::ok);
-        return;
+    case hook_kind::command: reply_for(r, replies::ok); return;
     case hook_kind::proxy:
-    case hook_kind::session_close:
-        return;  // the session's business
+    case hook_kind::session_close: return;  // the session's business
     case hook_kind::auth_check:
     case hook_kind::auth_mechanism:
         switch (r.verdict) {
         case verdict::accept:
             return auth_success(r, request_.kind == hook_kind::auth_check ? request_secret_[1] : std::string_view{});
         case verdict::none:
-        case verdict::reject:
-            return auth_failure(r);
+        case verdict::reject: return auth_failure(r);
         case verdict::challenge:
             if (request_.kind == hook_kind::auth_mechanism) {
                 reply("334 " + base64_encode(r.challenge));
@@ -615,9 +609,7 @@ void engine::finish_hook(const hook_result& r)
             }
             auth_end();
             return reply(replies::internal_error);
-        case verdict::tempfail:
-            auth_end();
-            return r.code ? reply_plugin(r) : reply(replies::auth_tempfail);
+        case verdict::tempfail: auth_end(); return r.code ? reply_plugin(r) : reply(replies::auth_tempfail);
         case verdict::reject_close:
         case verdict::tempfail_close:
         case verdict::error:
@@ -642,18 +634,10 @@ void engine::finish_hook(const hook_result& r)
 bool engine::reply_for(const hook_result& r, std::string_view default_reply)
 {
     switch (r.verdict) {
-    case verdict::none:
-        reply(default_reply);
-        return true;
-    case verdict::accept:
-        r.code ? reply_plugin(r) : reply(default_reply);
-        return true;
-    case verdict::reject:
-        r.code ? reply_plugin(r) : reply(replies::default_reject);
-        return false;
-    case verdict::tempfail:
-        r.code ? reply_plugin(r) : reply(replies::default_tempfail);
-        return false;
+    case verdict::none: reply(default_reply); return true;
+    case verdict::accept: r.code ? reply_plugin(r) : reply(default_reply); return true;
+    case verdict::reject: r.code ? reply_plugin(r) : reply(replies::default_reject); return false;
+    case verdict::tempfail: r.code ? reply_plugin(r) : reply(replies::default_tempfail); return false;
     case verdict::reject_close:
         r.code ? reply_plugin(r) : reply(replies::default_reject);
         close("closed by plugin");
@@ -889,7 +873,8 @@ void engine::summarize(std::size_t reply_start)
     t.rcpts = envelope_.rcpt_tos.size();
     t.size = data_bytes_;
     if (out_.size() >= reply_start + 3) {
-        for (std::size_t i = 0; i < 3; ++i) t.code = static_cast<std::uint16_t>(t.code * 10 + (out_[reply_start + i] - '0'));
+        for (std::size_t i = 0; i < 3; ++i)
+            t.code = static_cast<std::uint16_t>(t.code * 10 + (out_[reply_start + i] - '0'));
     }
     finished_ = std::move(t);
 }
@@ -1221,8 +1206,9 @@ void engine::refuse_tls(std::string_view line)
 {
     if (phase_ != phase::tls) return;
     const std::size_t ready = replies::ready_to_start_tls.size() + crlf.size();
-    if (out_.size() >= ready && std::string_view(out_).substr(out_.size() - ready, replies::ready_to_start_tls.size()) ==
-                                    replies::ready_to_start_tls)
+    if (out_.size() >= ready &&
+        std::string_view(out_).substr(out_.size() - ready, replies::ready_to_start_tls.size()) ==
+            replies::ready_to_start_tls)
         out_.resize(out_.size() - ready);
     phase_ = phase::command;
     reply(line);
@@ -1267,10 +1253,7 @@ void engine::send_greeting()
     phase_ = phase::command;
 }
 
-void engine::reply(std::string_view line)
-{
-    out_.append(line).append(crlf);
-}
+void engine::reply(std::string_view line) { out_.append(line).append(crlf); }
 
 // A plugin's reply: "code text" lines; '\n' in the text separates lines of a multi-line reply.
 void engine::reply_plugin(const hook_result& r)
@@ -1329,4 +1312,4 @@ std::size_t engine::command_limit(std::string_view verb) const noexcept
            (settings_.enable_smtputf8 ? 10 : 0);
 }
 
-} // namespace asiosmtpd::proto
+}  // namespace asiosmtpd::proto

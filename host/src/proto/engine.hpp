@@ -28,15 +28,24 @@ namespace asiosmtpd::proto {
 
 /// Hooks the engine may ask for; values match the ASIOSMTPD_HOOK_* ids of the SDK.
 enum class hook_kind : std::uint8_t {
-    connect = 1, helo = 2, ehlo = 3, mail = 4, rcpt = 5, data = 6, rset = 7, noop = 8,
-    quit = 9, vrfy = 10, unknown = 11,
+    connect = 1,
+    helo = 2,
+    ehlo = 3,
+    mail = 4,
+    rcpt = 5,
+    data = 6,
+    rset = 7,
+    noop = 8,
+    quit = 9,
+    vrfy = 10,
+    unknown = 11,
     session_close = 12,  ///< run by the session when it ends, never asked by the engine
     starttls = 13,
-    auth_check = 14,     ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
-    proxy = 15,          ///< run by the session, never asked by the engine (PROXY header)
-    data_chunk = 16,     ///< the next piece of the unstuffed message, while it arrives
-    auth_mechanism = 30, ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
-    command = 31, ///< a plugin-registered verb (settings::commands[command_index])
+    auth_check = 14,      ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
+    proxy = 15,           ///< run by the session, never asked by the engine (PROXY header)
+    data_chunk = 16,      ///< the next piece of the unstuffed message, while it arrives
+    auth_mechanism = 30,  ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
+    command = 31,         ///< a plugin-registered verb (settings::commands[command_index])
 };
 
 constexpr std::uint32_t hook_bit(hook_kind k) noexcept { return 1u << static_cast<unsigned>(k); }
@@ -91,32 +100,32 @@ struct settings {
     bool auth_required = false;
     bool auth_require_tls = true;
     bool call_limit_enabled = false;
-    std::map<std::string, std::uint32_t, std::less<>> call_limits; ///< per upper-cased verb
+    std::map<std::string, std::uint32_t, std::less<>> call_limits;  ///< per upper-cased verb
     std::uint32_t call_limit_default = 20;
     std::vector<custom_command> commands;
-    std::vector<std::string> ehlo_keywords;   ///< plugin keyword lines, before "250 HELP"
-    std::vector<std::string> auth_mechanisms; ///< plugin mechanisms, upper-case (PLAIN, LOGIN built in)
-    std::uint32_t auth_max_failures = 3;      ///< failed AUTHs before 421 and close; 0 = no limit
-    std::uint32_t hook_mask = 0;              ///< hook_bit() of every hook that has a chain
-    std::size_t data_line_limit = 1001;       ///< aiosmtpd line_length_limit, CRLF included
+    std::vector<std::string> ehlo_keywords;    ///< plugin keyword lines, before "250 HELP"
+    std::vector<std::string> auth_mechanisms;  ///< plugin mechanisms, upper-case (PLAIN, LOGIN built in)
+    std::uint32_t auth_max_failures = 3;       ///< failed AUTHs before 421 and close; 0 = no limit
+    std::uint32_t hook_mask = 0;               ///< hook_bit() of every hook that has a chain
+    std::size_t data_line_limit = 1001;        ///< aiosmtpd line_length_limit, CRLF included
     /// The DATA hook needs the whole message in memory (some plugin with a DATA hook does not
     /// take the message in chunks). False: the engine keeps at most one chunk (streaming).
     bool data_whole_message = true;
     /// data_chunk hooks get pieces of at least this size (the last one may be smaller).
     std::size_t data_chunk_size = 64 * 1024;
-    std::size_t unknown_command_budget = 5;   ///< aiosmtpd BOGUS_LIMIT
+    std::size_t unknown_command_budget = 5;  ///< aiosmtpd BOGUS_LIMIT
 };
 
 /// A plugin chain's outcome, as the engine applies it.
 enum class verdict : std::uint8_t {
-    none,           ///< every plugin said CONTINUE (or there are none): the host default
-    accept,         ///< state change applied; reply given or default
-    reject,         ///< 5xx; no state change
-    tempfail,       ///< 4xx; no state change
-    reject_close,   ///< 5xx, then close
-    tempfail_close, ///< 4xx (default 421), then close
-    error,          ///< the plugin failed (nonsense, exception, timeout): 451 4.3.0
-    challenge,      ///< AUTH mechanisms: send 334 with hook_result::challenge, await the answer
+    none,            ///< every plugin said CONTINUE (or there are none): the host default
+    accept,          ///< state change applied; reply given or default
+    reject,          ///< 5xx; no state change
+    tempfail,        ///< 4xx; no state change
+    reject_close,    ///< 5xx, then close
+    tempfail_close,  ///< 4xx (default 421), then close
+    error,           ///< the plugin failed (nonsense, exception, timeout): 451 4.3.0
+    challenge,       ///< AUTH mechanisms: send 334 with hook_result::challenge, await the answer
 };
 
 struct hook_result {
@@ -142,21 +151,21 @@ struct transaction_summary {
 /// hook_done().
 struct hook_request {
     hook_kind kind = hook_kind::noop;
-    std::string_view verb;         ///< unknown and custom commands: upper-cased verb
-    std::string_view argument;     ///< hostname, address, NOOP/command argument
+    std::string_view verb;      ///< unknown and custom commands: upper-cased verb
+    std::string_view argument;  ///< hostname, address, NOOP/command argument
     bool has_argument = false;
-    std::size_t command_index = 0; ///< for hook_kind::command
-    std::span<const std::string> params; ///< MAIL: upper-cased ESMTP parameters
+    std::size_t command_index = 0;        ///< for hook_kind::command
+    std::span<const std::string> params;  ///< MAIL: upper-cased ESMTP parameters
     /// DATA: the unstuffed message, empty when streamed (then see content_size); data_chunk:
     /// the next piece of it.
     std::string_view content;
-    bool streamed = false;         ///< DATA: the message went to data_chunk hooks and is not kept
-    bool last_chunk = false;       ///< data_chunk: the final piece (the DATA hook comes next)
-    std::uint64_t content_size = 0; ///< DATA, data_chunk: unstuffed bytes of the whole message so far
-    std::string_view authzid;      ///< auth_check: PLAIN's authorization identity
-    std::string_view login;        ///< auth_check
-    std::string_view password;     ///< auth_check (never log it)
-    std::uint32_t step = 0;        ///< auth_mechanism: 0, 1, ...
+    bool streamed = false;           ///< DATA: the message went to data_chunk hooks and is not kept
+    bool last_chunk = false;         ///< data_chunk: the final piece (the DATA hook comes next)
+    std::uint64_t content_size = 0;  ///< DATA, data_chunk: unstuffed bytes of the whole message so far
+    std::string_view authzid;        ///< auth_check: PLAIN's authorization identity
+    std::string_view login;          ///< auth_check
+    std::string_view password;       ///< auth_check (never log it)
+    std::uint32_t step = 0;          ///< auth_mechanism: 0, 1, ...
 };
 
 /// aiosmtpd's Envelope: one per transaction.
@@ -165,7 +174,7 @@ struct envelope {
     std::vector<std::string> mail_options;  ///< upper-cased MAIL parameters
     bool smtp_utf8 = false;
     std::vector<std::string> rcpt_tos;
-    std::string content;                    ///< unstuffed message (original_content)
+    std::string content;  ///< unstuffed message (original_content)
     void clear() noexcept
     {
         mail_from.clear();
@@ -218,7 +227,10 @@ public:
     /// The authenticated identity (empty before AUTH succeeded).
     [[nodiscard]] const std::string& auth_login() const noexcept { return auth_login_; }
     /// The last finished DATA transaction, once (then empty).
-    [[nodiscard]] std::optional<transaction_summary> take_transaction() noexcept { return std::exchange(finished_, std::nullopt); }
+    [[nodiscard]] std::optional<transaction_summary> take_transaction() noexcept
+    {
+        return std::exchange(finished_, std::nullopt);
+    }
     /// True once after each failed AUTH: the host may slow the reply down (brute force).
     [[nodiscard]] bool take_auth_failure() noexcept { return std::exchange(auth_failed_, false); }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
@@ -338,20 +350,20 @@ private:
     std::string help_list() const;
 
     const settings& settings_;
-    std::string in_;          // the one receive buffer (storage); [pos_, end_) unprocessed
+    std::string in_;  // the one receive buffer (storage); [pos_, end_) unprocessed
     std::size_t pos_ = 0;
     std::size_t end_ = 0;
-    std::size_t scan_ = 0;    // command/data scanning resumes here (no rescans)
+    std::size_t scan_ = 0;  // command/data scanning resumes here (no rescans)
     std::string out_;
-    std::string verb_;        // the current verb, upper-cased (reused: no allocation per command)
+    std::string verb_;  // the current verb, upper-cased (reused: no allocation per command)
 
     phase phase_ = phase::greeting;
     bool waiting_ = false;
     bool closed_ = false;
     std::string_view close_reason_;  // points to a literal
     bool connect_rejected_ = false;
-    bool tls_vetoed_ = false;        // the STARTTLS hook refused the TLS session
-    bool discarding_line_ = false;   // command line beyond the stream limit: skip to LF
+    bool tls_vetoed_ = false;       // the STARTTLS hook refused the TLS session
+    bool discarding_line_ = false;  // command line beyond the stream limit: skip to LF
 
     // session (aiosmtpd Session)
     std::string host_name_;
@@ -370,8 +382,8 @@ private:
     auth_kind auth_kind_ = auth_kind::none;
     std::size_t auth_plugin_ = 0;
     std::uint32_t auth_step_ = 0;
-    std::string auth_user_;         // LOGIN: the user name between the two challenges
-    std::string auth_login_;        // the authenticated identity
+    std::string auth_user_;   // LOGIN: the user name between the two challenges
+    std::string auth_login_;  // the authenticated identity
     std::uint32_t auth_failures_ = 0;
     bool auth_failed_ = false;
 
@@ -380,18 +392,18 @@ private:
     // DATA reader
     data_error data_error_ = data_error::none;
     std::uint64_t data_bytes_ = 0;
-    std::uint64_t data_unstuffed_ = 0; // message bytes after unstuffing
-    bool data_non_ascii_ = false;    // decode_data without SMTPUTF8: some byte >= 0x80 seen
-    std::size_t chunk_from_ = 0;     // envelope_.content[chunk_from_, end) not yet given to data_chunk
-    hook_result chunk_refusal_;      // a data_chunk hook refused the message: its reply, after the dot
-    std::size_t partial_line_ = 0;   // bytes of the current line already consumed (too long)
+    std::uint64_t data_unstuffed_ = 0;  // message bytes after unstuffing
+    bool data_non_ascii_ = false;       // decode_data without SMTPUTF8: some byte >= 0x80 seen
+    std::size_t chunk_from_ = 0;        // envelope_.content[chunk_from_, end) not yet given to data_chunk
+    hook_result chunk_refusal_;         // a data_chunk hook refused the message: its reply, after the dot
+    std::size_t partial_line_ = 0;      // bytes of the current line already consumed (too long)
 
     // the pending hook
     hook_request request_;
-    std::string request_arg_;        // owns what request_.argument shows
+    std::string request_arg_;  // owns what request_.argument shows
     std::string request_verb_;
     std::vector<std::string> request_params_;
-    std::string request_secret_[3]; // auth_check: authzid, login, password (owned while asked)
+    std::string request_secret_[3];  // auth_check: authzid, login, password (owned while asked)
 };
 
-} // namespace asiosmtpd::proto
+}  // namespace asiosmtpd::proto

@@ -12,12 +12,15 @@ std::string join(std::initializer_list<std::string_view> parts)
     for (auto p : parts) s.append(p);
     return s;
 }
-} // namespace
+}  // namespace
 
 std::string greeting(std::string_view hostname, std::string_view ident) { return join({"220 ", hostname, " ", ident}); }
 std::string helo_ok(std::string_view hostname) { return join({"250 ", hostname}); }
 // aiosmtpd echoes the upper-cased verb raw, control characters included (as aiosmtpd does).
-std::string unknown_command(std::string_view verb) { return join({"500 Error: command \"", verb, "\" not recognized"}); }
+std::string unknown_command(std::string_view verb)
+{
+    return join({"500 Error: command \"", verb, "\" not recognized"});
+}
 std::string call_limit_hit(std::string_view verb) { return join({"421 4.7.0 ", verb, " sent too many times"}); }
 // aiosmtpd echoes the argument raw. Here a control byte but HT in it (a CR, a NUL: VRFY refuses
 // addresses with them) is sent as '?': RFC 5321's textstring has none, and plugin replies are
@@ -31,13 +34,25 @@ std::string could_not_vrfy(std::string_view arg)
     }
     return s;
 }
-std::string timeout_exceeded(std::string_view hostname) { return join({"421 4.4.2 ", hostname, " Error: timeout exceeded"}); }
-std::string closing(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Service not available, closing transmission channel"}); }
-std::string too_many_connections(std::string_view hostname) { return join({"421 4.7.0 ", hostname, " Error: too many connections"}); }
-std::string shutting_down(std::string_view hostname) { return join({"421 4.3.2 ", hostname, " Service shutting down"}); }
+std::string timeout_exceeded(std::string_view hostname)
+{
+    return join({"421 4.4.2 ", hostname, " Error: timeout exceeded"});
+}
+std::string closing(std::string_view hostname)
+{
+    return join({"421 4.7.0 ", hostname, " Service not available, closing transmission channel"});
+}
+std::string too_many_connections(std::string_view hostname)
+{
+    return join({"421 4.7.0 ", hostname, " Error: too many connections"});
+}
+std::string shutting_down(std::string_view hostname)
+{
+    return join({"421 4.3.2 ", hostname, " Service shutting down"});
+}
 std::string too_many_auth_failures(std::string_view hostname)
 {
     return join({"421 4.7.0 ", hostname, " Error: too many failed authentication attempts"});
 }
 
-} // namespace asiosmtpd::proto::replies
+}  // namespace asiosmtpd::proto::replies

@@ -11,19 +11,18 @@
 namespace asiosmtpd::proto::replies {
 
 // --- success ---------------------------------------------------------------------------------
-inline constexpr std::string_view ok = "250 OK";                     // NOOP, RSET, MAIL, RCPT, DATA
-inline constexpr std::string_view bye = "221 Bye";                   // QUIT
+inline constexpr std::string_view ok = "250 OK";    // NOOP, RSET, MAIL, RCPT, DATA
+inline constexpr std::string_view bye = "221 Bye";  // QUIT
 inline constexpr std::string_view start_data = "354 End data with <CR><LF>.<CR><LF>";
-inline constexpr std::string_view cannot_vrfy =
-    "252 Cannot VRFY user, but will accept message and attempt delivery";
+inline constexpr std::string_view cannot_vrfy = "252 Cannot VRFY user, but will accept message and attempt delivery";
 
 // --- 4xx -------------------------------------------------------------------------------------
 inline constexpr std::string_view tls_not_available = "454 TLS not available";
 inline constexpr std::string_view ready_to_start_tls = "220 Ready to start TLS";
 // RFC 3207 §4: the host cannot start a handshake now (too many in progress).
 inline constexpr std::string_view tls_temporarily_unavailable = "454 4.7.0 TLS not available due to temporary reason";
-inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";   // a plugin error (docs/behaviour.md)
-inline constexpr std::string_view default_tempfail = "451 4.7.1 Try again later"; // plugin TEMPFAIL, no text
+inline constexpr std::string_view internal_error = "451 4.3.0 Error: internal";    // a plugin error (docs/behaviour.md)
+inline constexpr std::string_view default_tempfail = "451 4.7.1 Try again later";  // plugin TEMPFAIL, no text
 
 // --- 5xx: syntax -----------------------------------------------------------------------------
 inline constexpr std::string_view bad_syntax = "500 Error: bad syntax";
@@ -32,7 +31,7 @@ inline constexpr std::string_view strict_ascii = "500 Error: strict ASCII mode";
 inline constexpr std::string_view data_line_too_long = "500 Line too long (see RFC5321 4.5.3.1.6)";
 inline constexpr std::string_view auth_not_recognized = "500 Error: command 'AUTH' not recognized";
 inline constexpr std::string_view syntax_helo = "501 Syntax: HELO hostname";
-inline constexpr std::string_view syntax_ehlo = "501 Syntax: EHLO hostname"; // LMTP LHLO too (kept)
+inline constexpr std::string_view syntax_ehlo = "501 Syntax: EHLO hostname";  // LMTP LHLO too (kept)
 inline constexpr std::string_view syntax_quit = "501 Syntax: QUIT";
 inline constexpr std::string_view syntax_rset = "501 Syntax: RSET";
 inline constexpr std::string_view syntax_data = "501 Syntax: DATA";
@@ -47,7 +46,7 @@ inline constexpr std::string_view smtputf8_no_args = "501 Error: SMTPUTF8 takes 
 inline constexpr std::string_view smtputf8_disabled = "501 Error: SMTPUTF8 disabled";
 inline constexpr std::string_view auth_not_enough = "501 Not enough value";
 inline constexpr std::string_view auth_ok = "235 2.7.0 Authentication successful";
-inline constexpr std::string_view auth_empty_challenge = "334 ";                      // PLAIN without initial response
+inline constexpr std::string_view auth_empty_challenge = "334 ";  // PLAIN without initial response
 // docs/behaviour.md: the standard LOGIN challenges ("Username:", "Password:"), not aiosmtpd's
 // "User Name\0" / "Password\0" (its issue #566: Go net/smtp and curl abort on the NUL).
 inline constexpr std::string_view auth_username_challenge = "334 VXNlcm5hbWU6";
@@ -81,14 +80,13 @@ inline constexpr std::string_view lack_of_security = "554 Command refused due to
 inline constexpr std::string_view auth_required = "530 5.7.0 Authentication required";
 inline constexpr std::string_view encryption_required =
     "538 5.7.11 Encryption required for requested authentication mechanism";
-inline constexpr std::string_view size_exceeded =
-    "552 Error: message size exceeds fixed maximum message size";
+inline constexpr std::string_view size_exceeded = "552 Error: message size exceeds fixed maximum message size";
 inline constexpr std::string_view too_much_data = "552 Error: Too much mail data";
 inline constexpr std::string_view malformed_address = "553 5.1.3 Error: malformed address";
 inline constexpr std::string_view mail_params_unknown = "555 MAIL FROM parameters not recognized or not implemented";
 inline constexpr std::string_view rcpt_params_unknown = "555 RCPT TO parameters not recognized or not implemented";
-inline constexpr std::string_view default_reject = "550 5.7.1 Rejected";       // plugin REJECT, no text
-inline constexpr std::string_view default_reject_connect = "554 5.7.1 Rejected"; // CONNECT REJECT, no text
+inline constexpr std::string_view default_reject = "550 5.7.1 Rejected";          // plugin REJECT, no text
+inline constexpr std::string_view default_reject_connect = "554 5.7.1 Rejected";  // CONNECT REJECT, no text
 
 // --- built from parts ------------------------------------------------------------------------
 std::string greeting(std::string_view hostname, std::string_view ident);  // 220 <host> <ident>
@@ -97,10 +95,10 @@ std::string unknown_command(std::string_view verb);                       // 500
 std::string call_limit_hit(std::string_view verb);                        // 421 4.7.0 X sent too many times
 std::string could_not_vrfy(std::string_view arg);                         // 502 Could not VRFY <arg> (controls → '?')
 // docs/behaviour.md: aiosmtpd closes silently; we say why first.
-std::string timeout_exceeded(std::string_view hostname);                  // 421 4.4.2 <host> Error: timeout exceeded
-std::string closing(std::string_view hostname);                           // 421 4.7.0 <host> ... closing
-std::string too_many_connections(std::string_view hostname);              // 421 4.7.0 <host> Error: too many connections
-std::string shutting_down(std::string_view hostname);                     // 421 4.3.2 <host> Service shutting down
-std::string too_many_auth_failures(std::string_view hostname);            // 421 4.7.0 <host> ... authentication
+std::string timeout_exceeded(std::string_view hostname);        // 421 4.4.2 <host> Error: timeout exceeded
+std::string closing(std::string_view hostname);                 // 421 4.7.0 <host> ... closing
+std::string too_many_connections(std::string_view hostname);    // 421 4.7.0 <host> Error: too many connections
+std::string shutting_down(std::string_view hostname);           // 421 4.3.2 <host> Service shutting down
+std::string too_many_auth_failures(std::string_view hostname);  // 421 4.7.0 <host> ... authentication
 
-} // namespace asiosmtpd::proto::replies
+}  // namespace asiosmtpd::proto::replies

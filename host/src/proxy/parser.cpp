@@ -187,7 +187,8 @@ result parse_v1(std::string_view bytes)
     if (tokens.size() > 5) return invalid("PROXYv1 unrecognized extraneous data");
     for (int i = 1; i <= 2; ++i) {
         const std::string_view a = tokens[static_cast<std::size_t>(i)];
-        const bool charset = !a.empty() && std::all_of(a.begin(), a.end(), [](char c) { return is_hex(c) || c == '.' || c == ':'; });
+        const bool charset =
+            !a.empty() && std::all_of(a.begin(), a.end(), [](char c) { return is_hex(c) || c == '.' || c == ':'; });
         const bool v4 = charset && ipv4(a);
         const bool v6 = charset && !v4 && ipv6(a);
         if (!v4 && !v6) return invalid("PROXYv1 address malformed");
@@ -274,7 +275,7 @@ result parse_v2(std::string_view bytes)
     return r;
 }
 
-} // namespace
+}  // namespace
 
 result parse(std::string_view bytes)
 {
@@ -286,4 +287,4 @@ result parse(std::string_view bytes)
     return maybe_v1 ? parse_v1(bytes) : parse_v2(bytes);
 }
 
-} // namespace asiosmtpd::proxy
+}  // namespace asiosmtpd::proxy

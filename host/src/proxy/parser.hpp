@@ -28,9 +28,9 @@ struct header {
     std::string dst_address;
     std::uint16_t src_port = 0;
     std::uint16_t dst_port = 0;
-    std::vector<tlv> tlvs;    ///< v2 TLVs (empty when malformed: see tlv_error)
+    std::vector<tlv> tlvs;  ///< v2 TLVs (empty when malformed: see tlv_error)
     bool tlv_error = false;
-    std::string raw;          ///< the whole header as received
+    std::string raw;  ///< the whole header as received
     /// True when the header names a real client (PROXY command, INET/INET6 family).
     [[nodiscard]] bool has_client() const noexcept { return command == 1 && (family == 1 || family == 2); }
 };
@@ -38,10 +38,10 @@ struct header {
 struct result {
     enum class status { need_more, done, invalid };
     status state = status::need_more;
-    std::size_t need = 1;     ///< need_more: at least this many bytes in total before calling again
-    std::size_t length = 0;   ///< done: the header's length in bytes
-    header value;             ///< done
-    std::string error;        ///< invalid: aiosmtpd's reason ("PROXYv1 address malformed", ...)
+    std::size_t need = 1;    ///< need_more: at least this many bytes in total before calling again
+    std::size_t length = 0;  ///< done: the header's length in bytes
+    header value;            ///< done
+    std::string error;       ///< invalid: aiosmtpd's reason ("PROXYv1 address malformed", ...)
 };
 
 /// Parse the header at the start of `bytes` (everything received so far).
@@ -51,4 +51,4 @@ result parse(std::string_view bytes);
 /// been read (read up to the LF, at most 107 bytes): lets a caller read exactly the header.
 constexpr std::size_t v1_max_length = 107;
 
-} // namespace asiosmtpd::proxy
+}  // namespace asiosmtpd::proxy

@@ -81,7 +81,8 @@ int socket_create(BIO* b)
 BIO* socket_bio(int fd)
 {
     static BIO_METHOD* const method = [] {
-        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "asiosmtpd socket");
+        BIO_METHOD* m =
+            BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "asiosmtpd socket");
         if (m != nullptr && (BIO_meth_set_write(m, socket_write) != 1 || BIO_meth_set_read(m, socket_read) != 1 ||
                              BIO_meth_set_ctrl(m, socket_ctrl) != 1 || BIO_meth_set_create(m, socket_create) != 1)) {
             BIO_meth_free(m);
@@ -95,7 +96,7 @@ BIO* socket_bio(int fd)
     return b;
 }
 
-} // namespace
+}  // namespace
 
 std::shared_ptr<ssl::context> make_server_context(const config::settings& s)
 {
@@ -126,8 +127,8 @@ std::shared_ptr<ssl::context> make_server_context(const config::settings& s)
             throw fail("private_key", fmt::format("{:?} does not match the certificate {:?}", t.private_key.string(),
                                                   t.certificate.string()));
         }
-        throw fail("private_key", fmt::format("cannot use {:?} as a PEM private key: {}", t.private_key.string(),
-                                              openssl_reason()));
+        throw fail("private_key",
+                   fmt::format("cannot use {:?} as a PEM private key: {}", t.private_key.string(), openssl_reason()));
     }
     if (SSL_CTX_check_private_key(native) != 1)
         throw fail("private_key", fmt::format("{:?} does not match the certificate {:?}", t.private_key.string(),
@@ -214,8 +215,9 @@ server_handshake::step server_handshake::advance(boost::system::error_code& ec) 
     case SSL_ERROR_SYSCALL:
         // Without an errno, the client closed the connection mid-handshake.
         if (saved_errno != 0) ec = {saved_errno, boost::system::system_category()};
-        else ec = e != 0 ? boost::system::error_code(static_cast<int>(e), boost::asio::error::get_ssl_category())
-                         : boost::system::error_code(boost::asio::ssl::error::stream_truncated);
+        else
+            ec = e != 0 ? boost::system::error_code(static_cast<int>(e), boost::asio::error::get_ssl_category())
+                        : boost::system::error_code(boost::asio::ssl::error::stream_truncated);
         return step::failed;
     case SSL_ERROR_ZERO_RETURN: ec = boost::asio::error::eof; return step::failed;
     case SSL_ERROR_SSL:
@@ -227,4 +229,4 @@ server_handshake::step server_handshake::advance(boost::system::error_code& ec) 
     }
 }
 
-} // namespace asiosmtpd::tls
+}  // namespace asiosmtpd::tls

@@ -23,9 +23,9 @@ std::shared_ptr<boost::asio::ssl::context> make_server_context(const config::set
 
 /// What a finished handshake negotiated, for logs and plugins.
 struct session_info {
-    std::string version;      ///< "TLSv1.3"
-    std::string cipher;       ///< "TLS_AES_256_GCM_SHA384"
-    std::string peer_subject; ///< the client certificate's subject (RFC 2253), empty if none
+    std::string version;       ///< "TLSv1.3"
+    std::string cipher;        ///< "TLS_AES_256_GCM_SHA384"
+    std::string peer_subject;  ///< the client certificate's subject (RFC 2253), empty if none
 };
 
 /// Read what `ssl` (an SSL* after the handshake) negotiated.
@@ -68,4 +68,4 @@ private:
     boost::system::error_code setup_error_;  ///< SSL_new or SSL_set_fd failed
 };
 
-} // namespace asiosmtpd::tls
+}  // namespace asiosmtpd::tls

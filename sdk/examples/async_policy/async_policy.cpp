@@ -31,8 +31,7 @@ public:
     {
         const sdk::config cfg = reg.config();
         cfg.check_keys({"deny", "delay_ms"});
-        if (auto deny = cfg.get("deny"))
-            deny_ = deny->as_string_list();
+        if (auto deny = cfg.get("deny")) deny_ = deny->as_string_list();
         delay_ = std::chrono::milliseconds(cfg.int_or("delay_ms", 0));
         reg.on<&async_policy::on_rcpt>(sdk::hook::rcpt);
     }
@@ -52,7 +51,7 @@ private:
 
     void decide(job& j) const
     {
-        std::this_thread::sleep_for(delay_); // the "lookup"
+        std::this_thread::sleep_for(delay_);  // the "lookup"
         const std::string::size_type at = j.address.rfind('@');
         const std::string domain = at == std::string::npos ? std::string() : j.address.substr(at + 1);
         for (const std::string& d : deny_) {
@@ -61,15 +60,15 @@ private:
                 return;
             }
         }
-        j.done.complete(sdk::verdict::continue_); // any thread may complete
+        j.done.complete(sdk::verdict::continue_);  // any thread may complete
     }
 
     std::vector<std::string> deny_;
     std::chrono::milliseconds delay_{0};
-    sdk::worker_pool<job> pool_{1, [this](job& j) { decide(j); }}; // last: see above
+    sdk::worker_pool<job> pool_{1, [this](job& j) { decide(j); }};  // last: see above
 };
 
-} // namespace
+}  // namespace
 
-ASIOSMTPD_PLUGIN(async_policy, "async_policy", "1.0.0",
-                 "RCPT policy decided on a worker thread (suspend/complete)", ASIOSMTPD_PF_THREAD_SAFE)
+ASIOSMTPD_PLUGIN(async_policy, "async_policy", "1.0.0", "RCPT policy decided on a worker thread (suspend/complete)",
+                 ASIOSMTPD_PF_THREAD_SAFE)

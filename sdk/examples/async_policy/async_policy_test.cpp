@@ -10,10 +10,7 @@ namespace tk = asiosmtpd::testkit;
 
 namespace {
 
-tk::node policy_config()
-{
-    return tk::node::map({{"deny", tk::node::list({"spam.example"})}, {"delay_ms", 5}});
-}
+tk::node policy_config() { return tk::node::map({{"deny", tk::node::list({"spam.example"})}, {"delay_ms", 5}}); }
 
 TEST(async_policy, refuses_denied_domains_from_the_worker_thread)
 {
@@ -34,4 +31,4 @@ TEST(async_policy, rejects_unknown_config_keys)
     EXPECT_NE(why.find("unknown key 'allow'"), std::string::npos) << why;
 }
 
-} // namespace
+}  // namespace

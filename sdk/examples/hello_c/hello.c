@@ -16,12 +16,12 @@
 #include <string.h>
 
 typedef struct hello {
-    const asiosmtpd_host_api *host; /* valid until destroy() returns */
-    asiosmtpd_ctx *ctx;
+    const asiosmtpd_host_api* host; /* valid until destroy() returns */
+    asiosmtpd_ctx* ctx;
     char greeting[64];
 } hello;
 
-static asiosmtpd_str cstr(const char *s)
+static asiosmtpd_str cstr(const char* s)
 {
     asiosmtpd_str r;
     r.data = s;
@@ -29,37 +29,33 @@ static asiosmtpd_str cstr(const char *s)
     return r;
 }
 
-static void set_error(asiosmtpd_errbuf *err, const char *text)
+static void set_error(asiosmtpd_errbuf* err, const char* text)
 {
-    if (err != NULL && err->buf != NULL && err->cap > 0)
-        snprintf(err->buf, err->cap, "%s", text);
+    if (err != NULL && err->buf != NULL && err->cap > 0) snprintf(err->buf, err->cap, "%s", text);
 }
 
 /* HELLO [name]: a registered command's handler gets asiosmtpd_command_args. */
-static asiosmtpd_verdict on_hello(void *instance, asiosmtpd_call *call, const void *args)
+static asiosmtpd_verdict on_hello(void* instance, asiosmtpd_call* call, const void* args)
 {
-    const hello *self = (const hello *)instance;
-    const asiosmtpd_command_args *a = (const asiosmtpd_command_args *)args;
+    const hello* self = (const hello*)instance;
+    const asiosmtpd_command_args* a = (const asiosmtpd_command_args*)args;
     char reply[200];
     int n;
     if (a->has_argument)
-        n = snprintf(reply, sizeof reply, "%s, %.*s", self->greeting, (int)(a->argument.size > 100 ? 100 : a->argument.size),
-                     a->argument.data);
-    else
-        n = snprintf(reply, sizeof reply, "%s, world", self->greeting);
-    if (n < 0)
-        return ASIOSMTPD_TEMPFAIL; /* the host answers 451 4.7.1 */
+        n = snprintf(reply, sizeof reply, "%s, %.*s", self->greeting,
+                     (int)(a->argument.size > 100 ? 100 : a->argument.size), a->argument.data);
+    else n = snprintf(reply, sizeof reply, "%s, world", self->greeting);
+    if (n < 0) return ASIOSMTPD_TEMPFAIL; /* the host answers 451 4.7.1 */
     /* The reply text is copied by the host; the class (2xx) fits ACCEPT. */
-    if (self->host->set_reply(call, 250, cstr(reply)) != ASIOSMTPD_OK)
-        return ASIOSMTPD_TEMPFAIL;
+    if (self->host->set_reply(call, 250, cstr(reply)) != ASIOSMTPD_OK) return ASIOSMTPD_TEMPFAIL;
     self->host->log(self->ctx, call, ASIOSMTPD_LOG_DEBUG, cstr("said hello"));
     return ASIOSMTPD_ACCEPT;
 }
 
-static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ctx,
-                               asiosmtpd_registrar *reg, void **out_instance, asiosmtpd_errbuf *err)
+static asiosmtpd_status create(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg,
+                               void** out_instance, asiosmtpd_errbuf* err)
 {
-    hello *self;
+    hello* self;
     const asiosmtpd_cfg *root, *greeting;
     asiosmtpd_command_desc cmd;
     asiosmtpd_status st;
@@ -69,7 +65,7 @@ static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ct
         set_error(err, "host plugin ABI major mismatch");
         return ASIOSMTPD_E_UNSUPPORTED;
     }
-    self = (hello *)calloc(1, sizeof *self);
+    self = (hello*)calloc(1, sizeof *self);
     if (self == NULL) {
         set_error(err, "out of memory");
         return ASIOSMTPD_E_INVALID;
@@ -105,8 +101,7 @@ static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ct
     cmd.flags = 0;
     cmd.handler = on_hello;
     st = host->register_command(reg, &cmd);
-    if (st == ASIOSMTPD_OK)
-        st = host->register_ehlo_keyword(reg, cstr("XHELLO"));
+    if (st == ASIOSMTPD_OK) st = host->register_ehlo_keyword(reg, cstr("XHELLO"));
     if (st != ASIOSMTPD_OK) {
         set_error(err, "cannot register HELLO (taken by another plugin?)");
         free(self);
@@ -116,15 +111,12 @@ static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ct
     return ASIOSMTPD_OK;
 }
 
-static void destroy(void *instance)
-{
-    free(instance);
-}
+static void destroy(void* instance) { free(instance); }
 
 static const asiosmtpd_plugin_descriptor descriptor = {
     sizeof(asiosmtpd_plugin_descriptor),
     ASIOSMTPD_ABI_MAJOR,
-    0, /* the lowest host ABI minor this plugin needs: 1.0 */
+    0,                        /* the lowest host ABI minor this plugin needs: 1.0 */
     ASIOSMTPD_PF_THREAD_SAFE, /* no shared mutable state */
     "hello",
     "1.0.0",
@@ -134,7 +126,4 @@ static const asiosmtpd_plugin_descriptor descriptor = {
 };
 
 /* The one exported symbol (the version script hides everything else). */
-ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor *asiosmtpd_plugin_entry_v1(void)
-{
-    return &descriptor;
-}
+ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor* asiosmtpd_plugin_entry_v1(void) { return &descriptor; }

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
+/* The ABI header keeps its hand-aligned layout (multi-line comments after macros, tables). */
+/* clang-format off */
 /*
  * asiosmtpd/plugin.h - the plugin C ABI of asiosmtpd, major version 1.
  *
@@ -470,3 +472,4 @@ ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor *asiosmtpd_plugin_entry_v1(vo
 }
 #endif
 #endif /* ASIOSMTPD_PLUGIN_H */
+/* clang-format on */

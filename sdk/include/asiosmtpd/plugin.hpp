@@ -67,14 +67,14 @@ namespace asiosmtpd::sdk {
 
 /// What a handler returns (plugin.h "What a hook returns").
 enum class verdict : asiosmtpd_verdict {
-    continue_ = ASIOSMTPD_CONTINUE,           ///< no opinion: next plugin, then the host default
-    accept = ASIOSMTPD_ACCEPT,                ///< accept and stop the chain
-    reject = ASIOSMTPD_REJECT,                ///< 5xx, stop the chain
-    tempfail = ASIOSMTPD_TEMPFAIL,            ///< 4xx, stop the chain
-    reject_close = ASIOSMTPD_REJECT_CLOSE,    ///< 5xx, then the host closes the connection
-    tempfail_close = ASIOSMTPD_TEMPFAIL_CLOSE, ///< 4xx (default 421), then close
-    pending = ASIOSMTPD_PENDING,              ///< only after call::suspend()
-    auth_challenge = ASIOSMTPD_AUTH_CHALLENGE, ///< ABI 1.1, AUTH mechanisms: see call::challenge()
+    continue_ = ASIOSMTPD_CONTINUE,             ///< no opinion: next plugin, then the host default
+    accept = ASIOSMTPD_ACCEPT,                  ///< accept and stop the chain
+    reject = ASIOSMTPD_REJECT,                  ///< 5xx, stop the chain
+    tempfail = ASIOSMTPD_TEMPFAIL,              ///< 4xx, stop the chain
+    reject_close = ASIOSMTPD_REJECT_CLOSE,      ///< 5xx, then the host closes the connection
+    tempfail_close = ASIOSMTPD_TEMPFAIL_CLOSE,  ///< 4xx (default 421), then close
+    pending = ASIOSMTPD_PENDING,                ///< only after call::suspend()
+    auth_challenge = ASIOSMTPD_AUTH_CHALLENGE,  ///< ABI 1.1, AUTH mechanisms: see call::challenge()
 };
 
 /// Hook points. `command` is not a C hook id: it marks the handler of a registered command.
@@ -95,16 +95,16 @@ enum class hook : asiosmtpd_hook_id {
     vrfy = ASIOSMTPD_HOOK_VRFY,
     unknown = ASIOSMTPD_HOOK_UNKNOWN,
     session_close = ASIOSMTPD_HOOK_SESSION_CLOSE,
-    starttls = ASIOSMTPD_HOOK_STARTTLS, ///< ABI 1.1: after a STARTTLS handshake (no arguments)
-    auth_check = ASIOSMTPD_HOOK_AUTH_CHECK, ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
-    proxy = ASIOSMTPD_HOOK_PROXY,           ///< ABI 1.1: the PROXY protocol header (proxy_args)
-    data_chunk = ASIOSMTPD_HOOK_DATA_CHUNK, ///< ABI 1.2: the next piece of the message (data_args)
+    starttls = ASIOSMTPD_HOOK_STARTTLS,      ///< ABI 1.1: after a STARTTLS handshake (no arguments)
+    auth_check = ASIOSMTPD_HOOK_AUTH_CHECK,  ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
+    proxy = ASIOSMTPD_HOOK_PROXY,            ///< ABI 1.1: the PROXY protocol header (proxy_args)
+    data_chunk = ASIOSMTPD_HOOK_DATA_CHUNK,  ///< ABI 1.2: the next piece of the message (data_args)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
 enum class scope : std::int32_t {
-    session = ASIOSMTPD_SCOPE_SESSION, ///< freed when the session ends
-    txn = ASIOSMTPD_SCOPE_TXN,         ///< freed when the transaction ends
+    session = ASIOSMTPD_SCOPE_SESSION,  ///< freed when the session ends
+    txn = ASIOSMTPD_SCOPE_TXN,          ///< freed when the transaction ends
 };
 
 enum class log_level : std::int32_t {
@@ -137,10 +137,7 @@ inline std::string_view to_view(asiosmtpd_str s) noexcept
 }
 
 /// An asiosmtpd_str over `v` for passing to the host, which copies what it keeps.
-inline asiosmtpd_str to_str(std::string_view v) noexcept
-{
-    return {v.data() ? v.data() : "", v.size()};
-}
+inline asiosmtpd_str to_str(std::string_view v) noexcept { return {v.data() ? v.data() : "", v.size()}; }
 
 inline std::string to_string(asiosmtpd_str s) { return std::string(to_view(s)); }
 
@@ -189,9 +186,9 @@ inline const char* hook_name(hook h) noexcept
 class error : public std::runtime_error {
 public:
     error(asiosmtpd_status st, const std::string& what_failed)
-        : std::runtime_error(what_failed + ": host refused (" + status_name(st) + ")"), status_(st)
-    {
-    }
+        : std::runtime_error(what_failed + ": host refused (" + status_name(st) + ")"),
+          status_(st)
+    {}
     asiosmtpd_status status() const noexcept { return status_; }
 
 private:
@@ -201,8 +198,7 @@ private:
 namespace detail {
 inline void check(asiosmtpd_status st, const char* what_failed)
 {
-    if (st != ASIOSMTPD_OK)
-        throw error(st, what_failed);
+    if (st != ASIOSMTPD_OK) throw error(st, what_failed);
 }
 
 // Whether a struct whose writer reported `struct_size` holds a field ending at `end`.
@@ -210,8 +206,7 @@ inline void check(asiosmtpd_status st, const char* what_failed)
 constexpr bool has(std::uint32_t struct_size, std::size_t end) noexcept { return struct_size >= end; }
 
 // The host table of ABI 1.0 ends with `log`.
-inline constexpr std::size_t host_api_v1_0_size =
-    offsetof(asiosmtpd_host_api, log) + sizeof(asiosmtpd_host_api::log);
+inline constexpr std::size_t host_api_v1_0_size = offsetof(asiosmtpd_host_api, log) + sizeof(asiosmtpd_host_api::log);
 
 // A per-type address, without RTTI (identifies the plugin class and slot contents).
 template <class T>
@@ -223,7 +218,7 @@ constexpr const void* type_tag() noexcept
 {
     return &tag_holder<T>::value;
 }
-} // namespace detail
+}  // namespace detail
 
 // ------------------------------------------------------------------------------------------
 // Hook arguments: views of the host's structs, valid until the handler returns (for a
@@ -242,18 +237,28 @@ public:
         using iterator_category = std::input_iterator_tag;
         iterator(const asiosmtpd_str* p) noexcept : p_(p) {}
         std::string_view operator*() const noexcept { return to_view(*p_); }
-        iterator& operator++() noexcept { ++p_; return *this; }
-        iterator operator++(int) noexcept { iterator old = *this; ++p_; return old; }
+        iterator& operator++() noexcept
+        {
+            ++p_;
+            return *this;
+        }
+        iterator operator++(int) noexcept
+        {
+            iterator old = *this;
+            ++p_;
+            return old;
+        }
         bool operator==(const iterator& o) const noexcept { return p_ == o.p_; }
         bool operator!=(const iterator& o) const noexcept { return p_ != o.p_; }
+
     private:
         const asiosmtpd_str* p_;
     };
     str_list() noexcept = default;
     str_list(const asiosmtpd_str* items, std::size_t count) noexcept
-        : items_(count ? items : nullptr), count_(items ? count : 0)
-    {
-    }
+        : items_(count ? items : nullptr),
+          count_(items ? count : 0)
+    {}
     std::size_t size() const noexcept { return count_; }
     bool empty() const noexcept { return count_ == 0; }
     std::string_view operator[](std::size_t i) const noexcept { return to_view(items_[i]); }
@@ -269,45 +274,47 @@ private:
 /// CONNECT.
 struct connect_args {
     explicit connect_args(const asiosmtpd_connect_args& a) noexcept
-        : peer_address(to_view(a.peer_address)), peer_port(a.peer_port),
-          local_address(to_view(a.local_address)), local_port(a.local_port), raw(&a)
-    {
-    }
-    std::string_view peer_address; ///< "127.0.0.1", "::1"
+        : peer_address(to_view(a.peer_address)),
+          peer_port(a.peer_port),
+          local_address(to_view(a.local_address)),
+          local_port(a.local_port),
+          raw(&a)
+    {}
+    std::string_view peer_address;  ///< "127.0.0.1", "::1"
     std::uint16_t peer_port;
     std::string_view local_address;
     std::uint16_t local_port;
-    const asiosmtpd_connect_args* raw; ///< for fields added after ABI 1.0 (check struct_size)
+    const asiosmtpd_connect_args* raw;  ///< for fields added after ABI 1.0 (check struct_size)
 };
 
 /// HELO and EHLO/LHLO.
 struct helo_args {
-    explicit helo_args(const asiosmtpd_helo_args& a) noexcept
-        : hostname(to_view(a.hostname)), raw(&a)
-    {
-    }
-    std::string_view hostname; ///< the whole argument as sent
+    explicit helo_args(const asiosmtpd_helo_args& a) noexcept : hostname(to_view(a.hostname)), raw(&a) {}
+    std::string_view hostname;  ///< the whole argument as sent
     const asiosmtpd_helo_args* raw;
 };
 
 /// MAIL, RCPT, VRFY.
 struct address_args {
     explicit address_args(const asiosmtpd_address_args& a) noexcept
-        : address(to_view(a.address)), params(a.params, a.param_count), raw(&a)
-    {
-    }
-    std::string_view address; ///< normalised; "<>" for the null reverse path
-    str_list params;          ///< MAIL: upper-cased ESMTP parameters; otherwise empty
+        : address(to_view(a.address)),
+          params(a.params, a.param_count),
+          raw(&a)
+    {}
+    std::string_view address;  ///< normalised; "<>" for the null reverse path
+    str_list params;           ///< MAIL: upper-cased ESMTP parameters; otherwise empty
     const asiosmtpd_address_args* raw;
 };
 
 /// DATA: the whole message (empty when streamed()); DATA_CHUNK (1.2): the next piece of it.
 struct data_args {
     explicit data_args(const asiosmtpd_data_args& a) noexcept
-        : data(a.content), size(a.content ? a.size : 0), flags(a.flags),
-          message_size(ASIOSMTPD_HAS(&a, asiosmtpd_data_args, message_size) ? a.message_size : size), raw(&a)
-    {
-    }
+        : data(a.content),
+          size(a.content ? a.size : 0),
+          flags(a.flags),
+          message_size(ASIOSMTPD_HAS(&a, asiosmtpd_data_args, message_size) ? a.message_size : size),
+          raw(&a)
+    {}
     /// DATA: the message went to DATA_CHUNK hooks and is not passed again (ABI 1.2).
     bool streamed() const noexcept { return (flags & ASIOSMTPD_DATA_STREAMED) != 0; }
     /// DATA_CHUNK: the final piece; the DATA hook comes next (ABI 1.2).
@@ -315,14 +322,13 @@ struct data_args {
     /// The message bytes as a string_view (binary-safe).
     std::string_view content() const noexcept
     {
-        return data ? std::string_view(reinterpret_cast<const char*>(data), size)
-                    : std::string_view();
+        return data ? std::string_view(reinterpret_cast<const char*>(data), size) : std::string_view();
     }
     bool dot_unstuffed() const noexcept { return (flags & ASIOSMTPD_DATA_DOT_UNSTUFFED) != 0; }
     bool crlf() const noexcept { return (flags & ASIOSMTPD_DATA_CRLF) != 0; }
     const std::uint8_t* data;
     std::size_t size;
-    std::uint32_t flags; ///< ASIOSMTPD_DATA_*
+    std::uint32_t flags;  ///< ASIOSMTPD_DATA_*
     /// DATA: the whole message's size (also when streamed); DATA_CHUNK: bytes so far.
     std::uint64_t message_size;
     const asiosmtpd_data_args* raw;
@@ -331,13 +337,14 @@ struct data_args {
 /// NOOP, UNKNOWN and registered commands.
 struct command_args {
     explicit command_args(const asiosmtpd_command_args& a) noexcept
-        : verb(to_view(a.verb)), argument(to_view(a.argument)), has_argument(a.has_argument != 0),
+        : verb(to_view(a.verb)),
+          argument(to_view(a.argument)),
+          has_argument(a.has_argument != 0),
           raw(&a)
-    {
-    }
-    std::string_view verb;     ///< upper-cased
-    std::string_view argument; ///< stripped; empty when absent
-    bool has_argument;         ///< false when nothing followed the verb (aiosmtpd's arg=None)
+    {}
+    std::string_view verb;      ///< upper-cased
+    std::string_view argument;  ///< stripped; empty when absent
+    bool has_argument;          ///< false when nothing followed the verb (aiosmtpd's arg=None)
     const asiosmtpd_command_args* raw;
 };
 
@@ -345,29 +352,40 @@ struct command_args {
 /// Raw bytes as the client sent them (base64-decoded). Never log the password.
 struct auth_args {
     explicit auth_args(const asiosmtpd_auth_args& a) noexcept
-        : mechanism(to_view(a.mechanism)), authzid(to_view(a.authzid)), login(to_view(a.login)),
-          password(to_view(a.password)), response(to_view(a.response)), has_response(a.has_response != 0),
-          step(a.step), raw(&a)
-    {
-    }
-    std::string_view mechanism; ///< "PLAIN", "LOGIN" or the plugin's mechanism (upper case)
-    std::string_view authzid;   ///< PLAIN's authorization identity
-    std::string_view login;     ///< AUTH_CHECK
-    std::string_view password;  ///< AUTH_CHECK
-    std::string_view response;  ///< mechanisms: the client's answer (the initial response first)
-    bool has_response;          ///< mechanisms: false on the first call without initial response
-    std::uint32_t step;         ///< mechanisms: 0, 1, 2, ...
+        : mechanism(to_view(a.mechanism)),
+          authzid(to_view(a.authzid)),
+          login(to_view(a.login)),
+          password(to_view(a.password)),
+          response(to_view(a.response)),
+          has_response(a.has_response != 0),
+          step(a.step),
+          raw(&a)
+    {}
+    std::string_view mechanism;  ///< "PLAIN", "LOGIN" or the plugin's mechanism (upper case)
+    std::string_view authzid;    ///< PLAIN's authorization identity
+    std::string_view login;      ///< AUTH_CHECK
+    std::string_view password;   ///< AUTH_CHECK
+    std::string_view response;   ///< mechanisms: the client's answer (the initial response first)
+    bool has_response;           ///< mechanisms: false on the first call without initial response
+    std::uint32_t step;          ///< mechanisms: 0, 1, 2, ...
     const asiosmtpd_auth_args* raw;
 };
 
 /// ABI 1.1: the HAProxy PROXY protocol header of the connection.
 struct proxy_args {
     explicit proxy_args(const asiosmtpd_proxy_args& a) noexcept
-        : version(a.version), command(a.command), family(a.family), protocol(a.protocol),
-          src_address(to_view(a.src_address)), src_port(a.src_port), dst_address(to_view(a.dst_address)),
-          dst_port(a.dst_port), tlvs(to_view(a.tlvs)), proxy_address(to_view(a.proxy_address)), raw(&a)
-    {
-    }
+        : version(a.version),
+          command(a.command),
+          family(a.family),
+          protocol(a.protocol),
+          src_address(to_view(a.src_address)),
+          src_port(a.src_port),
+          dst_address(to_view(a.dst_address)),
+          dst_port(a.dst_port),
+          tlvs(to_view(a.tlvs)),
+          proxy_address(to_view(a.proxy_address)),
+          raw(&a)
+    {}
     int version;                   ///< 1 or 2
     int command;                   ///< v2: 0 LOCAL, 1 PROXY
     int family;                    ///< 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX
@@ -376,8 +394,8 @@ struct proxy_args {
     std::uint16_t src_port;
     std::string_view dst_address;
     std::uint16_t dst_port;
-    std::string_view tlvs;         ///< v2 raw TLVs: type, 16-bit big-endian length, value, ...
-    std::string_view proxy_address; ///< the load balancer ("addr:port")
+    std::string_view tlvs;           ///< v2 raw TLVs: type, 16-bit big-endian length, value, ...
+    std::string_view proxy_address;  ///< the load balancer ("addr:port")
     const asiosmtpd_proxy_args* raw;
 };
 
@@ -386,20 +404,20 @@ struct session_info {
     std::uint64_t id = 0;
     std::string_view peer_address;
     std::uint16_t peer_port = 0;
-    std::string_view helo_name; ///< empty before HELO/EHLO
-    bool extended_smtp = false; ///< after EHLO/LHLO
+    std::string_view helo_name;  ///< empty before HELO/EHLO
+    bool extended_smtp = false;  ///< after EHLO/LHLO
     bool tls_active = false;
     bool authenticated = false;
     // ABI 1.1 (empty on an older host):
-    std::string_view tls_version;      ///< "TLSv1.3"
-    std::string_view tls_cipher;       ///< "TLS_AES_256_GCM_SHA384"
-    std::string_view tls_peer_subject; ///< client certificate subject (RFC 2253), if one was given
-    std::string_view auth_login;       ///< the authenticated identity; empty before AUTH
+    std::string_view tls_version;       ///< "TLSv1.3"
+    std::string_view tls_cipher;        ///< "TLS_AES_256_GCM_SHA384"
+    std::string_view tls_peer_subject;  ///< client certificate subject (RFC 2253), if one was given
+    std::string_view auth_login;        ///< the authenticated identity; empty before AUTH
 };
 
 /// txn_info(): views valid until the handler returns.
 struct txn_info {
-    std::string_view mail_from; ///< empty before MAIL; "<>" for the null sender
+    std::string_view mail_from;  ///< empty before MAIL; "<>" for the null sender
     std::size_t mail_param_count = 0;
     std::size_t rcpt_count = 0;
 };
@@ -416,8 +434,7 @@ public:
     /// bodies or credentials.
     void log(log_level level, std::string_view message) const noexcept
     {
-        if (host_)
-            host_->log(ctx_, nullptr, static_cast<std::int32_t>(level), to_str(message));
+        if (host_) host_->log(ctx_, nullptr, static_cast<std::int32_t>(level), to_str(message));
     }
     void debug(std::string_view m) const noexcept { log(log_level::debug, m); }
     void info(std::string_view m) const noexcept { log(log_level::info, m); }
@@ -438,14 +455,12 @@ private:
 class config {
 public:
     config(const asiosmtpd_host_api* host, const asiosmtpd_cfg* node, std::string path = {})
-        : host_(host), node_(node), path_(std::move(path))
-    {
-    }
+        : host_(host),
+          node_(node),
+          path_(std::move(path))
+    {}
 
-    node_kind kind() const noexcept
-    {
-        return node_ ? static_cast<node_kind>(host_->cfg_kind(node_)) : node_kind::null;
-    }
+    node_kind kind() const noexcept { return node_ ? static_cast<node_kind>(host_->cfg_kind(node_)) : node_kind::null; }
     bool is_null() const noexcept { return kind() == node_kind::null; }
     bool is_scalar() const noexcept { return kind() == node_kind::scalar; }
     bool is_sequence() const noexcept { return kind() == node_kind::sequence; }
@@ -470,10 +485,8 @@ public:
     config at(std::size_t index) const
     {
         const asiosmtpd_cfg* n = node_ ? host_->cfg_at(node_, index) : nullptr;
-        if (!n)
-            throw std::invalid_argument(where() + "has no entry " + std::to_string(index));
-        if (is_map())
-            return config(host_, n, child_path(key_at(index)));
+        if (!n) throw std::invalid_argument(where() + "has no entry " + std::to_string(index));
+        if (is_map()) return config(host_, n, child_path(key_at(index)));
         return config(host_, n, path_ + "[" + std::to_string(index) + "]");
     }
 
@@ -488,16 +501,14 @@ public:
     std::optional<config> get(std::string_view key) const
     {
         const asiosmtpd_cfg* n = (node_ && is_map()) ? host_->cfg_get(node_, to_str(key)) : nullptr;
-        if (!n)
-            return std::nullopt;
+        if (!n) return std::nullopt;
         return config(host_, n, child_path(key));
     }
 
     /// The value at `key`, or std::invalid_argument "<path>.<key>: required".
     config require(std::string_view key) const
     {
-        if (auto v = get(key))
-            return *v;
+        if (auto v = get(key)) return *v;
         throw std::invalid_argument(child_path(key) + ": required");
     }
 
@@ -505,12 +516,10 @@ public:
     std::vector<std::pair<std::string_view, config>> entries() const
     {
         std::vector<std::pair<std::string_view, config>> out;
-        if (!is_map())
-            return out;
+        if (!is_map()) return out;
         const std::size_t n = size();
         out.reserve(n);
-        for (std::size_t i = 0; i < n; ++i)
-            out.emplace_back(key_at(i), at(i));
+        for (std::size_t i = 0; i < n; ++i) out.emplace_back(key_at(i), at(i));
         return out;
     }
 
@@ -518,12 +527,10 @@ public:
     std::vector<config> items() const
     {
         std::vector<config> out;
-        if (!is_sequence())
-            return out;
+        if (!is_sequence()) return out;
         const std::size_t n = size();
         out.reserve(n);
-        for (std::size_t i = 0; i < n; ++i)
-            out.push_back(at(i));
+        for (std::size_t i = 0; i < n; ++i) out.push_back(at(i));
         return out;
     }
 
@@ -543,22 +550,18 @@ public:
     /// Throws unless this is null or a map whose keys are all in `allowed`.
     void check_keys(std::initializer_list<std::string_view> allowed) const
     {
-        if (is_null())
-            return;
+        if (is_null()) return;
         expect(node_kind::map, "a map");
         const std::size_t n = size();
         for (std::size_t i = 0; i < n; ++i) {
             const std::string_view k = key_at(i);
             bool ok = false;
-            for (std::string_view a : allowed)
-                ok = ok || a == k;
-            if (ok)
-                continue;
+            for (std::string_view a : allowed) ok = ok || a == k;
+            if (ok) continue;
             std::string msg = where() + "unknown key '" + std::string(k) + "'";
             if (allowed.size() != 0) {
                 msg += " (known:";
-                for (std::string_view a : allowed)
-                    msg.append(" ").append(a);
+                for (std::string_view a : allowed) msg.append(" ").append(a);
                 msg += ")";
             }
             throw std::invalid_argument(msg);
@@ -592,10 +595,8 @@ public:
         const std::uint64_t limit = negative ? std::uint64_t{1} << 63 : (std::uint64_t{1} << 63) - 1;
         if (s.empty() || ec != std::errc() || end != s.data() + s.size() || magnitude > limit)
             throw bad_value("an integer");
-        if (!negative)
-            return static_cast<std::int64_t>(magnitude);
-        return magnitude == limit ? std::numeric_limits<std::int64_t>::min()
-                                  : -static_cast<std::int64_t>(magnitude);
+        if (!negative) return static_cast<std::int64_t>(magnitude);
+        return magnitude == limit ? std::numeric_limits<std::int64_t>::min() : -static_cast<std::int64_t>(magnitude);
     }
 
     /// as_int() within [min, max], else "<path>: must be between min and max".
@@ -603,8 +604,8 @@ public:
     {
         const std::int64_t v = as_int();
         if (v < min || v > max)
-            throw std::invalid_argument(where() + "must be between " + std::to_string(min) +
-                                        " and " + std::to_string(max) + ", got " + std::to_string(v));
+            throw std::invalid_argument(where() + "must be between " + std::to_string(min) + " and " +
+                                        std::to_string(max) + ", got " + std::to_string(v));
         return v;
     }
 
@@ -613,8 +614,7 @@ public:
     {
         expect(node_kind::scalar, "a number");
         std::string_view s = scalar();
-        if (!s.empty() && s.front() == '+')
-            s.remove_prefix(1);
+        if (!s.empty() && s.front() == '+') s.remove_prefix(1);
         double v = 0;
         const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
         if (s.empty() || ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v))
@@ -628,16 +628,14 @@ public:
     {
         expect(node_kind::scalar, "a boolean");
         static constexpr std::string_view yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES",
-                                                   "on", "On", "ON", "y", "Y"};
+                                                   "on",   "On",   "ON",   "y",   "Y"};
         static constexpr std::string_view no[] = {"false", "False", "FALSE", "no", "No", "NO",
-                                                  "off", "Off", "OFF", "n", "N"};
+                                                  "off",   "Off",   "OFF",   "n",  "N"};
         const std::string_view s = scalar();
         for (std::string_view t : yes)
-            if (s == t)
-                return true;
+            if (s == t) return true;
         for (std::string_view f : no)
-            if (s == f)
-                return false;
+            if (s == f) return false;
         throw bad_value("a boolean (true or false)");
     }
 
@@ -646,8 +644,7 @@ public:
     {
         expect_list();
         std::vector<std::string> out;
-        for (const config& item : items())
-            out.push_back(item.as_string());
+        for (const config& item : items()) out.push_back(item.as_string());
         return out;
     }
 
@@ -689,15 +686,13 @@ private:
     void expect(node_kind k, const char* wanted) const
     {
         const node_kind have = kind();
-        if (have != k)
-            throw std::invalid_argument(where() + "expected " + wanted + ", got " + kind_name(have));
+        if (have != k) throw std::invalid_argument(where() + "expected " + wanted + ", got " + kind_name(have));
     }
     std::invalid_argument bad_value(const char* wanted) const
     {
         std::string_view s = scalar();
         std::string shown(s.substr(0, 40));
-        if (s.size() > 40)
-            shown += "...";
+        if (s.size() > 40) shown += "...";
         return std::invalid_argument(where() + "expected " + wanted + ", got '" + shown + "'");
     }
 
@@ -717,9 +712,10 @@ class pending {
 public:
     pending() noexcept = default;
     pending(pending&& o) noexcept
-        : host_(o.host_), ctx_(o.ctx_), token_(o.token_.exchange(0, std::memory_order_acq_rel))
-    {
-    }
+        : host_(o.host_),
+          ctx_(o.ctx_),
+          token_(o.token_.exchange(0, std::memory_order_acq_rel))
+    {}
     pending& operator=(pending&& o) noexcept
     {
         if (this != &o) {
@@ -740,11 +736,9 @@ public:
     /// verdict of `pending` is refused with E_INVALID and keeps the token.
     asiosmtpd_status complete(verdict v, std::uint16_t code = 0, std::string_view text = {}) noexcept
     {
-        if (v == verdict::pending)
-            return ASIOSMTPD_E_INVALID;
+        if (v == verdict::pending) return ASIOSMTPD_E_INVALID;
         const asiosmtpd_token t = token_.exchange(0, std::memory_order_acq_rel);
-        if (t == 0)
-            return ASIOSMTPD_E_GONE;
+        if (t == 0) return ASIOSMTPD_E_GONE;
         return host_->complete(t, static_cast<asiosmtpd_verdict>(v), code, to_str(text));
     }
 
@@ -769,14 +763,14 @@ public:
 private:
     friend class call;
     pending(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_token token) noexcept
-        : host_(host), ctx_(ctx), token_(token)
-    {
-    }
+        : host_(host),
+          ctx_(ctx),
+          token_(token)
+    {}
     void drop() noexcept
     {
         const asiosmtpd_token t = token_.exchange(0, std::memory_order_acq_rel);
-        if (t == 0)
-            return;
+        if (t == 0) return;
         host_->log(ctx_, nullptr, ASIOSMTPD_LOG_WARN,
                    to_str("a suspended hook was dropped without completion; answering 451"));
         host_->complete(t, ASIOSMTPD_TEMPFAIL, internal_error_code, to_str(internal_error_text));
@@ -794,11 +788,12 @@ private:
 // ------------------------------------------------------------------------------------------
 class call {
 public:
-    call(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_call* c,
-         sdk::hook which) noexcept
-        : host_(host), ctx_(ctx), call_(c), hook_(which)
-    {
-    }
+    call(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_call* c, sdk::hook which) noexcept
+        : host_(host),
+          ctx_(ctx),
+          call_(c),
+          hook_(which)
+    {}
     call(const call&) = delete;
     call& operator=(const call&) = delete;
 
@@ -814,8 +809,7 @@ public:
     void reply(std::uint16_t code, std::string_view text)
     {
         const asiosmtpd_status st = host_->set_reply(call_, code, to_str(text));
-        if (st != ASIOSMTPD_OK)
-            throw error(st, "set_reply(" + std::to_string(code) + ")");
+        if (st != ASIOSMTPD_OK) throw error(st, "set_reply(" + std::to_string(code) + ")");
     }
     /// reply(code, text) and return v: `return c.reply(verdict::reject, 550, "5.7.1 No");`
     verdict reply(verdict v, std::uint16_t code, std::string_view text)
@@ -827,7 +821,10 @@ public:
     verdict reject(std::uint16_t code, std::string_view text) { return reply(verdict::reject, code, text); }
     verdict tempfail(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail, code, text); }
     verdict reject_close(std::uint16_t code, std::string_view text) { return reply(verdict::reject_close, code, text); }
-    verdict tempfail_close(std::uint16_t code, std::string_view text) { return reply(verdict::tempfail_close, code, text); }
+    verdict tempfail_close(std::uint16_t code, std::string_view text)
+    {
+        return reply(verdict::tempfail_close, code, text);
+    }
 
     // -- LMTP per-recipient replies (ABI 1.1) ------------------------------------------------
 
@@ -870,13 +867,17 @@ public:
         session_info out;
         const std::uint32_t n = raw.struct_size;
         if (detail::has(n, offsetof(S, session_id) + sizeof raw.session_id)) out.id = raw.session_id;
-        if (detail::has(n, offsetof(S, peer_address) + sizeof raw.peer_address)) out.peer_address = to_view(raw.peer_address);
+        if (detail::has(n, offsetof(S, peer_address) + sizeof raw.peer_address))
+            out.peer_address = to_view(raw.peer_address);
         if (detail::has(n, offsetof(S, peer_port) + sizeof raw.peer_port)) out.peer_port = raw.peer_port;
         if (detail::has(n, offsetof(S, helo_name) + sizeof raw.helo_name)) out.helo_name = to_view(raw.helo_name);
-        if (detail::has(n, offsetof(S, extended_smtp) + sizeof raw.extended_smtp)) out.extended_smtp = raw.extended_smtp != 0;
+        if (detail::has(n, offsetof(S, extended_smtp) + sizeof raw.extended_smtp))
+            out.extended_smtp = raw.extended_smtp != 0;
         if (detail::has(n, offsetof(S, tls_active) + sizeof raw.tls_active)) out.tls_active = raw.tls_active != 0;
-        if (detail::has(n, offsetof(S, authenticated) + sizeof raw.authenticated)) out.authenticated = raw.authenticated != 0;
-        if (detail::has(n, offsetof(S, tls_version) + sizeof raw.tls_version)) out.tls_version = to_view(raw.tls_version);
+        if (detail::has(n, offsetof(S, authenticated) + sizeof raw.authenticated))
+            out.authenticated = raw.authenticated != 0;
+        if (detail::has(n, offsetof(S, tls_version) + sizeof raw.tls_version))
+            out.tls_version = to_view(raw.tls_version);
         if (detail::has(n, offsetof(S, tls_cipher) + sizeof raw.tls_cipher)) out.tls_cipher = to_view(raw.tls_cipher);
         if (detail::has(n, offsetof(S, tls_peer_subject) + sizeof raw.tls_peer_subject))
             out.tls_peer_subject = to_view(raw.tls_peer_subject);
@@ -893,16 +894,14 @@ public:
         txn_info out;
         const std::uint32_t n = raw.struct_size;
         if (detail::has(n, offsetof(T, mail_from) + sizeof raw.mail_from)) out.mail_from = to_view(raw.mail_from);
-        if (detail::has(n, offsetof(T, mail_param_count) + sizeof raw.mail_param_count)) out.mail_param_count = raw.mail_param_count;
+        if (detail::has(n, offsetof(T, mail_param_count) + sizeof raw.mail_param_count))
+            out.mail_param_count = raw.mail_param_count;
         if (detail::has(n, offsetof(T, rcpt_count) + sizeof raw.rcpt_count)) out.rcpt_count = raw.rcpt_count;
         return out;
     }
 
     /// The accepted recipients, in order (duplicates kept).
-    std::vector<std::string_view> rcpts() const
-    {
-        return collect(txn().rcpt_count, host_->txn_rcpt_at, "txn_rcpt_at");
-    }
+    std::vector<std::string_view> rcpts() const { return collect(txn().rcpt_count, host_->txn_rcpt_at, "txn_rcpt_at"); }
 
     /// The transaction's MAIL parameters ("SIZE=100", "BODY=8BITMIME"), upper-cased.
     std::vector<std::string_view> mail_params() const
@@ -919,11 +918,9 @@ public:
     T* find_slot(scope s) const
     {
         void* p = host_->slot_get(call_, static_cast<std::int32_t>(s));
-        if (!p)
-            return nullptr;
+        if (!p) return nullptr;
         auto* box = static_cast<slot_base*>(p);
-        if (box->tag != detail::type_tag<T>())
-            throw std::logic_error("slot holds an object of another type");
+        if (box->tag != detail::type_tag<T>()) throw std::logic_error("slot holds an object of another type");
         return &static_cast<slot_box<T>*>(box)->value;
     }
 
@@ -931,8 +928,7 @@ public:
     template <class T>
     T& slot(scope s) const
     {
-        if (T* p = find_slot<T>(s))
-            return *p;
+        if (T* p = find_slot<T>(s)) return *p;
         return emplace_slot<T>(s);
     }
 
@@ -990,9 +986,9 @@ private:
     template <class T>
     struct slot_box : slot_base {
         template <class... Args>
-        explicit slot_box(Args&&... args) : slot_base{detail::type_tag<T>()}, value(std::forward<Args>(args)...)
-        {
-        }
+        explicit slot_box(Args&&... args) : slot_base{detail::type_tag<T>()},
+                                            value(std::forward<Args>(args)...)
+        {}
         static void destroy(void* p) noexcept { delete static_cast<slot_box*>(static_cast<slot_base*>(p)); }
         T value;
     };
@@ -1044,38 +1040,91 @@ template <auto M>
 using member_class_t = typename member_class<decltype(M)>::type;
 
 // The argument struct of each hook: C struct and C++ view.
-template <asiosmtpd_hook_id H> struct hook_args { using c_type = void; using type = void; };
-template <> struct hook_args<0> { using c_type = asiosmtpd_command_args; using type = command_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_CONNECT> { using c_type = asiosmtpd_connect_args; using type = connect_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_HELO> { using c_type = asiosmtpd_helo_args; using type = helo_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_EHLO> { using c_type = asiosmtpd_helo_args; using type = helo_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_MAIL> { using c_type = asiosmtpd_address_args; using type = address_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_RCPT> { using c_type = asiosmtpd_address_args; using type = address_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_VRFY> { using c_type = asiosmtpd_address_args; using type = address_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_DATA> { using c_type = asiosmtpd_data_args; using type = data_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_DATA_CHUNK> { using c_type = asiosmtpd_data_args; using type = data_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_NOOP> { using c_type = asiosmtpd_command_args; using type = command_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> { using c_type = asiosmtpd_command_args; using type = command_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_AUTH_CHECK> { using c_type = asiosmtpd_auth_args; using type = auth_args; };
-template <> struct hook_args<ASIOSMTPD_HOOK_PROXY> { using c_type = asiosmtpd_proxy_args; using type = proxy_args; };
+template <asiosmtpd_hook_id H>
+struct hook_args {
+    using c_type = void;
+    using type = void;
+};
+template <>
+struct hook_args<0> {
+    using c_type = asiosmtpd_command_args;
+    using type = command_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_CONNECT> {
+    using c_type = asiosmtpd_connect_args;
+    using type = connect_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_HELO> {
+    using c_type = asiosmtpd_helo_args;
+    using type = helo_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_EHLO> {
+    using c_type = asiosmtpd_helo_args;
+    using type = helo_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_MAIL> {
+    using c_type = asiosmtpd_address_args;
+    using type = address_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_RCPT> {
+    using c_type = asiosmtpd_address_args;
+    using type = address_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_VRFY> {
+    using c_type = asiosmtpd_address_args;
+    using type = address_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_DATA> {
+    using c_type = asiosmtpd_data_args;
+    using type = data_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_DATA_CHUNK> {
+    using c_type = asiosmtpd_data_args;
+    using type = data_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_NOOP> {
+    using c_type = asiosmtpd_command_args;
+    using type = command_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_UNKNOWN> {
+    using c_type = asiosmtpd_command_args;
+    using type = command_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_AUTH_CHECK> {
+    using c_type = asiosmtpd_auth_args;
+    using type = auth_args;
+};
+template <>
+struct hook_args<ASIOSMTPD_HOOK_PROXY> {
+    using c_type = asiosmtpd_proxy_args;
+    using type = proxy_args;
+};
 
 template <auto M>
-inline constexpr bool takes_none =
-    std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&>;
+inline constexpr bool takes_none = std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&>;
 template <auto M, class A>
 constexpr bool takes_arg() noexcept
 {
-    if constexpr (std::is_void_v<A>)
-        return false;
-    else
-        return std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&, const A&>;
+    if constexpr (std::is_void_v<A>) return false;
+    else return std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&, const A&>;
 }
 template <auto M, class A>
 inline constexpr bool takes = takes_arg<M, A>();
 template <auto M>
 inline constexpr bool valid_handler =
-    takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> ||
-    takes<M, data_args> || takes<M, command_args> || takes<M, auth_args> || takes<M, proxy_args>;
+    takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> || takes<M, data_args> ||
+    takes<M, command_args> || takes<M, auth_args> || takes<M, proxy_args>;
 
 // "MAIL handler: <what>[: <detail>]" at warn (a plugin misbehaved; the host adds the plugin
 // instance and session).
@@ -1100,8 +1149,7 @@ inline void log_noexcept(call& c, const char* what, const char* detail_text) noe
 inline asiosmtpd_verdict fail(call& c, const char* what) noexcept
 {
     log_noexcept(c, "unhandled exception", what);
-    if (c.suspended())
-        return ASIOSMTPD_PENDING;
+    if (c.suspended()) return ASIOSMTPD_PENDING;
     c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
     return ASIOSMTPD_TEMPFAIL;
 }
@@ -1115,8 +1163,7 @@ inline asiosmtpd_verdict finish(call& c, verdict v) noexcept
         return ASIOSMTPD_PENDING;
     }
     if (v == verdict::pending || raw < ASIOSMTPD_CONTINUE || raw > ASIOSMTPD_AUTH_CHALLENGE) {
-        log_noexcept(c, "returned PENDING without suspend(), or an unknown verdict; answering 451",
-                     nullptr);
+        log_noexcept(c, "returned PENDING without suspend(), or an unknown verdict; answering 451", nullptr);
         c.host()->set_reply(c.raw(), internal_error_code, to_str(internal_error_text));
         return ASIOSMTPD_TEMPFAIL;
     }
@@ -1133,8 +1180,7 @@ asiosmtpd_verdict trampoline(void* inst, asiosmtpd_call* raw_call, const void* r
     try {
         C& self = *static_cast<C*>(box->object);
         if constexpr (takes<M, A>) {
-            if (!raw_args)
-                throw std::logic_error("the host passed no hook arguments");
+            if (!raw_args) throw std::logic_error("the host passed no hook arguments");
             const A args(*static_cast<const typename hook_args<H>::c_type*>(raw_args));
             return finish(c, (self.*M)(c, args));
         } else {
@@ -1152,26 +1198,21 @@ template <auto M, asiosmtpd_hook_id H>
 constexpr asiosmtpd_hook_fn pick() noexcept
 {
     using A = typename hook_args<H>::type;
-    if constexpr (takes<M, A>)
-        return &trampoline<M, H>;
-    else if constexpr (takes_none<M>)
-        return &trampoline<M, H>;
-    else
-        return nullptr;
+    if constexpr (takes<M, A>) return &trampoline<M, H>;
+    else if constexpr (takes_none<M>) return &trampoline<M, H>;
+    else return nullptr;
 }
 
 inline void write_error(asiosmtpd_errbuf* err, const char* text) noexcept
 {
-    if (!err || !err->buf || err->cap == 0)
-        return;
+    if (!err || !err->buf || err->cap == 0) return;
     const std::size_t len = text ? std::strlen(text) : 0;
     const std::size_t n = len < err->cap - 1 ? len : err->cap - 1;
-    if (n)
-        std::memcpy(err->buf, text, n);
+    if (n) std::memcpy(err->buf, text, n);
     err->buf[n] = '\0';
 }
 
-} // namespace detail
+}  // namespace detail
 
 // ------------------------------------------------------------------------------------------
 // registrar: what the plugin's constructor gets. Valid only during the constructor
@@ -1181,9 +1222,11 @@ class registrar {
 public:
     registrar(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg,
               const void* plugin_tag) noexcept
-        : host_(host), ctx_(ctx), reg_(reg), plugin_tag_(plugin_tag)
-    {
-    }
+        : host_(host),
+          ctx_(ctx),
+          reg_(reg),
+          plugin_tag_(plugin_tag)
+    {}
     registrar(const registrar&) = delete;
     registrar& operator=(const registrar&) = delete;
 
@@ -1211,8 +1254,7 @@ public:
     void on(hook h)
     {
         const asiosmtpd_status st = try_on<M>(h);
-        if (st != ASIOSMTPD_OK)
-            throw error(st, std::string("register_hook(") + hook_name(h) + ")");
+        if (st != ASIOSMTPD_OK) throw error(st, std::string("register_hook(") + hook_name(h) + ")");
     }
 
     /// on() returning the host's status instead of throwing it (E_UNSUPPORTED lets a
@@ -1243,14 +1285,11 @@ public:
         case hook::auth_check: fn = detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>(); break;
         case hook::proxy: fn = detail::pick<M, ASIOSMTPD_HOOK_PROXY>(); break;
         case hook::data_chunk: fn = detail::pick<M, ASIOSMTPD_HOOK_DATA_CHUNK>(); break;
-        case hook::command:
-            throw std::logic_error("register commands with registrar::command()");
+        case hook::command: throw std::logic_error("register commands with registrar::command()");
         case hook::other:
         default: fn = detail::pick<M, -1>(); break;
         }
-        if (!fn)
-            throw std::logic_error(std::string("the handler's argument type does not fit hook ") +
-                                   hook_name(h));
+        if (!fn) throw std::logic_error(std::string("the handler's argument type does not fit hook ") + hook_name(h));
         return host_->register_hook(reg_, static_cast<asiosmtpd_hook_id>(h), fn);
     }
 
@@ -1274,8 +1313,7 @@ public:
         d.flags = flags;
         d.handler = detail::pick<M, 0>();
         const asiosmtpd_status st = host_->register_command(reg_, &d);
-        if (st != ASIOSMTPD_OK)
-            throw error(st, "register_command(" + std::string(verb) + ")");
+        if (st != ASIOSMTPD_OK) throw error(st, "register_command(" + std::string(verb) + ")");
     }
 
     /// ABI 1.1: add an AUTH mechanism (aiosmtpd's auth_<MECH>), advertised in EHLO's AUTH line.
@@ -1292,16 +1330,14 @@ public:
             throw error(ASIOSMTPD_E_UNSUPPORTED, "register_auth_mechanism (host older than ABI 1.1)");
         const asiosmtpd_status st =
             host_->register_auth_mechanism(reg_, to_str(name), detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>());
-        if (st != ASIOSMTPD_OK)
-            throw error(st, "register_auth_mechanism(" + std::string(name) + ")");
+        if (st != ASIOSMTPD_OK) throw error(st, "register_auth_mechanism(" + std::string(name) + ")");
     }
 
     /// Add an EHLO keyword line ("XFOO bar"). Throws sdk::error (E_INVALID: CR/LF, > 500 bytes).
     void ehlo_keyword(std::string_view line)
     {
         const asiosmtpd_status st = host_->register_ehlo_keyword(reg_, to_str(line));
-        if (st != ASIOSMTPD_OK)
-            throw error(st, "register_ehlo_keyword(" + std::string(line.substr(0, 40)) + ")");
+        if (st != ASIOSMTPD_OK) throw error(st, "register_ehlo_keyword(" + std::string(line.substr(0, 40)) + ")");
     }
 
     const asiosmtpd_host_api* host() const noexcept { return host_; }
@@ -1332,12 +1368,10 @@ struct entry {
     static_assert(std::is_constructible_v<P, registrar&>,
                   "a plugin class is constructible from asiosmtpd::sdk::registrar&");
 
-    static asiosmtpd_status create(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx,
-                                   asiosmtpd_registrar* reg, void** out_instance,
-                                   asiosmtpd_errbuf* err) noexcept
+    static asiosmtpd_status create(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg,
+                                   void** out_instance, asiosmtpd_errbuf* err) noexcept
     {
-        if (out_instance)
-            *out_instance = nullptr;
+        if (out_instance) *out_instance = nullptr;
         if (!host || !reg || !out_instance) {
             write_error(err, "create() called with a NULL argument");
             return ASIOSMTPD_E_INVALID;
@@ -1363,14 +1397,11 @@ struct entry {
         return ASIOSMTPD_E_INVALID;
     }
 
-    static void destroy(void* inst) noexcept
-    {
-        delete static_cast<instance<P>*>(static_cast<instance_base*>(inst));
-    }
+    static void destroy(void* inst) noexcept { delete static_cast<instance<P>*>(static_cast<instance_base*>(inst)); }
 };
 
-} // namespace detail
-} // namespace asiosmtpd::sdk
+}  // namespace detail
+}  // namespace asiosmtpd::sdk
 
 /// ASIOSMTPD_PLUGIN(Class, "name", "version", "one-line description", flags)
 /// Defines the entry symbol asiosmtpd_plugin_entry_v1 for plugin class `Class` (constructed
@@ -1382,21 +1413,21 @@ struct entry {
 #ifndef ASIOSMTPD_PLUGIN_MIN_ABI_MINOR
 #define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR 0u
 #endif
-#define ASIOSMTPD_PLUGIN(Class, Name, Version, Description, Flags)                                 \
-    extern "C" ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor* asiosmtpd_plugin_entry_v1(void) \
-    {                                                                                              \
-        static const asiosmtpd_plugin_descriptor descriptor = {                                    \
-            static_cast<std::uint32_t>(sizeof(asiosmtpd_plugin_descriptor)),                       \
-            ASIOSMTPD_ABI_MAJOR,                                                                   \
-            ASIOSMTPD_PLUGIN_MIN_ABI_MINOR,                                                        \
-            std::uint32_t{Flags},                                                                  \
-            Name,                                                                                  \
-            Version,                                                                               \
-            Description,                                                                           \
-            &::asiosmtpd::sdk::detail::entry<Class>::create,                                       \
-            &::asiosmtpd::sdk::detail::entry<Class>::destroy,                                      \
-        };                                                                                         \
-        return &descriptor;                                                                        \
+#define ASIOSMTPD_PLUGIN(Class, Name, Version, Description, Flags)                                                     \
+    extern "C" ASIOSMTPD_EXPORT const asiosmtpd_plugin_descriptor* asiosmtpd_plugin_entry_v1(void)                     \
+    {                                                                                                                  \
+        static const asiosmtpd_plugin_descriptor descriptor = {                                                        \
+            static_cast<std::uint32_t>(sizeof(asiosmtpd_plugin_descriptor)),                                           \
+            ASIOSMTPD_ABI_MAJOR,                                                                                       \
+            ASIOSMTPD_PLUGIN_MIN_ABI_MINOR,                                                                            \
+            std::uint32_t{Flags},                                                                                      \
+            Name,                                                                                                      \
+            Version,                                                                                                   \
+            Description,                                                                                               \
+            &::asiosmtpd::sdk::detail::entry<Class>::create,                                                           \
+            &::asiosmtpd::sdk::detail::entry<Class>::destroy,                                                          \
+        };                                                                                                             \
+        return &descriptor;                                                                                            \
     }
 
-#endif // ASIOSMTPD_PLUGIN_HPP
+#endif  // ASIOSMTPD_PLUGIN_HPP

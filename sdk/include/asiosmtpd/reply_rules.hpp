@@ -21,15 +21,18 @@ inline constexpr std::size_t max_reply_line = 512 - 2 - 4;  // minus "NNN-" and 
 inline constexpr std::size_t max_reply_text = 64 * 1024;    // 160 lines of 400 bytes: a relay listing refusals
 
 /// A byte no reply text may hold: a control byte but HT (LF is the line separator), or DEL.
-constexpr bool reply_byte_forbidden(unsigned char c) noexcept { return (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f; }
+constexpr bool reply_byte_forbidden(unsigned char c) noexcept
+{
+    return (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f;
+}
 
 /// Why the server refuses this reply, in its own words, or "" when it is fine.
 inline std::string reply_problem(std::uint16_t code, std::string_view text, bool multiline = true)
 {
-    if (code < 200 || code > 599)
-        return "reply code " + std::to_string(code) + " is outside 200..599";
+    if (code < 200 || code > 599) return "reply code " + std::to_string(code) + " is outside 200..599";
     if (text.size() > max_reply_text)
-        return "reply text of " + std::to_string(text.size()) + " bytes (at most " + std::to_string(max_reply_text) + ")";
+        return "reply text of " + std::to_string(text.size()) + " bytes (at most " + std::to_string(max_reply_text) +
+               ")";
     std::size_t line_start = 0;
     for (std::size_t i = 0; i <= text.size(); ++i) {
         const auto c = i < text.size() ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>('\n');
@@ -42,8 +45,7 @@ inline std::string reply_problem(std::uint16_t code, std::string_view text, bool
             line_start = i + 1;
             continue;
         }
-        if (c == '\r')
-            return "reply text has CR at byte " + std::to_string(i);
+        if (c == '\r') return "reply text has CR at byte " + std::to_string(i);
         if (reply_byte_forbidden(c)) {
             static constexpr char digits[] = "0123456789abcdef";
             return std::string("reply text has control byte 0x") + digits[c >> 4] + digits[c & 15] + " at byte " +
@@ -53,6 +55,6 @@ inline std::string reply_problem(std::uint16_t code, std::string_view text, bool
     return {};
 }
 
-} // namespace asiosmtpd::sdk
+}  // namespace asiosmtpd::sdk
 
 #endif

@@ -63,16 +63,14 @@ public:
     /// @throw std::invalid_argument when `threads` is 0 or `run` is empty; std::system_error
     ///        when a thread cannot be started (those already started are joined first).
     worker_pool(std::size_t threads, run_function run, error_function on_error = {})
-        : run_(std::move(run)), on_error_(std::move(on_error))
+        : run_(std::move(run)),
+          on_error_(std::move(on_error))
     {
-        if (threads == 0)
-            throw std::invalid_argument("worker_pool: at least one thread");
-        if (!run_)
-            throw std::invalid_argument("worker_pool: no job function");
+        if (threads == 0) throw std::invalid_argument("worker_pool: at least one thread");
+        if (!run_) throw std::invalid_argument("worker_pool: no job function");
         threads_.reserve(threads);
         try {
-            for (std::size_t i = 0; i < threads; ++i)
-                threads_.emplace_back([this] { loop(); });
+            for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
         } catch (...) {
             stop();
             throw;
@@ -123,23 +121,20 @@ public:
         {
             std::lock_guard<std::mutex> lock(join_mutex_);
             for (auto& t : threads_) {
-                if (t.joinable())
-                    t.join();
+                if (t.joinable()) t.join();
             }
         }
         // No lock is held while a job is handled or destroyed: its destructor may post() (it
         // is refused) or complete an sdk::pending.
         for (;;) {
             std::unique_lock<std::mutex> lock(mutex_);
-            if (jobs_.empty())
-                return;
+            if (jobs_.empty()) return;
             Job job = std::move(jobs_.front());
             jobs_.pop_front();
             lock.unlock();
             try {
                 unrun(job);
-            } catch (...) {
-            }
+            } catch (...) {}
         }
     }
 
@@ -156,8 +151,7 @@ private:
     {
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            if (stop_.load(std::memory_order_relaxed))
-                return false;
+            if (stop_.load(std::memory_order_relaxed)) return false;
             jobs_.push_back(std::move(job));
         }
         cv_.notify_one();
@@ -169,13 +163,12 @@ private:
         for (;;) {
             std::unique_lock<std::mutex> lock(mutex_);
             cv_.wait(lock, [this] { return stop_.load(std::memory_order_relaxed) || !jobs_.empty(); });
-            if (stop_.load(std::memory_order_relaxed))
-                return;
+            if (stop_.load(std::memory_order_relaxed)) return;
             Job job = std::move(jobs_.front());
             jobs_.pop_front();
             lock.unlock();
             execute(job);
-        } // the job is destroyed here, on the worker, without the lock
+        }  // the job is destroyed here, on the worker, without the lock
     }
 
     void execute(Job& job) noexcept
@@ -187,22 +180,21 @@ private:
             if (on_error_) {
                 try {
                     on_error_(job, std::current_exception());
-                } catch (...) {
-                }
+                } catch (...) {}
             }
         }
     }
 
     const run_function run_;
     const error_function on_error_;
-    std::mutex mutex_; // guards jobs_ and the writes of stop_
+    std::mutex mutex_;  // guards jobs_ and the writes of stop_
     std::condition_variable cv_;
     std::deque<Job> jobs_;
     std::atomic<bool> stop_{false};
-    std::mutex join_mutex_; // two stop() calls at once join each thread once
+    std::mutex join_mutex_;  // two stop() calls at once join each thread once
     std::vector<std::thread> threads_;
 };
 
-} // namespace asiosmtpd::sdk
+}  // namespace asiosmtpd::sdk
 
-#endif // ASIOSMTPD_WORKER_POOL_HPP
+#endif  // ASIOSMTPD_WORKER_POOL_HPP

@@ -16,10 +16,10 @@
 #endif
 
 typedef struct frozen {
-    const asiosmtpd_host_api *host;
+    const asiosmtpd_host_api* host;
 } frozen;
 
-static asiosmtpd_str cstr(const char *s)
+static asiosmtpd_str cstr(const char* s)
 {
     asiosmtpd_str r;
     r.data = s;
@@ -27,9 +27,9 @@ static asiosmtpd_str cstr(const char *s)
     return r;
 }
 
-static asiosmtpd_verdict on_frozen(void *instance, asiosmtpd_call *call, const void *args)
+static asiosmtpd_verdict on_frozen(void* instance, asiosmtpd_call* call, const void* args)
 {
-    const frozen *self = (const frozen *)instance;
+    const frozen* self = (const frozen*)instance;
     struct {
         asiosmtpd_session_info info;
         unsigned char guard[64]; /* must stay untouched: the host writes at most struct_size */
@@ -42,26 +42,22 @@ static asiosmtpd_verdict on_frozen(void *instance, asiosmtpd_call *call, const v
     if (self->host->session_info(call, &s.info) != ASIOSMTPD_OK || s.info.struct_size > sizeof s.info)
         return ASIOSMTPD_TEMPFAIL;
     for (i = 0; i < sizeof s.guard; ++i)
-        if (s.guard[i] != 0xAB)
-            return ASIOSMTPD_TEMPFAIL;
+        if (s.guard[i] != 0xAB) return ASIOSMTPD_TEMPFAIL;
     snprintf(reply, sizeof reply, "abi 1.0 helo %.*s", (int)s.info.helo_name.size, s.info.helo_name.data);
-    if (self->host->set_reply(call, 250, cstr(reply)) != ASIOSMTPD_OK)
-        return ASIOSMTPD_TEMPFAIL;
+    if (self->host->set_reply(call, 250, cstr(reply)) != ASIOSMTPD_OK) return ASIOSMTPD_TEMPFAIL;
     return ASIOSMTPD_ACCEPT;
 }
 
-static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ctx,
-                               asiosmtpd_registrar *reg, void **out_instance, asiosmtpd_errbuf *err)
+static asiosmtpd_status create(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg,
+                               void** out_instance, asiosmtpd_errbuf* err)
 {
     asiosmtpd_command_desc d;
-    frozen *self;
+    frozen* self;
     (void)ctx;
     (void)err;
-    if (host->abi_major != 1 || !ASIOSMTPD_HAS(host, asiosmtpd_host_api, log))
-        return ASIOSMTPD_E_UNSUPPORTED;
-    self = (frozen *)malloc(sizeof *self);
-    if (self == NULL)
-        return ASIOSMTPD_E_INVALID;
+    if (host->abi_major != 1 || !ASIOSMTPD_HAS(host, asiosmtpd_host_api, log)) return ASIOSMTPD_E_UNSUPPORTED;
+    self = (frozen*)malloc(sizeof *self);
+    if (self == NULL) return ASIOSMTPD_E_INVALID;
     self->host = host;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
@@ -76,17 +72,11 @@ static asiosmtpd_status create(const asiosmtpd_host_api *host, asiosmtpd_ctx *ct
     return ASIOSMTPD_OK;
 }
 
-static void destroy(void *instance)
-{
-    free(instance);
-}
+static void destroy(void* instance) { free(instance); }
 
 static const asiosmtpd_plugin_descriptor descriptor = {
-    sizeof(asiosmtpd_plugin_descriptor), 1, 0, 0, "frozen_v1_0", "1.0.0",
+    sizeof(asiosmtpd_plugin_descriptor),       1,      0,       0, "frozen_v1_0", "1.0.0",
     "built against the frozen ABI 1.0 header", create, destroy,
 };
 
-const asiosmtpd_plugin_descriptor *asiosmtpd_plugin_entry_v1(void)
-{
-    return &descriptor;
-}
+const asiosmtpd_plugin_descriptor* asiosmtpd_plugin_entry_v1(void) { return &descriptor; }

@@ -5,9 +5,6 @@
  */
 #include <stddef.h>
 
-__attribute__((visibility("default"))) const void *asiosmtpd_plugin_entry_v2(void);
+__attribute__((visibility("default"))) const void* asiosmtpd_plugin_entry_v2(void);
 
-const void *asiosmtpd_plugin_entry_v2(void)
-{
-    return NULL;
-}
+const void* asiosmtpd_plugin_entry_v2(void) { return NULL; }

@@ -20,10 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace asiosmtpd::config;
 
-settings parse_text(std::string_view yaml, const fs::path& base = "/base")
-{
-    return parse(yaml, "t.yaml", base);
-}
+settings parse_text(std::string_view yaml, const fs::path& base = "/base") { return parse(yaml, "t.yaml", base); }
 
 // The message of the config_error that parsing `yaml` must throw.
 std::string error_of(std::string_view yaml, const fs::path& base = "/base")
@@ -125,8 +122,8 @@ TEST(config_node, get_finds_map_keys_only)
 
 TEST(config_defaults, empty_documents_give_the_header_defaults)
 {
-    for (const std::string_view text : {"", "# only a comment\n", "---\n", "server:\ntls:\nplugins:\nplugin_path:\n",
-                                        "server: ~\n"}) {
+    for (const std::string_view text :
+         {"", "# only a comment\n", "---\n", "server:\ntls:\nplugins:\nplugin_path:\n", "server: ~\n"}) {
         SCOPED_TRACE(text);
         const settings s = parse_text(text);
         EXPECT_EQ(s.file, "t.yaml");
@@ -341,8 +338,9 @@ TEST(config_errors, integers)
               R"(t.yaml:2: server.max_connections: expected an integer >= 1, got "4294967296" (too large))");
     EXPECT_EQ(error_of("server:\n  max_tls_handshakes: -1\n"),
               R"(t.yaml:2: server.max_tls_handshakes: expected an integer >= 0, got "-1")");
-    EXPECT_EQ(error_of("server:\n  max_tls_handshakes_per_client: 4294967296\n"),
-              R"(t.yaml:2: server.max_tls_handshakes_per_client: expected an integer >= 0, got "4294967296" (too large))");
+    EXPECT_EQ(
+        error_of("server:\n  max_tls_handshakes_per_client: 4294967296\n"),
+        R"(t.yaml:2: server.max_tls_handshakes_per_client: expected an integer >= 0, got "4294967296" (too large))");
     EXPECT_EQ(error_of("server:\n  max_tls_handshakes_per_client: many\n"),
               R"(t.yaml:2: server.max_tls_handshakes_per_client: expected an integer >= 0, got "many")");
     EXPECT_EQ(error_of("server:\n  data_size_limit: 18446744073709551616\n"),
@@ -392,8 +390,9 @@ TEST(config_errors, choices_and_strings)
               R"(t.yaml:3: server.listen[0].address: expected an address or host name, got the string "")");
     EXPECT_EQ(error_of("server:\n  listen:\n    - address: {a: 1}\n"),
               R"(t.yaml:3: server.listen[0].address: expected a string, got a mapping)");
-    EXPECT_EQ(error_of("server:\n  hostname: mail example\n"),
-              R"(t.yaml:2: server.hostname: expected a host name without spaces or control characters, got "mail example")");
+    EXPECT_EQ(
+        error_of("server:\n  hostname: mail example\n"),
+        R"(t.yaml:2: server.hostname: expected a host name without spaces or control characters, got "mail example")");
     EXPECT_EQ(error_of("server:\n  ident: \"a\\r\\nb\"\n"),
               R"(t.yaml:2: server.ident: expected text without control characters, got the string "a\r\nb")");
     EXPECT_EQ(error_of("server:\n  ident: [x]\n"),
@@ -414,8 +413,7 @@ TEST(config_errors, unknown_keys_at_every_level)
     EXPECT_EQ(error_of("server:\n  listen:\n    - port: 25\n    - port: 26\n      tsl: none\n"),
               "t.yaml:5: server.listen[1].tsl: unknown key");
     EXPECT_EQ(error_of("tls:\n  certificate: c\n  private_key: k\n  ca: x\n"), "t.yaml:4: tls.ca: unknown key");
-    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    settings: {}\n"),
-              "t.yaml:3: plugins[0].settings: unknown key");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    settings: {}\n"), "t.yaml:3: plugins[0].settings: unknown key");
     EXPECT_EQ(error_of("server:\n  Timeout: 5\n"), "t.yaml:2: server.Timeout: unknown key");
     EXPECT_EQ(error_of("[a]: 1\n"), "t.yaml:1: (document): expected a plain key, got a sequence");
 }
@@ -457,8 +455,7 @@ TEST(config_errors, duplicate_listeners)
 
 TEST(config_errors, yaml_syntax)
 {
-    EXPECT_EQ(error_of("server:\n  listen: [1\n"),
-              "t.yaml:3: invalid YAML: end of sequence flow not found (column 1)");
+    EXPECT_EQ(error_of("server:\n  listen: [1\n"), "t.yaml:3: invalid YAML: end of sequence flow not found (column 1)");
     EXPECT_EQ(error_of("server: a: b\n"), "t.yaml:1: invalid YAML: illegal map value (column 10)");
     EXPECT_EQ(error_of("server: {}\n---\nserver: {}\n"), "t.yaml:3: invalid YAML: more than one document");
 }
@@ -505,7 +502,8 @@ TEST(config_tls, versions_ciphers_and_client_certificates)
     temp_dir dir;
     dir.write("c.pem", "c");
     dir.write("k.pem", "k");
-    const std::string head = "server:\n  listen:\n    - tls: implicit\ntls:\n  certificate: c.pem\n  private_key: k.pem\n";
+    const std::string head =
+        "server:\n  listen:\n    - tls: implicit\ntls:\n  certificate: c.pem\n  private_key: k.pem\n";
     const settings defaults = parse_text(head, dir.path());
     ASSERT_TRUE(defaults.tls.has_value());
     EXPECT_EQ(defaults.tls->min_version, tls_version::v1_2);
@@ -619,16 +617,16 @@ TEST(config_plugins, aliases_are_expanded_and_bounded)
     const settings s = parse_text("plugins:\n  - name: a\n    config: {x: &v [1, 2], y: *v}\n");
     EXPECT_EQ(s.plugins.at(0).config.get("y")->items.at(1).scalar, "2");
     // yaml-cpp builds a cycle for an alias inside its own anchor: refused, not a stack overflow.
-    EXPECT_EQ(error_of("plugins:\n  - name: a\n    config: &a [1, *a]\n").rfind(
-                  "t.yaml:3: plugins[0].config[1][1][1]", 0),
-              0u);
+    EXPECT_EQ(
+        error_of("plugins:\n  - name: a\n    config: &a [1, *a]\n").rfind("t.yaml:3: plugins[0].config[1][1][1]", 0),
+        0u);
     EXPECT_NE(error_of("plugins:\n  - name: a\n    config: &a [1, *a]\n").find(": nested deeper than 64 levels"),
               std::string::npos);
     // "Billion laughs": every level doubles the expansion.
     std::string laughs = "plugins:\n  - name: a\n    config:\n      l0: &l0 [x, x]\n";
     for (int i = 1; i < 20; ++i)
-        laughs += "      l" + std::to_string(i) + ": &l" + std::to_string(i) + " [*l" + std::to_string(i - 1) +
-                  ", *l" + std::to_string(i - 1) + "]\n";
+        laughs += "      l" + std::to_string(i) + ": &l" + std::to_string(i) + " [*l" + std::to_string(i - 1) + ", *l" +
+                  std::to_string(i - 1) + "]\n";
     EXPECT_NE(error_of(laughs).find(": more than 100000 values (alias expansion?)"), std::string::npos);
 }
 
@@ -651,7 +649,7 @@ TEST(config_call_limits, null_int_and_map)
 
     const call_limits no_star = parse_text("server:\n  command_call_limit:\n    NOOP: 2\n").server.command_call_limit;
     EXPECT_TRUE(no_star.enabled);
-    EXPECT_EQ(no_star.default_limit, 20u); // aiosmtpd CALL_LIMIT_DEFAULT
+    EXPECT_EQ(no_star.default_limit, 20u);  // aiosmtpd CALL_LIMIT_DEFAULT
     EXPECT_EQ(no_star.per_verb.at("NOOP"), 2u);
 
     const call_limits empty = parse_text("server:\n  command_call_limit: {}\n").server.command_call_limit;
@@ -720,7 +718,6 @@ TEST(config_load_file, unreadable_files)
     }
 }
 
-
 // ---- server.user / server.group / server.allow_root (issue 9) --------------------------------
 
 // The user database entry and primary group name the tests expect for `nobody`; nullopt (the
@@ -735,11 +732,9 @@ struct account_ids {
 std::optional<account_ids> nobody()
 {
     const passwd* pw = ::getpwnam("nobody");
-    if (pw == nullptr)
-        return std::nullopt;
+    if (pw == nullptr) return std::nullopt;
     account_ids a{pw->pw_name, pw->pw_uid, std::to_string(pw->pw_gid), pw->pw_gid};
-    if (const group* gr = ::getgrgid(pw->pw_gid))
-        a.group = gr->gr_name;
+    if (const group* gr = ::getgrgid(pw->pw_gid)) a.group = gr->gr_name;
     return a;
 }
 
@@ -777,8 +772,8 @@ TEST(config_privileges, user_and_group_by_name_or_id)
 {
     const auto n = nobody();
     if (!n) GTEST_SKIP() << "no user nobody on this system";
-    const settings by_id = parse_text("server:\n  user: " + std::to_string(n->uid) + "\n  group: " +
-                                      std::to_string(n->gid) + "\n");
+    const settings by_id =
+        parse_text("server:\n  user: " + std::to_string(n->uid) + "\n  group: " + std::to_string(n->gid) + "\n");
     ASSERT_TRUE(by_id.server.user.has_value());
     EXPECT_EQ(by_id.server.user->user, n->user);  // the name from the database
     EXPECT_EQ(by_id.server.user->uid, n->uid);
@@ -816,12 +811,14 @@ TEST(config_privileges, errors_name_the_line_and_key)
               R"(t.yaml:3: server.user: unknown user "asiosmtpd-no-such-user" (not in the user database))");
     EXPECT_EQ(error_of("server:\n  user: 4000000001\n"),
               R"(t.yaml:2: server.user: unknown user "4000000001" (not in the user database))");
-    EXPECT_EQ(error_of("server:\n  user: root\n"),
-              R"(t.yaml:2: server.user: "root" is root (uid 0): name an unprivileged user, or leave server.user unset)");
+    EXPECT_EQ(
+        error_of("server:\n  user: root\n"),
+        R"(t.yaml:2: server.user: "root" is root (uid 0): name an unprivileged user, or leave server.user unset)");
     EXPECT_EQ(error_of("server:\n  user: 0\n"),
               R"(t.yaml:2: server.user: "0" is root (uid 0): name an unprivileged user, or leave server.user unset)");
     EXPECT_EQ(error_of("server:\n  user: [nobody]\n"), "t.yaml:2: server.user: expected a string, got a sequence");
-    EXPECT_EQ(error_of("server:\n  user: \"\"\n"), R"(t.yaml:2: server.user: expected a user name or id, got the string "")");
+    EXPECT_EQ(error_of("server:\n  user: \"\"\n"),
+              R"(t.yaml:2: server.user: expected a user name or id, got the string "")");
     EXPECT_EQ(error_of("server:\n  group: nogroup\n"),
               "t.yaml:2: server.group: set without server.user (the group is used when switching to that user)");
     if (nobody()) {
@@ -833,4 +830,4 @@ TEST(config_privileges, errors_name_the_line_and_key)
     EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key");
 }
 
-} // namespace
+}  // namespace

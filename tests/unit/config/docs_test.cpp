@@ -45,7 +45,8 @@ TEST(configuration_docs, every_key_the_parser_accepts_is_documented)
 {
     const std::set<std::string> documented = documented_keys();
     ASSERT_GT(documented.size(), 30u);
-    for (const std::string& key : known_keys()) EXPECT_TRUE(documented.count(key)) << key << " is not in docs/configuration.md";
+    for (const std::string& key : known_keys())
+        EXPECT_TRUE(documented.count(key)) << key << " is not in docs/configuration.md";
 }
 
 TEST(configuration_docs, every_documented_key_exists)
@@ -77,5 +78,5 @@ TEST(default_config, parses_and_names_only_existing_keys)
     EXPECT_GT(seen, 30);
 }
 
-} // namespace
-} // namespace asiosmtpd::config
+}  // namespace
+}  // namespace asiosmtpd::config

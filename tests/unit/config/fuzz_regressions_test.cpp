@@ -52,5 +52,5 @@ TEST(config_fuzz_regressions, unknown_key_with_a_newline_stays_one_line)
     }
 }
 
-} // namespace
-} // namespace asiosmtpd::config
+}  // namespace
+}  // namespace asiosmtpd::config

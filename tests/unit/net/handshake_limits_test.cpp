@@ -51,7 +51,7 @@ TEST(handshake_limits, every_way_out_gives_the_slot_back)
     EXPECT_EQ(limits->in_progress(), 0u);  // destroyed
     handshake_limits::slot b = limits->try_acquire("192.0.2.1", why);
     handshake_limits::slot c = std::move(b);  // moved: still one
-    EXPECT_FALSE(b);  // NOLINT(bugprone-use-after-move): a moved-from slot is empty
+    EXPECT_FALSE(b);                          // NOLINT(bugprone-use-after-move): a moved-from slot is empty
     EXPECT_TRUE(c);
     EXPECT_EQ(limits->in_progress(), 1u);
     c.release();
@@ -145,5 +145,5 @@ TEST(handshake_limits, threads_share_the_counts)
     EXPECT_EQ(limits->in_progress(), 0u);
 }
 
-} // namespace
-} // namespace asiosmtpd::net
+}  // namespace
+}  // namespace asiosmtpd::net

@@ -38,7 +38,8 @@ std::unique_ptr<ssl::context> server_context()
     X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
     X509_set_pubkey(cert, key);
     X509_NAME* name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1, -1,
+                               0);
     X509_set_issuer_name(cert, name);
     X509_sign(cert, key, EVP_sha256());
     EXPECT_EQ(SSL_CTX_use_certificate(ctx->native_handle(), cert), 1);
@@ -188,5 +189,5 @@ TEST(tls_records, a_client_hello_record_header_gives_its_size)
     EXPECT_EQ(handshake_record_size(alert), 0u);
 }
 
-} // namespace
-} // namespace asiosmtpd::tls
+}  // namespace
+}  // namespace asiosmtpd::tls

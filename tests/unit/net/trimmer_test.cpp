@@ -14,7 +14,8 @@ namespace {
 TEST(memory_trimmer, trims_once_after_the_session_count_fell)
 {
     std::atomic<std::size_t> live{0};
-    const memory_trimmer trimmer([&] { return live.load(); }, 64, std::chrono::milliseconds(5), std::chrono::milliseconds(0));
+    const memory_trimmer trimmer([&] { return live.load(); }, 64, std::chrono::milliseconds(5),
+                                 std::chrono::milliseconds(0));
     const auto wait_for = [&](std::size_t n) {
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
         while (trimmer.trims() < n && std::chrono::steady_clock::now() < deadline)
@@ -32,5 +33,5 @@ TEST(memory_trimmer, trims_once_after_the_session_count_fell)
     EXPECT_EQ(trimmer.trims(), 1u);  // once per fall
 }
 
-} // namespace
-} // namespace asiosmtpd::net
+}  // namespace
+}  // namespace asiosmtpd::net

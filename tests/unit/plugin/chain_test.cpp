@@ -188,7 +188,8 @@ TEST(chain, a_refused_completion_is_a_plugin_error_with_its_reason)
 
 TEST(chain, pending_without_suspend_is_a_plugin_error)
 {
-    const auto gen = load_yaml("plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: pending_no_suspend}}}}]\n");
+    const auto gen =
+        load_yaml("plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: pending_no_suspend}}}}]\n");
     test_session s{proto::settings{}};
     const auto req = rcpt_request("x@y.example");
     chain c(*gen, req, s, s);
@@ -221,7 +222,8 @@ TEST(chain, an_abandoned_call_lets_go_of_its_pending_call)
 {
     // The client left while the call was suspended: nothing may wake the session any more,
     // and the plugin's completion finds its call gone (its thread completes after 100 ms).
-    const auto gen = load_yaml("plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: accept, delay_ms: 100}}}}]\n");
+    const auto gen =
+        load_yaml("plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: accept, delay_ms: 100}}}}]\n");
     test_session s{proto::settings{}};
     const auto req = rcpt_request("x@y.example");
     std::shared_ptr<pending_call> pending;
@@ -272,5 +274,5 @@ TEST(hook_names, one_table_for_logs_and_metrics)
     EXPECT_EQ(hook_label(0), "?");
 }
 
-} // namespace
-} // namespace asiosmtpd::plugin
+}  // namespace
+}  // namespace asiosmtpd::plugin

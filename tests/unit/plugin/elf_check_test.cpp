@@ -153,8 +153,9 @@ protected:
         add("a shell script", "#!/bin/sh\necho not a plugin\n", "not an ELF file");
         b = bytes;
         b[EI_CLASS] = sizeof(void*) == 8 ? ELFCLASS32 : ELFCLASS64;
-        add("another ELF class", b, sizeof(void*) == 8 ? "built for another machine (32-bit ELF, this host is 64-bit)"
-                                                       : "built for another machine (64-bit ELF, this host is 32-bit)");
+        add("another ELF class", b,
+            sizeof(void*) == 8 ? "built for another machine (32-bit ELF, this host is 64-bit)"
+                               : "built for another machine (64-bit ELF, this host is 32-bit)");
         b = bytes;
         b[EI_DATA] = b[EI_DATA] == ELFDATA2LSB ? ELFDATA2MSB : ELFDATA2LSB;
         add("another byte order", b, "built for another machine (");
@@ -184,7 +185,9 @@ protected:
 
         // A sparse file of the plugin's size: a hole reads as zeros.
         const fs::path sparse = dir_ / (good.stem().string() + ".sparse.so");
-        { std::ofstream create(sparse); }
+        {
+            std::ofstream create(sparse);
+        }
         fs::resize_file(sparse, bytes.size());
         t.push_back({"sparse, all zeros", sparse, "not an ELF file"});
         return t;
@@ -193,10 +196,7 @@ protected:
     fs::path dir_;
 };
 
-std::vector<fs::path> good_plugins()
-{
-    return {fixtures / "c_plugin.so", bundled / "sink.so"};
-}
+std::vector<fs::path> good_plugins() { return {fixtures / "c_plugin.so", bundled / "sink.so"}; }
 
 TEST(elf_check, every_built_plugin_passes)
 {
@@ -250,7 +250,8 @@ TEST_F(broken_files, a_fifo_is_refused_without_blocking)
     const fs::path fifo = dir_ / "fifo.so";
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
     EXPECT_EQ(without_blocking_on(fifo, [&] { return elf_problem(fifo); }), "not a regular file (a FIFO)");
-    EXPECT_NE(without_blocking_on(fifo, [&] { return load_failure(fifo); }).find(fifo.string() + ": not a regular file (a FIFO)"),
+    EXPECT_NE(without_blocking_on(fifo, [&] { return load_failure(fifo); })
+                  .find(fifo.string() + ": not a regular file (a FIFO)"),
               std::string::npos);
     const plugin_file f(fifo);
     EXPECT_EQ(f.fd(), -1);
@@ -262,10 +263,7 @@ TEST_F(broken_files, a_device_is_refused_without_being_opened)
     EXPECT_EQ(elf_problem("/dev/null"), "not a regular file (a character device)");
 }
 
-TEST_F(broken_files, a_missing_file_is_named_as_such)
-{
-    EXPECT_EQ(elf_problem(dir_ / "nothing.so"), "no such file");
-}
+TEST_F(broken_files, a_missing_file_is_named_as_such) { EXPECT_EQ(elf_problem(dir_ / "nothing.so"), "no such file"); }
 
 TEST(plugin_file, opens_a_regular_file_and_gives_its_size)
 {
@@ -279,5 +277,5 @@ TEST(plugin_file, opens_a_regular_file_and_gives_its_size)
     EXPECT_NE(elf_problem(f.fd(), 100).find("truncated: the file has 100 bytes"), std::string::npos);
 }
 
-} // namespace
-} // namespace asiosmtpd::plugin
+}  // namespace
+}  // namespace asiosmtpd::plugin

@@ -86,7 +86,9 @@ TEST(loader, bundled_plugins_load_by_name)
 TEST(loader, unknown_name_lists_the_folders_searched)
 {
     const std::string why = load_failure("plugins: [{name: nosuchplugin}]\n");
-    EXPECT_NE(why.find("test.yaml: plugins[0].name: no plugin nosuchplugin.so in the plugin folders"), std::string::npos) << why;
+    EXPECT_NE(why.find("test.yaml: plugins[0].name: no plugin nosuchplugin.so in the plugin folders"),
+              std::string::npos)
+        << why;
 }
 
 TEST(loader, missing_file_is_refused_with_its_path)
@@ -99,7 +101,9 @@ TEST(loader, missing_file_is_refused_with_its_path)
 TEST(loader, wrong_abi_major_is_refused)
 {
     const std::string why = load_failure("plugins: [{path: wrong_abi.so}]\n");
-    EXPECT_NE(why.find("test.yaml: plugins[0]: " + (fixtures / "wrong_abi.so").string() + ": built for plugin ABI 2."), std::string::npos) << why;
+    EXPECT_NE(why.find("test.yaml: plugins[0]: " + (fixtures / "wrong_abi.so").string() + ": built for plugin ABI 2."),
+              std::string::npos)
+        << why;
 }
 
 TEST(loader, a_library_without_the_entry_symbol_is_refused)
@@ -118,14 +122,15 @@ TEST(loader, a_truncated_descriptor_is_refused)
 TEST(loader, a_plugin_refusing_its_config_names_the_reason)
 {
     const std::string why = load_failure("plugins: [{path: rejects_config.so, config: {threshold: high}}]\n");
-    EXPECT_NE(why.find("rejects_config.so: refused its configuration: threshold must be a number"),
-              std::string::npos) << why;
+    EXPECT_NE(why.find("rejects_config.so: refused its configuration: threshold must be a number"), std::string::npos)
+        << why;
     EXPECT_EQ(load_failure("plugins: [{path: rejects_config.so, config: {threshold: 5}}]\n"), "loaded");
 }
 
 TEST(loader, bundled_plugins_refuse_bad_config)
 {
-    EXPECT_NE(load_failure("plugins: [{name: debugging, config: {stream: printer}}]\n").find("stream"), std::string::npos);
+    EXPECT_NE(load_failure("plugins: [{name: debugging, config: {stream: printer}}]\n").find("stream"),
+              std::string::npos);
     EXPECT_NE(load_failure("plugins: [{name: sink, config: {x: 1}}]\n"), "loaded");
 }
 
@@ -183,8 +188,8 @@ TEST(hooks, nonsense_verdicts_and_mismatched_reply_classes_are_errors)
 
 TEST(hooks, a_hook_completed_later_from_another_thread)
 {
-    const auto gen = load(settings_from(
-        "plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: reject, code: 550, text: later, delay_ms: 50}}}}]\n"));
+    const auto gen = load(settings_from("plugins: [{path: scripted.so, config: {hooks: {RCPT: {verdict: reject, code: "
+                                        "550, text: later, delay_ms: 50}}}}]\n"));
     fake_session s{proto::settings{}};
     const auto args = address_args("x@y.z");
     asiosmtpd_call call;
@@ -209,8 +214,7 @@ TEST(hooks, a_hook_completed_later_from_another_thread)
                 completer = std::this_thread::get_id();
                 cv.notify_all();
             };
-        else
-            woken = true;
+        else woken = true;
     }
     std::unique_lock lock(m);
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return woken; }));
@@ -298,5 +302,5 @@ TEST(host_api, slots_are_per_instance_and_transaction_slots_end_with_the_transac
     EXPECT_EQ(freed, 2);
 }
 
-} // namespace
-} // namespace asiosmtpd::plugin
+}  // namespace
+}  // namespace asiosmtpd::plugin

@@ -19,8 +19,7 @@ struct library {
     explicit library(const std::string& path) : handle(::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)) {}
     ~library()
     {
-        if (handle)
-            ::dlclose(handle);
+        if (handle) ::dlclose(handle);
     }
     library(const library&) = delete;
     library& operator=(const library&) = delete;
@@ -35,12 +34,12 @@ struct state {
     asiosmtpd_host_api api{};
     asiosmtpd_status (*real_register)(asiosmtpd_registrar*, asiosmtpd_hook_id, asiosmtpd_hook_fn) = nullptr;
 };
-inline state current; // one plugin at a time: tests run one after another
+inline state current;  // one plugin at a time: tests run one after another
 
 inline asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook, asiosmtpd_hook_fn fn)
 {
     if (hook == ASIOSMTPD_HOOK_DATA_CHUNK)
-        return ASIOSMTPD_E_UNSUPPORTED; // what a 1.1 host answers for a hook it does not know
+        return ASIOSMTPD_E_UNSUPPORTED;  // what a 1.1 host answers for a hook it does not know
     return current.real_register(reg, hook, fn);
 }
 
@@ -70,7 +69,7 @@ inline bool load(const library& lib)
     return current.real_entry != nullptr;
 }
 
-} // namespace abi11
-} // namespace asiosmtpd::test
+}  // namespace abi11
+}  // namespace asiosmtpd::test
 
-#endif // ASIOSMTPD_TESTS_UNIT_PLUGINS_ABI11_HOST_HPP
+#endif  // ASIOSMTPD_TESTS_UNIT_PLUGINS_ABI11_HOST_HPP

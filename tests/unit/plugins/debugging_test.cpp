@@ -21,16 +21,15 @@ TEST(debugging, prints_the_message_and_leaves_the_verdict_to_the_chain)
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=100 body=8bitmime"), "250 OK");
     EXPECT_EQ(s.cmd("RCPT TO:<c@d.example>"), "250 OK");
     testing::internal::CaptureStdout();
-    EXPECT_EQ(s.data("Subject: hi\r\n\r\nbody\r\n"), "250 OK"); // CONTINUE: the host's default
-    EXPECT_EQ(testing::internal::GetCapturedStdout(),
-              "---------- MESSAGE FOLLOWS ----------\n"
-              "mail options: ['SIZE=100', 'BODY=8BITMIME']\n"
-              "\n"
-              "Subject: hi\n"
-              "X-Peer: ('127.0.0.1', 40000)\n"
-              "\n"
-              "body\n"
-              "------------ END MESSAGE ------------\n");
+    EXPECT_EQ(s.data("Subject: hi\r\n\r\nbody\r\n"), "250 OK");  // CONTINUE: the host's default
+    EXPECT_EQ(testing::internal::GetCapturedStdout(), "---------- MESSAGE FOLLOWS ----------\n"
+                                                      "mail options: ['SIZE=100', 'BODY=8BITMIME']\n"
+                                                      "\n"
+                                                      "Subject: hi\n"
+                                                      "X-Peer: ('127.0.0.1', 40000)\n"
+                                                      "\n"
+                                                      "body\n"
+                                                      "------------ END MESSAGE ------------\n");
 }
 
 TEST(debugging, writes_to_stderr_when_asked)
@@ -55,4 +54,4 @@ TEST(debugging, refuses_bad_configuration)
     EXPECT_NE(h.refusal(plugin, tk::node("stdout")).find("config must be a map"), std::string::npos);
 }
 
-} // namespace
+}  // namespace

@@ -43,7 +43,8 @@ TEST(maildir, refuses_bad_config)
 {
     tk::host h;
     EXPECT_NE(h.refusal(plugin("maildir")).find("expected a map"), std::string::npos);
-    EXPECT_NE(h.refusal(plugin("maildir"), tk::node::map({{"paht", "x"}})).find("unknown key 'paht'"), std::string::npos);
+    EXPECT_NE(h.refusal(plugin("maildir"), tk::node::map({{"paht", "x"}})).find("unknown key 'paht'"),
+              std::string::npos);
     EXPECT_NE(h.refusal(plugin("maildir"), tk::node::map({{"path", "/proc/no/such"}})).find("cannot create"),
               std::string::npos);
 }
@@ -71,7 +72,7 @@ TEST(mbox, appends_with_from_line_and_quoting)
     auto s = h.open("192.0.2.1", 40000);
     s.cmd("EHLO c.example");
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: x\r\n\r\nFrom me\r\n>From you\r\n"), "250 OK");
-    EXPECT_EQ(s.send_mail("", {"c@d.example"}, ""), "250 OK"); // MAIL FROM:<>
+    EXPECT_EQ(s.send_mail("", {"c@d.example"}, ""), "250 OK");  // MAIL FROM:<>
     const std::string data = slurp(file);
     const std::string first = "Subject: x\nX-Peer: ('192.0.2.1', 40000)\nX-MailFrom: a@b.example\n"
                               "X-RcptTo: c@d.example\n\n>From me\n>>From you\n\n";
@@ -100,4 +101,4 @@ TEST(proxy, upstream_down_is_451)
     EXPECT_TRUE(h.logged("cannot connect"));
 }
 
-} // namespace
+}  // namespace

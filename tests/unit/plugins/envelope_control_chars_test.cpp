@@ -41,8 +41,8 @@ std::string plugin(const char* name) { return std::string(ASIOSMTPD_BUILD_PLUGIN
 // The report's attack: a quoted local part whose CRs would start X-RcptTo and X-Foo headers,
 // recipients forging X-Spam-Flag and From with a CR or an LF, and a NUL.
 const std::string evil_from = "\"x\rX-RcptTo: ceo@corp.example\rX-Foo: \"@b.example";
-const std::vector<std::string> evil_rcpts = {"\"y\rX-Spam-Flag: NO\"@b.example", "\"z\nFrom: ceo@corp.example\"@b.example",
-                                             "d\0e@f.example"s};
+const std::vector<std::string> evil_rcpts = {"\"y\rX-Spam-Flag: NO\"@b.example",
+                                             "\"z\nFrom: ceo@corp.example\"@b.example", "d\0e@f.example"s};
 const std::string escaped_from = "\"x\\x0dX-RcptTo: ceo@corp.example\\x0dX-Foo: \"@b.example";
 const std::string escaped_rcpts = "\"y\\x0dX-Spam-Flag: NO\"@b.example, \"z\\x0aFrom: ceo@corp.example\"@b.example, "
                                   "d\\x00e@f.example";
@@ -50,8 +50,7 @@ const std::string escaped_rcpts = "\"y\\x0dX-Spam-Flag: NO\"@b.example, \"z\\x0a
 bool has_control_but_lf(const std::string& s)
 {
     for (const char c : s)
-        if (c != '\n' && ap::is_control(c))
-            return true;
+        if (c != '\n' && ap::is_control(c)) return true;
     return false;
 }
 
@@ -62,8 +61,7 @@ std::vector<std::string> header_lines(const std::string& stored)
     std::size_t at = 0;
     for (;;) {
         const std::size_t nl = stored.find('\n', at);
-        if (nl == std::string::npos || nl == at)
-            return out;
+        if (nl == std::string::npos || nl == at) return out;
         out.push_back(stored.substr(at, nl - at));
         at = nl + 1;
     }
@@ -74,8 +72,7 @@ std::vector<std::string> header_lines(const std::string& stored)
 TEST(escape_controls, every_control_character_and_nothing_else)
 {
     std::string all;
-    for (int b = 0; b < 256; ++b)
-        all += static_cast<char>(b);
+    for (int b = 0; b < 256; ++b) all += static_cast<char>(b);
     const std::string e = ap::escape_controls(all);
     std::string expected;
     for (int b = 0; b < 256; ++b) {
@@ -85,14 +82,14 @@ TEST(escape_controls, every_control_character_and_nothing_else)
             expected += hex[b >> 4];
             expected += hex[b & 15];
         } else {
-            expected += static_cast<char>(b); // printable ASCII and every byte >= 0x80 (UTF-8)
+            expected += static_cast<char>(b);  // printable ASCII and every byte >= 0x80 (UTF-8)
         }
     }
     EXPECT_EQ(e, expected);
     EXPECT_FALSE(ap::has_control(e));
     EXPECT_EQ(ap::escape_controls(evil_from), escaped_from);
     EXPECT_EQ(ap::escape_controls("j\xc3\xb6rg@ex\xc3\xa4mple.com"), "j\xc3\xb6rg@ex\xc3\xa4mple.com");
-    EXPECT_EQ(ap::escape_controls("\"a b\"@c.example"), "\"a b\"@c.example"); // SP is no control
+    EXPECT_EQ(ap::escape_controls("\"a b\"@c.example"), "\"a b\"@c.example");  // SP is no control
     EXPECT_TRUE(ap::has_control("a\tb"));
     EXPECT_FALSE(ap::has_control("a b\xc2\x85"));
 }
@@ -117,9 +114,9 @@ TEST(maildir_control_chars, envelope_headers_are_escaped_never_split)
         ASSERT_EQ(files.size(), 1u);
         const std::string stored = slurp(files[0]);
         EXPECT_FALSE(has_control_but_lf(stored)) << stored;
-        EXPECT_EQ(header_lines(stored), (std::vector<std::string>{"Subject: hi", "X-Peer: ('192.0.2.1', 40000)",
-                                                                  "X-MailFrom: " + escaped_from,
-                                                                  "X-RcptTo: " + escaped_rcpts}))
+        EXPECT_EQ(header_lines(stored),
+                  (std::vector<std::string>{"Subject: hi", "X-Peer: ('192.0.2.1', 40000)",
+                                            "X-MailFrom: " + escaped_from, "X-RcptTo: " + escaped_rcpts}))
             << stored;
     }
 }
@@ -141,9 +138,9 @@ TEST(mbox_control_chars, from_line_and_headers_are_escaped)
     const std::string from = "From \"x\\x0dX-RcptTo:_ceo@corp.example\\x0dX-Foo:_\"@b.example ";
     ASSERT_EQ(data.rfind(from, 0), 0u) << data;
     const std::string rest = data.substr(data.find('\n') + 1);
-    EXPECT_EQ(header_lines(rest), (std::vector<std::string>{"Subject: hi", "X-Peer: ('192.0.2.1', 40000)",
-                                                            "X-MailFrom: " + escaped_from,
-                                                            "X-RcptTo: " + escaped_rcpts}))
+    EXPECT_EQ(header_lines(rest),
+              (std::vector<std::string>{"Subject: hi", "X-Peer: ('192.0.2.1', 40000)", "X-MailFrom: " + escaped_from,
+                                        "X-RcptTo: " + escaped_rcpts}))
         << data;
     EXPECT_EQ(rest.find("\nFrom "), std::string::npos) << data;
 }
@@ -162,15 +159,14 @@ TEST(debugging_control_chars, mail_options_are_printed_as_python_repr)
     auto s = h.open("127.0.0.1", 40000);
     testing::internal::CaptureStdout();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: hi\r\n\r\nbody\r\n"), "250 OK");
-    EXPECT_EQ(testing::internal::GetCapturedStdout(),
-              "---------- MESSAGE FOLLOWS ----------\n"
-              "mail options: ['SIZE=1\\r\\nX-Foo: 1', 'X=\\x00\\x7f\\t']\n"
-              "\n"
-              "Subject: hi\n"
-              "X-Peer: ('127.0.0.1', 40000)\n"
-              "\n"
-              "body\n"
-              "------------ END MESSAGE ------------\n");
+    EXPECT_EQ(testing::internal::GetCapturedStdout(), "---------- MESSAGE FOLLOWS ----------\n"
+                                                      "mail options: ['SIZE=1\\r\\nX-Foo: 1', 'X=\\x00\\x7f\\t']\n"
+                                                      "\n"
+                                                      "Subject: hi\n"
+                                                      "X-Peer: ('127.0.0.1', 40000)\n"
+                                                      "\n"
+                                                      "body\n"
+                                                      "------------ END MESSAGE ------------\n");
 }
 
 // ---- proxy --------------------------------------------------------------------------------------
@@ -197,15 +193,13 @@ public:
     ~fake_upstream()
     {
         stop_ = true;
-        if (thread_.joinable())
-            thread_.join();
+        if (thread_.joinable()) thread_.join();
         ::close(fd_);
     }
     /// The commands received, once the connection ended (or after 5 s).
     std::vector<std::string> commands()
     {
-        if (thread_.joinable())
-            thread_.join();
+        if (thread_.joinable()) thread_.join();
         return commands_;
     }
     int connections() const { return connections_.load(); }
@@ -217,18 +211,15 @@ private:
         const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
         while (!stop_ && std::chrono::steady_clock::now() < until) {
             pollfd p{fd, POLLIN, 0};
-            if (::poll(&p, 1, 50) > 0)
-                return true;
+            if (::poll(&p, 1, 50) > 0) return true;
         }
         return false;
     }
     void serve()
     {
-        if (!readable(fd_))
-            return;
+        if (!readable(fd_)) return;
         const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-        if (c < 0)
-            return;
+        if (c < 0) return;
         ++connections_;
         const auto say = [c](std::string_view r) { (void)!::send(c, r.data(), r.size(), MSG_NOSIGNAL); };
         say("220 upstream\r\n");
@@ -237,14 +228,12 @@ private:
         char buf[4096];
         while (readable(c)) {
             const ssize_t n = ::recv(c, buf, sizeof buf, 0);
-            if (n <= 0)
-                break;
+            if (n <= 0) break;
             in.append(buf, static_cast<std::size_t>(n));
             for (;;) {
                 if (in_data) {
                     const std::size_t end = in.find("\r\n.\r\n");
-                    if (end == std::string::npos)
-                        break;
+                    if (end == std::string::npos) break;
                     commands_.push_back("<data>");
                     in.erase(0, end + 5);
                     in_data = false;
@@ -252,8 +241,7 @@ private:
                     continue;
                 }
                 const std::size_t eol = in.find("\r\n");
-                if (eol == std::string::npos)
-                    break;
+                if (eol == std::string::npos) break;
                 const std::string line = in.substr(0, eol);
                 in.erase(0, eol + 2);
                 commands_.push_back(line);
@@ -281,7 +269,8 @@ private:
 
 tk::node proxy_config(std::uint16_t port)
 {
-    return tk::node::map({{"host", "127.0.0.1"}, {"port", static_cast<int>(port)}, {"timeout", 5}, {"helo", "mx.test"}});
+    return tk::node::map(
+        {{"host", "127.0.0.1"}, {"port", static_cast<int>(port)}, {"timeout", 5}, {"helo", "mx.test"}});
 }
 
 TEST(proxy_control_chars, a_sender_with_a_control_character_is_553_and_nothing_is_sent)
@@ -336,10 +325,9 @@ TEST(proxy_control_chars, recipients_with_one_are_refused_and_never_sent)
               "character, not relayed\n"
               "250 refused <d\\x00e@f.example>: 553 5.1.3 Recipient address has a control character, not relayed");
     const std::vector<std::string> sent = up.commands();
-    EXPECT_EQ(sent, (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<ok@d.example>", "DATA",
-                                              "<data>", "QUIT"}));
-    for (const std::string& line : sent)
-        EXPECT_FALSE(ap::has_control(line)) << line;
+    EXPECT_EQ(sent, (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<ok@d.example>",
+                                              "DATA", "<data>", "QUIT"}));
+    for (const std::string& line : sent) EXPECT_FALSE(ap::has_control(line)) << line;
 }
 
-} // namespace
+}  // namespace

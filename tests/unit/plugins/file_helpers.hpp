@@ -34,8 +34,7 @@ inline std::vector<std::string> list(const std::string& dir)
     std::vector<std::string> out;
     if (DIR* d = ::opendir(dir.c_str())) {
         while (dirent* e = ::readdir(d))
-            if (e->d_name[0] != '.')
-                out.push_back(dir + "/" + e->d_name);
+            if (e->d_name[0] != '.') out.push_back(dir + "/" + e->d_name);
         ::closedir(d);
     }
     return out;
@@ -50,6 +49,6 @@ inline std::string slurp(const std::string& file)
     return s.str();
 }
 
-} // namespace asiosmtpd::test
+}  // namespace asiosmtpd::test
 
-#endif // ASIOSMTPD_TESTS_UNIT_PLUGINS_FILE_HELPERS_HPP
+#endif  // ASIOSMTPD_TESTS_UNIT_PLUGINS_FILE_HELPERS_HPP

@@ -83,9 +83,8 @@ TEST(message_preparer, matches_prepare_message_wherever_the_message_is_cut)
                     ASSERT_EQ(prepared_in_pieces(content, {i, j}, mbox), whole)
                         << "mbox=" << mbox << " cuts=" << i << "," << j << " content=" << content;
             }
-            std::vector<std::size_t> every; // one byte at a time
-            for (std::size_t i = 1; i < content.size(); ++i)
-                every.push_back(i);
+            std::vector<std::size_t> every;  // one byte at a time
+            for (std::size_t i = 1; i < content.size(); ++i) every.push_back(i);
             EXPECT_EQ(prepared_in_pieces(content, every, mbox), whole) << content;
         }
     }
@@ -100,8 +99,7 @@ using asiosmtpd::test::temp_dir;
 // Removed files go on a worker thread: wait (bounded) until `dir` is empty.
 bool empties(const std::string& dir)
 {
-    for (int i = 0; i < 500 && !list(dir).empty(); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (int i = 0; i < 500 && !list(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return list(dir).empty();
 }
 
@@ -109,8 +107,7 @@ bool empties(const std::string& dir)
 std::string take_delivered(const std::string& maildir)
 {
     const auto files = list(maildir + "/new");
-    if (files.size() != 1)
-        return "<" + std::to_string(files.size()) + " files in new/>";
+    if (files.size() != 1) return "<" + std::to_string(files.size()) + " files in new/>";
     std::string data = slurp(files[0]);
     ::unlink(files[0].c_str());
     return data;
@@ -125,10 +122,8 @@ std::string varied_message(std::size_t size)
         x = x * 1103515245u + 12345u;
         const std::size_t n = (x >> 16) % 300;
         std::string line(n, static_cast<char>('a' + (x >> 8) % 26));
-        if (n > 10 && x % 7 == 0)
-            line[n / 2] = (x % 2) ? '\r' : '\n';
-        if (x % 5 == 0)
-            line.insert(0, ".");
+        if (n > 10 && x % 7 == 0) line[n / 2] = (x % 2) ? '\r' : '\n';
+        if (x % 5 == 0) line.insert(0, ".");
         m += line + "\r\n";
     }
     return m;
@@ -138,13 +133,13 @@ std::string varied_message(std::size_t size)
 
 struct probe_state {
     const asiosmtpd_host_api* api = nullptr;
-    bool chunk_hook = true;          // register DATA_CHUNK
-    bool data_hook = false;          // register DATA (CONTINUE)
-    std::size_t refuse_piece = 0;    // answer this piece (1-based) with REJECT
-    std::string watch;               // a folder whose files are counted and sized at each piece
+    bool chunk_hook = true;        // register DATA_CHUNK
+    bool data_hook = false;        // register DATA (CONTINUE)
+    std::size_t refuse_piece = 0;  // answer this piece (1-based) with REJECT
+    std::string watch;             // a folder whose files are counted and sized at each piece
     std::size_t pieces = 0;
-    std::vector<std::pair<std::size_t, std::uint64_t>> seen; // (files, bytes) in `watch`
-    std::vector<std::uint64_t> received;                     // message_size at each piece
+    std::vector<std::pair<std::size_t, std::uint64_t>> seen;  // (files, bytes) in `watch`
+    std::vector<std::uint64_t> received;                      // message_size at each piece
 };
 probe_state probe;
 
@@ -158,13 +153,11 @@ asiosmtpd_verdict probe_chunk(void*, asiosmtpd_call*, const void* raw)
         const auto files = list(probe.watch);
         for (const auto& f : files) {
             struct stat st {};
-            if (::stat(f.c_str(), &st) == 0)
-                bytes += static_cast<std::uint64_t>(st.st_size);
+            if (::stat(f.c_str(), &st) == 0) bytes += static_cast<std::uint64_t>(st.st_size);
         }
         probe.seen.emplace_back(files.size(), bytes);
     }
-    if (probe.pieces == probe.refuse_piece)
-        return ASIOSMTPD_REJECT;
+    if (probe.pieces == probe.refuse_piece) return ASIOSMTPD_REJECT;
     return ASIOSMTPD_CONTINUE;
 }
 
@@ -174,10 +167,8 @@ asiosmtpd_status probe_create(const asiosmtpd_host_api* api, asiosmtpd_ctx*, asi
                               asiosmtpd_errbuf*)
 {
     probe.api = api;
-    if (probe.chunk_hook)
-        api->register_hook(reg, ASIOSMTPD_HOOK_DATA_CHUNK, &probe_chunk);
-    if (probe.data_hook)
-        api->register_hook(reg, ASIOSMTPD_HOOK_DATA, &probe_data);
+    if (probe.chunk_hook) api->register_hook(reg, ASIOSMTPD_HOOK_DATA_CHUNK, &probe_chunk);
+    if (probe.data_hook) api->register_hook(reg, ASIOSMTPD_HOOK_DATA, &probe_data);
     *out = &probe;
     return ASIOSMTPD_OK;
 }
@@ -186,8 +177,8 @@ void probe_destroy(void*) {}
 
 const asiosmtpd_plugin_descriptor* probe_entry()
 {
-    static const asiosmtpd_plugin_descriptor d = {sizeof d, ASIOSMTPD_ABI_MAJOR, 2, 0, "probe", "1.0", "DATA_CHUNK probe",
-                                                  &probe_create, &probe_destroy};
+    static const asiosmtpd_plugin_descriptor d = {
+        sizeof d, ASIOSMTPD_ABI_MAJOR, 2, 0, "probe", "1.0", "DATA_CHUNK probe", &probe_create, &probe_destroy};
     return &d;
 }
 
@@ -219,10 +210,10 @@ TEST(maildir_streaming, same_file_for_every_piece_size)
         ASSERT_EQ(h.hook_count(ASIOSMTPD_HOOK_DATA_CHUNK), 1u);
         auto s = h.open("192.0.2.1", 40000);
         for (const std::string& m : messages) {
-            if (piece < 64 && m.size() > 4096)
-                continue; // a 300 KiB message a byte at a time: slow, and nothing new
+            if (piece < 64 && m.size() > 4096) continue;  // a 300 KiB message a byte at a time: slow, and nothing new
             ASSERT_EQ(s.send_mail("a@b.example", {"c@d.example"}, m), "250 OK") << "piece=" << piece;
-            EXPECT_EQ(take_delivered(md), ap::prepare_message(as_sent(m), x_headers)) << "piece=" << piece << " message=" << m;
+            EXPECT_EQ(take_delivered(md), ap::prepare_message(as_sent(m), x_headers))
+                << "piece=" << piece << " message=" << m;
             EXPECT_TRUE(list(md + "/tmp").empty());
         }
     }
@@ -239,7 +230,7 @@ TEST(maildir_streaming, the_file_grows_in_tmp_while_the_pieces_arrive)
     tk::host h;
     h.data_chunk_size = piece;
     load_maildir(h, md);
-    h.add(&probe_entry); // after maildir: sees each piece once maildir has written it
+    h.add(&probe_entry);  // after maildir: sees each piece once maildir has written it
     auto s = h.open("192.0.2.1", 40000);
     ASSERT_EQ(s.send_mail("a@b.example", {"c@d.example"}, m), "250 OK");
     // The server's pieces: at least data_chunk_size, cut at a line end; the last may be shorter.
@@ -277,9 +268,9 @@ TEST(maildir_streaming, a_piece_refused_later_in_the_chain_leaves_nothing_behind
     auto s = h.open("192.0.2.1", 40000);
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, varied_message(10 * 1024)), "550 5.7.1 Rejected");
     ASSERT_EQ(probe.seen.size(), 3u);
-    EXPECT_EQ(probe.seen[2].first, 1u); // the file was there, in tmp/
+    EXPECT_EQ(probe.seen[2].first, 1u);  // the file was there, in tmp/
     EXPECT_TRUE(list(md + "/new").empty());
-    EXPECT_TRUE(empties(md + "/tmp")); // the transaction ended: its file goes
+    EXPECT_TRUE(empties(md + "/tmp"));  // the transaction ended: its file goes
     // The session goes on: the next message is stored.
     probe.refuse_piece = 0;
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: x\r\n\r\ny\r\n"), "250 OK");
@@ -319,7 +310,7 @@ TEST(maildir_streaming, whole_message_when_another_data_hook_takes_no_pieces)
     const std::string md = t.path + "/Maildir";
     probe = probe_state{};
     probe.chunk_hook = false;
-    probe.data_hook = true; // DATA without DATA_CHUNK: every DATA hook gets the whole message
+    probe.data_hook = true;  // DATA without DATA_CHUNK: every DATA hook gets the whole message
     tk::host h;
     h.data_chunk_size = 100;
     h.add(&probe_entry);
@@ -352,7 +343,7 @@ TEST(maildir_streaming, a_gap_in_the_pieces_answers_451)
     a.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF;
     a.message_size = piece.size();
     EXPECT_EQ(s.run(ASIOSMTPD_HOOK_DATA_CHUNK, &a).verdict, ASIOSMTPD_CONTINUE);
-    a.message_size = 3 * piece.size(); // the second piece never came
+    a.message_size = 3 * piece.size();  // the second piece never came
     a.flags |= ASIOSMTPD_DATA_LAST_CHUNK;
     EXPECT_EQ(s.run(ASIOSMTPD_HOOK_DATA_CHUNK, &a).verdict, ASIOSMTPD_CONTINUE);
     asiosmtpd_data_args d{};
@@ -364,7 +355,7 @@ TEST(maildir_streaming, a_gap_in_the_pieces_answers_451)
     EXPECT_EQ(o.code, 451);
     EXPECT_TRUE(h.logged("did not all reach this plugin"));
     EXPECT_TRUE(list(md + "/new").empty());
-    EXPECT_TRUE(empties(md + "/tmp")); // the first piece's file went when the gap showed
+    EXPECT_TRUE(empties(md + "/tmp"));  // the first piece's file went when the gap showed
     s.close();
 }
 
@@ -374,7 +365,7 @@ TEST(maildir_streaming, a_host_without_data_chunk_gets_whole_messages)
 {
     temp_dir t;
     const std::string md = t.path + "/Maildir";
-    asiosmtpd::test::library lib(maildir_so); // outlives the host, which destroys the instance first
+    asiosmtpd::test::library lib(maildir_so);  // outlives the host, which destroys the instance first
     ASSERT_NE(lib.handle, nullptr) << ::dlerror();
     ASSERT_TRUE(asiosmtpd::test::abi11::load(lib));
     tk::host h;
@@ -390,4 +381,4 @@ TEST(maildir_streaming, a_host_without_data_chunk_gets_whole_messages)
     EXPECT_TRUE(list(md + "/tmp").empty());
 }
 
-} // namespace
+}  // namespace

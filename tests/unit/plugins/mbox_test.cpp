@@ -52,8 +52,7 @@ std::string from_heavy_message(std::size_t size)
     for (std::uint32_t i = 0; m.size() < size; ++i) {
         const std::string quote(i % 4, '>');
         m += quote + (i % 3 ? "From " : "Fro") + std::string(i % 97, 'a' + static_cast<char>(i % 26)) + "\r\n";
-        if (i % 5 == 0)
-            m += "plain line " + std::to_string(i) + "\r\n";
+        if (i % 5 == 0) m += "plain line " + std::to_string(i) + "\r\n";
     }
     return m;
 }
@@ -65,11 +64,9 @@ std::string take_appended(const std::string& file)
     std::string data = slurp(file);
     const std::string prefix = "From a@b.example ";
     const std::size_t eol = data.find('\n');
-    if (data.rfind(prefix, 0) != 0 || eol == std::string::npos)
-        return "<no From line: " + data.substr(0, 80) + ">";
+    if (data.rfind(prefix, 0) != 0 || eol == std::string::npos) return "<no From line: " + data.substr(0, 80) + ">";
     std::FILE* f = std::fopen(file.c_str(), "w");
-    if (f)
-        std::fclose(f);
+    if (f) std::fclose(f);
     return data.substr(eol + 1);
 }
 
@@ -89,10 +86,8 @@ bool probe_takes_pieces = false;
 asiosmtpd_status probe_create(const asiosmtpd_host_api* api, asiosmtpd_ctx*, asiosmtpd_registrar* reg, void** out,
                               asiosmtpd_errbuf*)
 {
-    if (probe_takes_pieces)
-        api->register_hook(reg, ASIOSMTPD_HOOK_DATA_CHUNK, &refusing_chunk);
-    else
-        api->register_hook(reg, ASIOSMTPD_HOOK_DATA, &whole_data);
+    if (probe_takes_pieces) api->register_hook(reg, ASIOSMTPD_HOOK_DATA_CHUNK, &refusing_chunk);
+    else api->register_hook(reg, ASIOSMTPD_HOOK_DATA, &whole_data);
     *out = &pieces_seen;
     return ASIOSMTPD_OK;
 }
@@ -101,8 +96,8 @@ void probe_destroy(void*) {}
 
 const asiosmtpd_plugin_descriptor* probe_entry()
 {
-    static const asiosmtpd_plugin_descriptor d = {sizeof d, ASIOSMTPD_ABI_MAJOR, 2, 0, "probe", "1.0", "mbox probe",
-                                                  &probe_create, &probe_destroy};
+    static const asiosmtpd_plugin_descriptor d = {
+        sizeof d, ASIOSMTPD_ABI_MAJOR, 2, 0, "probe", "1.0", "mbox probe", &probe_create, &probe_destroy};
     return &d;
 }
 
@@ -127,20 +122,19 @@ TEST(mbox_streaming, same_bytes_as_the_whole_message_path_for_every_piece_size)
             EXPECT_EQ(whole.back(), expected(m)) << m;
         }
     }
-    for (const std::size_t piece : {std::size_t{1}, std::size_t{2}, std::size_t{5}, std::size_t{7}, std::size_t{1000},
-                                    std::size_t{64 * 1024}}) {
+    for (const std::size_t piece :
+         {std::size_t{1}, std::size_t{2}, std::size_t{5}, std::size_t{7}, std::size_t{1000}, std::size_t{64 * 1024}}) {
         tk::host h;
         h.data_chunk_size = piece;
         h.load(mbox_so, tk::node::map({{"path", file}, {"workers", 2}}));
         ASSERT_EQ(h.hook_count(ASIOSMTPD_HOOK_DATA_CHUNK), 1u);
         auto s = h.open("192.0.2.1", 40000);
         for (std::size_t i = 0; i < messages.size(); ++i) {
-            if (piece < 1000 && messages[i].size() > 4096)
-                continue; // 300 KiB a byte at a time: slow, and nothing new
+            if (piece < 1000 && messages[i].size() > 4096) continue;  // 300 KiB a byte at a time: slow, and nothing new
             ASSERT_EQ(s.send_mail("a@b.example", {"c@d.example"}, messages[i]), "250 OK") << "piece=" << piece;
             EXPECT_EQ(take_appended(file), whole[i]) << "piece=" << piece << " message=" << messages[i];
         }
-        EXPECT_EQ(list(t.path), std::vector<std::string>{file}); // the spool has no name
+        EXPECT_EQ(list(t.path), std::vector<std::string>{file});  // the spool has no name
     }
 }
 
@@ -154,7 +148,7 @@ TEST(mbox_streaming, a_piece_refused_later_in_the_chain_leaves_the_mbox_untouche
     tk::host h;
     h.data_chunk_size = 1024;
     h.load(mbox_so, tk::node::map({{"path", file}}));
-    h.add(&probe_entry); // after mbox: the third piece was spooled, then refused
+    h.add(&probe_entry);  // after mbox: the third piece was spooled, then refused
     auto s = h.open("192.0.2.1", 40000);
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, from_heavy_message(10 * 1024)), "550 5.7.1 Rejected");
     EXPECT_EQ(pieces_seen, 3u);
@@ -185,7 +179,7 @@ TEST(mbox_streaming, a_session_closed_before_data_ends_leaves_the_mbox_untouched
     a.flags = ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF;
     a.message_size = piece.size();
     EXPECT_EQ(s.run(ASIOSMTPD_HOOK_DATA_CHUNK, &a).verdict, ASIOSMTPD_CONTINUE);
-    EXPECT_EQ(s.cmd("RSET"), "250 OK"); // the transaction ends: its spool closes
+    EXPECT_EQ(s.cmd("RSET"), "250 OK");  // the transaction ends: its spool closes
     s.close();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(slurp(file), "");
@@ -198,7 +192,7 @@ TEST(mbox_streaming, a_host_without_data_chunk_gets_whole_messages)
 {
     temp_dir t;
     const std::string file = t.path + "/mbox";
-    asiosmtpd::test::library lib(mbox_so); // outlives the host, which destroys the instance first
+    asiosmtpd::test::library lib(mbox_so);  // outlives the host, which destroys the instance first
     ASSERT_NE(lib.handle, nullptr) << ::dlerror();
     ASSERT_TRUE(asiosmtpd::test::abi11::load(lib));
     tk::host h;
@@ -213,4 +207,4 @@ TEST(mbox_streaming, a_host_without_data_chunk_gets_whole_messages)
     }
 }
 
-} // namespace
+}  // namespace

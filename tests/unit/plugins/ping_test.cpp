@@ -26,7 +26,7 @@ TEST(ping, answers_pong)
     tk::host h;
     h.load(plugin);
     auto s = h.open();
-    EXPECT_EQ(s.cmd("PING"), "259 Pong");      // no HELO needed
+    EXPECT_EQ(s.cmd("PING"), "259 Pong");  // no HELO needed
     EXPECT_EQ(s.cmd("ping with an argument"), "259 Pong");
     EXPECT_EQ(s.cmd("EHLO client.example"), "250-mx.test.example\n250-SIZE 33554432\n250-8BITMIME\n250 HELP");
     EXPECT_EQ(s.cmd("PING"), "259 Pong");
@@ -50,4 +50,4 @@ TEST(ping, refuses_configuration)
               std::string::npos);
 }
 
-} // namespace
+}  // namespace

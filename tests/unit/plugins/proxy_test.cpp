@@ -46,8 +46,7 @@ std::vector<std::string> split_lines(const std::string& t)
     for (;;) {
         const std::size_t nl = t.find('\n', start);
         out.push_back(t.substr(start, nl - start));
-        if (nl == std::string::npos)
-            return out;
+        if (nl == std::string::npos) return out;
         start = nl + 1;
     }
 }
@@ -87,8 +86,7 @@ TEST(proxy_text, a_long_list_is_capped_with_a_count)
     ASSERT_EQ(lines.size(), 1 + text::max_listed + 1);
     EXPECT_EQ(lines.front(), "2.0.0 Ok: queued");
     EXPECT_EQ(lines.back(), "... and 2900 more");
-    for (const std::string& l : lines)
-        EXPECT_LE(l.size(), text::max_line);
+    for (const std::string& l : lines) EXPECT_LE(l.size(), text::max_line);
     // Short lists are complete, without a count.
     EXPECT_EQ(text::with_list("first", {"a", "b\r\x01"}), "first\na\nb??");
     EXPECT_EQ(text::with_list("first", {}), "first");
@@ -106,11 +104,20 @@ TEST(proxy_text, the_byte_budget_holds_before_the_line_count)
 
 TEST(proxy_text, valid_agrees_with_the_host_rules)
 {
-    const std::vector<std::pair<std::uint16_t, std::string>> cases = {
-        {250, "ok"}, {199, "ok"}, {600, "ok"}, {451, ""}, {250, "a\rb"}, {250, std::string("a\0b", 3)},
-        {250, "tab\there"}, {250, "del\x7f"}, {250, "a\nb"}, {250, std::string(506, 'x')},
-        {250, std::string(507, 'x')}, {250, std::string(65536, '\n')}, {250, std::string(65537, '\n')},
-        {550, "\xc3\xa9\xff"}};
+    const std::vector<std::pair<std::uint16_t, std::string>> cases = {{250, "ok"},
+                                                                      {199, "ok"},
+                                                                      {600, "ok"},
+                                                                      {451, ""},
+                                                                      {250, "a\rb"},
+                                                                      {250, std::string("a\0b", 3)},
+                                                                      {250, "tab\there"},
+                                                                      {250, "del\x7f"},
+                                                                      {250, "a\nb"},
+                                                                      {250, std::string(506, 'x')},
+                                                                      {250, std::string(507, 'x')},
+                                                                      {250, std::string(65536, '\n')},
+                                                                      {250, std::string(65537, '\n')},
+                                                                      {550, "\xc3\xa9\xff"}};
     for (const auto& [code, t] : cases)
         EXPECT_EQ(text::valid(code, t), host_problem(code, t).empty()) << code << " size " << t.size();
 }
@@ -124,13 +131,11 @@ TEST(proxy_text, random_upstream_bytes_always_make_a_valid_reply)
     for (int round = 0; round < 200; ++round) {
         auto random_text = [&] {
             std::string s(static_cast<std::size_t>(len(rng)), '\0');
-            for (char& ch : s)
-                ch = static_cast<char>(byte(rng));
+            for (char& ch : s) ch = static_cast<char>(byte(rng));
             return s;
         };
         std::vector<std::string> items(static_cast<std::size_t>(count(rng)));
-        for (std::string& i : items)
-            i = random_text();
+        for (std::string& i : items) i = random_text();
         const std::string t = text::with_list(random_text(), items);
         ASSERT_EQ(host_problem(250, t), "") << "round " << round;
         ASSERT_TRUE(text::valid(250, t));
@@ -171,8 +176,7 @@ struct gate {
             ++calls;
             std::unique_lock<std::mutex> lock(m);
             cv.wait(lock, [this] { return open; });
-            if (host == "nx.example")
-                return EAI_NONAME;
+            if (host == "nx.example") return EAI_NONAME;
             dns::address a;
             auto* sin = reinterpret_cast<sockaddr_in*>(&a.storage);
             sin->sin_family = AF_INET;
@@ -230,11 +234,11 @@ TEST(proxy_resolver, concurrent_lookups_of_one_name_share_one_call)
     std::atomic<int> timed_out{0};
     for (int i = 0; i < 8; ++i)
         callers.emplace_back([&] {
-            if (r.resolve("mx.example", "25", steady::now() + milliseconds(150)).state == dns::answer::status::timed_out)
+            if (r.resolve("mx.example", "25", steady::now() + milliseconds(150)).state ==
+                dns::answer::status::timed_out)
                 ++timed_out;
         });
-    for (std::thread& t : callers)
-        t.join();
+    for (std::thread& t : callers) t.join();
     EXPECT_EQ(timed_out, 8);
     EXPECT_EQ(g.calls, 1);  // a dead DNS server holds one thread, not one per message
 }
@@ -292,4 +296,4 @@ TEST(proxy_plugin, a_host_name_is_resolved_and_unloading_joins_the_resolver)
               std::string::npos);
 }
 
-} // namespace
+}  // namespace

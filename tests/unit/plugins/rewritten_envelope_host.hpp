@@ -31,15 +31,14 @@ struct state {
     std::vector<std::string> rcpts;
     std::vector<std::string> params;
 };
-inline state current; // one plugin at a time: tests run one after another
+inline state current;  // one plugin at a time: tests run one after another
 
 inline asiosmtpd_str str(const std::string& s) noexcept { return {s.data(), s.size()}; }
 
 inline asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
 {
     const asiosmtpd_status st = current.real_txn_info(call, inout);
-    if (st != ASIOSMTPD_OK || inout->mail_from.size == 0)
-        return st; // no transaction: nothing to rewrite
+    if (st != ASIOSMTPD_OK || inout->mail_from.size == 0) return st;  // no transaction: nothing to rewrite
     inout->mail_from = str(current.mail_from);
     inout->rcpt_count = current.rcpts.size();
     inout->mail_param_count = current.params.size();
@@ -48,8 +47,7 @@ inline asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout
 
 inline asiosmtpd_status at(const std::vector<std::string>& v, std::size_t index, asiosmtpd_str* out)
 {
-    if (index >= v.size())
-        return ASIOSMTPD_E_INVALID;
+    if (index >= v.size()) return ASIOSMTPD_E_INVALID;
     *out = str(v[index]);
     return ASIOSMTPD_OK;
 }
@@ -95,6 +93,6 @@ inline bool load(const library& lib, std::string mail_from, std::vector<std::str
     return current.real_entry != nullptr;
 }
 
-} // namespace asiosmtpd::test::rewritten
+}  // namespace asiosmtpd::test::rewritten
 
-#endif // ASIOSMTPD_TESTS_UNIT_PLUGINS_REWRITTEN_ENVELOPE_HOST_HPP
+#endif  // ASIOSMTPD_TESTS_UNIT_PLUGINS_REWRITTEN_ENVELOPE_HOST_HPP

@@ -37,7 +37,7 @@ TEST(sink, an_accepting_sink_ends_the_data_chain)
     auto s = h.open();
     testing::internal::CaptureStdout();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "x\r\n"), "250 OK");
-    EXPECT_EQ(testing::internal::GetCapturedStdout(), ""); // debugging never saw it
+    EXPECT_EQ(testing::internal::GetCapturedStdout(), "");  // debugging never saw it
 }
 
 TEST(sink, refuses_configuration)
@@ -48,4 +48,4 @@ TEST(sink, refuses_configuration)
     EXPECT_EQ(h.refusal(plugin, tk::node::map({})), "");
 }
 
-} // namespace
+}  // namespace

@@ -71,7 +71,8 @@ TEST(testkit_lmtp, a_verdict_applies_to_every_recipient)
 {
     tk::host h;
     h.lmtp = true;
-    h.load(scripted, hooks({{"DATA", tk::node::map({{"verdict", "tempfail"}, {"code", 451}, {"text", "4.3.0 later"}})}}));
+    h.load(scripted,
+           hooks({{"DATA", tk::node::map({{"verdict", "tempfail"}, {"code", 451}, {"text", "4.3.0 later"}})}}));
     auto s = h.open();
     s.cmd("LHLO client.example");
     s.cmd("MAIL FROM:<a@b.example>");
@@ -85,8 +86,10 @@ TEST(testkit_lmtp, a_verdict_applies_to_every_recipient)
 TEST(testkit_tls, starttls_command)
 {
     tk::host h;
-    h.load(scripted, hooks({{"NOOP", tk::node::map({{"verdict", "accept"}, {"code", 250},
-                                                    {"text", "{tls} {tls_version} {tls_cipher}"}})}}));
+    h.load(
+        scripted,
+        hooks({{"NOOP",
+                tk::node::map({{"verdict", "accept"}, {"code", 250}, {"text", "{tls} {tls_version} {tls_cipher}"}})}}));
     auto s = h.open();
     EXPECT_EQ(s.cmd("STARTTLS"), "454 TLS not available");
     h.starttls_available = true;
@@ -119,8 +122,9 @@ TEST(testkit_tls, a_starttls_veto_refuses_every_command_but_quit)
 TEST(testkit_tls, a_closing_starttls_verdict_closes)
 {
     tk::host h;
-    h.load(scripted, hooks({{"STARTTLS", tk::node::map({{"verdict", "tempfail_close"}, {"code", 421},
-                                                        {"text", "4.7.0 no thanks"}})}}));
+    h.load(scripted,
+           hooks({{"STARTTLS",
+                   tk::node::map({{"verdict", "tempfail_close"}, {"code", 421}, {"text", "4.7.0 no thanks"}})}}));
     auto s = h.open();
     EXPECT_EQ(s.tls(), "421 4.7.0 no thanks");
     EXPECT_TRUE(s.closed());
@@ -129,8 +133,9 @@ TEST(testkit_tls, a_closing_starttls_verdict_closes)
 TEST(testkit_tls, implicit_tls_runs_no_starttls_hook)
 {
     tk::host h;
-    h.load(scripted, hooks({{"STARTTLS", tk::node::map({{"verdict", "reject"}})},
-                            {"CONNECT", tk::node::map({{"verdict", "accept"}, {"code", 220}, {"text", "tls={tls}"}})}}));
+    h.load(scripted,
+           hooks({{"STARTTLS", tk::node::map({{"verdict", "reject"}})},
+                  {"CONNECT", tk::node::map({{"verdict", "accept"}, {"code", 220}, {"text", "tls={tls}"}})}}));
     auto s = h.open_tls();
     EXPECT_EQ(s.greeting(), "220 tls=1");
     EXPECT_EQ(s.cmd("NOOP"), "250 OK");
@@ -173,7 +178,7 @@ struct probe_state {
     asiosmtpd_status rcpt_reply_in_rcpt = ASIOSMTPD_OK;
     asiosmtpd_status rcpt_reply_bad_index = ASIOSMTPD_OK;
     asiosmtpd_status rcpt_reply_ok = -100;
-    bool rcpt_replies_in_data = true; // probe_data tries set_rcpt_reply (a bad index costs a 451)
+    bool rcpt_replies_in_data = true;  // probe_data tries set_rcpt_reply (a bad index costs a 451)
     asiosmtpd_status challenge_in_noop = ASIOSMTPD_OK;
     asiosmtpd_status identity_in_noop = ASIOSMTPD_OK;
     asiosmtpd_status mechanism_plain = ASIOSMTPD_OK;
@@ -192,8 +197,7 @@ asiosmtpd_verdict probe_rcpt(void*, asiosmtpd_call* c, const void*)
 asiosmtpd_verdict probe_data(void*, asiosmtpd_call* c, const void* args)
 {
     probe.data_flags = static_cast<const asiosmtpd_data_args*>(args)->flags;
-    if (!probe.rcpt_replies_in_data)
-        return ASIOSMTPD_CONTINUE;
+    if (!probe.rcpt_replies_in_data) return ASIOSMTPD_CONTINUE;
     probe.rcpt_reply_bad_index = probe.api->set_rcpt_reply(c, 5, 250, {"x", 1});
     probe.rcpt_reply_ok = probe.api->set_rcpt_reply(c, 0, 250, {"2.0.0 first", 11});
     return ASIOSMTPD_CONTINUE;
@@ -208,7 +212,8 @@ asiosmtpd_verdict probe_noop(void*, asiosmtpd_call* c, const void*)
     probe.api->session_info(c, &info);
     probe.info_size_full = info.struct_size;
     asiosmtpd_session_info old{};
-    old.struct_size = static_cast<std::uint32_t>(offsetof(asiosmtpd_session_info, authenticated) + sizeof(std::int32_t));
+    old.struct_size =
+        static_cast<std::uint32_t>(offsetof(asiosmtpd_session_info, authenticated) + sizeof(std::int32_t));
     probe.api->session_info(c, &old);
     probe.info_size_v1_0 = old.struct_size;
     return ASIOSMTPD_CONTINUE;
@@ -235,8 +240,8 @@ void probe_destroy(void*) {}
 
 const asiosmtpd_plugin_descriptor* probe_entry()
 {
-    static const asiosmtpd_plugin_descriptor d = {sizeof d, ASIOSMTPD_ABI_MAJOR, 1, 0, "probe", "1.0", "ABI 1.1 probe",
-                                                  &probe_create, &probe_destroy};
+    static const asiosmtpd_plugin_descriptor d = {
+        sizeof d, ASIOSMTPD_ABI_MAJOR, 1, 0, "probe", "1.0", "ABI 1.1 probe", &probe_create, &probe_destroy};
     return &d;
 }
 
@@ -280,7 +285,7 @@ TEST(testkit_abi11, data_flags_follow_decode_data)
     h.decode_data = true;
     h.add(&probe_entry);
     auto s = h.open();
-    EXPECT_EQ(s.cmd("EHLO client.example"), "250-mx.test.example\n250-SIZE 33554432\n250 HELP"); // no 8BITMIME
+    EXPECT_EQ(s.cmd("EHLO client.example"), "250-mx.test.example\n250-SIZE 33554432\n250 HELP");  // no 8BITMIME
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "hi\r\n"), "250 OK");
     EXPECT_EQ(probe.data_flags, ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF | ASIOSMTPD_DATA_DECODED);
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "h\xc3\xa9\r\n"), "500 Error: strict ASCII mode");
@@ -293,4 +298,4 @@ TEST(testkit_abi11, data_flags_follow_decode_data)
               ASIOSMTPD_DATA_DOT_UNSTUFFED | ASIOSMTPD_DATA_CRLF | ASIOSMTPD_DATA_DECODED | ASIOSMTPD_DATA_UTF8);
 }
 
-} // namespace
+}  // namespace

@@ -30,8 +30,7 @@ std::string crc_hex(std::string_view bytes)
     std::uint32_t c = 0xffffffffu;
     for (const char ch : bytes) {
         c ^= static_cast<unsigned char>(ch);
-        for (int k = 0; k < 8; ++k)
-            c = (c & 1u) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+        for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xedb88320u ^ (c >> 1) : c >> 1;
     }
     char buf[9];
     std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(c ^ 0xffffffffu));
@@ -58,8 +57,7 @@ std::vector<std::string> tagged(const tk::host& h, const std::string& tag)
     std::vector<std::string> out;
     for (const std::string& line : h.logs()) {
         const std::size_t at = line.find(tag + " ");
-        if (at != std::string::npos)
-            out.push_back(line.substr(at + tag.size() + 1));
+        if (at != std::string::npos) out.push_back(line.substr(at + tag.size() + 1));
     }
     return out;
 }
@@ -91,7 +89,7 @@ TEST(testkit_streaming, sink_takes_the_message_in_pieces)
     EXPECT_EQ(h.hook_count(ASIOSMTPD_HOOK_DATA_CHUNK), 1u);
     EXPECT_EQ(h.hook_count(ASIOSMTPD_HOOK_DATA), 1u);
     auto s = h.open();
-    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(3000)), "250 OK"); // 300 KB: 5 pieces
+    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(3000)), "250 OK");  // 300 KB: 5 pieces
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, ""), "250 OK");             // one empty, last piece
 }
 
@@ -105,7 +103,7 @@ TEST(testkit_streaming, pieces_make_up_the_message_and_data_is_streamed)
                                                     {"code", 250},
                                                     {"text", "2.0.0 {chunks} pieces, {digest}"}})}}));
     auto s = h.open();
-    const std::string m = message(25); // 2500 bytes: 1000, 1000, then 500 as the last piece
+    const std::string m = message(25);  // 2500 bytes: 1000, 1000, then 500 as the last piece
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, m), "250 2.0.0 3 pieces, " + crc_hex(m));
     EXPECT_EQ(tagged(h, "S1"), (std::vector<std::string>{
                                    chunk_line(1, 1000, false, 1000, crc_hex(m.substr(0, 1000))),
@@ -138,10 +136,8 @@ TEST(testkit_streaming, a_data_hook_without_pieces_gets_everyone_the_whole_messa
         h.data_chunk_size = 1000;
         h.load(scripted, hooks({{"DATA_CHUNK", tk::node::map({{"log", std::string("S1") + chunk_fmt}})},
                                 {"DATA", tk::node::map({{"log", std::string("S1") + data_fmt}})}}));
-        if (with_debugging)
-            h.load(debugging);
-        else
-            h.load(scripted, hooks({{"DATA", tk::node::map({{"log", std::string("S2") + data_fmt}})}}));
+        if (with_debugging) h.load(debugging);
+        else h.load(scripted, hooks({{"DATA", tk::node::map({{"log", std::string("S2") + data_fmt}})}}));
         h.load(sink);
         auto s = h.open();
         testing::internal::CaptureStdout();
@@ -150,10 +146,10 @@ TEST(testkit_streaming, a_data_hook_without_pieces_gets_everyone_the_whole_messa
         const auto lines = tagged(h, "S1");
         ASSERT_EQ(lines.size(), 4u);
         EXPECT_EQ(lines[3], data_line(false, 2500, 2500, 3, crc_hex(m), crc_hex(m)));
-        if (with_debugging)
-            EXPECT_NE(out.find("---------- MESSAGE FOLLOWS ----------"), std::string::npos) << out;
+        if (with_debugging) EXPECT_NE(out.find("---------- MESSAGE FOLLOWS ----------"), std::string::npos) << out;
         else
-            EXPECT_EQ(tagged(h, "S2"), std::vector<std::string>{data_line(false, 2500, 2500, 0, "00000000", crc_hex(m))});
+            EXPECT_EQ(tagged(h, "S2"),
+                      std::vector<std::string>{data_line(false, 2500, 2500, 0, "00000000", crc_hex(m))});
     }
 }
 
@@ -170,9 +166,9 @@ TEST(testkit_streaming, a_refused_piece_answers_the_message)
     h.load(sink);
     auto s = h.open();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(50)), "554 5.6.0 refused at piece 2");
-    EXPECT_EQ(tagged(h, "S1"), (std::vector<std::string>{"chunk 1", "chunk 2"})); // no more, no DATA
+    EXPECT_EQ(tagged(h, "S1"), (std::vector<std::string>{"chunk 1", "chunk 2"}));  // no more, no DATA
     EXPECT_EQ(s.cmd("NOOP"), "250 OK");
-    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "short\r\n"), "250 OK"); // a new slot: piece 1
+    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "short\r\n"), "250 OK");  // a new slot: piece 1
     EXPECT_EQ(tagged(h, "S1"), (std::vector<std::string>{"chunk 1", "chunk 2", "chunk 1", "data ran"}));
 }
 
@@ -180,9 +176,9 @@ TEST(testkit_streaming, a_closing_verdict_on_a_piece_closes)
 {
     tk::host h;
     h.data_chunk_size = 1000;
-    h.load(scripted, hooks({{"DATA_CHUNK", tk::node::map({{"verdict", "tempfail_close"},
-                                                          {"code", 421},
-                                                          {"text", "4.3.2 closing"}})}}));
+    h.load(scripted,
+           hooks({{"DATA_CHUNK",
+                   tk::node::map({{"verdict", "tempfail_close"}, {"code", 421}, {"text", "4.3.2 closing"}})}}));
     auto s = h.open();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(50)), "421 4.3.2 closing");
     EXPECT_TRUE(s.closed());
@@ -197,7 +193,7 @@ TEST(testkit_streaming, pieces_completed_later_and_never)
     h.load(scripted, hooks({{"DATA_CHUNK", tk::node::map({{"verdict", "pending_never"}, {"from_chunk", 3}})},
                             {"DATA", tk::node::map({{"log", "S2 data ran"}})}}));
     auto s = h.open();
-    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(15)), "250 OK"); // two pieces
+    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(15)), "250 OK");  // two pieces
     EXPECT_TRUE(h.logged("S2 data ran"));
     const auto started = std::chrono::steady_clock::now();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, message(50)), internal);
@@ -215,7 +211,7 @@ TEST(testkit_streaming, strict_ascii_is_answered_after_the_pieces)
                             {"DATA", tk::node::map({{"log", "S1 data ran"}})}}));
     auto s = h.open();
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "caf\xc3\xa9\r\n"), "500 Error: strict ASCII mode");
-    EXPECT_EQ(tagged(h, "S1"), std::vector<std::string>{"chunk 1 last=1"}); // the pieces, then no DATA
+    EXPECT_EQ(tagged(h, "S1"), std::vector<std::string>{"chunk 1 last=1"});  // the pieces, then no DATA
 }
 
 // ---- reply validation (the server's rules) -----------------------------------------------------
@@ -237,13 +233,15 @@ asiosmtpd_verdict probe_noop(void*, asiosmtpd_call* c, const void* raw)
     const asiosmtpd_host_api& api = *probe.api;
     auto& st = probe.statuses;
     st.clear();
-    const auto reply = [&](std::uint16_t code, std::string_view text) { st.push_back(api.set_reply(c, code, s_(text))); };
+    const auto reply = [&](std::uint16_t code, std::string_view text) {
+        st.push_back(api.set_reply(c, code, s_(text)));
+    };
     const auto suspended = [&](asiosmtpd_verdict v, std::uint16_t code, std::string_view text) {
         asiosmtpd_token t = 0;
         st.push_back(api.suspend(c, &t));
         probe.token = t;
         st.push_back(api.complete(t, v, code, s_(text)));
-        st.push_back(api.complete(t, ASIOSMTPD_ACCEPT, 250, s_("second"))); // always E_GONE or OK
+        st.push_back(api.complete(t, ASIOSMTPD_ACCEPT, 250, s_("second")));  // always E_GONE or OK
         return ASIOSMTPD_PENDING;
     };
     if (which == "codes") {
@@ -252,14 +250,17 @@ asiosmtpd_verdict probe_noop(void*, asiosmtpd_call* c, const void* raw)
         reply(0, "x");
         reply(200, "x");
         reply(599, "5.0.0 last");
-        return ASIOSMTPD_REJECT; // the last good reply stands
+        return ASIOSMTPD_REJECT;  // the last good reply stands
     }
     if (which == "bytes") {
         reply(250, "a\rb");
         reply(250, std::string_view("a\0b", 3));
-        reply(250, "a\x01" "b");
-        reply(250, "a\x7f" "b");
-        reply(250, "a\x1b" "b");
+        reply(250, "a\x01"
+                   "b");
+        reply(250, "a\x7f"
+                   "b");
+        reply(250, "a\x1b"
+                   "b");
         reply(250, "tab\there and caf\xc3\xa9 \xff");
         return ASIOSMTPD_ACCEPT;
     }
@@ -286,7 +287,7 @@ asiosmtpd_verdict probe_noop(void*, asiosmtpd_call* c, const void* raw)
         reply(252, "2.0.0 second try");
         return ASIOSMTPD_ACCEPT;
     }
-    if (which == "refused-then-pending")  {
+    if (which == "refused-then-pending") {
         reply(700, "x");
         return suspended(ASIOSMTPD_ACCEPT, 250, "2.0.0 the completion decides");
     }
@@ -305,7 +306,7 @@ asiosmtpd_verdict probe_noop(void*, asiosmtpd_call* c, const void* raw)
         st.push_back(api.complete(t + 1000, ASIOSMTPD_ACCEPT, 0, s_("")));  // never given: E_INVALID
         st.push_back(api.complete(0, ASIOSMTPD_ACCEPT, 0, s_("")));         // E_INVALID
         st.push_back(api.complete(t, ASIOSMTPD_ACCEPT, 250, s_("2.0.0 after all")));
-        st.push_back(api.complete(t, 42, 600, s_("x")));                    // finished: E_GONE first
+        st.push_back(api.complete(t, 42, 600, s_("x")));  // finished: E_GONE first
         return ASIOSMTPD_PENDING;
     }
     if (which == "rcpt") {
@@ -343,8 +344,8 @@ void probe_destroy(void*) {}
 
 const asiosmtpd_plugin_descriptor* probe_entry()
 {
-    static const asiosmtpd_plugin_descriptor d = {sizeof d, ASIOSMTPD_ABI_MAJOR, 0, 0, "probe", "1.0", "reply probe",
-                                                  &probe_create, &probe_destroy};
+    static const asiosmtpd_plugin_descriptor d = {
+        sizeof d, ASIOSMTPD_ABI_MAJOR, 0, 0, "probe", "1.0", "reply probe", &probe_create, &probe_destroy};
     return &d;
 }
 
@@ -392,9 +393,9 @@ TEST_F(testkit_replies, lines_of_506_bytes_and_64_kib_in_all)
 TEST_F(testkit_replies, a_refused_reply_makes_the_verdict_a_plugin_error)
 {
     auto s = h.open();
-    EXPECT_EQ(s.cmd("NOOP refused"), internal); // not the REJECT's default 550
+    EXPECT_EQ(s.cmd("NOOP refused"), internal);  // not the REJECT's default 550
     EXPECT_TRUE(error_logged("set_reply() refused: reply code 600 is outside 200..599"));
-    EXPECT_EQ(s.cmd("NOOP refused-continue"), internal); // CONTINUE too (as the server)
+    EXPECT_EQ(s.cmd("NOOP refused-continue"), internal);  // CONTINUE too (as the server)
     EXPECT_TRUE(error_logged("set_reply() refused: reply text has CR at byte 1"));
     EXPECT_EQ(s.cmd("NOOP refused-then-good"), "252 2.0.0 second try");
     EXPECT_EQ(probe.statuses, (statuses{invalid, ok}));
@@ -410,7 +411,7 @@ TEST_F(testkit_replies, complete_refuses_what_the_server_cannot_use_and_ends_the
     auto s = h.open();
     const auto started = std::chrono::steady_clock::now();
     EXPECT_EQ(s.cmd("NOOP complete-42"), internal);
-    EXPECT_EQ(probe.statuses, (statuses{ok, invalid, gone})); // ended: a second complete() is E_GONE
+    EXPECT_EQ(probe.statuses, (statuses{ok, invalid, gone}));  // ended: a second complete() is E_GONE
     EXPECT_TRUE(error_logged("complete() refused: unknown verdict 42"));
     EXPECT_EQ(s.cmd("NOOP complete-code"), internal);
     EXPECT_TRUE(error_logged("complete() refused: reply code 99 is outside 200..599"));
@@ -465,4 +466,4 @@ TEST(testkit_replies_scripted, a_worker_completing_with_nonsense_ends_the_call_a
     EXPECT_TRUE(h.logged("reason=\"set_reply() refused: reply line of 507 bytes (at most 506)\""));
 }
 
-} // namespace
+}  // namespace

@@ -43,13 +43,12 @@ protected:
         const std::string b = sha512("s3cret");
         ASSERT_EQ(a.rfind("$6$", 0), 0u) << a;
         std::ofstream(dir_ + "/users.txt") << "# test users\nalice:" << a << "\nbob:" << b << "\n";
-        h_.config_dir = dir_; // users_file is relative: resolved against config_dir()
+        h_.config_dir = dir_;  // users_file is relative: resolved against config_dir()
         h_.load(authfile, tk::node::map({{"users_file", "users.txt"}, {"workers", 1}}));
     }
     void TearDown() override
     {
-        if (!dir_.empty())
-            std::filesystem::remove_all(dir_);
+        if (!dir_.empty()) std::filesystem::remove_all(dir_);
     }
 
     std::string dir_;
@@ -69,7 +68,7 @@ TEST_F(testkit_authfile, plain_needs_tls_then_authenticates)
               "538 5.7.11 Encryption required for requested authentication mechanism");
     EXPECT_EQ(s.tls(), "");
     EXPECT_TRUE(s.tls_active());
-    EXPECT_EQ(s.cmd("AUTH PLAIN"), "503 Error: send EHLO first"); // TLS forgot the greeting
+    EXPECT_EQ(s.cmd("AUTH PLAIN"), "503 Error: send EHLO first");  // TLS forgot the greeting
     EXPECT_EQ(s.cmd("EHLO client.example"),
               "250-mx.test.example\n250-SIZE 33554432\n250-8BITMIME\n250-AUTH LOGIN PLAIN\n250 HELP");
     EXPECT_EQ(s.auth("PLAIN", "alice", "correct horse"), "235 2.7.0 Authentication successful");
@@ -127,14 +126,21 @@ TEST_F(testkit_authfile, exchange_errors)
     EXPECT_EQ(s.cmd("*"), "501 5.7.0 Auth aborted");
     EXPECT_EQ(s.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6");
     EXPECT_EQ(s.cmd("not base64"), "501 5.5.2 Can't decode base64");
-    EXPECT_EQ(s.cmd("NOOP"), "250 OK"); // back to commands
+    EXPECT_EQ(s.cmd("NOOP"), "250 OK");  // back to commands
     EXPECT_FALSE(s.closed());
 }
 
 TEST_F(testkit_authfile, session_info_reports_the_login_and_tls)
 {
-    h_.load(scripted, tk::node::map({{"hooks", tk::node::map({{"NOOP", tk::node::map({{"verdict", "accept"},
-        {"code", 250}, {"text", "tls={tls} {tls_version} {tls_cipher} auth={auth} login={auth_login}"}})}})}}));
+    h_.load(scripted,
+            tk::node::map(
+                {{"hooks",
+                  tk::node::map(
+                      {{"NOOP",
+                        tk::node::map(
+                            {{"verdict", "accept"},
+                             {"code", 250},
+                             {"text", "tls={tls} {tls_version} {tls_cipher} auth={auth} login={auth_login}"}})}})}}));
     auto s = h_.open();
     EXPECT_EQ(s.cmd("NOOP"), "250 tls=0   auth=0 login=");
     s.tls({"TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", "CN=client"});
@@ -183,7 +189,7 @@ TEST(testkit_auth, mechanisms_are_registered_and_advertised)
                                             "250-AUTH LOGIN PLAIN X-LATER X-ONESHOT X-TEST\n250 HELP");
     const std::string why = h.refusal(xmech);
     EXPECT_NE(why.find("E_CONFLICT"), std::string::npos) << why;
-    EXPECT_EQ(h.auth_mechanisms().size(), 3u); // the refused instance's mechanisms are dropped
+    EXPECT_EQ(h.auth_mechanisms().size(), 3u);  // the refused instance's mechanisms are dropped
 }
 
 TEST(testkit_auth, mechanism_challenges_and_identity)
@@ -199,7 +205,7 @@ TEST(testkit_auth, mechanism_challenges_and_identity)
     EXPECT_EQ(s.cmd("auth x-test"), "334 " + tk::base64_encode("who?"));
     EXPECT_EQ(s.cmd(tk::base64_encode("alice")), "334 " + tk::base64_encode("secret?"));
     EXPECT_EQ(s.cmd(tk::base64_encode("open sesame")), "235 2.7.0 Authentication successful");
-    EXPECT_EQ(s.auth_login(), "alice"); // set_auth_identity
+    EXPECT_EQ(s.auth_login(), "alice");  // set_auth_identity
 }
 
 TEST(testkit_auth, mechanism_aborted_when_answers_run_out)
@@ -225,7 +231,7 @@ TEST(testkit_auth, mechanism_completed_from_a_worker_thread)
     EXPECT_EQ(r.challenges, std::vector<std::string>{"later?"});
     EXPECT_EQ(r.reply, "235 2.7.0 Authentication successful");
     EXPECT_TRUE(s.authenticated());
-    EXPECT_EQ(s.auth_login(), ""); // no identity given
+    EXPECT_EQ(s.auth_login(), "");  // no identity given
 }
 
 TEST(testkit_auth, mechanism_with_an_initial_response)
@@ -251,4 +257,4 @@ TEST(testkit_auth, base64_helpers)
     EXPECT_FALSE(tk::base64_decode("ab=c"));
 }
 
-} // namespace
+}  // namespace

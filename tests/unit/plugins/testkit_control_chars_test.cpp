@@ -20,9 +20,12 @@ TEST(testkit_control_chars, addresses_and_parameters_are_refused_before_any_hook
     // The scripted plugin would answer 550/551/552 if its hooks ran.
     tk::host h;
     h.load(std::string(ASIOSMTPD_TEST_PLUGIN_DIR) + "/scripted.so",
-           tk::node::map({{"hooks", tk::node::map({{"MAIL", tk::node::map({{"verdict", "reject"}, {"code", 550}, {"text", "mail hook"}})},
-                                                   {"RCPT", tk::node::map({{"verdict", "reject"}, {"code", 551}, {"text", "rcpt hook"}})},
-                                                   {"VRFY", tk::node::map({{"verdict", "reject"}, {"code", 552}, {"text", "vrfy hook"}})}})}}));
+           tk::node::map(
+               {{"hooks",
+                 tk::node::map(
+                     {{"MAIL", tk::node::map({{"verdict", "reject"}, {"code", 550}, {"text", "mail hook"}})},
+                      {"RCPT", tk::node::map({{"verdict", "reject"}, {"code", 551}, {"text", "rcpt hook"}})},
+                      {"VRFY", tk::node::map({{"verdict", "reject"}, {"code", 552}, {"text", "vrfy hook"}})}})}}));
     auto s = h.open();
     s.cmd("EHLO c.example");
     EXPECT_EQ(s.cmd("MAIL FROM:<\"x\rX-RcptTo: ceo@corp.example\"@b.example>"), "553 5.1.3 Error: malformed address");
@@ -30,14 +33,17 @@ TEST(testkit_control_chars, addresses_and_parameters_are_refused_before_any_hook
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=1\x01"), "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]");
     EXPECT_EQ(s.cmd("VRFY a\rb@c.example"), "502 Could not VRFY a?b@c.example");
     EXPECT_EQ(s.cmd("VRFY a@b.example"), "552 vrfy hook");
-    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>\tSIZE=10"), "550 mail hook"); // a TAB separates
+    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>\tSIZE=10"), "550 mail hook");  // a TAB separates
 }
 
 TEST(testkit_control_chars, rcpt_is_refused_before_its_hook)
 {
     tk::host h;
     h.load(std::string(ASIOSMTPD_TEST_PLUGIN_DIR) + "/scripted.so",
-           tk::node::map({{"hooks", tk::node::map({{"RCPT", tk::node::map({{"verdict", "reject"}, {"code", 551}, {"text", "rcpt hook"}})}})}}));
+           tk::node::map(
+               {{"hooks",
+                 tk::node::map(
+                     {{"RCPT", tk::node::map({{"verdict", "reject"}, {"code", 551}, {"text", "rcpt hook"}})}})}}));
     auto s = h.open();
     s.cmd("EHLO c.example");
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>"), "250 OK");
@@ -46,4 +52,4 @@ TEST(testkit_control_chars, rcpt_is_refused_before_its_hook)
     EXPECT_EQ(s.cmd("RCPT TO:<d@e.example>"), "551 rcpt hook");
 }
 
-} // namespace
+}  // namespace

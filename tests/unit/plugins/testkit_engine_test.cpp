@@ -20,14 +20,12 @@ TEST(testkit_engine, size_and_address_syntax)
     h.data_size_limit = 1000;
     auto s = h.open();
     EXPECT_EQ(s.cmd("EHLO client.example"), "250-mx.test.example\n250-SIZE 1000\n250-8BITMIME\n250 HELP");
-    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=2000"),
-              "552 Error: message size exceeds fixed maximum message size");
+    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=2000"), "552 Error: message size exceeds fixed maximum message size");
     EXPECT_EQ(s.cmd("MAIL FROM:a@"), "553 5.1.3 Error: malformed address");
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> SIZE=10"), "250 OK");
     EXPECT_EQ(s.cmd("RCPT TO:<c@d.example>"), "250 OK");
     std::string big;
-    for (int i = 0; i < 12; ++i)
-        big += std::string(98, 'x') + "\r\n";
+    for (int i = 0; i < 12; ++i) big += std::string(98, 'x') + "\r\n";
     EXPECT_EQ(s.data(big), "552 Error: Too much mail data");
     EXPECT_EQ(s.cmd("DATA"), "503 Error: need RCPT command");  // the envelope was reset
     EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example>"), "250 OK");
@@ -65,9 +63,10 @@ TEST(testkit_engine, command_call_limit_closes)
 TEST(testkit_engine, pipelined_input_is_answered_in_order_through_the_hooks)
 {
     tk::host h;
-    h.load(scripted, tk::node::map({{"hooks", tk::node::map({{"RCPT", tk::node::map({{"verdict", "reject"},
-                                                                                     {"code", 550},
-                                                                                     {"text", "no"}})}})}}));
+    h.load(scripted,
+           tk::node::map(
+               {{"hooks",
+                 tk::node::map({{"RCPT", tk::node::map({{"verdict", "reject"}, {"code", 550}, {"text", "no"}})}})}}));
     auto s = h.open();
     EXPECT_EQ(s.send("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nQUIT\r\n"),
               "250-mx.test.example\n250-SIZE 33554432\n250-8BITMIME\n250 HELP\n"
@@ -82,8 +81,7 @@ TEST(testkit_engine, settings_are_read_at_each_command)
     EXPECT_EQ(s.cmd("EHLO c.example"), "250-mx.test.example\n250-SIZE 33554432\n250-8BITMIME\n250 HELP");
     h.hostname = "other.example";
     h.advertise_pipelining = true;
-    EXPECT_EQ(s.cmd("EHLO c.example"),
-              "250-other.example\n250-SIZE 33554432\n250-8BITMIME\n250-PIPELINING\n250 HELP");
+    EXPECT_EQ(s.cmd("EHLO c.example"), "250-other.example\n250-SIZE 33554432\n250-8BITMIME\n250-PIPELINING\n250 HELP");
 }
 
 TEST(testkit_engine, unknown_commands_have_a_budget)
@@ -91,10 +89,9 @@ TEST(testkit_engine, unknown_commands_have_a_budget)
     tk::host h;
     auto s = h.open();
     std::string last;
-    for (int i = 0; i < 10 && !s.closed(); ++i)
-        last = s.cmd("BOGUS");
+    for (int i = 0; i < 10 && !s.closed(); ++i) last = s.cmd("BOGUS");
     EXPECT_TRUE(s.closed());
     EXPECT_EQ(last, "502 5.5.1 Too many unrecognized commands, goodbye.");
 }
 
-} // namespace
+}  // namespace

@@ -31,7 +31,7 @@ struct connect_case {
     tk::node spec;
     std::string greeting;
     bool closed;
-    std::string reason; // the plugin_error reason; "" when none is logged
+    std::string reason;  // the plugin_error reason; "" when none is logged
 };
 
 TEST(testkit_connect, verdicts_and_errors_answer_as_the_server)
@@ -73,10 +73,8 @@ TEST(testkit_connect, verdicts_and_errors_answer_as_the_server)
         auto s = h.open();
         EXPECT_EQ(s.greeting(), c.greeting);
         EXPECT_EQ(s.closed(), c.closed);
-        if (c.reason.empty())
-            EXPECT_FALSE(h.logged("event=plugin_error"));
-        else
-            EXPECT_TRUE(h.logged("event=plugin_error hook=CONNECT reason=\"" + c.reason + "\""));
+        if (c.reason.empty()) EXPECT_FALSE(h.logged("event=plugin_error"));
+        else EXPECT_TRUE(h.logged("event=plugin_error hook=CONNECT reason=\"" + c.reason + "\""));
     }
 }
 
@@ -109,7 +107,7 @@ std::vector<std::string> lmtp_transaction(tk::host& h)
         EXPECT_EQ(s.cmd(std::string("RCPT TO:<") + r + ">"), "250 OK");
     s.data("Subject: lmtp\r\n\r\nhello\r\n");
     const std::vector<std::string> replies = s.data_replies();
-    EXPECT_EQ(s.cmd("NOOP"), "250 OK"); // the session goes on
+    EXPECT_EQ(s.cmd("NOOP"), "250 OK");  // the session goes on
     return replies;
 }
 
@@ -130,10 +128,11 @@ TEST(testkit_rcpt_replies, a_refused_text_costs_every_recipient_451)
         const std::string origin = thread ? "set_rcpt_reply_pending" : "set_rcpt_reply";
         tk::host h;
         const auto replies = lmtp_with(
-            h, tk::node::map({{"verdict", "accept"},
-                              {"thread", thread},
-                              {"rcpt_replies", tk::node::list({reply(0, 250, "2.0.0 first ok"),
-                                                               reply(1, 550, "5.1.1 no{cr}{lf}250 2.0.0 smuggled")})}}));
+            h,
+            tk::node::map({{"verdict", "accept"},
+                           {"thread", thread},
+                           {"rcpt_replies", tk::node::list({reply(0, 250, "2.0.0 first ok"),
+                                                            reply(1, 550, "5.1.1 no{cr}{lf}250 2.0.0 smuggled")})}}));
         EXPECT_EQ(replies, all_internal);
         EXPECT_TRUE(h.logged("scripted: DATA: " + origin + "(1) returned E_INVALID"));
         EXPECT_TRUE(h.logged("event=plugin_error hook=DATA reason=\"" + origin +
@@ -158,9 +157,9 @@ TEST(testkit_rcpt_replies, a_refused_code_or_index)
             SCOPED_TRACE(c.reason + (thread ? " (pending)" : ""));
             const std::string origin = thread ? "set_rcpt_reply_pending" : "set_rcpt_reply";
             tk::host h;
-            const auto replies = lmtp_with(h, tk::node::map({{"verdict", "accept"},
-                                                             {"thread", thread},
-                                                             {"rcpt_replies", tk::node::list({c.reply})}}));
+            const auto replies = lmtp_with(
+                h, tk::node::map(
+                       {{"verdict", "accept"}, {"thread", thread}, {"rcpt_replies", tk::node::list({c.reply})}}));
             EXPECT_EQ(replies, all_internal);
             EXPECT_TRUE(h.logged("scripted: DATA: " + origin + "(" + std::to_string(c.index) + ") returned E_INVALID"));
             EXPECT_TRUE(h.logged("event=plugin_error hook=DATA reason=\"" + origin + "() refused: " + c.reason + "\""));
@@ -174,10 +173,10 @@ TEST(testkit_rcpt_replies, a_refusal_replaced_for_the_same_recipient_is_forgotte
         SCOPED_TRACE(thread ? "set_rcpt_reply_pending" : "set_rcpt_reply");
         tk::host h;
         const auto replies = lmtp_with(
-            h, tk::node::map({{"verdict", "accept"},
-                              {"thread", thread},
-                              {"rcpt_replies", tk::node::list({reply(1, 550, "5.1.1 {cr}"),
-                                                               reply(1, 550, "5.1.1 replaced")})}}));
+            h, tk::node::map(
+                   {{"verdict", "accept"},
+                    {"thread", thread},
+                    {"rcpt_replies", tk::node::list({reply(1, 550, "5.1.1 {cr}"), reply(1, 550, "5.1.1 replaced")})}}));
         EXPECT_EQ(replies, (std::vector<std::string>{"250 OK", "550 5.1.1 replaced", "250 OK"}));
         EXPECT_FALSE(h.logged("event=plugin_error"));
     }
@@ -188,14 +187,16 @@ TEST(testkit_rcpt_replies, a_plugin_error_drops_the_accepted_replies)
     for (const bool thread : {false, true}) {
         SCOPED_TRACE(thread ? "complete" : "set_reply");
         tk::host h;
-        const auto replies = lmtp_with(h, tk::node::map({{"verdict", "accept"},
-                                                         {"code", 600},
-                                                         {"text", "x"},
-                                                         {"thread", thread},
-                                                         {"rcpt_replies", tk::node::list({reply(0, 550, "5.1.1 gone")})}}));
+        const auto replies =
+            lmtp_with(h, tk::node::map({{"verdict", "accept"},
+                                        {"code", 600},
+                                        {"text", "x"},
+                                        {"thread", thread},
+                                        {"rcpt_replies", tk::node::list({reply(0, 550, "5.1.1 gone")})}}));
         EXPECT_EQ(replies, all_internal);
         EXPECT_TRUE(h.logged(std::string("event=plugin_error hook=DATA reason=\"") +
-                             (thread ? "complete()" : "set_reply()") + " refused: reply code 600 is outside 200..599\""));
+                             (thread ? "complete()" : "set_reply()") +
+                             " refused: reply code 600 is outside 200..599\""));
     }
 }
 
@@ -205,9 +206,10 @@ TEST(testkit_rcpt_replies, smtp_answers_the_data_with_451)
         SCOPED_TRACE(thread ? "set_rcpt_reply_pending" : "set_rcpt_reply");
         const std::string origin = thread ? "set_rcpt_reply_pending" : "set_rcpt_reply";
         tk::host h;
-        h.load(scripted, hooks({{"DATA", tk::node::map({{"verdict", "accept"},
-                                                        {"thread", thread},
-                                                        {"rcpt_replies", tk::node::list({reply(0, 550, "5.1.1 no{nul}")})}})}}));
+        h.load(scripted,
+               hooks({{"DATA", tk::node::map({{"verdict", "accept"},
+                                              {"thread", thread},
+                                              {"rcpt_replies", tk::node::list({reply(0, 550, "5.1.1 no{nul}")})}})}}));
         auto s = h.open();
         EXPECT_EQ(s.send_mail("a@b.example", {"one@x.example"}, "hello\r\n"), internal);
         EXPECT_EQ(s.cmd("NOOP"), "250 OK");
@@ -222,9 +224,10 @@ TEST(testkit_rcpt_replies, valid_replies_still_answer_per_recipient)
         SCOPED_TRACE(thread ? "set_rcpt_reply_pending" : "set_rcpt_reply");
         tk::host h;
         const auto replies = lmtp_with(
-            h, tk::node::map({{"verdict", "accept"},
-                              {"thread", thread},
-                              {"rcpt_replies", tk::node::list({reply(0, 250, "2.0.0 first"), reply(2, 452, "4.2.2 full")})}}));
+            h, tk::node::map(
+                   {{"verdict", "accept"},
+                    {"thread", thread},
+                    {"rcpt_replies", tk::node::list({reply(0, 250, "2.0.0 first"), reply(2, 452, "4.2.2 full")})}}));
         EXPECT_EQ(replies, (std::vector<std::string>{"250 2.0.0 first", "250 OK", "452 4.2.2 full"}));
     }
 }
@@ -244,7 +247,7 @@ asiosmtpd_verdict rcpt_probe_noop(void*, asiosmtpd_call* c, const void*)
 {
     asiosmtpd_token t = 0;
     rcpt_probe.api->suspend(c, &t);
-    rcpt_probe.statuses.push_back(rcpt_probe.api->set_rcpt_reply_pending(t, 0, 250, s_("x"))); // not DATA
+    rcpt_probe.statuses.push_back(rcpt_probe.api->set_rcpt_reply_pending(t, 0, 250, s_("x")));  // not DATA
     rcpt_probe.api->complete(t, ASIOSMTPD_CONTINUE, 0, s_(""));
     return ASIOSMTPD_PENDING;
 }
@@ -256,17 +259,15 @@ asiosmtpd_verdict rcpt_probe_data(void*, asiosmtpd_call* c, const void*)
     st.push_back(api.set_rcpt_reply(c, 0, 550, s_(rcpt_probe.mode == "before" ? "5.1.1 bad\r" : "5.1.1 first")));
     asiosmtpd_token t = 0;
     api.suspend(c, &t);
-    if (rcpt_probe.mode == "after")
-        st.push_back(api.set_rcpt_reply(c, 1, 550, s_("5.1.1 bad\r")));
-    if (rcpt_probe.mode == "replaced")
-        st.push_back(api.set_rcpt_reply_pending(t, 0, 552, s_("5.2.2 replaced")));
+    if (rcpt_probe.mode == "after") st.push_back(api.set_rcpt_reply(c, 1, 550, s_("5.1.1 bad\r")));
+    if (rcpt_probe.mode == "replaced") st.push_back(api.set_rcpt_reply_pending(t, 0, 552, s_("5.2.2 replaced")));
     st.push_back(api.complete(t, ASIOSMTPD_ACCEPT, 0, s_("")));
     st.push_back(api.set_rcpt_reply(c, 1, 250, s_("2.0.0 too late")));
     return ASIOSMTPD_PENDING;
 }
 
-asiosmtpd_status rcpt_probe_create(const asiosmtpd_host_api* api, asiosmtpd_ctx*, asiosmtpd_registrar* reg,
-                                   void** out, asiosmtpd_errbuf*)
+asiosmtpd_status rcpt_probe_create(const asiosmtpd_host_api* api, asiosmtpd_ctx*, asiosmtpd_registrar* reg, void** out,
+                                   asiosmtpd_errbuf*)
 {
     rcpt_probe.api = api;
     api->register_hook(reg, ASIOSMTPD_HOOK_NOOP, &rcpt_probe_noop);
@@ -279,8 +280,9 @@ void rcpt_probe_destroy(void*) {}
 
 const asiosmtpd_plugin_descriptor* rcpt_probe_entry()
 {
-    static const asiosmtpd_plugin_descriptor d = {sizeof d, ASIOSMTPD_ABI_MAJOR, 1, 0, "rcpt_probe", "1.0",
-                                                  "per-recipient reply probe", &rcpt_probe_create, &rcpt_probe_destroy};
+    static const asiosmtpd_plugin_descriptor d = {
+        sizeof d,           ASIOSMTPD_ABI_MAJOR, 1, 0, "rcpt_probe", "1.0", "per-recipient reply probe",
+        &rcpt_probe_create, &rcpt_probe_destroy};
     return &d;
 }
 
@@ -328,4 +330,4 @@ TEST(testkit_rcpt_replies, pending_replies_only_for_data)
     EXPECT_EQ(rcpt_probe.statuses, std::vector<asiosmtpd_status>{ASIOSMTPD_E_STATE});
 }
 
-} // namespace
+}  // namespace

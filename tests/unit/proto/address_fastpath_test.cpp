@@ -65,10 +65,10 @@ bool check(std::string_view arg, tally& t)
     for (const bool smtputf8 : {false, true}) {
         const address_result full = parse_address_full(arg, smtputf8);
         if (!same(fast, full) && ++t.failures <= 20)
-            ADD_FAILURE() << "fast path differs for " << shown(arg) << " smtputf8=" << smtputf8
-                          << ": fast " << static_cast<int>(fast.state) << ' ' << shown(fast.address) << ' '
-                          << shown(fast.rest) << ", full " << static_cast<int>(full.state) << ' '
-                          << shown(full.address) << ' ' << shown(full.rest);
+            ADD_FAILURE() << "fast path differs for " << shown(arg) << " smtputf8=" << smtputf8 << ": fast "
+                          << static_cast<int>(fast.state) << ' ' << shown(fast.address) << ' ' << shown(fast.rest)
+                          << ", full " << static_cast<int>(full.state) << ' ' << shown(full.address) << ' '
+                          << shown(full.rest);
         if (!same(parse_address(arg, smtputf8), full) && ++t.failures <= 20)
             ADD_FAILURE() << "parse_address differs from the port for " << shown(arg);
     }
@@ -77,8 +77,8 @@ bool check(std::string_view arg, tally& t)
 
 void report(const char* what, const tally& t)
 {
-    std::printf("[ fastpath ] %s: %zu inputs, %zu on the fast path, %zu differences\n", what, t.inputs,
-                t.accepted, t.failures);
+    std::printf("[ fastpath ] %s: %zu inputs, %zu on the fast path, %zu differences\n", what, t.inputs, t.accepted,
+                t.failures);
 }
 
 TEST(address_fastpath, takes_the_common_shapes)
@@ -112,12 +112,38 @@ TEST(address_fastpath, leaves_the_rest_to_the_port)
 {
     // Each of these is decided differently by some rule of Python's parser (or is simply not a
     // plain shape), so the fast path must decline it.
-    for (const std::string_view arg :
-         {"", " <a@b.c>", "<a@b.c", "<a@b.c d>", "<a.@b.c>", "<.a@b.c>", "<a..b@c.d>", "<a@b.c.>",
-          "<a>", "a", "<@x.y:a@b.c>", "<a@[127.0.0.1]>", "<\"a\"@b.c>", "<a\\b@c.d>", "<a (c)@b.c>",
-          "<a@b.c>(c)", "<a@b.c> (c) X", "a@b .c", "a@b @c", "a@b,c", "a@b>", "a@b\vc",
-          "<a@b.c> \x1cX", "=?utf-8?q?a=40b=2Cc?=d", "<a=?b@c.d>", "<a@b.c> X=?", "<\xc3\xa9@b.c>",
-          "<a@b.c> \xc2\xa0X", "<> \xc3\xa9", "a@b.c (x) SIZE=10", "<a@b@c>", "a@b@c"}) {
+    for (const std::string_view arg : {"",
+                                       " <a@b.c>",
+                                       "<a@b.c",
+                                       "<a@b.c d>",
+                                       "<a.@b.c>",
+                                       "<.a@b.c>",
+                                       "<a..b@c.d>",
+                                       "<a@b.c.>",
+                                       "<a>",
+                                       "a",
+                                       "<@x.y:a@b.c>",
+                                       "<a@[127.0.0.1]>",
+                                       "<\"a\"@b.c>",
+                                       "<a\\b@c.d>",
+                                       "<a (c)@b.c>",
+                                       "<a@b.c>(c)",
+                                       "<a@b.c> (c) X",
+                                       "a@b .c",
+                                       "a@b @c",
+                                       "a@b,c",
+                                       "a@b>",
+                                       "a@b\vc",
+                                       "<a@b.c> \x1cX",
+                                       "=?utf-8?q?a=40b=2Cc?=d",
+                                       "<a=?b@c.d>",
+                                       "<a@b.c> X=?",
+                                       "<\xc3\xa9@b.c>",
+                                       "<a@b.c> \xc2\xa0X",
+                                       "<> \xc3\xa9",
+                                       "a@b.c (x) SIZE=10",
+                                       "<a@b@c>",
+                                       "a@b@c"}) {
         address_result r;
         EXPECT_FALSE(parse_address_fast(arg, r)) << shown(arg);
     }
@@ -127,17 +153,38 @@ TEST(address_fastpath, combinations_match_the_port)
 {
     const std::vector<std::string> prefixes{"", "<", " <", "<<", "(c)<", "(c)", " ", "\"\"", "@x:", "<@x:", "<\t"};
     const std::vector<std::string> locals{
-        "a", "user.name", "A~!#$%&'*+-/=^_`{|}~9", "a.b.c", ".a", "a.", "a..b", "", "a b", "\"a\"",
-        "a\\b", "\xc3\xa9", "a=?b", "=?utf-8?q?x?=", "a(c)", "?=", "a=", "a,b", "[a]", "\x7f", "a\x01"};
+        "a",        "user.name", "A~!#$%&'*+-/=^_`{|}~9", "a.b.c", ".a", "a.", "a..b", "",    "a b",  "\"a\"", "a\\b",
+        "\xc3\xa9", "a=?b",      "=?utf-8?q?x?=",         "a(c)",  "?=", "a=", "a,b",  "[a]", "\x7f", "a\x01"};
     const std::vector<std::string> ats{"@", "", "@@", " @", "@ ", "."};
-    const std::vector<std::string> domains{
-        "example.com", "b", "b.c", "b..c", ".b", "b.", "[1.2.3.4]", "b(c)", "b c", "", "-b.c_d",
-        "b=?c", "\xc3\xa9.c", "b\vc", "b@c", "b.c.d.e.f"};
+    const std::vector<std::string> domains{"example.com", "b",    "b.c", "b..c",     ".b",     "b.",
+                                           "[1.2.3.4]",   "b(c)", "b c", "",         "-b.c_d", "b=?c",
+                                           "\xc3\xa9.c",  "b\vc", "b@c", "b.c.d.e.f"};
     const std::vector<std::string> closers{">", "", ">>", " >", "]", ")", ">(c)", "> ", "\"", ">\t"};
-    const std::vector<std::string> tails{
-        "", " SIZE=10", "\tSIZE=1 BODY=8BITMIME", "  ", " (c) X", " @x", " .c", " \x1cX", "SIZE",
-        " \xc2\xa0X", " =?utf-8?q?x?=", " <d@e.f>", " ,", " \"x\"", " \\", "\v", "\r\nX", " )", " x=?",
-        " \x7f", "\t\t>", " d>", ">", ".", "@"};
+    const std::vector<std::string> tails{"",
+                                         " SIZE=10",
+                                         "\tSIZE=1 BODY=8BITMIME",
+                                         "  ",
+                                         " (c) X",
+                                         " @x",
+                                         " .c",
+                                         " \x1cX",
+                                         "SIZE",
+                                         " \xc2\xa0X",
+                                         " =?utf-8?q?x?=",
+                                         " <d@e.f>",
+                                         " ,",
+                                         " \"x\"",
+                                         " \\",
+                                         "\v",
+                                         "\r\nX",
+                                         " )",
+                                         " x=?",
+                                         " \x7f",
+                                         "\t\t>",
+                                         " d>",
+                                         ">",
+                                         ".",
+                                         "@"};
     tally t;
     for (const auto& p : prefixes)
         for (const auto& l : locals)
@@ -147,7 +194,7 @@ TEST(address_fastpath, combinations_match_the_port)
                         for (const auto& tail : tails) check(p + l + a + d + c + tail, t);
     report("combinations", t);
     EXPECT_EQ(t.failures, 0U);
-    EXPECT_GT(t.accepted, 1000U); // the fast path is exercised, not just declined
+    EXPECT_GT(t.accepted, 1000U);  // the fast path is exercised, not just declined
 }
 
 TEST(address_fastpath, short_strings_match_the_port)
@@ -173,11 +220,13 @@ TEST(address_fastpath, short_strings_match_the_port)
 
 TEST(address_fastpath, random_inputs_match_the_port)
 {
-    std::mt19937 rng(20240607); // fixed: reproducible
+    std::mt19937 rng(20240607);  // fixed: reproducible
     // Weighted toward atext, with every special, blank, control and non-ASCII byte represented.
     const std::string pool = std::string("abcxyzABZ0189!#$%&'*+-/=?^_`{|}~") + "....@@@<<>>  \t" +
                              "()\"\\[],:;\x1c\x1f\v\r\n\x7f\x01" + "\xc3\xa9\xc2\xa0\xe2\x80\x80\xff";
-    const auto pick = [&](std::string_view from) { return from[std::uniform_int_distribution<std::size_t>(0, from.size() - 1)(rng)]; };
+    const auto pick = [&](std::string_view from) {
+        return from[std::uniform_int_distribution<std::size_t>(0, from.size() - 1)(rng)];
+    };
     const auto below = [&](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
     const auto atom = [&] {
         std::string a;
@@ -245,4 +294,4 @@ TEST(address_fastpath, random_inputs_match_the_port)
     EXPECT_GT(edited.accepted, 30000U);
 }
 
-} // namespace
+}  // namespace

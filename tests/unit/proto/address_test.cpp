@@ -20,10 +20,10 @@ using asiosmtpd::proto::parse_address;
 using status = address_result::status;
 
 struct address_case {
-    std::string arg;     ///< the argument after `FROM:` / `TO:` / `VRFY `, already stripped
+    std::string arg;  ///< the argument after `FROM:` / `TO:` / `VRFY `, already stripped
     status state = status::ok;
-    std::string address; ///< expected stored address (not checked for malformed)
-    std::string rest;    ///< expected parameter text (not checked for malformed)
+    std::string address;  ///< expected stored address (not checked for malformed)
+    std::string rest;     ///< expected parameter text (not checked for malformed)
     bool smtputf8 = true;
 };
 
@@ -32,10 +32,7 @@ address_case ok(std::string arg, std::string address, std::string rest = {})
     return {std::move(arg), status::ok, std::move(address), std::move(rest), true};
 }
 
-address_case malformed(std::string arg)
-{
-    return {std::move(arg), status::malformed, {}, {}, true};
-}
+address_case malformed(std::string arg) { return {std::move(arg), status::malformed, {}, {}, true}; }
 
 address_case empty(std::string arg, std::string rest = {})
 {
@@ -236,8 +233,8 @@ INSTANTIATE_TEST_SUITE_P(upstream_valid, address_test, ::testing::ValuesIn(upstr
 
 // aiosmtpd/tests/test_smtp.py: invalid_email_addresses; each must give 553.
 const std::vector<address_case> upstream_invalid{
-    malformed("<@example.com>"), // null local part
-    malformed("<johnathon@>"),   // null domain part
+    malformed("<@example.com>"),  // null local part
+    malformed("<johnathon@>"),    // null domain part
 };
 INSTANTIATE_TEST_SUITE_P(upstream_invalid, address_test, ::testing::ValuesIn(upstream_invalid));
 
@@ -326,17 +323,22 @@ const std::vector<address_case> encoded_words{
     // not an encoded word: unknown transfer encoding, or no closing `?=`
     ok("=?foo?z?abc?=@b", "=?foo?z?abc?=@b"),
     ok("=?utf-8?q?abc@b", "=?utf-8?q?abc@b"),
-    ok("=?utf-8?q?a?b?=@c", "=?utf-8?q?a?b?=@c"), // a third `?`
+    ok("=?utf-8?q?a?b?=@c", "=?utf-8?q?a?b?=@c"),  // a third `?`
     // an empty encoded word right after the start of the local part: IndexError
     malformed(R"(=?utf-8?q??=@b.c)"),
     // decoded U+00A0 is whitespace to Python and leaves the domain ...
     ok("a@=?utf-8?q?b=C2=A0c?=", "a@bc"),
     // ... but bytes an ASCII (or unknown) charset cannot decode stay as they came
-    ok("a@=?us-ascii?q?b=C2=A0c?=", "a@b\xc2\xa0" "c"),
+    ok("a@=?us-ascii?q?b=C2=A0c?=", "a@b\xc2\xa0"
+                                    "c"),
     // the charset name is normalised: a non-ASCII character separates like punctuation, but an
     // undecodable byte cannot be looked up at all (bytes kept)
-    ok("=?latin\xc3\xbf" "1?q?=E9?=@b", "\xc3\xa9@b"),
-    ok("=?latin\xff" "1?q?=E9?=@b", "\xe9@b"),
+    ok("=?latin\xc3\xbf"
+       "1?q?=E9?=@b",
+       "\xc3\xa9@b"),
+    ok("=?latin\xff"
+       "1?q?=E9?=@b",
+       "\xe9@b"),
     // base64 with padding repaired, with junk skipped, and beyond repair (text kept)
     ok("=?utf-8?b?YQ?=@b", "a@b"),
     ok("=?utf-8?b?Y*Q=?=@b", "a@b"),
@@ -356,7 +358,9 @@ const std::vector<address_case> non_ascii{
     // undecodable bytes are kept as they are (Python's surrogateescape)
     ok("\xff@b.c", "\xff@b.c"),
     // U+00A0 in a domain is whitespace to Python's split()
-    ok("a@b\xc2\xa0" "c", "a@bc"),
+    ok("a@b\xc2\xa0"
+       "c",
+       "a@bc"),
     // ... and U+3000 before `<` does not hide the angle-addr from the lstrip() test
     malformed("\xe3\x80\x80<a@b>"),
     without_smtputf8(malformed("<\xc3\xa9@b.c>")),
@@ -418,4 +422,4 @@ TEST(address, rest_does_not_depend_on_the_argument_buffer)
     EXPECT_EQ(result.rest, "SIZE=10");
 }
 
-} // namespace
+}  // namespace

@@ -15,7 +15,7 @@
 namespace asiosmtpd::proto {
 namespace {
 
-using namespace std::string_literals; // "...\0..."s: a NUL inside the literal
+using namespace std::string_literals;  // "...\0..."s: a NUL inside the literal
 
 constexpr std::string_view ehlo_reply = "250-mx.test\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n";
 constexpr std::string_view ehlo_reply_utf8 =
@@ -41,7 +41,7 @@ bool has_control(std::string_view s)
 // control character.
 struct conversation {
     settings s;
-    std::vector<std::string> asked; // "mail a@b.c", "rcpt d@e.f", "vrfy x"
+    std::vector<std::string> asked;  // "mail a@b.c", "rcpt d@e.f", "vrfy x"
     std::string replies;
     envelope last;
 
@@ -94,11 +94,12 @@ TEST(engine_control_chars, every_control_character_in_a_mail_address_is_553)
 {
     std::vector<std::string> lines;
     for (int b = 0; b < 0x20; ++b) {
-        if (b == '\n') continue; // ends the command line: tested below as the line end
+        if (b == '\n') continue;  // ends the command line: tested below as the line end
         const std::string ch(1, static_cast<char>(b));
-        lines.push_back("MAIL FROM:<\"a" + ch + "b\"@c.example>"); // quoted: Python keeps every one
+        lines.push_back("MAIL FROM:<\"a" + ch + "b\"@c.example>");  // quoted: Python keeps every one
     }
-    lines.push_back("MAIL FROM:<\"a\x7f" "b\"@c.example>");
+    lines.push_back("MAIL FROM:<\"a\x7f"
+                    "b\"@c.example>");
     for (const std::uint32_t hooks : {0u, all_hooks}) {
         for (const std::string& line : lines) {
             conversation c(hooks);
@@ -107,7 +108,8 @@ TEST(engine_control_chars, every_control_character_in_a_mail_address_is_553)
                 << line;
             // The next MAIL is served as if nothing happened, and only it reached the hook.
             EXPECT_EQ(c.last.mail_from, "a@b.c");
-            const std::vector<std::string> asked = hooks != 0 ? std::vector<std::string>{"mail a@b.c"} : std::vector<std::string>{};
+            const std::vector<std::string> asked =
+                hooks != 0 ? std::vector<std::string>{"mail a@b.c"} : std::vector<std::string>{};
             EXPECT_EQ(c.asked, asked) << line;
         }
     }
@@ -116,14 +118,15 @@ TEST(engine_control_chars, every_control_character_in_a_mail_address_is_553)
 TEST(engine_control_chars, nul_del_and_tab_in_unquoted_addresses)
 {
     const std::vector<std::string> lines = {
-        "MAIL FROM:<a\0b@c.example>"s, // NUL in an atom: atext to Python
-        "MAIL FROM:a\0b@c.example"s,   // the same without angle brackets
-        "MAIL FROM:<a@c\0d.example>"s, // in the domain
-        "MAIL FROM:<a\x7f" "b@c.example>",
-        "MAIL FROM:<\"a\tb\"@c.example>", // TAB: whitespace, but RFC 5321 has none in a path
-        "MAIL FROM:<=?utf-8?q?a=0Db?=@c.example>", // an encoded word decoding to a CR
-        "MAIL FROM:<=?utf-8?q?a=00b?=@c.example>", // ... and to a NUL
-        "MAIL FROM:<a@[1.2.3\x01.4]>",             // in a domain literal
+        "MAIL FROM:<a\0b@c.example>"s,  // NUL in an atom: atext to Python
+        "MAIL FROM:a\0b@c.example"s,    // the same without angle brackets
+        "MAIL FROM:<a@c\0d.example>"s,  // in the domain
+        "MAIL FROM:<a\x7f"
+        "b@c.example>",
+        "MAIL FROM:<\"a\tb\"@c.example>",           // TAB: whitespace, but RFC 5321 has none in a path
+        "MAIL FROM:<=?utf-8?q?a=0Db?=@c.example>",  // an encoded word decoding to a CR
+        "MAIL FROM:<=?utf-8?q?a=00b?=@c.example>",  // ... and to a NUL
+        "MAIL FROM:<a@[1.2.3\x01.4]>",              // in a domain literal
     };
     for (const std::uint32_t hooks : {0u, all_hooks}) {
         for (const std::string& line : lines) {
@@ -146,7 +149,8 @@ TEST(engine_control_chars, rcpt_with_a_cr_and_no_lf_is_553)
                   std::string(ehlo_reply) + std::string(ok) + std::string(malformed) + std::string(malformed) +
                       std::string(malformed) + std::string(ok));
         EXPECT_EQ(c.last.rcpt_tos, std::vector<std::string>{"d@e.f"});
-        const std::vector<std::string> asked = hooks != 0 ? std::vector<std::string>{"mail a@b.c", "rcpt d@e.f"} : std::vector<std::string>{};
+        const std::vector<std::string> asked =
+            hooks != 0 ? std::vector<std::string>{"mail a@b.c", "rcpt d@e.f"} : std::vector<std::string>{};
         EXPECT_EQ(c.asked, asked);
     }
 }
@@ -158,7 +162,8 @@ TEST(engine_control_chars, vrfy_answers_could_not_vrfy_without_the_control_bytes
         EXPECT_EQ(c.run("VRFY <\"x\rX-Foo: y\"@b.example>\r\n"
                         "VRFY a\0b@c.example\r\n"s
                         "VRFY \"a\tb\"@c.example\r\n"
-                        "VRFY a\x7f" "b@c.example\r\n"),
+                        "VRFY a\x7f"
+                        "b@c.example\r\n"),
                   // The argument is echoed as aiosmtpd does, with each control byte but HT as '?'.
                   "502 Could not VRFY <\"x?X-Foo: y\"@b.example>\r\n"
                   "502 Could not VRFY a?b@c.example\r\n"
@@ -179,17 +184,18 @@ TEST(engine_control_chars, a_parameter_with_a_control_character_is_the_verbs_syn
     for (const std::uint32_t hooks : {0u, all_hooks}) {
         conversation c(hooks);
         EXPECT_EQ(c.run("EHLO c\r\n"
-                        "MAIL FROM:<a@b.c> SIZE=1\x01\r\n"       // aiosmtpd: the same 501 (not digits)
-                        "MAIL FROM:<a@b.c> X=\x01\r\n"           // aiosmtpd: 555 unknown
-                        "MAIL FROM:<a@b.c> BODY=8BIT\x7fMIME\r\n" // aiosmtpd: 501 BODY
+                        "MAIL FROM:<a@b.c> SIZE=1\x01\r\n"         // aiosmtpd: the same 501 (not digits)
+                        "MAIL FROM:<a@b.c> X=\x01\r\n"             // aiosmtpd: 555 unknown
+                        "MAIL FROM:<a@b.c> BODY=8BIT\x7fMIME\r\n"  // aiosmtpd: 501 BODY
                         "MAIL FROM:<a@b.c> SIZE=1\0\r\n"s
                         "MAIL FROM:<a@b.c> SIZE=10\r\n"
-                        "RCPT TO:<d@e.f> X=\x02\r\n"),           // aiosmtpd: 555 unknown
+                        "RCPT TO:<d@e.f> X=\x02\r\n"),  // aiosmtpd: 555 unknown
                   std::string(ehlo_reply) + std::string(syntax_mail) + std::string(syntax_mail) +
                       std::string(syntax_mail) + std::string(syntax_mail) + std::string(ok) + std::string(syntax_rcpt));
         EXPECT_EQ(c.last.mail_options, std::vector<std::string>{"SIZE=10"});
         EXPECT_TRUE(c.last.rcpt_tos.empty());
-        const std::vector<std::string> asked = hooks != 0 ? std::vector<std::string>{"mail a@b.c"} : std::vector<std::string>{};
+        const std::vector<std::string> asked =
+            hooks != 0 ? std::vector<std::string>{"mail a@b.c"} : std::vector<std::string>{};
         EXPECT_EQ(c.asked, asked);
     }
 }
@@ -199,18 +205,21 @@ TEST(engine_control_chars, check_order_is_aiosmtpds)
     conversation c;
     EXPECT_EQ(c.run("EHLO c\r\n"
                     // Address before parameters.
-                    "MAIL FROM:<a\x01" "b@c> SIZE=1\x01\r\n"
+                    "MAIL FROM:<a\x01"
+                    "b@c> SIZE=1\x01\r\n"
                     // Both fine: a transaction is open now.
                     "MAIL FROM:<a@b.c>\r\n"
                     // A malformed address comes before "nested MAIL" ...
-                    "MAIL FROM:<a\x01" "b@c>\r\n"
+                    "MAIL FROM:<a\x01"
+                    "b@c>\r\n"
                     // ... and "nested MAIL" before the parameters.
                     "MAIL FROM:<a@b.c> SIZE=1\x01\r\n"),
               std::string(ehlo_reply) + std::string(malformed) + std::string(ok) + std::string(malformed) +
                   "503 Error: nested MAIL command\r\n");
     // Without EHLO, parameters are a syntax error before they are looked at, an address is not.
     conversation h;
-    EXPECT_EQ(h.run("HELO c\r\nMAIL FROM:<a@b.c> SIZE=1\x01\r\nMAIL FROM:<a\x01" "b@c> SIZE=1\r\n"),
+    EXPECT_EQ(h.run("HELO c\r\nMAIL FROM:<a@b.c> SIZE=1\x01\r\nMAIL FROM:<a\x01"
+                    "b@c> SIZE=1\r\n"),
               "250 mx.test\r\n501 Syntax: MAIL FROM: <address>\r\n" + std::string(malformed));
     // Before HELO the sequence error wins, as for any MAIL.
     EXPECT_EQ(conversation().run(attack), "503 Error: send HELO first\r\n");
@@ -221,8 +230,8 @@ TEST(engine_control_chars, whitespace_between_address_and_parameters_still_separ
     for (const std::uint32_t hooks : {0u, all_hooks}) {
         conversation c(hooks);
         EXPECT_EQ(c.run("EHLO c\r\n"
-                        "MAIL FROM:\x1c<a@b.c>\tSIZE=10\rBODY=8BITMIME\x1f\r\n" // a CR in mid-line: whitespace
-                        "RCPT TO:<d@e.f>\r\r\n"),                            // trailing CRs: stripped
+                        "MAIL FROM:\x1c<a@b.c>\tSIZE=10\rBODY=8BITMIME\x1f\r\n"  // a CR in mid-line: whitespace
+                        "RCPT TO:<d@e.f>\r\r\n"),                                // trailing CRs: stripped
                   std::string(ehlo_reply) + std::string(ok) + std::string(ok));
         EXPECT_EQ(c.last.mail_from, "a@b.c");
         EXPECT_EQ(c.last.mail_options, (std::vector<std::string>{"SIZE=10", "BODY=8BITMIME"}));
@@ -237,13 +246,14 @@ TEST(engine_control_chars, utf8_addresses_with_smtputf8_are_unchanged)
         EXPECT_EQ(c.run("EHLO c\r\n"
                         "MAIL FROM:<j\xc3\xb6rg@ex\xc3\xa4mple.com> SMTPUTF8\r\n"
                         "RCPT TO:<\"\xe2\x82\xac \xe6\x97\xa5\"@b.example>\r\n"
-                        "RCPT TO:<\xff\xfe@b.example>\r\n"), // not UTF-8: kept as bytes, as Python's surrogateescape
+                        "RCPT TO:<\xff\xfe@b.example>\r\n"),  // not UTF-8: kept as bytes, as Python's surrogateescape
                   std::string(ehlo_reply_utf8) + std::string(ok) + std::string(ok) + std::string(ok));
         EXPECT_EQ(c.last.mail_from, "j\xc3\xb6rg@ex\xc3\xa4mple.com");
-        EXPECT_EQ(c.last.rcpt_tos, (std::vector<std::string>{"\"\xe2\x82\xac \xe6\x97\xa5\"@b.example", "\xff\xfe@b.example"}));
+        EXPECT_EQ(c.last.rcpt_tos,
+                  (std::vector<std::string>{"\"\xe2\x82\xac \xe6\x97\xa5\"@b.example", "\xff\xfe@b.example"}));
         EXPECT_TRUE(c.last.smtp_utf8);
     }
 }
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto

@@ -47,7 +47,8 @@ void open_transaction(engine& e)
 std::string body_on_wire()
 {
     std::string body;
-    for (int i = 0; i < 30; ++i) body += (i % 3 == 0 ? ".." : "xx") + std::string(16, static_cast<char>('a' + i % 26)) + "\r\n";
+    for (int i = 0; i < 30; ++i)
+        body += (i % 3 == 0 ? ".." : "xx") + std::string(16, static_cast<char>('a' + i % 26)) + "\r\n";
     return body;
 }
 
@@ -96,7 +97,7 @@ TEST(engine_streaming, chunks_concatenate_to_the_unstuffed_message_at_every_spli
         std::string joined;
         for (const auto& c : chunks) joined += c;
         EXPECT_EQ(joined, message) << "step " << step;
-        ASSERT_GE(chunks.size(), 6u) << "step " << step;       // 560 bytes in chunks of >= 100
+        ASSERT_GE(chunks.size(), 6u) << "step " << step;  // 560 bytes in chunks of >= 100
         for (std::size_t i = 0; i + 1 < chunks.size(); ++i) EXPECT_GE(chunks[i].size(), 100u);
         // Streaming: the DATA hook gets no content, only the size.
         const hook_request* r = e.pending_hook();
@@ -247,5 +248,5 @@ TEST(engine_streaming, decode_data_strict_ascii_is_checked_while_streaming)
     EXPECT_EQ(take(e), "500 Error: strict ASCII mode\r\n");
 }
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto

@@ -157,13 +157,15 @@ TEST(engine, data_hook_gets_unstuffed_content_and_envelope_resets)
     engine e(s);
     e.start();
     take(e);
-    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\nbare\nlf\r\n.\r\nNOOP\r\n");
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: "
+              "x\r\n\r\n..dot\r\nbare\nlf\r\n.\r\nNOOP\r\n");
     ASSERT_NE(e.pending_hook(), nullptr);
     EXPECT_EQ(e.pending_hook()->kind, hook_kind::data);
     EXPECT_EQ(e.pending_hook()->content, "Subject: x\r\n\r\n.dot\r\nbare\nlf\r\n");
     EXPECT_EQ(e.current_envelope().rcpt_tos.size(), 1u);
     e.hook_done(make(verdict::accept));
-    EXPECT_EQ(take(e), "250 mx.test\r\n250 OK\r\n250 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n250 OK\r\n");
+    EXPECT_EQ(take(e),
+              "250 mx.test\r\n250 OK\r\n250 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n250 OK\r\n");
     EXPECT_TRUE(e.current_envelope().mail_from.empty());
     EXPECT_EQ(e.transactions(), 1u);
 }
@@ -387,9 +389,11 @@ TEST(engine, large_message_arrives_intact_in_any_chunks)
     e.start();
     e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n");
     std::string body;
-    for (int i = 0; i < 20000; ++i) body += (i % 7 == 0 ? ".." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
+    for (int i = 0; i < 20000; ++i)
+        body += (i % 7 == 0 ? ".." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
     std::string expected;
-    for (int i = 0; i < 20000; ++i) expected += (i % 7 == 0 ? "." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
+    for (int i = 0; i < 20000; ++i)
+        expected += (i % 7 == 0 ? "." : "") + std::string(40, static_cast<char>('a' + i % 26)) + "\r\n";
     const std::string wire = body + ".\r\n";
     for (std::size_t at = 0; at < wire.size(); at += 997) e.receive(std::string_view(wire).substr(at, 997));
     ASSERT_NE(e.pending_hook(), nullptr);
@@ -407,13 +411,13 @@ TEST(engine, over_long_data_line_is_dropped_as_it_arrives)
     take(e);
     const std::string chunk(64 * 1024, 'x');
     for (int i = 0; i < 64; ++i) e.receive(chunk);  // 4 MiB without CRLF
-    EXPECT_LT(e.buffered(), 2048u);               // not buffered
+    EXPECT_LT(e.buffered(), 2048u);                 // not buffered
     e.receive("\r\n.\r\n");
     EXPECT_EQ(take(e), "500 Line too long (see RFC5321 4.5.3.1.6)\r\n");
 }
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto
 
 namespace asiosmtpd::proto {
 namespace {
@@ -538,8 +542,8 @@ TEST(engine_starttls, a_plugin_refusing_the_tls_session_gets_554_for_all_but_qui
                        "554 Command refused due to lack of security\r\n221 Bye\r\n");
 }
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto
 
 namespace asiosmtpd::proto {
 namespace {
@@ -566,7 +570,8 @@ TEST(engine_auth, plain_credentials_go_to_the_check_hook)
     const settings s = auth_settings();
     engine e(s);
     greeted(e);
-    e.receive("AUTH PLAIN " + std::string("YWRtaW4AYWxpY2UAc2VjcmV0") + "\r\nMAIL FROM:<a@b.c>\r\n");  // admin\0alice\0secret
+    e.receive("AUTH PLAIN " + std::string("YWRtaW4AYWxpY2UAc2VjcmV0") +
+              "\r\nMAIL FROM:<a@b.c>\r\n");  // admin\0alice\0secret
     ASSERT_NE(e.pending_hook(), nullptr);
     const hook_request& r = *e.pending_hook();
     EXPECT_EQ(r.kind, hook_kind::auth_check);
@@ -655,5 +660,5 @@ TEST(engine_auth, response_line_too_long)
     EXPECT_EQ(take(e), "334 \r\n500 5.5.6 Authentication Exchange line is too long\r\n250 OK\r\n");
 }
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto

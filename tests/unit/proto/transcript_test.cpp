@@ -65,7 +65,8 @@ void parse_call_limit(const std::string& v, settings& s)
     while (std::getline(ss, item, ',')) {
         const auto colon = item.find(':');
         std::string key = item.substr(0, colon);
-        key.erase(std::remove_if(key.begin(), key.end(), [](char c) { return c == '"' || c == ' ' || c == '\''; }), key.end());
+        key.erase(std::remove_if(key.begin(), key.end(), [](char c) { return c == '"' || c == ' ' || c == '\''; }),
+                  key.end());
         const auto value = static_cast<std::uint32_t>(std::stoul(item.substr(colon + 1)));
         if (key == "*") s.call_limit_default = value;
         else s.call_limits[key] = value;
@@ -101,7 +102,8 @@ transcript load(const fs::path& file)
             else if (key == "require_starttls") t.config.require_starttls = truthy(value);
             else if (key == "auth_require_tls") t.config.auth_require_tls = truthy(value);
             else if (key == "auth_required") t.config.auth_required = truthy(value);
-            else if (key == "auth_max_failures") t.config.auth_max_failures = static_cast<std::uint32_t>(std::stoul(value));
+            else if (key == "auth_max_failures")
+                t.config.auth_max_failures = static_cast<std::uint32_t>(std::stoul(value));
             else if (key == "command_call_limit") parse_call_limit(value, t.config);
             else if (key == "aiosmtpd") continue;
             else ADD_FAILURE() << file << ": unknown setting " << key;
@@ -181,5 +183,5 @@ std::string test_name(const ::testing::TestParamInfo<fs::path>& info)
 INSTANTIATE_TEST_SUITE_P(golden, transcripts, ::testing::ValuesIn(transcript_files()), test_name);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(transcripts);
 
-} // namespace
-} // namespace asiosmtpd::proto
+}  // namespace
+}  // namespace asiosmtpd::proto

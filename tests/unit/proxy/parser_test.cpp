@@ -93,8 +93,10 @@ TEST(proxy_v1, exactly_107_bytes_is_accepted)
 TEST(proxy_v2, inet_with_tlvs)
 {
     std::string body = {'\xc0', '\x00', '\x02', '\x01', '\xc6', '\x33', '\x64', '\x02', '\x9c', '\x40', '\x00', '\x19'};
-    body += std::string("\x01\x00\x02h2", 5);       // ALPN
-    body += std::string("\x05\x00\x03" "abc", 6);   // UNIQUE_ID
+    body += std::string("\x01\x00\x02h2", 5);  // ALPN
+    body += std::string("\x05\x00\x03"
+                        "abc",
+                        6);  // UNIQUE_ID
     const std::string wire = v2(0x21, 0x11, body) + "EHLO";
     const result r = parse(wire);
     ASSERT_EQ(r.state, status::done) << r.error;
@@ -145,5 +147,5 @@ TEST(proxy_v2, errors)
     EXPECT_TRUE(r.value.tlv_error);
 }
 
-} // namespace
-} // namespace asiosmtpd::proxy
+}  // namespace
+}  // namespace asiosmtpd::proxy

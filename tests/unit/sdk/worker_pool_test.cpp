@@ -35,22 +35,19 @@ thread_local bool fail_allocations = false;
 
 void* allocate(std::size_t n)
 {
-    if (fail_allocations)
-        return nullptr;
+    if (fail_allocations) return nullptr;
     return std::malloc(n == 0 ? 1 : n);
 }
-} // namespace
+}  // namespace
 
 void* operator new(std::size_t n)
 {
-    if (void* p = allocate(n))
-        return p;
+    if (void* p = allocate(n)) return p;
     throw std::bad_alloc();
 }
 void* operator new[](std::size_t n)
 {
-    if (void* p = allocate(n))
-        return p;
+    if (void* p = allocate(n)) return p;
     throw std::bad_alloc();
 }
 void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return allocate(n); }
@@ -67,7 +64,7 @@ namespace {
 namespace sdk = asiosmtpd::sdk;
 using namespace std::chrono_literals;
 
-constexpr auto patience = 10s; // a bound on every wait: a broken pool fails, never hangs
+constexpr auto patience = 10s;  // a bound on every wait: a broken pool fails, never hangs
 
 // What happened, in order, from any thread; waits (bounded) for a condition on it.
 class recorder {
@@ -90,8 +87,7 @@ public:
         std::unique_lock<std::mutex> lock(mutex_);
         return cv_.wait_for(lock, patience, [&] {
             for (const auto& e : events_)
-                if (e == event)
-                    return true;
+                if (e == event) return true;
             return false;
         });
     }
@@ -138,8 +134,7 @@ struct tracked {
     tracked& operator=(tracked&&) = delete;
     ~tracked()
     {
-        if (rec)
-            rec->note("destroy " + std::to_string(id));
+        if (rec) rec->note("destroy " + std::to_string(id));
     }
     int id;
     recorder* rec;
@@ -150,8 +145,7 @@ bool sees_stopping(const sdk::worker_pool<tracked>& pool)
 {
     const auto until = std::chrono::steady_clock::now() + patience;
     while (!pool.stopping()) {
-        if (std::chrono::steady_clock::now() > until)
-            return false;
+        if (std::chrono::steady_clock::now() > until) return false;
         std::this_thread::sleep_for(1ms);
     }
     return true;
@@ -164,16 +158,14 @@ struct busy_pool {
         pool.emplace(1, [this](tracked& t) {
             rec.note("run " + std::to_string(t.id));
             // Still running when stop() or the destructor begins; it finishes all the same.
-            if (t.id == 1 && sees_stopping(*self))
-                rec.note("1 saw stopping");
+            if (t.id == 1 && sees_stopping(*self)) rec.note("1 saw stopping");
         });
-        self = &*pool; // before the first post(), which the worker synchronises with
-        for (int i = 1; i <= jobs; ++i)
-            pool->post(tracked(i, rec));
+        self = &*pool;  // before the first post(), which the worker synchronises with
+        for (int i = 1; i <= jobs; ++i) pool->post(tracked(i, rec));
     }
     recorder rec;
     sdk::worker_pool<tracked>* self = nullptr;
-    std::optional<sdk::worker_pool<tracked>> pool; // last: its worker uses the members above
+    std::optional<sdk::worker_pool<tracked>> pool;  // last: its worker uses the members above
 };
 
 using events = std::vector<std::string>;
@@ -190,8 +182,7 @@ std::vector<int> run_numbers(std::size_t threads, int count)
         seen.push_back(n);
         cv.notify_all();
     });
-    for (int i = 0; i < count; ++i)
-        EXPECT_TRUE(pool.post(i));
+    for (int i = 0; i < count; ++i) EXPECT_TRUE(pool.post(i));
     {
         std::unique_lock<std::mutex> lock(m);
         EXPECT_TRUE(cv.wait_for(lock, patience, [&] { return seen.size() == static_cast<std::size_t>(count); }));
@@ -203,15 +194,11 @@ std::vector<int> run_numbers(std::size_t threads, int count)
 std::vector<int> zero_to(int count)
 {
     std::vector<int> out;
-    for (int i = 0; i < count; ++i)
-        out.push_back(i);
+    for (int i = 0; i < count; ++i) out.push_back(i);
     return out;
 }
 
-TEST(worker_pool, one_thread_runs_each_job_once_in_order_of_posting)
-{
-    EXPECT_EQ(run_numbers(1, 1000), zero_to(1000));
-}
+TEST(worker_pool, one_thread_runs_each_job_once_in_order_of_posting) { EXPECT_EQ(run_numbers(1, 1000), zero_to(1000)); }
 
 TEST(worker_pool, many_threads_run_every_job_once)
 {
@@ -241,8 +228,7 @@ TEST(worker_pool, runs_as_many_jobs_at_once_as_it_has_threads)
         ++done;
         cv.notify_all();
     });
-    for (int i = 0; i < 7; ++i)
-        pool.post(i);
+    for (int i = 0; i < 7; ++i) pool.post(i);
     {
         // All threads are inside a job at the same moment: none can finish before the gate.
         std::unique_lock<std::mutex> lock(m);
@@ -251,7 +237,7 @@ TEST(worker_pool, runs_as_many_jobs_at_once_as_it_has_threads)
     g.open();
     std::unique_lock<std::mutex> lock(m);
     ASSERT_TRUE(cv.wait_for(lock, patience, [&] { return done == 7; }));
-    EXPECT_EQ(most, threads); // never more than its threads
+    EXPECT_EQ(most, threads);  // never more than its threads
     EXPECT_EQ(ids.size(), threads);
     EXPECT_EQ(ids.count(std::this_thread::get_id()), 0u);
 }
@@ -308,8 +294,8 @@ TEST(worker_pool, stop_goes_on_when_the_unrun_function_throws_or_posts)
         rec.note(queued ? "queued" : "refused");
         throw std::runtime_error("unrun fails");
     });
-    EXPECT_EQ(rec.events(), (events{"run 1", "1 saw stopping", "destroy 1",    //
-                                    "destroy 12", "refused", "destroy 2",      //
+    EXPECT_EQ(rec.events(), (events{"run 1", "1 saw stopping", "destroy 1",  //
+                                    "destroy 12", "refused", "destroy 2",    //
                                     "destroy 13", "refused", "destroy 3"}));
 }
 
@@ -320,12 +306,9 @@ TEST(worker_pool, a_throwing_job_fails_alone)
         1,
         [&](tracked& t) {
             rec.note("run " + std::to_string(t.id));
-            if (t.id == 1)
-                throw std::runtime_error("disk on fire");
-            if (t.id == 2)
-                throw 42; // not a std::exception
-            if (t.id == 3)
-                throw std::logic_error("and the handler throws too");
+            if (t.id == 1) throw std::runtime_error("disk on fire");
+            if (t.id == 2) throw 42;  // not a std::exception
+            if (t.id == 3) throw std::logic_error("and the handler throws too");
         },
         [&](tracked& t, std::exception_ptr e) {
             std::string what = "error " + std::to_string(t.id) + ": ";
@@ -337,17 +320,15 @@ TEST(worker_pool, a_throwing_job_fails_alone)
                 what += "something else";
             }
             rec.note(what);
-            if (t.id == 3)
-                throw std::runtime_error("from on_error");
+            if (t.id == 3) throw std::runtime_error("from on_error");
         });
-    for (int i = 1; i <= 4; ++i)
-        pool.post(tracked(i, rec));
+    for (int i = 1; i <= 4; ++i) pool.post(tracked(i, rec));
     ASSERT_TRUE(rec.wait_for("destroy 4"));
     // The failed job reaches on_error alive, then dies as any job (an sdk::pending in it would
     // answer 451); the same thread goes on with the next one.
-    EXPECT_EQ(rec.events(), (events{"run 1", "error 1: disk on fire", "destroy 1",             //
-                                    "run 2", "error 2: something else", "destroy 2",           //
-                                    "run 3", "error 3: and the handler throws too", "destroy 3", //
+    EXPECT_EQ(rec.events(), (events{"run 1", "error 1: disk on fire", "destroy 1",                //
+                                    "run 2", "error 2: something else", "destroy 2",              //
+                                    "run 3", "error 3: and the handler throws too", "destroy 3",  //
                                     "run 4", "destroy 4"}));
 }
 
@@ -355,8 +336,7 @@ TEST(worker_pool, a_throwing_job_without_an_error_function_is_dropped)
 {
     recorder rec;
     sdk::worker_pool<tracked> pool(1, [&](tracked& t) {
-        if (t.id == 1)
-            throw std::runtime_error("lost");
+        if (t.id == 1) throw std::runtime_error("lost");
         rec.note("run " + std::to_string(t.id));
     });
     pool.post(tracked(1, rec));
@@ -371,8 +351,7 @@ TEST(worker_pool, a_job_may_post_to_its_own_pool)
     sdk::worker_pool<int>* self = nullptr;
     sdk::worker_pool<int> pool(1, [&](int& n) {
         rec.note("run " + std::to_string(n));
-        if (n < 3)
-            self->post(n + 1); // no lock is held while a job runs
+        if (n < 3) self->post(n + 1);  // no lock is held while a job runs
     });
     self = &pool;
     pool.post(1);
@@ -387,8 +366,7 @@ struct marker {
     marker& operator=(marker&&) = delete;
     ~marker()
     {
-        if (died)
-            died->store(id);
+        if (died) died->store(id);
     }
     int id;
     std::atomic<int>* died;
@@ -399,7 +377,7 @@ TEST(worker_pool, try_post_leaves_the_job_with_the_caller_when_memory_is_short)
     std::atomic<int> died{0};
     gate g;
     sdk::worker_pool<marker> pool(1, [&](marker&) { g.pass(); });
-    pool.post(marker(1, died)); // the thread waits at the gate: the queue only grows
+    pool.post(marker(1, died));  // the thread waits at the gate: the queue only grows
 
     // The queue allocates a block now and then: post until it needs one and cannot have it.
     bool refused = false;
@@ -417,7 +395,7 @@ TEST(worker_pool, try_post_leaves_the_job_with_the_caller_when_memory_is_short)
     fail_allocations = false;
     ASSERT_TRUE(refused);
     ASSERT_TRUE(kept);
-    EXPECT_EQ(kept->died, &died); // not moved from: still the caller's
+    EXPECT_EQ(kept->died, &died);  // not moved from: still the caller's
     EXPECT_EQ(kept->id, id);
     EXPECT_EQ(died.load(), 0);
 
@@ -440,8 +418,7 @@ TEST(worker_pool, try_post_leaves_the_job_with_the_caller_when_memory_is_short)
     EXPECT_TRUE(pool.post(marker(-2, died)));
     g.open();
     const auto until = std::chrono::steady_clock::now() + patience;
-    while (died.load() != -2 && std::chrono::steady_clock::now() < until)
-        std::this_thread::yield();
+    while (died.load() != -2 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
     EXPECT_EQ(died.load(), -2);
 }
 
@@ -451,4 +428,4 @@ TEST(worker_pool, refuses_no_threads_and_no_function)
     EXPECT_THROW(sdk::worker_pool<int>(1, nullptr), std::invalid_argument);
 }
 
-} // namespace
+}  // namespace

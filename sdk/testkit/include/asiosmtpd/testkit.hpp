@@ -94,10 +94,8 @@ inline std::string base64_encode(std::string_view in)
 /// Strict base64 as the server decodes AUTH lines: alphabet only, correct padding; "=" is empty.
 inline std::optional<std::string> base64_decode(std::string_view in)
 {
-    if (in == "=")
-        return std::string();
-    if (in.size() % 4 != 0)
-        return std::nullopt;
+    if (in == "=") return std::string();
+    if (in.size() % 4 != 0) return std::nullopt;
     const auto value = [](char c) -> int {
         if (c >= 'A' && c <= 'Z') return c - 'A';
         if (c >= 'a' && c <= 'z') return c - 'a' + 26;
@@ -118,23 +116,18 @@ inline std::optional<std::string> base64_decode(std::string_view in)
                 v[k] = 0;
                 continue;
             }
-            if (pad > 0)
-                return std::nullopt;
+            if (pad > 0) return std::nullopt;
             v[k] = value(c);
-            if (v[k] < 0)
-                return std::nullopt;
+            if (v[k] < 0) return std::nullopt;
         }
         const unsigned n = (static_cast<unsigned>(v[0]) << 18) | (static_cast<unsigned>(v[1]) << 12) |
                            (static_cast<unsigned>(v[2]) << 6) | static_cast<unsigned>(v[3]);
         out.push_back(static_cast<char>((n >> 16) & 0xff));
-        if (pad < 2)
-            out.push_back(static_cast<char>((n >> 8) & 0xff));
-        if (pad < 1)
-            out.push_back(static_cast<char>(n & 0xff));
+        if (pad < 2) out.push_back(static_cast<char>((n >> 8) & 0xff));
+        if (pad < 1) out.push_back(static_cast<char>(n & 0xff));
     }
     return out;
 }
-
 
 class session;
 
@@ -203,7 +196,8 @@ public:
     bool logged(std::string_view text) const
     {
         const std::vector<std::string> all = logs();
-        return std::any_of(all.begin(), all.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+        return std::any_of(all.begin(), all.end(),
+                           [&](const std::string& l) { return l.find(text) != std::string::npos; });
     }
     /// The table handed to plugins (for tests that call a plugin's create() themselves).
     const asiosmtpd_host_api* api() const noexcept { return core_.api(); }
@@ -252,19 +246,16 @@ public:
     std::string data(std::string_view content)
     {
         const std::string r = cmd("DATA");
-        if (r.compare(0, 3, "354") != 0)
-            return r;
+        if (r.compare(0, 3, "354") != 0) return r;
         std::string wire;
         wire.reserve(content.size() + content.size() / 64 + 8);
         bool line_start = true;
         for (const char ch : content) {
-            if (line_start && ch == '.')
-                wire += '.';
+            if (line_start && ch == '.') wire += '.';
             wire += ch;
             line_start = ch == '\n';
         }
-        if (!content.empty() && (content.size() < 2 || content.substr(content.size() - 2) != "\r\n"))
-            wire += "\r\n";
+        if (!content.empty() && (content.size() < 2 || content.substr(content.size() - 2) != "\r\n")) wire += "\r\n";
         wire += ".\r\n";
         return c().send(wire);
     }
@@ -276,16 +267,13 @@ public:
     {
         if (helo_name().empty()) {
             const std::string r = cmd(lmtp_ ? "LHLO client.example" : "EHLO client.example");
-            if (r.empty() || r[0] != '2')
-                return r;
+            if (r.empty() || r[0] != '2') return r;
         }
         std::string r = cmd("MAIL FROM:<" + std::string(from) + ">");
-        if (r.empty() || r[0] != '2')
-            return r;
+        if (r.empty() || r[0] != '2') return r;
         for (std::string_view t : to) {
             r = cmd("RCPT TO:<" + std::string(t) + ">");
-            if (r.empty() || r[0] != '2')
-                return r;
+            if (r.empty() || r[0] != '2') return r;
         }
         return data(content);
     }
@@ -300,8 +288,7 @@ public:
     {
         std::string mech(mechanism);
         for (char& ch : mech)
-            if (ch >= 'a' && ch <= 'z')
-                ch = static_cast<char>(ch - 'a' + 'A');
+            if (ch >= 'a' && ch <= 'z') ch = static_cast<char>(ch - 'a' + 'A');
         if (mech == "PLAIN") {
             std::string creds(authzid);
             creds += '\0';
@@ -312,8 +299,7 @@ public:
         }
         if (mech == "LOGIN") {
             const std::string r = cmd("AUTH LOGIN " + (login.empty() ? std::string("=") : base64_encode(login)));
-            if (r != "334 UGFzc3dvcmQ6")
-                return r;
+            if (r != "334 UGFzc3dvcmQ6") return r;
             return cmd(password.empty() ? std::string("=") : base64_encode(password));
         }
         throw error("session::auth(): PLAIN or LOGIN; use sasl() for other mechanisms");
@@ -366,8 +352,7 @@ public:
     /// End the session: runs SESSION_CLOSE (verdict ignored) and frees every slot.
     void close()
     {
-        if (core_)
-            core_->close();
+        if (core_) core_->close();
     }
 
     /// Run a hook chain directly with hand-made args (for hooks the conversation does not
@@ -382,13 +367,12 @@ public:
 private:
     friend class host;
     session(host& h, std::string peer, std::uint16_t port, const proxy_header* proxy, const tls_params* tls)
-        : core_(std::make_unique<core::session_core>(h.core_, h, std::move(peer), port, proxy, tls)), lmtp_(h.lmtp)
-    {
-    }
+        : core_(std::make_unique<core::session_core>(h.core_, h, std::move(peer), port, proxy, tls)),
+          lmtp_(h.lmtp)
+    {}
     core::session_core& c() const
     {
-        if (!core_)
-            throw error("session: moved from");
+        if (!core_) throw error("session: moved from");
         return *core_;
     }
 
@@ -411,6 +395,6 @@ inline session host::open(const proxy_header& proxy, std::string tcp_peer_addres
     return session(*this, std::move(tcp_peer_address), tcp_peer_port, &proxy, nullptr);
 }
 
-} // namespace asiosmtpd::testkit
+}  // namespace asiosmtpd::testkit
 
 #endif

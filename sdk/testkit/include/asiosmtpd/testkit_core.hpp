@@ -59,8 +59,7 @@ public:
     {
         node n;
         n.kind_ = ASIOSMTPD_CFG_SEQUENCE;
-        for (const node& i : items)
-            n.children_.emplace_back(std::string(), i);
+        for (const node& i : items) n.children_.emplace_back(std::string(), i);
         return n;
     }
 
@@ -79,13 +78,13 @@ struct outcome {
     outcome() = default;
     outcome(asiosmtpd_verdict v, std::uint16_t c = 0, std::string t = {}) : verdict(v), code(c), text(std::move(t)) {}
 
-    asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE; ///< the verdict that stopped the chain
+    asiosmtpd_verdict verdict = ASIOSMTPD_CONTINUE;  ///< the verdict that stopped the chain
     std::uint16_t code = 0;                          ///< 0: the plugin set no reply
     std::string text;
     // ---- ABI 1.1 ----
-    std::string challenge; ///< AUTH_CHALLENGE: the raw challenge bytes (set_auth_challenge or complete's text)
-    std::string identity;  ///< set_auth_identity()
-    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies; ///< LMTP: per recipient; code 0 = none
+    std::string challenge;  ///< AUTH_CHALLENGE: the raw challenge bytes (set_auth_challenge or complete's text)
+    std::string identity;   ///< set_auth_identity()
+    std::vector<std::pair<std::uint16_t, std::string>> rcpt_replies;  ///< LMTP: per recipient; code 0 = none
     /// The chain ended in a plugin error (unknown verdict, refused reply, timeout, ...): the
     /// server's "451 4.3.0 Error: internal" (verdict TEMPFAIL, code 451 here). At CONNECT the
     /// server answers 421 and closes instead; in DATA no per-recipient reply goes out.
@@ -96,20 +95,20 @@ struct outcome {
 struct tls_params {
     std::string version = "TLSv1.3";
     std::string cipher = "TLS_AES_256_GCM_SHA384";
-    std::string peer_subject; ///< a client certificate's subject (RFC 2253); empty: none
+    std::string peer_subject;  ///< a client certificate's subject (RFC 2253); empty: none
 };
 
 /// A PROXY protocol header as the server would have parsed it (asiosmtpd_proxy_args).
 struct proxy_header {
-    std::int32_t version = 2;  ///< 1 or 2
-    std::int32_t command = 1;  ///< v2: 0 LOCAL, 1 PROXY
-    std::int32_t family = 1;   ///< 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX
-    std::int32_t protocol = 1; ///< 0 UNSPEC, 1 STREAM, 2 DGRAM
-    std::string src_address;   ///< the client (PROXY command, INET/INET6: the session's peer)
+    std::int32_t version = 2;   ///< 1 or 2
+    std::int32_t command = 1;   ///< v2: 0 LOCAL, 1 PROXY
+    std::int32_t family = 1;    ///< 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX
+    std::int32_t protocol = 1;  ///< 0 UNSPEC, 1 STREAM, 2 DGRAM
+    std::string src_address;    ///< the client (PROXY command, INET/INET6: the session's peer)
     std::uint16_t src_port = 0;
     std::string dst_address;
     std::uint16_t dst_port = 0;
-    std::string tlvs;          ///< raw v2 TLV bytes (type, 2-byte length, value; repeated)
+    std::string tlvs;  ///< raw v2 TLV bytes (type, 2-byte length, value; repeated)
 };
 
 namespace core {
@@ -208,7 +207,7 @@ private:
     std::unique_ptr<impl> impl_;
 };
 
-} // namespace core
-} // namespace asiosmtpd::testkit
+}  // namespace core
+}  // namespace asiosmtpd::testkit
 
 #endif
