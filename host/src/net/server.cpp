@@ -547,7 +547,10 @@ asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 
 asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
 {
-    log::warn("event=refused reason=max_connections limit={}", max_connections_.load());
+    boost::system::error_code ec;
+    const auto peer = socket.remote_endpoint(ec);
+    log::warn("event=refused reason=max_connections client={} limit={}",
+              ec ? std::string("-") : peer.address().to_string(), max_connections_.load());
     metrics::get().connections_refused.fetch_add(1, std::memory_order_relaxed);
     reply.append("\r\n");
     co_await asio::async_write(socket, asio::buffer(reply), nothrow);

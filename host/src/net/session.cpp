@@ -304,13 +304,20 @@ asio::awaitable<void> session::close()
     log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
 }
 
-// One line per transaction: who, how much, the answer, who decided, how long.
+// One line per transaction: who sent to whom, how much, the answer, who decided, how long.
+// The null sender is "from=<>"; recipients are "to=<a>,<b>" (each escaped).
 void session::log_transaction(const proto::transaction_summary& t)
 {
     const auto ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - data_started_).count();
-    log::info("session={} event=message from=<{}> rcpts={} size={} result={} decided_by={} ms={}", id_,
-              log::escaped(t.mail_from), t.rcpts, t.size, t.code,
+    const std::string_view from = t.mail_from == "<>" ? std::string_view() : std::string_view(t.mail_from);
+    std::string to;
+    for (const std::string& r : t.rcpt_tos) {
+        if (!to.empty()) to.push_back(',');
+        to.append("<").append(log::escaped(r, 320)).append(">");
+    }
+    log::info("session={} event=message client={} from=<{}> to={} rcpts={} size={} result={} decided_by={} ms={}", id_,
+              peer_address_, log::escaped(from, 320), to.empty() ? std::string("-") : to, t.rcpts, t.size, t.code,
               decided_by_.empty() ? std::string_view("default") : decided_by_,
               data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
     metrics::get().message(t.code, t.size);

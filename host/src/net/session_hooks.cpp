@@ -42,7 +42,9 @@ asio::awaitable<void> session::run_hooks()
 // Brute force: a failed AUTH answers slowly (never log the credentials).
 asio::awaitable<void> session::auth_failed()
 {
-    log::info("session={} event=auth result=failed", id_);
+    // The client and the login tried (never the password): what fail2ban and a postmaster need.
+    log::info("session={} event=auth result=failed client={} mechanism={} login=\"{}\"", id_, peer_address_,
+              log::escaped(engine_.failed_auth_mechanism(), 40), log::escaped(engine_.failed_auth_login(), 320));
     metrics::get().auth_failed.fetch_add(1, std::memory_order_relaxed);
     if (ctx_->auth_failure_delay.count() > 0) {
         asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);

@@ -871,6 +871,7 @@ void engine::summarize(std::size_t reply_start)
     transaction_summary t;
     t.mail_from = envelope_.mail_from;
     t.rcpts = envelope_.rcpt_tos.size();
+    t.rcpt_tos = std::move(envelope_.rcpt_tos);  // the envelope is reset right after
     t.size = data_bytes_;
     if (out_.size() >= reply_start + 3) {
         for (std::size_t i = 0; i < 3; ++i)
@@ -1169,6 +1170,13 @@ void engine::auth_success(const hook_result& r, std::string_view login)
 
 void engine::auth_failure(const hook_result& r)
 {
+    if (request_.kind == hook_kind::auth_check) {
+        failed_auth_mechanism_.assign(request_arg_);
+        failed_auth_login_.assign(request_secret_[1]);
+    } else {
+        failed_auth_mechanism_.assign(request_verb_);
+        failed_auth_login_.assign(r.identity);
+    }
     // docs/behaviour.md: a rejected credential is always answered.
     r.code ? reply_plugin(r) : reply(replies::auth_failed);
     auth_end();

@@ -141,7 +141,8 @@ struct hook_result {
 
 /// One finished DATA transaction, for the host's log (take_transaction()).
 struct transaction_summary {
-    std::string mail_from;
+    std::string mail_from;              ///< "<>" for the null sender
+    std::vector<std::string> rcpt_tos;  ///< the accepted recipients, in order
     std::size_t rcpts = 0;
     std::uint64_t size = 0;
     std::uint16_t code = 0;  ///< the reply's code (the first, for LMTP)
@@ -233,6 +234,10 @@ public:
     }
     /// True once after each failed AUTH: the host may slow the reply down (brute force).
     [[nodiscard]] bool take_auth_failure() noexcept { return std::exchange(auth_failed_, false); }
+    /// The last failed AUTH: its mechanism and the login it tried ("" when the mechanism
+    /// gives none), for the host's log (fail2ban). Never the password.
+    [[nodiscard]] std::string_view failed_auth_mechanism() const noexcept { return failed_auth_mechanism_; }
+    [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_; }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
     /// Changes every time the envelope is reset (a transaction ended or was abandoned).
@@ -386,6 +391,8 @@ private:
     std::string auth_login_;  // the authenticated identity
     std::uint32_t auth_failures_ = 0;
     bool auth_failed_ = false;
+    std::string failed_auth_mechanism_;
+    std::string failed_auth_login_;
 
     envelope envelope_;
 
