@@ -13,9 +13,17 @@
 #include <boost/asio/write.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
+#include <asiosmtpd/version.hpp>
+
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <vector>
 
@@ -88,6 +96,58 @@ void metrics::hook(std::string_view plugin, std::string_view hook_name, std::chr
     h.sum_ns.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(ns, 0)), std::memory_order_relaxed);
 }
 
+namespace {
+
+// The process metrics every Prometheus client library exports (same names, same units), read
+// from the kernel at each scrape.
+struct process_figures {
+    double cpu_seconds = 0;
+    double resident_bytes = 0;
+    double open_fds = 0;
+    double start_time = 0;  ///< seconds since the epoch
+};
+
+process_figures read_process()
+{
+    process_figures p;
+    rusage ru{};
+    if (::getrusage(RUSAGE_SELF, &ru) == 0)
+        p.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    const long page = ::sysconf(_SC_PAGESIZE);
+    if (std::ifstream statm("/proc/self/statm"); statm) {
+        double size = 0;
+        double resident = 0;
+        statm >> size >> resident;
+        p.resident_bytes = resident * static_cast<double>(page);
+    }
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+        p.open_fds += 1;
+    // Start: boot time (/proc/stat btime) + the process's start in clock ticks since boot
+    // (/proc/self/stat field 22, after the command name, which may hold spaces).
+    double boot = 0;
+    if (std::ifstream stat("/proc/stat"); stat) {
+        std::string line;
+        while (std::getline(stat, line))
+            if (line.rfind("btime ", 0) == 0) boot = std::stod(line.substr(6));
+    }
+    if (std::ifstream self("/proc/self/stat"); self && boot > 0) {
+        std::string text((std::istreambuf_iterator<char>(self)), std::istreambuf_iterator<char>());
+        const auto close = text.rfind(')');
+        if (close != std::string::npos) {
+            std::istringstream rest(text.substr(close + 2));
+            std::string field;
+            for (int i = 3; i <= 22 && rest >> field; ++i)
+                if (i == 22) p.start_time = boot + std::stod(field) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+        }
+    }
+    return p;
+}
+
+}  // namespace
+
 std::string metrics::render(std::size_t current) const
 {
     const auto v = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -97,9 +157,26 @@ std::string metrics::render(std::size_t current) const
         if (header) out += fmt::format("# HELP {} {}\n# TYPE {} counter\n", name, help, name);
         out += fmt::format("{}{} {}\n", name, labels, value);
     };
-    out += fmt::format("# HELP asiosmtpd_connections Open SMTP sessions.\n# TYPE asiosmtpd_connections gauge\n"
-                       "asiosmtpd_connections {}\n",
-                       current);
+    // Not "asiosmtpd_connections": that is the family of the counter asiosmtpd_connections_total
+    // (OpenMetrics), and one name cannot be both.
+    out +=
+        fmt::format("# HELP asiosmtpd_connections_open Open SMTP sessions.\n# TYPE asiosmtpd_connections_open gauge\n"
+                    "asiosmtpd_connections_open {}\n",
+                    current);
+    out +=
+        fmt::format("# HELP asiosmtpd_build_info The running version (always 1).\n# TYPE asiosmtpd_build_info gauge\n"
+                    "asiosmtpd_build_info{{version=\"{}\"}} 1\n",
+                    label(ASIOSMTPD_VERSION_STRING));
+    const process_figures p = read_process();
+    out += fmt::format("# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                       "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n"
+                       "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                       "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n"
+                       "# HELP process_open_fds Number of open file descriptors.\n"
+                       "# TYPE process_open_fds gauge\nprocess_open_fds {}\n"
+                       "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+                       "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.2f}\n",
+                       p.cpu_seconds, p.resident_bytes, p.open_fds, p.start_time);
     counter("asiosmtpd_connections_total", "Accepted connections.", "", v(connections_total));
     counter("asiosmtpd_connections_refused_total", "Connections refused with 421 (max_connections).", "",
             v(connections_refused));
