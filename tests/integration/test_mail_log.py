@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Log lines a postmaster (and fail2ban) can use: the message line names the client, the
-sender (the null sender as "from=<>") and every recipient; a failed AUTH names the client, the
-mechanism and the login tried (never the password); a connection refused over
-max_connections names its client."""
+sender (the null sender as "from=<>") and every recipient; every refused command is one line
+with the client, the command and the reply; a failed AUTH names the client, the mechanism and
+the login tried (never the password); a connection refused over max_connections names its
+client."""
 import base64
 import os
 import re
@@ -40,6 +41,28 @@ class MessageLineTest(ServerTestCase):
         err = server.wait_output(lambda e: "event=message" in e, which="stderr")
         self.assertIn(" from=<> to=<postmaster@example.org> ", err)
         self.assertNotIn("<<>>", err)
+
+
+class RejectLineTest(ServerTestCase):
+    def test_every_refused_command_is_one_line_with_client_command_and_reply(self):
+        plugins = [{"path": harness.fixture_plugin("scripted"),
+                    "config": {"hooks": {"RCPT": {"verdict": "reject", "code": 550, "text": "5.1.1 {arg}: unknown"}}}}]
+        server = self.start_server(server_config(plugins=plugins))
+        with Client(server.host, server.port) as c:
+            c.reply()
+            c.cmd("EHLO client.example")
+            self.assertEqual(c.cmd("RCPT TO:<early@example.org>"), ["503 Error: need MAIL command"])
+            self.assertEqual(c.cmd("MAIL FROM:<a@example.org>"), ["250 OK"])
+            self.assertEqual(c.cmd("RCPT TO:<nobody@example.org>"), ["550 5.1.1 nobody@example.org: unknown"])
+            c.cmd("NOOP")
+            c.cmd("QUIT")
+        err = server.wait_output(lambda e: e.count("event=reject") >= 2, which="stderr")
+        rejects = [l for l in err.splitlines() if "event=reject" in l]
+        self.assertEqual(len(rejects), 2, rejects)
+        self.assertRegex(rejects[0], r'event=reject client=127\.0\.0\.1 command="RCPT TO:<early@example\.org>" '
+                                     r'reply="503 Error: need MAIL command"$')
+        self.assertRegex(rejects[1], r'event=reject client=127\.0\.0\.1 command="RCPT TO:<nobody@example\.org>" '
+                                     r'reply="550 5\.1\.1 nobody@example\.org: unknown"$')
 
 
 class AuthFailureLineTest(ServerTestCase):

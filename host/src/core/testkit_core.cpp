@@ -404,6 +404,7 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
             if (engine.envelope_serial() != slots_serial) (void)data_slots();
         }
         (void)engine.take_auth_failure();
+        (void)engine.take_refusals();  // the server's log lines; the kit's caller sees the replies
         if (engine.envelope_serial() != slots_serial) (void)data_slots();
     }
 

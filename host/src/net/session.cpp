@@ -281,6 +281,7 @@ asio::awaitable<void> session::run()
         }
         window_bytes_ += n;
         engine_.commit(n);
+        if (engine_.has_refusals()) log_refusals();
         if (auto t = engine_.take_transaction()) log_transaction(*t);
         end_transaction_slots();
     }
@@ -302,6 +303,15 @@ asio::awaitable<void> session::close()
     run_session_close_hooks();
     slots_.clear_all();
     log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
+}
+
+// One line per refused command: the client, the command as received, the reply (Postfix's
+// "reject:" lines). AUTH failures and messages have lines of their own.
+void session::log_refusals()
+{
+    for (const proto::refusal& r : engine_.take_refusals())
+        log::info("session={} event=reject client={} command=\"{}\" reply=\"{}\"", id_, peer_address_,
+                  log::escaped(r.command, 200), log::escaped(r.reply, 200));
 }
 
 // One line per transaction: who sent to whom, how much, the answer, who decided, how long.

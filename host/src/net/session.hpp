@@ -110,6 +110,7 @@ private:
     asio::awaitable<void> run_hooks();
     asio::awaitable<void> auth_failed();
     void log_transaction(const proto::transaction_summary& t);
+    void log_refusals();
     void end_transaction_slots() noexcept;
     void start_watchdog();
     void on_watchdog();

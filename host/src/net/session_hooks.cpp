@@ -30,6 +30,7 @@ asio::awaitable<void> session::run_hooks()
         proto::hook_result result = co_await run_chain(*req);
         if (client_gone_) co_return;  // the session loop ends; no reply, no further command
         engine_.hook_done(std::move(result));
+        if (engine_.has_refusals()) log_refusals();
         if (auth && engine_.authenticated()) {
             log::info("session={} event=auth result=ok login=\"{}\"", id_, log::escaped(engine_.auth_login()));
             metrics::get().auth_ok.fetch_add(1, std::memory_order_relaxed);

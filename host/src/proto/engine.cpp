@@ -413,11 +413,22 @@ bool engine::step_command()
     return true;
 }
 
-// aiosmtpd 1.4: the pre-dispatch checks, in order; the first match wins.
+// One command line: its reply, and the refusals the host logs.
 void engine::handle_line(std::string_view line)
 {
     // Bare LF ends a command line (aiosmtpd); then every trailing CR and LF is stripped.
     while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
+    const std::size_t reply_start = out_.size();
+    verb_.clear();
+    handle_command(line);
+    if (verb_ == "AUTH") return;              // failed AUTHs have a log line of their own
+    if (waiting_) hooked_line_.assign(line);  // the reply comes with hook_done()
+    else note_refusal(line, reply_start);
+}
+
+// aiosmtpd 1.4: the pre-dispatch checks, in order; the first match wins.
+void engine::handle_command(std::string_view line)
+{
     if (line.empty()) return reply(replies::bad_syntax);
 
     const auto space = line.find(' ');
@@ -458,6 +469,15 @@ void engine::handle_line(std::string_view line)
         --it->second;
     }
     dispatch(spec, verb_, arg, has_arg);
+}
+
+// If the reply that starts at out_[reply_start] is a 4xx or 5xx, list the command and its
+// first line (the host logs them).
+void engine::note_refusal(std::string_view command, std::size_t reply_start)
+{
+    if (out_.size() <= reply_start || (out_[reply_start] != '4' && out_[reply_start] != '5')) return;
+    const std::size_t end = out_.find('\r', reply_start);
+    refusals_.push_back({std::string(command), out_.substr(reply_start, end - reply_start)});
 }
 
 void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
@@ -505,7 +525,21 @@ void engine::hook_done(hook_result result)
 {
     if (!waiting_) return;
     waiting_ = false;
+    const std::size_t reply_start = out_.size();
     finish_hook(result);
+    switch (request_.kind) {  // the hooks that answer a command line (not DATA, AUTH, CONNECT)
+    case hook_kind::helo:
+    case hook_kind::ehlo:
+    case hook_kind::mail:
+    case hook_kind::rcpt:
+    case hook_kind::rset:
+    case hook_kind::noop:
+    case hook_kind::quit:
+    case hook_kind::vrfy:
+    case hook_kind::unknown:
+    case hook_kind::command: note_refusal(hooked_line_, reply_start); break;
+    default: break;
+    }
     if (!waiting_) pump();
 }
 

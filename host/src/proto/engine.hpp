@@ -148,6 +148,15 @@ struct transaction_summary {
     std::uint16_t code = 0;  ///< the reply's code (the first, for LMTP)
 };
 
+/// A command the engine (or a plugin) answered with a 4xx or 5xx, for the host's log: the
+/// command line as received (without CRLF) and the first line of the reply. AUTH, whose
+/// failures the host logs on their own, and the reply to a message (the message line) are not
+/// listed.
+struct refusal {
+    std::string command;
+    std::string reply;
+};
+
 /// What the engine asks the host to run. Views point into the engine and stay valid until
 /// hook_done().
 struct hook_request {
@@ -234,6 +243,9 @@ public:
     }
     /// True once after each failed AUTH: the host may slow the reply down (brute force).
     [[nodiscard]] bool take_auth_failure() noexcept { return std::exchange(auth_failed_, false); }
+    /// Commands refused since the last call, oldest first (then none until the next).
+    [[nodiscard]] bool has_refusals() const noexcept { return !refusals_.empty(); }
+    [[nodiscard]] std::vector<refusal> take_refusals() noexcept { return std::exchange(refusals_, {}); }
     /// The last failed AUTH: its mechanism and the login it tried ("" when the mechanism
     /// gives none), for the host's log (fail2ban). Never the password.
     [[nodiscard]] std::string_view failed_auth_mechanism() const noexcept { return failed_auth_mechanism_; }
@@ -299,6 +311,7 @@ private:
     void auth_failure(const hook_result& r);
     void auth_end() noexcept;
     void handle_line(std::string_view line);
+    void handle_command(std::string_view line);
     // The command table (engine.cpp): each built-in verb with its flags, handler and HELP text.
     struct command_spec;
     static std::span<const command_spec> command_table() noexcept;
@@ -391,6 +404,9 @@ private:
     std::string auth_login_;  // the authenticated identity
     std::uint32_t auth_failures_ = 0;
     bool auth_failed_ = false;
+    std::vector<refusal> refusals_;
+    std::string hooked_line_;  // the command line whose hook is pending (for refusals_)
+    void note_refusal(std::string_view command, std::size_t reply_start);
     std::string failed_auth_mechanism_;
     std::string failed_auth_login_;
 

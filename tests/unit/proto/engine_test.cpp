@@ -335,6 +335,36 @@ TEST(engine, progress_moves_per_whole_line_and_message_not_per_byte)
     EXPECT_EQ(e.progress(), start + 6);
 }
 
+// The host logs every refused command (client, command, reply): the engine lists each 4xx/5xx
+// answer to a command line, also one a plugin gave later, but not AUTH (logged on its own) or
+// the reply to a message (the message line).
+TEST(engine, refused_commands_are_listed_with_their_reply)
+{
+    settings s = base_settings();
+    s.auth_require_tls = false;
+    s.hook_mask = hook_bit(hook_kind::rcpt);
+    engine e(s);
+    e.start();
+    e.receive("EHLO c\r\nRCPT TO:<x@y>\r\nXYZZY 1\r\nMAIL FROM:<a@>\r\nAUTH PLAIN AGEAYg==\r\n"
+              "MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n");
+    ASSERT_NE(e.pending_hook(), nullptr);
+    e.hook_done(make(verdict::reject, 550, "5.1.1 no such user"));
+    e.receive("DATA\r\n");
+    std::vector<refusal> r = e.take_refusals();
+    ASSERT_EQ(r.size(), 5u);
+    EXPECT_EQ(r[0].command, "RCPT TO:<x@y>");
+    EXPECT_EQ(r[0].reply, "503 Error: need MAIL command");
+    EXPECT_EQ(r[1].command, "XYZZY 1");
+    EXPECT_EQ(r[1].reply, "500 Error: command \"XYZZY\" not recognized");
+    EXPECT_EQ(r[2].command, "MAIL FROM:<a@>");
+    EXPECT_EQ(r[2].reply.substr(0, 3), "553");
+    EXPECT_EQ(r[3].command, "RCPT TO:<d@e.f>");  // the plugin's answer, after its hook
+    EXPECT_EQ(r[3].reply, "550 5.1.1 no such user");
+    EXPECT_EQ(r[4].command, "DATA");
+    EXPECT_EQ(r[4].reply, "503 Error: need RCPT command");
+    EXPECT_FALSE(e.has_refusals());
+}
+
 TEST(engine, progress_counts_auth_response_lines)
 {
     settings s = base_settings();
