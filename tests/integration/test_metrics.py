@@ -13,7 +13,8 @@ from harness import HOST, ServerTestCase, server_config
 
 
 class MetricsTest(ServerTestCase):
-    def test_scrape_after_traffic(self):
+    def start_with_metrics(self):
+        """A server with the sink plugin and a metrics listener on a free port: (server, port)."""
         if not shutil.which("curl"):
             self.skipTest("curl is not installed")
         with socket.socket() as probe:
@@ -23,6 +24,10 @@ class MetricsTest(ServerTestCase):
         config["metrics"] = {"listen": f"{HOST}:{port}"}
         server = self.start_server(config)
         server.wait_output(lambda e: f"event=metrics_listening address={HOST} port={port}" in e, which="stderr")
+        return server, port
+
+    def test_scrape_after_traffic(self):
+        server, port = self.start_with_metrics()
         with smtplib.SMTP(server.host, server.port, timeout=10) as s:
             for _ in range(3):
                 s.sendmail("a@b.example", ["c@d.example"], b"Subject: m\r\n\r\n12345\r\n")
@@ -44,13 +49,7 @@ class MetricsTest(ServerTestCase):
             from prometheus_client.parser import text_string_to_metric_families
         except ImportError:
             self.skipTest("python3-prometheus-client is not installed (.ci/setup-tests installs it)")
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-        config = server_config(plugins=["sink"])
-        config["metrics"] = {"listen": f"{HOST}:{port}"}
-        server = self.start_server(config)
-        server.wait_output(lambda e: "event=metrics_listening" in e, which="stderr")
+        server, port = self.start_with_metrics()
         with smtplib.SMTP(server.host, server.port, timeout=10) as s:
             s.sendmail("a@b.example", ["c@d.example"], b"Subject: m\r\n\r\nx\r\n")
             text = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://{HOST}:{port}/metrics"],
