@@ -29,6 +29,18 @@ def crypt_hash(password, prefix):
     return _libcrypt.crypt(password.encode(), setting).decode()
 
 
+def authfile_plugin(test, users):
+    """The authfile plugin entry for a users file made for this test ({user: password}, SHA-512
+    hashes), removed when the test ends."""
+    folder = tempfile.mkdtemp(prefix="asiosmtpd-users-")
+    test.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "users.txt")
+    with open(path, "w") as f:
+        for user, password in users.items():
+            f.write(f"{user}:{crypt_hash(password, '$6$')}\n")
+    return {"name": "authfile", "config": {"users_file": path}}
+
+
 def b64(data):
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 

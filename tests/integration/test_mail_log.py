@@ -5,16 +5,11 @@ with the client, the command and the reply; a failed AUTH names the client, the 
 the login tried (never the password); a connection refused over max_connections names its
 client."""
 import base64
-import os
-import re
-import shutil
 import smtplib
-import socket
-import tempfile
 
 import harness
 from harness import HOST, Client, ServerTestCase, server_config
-from test_auth import crypt_hash
+from test_auth import authfile_plugin
 
 
 class MessageLineTest(ServerTestCase):
@@ -67,12 +62,7 @@ class RejectLineTest(ServerTestCase):
 
 class AuthFailureLineTest(ServerTestCase):
     def test_a_failed_auth_names_client_mechanism_and_login_never_the_password(self):
-        folder = tempfile.mkdtemp(prefix="asiosmtpd-maillog-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        users = os.path.join(folder, "users.txt")
-        with open(users, "w") as f:
-            f.write(f"alice:{crypt_hash('wonderland', '$6$')}\n")
-        config = server_config(plugins=[{"name": "authfile", "config": {"users_file": users}}, "sink"],
+        config = server_config(plugins=[authfile_plugin(self, {"alice": "wonderland"}), "sink"],
                                auth_require_tls=False, auth_failure_delay=0)
         server = self.start_server(config)
         with Client(server.host, server.port) as c:

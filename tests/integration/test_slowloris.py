@@ -6,7 +6,6 @@ clients are closed with "421 4.4.2 ... timeout exceeded" within the timeout (+ 1
 honest clients are not. Before the fix every byte read pushed the deadline back, so a client
 sending one byte a second held its connection (and its max_connections slot) for ever.
 """
-import os
 import shutil
 import socket
 import ssl
@@ -16,7 +15,7 @@ import time
 
 import harness
 from harness import HOST, HOSTNAME, IDENT, Client, ServerTestCase, server_config
-from test_auth import crypt_hash
+from test_auth import authfile_plugin
 from test_tls import make_certificate
 
 GREETING = f"220 {HOSTNAME} {IDENT}"
@@ -129,12 +128,7 @@ class CommandPhaseTest(SlowlorisTestCase):
 
 class AuthLineTest(SlowlorisTestCase):
     def test_trickled_auth_line_is_cut_off(self):
-        folder = tempfile.mkdtemp(prefix="asiosmtpd-slowloris-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        users = os.path.join(folder, "users.txt")
-        with open(users, "w") as f:
-            f.write(f"alice:{crypt_hash('wonderland', '$6$')}\n")
-        config = server_config(plugins=[{"name": "authfile", "config": {"users_file": users}}, "sink"],
+        config = server_config(plugins=[authfile_plugin(self, {"alice": "wonderland"}), "sink"],
                                timeout=TIMEOUT, auth_require_tls=False)
         server = self.start_server(config)
         with Client(server.host, server.port) as c:
