@@ -43,8 +43,9 @@
 #include <stdint.h>
 
 #define ASIOSMTPD_ABI_MAJOR 1u /* a breaking change gets a new entry symbol name */
-#define ASIOSMTPD_ABI_MINOR 2u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info;
-                                  1.2: DATA_CHUNK (the message in pieces, as it arrives) */
+#define ASIOSMTPD_ABI_MINOR 3u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info;
+                                  1.2: DATA_CHUNK (the message in pieces, as it arrives);
+                                  1.3: message editing, TXN_END */
 
 #if defined(_WIN32)
 #define ASIOSMTPD_EXPORT __declspec(dllexport)
@@ -113,6 +114,9 @@ typedef int32_t asiosmtpd_hook_id;
 #define ASIOSMTPD_HOOK_PROXY 15        /* PROXY header, before TLS/greeting args: asiosmtpd_proxy_args */
 /* ---- ABI 1.2 and later ---- */
 #define ASIOSMTPD_HOOK_DATA_CHUNK 16   /* the next piece of the message  args: asiosmtpd_data_args */
+/* ---- ABI 1.3 and later ---- */
+#define ASIOSMTPD_HOOK_TXN_END 17      /* notification, once per transaction args: asiosmtpd_txn_end_args;
+                                          verdict ignored, no suspend() */
 
 /* DATA_CHUNK (1.2): streaming, so that a message need not sit whole in memory (aiosmtpd #293).
  * While the body arrives, the host calls DATA_CHUNK with consecutive pieces of the unstuffed
@@ -132,6 +136,37 @@ typedef int32_t asiosmtpd_hook_id;
  *   - A message over data_size_limit or with an overlong line stops the chunks and gets
  *     aiosmtpd's 552/500 reply without DATA. Keep per-message state in a transaction slot
  *     (set_data with a dtor): the host destroys it when the transaction ends, however. */
+
+/* Message editing (1.3): a plugin that declared itself an editor (declare_editor() in create())
+ * may change the transaction from its DATA hook, with edit_message() during the call, or with
+ * edit_message_pending() from any thread while the call is suspended (before complete()).
+ *   - Who sees what: the plugins after the editor in the DATA chain (config order), and so the
+ *     delivering plugin, see the edited message in their `content` (or chunks, below) and the
+ *     edited envelope through txn_info(), txn_rcpt_at(), txn_mail_param_at() and
+ *     txn_rcpt_param_at(). The editor itself, the plugins before it, the client's reply and the
+ *     host's mail log see the message and envelope as the client sent them.
+ *   - When: an editor's edits take effect when its call ends with CONTINUE or ACCEPT (ACCEPT
+ *     ends the chain, so nobody sees them but TXN_END's size). A refusal or a plugin error
+ *     drops them. Each edit is checked when it is made (E_INVALID: nothing recorded).
+ *   - DATA_CHUNK and editors: a DATA_CHUNK plugin configured before the first editor (or the
+ *     editor itself) gets its pieces live, as the message arrives. One configured after it
+ *     cannot: its pieces would miss the edits. It gets the whole message, as edited by the
+ *     plugins before it, in pieces right before its own DATA hook (at least 64 KiB each but the
+ *     last, LAST_CHUNK on the last; a refusal refuses the message). While the editors run, the
+ *     host holds the message: in memory up to server.spool_threshold bytes, above that in an
+ *     unlinked file in server.spool_directory, so memory per session stays bounded.
+ *   - Headers: a field is `name: value`; `name` is printable ASCII without ':' (1..200 bytes);
+ *     `value` is the field body (the host puts one space after the colon unless the value
+ *     starts with SP or HT); a line break inside it ("\n" or "\r\n") must be followed by SP
+ *     or HT (folding; the host writes CRLF); no NUL, no bare CR; at most 64 KiB.
+ *     Occurrences (`index` of CHANGE and DELETE) count the fields of that name, matched
+ *     case-insensitively, from 1, in the message as the plugin's call left it so far.
+ *   - Body: the first REPLACE_BODY of a call starts a new body, each further one in the same
+ *     call appends to it (a milter sends it in pieces); bytes as they are (CRLF line ends).
+ *   - Envelope: addresses as MAIL/RCPT give them ("<>" for the null sender), without angle
+ *     brackets otherwise; params "KEY=VALUE" strings. ADD_RCPT of a recipient present already
+ *     replaces its params; DELETE_RCPT of an absent one is E_INVALID. On LMTP listeners
+ *     recipients cannot be edited (E_STATE): each has its own reply to the client. */
 
 /* Verdicts and replies per hook, when no plugin sets a reply (aiosmtpd's defaults):
  *   CONNECT  CONTINUE/ACCEPT: the 220 greeting; REJECT: 554 and only QUIT served;
@@ -256,6 +291,48 @@ typedef struct asiosmtpd_command_args {
     asiosmtpd_str argument; /* stripped; empty when absent */
     int32_t has_argument;   /* 0 when nothing followed the verb (aiosmtpd's arg=None) */
 } asiosmtpd_command_args;
+
+/* ABI 1.3: TXN_END, once per transaction (MAIL accepted), after its end was decided: the
+ * message's reply chosen (ACCEPTED: 2xx; REFUSED: 4xx/5xx, also the host's own 552/500 and the
+ * refusal of a DATA_CHUNK plugin), or no message (ABORTED: RSET, HELO/EHLO, STARTTLS, QUIT,
+ * the client leaving, a timeout, a shutdown). The transaction's slots are still there during
+ * the call and freed right after it; txn_info() answers E_STATE (the envelope is gone: the
+ * arguments carry what is left of it). */
+#define ASIOSMTPD_TXN_ACCEPTED 1
+#define ASIOSMTPD_TXN_REFUSED 2
+#define ASIOSMTPD_TXN_ABORTED 3
+typedef struct asiosmtpd_txn_end_args {
+    uint32_t struct_size;
+    int32_t outcome;          /* ASIOSMTPD_TXN_* */
+    uint16_t code;            /* the message's reply code (LMTP: the first); 0 when ABORTED */
+    asiosmtpd_str reply;      /* its first line, as sent; empty when ABORTED */
+    asiosmtpd_str reason;     /* ABORTED: "rset", "helo", "ehlo", "starttls", "quit",
+                                 "disconnect", "timeout", "shutdown", "closed"; empty otherwise */
+    asiosmtpd_str mail_from;  /* as the client gave it; "<>" for the null sender */
+    size_t rcpt_count;        /* the client's accepted recipients */
+    uint64_t size;            /* the message's bytes (unstuffed); 0 when there was none */
+} asiosmtpd_txn_end_args;
+
+/* ABI 1.3: one change to the transaction (see "Message editing" above). */
+#define ASIOSMTPD_EDIT_ADD_HEADER 1    /* name, value: after the last field of the header block */
+#define ASIOSMTPD_EDIT_INSERT_HEADER 2 /* name, value, index: before the index-th field of the block
+                                          (0 = at the top; past the end = after the last) */
+#define ASIOSMTPD_EDIT_CHANGE_HEADER 3 /* name, value, index: the index-th field named `name` gets
+                                          this value; no such field: added after the last (Postfix) */
+#define ASIOSMTPD_EDIT_DELETE_HEADER 4 /* name, index: the index-th field named `name` goes; none: no-op */
+#define ASIOSMTPD_EDIT_REPLACE_BODY 5  /* value: the next piece of the new body */
+#define ASIOSMTPD_EDIT_CHANGE_SENDER 6 /* name: the new reverse path; params: its ESMTP parameters */
+#define ASIOSMTPD_EDIT_ADD_RCPT 7      /* name: the recipient; params: its ESMTP parameters */
+#define ASIOSMTPD_EDIT_DELETE_RCPT 8   /* name: the recipient (compared case-insensitively) */
+typedef struct asiosmtpd_edit {
+    uint32_t struct_size;
+    int32_t op;                  /* ASIOSMTPD_EDIT_* */
+    asiosmtpd_str name;          /* header name or address */
+    asiosmtpd_str value;         /* header value or body piece */
+    size_t index;                /* INSERT: position; CHANGE/DELETE: occurrence, from 1 */
+    const asiosmtpd_str *params; /* CHANGE_SENDER, ADD_RCPT: "KEY=VALUE"; may be NULL if none */
+    size_t param_count;
+} asiosmtpd_edit;
 
 /* A hook. `instance` is what create() stored in *out_instance. */
 typedef asiosmtpd_verdict (*asiosmtpd_hook_fn)(void *instance, asiosmtpd_call *call,
@@ -426,6 +503,26 @@ typedef struct asiosmtpd_host_api {
      * hook's. */
     asiosmtpd_status (*set_rcpt_reply_pending)(asiosmtpd_token token, size_t index, uint16_t code,
                                                asiosmtpd_str text);
+
+    /* ---- ABI 1.3 and later ---- */
+
+    /* Declare, in create(), that this instance edits messages (edit_message()): the host then
+     * holds each message for the plugins after it. Registration only (E_FROZEN after). */
+    asiosmtpd_status (*declare_editor)(asiosmtpd_registrar *reg);
+    /* One change to the transaction, in the DATA hook of a declared editor (else E_STATE);
+     * checked now (E_INVALID: a malformed header, address or op, nothing recorded), applied
+     * when the call ends with CONTINUE or ACCEPT. Strings are copied. */
+    asiosmtpd_status (*edit_message)(asiosmtpd_call *call, const asiosmtpd_edit *edit);
+    /* The same for a suspended DATA call, from ANY thread, before complete() for that token.
+     * E_GONE when the call already ended or timed out; E_STATE when the token is not a DATA
+     * call of an editor. */
+    asiosmtpd_status (*edit_message_pending)(asiosmtpd_token token, const asiosmtpd_edit *edit);
+    /* The param_index-th ESMTP parameter of the rcpt_index-th recipient (txn_rcpt_at order),
+     * "KEY=VALUE": those an editor gave with ADD_RCPT (the host refuses RCPT parameters from
+     * clients with 555, as aiosmtpd). E_INVALID when out of range. Borrowed until the hook
+     * returns. */
+    asiosmtpd_status (*txn_rcpt_param_at)(asiosmtpd_call *call, size_t rcpt_index, size_t param_index,
+                                          asiosmtpd_str *out);
 
     /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;

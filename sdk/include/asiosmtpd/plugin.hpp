@@ -99,6 +99,7 @@ enum class hook : asiosmtpd_hook_id {
     auth_check = ASIOSMTPD_HOOK_AUTH_CHECK,  ///< ABI 1.1: AUTH PLAIN/LOGIN credentials (auth_args)
     proxy = ASIOSMTPD_HOOK_PROXY,            ///< ABI 1.1: the PROXY protocol header (proxy_args)
     data_chunk = ASIOSMTPD_HOOK_DATA_CHUNK,  ///< ABI 1.2: the next piece of the message (data_args)
+    txn_end = ASIOSMTPD_HOOK_TXN_END,        ///< ABI 1.3: notification, a transaction ended (txn_end_args)
 };
 
 /// Lifetime of a private data slot (plugin.h slot_set).
@@ -177,6 +178,7 @@ inline const char* hook_name(hook h) noexcept
     case hook::auth_check: return "AUTH_CHECK";
     case hook::data_chunk: return "DATA_CHUNK";
     case hook::proxy: return "PROXY";
+    case hook::txn_end: return "TXN_END";
     case hook::other: break;
     }
     return "other";
@@ -207,6 +209,9 @@ constexpr bool has(std::uint32_t struct_size, std::size_t end) noexcept { return
 
 // The host table of ABI 1.0 ends with `log`.
 inline constexpr std::size_t host_api_v1_0_size = offsetof(asiosmtpd_host_api, log) + sizeof(asiosmtpd_host_api::log);
+/// The host table has member M (a newer member on an older host: no).
+#define ASIOSMTPD_HOST_HAS(host, member)                                                                               \
+    ((host)->struct_size >= offsetof(asiosmtpd_host_api, member) + sizeof(void (*)(void)))
 
 // A per-type address, without RTTI (identifies the plugin class and slot contents).
 template <class T>
@@ -332,6 +337,102 @@ struct data_args {
     /// DATA: the whole message's size (also when streamed); DATA_CHUNK: bytes so far.
     std::uint64_t message_size;
     const asiosmtpd_data_args* raw;
+};
+
+/// ABI 1.3: how a transaction ended (TXN_END).
+enum class txn_outcome : std::int32_t {
+    accepted = ASIOSMTPD_TXN_ACCEPTED,  ///< the message got a 2xx reply
+    refused = ASIOSMTPD_TXN_REFUSED,    ///< the message got a 4xx/5xx reply
+    aborted = ASIOSMTPD_TXN_ABORTED,    ///< no message: RSET, HELO/EHLO, STARTTLS, QUIT, disconnect...
+};
+
+/// ABI 1.3: TXN_END's arguments.
+struct txn_end_args {
+    explicit txn_end_args(const asiosmtpd_txn_end_args& a) noexcept
+        : outcome(static_cast<txn_outcome>(a.outcome)),
+          code(a.code),
+          reply(to_view(a.reply)),
+          reason(to_view(a.reason)),
+          mail_from(to_view(a.mail_from)),
+          rcpt_count(a.rcpt_count),
+          size(a.size),
+          raw(&a)
+    {}
+    txn_outcome outcome;
+    std::uint16_t code;          ///< the message's reply code; 0 when aborted
+    std::string_view reply;      ///< its first line; empty when aborted
+    std::string_view reason;     ///< aborted: "rset", "quit", "disconnect", "timeout", ...
+    std::string_view mail_from;  ///< "<>" for the null sender
+    std::size_t rcpt_count;
+    std::uint64_t size;  ///< message bytes; 0 when there was no message
+    const asiosmtpd_txn_end_args* raw;
+};
+
+/// ABI 1.3: one change to the transaction, for call::edit() (in a DATA hook) or
+/// pending::edit() (any thread, while the DATA call is suspended). Made by the factory
+/// functions; the strings it views must outlive the edit() call (the host copies them).
+///     c.edit(sdk::edit::add_header("X-Scanned", "yes"));
+class edit {
+public:
+    static edit add_header(std::string_view name, std::string_view value)
+    {
+        return edit(ASIOSMTPD_EDIT_ADD_HEADER, name, value, 0);
+    }
+    /// Before the position-th field of the header block (0: at the top).
+    static edit insert_header(std::size_t position, std::string_view name, std::string_view value)
+    {
+        return edit(ASIOSMTPD_EDIT_INSERT_HEADER, name, value, position);
+    }
+    /// The occurrence-th (from 1) field named `name` gets `value` (added when there is none).
+    static edit change_header(std::string_view name, std::size_t occurrence, std::string_view value)
+    {
+        return edit(ASIOSMTPD_EDIT_CHANGE_HEADER, name, value, occurrence);
+    }
+    static edit delete_header(std::string_view name, std::size_t occurrence)
+    {
+        return edit(ASIOSMTPD_EDIT_DELETE_HEADER, name, {}, occurrence);
+    }
+    /// The next piece of the new body (the first one of a call starts it afresh).
+    static edit replace_body(std::string_view piece) { return edit(ASIOSMTPD_EDIT_REPLACE_BODY, {}, piece, 0); }
+    static edit change_sender(std::string_view address, std::vector<std::string_view> params = {})
+    {
+        return edit(ASIOSMTPD_EDIT_CHANGE_SENDER, address, {}, 0, std::move(params));
+    }
+    static edit add_rcpt(std::string_view address, std::vector<std::string_view> params = {})
+    {
+        return edit(ASIOSMTPD_EDIT_ADD_RCPT, address, {}, 0, std::move(params));
+    }
+    static edit delete_rcpt(std::string_view address) { return edit(ASIOSMTPD_EDIT_DELETE_RCPT, address, {}, 0); }
+
+    edit(const edit& o) : raw_(o.raw_), params_(o.params_) { raw_.params = params_.empty() ? nullptr : params_.data(); }
+    edit& operator=(const edit& o)
+    {
+        raw_ = o.raw_;
+        params_ = o.params_;
+        raw_.params = params_.empty() ? nullptr : params_.data();
+        return *this;
+    }
+    edit(edit&& o) noexcept = default;
+    edit& operator=(edit&& o) noexcept = default;
+    ~edit() = default;
+
+    const asiosmtpd_edit& raw() const noexcept { return raw_; }
+
+private:
+    edit(std::int32_t op, std::string_view name, std::string_view value, std::size_t index,
+         std::vector<std::string_view> params = {})
+    {
+        raw_.struct_size = static_cast<std::uint32_t>(sizeof raw_);
+        raw_.op = op;
+        raw_.name = to_str(name);
+        raw_.value = to_str(value);
+        raw_.index = index;
+        for (std::string_view p : params) params_.push_back(to_str(p));
+        raw_.params = params_.empty() ? nullptr : params_.data();
+        raw_.param_count = params_.size();
+    }
+    asiosmtpd_edit raw_{};
+    std::vector<asiosmtpd_str> params_;  // a vector's move keeps its buffer: raw_.params stays right
 };
 
 /// NOOP, UNKNOWN and registered commands.
@@ -752,6 +853,17 @@ public:
         return host_->set_rcpt_reply_pending(t, index, code, to_str(text));
     }
 
+    /// ABI 1.3, before complete(), from any thread: one change to the transaction (the DATA
+    /// call of an editor). OK, E_INVALID (malformed: nothing recorded), E_GONE (the call ended),
+    /// E_STATE (not an editor's DATA call), E_UNSUPPORTED (host older than 1.3).
+    asiosmtpd_status edit(const sdk::edit& e) noexcept
+    {
+        const asiosmtpd_token t = token_.load(std::memory_order_acquire);
+        if (t == 0) return ASIOSMTPD_E_GONE;
+        if (!ASIOSMTPD_HOST_HAS(host_, edit_message_pending)) return ASIOSMTPD_E_UNSUPPORTED;
+        return host_->edit_message_pending(t, &e.raw());
+    }
+
     /// True while it holds a token (not completed, not released, not moved from).
     bool valid() const noexcept { return token_.load(std::memory_order_acquire) != 0; }
     explicit operator bool() const noexcept { return valid(); }
@@ -838,6 +950,19 @@ public:
         detail::check(host_->set_rcpt_reply(call_, index, code, to_str(text)), "set_rcpt_reply");
     }
 
+    // -- Message editing (ABI 1.3) -------------------------------------------------------------
+
+    /// In the DATA hook of an editor (registrar::editor()): one change to the transaction,
+    /// which the plugins after this one see once the handler returns continue_ or accept.
+    /// Throws sdk::error (E_INVALID malformed, E_STATE not an editor's DATA call,
+    /// E_UNSUPPORTED host older than 1.3).
+    void edit(const sdk::edit& e) const
+    {
+        if (!ASIOSMTPD_HOST_HAS(host_, edit_message))
+            throw error(ASIOSMTPD_E_UNSUPPORTED, "edit_message (host older than ABI 1.3)");
+        detail::check(host_->edit_message(call_, &e.raw()), "edit_message");
+    }
+
     // -- AUTH (ABI 1.1) -----------------------------------------------------------------------
 
     /// In an AUTH mechanism: send "334 <base64(bytes)>" and be called again with the answer.
@@ -902,6 +1027,17 @@ public:
 
     /// The accepted recipients, in order (duplicates kept).
     std::vector<std::string_view> rcpts() const { return collect(txn().rcpt_count, host_->txn_rcpt_at, "txn_rcpt_at"); }
+
+    /// ABI 1.3: the ESMTP parameters of the index-th recipient (those an editor gave it).
+    std::vector<std::string_view> rcpt_params(std::size_t index) const
+    {
+        std::vector<std::string_view> out;
+        if (!ASIOSMTPD_HOST_HAS(host_, txn_rcpt_param_at)) return out;
+        asiosmtpd_str s{"", 0};
+        for (std::size_t i = 0; host_->txn_rcpt_param_at(call_, index, i, &s) == ASIOSMTPD_OK; ++i)
+            out.push_back(to_view(s));
+        return out;
+    }
 
     /// The transaction's MAIL parameters ("SIZE=100", "BODY=8BITMIME"), upper-cased.
     std::vector<std::string_view> mail_params() const
@@ -1110,6 +1246,11 @@ struct hook_args<ASIOSMTPD_HOOK_PROXY> {
     using c_type = asiosmtpd_proxy_args;
     using type = proxy_args;
 };
+template <>
+struct hook_args<ASIOSMTPD_HOOK_TXN_END> {
+    using c_type = asiosmtpd_txn_end_args;
+    using type = txn_end_args;
+};
 
 template <auto M>
 inline constexpr bool takes_none = std::is_invocable_r_v<verdict, decltype(M), member_class_t<M>&, call&>;
@@ -1124,7 +1265,7 @@ inline constexpr bool takes = takes_arg<M, A>();
 template <auto M>
 inline constexpr bool valid_handler =
     takes_none<M> || takes<M, connect_args> || takes<M, helo_args> || takes<M, address_args> || takes<M, data_args> ||
-    takes<M, command_args> || takes<M, auth_args> || takes<M, proxy_args>;
+    takes<M, command_args> || takes<M, auth_args> || takes<M, proxy_args> || takes<M, txn_end_args>;
 
 // "MAIL handler: <what>[: <detail>]" at warn (a plugin misbehaved; the host adds the plugin
 // instance and session).
@@ -1285,6 +1426,7 @@ public:
         case hook::auth_check: fn = detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>(); break;
         case hook::proxy: fn = detail::pick<M, ASIOSMTPD_HOOK_PROXY>(); break;
         case hook::data_chunk: fn = detail::pick<M, ASIOSMTPD_HOOK_DATA_CHUNK>(); break;
+        case hook::txn_end: fn = detail::pick<M, ASIOSMTPD_HOOK_TXN_END>(); break;
         case hook::command: throw std::logic_error("register commands with registrar::command()");
         case hook::other:
         default: fn = detail::pick<M, -1>(); break;
@@ -1331,6 +1473,15 @@ public:
         const asiosmtpd_status st =
             host_->register_auth_mechanism(reg_, to_str(name), detail::pick<M, ASIOSMTPD_HOOK_AUTH_CHECK>());
         if (st != ASIOSMTPD_OK) throw error(st, "register_auth_mechanism(" + std::string(name) + ")");
+    }
+
+    /// ABI 1.3: this instance edits messages (call::edit() in its DATA hook); the host holds
+    /// each message for the plugins after it. Throws sdk::error (E_UNSUPPORTED: older host).
+    void editor()
+    {
+        if (!ASIOSMTPD_HOST_HAS(host_, declare_editor))
+            throw error(ASIOSMTPD_E_UNSUPPORTED, "declare_editor (host older than ABI 1.3)");
+        detail::check(host_->declare_editor(reg_), "declare_editor");
     }
 
     /// Add an EHLO keyword line ("XFOO bar"). Throws sdk::error (E_INVALID: CR/LF, > 500 bytes).
