@@ -1360,7 +1360,7 @@ void engine::note_transaction_end(transaction_end::how outcome, std::string_view
         // summarize() has moved the recipients out already.
         e.rcpts = finished_ && reply_start != std::string::npos ? finished_->rcpts : envelope_.rcpt_tos.size();
         if (reply_start != std::string::npos && reply_start + 3 <= out_.size()) {
-            e.size = data_unstuffed_;
+            e.size = data_bytes_;  // as the mail log gives it
             const std::size_t eol = out_.find('\r', reply_start);
             e.reply = out_.substr(reply_start, eol == std::string::npos ? std::string::npos : eol - reply_start);
             for (std::size_t i = 0; i < 3; ++i)
