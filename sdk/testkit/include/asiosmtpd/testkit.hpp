@@ -19,7 +19,7 @@
  * What it is: the server itself minus the sockets. The kit links the server's core library
  * (libasiosmtpd_core.a): the SMTP/LMTP engine that answers every command on the wire, the
  * hook chain that calls the plugins and judges every verdict and reply, and the host function
- * table of plugin.h (ABI 1.2) that plugins call. Each cmd() line goes into the engine as the
+ * table of plugin.h (ABI 1.3) that plugins call. Each cmd() line goes into the engine as the
  * client's bytes (with CRLF); each hook the engine asks for runs through the chain as in the
  * server's sessions; a suspended call is waited for (up to host::hook_timeout) inside the
  * cmd() that triggered it, and complete() may come from any thread. So the replies, their
