@@ -166,6 +166,7 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
     ctx->smtp = engine_settings(s, l, *g);
     ctx->idle_timeout = millis(s.server.timeout);
     ctx->data_min_rate = s.server.data_min_rate;
+    ctx->received_header = s.server.received_header;
     ctx->handshake_timeout = millis(s.server.tls_handshake_timeout);
     ctx->auth_failure_delay = millis(s.server.auth_failure_delay);
     ctx->proxy_protocol = l.proxy_protocol;
