@@ -56,6 +56,15 @@ def sanitized():
         return False
 
 
+def peak_rss_kib(pid):
+    """VmHWM of a process (Linux): its peak resident memory so far, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
 def fixture_plugin(name):
     """Absolute path of a test plugin (tests/fixtures/plugins/<name>.so in the build tree)."""
     return os.path.join(FIXTURE_PLUGIN_DIR, name + ".so")

@@ -21,13 +21,6 @@ def editor(tag, **config):
     return {"path": harness.fixture_plugin("editor"), "config": {"tag": tag, **config}}
 
 
-def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
 
 EDITS = [
     {"op": "insert_header", "index": 0, "name": "X-Signed", "value": "by the editor"},
@@ -86,10 +79,10 @@ class EditingTest(ServerTestCase):
                             spool_directory=spool, data_size_limit=64 * MIB)
         line = b"x" * 998 + b"\r\n"
         body = b"Subject: big\r\n\r\n" + line * (32 * MIB // len(line))
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         with smtplib.SMTP(HOST, server.port, timeout=60) as s:
             self.assertEqual(s.sendmail("a@example.org", ["b@example.org"], body), {})
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         data = self.stored()
         edited = b"X-Signed: by the editor\r\n" + body
         self.assertEqual(data, expected_message(edited, x_headers(peer_of(data), "a@example.org", ["b@example.org"])))
