@@ -120,6 +120,11 @@ struct metrics_settings {
     std::uint16_t port = 9125;
 };
 
+struct log_settings {
+    std::string format = "text";      // text | json
+    std::string timestamps = "auto";  // auto (on unless stderr is the journal) | true | false
+};
+
 struct settings {
     std::filesystem::path file;      // the config file ("<embedded default>" if none)
     std::filesystem::path base_dir;  // relative paths resolve against this
@@ -127,6 +132,7 @@ struct settings {
     std::optional<tls_settings> tls;
     std::vector<std::filesystem::path> plugin_path;  // absolute after load
     std::vector<plugin_entry> plugins;
+    log_settings log;
     std::optional<metrics_settings> metrics;  // absent: no metrics endpoint
 };
 
