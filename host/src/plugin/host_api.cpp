@@ -515,7 +515,30 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
 
 // ---- logging -----------------------------------------------------------------------------
 
+void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message,
+                       const asiosmtpd_str* keys, const asiosmtpd_str* values, size_t count);
+
 void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message)
+{
+    plugin_log_fields(ctx, call, level, message, nullptr, nullptr, 0);
+}
+
+// " key=value": a key the log can carry ([a-z0-9_], 1..32 bytes; else "field"), the value
+// escaped as peer text and quoted when empty or holding a space.
+void append_field(std::string& line, std::string_view key, std::string_view value)
+{
+    const bool good = !key.empty() && key.size() <= 32 && std::all_of(key.begin(), key.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+    });
+    std::string v = escaped(value, 1000);
+    if (!line.empty()) line.push_back(' ');
+    line.append(good ? key : std::string_view("field")).push_back('=');
+    if (v.empty() || v.find(' ') != std::string::npos) line.append("\"").append(v).append("\"");
+    else line.append(v);
+}
+
+void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message,
+                       const asiosmtpd_str* keys, const asiosmtpd_str* values, size_t count)
 {
     const auto l = level <= ASIOSMTPD_LOG_DEBUG  ? log_level::debug
                    : level == ASIOSMTPD_LOG_INFO ? log_level::info
@@ -529,7 +552,10 @@ void plugin_log(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmt
     std::string line;
     if (call != nullptr && call->active && call->session != nullptr)
         line = "session=" + std::to_string(call->session->session_id()) + " ";
-    line += "plugin=" + name + " " + escaped(view(message), 2000);
+    line += "plugin=" + name;
+    if (message.size > 0) line += " " + escaped(view(message), 2000);
+    if (keys != nullptr && values != nullptr)
+        for (size_t i = 0; i < count && i < 64; ++i) append_field(line, view(keys[i]), view(values[i]));
     sink.write(l, line);
 }
 
@@ -580,6 +606,7 @@ const asiosmtpd_host_api& host_api() noexcept
         a.edit_message = edit_message;
         a.edit_message_pending = edit_message_pending;
         a.txn_rcpt_param_at = txn_rcpt_param_at;
+        a.log_fields = plugin_log_fields;
         return a;
     }();
     return api;

@@ -524,6 +524,13 @@ typedef struct asiosmtpd_host_api {
      * returns. */
     asiosmtpd_status (*txn_rcpt_param_at)(asiosmtpd_call *call, size_t rcpt_index, size_t param_index,
                                           asiosmtpd_str *out);
+    /* log() with fields: the line is the message (may be empty) followed by " key=value" for
+     * each field, as the host's own lines are (so that log.format: json makes them JSON fields
+     * and a postmaster can grep them). Keys [a-z0-9_] (1..32 bytes; another key is logged as
+     * "field"); values are escaped as the host escapes peer text and quoted when empty or
+     * containing a space. Thread-safe, like log(). */
+    void (*log_fields)(asiosmtpd_ctx *ctx, asiosmtpd_call *call, int32_t level, asiosmtpd_str message,
+                       const asiosmtpd_str *keys, const asiosmtpd_str *values, size_t count);
 
     /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;

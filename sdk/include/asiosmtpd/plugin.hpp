@@ -542,6 +542,44 @@ public:
     void warn(std::string_view m) const noexcept { log(log_level::warn, m); }
     void error(std::string_view m) const noexcept { log(log_level::error, m); }
 
+    /// ABI 1.3: a line of key=value fields after the message, as the host's own lines:
+    ///     log.fields(log_level::info, "", {{"event", "upstream"}, {"reply", text}});
+    /// On an older host the fields are appended to the message text.
+    void fields(log_level level, std::string_view message,
+                std::initializer_list<std::pair<std::string_view, std::string_view>> kv) const noexcept
+    {
+        log_fields(host_, ctx_, nullptr, level, message, kv);
+    }
+
+    /// Shared by logger and call: log_fields(), or log() with the fields appended.
+    static void log_fields(const asiosmtpd_host_api* host, asiosmtpd_ctx* ctx, asiosmtpd_call* call, log_level level,
+                           std::string_view message,
+                           std::initializer_list<std::pair<std::string_view, std::string_view>> kv) noexcept
+    {
+        if (!host) return;
+        constexpr std::size_t max = 32;
+        asiosmtpd_str keys[max], values[max];
+        std::size_t n = 0;
+        for (const auto& [k, v] : kv) {
+            if (n == max) break;
+            keys[n] = to_str(k);
+            values[n] = to_str(v);
+            ++n;
+        }
+        if (ASIOSMTPD_HOST_HAS(host, log_fields)) {
+            host->log_fields(ctx, call, static_cast<std::int32_t>(level), to_str(message), keys, values, n);
+            return;
+        }
+        try {
+            std::string line(message);
+            for (std::size_t i = 0; i < n; ++i)
+                line.append(line.empty() ? "" : " ").append(to_view(keys[i])).append("=").append(to_view(values[i]));
+            host->log(ctx, call, static_cast<std::int32_t>(level), to_str(line));
+        } catch (...) {
+            host->log(ctx, call, static_cast<std::int32_t>(level), to_str(message));
+        }
+    }
+
 private:
     const asiosmtpd_host_api* host_ = nullptr;
     asiosmtpd_ctx* ctx_ = nullptr;
@@ -1108,6 +1146,12 @@ public:
     void log(log_level level, std::string_view message) const noexcept
     {
         host_->log(ctx_, call_, static_cast<std::int32_t>(level), to_str(message));
+    }
+    /// ABI 1.3: a line with key=value fields, tagged with this session (logger::fields()).
+    void log(log_level level, std::string_view message,
+             std::initializer_list<std::pair<std::string_view, std::string_view>> kv) const noexcept
+    {
+        sdk::logger::log_fields(host_, ctx_, call_, level, message, kv);
     }
     sdk::logger logger() const noexcept { return sdk::logger(host_, ctx_); }
 

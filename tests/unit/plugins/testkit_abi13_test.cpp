@@ -272,6 +272,15 @@ TEST(testkit_txn_end, every_outcome_once_with_the_transaction_slot_still_there)
         }));
 }
 
+TEST(testkit_log_fields, key_value_fields_are_quoted_and_escaped_by_the_host)
+{
+    tk::host h;
+    h.load(editor, tk::node::map({{"tag", "TXN"}, {"txn_end", "true"}}));
+    auto s = h.open();
+    EXPECT_EQ(s.send_mail("a@example.org", {"b@example.org"}, "S: 1\r\n\r\nb\r\n"), "250 OK");
+    EXPECT_TRUE(h.logged("plugin=editor txn_end_fields tag=TXN reply=\"250 OK\" reason=\"\" field=x\\x22y"));
+}
+
 TEST(testkit_txn_end, an_accepted_message)
 {
     tk::host h;
