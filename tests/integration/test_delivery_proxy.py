@@ -379,6 +379,9 @@ class ProxyTest(ServerTestCase):
             # 8-bit content without BODY=8BITMIME: MAIL is sent again with it.
             self.assertEqual(s.sendmail("a@b.example", ["good@d.example"], "Subject: é\r\n\r\nété\r\n".encode()), {})
         self.assertEqual([m[0] for m in toy.messages], [["good@d.example"], ["good@d.example"]])
+        deadline = time.monotonic() + 5  # the session's end sends QUIT upstream, a moment later
+        while "QUIT" not in toy.commands and time.monotonic() < deadline:
+            time.sleep(0.02)
         cmds = [c for c in toy.commands if not c.startswith("EHLO")]
         # SIZE= is the size of the data as sent (with the final ".\r\n") when MAIL is sent at DATA.
         size1 = len(proxied(b"Subject: x\r\n\r\nhi\r\n", "127.0.0.1")) + 3
@@ -387,7 +390,7 @@ class ProxyTest(ServerTestCase):
                                 "RSET", "MAIL FROM:<a@b.example> SIZE=%d" % size1, "RCPT TO:<good@d.example>", "DATA",
                                 "MAIL FROM:<a@b.example> SIZE=22", "RCPT TO:<good@d.example>",
                                 "RSET", "MAIL FROM:<a@b.example> SIZE=%d BODY=8BITMIME" % size2,
-                                "RCPT TO:<good@d.example>", "DATA"])
+                                "RCPT TO:<good@d.example>", "DATA", "QUIT"])
 
     def test_max_hops(self):
         toy = ToyUpstream()
