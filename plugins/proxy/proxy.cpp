@@ -3,26 +3,39 @@
 // handler (X-Peer: <client ip> inserted before the first empty line), and answers with the
 // upstream's verdict instead of aiosmtpd's unconditional 250: 250 only when the upstream took
 // the message for at least one recipient; upstream down, slow, or speaking nonsense → 451 and
-// the client keeps the message. The DATA hook copies the message and suspends; the SMTP
-// conversation runs on the plugin's worker threads over blocking-with-deadline sockets (poll),
-// optionally upgraded with STARTTLS (OpenSSL).
+// the client keeps the message.
 //
-// One DATA verdict for all recipients (the SDK has no per-recipient DATA verdicts yet):
+// The upstream transaction runs alongside the client's, as Haraka's smtp_proxy does: MAIL opens
+// it (connect, EHLO, optional STARTTLS, MAIL FROM), each RCPT is asked upstream at once and a
+// refusal goes back to the client as the RCPT's reply, and DATA sends the message. The upstream
+// connection belongs to the client session (a session slot) and serves its next transactions
+// (RSET upstream first); it is closed with QUIT when the session ends. Every step suspends its
+// hook and runs on the plugin's worker threads over non-blocking sockets (poll) with one
+// deadline (`timeout`) per step; the hooks never block an event-loop thread.
+//
+// At DATA the envelope the server accepted is compared with what the upstream accepted: the
+// recipients the upstream has not seen (another plugin accepted them before this one was asked)
+// are sent now, and if the upstream holds one the server refused (a later plugin refused it),
+// or the sender differs, or 8-bit content needs BODY=8BITMIME, the upstream transaction starts
+// over (RSET, MAIL, RCPT for each). Refusals at that point are listed in the DATA reply as before:
 //  - some recipients accepted upstream, DATA accepted: 250 with the upstream's text; the
 //    refused recipients are listed in further lines of the reply and logged (warn);
 //  - no recipient accepted: 451 when any refusal was temporary (4xx), else 550 (or the
 //    upstream's 5xx), listing every refusal;
 //  - MAIL or DATA refused: the upstream's reply (4xx → TEMPFAIL, 5xx → REJECT; 421 → 451).
+// A message with more than `max_hops` Received: header fields is refused (554 5.4.6 Too many
+// hops) without being relayed: a mail loop.
 // An envelope address with a control character (CR, LF, NUL, ... DEL) is never sent: in
 // "MAIL FROM:<...>" or "RCPT TO:<...>" a CR LF would end the command and start one of the
 // client's choosing. The server refuses such addresses (553) before any plugin sees them; should
 // one arrive anyway (an envelope-rewriting plugin, a host without that check), a sender with one
 // rejects the message with 553 5.1.7 and a recipient with one is refused (553 5.1.3, listed like
-// the upstream's refusals) while the others are relayed; no connection is made for nothing.
+// the upstream's refusals) while the others are relayed.
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
 #include "delivery_common.hpp"
+#include "hops.hpp"
 #include "reply_text.hpp"
 #include "resolver.hpp"
 
@@ -47,6 +60,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -60,6 +74,7 @@ namespace sdk = asiosmtpd::sdk;
 namespace ap = asiosmtpd::plugins;
 namespace reply_text = asiosmtpd::plugins::proxy_text;
 namespace dns = asiosmtpd::plugins::proxy_dns;
+namespace hops = asiosmtpd::plugins::proxy_hops;
 using clock_type = std::chrono::steady_clock;
 
 /// The upstream could not be used (connect, timeout, TLS, protocol): the client gets 451.
@@ -109,7 +124,7 @@ std::string openssl_error()
 // One SMTP client connection with a deadline for everything it does.
 class connection {
 public:
-    connection(clock_type::time_point deadline) : deadline_(deadline) {}
+    explicit connection(clock_type::time_point deadline) : deadline_(deadline) {}
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
     ~connection()
@@ -228,8 +243,28 @@ public:
             r.code = code;
             if (r.lines.size() < max_upstream_lines)
                 r.lines.push_back(clean(line.size() > 4 ? std::string_view(line).substr(4) : std::string_view()));
-            if (line.size() <= 3 || line[3] == ' ') return r;
+            if (line.size() <= 3 || line[3] == ' ') {
+                ++replies_;
+                return r;
+            }
         }
+    }
+
+    /// The deadline of what the connection does next (each step of a session has its own).
+    void set_deadline(clock_type::time_point deadline) noexcept { deadline_ = deadline; }
+
+    /// Complete replies read so far.
+    std::size_t replies() const noexcept { return replies_; }
+
+    /// True when an idle connection can take the next command: the upstream neither closed it
+    /// nor said anything unasked (a 421 before closing, say).
+    bool idle_ok() noexcept
+    {
+        if (!in_.empty() || (ssl_ && ::SSL_pending(ssl_) > 0)) return false;
+        struct pollfd p {};
+        p.fd = fd_.get();
+        p.events = POLLIN | POLLRDHUP;
+        return ::poll(&p, 1, 0) == 0;
     }
 
     reply command(const std::string& line)
@@ -302,6 +337,7 @@ private:
     ap::unique_fd fd_;
     SSL* ssl_ = nullptr;
     std::string in_;
+    std::size_t replies_ = 0;
 };
 
 // aiosmtpd's Proxy.handle_DATA: "X-Peer: <ip>" + the line ending of the first empty line,
@@ -386,11 +422,27 @@ std::string own_hostname()
 }
 
 // What the client gets. `text` is always made by reply_text::with_list(), so it is valid.
+// continue_ (code 0): the upstream agreed; the next plugin and the server's default decide.
 struct outcome {
     sdk::verdict verdict = sdk::verdict::tempfail;
     std::uint16_t code = 451;
     std::string text;
 };
+
+outcome go_on()
+{
+    outcome o;
+    o.verdict = sdk::verdict::continue_;
+    o.code = 0;
+    return o;
+}
+
+outcome unavailable()
+{
+    outcome o;
+    o.text = "4.4.1 Upstream unavailable, try again later";
+    return o;
+}
 
 // The upstream's reply code as ours (reply_text::map_code: 2xx → 250, 4xx/5xx kept but 421 → 451,
 // nonsense → 451), with `first` and `listed` as the reply's lines.
@@ -404,6 +456,16 @@ outcome from_code(int upstream_code, std::string_view first, const std::vector<s
     o.code = l.code;
     o.text = reply_text::with_list(first, listed);
     return o;
+}
+
+// The upstream's refusal of MAIL or RCPT as the client's reply to the same command: its code
+// (mapped as above) and its lines.
+outcome passed_on(const reply& r)
+{
+    std::vector<std::string> rest;
+    if (r.lines.size() > 1) rest.assign(r.lines.begin() + 1, r.lines.end());
+    const std::string first = r.lines.empty() || r.lines.front().empty() ? "Refused by the upstream" : r.lines.front();
+    return from_code(r.code, first, rest);
 }
 
 std::string code_and_text(const reply& r) { return std::to_string(r.code) + " " + r.text(); }
@@ -424,13 +486,33 @@ bool valid_helo(std::string_view name)
     return true;
 }
 
+// MAIL's SIZE=n, or 0.
+std::uint64_t declared_size(const std::vector<std::string>& params)
+{
+    for (const std::string& p : params) {
+        if (p.size() <= 5 || p.compare(0, 5, "SIZE=") != 0) continue;
+        std::uint64_t n = 0;
+        for (const char ch : std::string_view(p).substr(5)) {
+            if (ch < '0' || ch > '9' || n > (UINT64_MAX - 9) / 10) return 0;
+            n = n * 10 + static_cast<std::uint64_t>(ch - '0');
+        }
+        return n;
+    }
+    return 0;
+}
+
+bool has_param(const std::vector<std::string>& params, std::string_view p)
+{
+    return std::find(params.begin(), params.end(), p) != params.end();
+}
+
 class proxy {
 public:
     explicit proxy(sdk::registrar& reg) : log_(reg.logger())
     {
         const sdk::config cfg = reg.config();
         cfg.expect_map();
-        cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers"});
+        cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers", "max_hops"});
         host_ = cfg.require("host").as_string();
         if (host_.empty()) throw std::invalid_argument("host: must not be empty");
         const auto p = cfg.get("port");
@@ -446,6 +528,8 @@ public:
         if (!valid_helo(helo_)) throw std::invalid_argument("helo: \"" + clean(helo_) + "\" is not a host name");
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 256) : 8;
+        const auto h = cfg.get("max_hops");
+        max_hops_ = static_cast<std::size_t>(h && !h->is_null() ? h->as_int(1, 10000) : 50);
         if (starttls_) {
             ctx_ = ::SSL_CTX_new(::TLS_client_method());
             if (!ctx_) throw std::invalid_argument("starttls: " + openssl_error());
@@ -463,11 +547,13 @@ public:
                 }
             }
         }
-        // An IP literal needs no DNS; a name is resolved for each message, bounded by `timeout`
-        // (one thread: there is one name, and lookups of it are shared).
+        // An IP literal needs no DNS; a name is resolved for each new connection, bounded by
+        // `timeout` (one thread: there is one name, and lookups of it are shared).
         if (!is_ip_literal(host_)) resolver_ = std::make_unique<dns::resolver>(1);
+        reg.on<&proxy::on_mail>(sdk::hook::mail);
+        reg.on<&proxy::on_rcpt>(sdk::hook::rcpt);
         reg.on<&proxy::on_data>(sdk::hook::data);
-        pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { relay(j); });
+        pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { work(j); });
     }
     proxy(const proxy&) = delete;
     proxy& operator=(const proxy&) = delete;
@@ -478,47 +564,175 @@ public:
         if (ctx_) ::SSL_CTX_free(ctx_);
     }
 
-    sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
+    // -- Hooks (event-loop threads): copy what the step needs, suspend, hand it to a worker --
+
+    sdk::verdict on_mail(sdk::call& c, const sdk::address_args& a)
     {
-        const sdk::session_info s = c.session();
-        job j;
-        j.session = s.id;
-        const std::string_view mail_from = c.txn().mail_from;
-        if (ap::has_control(mail_from)) {
-            log_.warn("session=" + std::to_string(s.id) + " proxy: sender <" + ap::escape_controls(mail_from) +
+        const std::uint64_t session = c.session().id;
+        if (ap::has_control(a.address)) {
+            log_.warn("session=" + std::to_string(session) + " proxy: sender <" + ap::escape_controls(a.address) +
                       "> has a control character; not relayed");
             return c.reject(553, sender_refused);
         }
+        session_link& link = link_of(c);
+        const std::uint64_t txn = ++link.next_txn;
+        c.emplace_slot<txn_mark>(sdk::scope::txn, txn_mark{txn});
+        job j = make_job(step::mail, link, txn, session);
+        j.mail_from = std::string(a.address);
+        for (std::string_view p : a.params) j.params.emplace_back(p);
+        j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        return post(c, std::move(j));
+    }
+
+    sdk::verdict on_rcpt(sdk::call& c, const sdk::address_args& a)
+    {
+        const std::uint64_t session = c.session().id;
+        if (ap::has_control(a.address)) {
+            log_.warn("session=" + std::to_string(session) + " proxy: refused <" + ap::escape_controls(a.address) +
+                      ">: " + std::string(rcpt_refused));
+            return c.reject(553, rcpt_refused.substr(4));
+        }
+        session_link& link = link_of(c);
+        job j = make_job(step::rcpt, link, current_txn(c, link), session);
+        j.mail_from = std::string(c.txn().mail_from);
+        for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
+        j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        j.rcpts.emplace_back(a.address);
+        return post(c, std::move(j));
+    }
+
+    sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
+    {
+        const sdk::session_info s = c.session();
+        const std::string who = "session=" + std::to_string(s.id);
+        // RFC 5321 §6.3: a message that has passed more relays than any sane route is looping.
+        if (const std::size_t hops = hops::received_fields(args.content(), max_hops_); hops > max_hops_) {
+            log_.warn(who + " proxy: more than max_hops (" + std::to_string(max_hops_) +
+                      ") Received: header fields, a mail loop; refused, not relayed");
+            return c.reject(554, "5.4.6 Too many hops");
+        }
+        const std::string_view mail_from = c.txn().mail_from;
+        if (ap::has_control(mail_from)) {
+            log_.warn(who + " proxy: sender <" + ap::escape_controls(mail_from) +
+                      "> has a control character; not relayed");
+            return c.reject(553, sender_refused);
+        }
+        session_link& link = link_of(c);
+        job j = make_job(step::data, link, current_txn(c, link), s.id);
         for (std::string_view r : c.rcpts()) {
             if (ap::has_control(r))
                 j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
             else j.rcpts.emplace_back(r);
         }
         if (j.rcpts.empty() && !j.refused.empty()) {
-            for (const std::string& line : j.refused) log_.warn("session=" + std::to_string(s.id) + " proxy: " + line);
+            for (const std::string& line : j.refused) log_.warn(who + " proxy: " + line);
             const outcome o = from_code(553, "5.1.3 No recipient could be relayed", j.refused);
             return c.reject(o.code, o.text);
         }
         j.data = smtp_data(insert_x_peer(args.content(), ap::escape_controls(s.peer_address)));
         j.mail_from = std::string(mail_from);
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
-        j.eight_bit = has_8bit(args.content());
+        j.eight_bit = has_8bit(args.content()) || has_param(j.params, "BODY=8BITMIME");
+        return post(c, std::move(j));
+    }
+
+private:
+    // What the upstream knows of one client session. Shared by the session's slot and the job
+    // running for it; a worker holds `mutex` for the whole step, so the steps of one session
+    // run one after the other even when a hook timed out and the next one came (each step's
+    // deadline bounds the wait).
+    struct upstream {
+        std::mutex mutex;
+        std::unique_ptr<connection> conn;  // greeted, EHLO'd (and STARTTLS'd); null when none
+        std::vector<std::string> keywords;
+        std::uint64_t txn = 0;           // the client transaction the upstream one belongs to; 0: none open
+        std::string sender;              // its MAIL FROM
+        bool body_8bit = false;          // sent with BODY=8BITMIME
+        std::vector<std::string> rcpts;  // accepted upstream, in order
+    };
+
+    // The session slot: the upstream, and the numbering of the session's transactions. When
+    // the session ends, the connection is handed to a worker to say QUIT (never on the
+    // session's thread).
+    struct session_link {
+        explicit session_link(proxy* p) : owner(p), up(std::make_shared<upstream>()) {}
+        session_link(const session_link&) = delete;
+        session_link& operator=(const session_link&) = delete;
+        ~session_link() { owner->retire(std::move(up)); }
+        proxy* owner;
+        std::shared_ptr<upstream> up;
+        std::uint64_t next_txn = 0;
+    };
+
+    // The transaction slot: which client transaction this is (the slot ends with it).
+    struct txn_mark {
+        std::uint64_t id = 0;
+    };
+
+    enum class step { mail, rcpt, data, quit };
+
+    struct job {
+        sdk::pending pending;
+        step what = step::data;
+        std::shared_ptr<upstream> up;
+        std::uint64_t session = 0;
+        std::uint64_t txn = 0;
+        clock_type::time_point deadline;
+        std::string data;  // DATA: dot-stuffed, CRLF, with the final "."
+        std::string mail_from;
+        std::vector<std::string> rcpts;    // RCPT: the one; DATA: the ones to relay
+        std::vector<std::string> refused;  // DATA: "refused <rcpt>: ..." for those never sent (control characters)
+        std::vector<std::string> params;
+        bool eight_bit = false;  // BODY=8BITMIME wanted (asked for, or 8-bit content)
+    };
+
+    session_link& link_of(sdk::call& c)
+    {
+        if (session_link* l = c.find_slot<session_link>(sdk::scope::session)) return *l;
+        return c.emplace_slot<session_link>(sdk::scope::session, this);
+    }
+
+    // This client transaction's number; a new one when this plugin's MAIL hook did not run
+    // (an earlier plugin accepted MAIL and stopped the chain).
+    std::uint64_t current_txn(sdk::call& c, session_link& link)
+    {
+        if (const txn_mark* m = c.find_slot<txn_mark>(sdk::scope::txn)) return m->id;
+        const std::uint64_t id = ++link.next_txn;
+        c.emplace_slot<txn_mark>(sdk::scope::txn, txn_mark{id});
+        return id;
+    }
+
+    job make_job(step what, session_link& link, std::uint64_t txn, std::uint64_t session) const
+    {
+        job j;
+        j.what = what;
+        j.up = link.up;
+        j.txn = txn;
+        j.session = session;
+        j.deadline = clock_type::now() + std::chrono::milliseconds(static_cast<long long>(timeout_ * 1000));
+        return j;
+    }
+
+    sdk::verdict post(sdk::call& c, job j)
+    {
         j.pending = c.suspend();
         pool_->post(std::move(j));
         return sdk::verdict::pending;
     }
 
-private:
-    struct job {
-        sdk::pending pending;
-        std::uint64_t session = 0;
-        std::string data;  // dot-stuffed, CRLF, with the final "."
-        std::string mail_from;
-        std::vector<std::string> rcpts;    // the ones to relay
-        std::vector<std::string> refused;  // "refused <rcpt>: ..." for those never sent (control characters)
-        std::vector<std::string> params;
-        bool eight_bit = false;
-    };
+    void retire(std::shared_ptr<upstream> up) noexcept
+    {
+        if (!up || !pool_) return;
+        try {
+            job j;
+            j.what = step::quit;
+            j.up = std::move(up);
+            // Refused while the pool stops: the connection is simply closed here.
+            (void)pool_->try_post(j);
+        } catch (...) {}
+    }
+
+    // -- Workers ------------------------------------------------------------------------------
 
     static std::vector<std::string> keywords(const reply& ehlo)
     {
@@ -567,39 +781,137 @@ private:
         throw upstream_error("cannot resolve " + host_ + ": " + ::gai_strerror(a.error));
     }
 
-    outcome transact(job& j)
+    static void forget(upstream& up) noexcept
     {
-        const auto deadline = clock_type::now() + std::chrono::milliseconds(static_cast<long long>(timeout_ * 1000));
-        connection conn(deadline);
-        conn.open(addresses(deadline), host_, port_);
-        const reply greeting = conn.read_reply();
+        up.conn.reset();
+        up.keywords.clear();
+        up.txn = 0;
+        up.sender.clear();
+        up.body_8bit = false;
+        up.rcpts.clear();
+    }
+
+    // The session's connection when it is still usable (true), else a new one: connect, greeting,
+    // EHLO, STARTTLS when configured (false).
+    bool ensure_connection(upstream& up, clock_type::time_point deadline, std::uint64_t session)
+    {
+        if (up.conn) {
+            if (up.conn->idle_ok()) {
+                up.conn->set_deadline(deadline);
+                return true;
+            }
+            log_.info("session=" + std::to_string(session) + " proxy " + host_ + ":" + std::to_string(port_) +
+                      ": the upstream closed the connection between commands; connecting again");
+            forget(up);
+        }
+        auto conn = std::make_unique<connection>(deadline);
+        conn->open(addresses(deadline), host_, port_);
+        const reply greeting = conn->read_reply();
         if (greeting.code != 220) throw upstream_error("greeting: " + code_and_text(greeting));
-        std::vector<std::string> kw = hello(conn);
+        std::vector<std::string> kw = hello(*conn);
         if (starttls_) {
             if (!offers(kw, "STARTTLS")) throw upstream_error("the upstream does not offer STARTTLS");
-            const reply r = conn.command("STARTTLS");
+            const reply r = conn->command("STARTTLS");
             if (r.code != 220) throw upstream_error("STARTTLS refused: " + code_and_text(r));
-            conn.start_tls(ctx_, host_, tls_verify_);
-            kw = hello(conn);
+            conn->start_tls(ctx_, host_, tls_verify_);
+            kw = hello(*conn);
+        }
+        up.conn = std::move(conn);
+        up.keywords = std::move(kw);
+        return false;
+    }
+
+    // RSET what the upstream has open, then MAIL FROM for the job's transaction. The upstream's
+    // refusal as the outcome (`wrapped`: "upstream refused the sender: ..." for DATA, else its
+    // own reply for the client's MAIL or RCPT), or nothing when it took the sender.
+    std::optional<outcome> open_transaction(upstream& up, const job& j, bool eight_bit, std::uint64_t size,
+                                            bool wrapped)
+    {
+        if (ap::has_control(j.mail_from)) {  // from another plugin's envelope: never sent
+            log_.warn("session=" + std::to_string(j.session) + " proxy: sender <" + ap::escape_controls(j.mail_from) +
+                      "> has a control character; not relayed");
+            return from_code(553, sender_refused);
+        }
+        if (up.txn != 0) {
+            const reply r = up.conn->command("RSET");
+            if (r.code / 100 != 2) throw upstream_error("RSET: " + code_and_text(r));
+            up.txn = 0;
+            up.rcpts.clear();
         }
         std::string mail = "MAIL FROM:" + (j.mail_from == "<>" ? std::string("<>") : "<" + j.mail_from + ">");
-        if (offers(kw, "SIZE")) mail += " SIZE=" + std::to_string(j.data.size());
-        if (j.eight_bit && offers(kw, "8BITMIME")) mail += " BODY=8BITMIME";
-        for (const std::string& p : j.params)
-            if (p == "SMTPUTF8" && offers(kw, "SMTPUTF8")) mail += " SMTPUTF8";
-        const reply m = conn.command(mail);
+        if (size > 0 && offers(up.keywords, "SIZE")) mail += " SIZE=" + std::to_string(size);
+        const bool body_8bit = eight_bit && offers(up.keywords, "8BITMIME");
+        if (body_8bit) mail += " BODY=8BITMIME";
+        if (has_param(j.params, "SMTPUTF8") && offers(up.keywords, "SMTPUTF8")) mail += " SMTPUTF8";
+        const reply m = up.conn->command(mail);
         if (m.code / 100 != 2) {
-            quit(conn);
-            return from_code(m.code, "upstream refused the sender: " + code_and_text(m));
+            outcome o = wrapped ? from_code(m.code, "upstream refused the sender: " + code_and_text(m)) : passed_on(m);
+            if (m.code == 421) forget(up);  // the upstream closes the connection
+            return o;
+        }
+        up.txn = j.txn;
+        up.sender = j.mail_from;
+        up.body_8bit = body_8bit;
+        up.rcpts.clear();
+        return std::nullopt;
+    }
+
+    outcome mail_step(job& j)
+    {
+        upstream& up = *j.up;
+        if (auto refused = open_transaction(up, j, j.eight_bit, declared_size(j.params), false)) return *refused;
+        return go_on();
+    }
+
+    outcome rcpt_step(job& j)
+    {
+        upstream& up = *j.up;
+        if (up.txn != j.txn) {
+            // The upstream has another (or no) transaction: the client's MAIL was accepted without
+            // this plugin, or the upstream connection was lost since.
+            if (auto refused = open_transaction(up, j, j.eight_bit, declared_size(j.params), false)) return *refused;
+        }
+        const std::string& rcpt = j.rcpts.front();
+        const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
+        if (r.code / 100 == 2) {
+            up.rcpts.push_back(rcpt);
+            return go_on();
+        }
+        log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ": refused <" + rcpt +
+                  ">: " + clean(code_and_text(r)));
+        outcome o = passed_on(r);
+        if (r.code == 421) forget(up);
+        return o;
+    }
+
+    outcome data_step(job& j)
+    {
+        upstream& up = *j.up;
+        const bool want_8bit = j.eight_bit && offers(up.keywords, "8BITMIME");
+        bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit);
+        std::vector<std::string> to_send;
+        if (!fresh) {
+            // The server's recipients against the upstream's: send the ones it has not seen; one
+            // it holds that the server does not (refused by a later plugin) means starting over.
+            std::vector<std::string> left = up.rcpts;
+            for (const std::string& r : j.rcpts) {
+                const auto it = std::find(left.begin(), left.end(), r);
+                if (it != left.end()) left.erase(it);
+                else to_send.push_back(r);
+            }
+            fresh = !left.empty();
+        }
+        if (fresh) {
+            if (auto refused = open_transaction(up, j, j.eight_bit, j.data.size(), true)) return *refused;
+            to_send = j.rcpts;
         }
         std::vector<std::string> refusals = j.refused;
         bool any_temporary = false;
         int first_permanent = j.refused.empty() ? 0 : 553;
-        std::size_t accepted = 0;
-        for (const std::string& rcpt : j.rcpts) {
-            const reply r = conn.command("RCPT TO:<" + rcpt + ">");
+        for (const std::string& rcpt : to_send) {
+            const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
             if (r.code / 100 == 2) {
-                ++accepted;
+                up.rcpts.push_back(rcpt);
                 continue;
             }
             if (r.code / 100 == 5) {
@@ -612,23 +924,27 @@ private:
         // The log is the record of who did not get the message: every refusal, one line each.
         for (const std::string& line : refusals)
             log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + clean(line));
-        if (accepted == 0) {
-            quit(conn);
+        if (up.rcpts.empty()) {
+            end_transaction(up);
             if (any_temporary || first_permanent == 0)
                 return from_code(451, "4.4.0 Upstream accepted no recipient", refusals);
             return from_code(first_permanent, "5.1.1 Upstream accepted no recipient", refusals);
         }
-        const reply d = conn.command("DATA");
+        const reply d = up.conn->command("DATA");
         if (d.code != 354) {
-            quit(conn);
             // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
             // upstream is confused): the client keeps the message.
             if (d.code / 100 != 4 && d.code / 100 != 5) throw upstream_error("DATA: unexpected " + code_and_text(d));
+            end_transaction(up);
             return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
         }
-        conn.send(j.data);
-        const reply done = conn.read_reply();
-        quit(conn);
+        up.conn->send(j.data);
+        const reply done = up.conn->read_reply();
+        // The upstream transaction is over, whatever the reply.
+        up.txn = 0;
+        up.sender.clear();
+        up.rcpts.clear();
+        if (done.code == 421) forget(up);
         if (done.code / 100 == 2)
             return from_code(done.code, done.text().empty() ? std::string("2.0.0 OK") : done.text(), refusals);
         // After the dot, anything but 2xx/4xx/5xx leaves the message's fate unknown: 451 (a
@@ -638,27 +954,88 @@ private:
         return from_code(done.code, "upstream: " + done.text());
     }
 
-    static void quit(connection& conn) noexcept
+    // Ends the upstream transaction (RSET) so that the connection can serve the next one; a
+    // connection that does not take it is closed.
+    void end_transaction(upstream& up) noexcept
     {
+        if (!up.conn || up.txn == 0) return;
         try {
-            conn.command("QUIT");
-        } catch (...) {  // the transaction is decided; a lost QUIT changes nothing
+            const reply r = up.conn->command("RSET");
+            if (r.code / 100 == 2) {
+                up.txn = 0;
+                up.sender.clear();
+                up.rcpts.clear();
+                return;
+            }
+        } catch (...) {}
+        forget(up);
+    }
+
+    // The session ended: QUIT (a lost QUIT changes nothing) and close.
+    void say_goodbye(upstream& up) noexcept
+    {
+        std::lock_guard<std::mutex> lock(up.mutex);
+        if (!up.conn) return;
+        const double seconds = std::min(timeout_, 5.0);
+        up.conn->set_deadline(clock_type::now() + std::chrono::milliseconds(static_cast<long long>(seconds * 1000)));
+        try {
+            up.conn->command("QUIT");
+        } catch (...) {}
+        forget(up);
+    }
+
+    outcome run_step(job& j)
+    {
+        upstream& up = *j.up;
+        for (int round = 0;; ++round) {
+            if (clock_type::now() >= j.deadline) throw upstream_error("timed out before the step could start");
+            const bool kept = ensure_connection(up, j.deadline, j.session);
+            connection* const conn = up.conn.get();
+            const std::size_t replies = conn->replies();
+            try {
+                switch (j.what) {
+                case step::mail: return mail_step(j);
+                case step::rcpt: return rcpt_step(j);
+                case step::data: return data_step(j);
+                case step::quit: break;
+                }
+                return go_on();
+            } catch (const upstream_error& e) {
+                // A kept connection the upstream closed just before this step (no reply came at
+                // all): the step once more on a fresh one. What the upstream had open is gone with
+                // it, and the steps rebuild it (MAIL again; at DATA every recipient).
+                if (round == 0 && kept && up.conn.get() == conn && conn->replies() == replies &&
+                    clock_type::now() < j.deadline) {
+                    log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) +
+                              ": " + e.what() + " on the kept connection; connecting again");
+                    forget(up);
+                    continue;
+                }
+                throw;
+            }
         }
     }
 
-    void relay(job& j)
+    void work(job& j)
     {
+        if (j.what == step::quit) return say_goodbye(*j.up);
+        std::unique_lock<std::mutex> lock(j.up->mutex);
         outcome o;
         try {
-            o = transact(j);
+            o = run_step(j);
         } catch (const std::exception& e) {
+            forget(*j.up);  // the upstream's state is unknown: never reuse this connection
             log_.error("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
                        e.what() + "; answering 451");
-            o.verdict = sdk::verdict::tempfail;
-            o.code = 451;
-            o.text = "4.4.1 Upstream unavailable, try again later";
+            o = unavailable();
         }
-        if (!reply_text::valid(o.code, o.text)) {
+        lock.unlock();
+        finish(j, o);
+    }
+
+    void finish(job& j, outcome& o)
+    {
+        if (o.code != 0 && !reply_text::valid(o.code, o.text)) {
             // Cannot happen (from_code() builds valid replies); if it did, the host would turn
             // the verdict into 451 - after an upstream 250, a duplicate. Keep the verdict.
             log_.error("session=" + std::to_string(j.session) + " proxy: invalid reply " + std::to_string(o.code) +
@@ -666,11 +1043,13 @@ private:
             o.code = o.verdict == sdk::verdict::accept ? 250 : o.verdict == sdk::verdict::reject ? 554 : 451;
             o.text = o.verdict == sdk::verdict::accept ? "2.0.0 OK" : "Error";
         }
-        const std::size_t first_end = o.text.find('\n');
-        const std::size_t more = static_cast<std::size_t>(std::count(o.text.begin(), o.text.end(), '\n'));
-        log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
-                  std::to_string(o.code) + " " + o.text.substr(0, first_end) +
-                  (more ? " (+" + std::to_string(more) + " lines)" : ""));
+        if (j.what == step::data) {
+            const std::size_t first_end = o.text.find('\n');
+            const std::size_t more = static_cast<std::size_t>(std::count(o.text.begin(), o.text.end(), '\n'));
+            log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
+                      std::to_string(o.code) + " " + o.text.substr(0, first_end) +
+                      (more ? " (+" + std::to_string(more) + " lines)" : ""));
+        }
         const asiosmtpd_status st = j.pending.complete(o.verdict, o.code, o.text);
         if (st != ASIOSMTPD_OK)
             log_.warn("session=" + std::to_string(j.session) + " proxy: the host refused the completion (" +
@@ -684,6 +1063,7 @@ private:
     bool tls_verify_ = true;
     double timeout_ = 20;
     std::string helo_;
+    std::size_t max_hops_ = 50;
     SSL_CTX* ctx_ = nullptr;
     std::unique_ptr<dns::resolver> resolver_;  // null for an IP literal
     std::optional<sdk::worker_pool<job>> pool_;
@@ -691,5 +1071,6 @@ private:
 
 }  // namespace
 
-ASIOSMTPD_PLUGIN(proxy, "proxy", "1.0.0", "relays each message to an upstream SMTP server and answers with its verdict",
+ASIOSMTPD_PLUGIN(proxy, "proxy", "1.1.0",
+                 "relays each message to an upstream SMTP server, asking it about each recipient at RCPT time",
                  ASIOSMTPD_PF_THREAD_SAFE)

@@ -1,10 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """proxy plugin: relays into Postfix's smtp-sink and into a second asiosmtpd with maildir (byte-
 exact, X-Peer inserted as aiosmtpd's Proxy), over STARTTLS with a verified certificate; the
-upstream's verdict comes back (refused recipients, refused DATA); upstream down or silent → 451.
-An upstream that answers with control bytes, over-long lines, nonsense codes or thousands of
+upstream's verdict comes back at the command it answers (a refused sender at MAIL, a refused
+recipient at RCPT, a refused message at DATA); upstream down or silent → 451. One upstream
+connection per client session (RSET between transactions, QUIT at the end); an upstream that
+closes between commands is connected again, the transaction rebuilt. What the server accepted
+and what the upstream accepted are reconciled at DATA (a recipient another plugin accepted
+without the proxy; one another plugin refused after the upstream took it; 8-bit content). An
+upstream that answers with control bytes, over-long lines, nonsense codes or thousands of
 refusals still yields a reply the host sends (250 when the upstream took the message, and only
-one copy of it); an upstream name that cannot be resolved → 451 within the plugin's timeout."""
+one copy of it); an upstream name that cannot be resolved → 451 within the plugin's timeout;
+more than max_hops Received: lines → 554 5.4.6, not relayed."""
 import json
 import os
 import shutil
@@ -50,6 +56,9 @@ class ToyUpstream(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), handler or _ToyHandler)
         self.port = self.server_address[1]
         self.messages = []
+        self.commands = []      # every command line, in order, over all connections
+        self.connections = 0
+        self.dropped = False    # drop*: the first one closes the connection after its 250
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -63,6 +72,7 @@ class _ToyHandler(socketserver.StreamRequestHandler):
         self.wfile.write(text.encode() + b"\r\n")
 
     def handle(self):
+        self.server.connections += 1
         self.reply("220 toy ESMTP")
         rcpts = []
         while True:
@@ -70,6 +80,7 @@ class _ToyHandler(socketserver.StreamRequestHandler):
             if not line:
                 return
             cmd = line.decode("utf-8", "replace").strip()
+            self.server.commands.append(cmd)
             verb = cmd.split(" ")[0].upper()
             if verb == "EHLO":
                 self.reply("250-toy\r\n250-8BITMIME\r\n250 SIZE 1000000")
@@ -82,6 +93,13 @@ class _ToyHandler(socketserver.StreamRequestHandler):
                     self.reply("550 5.1.1 <%s>: no such user" % addr)
                 elif addr.startswith("later"):
                     self.reply("450 4.2.0 <%s>: try later" % addr)
+                elif addr.startswith("die"):
+                    return  # the connection ends without a reply
+                elif addr.startswith("drop") and not self.server.dropped:
+                    self.server.dropped = True
+                    rcpts.append(addr)
+                    self.reply("250 2.1.5 Ok")
+                    return  # then the connection ends, between commands
                 else:
                     rcpts.append(addr)
                     self.reply("250 2.1.5 Ok")
@@ -184,10 +202,11 @@ class ProxyTest(ServerTestCase):
         self.dir = tempfile.mkdtemp(prefix="asiosmtpd-proxy-")
         self.addCleanup(rmtree, self.dir)
 
-    def proxy_server(self, port, host="127.0.0.1", **extra):
+    def proxy_server(self, port, host="127.0.0.1", before=(), after=(), **extra):
         config = {"host": host, "port": port, "timeout": 5}
         config.update(extra)
-        return self.start_server(server_config(plugins=[{"name": "proxy", "config": config}]))
+        return self.start_server(server_config(plugins=list(before) + [{"name": "proxy", "config": config}] +
+                                               list(after)))
 
     def upstream_maildir(self, tls=False):
         maildir = os.path.join(self.dir, "upstream-Maildir")
@@ -215,20 +234,21 @@ class ProxyTest(ServerTestCase):
 
     @unittest.skipUnless(have_postfix_tools(), "Postfix's smtp-sink is not installed")
     def test_smtp_sink_refusals(self):
+        # The upstream's refusal is the RCPT's own reply (the client never gets to DATA).
         sink = SmtpSink("-f", "RCPT")  # every recipient refused permanently
         self.addCleanup(sink.stop)
         server = self.proxy_server(sink.port)
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
-            self.assertEqual(cm.exception.smtp_code // 100, 5)
+            self.assertEqual(cm.exception.recipients["c@d.example"][0] // 100, 5)
         sink2 = SmtpSink("-r", "RCPT")  # temporarily
         self.addCleanup(sink2.stop)
         server2 = self.proxy_server(sink2.port)
         with smtplib.SMTP(HOST, server2.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
-            self.assertEqual(cm.exception.smtp_code, 451)
+            self.assertEqual(cm.exception.recipients["c@d.example"][0] // 100, 4)
 
     def test_into_asiosmtpd_with_maildir_byte_exact(self):
         upstream, maildir = self.upstream_maildir()
@@ -255,10 +275,10 @@ class ProxyTest(ServerTestCase):
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
             self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], b"Subject: tls\r\n\r\nx\r\n"), {})
         self.assertEqual(len(maildir_files(maildir)), 1)
-        # Not trusted (no ca_file, self-signed): 451, nothing relayed.
+        # Not trusted (no ca_file, self-signed): 451 (to MAIL: the upstream is asked then), nothing relayed.
         untrusted = self.proxy_server(upstream.port, host="localhost", starttls=True)
         with smtplib.SMTP(HOST, untrusted.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPSenderRefused) as cm:
                 s.sendmail("a@b.example", ["c@d.example"], b"Subject: tls\r\n\r\nx\r\n")
             self.assertEqual(cm.exception.smtp_code, 451)
         self.assertEqual(len(maildir_files(maildir)), 1)
@@ -269,30 +289,132 @@ class ProxyTest(ServerTestCase):
         self.addCleanup(toy.stop)
         server = self.proxy_server(toy.port)
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
-            # Some accepted: 250 with the upstream's text, refusals listed in the reply.
+            # Each recipient is asked upstream at RCPT time: a refusal is that RCPT's reply.
             s.ehlo()
-            s.mail("a@b.example")
-            for r in ("good@d.example", "bad@d.example", "later@d.example"):
-                s.rcpt(r)
-            code, text = s.data(b"Subject: x\r\n\r\nhi\r\n")
-            self.assertEqual(code, 250)
-            self.assertIn(b"2.0.0 Ok: queued as TOY1", text)
-            self.assertIn(b"refused <bad@d.example>: 550 5.1.1", text)
-            self.assertIn(b"refused <later@d.example>: 450 4.2.0", text)
+            self.assertEqual(s.mail("a@b.example"), (250, b"OK"))
+            self.assertEqual(s.rcpt("good@d.example"), (250, b"OK"))
+            self.assertEqual(s.rcpt("bad@d.example"), (550, b"5.1.1 <bad@d.example>: no such user"))
+            self.assertEqual(s.rcpt("later@d.example"), (450, b"4.2.0 <later@d.example>: try later"))
+            self.assertEqual(s.data(b"Subject: x\r\n\r\nhi\r\n"), (250, b"2.0.0 Ok: queued as TOY1"))
             self.assertEqual(toy.messages[-1][0], ["good@d.example"])
-            # None accepted, all permanent: 550; one temporary among them: 451.
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
-                s.sendmail("a@b.example", ["bad1@d.example", "bad2@d.example"], b"x\r\n")
-            self.assertEqual(cm.exception.smtp_code, 550)
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            # None accepted: the client never gets to DATA.
+            with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
                 s.sendmail("a@b.example", ["bad1@d.example", "later@d.example"], b"x\r\n")
-            self.assertEqual(cm.exception.smtp_code, 451)
+            self.assertEqual({r: c for r, (c, _) in cm.exception.recipients.items()},
+                             {"bad1@d.example": 550, "later@d.example": 450})
             # DATA refused: the upstream's 554.
             with self.assertRaises(smtplib.SMTPDataError) as cm:
                 s.sendmail("a@b.example", ["good@d.example"], b"reject-me\r\n")
             self.assertEqual(cm.exception.smtp_code, 554)
             self.assertIn(b"content rejected", cm.exception.smtp_error)
-        self.assertIn("refused <bad@d.example>", server.stderr())
+        self.assertIn("refused <bad@d.example>: 550 5.1.1", server.stderr())
+
+    def test_one_upstream_connection_per_session(self):
+        toy = ToyUpstream()
+        self.addCleanup(toy.stop)
+        server = self.proxy_server(toy.port, helo="relay.test")
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            s.ehlo()
+            self.assertEqual(s.sendmail("a@b.example", ["x@d.example"], b"Subject: 1\r\n\r\none\r\n"), {})
+            # An abandoned transaction: the upstream's is reset before the next MAIL.
+            s.mail("c@b.example")
+            s.rcpt("y@d.example")
+            s.rset()
+            self.assertEqual(s.sendmail("e@b.example", ["z@d.example"], b"Subject: 2\r\n\r\ntwo\r\n"), {})
+        server.wait_output(lambda e: "event=disconnect" in e, which="stderr")
+        deadline = time.monotonic() + 5
+        while "QUIT" not in toy.commands and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # (smtplib's sendmail gives SIZE=, the proxy passes it on.)
+        self.assertEqual(toy.commands, ["EHLO relay.test", "MAIL FROM:<a@b.example> SIZE=19", "RCPT TO:<x@d.example>",
+                                        "DATA", "MAIL FROM:<c@b.example>", "RCPT TO:<y@d.example>", "RSET",
+                                        "MAIL FROM:<e@b.example> SIZE=19", "RCPT TO:<z@d.example>", "DATA", "QUIT"])
+        self.assertEqual(toy.connections, 1)
+        self.assertEqual([m[0] for m in toy.messages], [["x@d.example"], ["z@d.example"]])
+
+    def test_upstream_lost_between_commands(self):
+        toy = ToyUpstream()
+        self.addCleanup(toy.stop)
+        server = self.proxy_server(toy.port)
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            s.ehlo()
+            s.mail("a@b.example")
+            # The upstream closes the connection right after accepting drop@: the next RCPT
+            # connects again and opens the transaction anew; DATA sends drop@ again there.
+            self.assertEqual(s.rcpt("drop@d.example")[0], 250)
+            deadline = time.monotonic() + 5
+            while toy.commands[-1:] != ["RCPT TO:<drop@d.example>"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.1)
+            self.assertEqual(s.rcpt("good@d.example")[0], 250)
+            self.assertEqual(s.data(b"Subject: x\r\n\r\nhi\r\n")[0], 250)
+            self.assertEqual(toy.messages[-1][0], ["good@d.example", "drop@d.example"])
+            self.assertEqual(toy.connections, 2)
+            # The upstream ends the connection without answering a RCPT: tried once more on a
+            # fresh connection, then 451 for that recipient; the next one goes through.
+            s.mail("a@b.example")
+            code, text = s.rcpt("die@d.example")
+            self.assertEqual((code, text), (451, b"4.4.1 Upstream unavailable, try again later"))
+            self.assertEqual(s.rcpt("good@d.example")[0], 250)
+            self.assertEqual(s.data(b"Subject: y\r\n\r\nhi\r\n")[0], 250)
+            self.assertEqual(toy.messages[-1][0], ["good@d.example"])
+        self.assertIn("connection closed by the upstream on the kept connection; connecting again", server.stderr())
+
+    def test_the_upstream_transaction_follows_the_server(self):
+        from test_policy import PolicyServer
+        policy = PolicyServer(answer=lambda a: b"action=REJECT not here\n\n" if a["recipient"].startswith("nope")
+                              else b"action=DUNNO\n\n")
+        self.addCleanup(policy.stop)
+        toy = ToyUpstream()
+        self.addCleanup(toy.stop)
+        # The policy plugin after the proxy refuses nope@ after the upstream took it: at DATA the
+        # upstream transaction starts over without it.
+        server = self.proxy_server(toy.port, after=[{"name": "policy", "config": {"address": policy.address}}])
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            s.ehlo()
+            s.mail("a@b.example")
+            self.assertEqual(s.rcpt("good@d.example")[0], 250)
+            self.assertEqual(s.rcpt("nope@d.example"), (550, b"5.7.1 not here"))
+            self.assertEqual(s.data(b"Subject: x\r\n\r\nhi\r\n")[0], 250)
+            # 8-bit content without BODY=8BITMIME: MAIL is sent again with it.
+            self.assertEqual(s.sendmail("a@b.example", ["good@d.example"], "Subject: é\r\n\r\nété\r\n".encode()), {})
+        self.assertEqual([m[0] for m in toy.messages], [["good@d.example"], ["good@d.example"]])
+        deadline = time.monotonic() + 5  # the session's end sends QUIT upstream, a moment later
+        while "QUIT" not in toy.commands and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cmds = [c for c in toy.commands if not c.startswith("EHLO")]
+        # SIZE= is the size of the data as sent (with the final ".\r\n") when MAIL is sent at DATA.
+        size1 = len(proxied(b"Subject: x\r\n\r\nhi\r\n", "127.0.0.1")) + 3
+        size2 = len(proxied("Subject: é\r\n\r\nété\r\n".encode(), "127.0.0.1")) + 3
+        self.assertEqual(cmds, ["MAIL FROM:<a@b.example>", "RCPT TO:<good@d.example>", "RCPT TO:<nope@d.example>",
+                                "RSET", "MAIL FROM:<a@b.example> SIZE=%d" % size1, "RCPT TO:<good@d.example>", "DATA",
+                                "MAIL FROM:<a@b.example> SIZE=22", "RCPT TO:<good@d.example>",
+                                "RSET", "MAIL FROM:<a@b.example> SIZE=%d BODY=8BITMIME" % size2,
+                                "RCPT TO:<good@d.example>", "DATA", "QUIT"])
+
+    def test_max_hops(self):
+        toy = ToyUpstream()
+        self.addCleanup(toy.stop)
+        server = self.proxy_server(toy.port, max_hops=3)
+        hop = b"Received: from a.example by b.example; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        folded = b"received : from c.example\r\n\tby d.example; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], hop * 2 + folded + b"Subject: 3\r\n\r\nx\r\n"), {})
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                s.sendmail("a@b.example", ["c@d.example"], hop * 3 + folded + b"Subject: 4\r\n\r\nx\r\n")
+            self.assertEqual((cm.exception.smtp_code, cm.exception.smtp_error), (554, b"5.4.6 Too many hops"))
+            # Received: lines in the body are not hops.
+            self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], b"Subject: b\r\n\r\n" + hop * 10), {})
+        self.assertEqual(len(toy.messages), 2)
+        self.assertIn("more than max_hops (3) Received: header fields", server.stderr())
+        # The default is 50, as Postfix's hopcount_limit.
+        server = self.proxy_server(toy.port)
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], hop * 50 + b"\r\nx\r\n"), {})
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                s.sendmail("a@b.example", ["c@d.example"], hop * 51 + b"\r\nx\r\n")
+            self.assertEqual(cm.exception.smtp_code, 554)
+        self.assertEqual(len(toy.messages), 3)
 
     def test_upstream_down_answers_451(self):
         with socket.socket() as probe:  # a port nobody listens on
@@ -300,7 +422,7 @@ class ProxyTest(ServerTestCase):
             port = probe.getsockname()[1]
         server = self.proxy_server(port)
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPSenderRefused) as cm:  # MAIL asks the upstream
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
             self.assertEqual(cm.exception.smtp_code, 451)
             self.assertIn(b"4.4.1", cm.exception.smtp_error)
@@ -314,7 +436,7 @@ class ProxyTest(ServerTestCase):
         server = self.proxy_server(silent.getsockname()[1], timeout=1)
         started = time.monotonic()
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPSenderRefused) as cm:
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
             self.assertEqual(cm.exception.smtp_code, 451)
         self.assertLess(time.monotonic() - started, 5)
@@ -325,28 +447,36 @@ class ProxyTest(ServerTestCase):
         self.addCleanup(wild.stop)
         return wild, self.proxy_server(wild.port, **extra)
 
-    def send(self, s, sender, rcpts, body=b"Subject: x\r\n\r\nhi\r\n"):
-        """MAIL, RCPT..., DATA on an open smtplib session: the DATA reply (code, text)."""
+    def send(self, s, sender, rcpts, body=b"Subject: x\r\n\r\nhi\r\n", refused=None):
+        """MAIL, RCPT..., DATA on an open smtplib session: the DATA reply (code, text). Every
+        recipient must be accepted, but those named in `refused`, whose RCPT replies (code,
+        text) are stored there (they must be refusals the host's rules allow)."""
         self.assertEqual(s.mail(sender)[0], 250)
         for r in rcpts:
-            self.assertEqual(s.rcpt(r)[0], 250)
+            code, text = s.rcpt(r)
+            if refused is not None and r in refused:
+                self.assertNotEqual(code, 250, r)
+                reply_lines_ok(self, text)
+                refused[r] = (code, text)
+            else:
+                self.assertEqual(code, 250, (r, text))
         return s.data(body)
 
     def test_control_bytes_and_long_lines_from_the_upstream(self):
         wild, server = self.wild_server()
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
             s.ehlo()
-            # Control bytes in the acceptance and in a refusal: replaced, still 250.
-            code, text = self.send(s, "ctl@b.example", ["good@d.example", "bad@d.example"])
+            # Control bytes in a refusal (the RCPT's reply) and in the acceptance: replaced, still 250.
+            refused = {"bad@d.example": None}
+            code, text = self.send(s, "ctl@b.example", ["good@d.example", "bad@d.example"], refused=refused)
             self.assertEqual(code, 250, text)
             reply_lines_ok(self, text)
-            lines = text.split(b"\n")
-            self.assertEqual(lines[0], b"2.0.0 Ok???[2J queued?as?X?Y?")
-            self.assertTrue(lines[1].startswith(b"refused <bad@d.example>: 550 5.1.1 <bad@d.example>?[31m no?such?user"),
-                            lines[1])
-            self.assertEqual(len(lines), 2)
+            self.assertEqual(text, b"2.0.0 Ok???[2J queued?as?X?Y?")
+            self.assertEqual(refused["bad@d.example"][0], 550)
+            self.assertTrue(refused["bad@d.example"][1].startswith(b"5.1.1 <bad@d.example>?[31m no?such?user nnn"),
+                            refused["bad@d.example"])
             # A 1000-byte and a 6000-byte line, 153 lines in all: cut, still 250.
-            code, text = self.send(s, "long@b.example", ["good@d.example", "bad@d.example"])
+            code, text = self.send(s, "long@b.example", ["good@d.example", "bad@d.example"], refused={"bad@d.example": None})
             self.assertEqual(code, 250, text[:200])
             reply_lines_ok(self, text)
             self.assertTrue(text.startswith(b"x" * 100), text[:200])
@@ -364,38 +494,50 @@ class ProxyTest(ServerTestCase):
 
     def test_nonsense_codes_from_the_upstream_map_to_sane_replies(self):
         wild, server = self.wild_server()
-        cases = [  # sender, recipients, the client's code, relayed upstream
-            ("end299", ["good@d.example"], 250, True),
-            ("other", ["good@d.example", "odd@d.example"], 250, True),  # 777 for one recipient: listed
-            ("other", ["odd@d.example"], 451, False),                   # ... for the only one: 451
-            ("mail099", ["good@d.example"], 451, False),
-            ("mail421", ["good@d.example"], 451, False),
-            ("data250", ["good@d.example"], 451, False),  # DATA "accepted" without 354: nothing sent
-            ("data550", ["good@d.example"], 550, False),
-            ("end999", ["good@d.example"], 451, True),    # fate unknown: the client keeps the message
-            ("end354", ["good@d.example"], 451, True),
-            ("end552", ["good@d.example"], 552, True),
+        cases = [  # sender, recipients, the client's MAIL code, RCPT codes, DATA code, relayed upstream
+            ("end299", ["good@d.example"], 250, [250], 250, True),
+            ("other", ["good@d.example", "odd@d.example"], 250, [250, 451], 250, True),  # 777 to a RCPT: 451
+            ("other", ["odd@d.example"], 250, [451], None, False),
+            ("mail099", ["good@d.example"], 451, [], None, False),
+            ("mail421", ["good@d.example"], 451, [], None, False),
+            ("data250", ["good@d.example"], 250, [250], 451, False),  # DATA "accepted" without 354: nothing sent
+            ("data550", ["good@d.example"], 250, [250], 550, False),
+            ("end999", ["good@d.example"], 250, [250], 451, True),    # fate unknown: the client keeps the message
+            ("end354", ["good@d.example"], 250, [250], 451, True),
+            ("end552", ["good@d.example"], 250, [250], 552, True),
         ]
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
             s.ehlo()
-            for sender, rcpts, expected, relayed in cases:
+            for sender, rcpts, mail_code, rcpt_codes, data_code, relayed in cases:
                 before = len(wild.messages)
-                code, text = self.send(s, sender + "@b.example", rcpts)
-                self.assertEqual(code, expected, (sender, rcpts, text))
+                code, text = s.mail(sender + "@b.example")
+                self.assertEqual(code, mail_code, (sender, text))
                 reply_lines_ok(self, text)
+                for r, expected in zip(rcpts, rcpt_codes):
+                    code, text = s.rcpt(r)
+                    self.assertEqual(code, expected, (sender, r, text))
+                    reply_lines_ok(self, text)
+                if data_code is not None:
+                    code, text = s.data(b"Subject: x\r\n\r\nhi\r\n")
+                    self.assertEqual(code, data_code, (sender, rcpts, text))
+                    reply_lines_ok(self, text)
+                    if sender == "data550":
+                        self.assertIn(b"not from you?", text)
                 self.assertEqual(len(wild.messages) - before, 1 if relayed else 0, sender)
-                if sender == "other" and code == 250:
-                    self.assertIn(b"refused <odd@d.example>: 777 odd", text)
-                if sender == "data550":
-                    self.assertIn(b"not from you?", text)
                 self.assertEqual(s.rset()[0], 250)
         err = server.stderr()
         self.assertIn("end of data: unexpected 999 done?", err)
         self.assertIn("DATA: unexpected 250 no need for data", err)
+        self.assertIn("refused <odd@d.example>: 777 odd", err)
         self.assertNotIn("4.3.0", err)
 
     def test_thousands_of_refused_recipients_fit_in_one_reply(self):
-        wild, server = self.wild_server(timeout=30)
+        # A plugin before the proxy accepts every RCPT (so the proxy's RCPT hook never runs):
+        # the proxy asks the upstream about them at DATA and lists the refusals there.
+        accept_all = {"path": harness.fixture_plugin("scripted"), "config": {"hooks": {"RCPT": {"verdict": "accept"}}}}
+        wild = ToyUpstream(_WildHandler)
+        self.addCleanup(wild.stop)
+        server = self.proxy_server(wild.port, timeout=30, before=[accept_all])
         bad = ["bad%04d@d.example" % i for i in range(3000)]
         with smtplib.SMTP(HOST, server.port, timeout=30) as s:
             s.ehlo()
@@ -423,7 +565,7 @@ class ProxyTest(ServerTestCase):
         server = self.proxy_server(25, host="no-such-upstream.invalid", timeout=2)
         started = time.monotonic()
         with smtplib.SMTP(HOST, server.port, timeout=10) as s:
-            with self.assertRaises(smtplib.SMTPDataError) as cm:
+            with self.assertRaises(smtplib.SMTPSenderRefused) as cm:
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
             self.assertEqual(cm.exception.smtp_code, 451)
             self.assertIn(b"4.4.1", cm.exception.smtp_error)
@@ -482,7 +624,7 @@ try:
             try:
                 s.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
                 code = 250
-            except smtplib.SMTPDataError as e:
+            except smtplib.SMTPResponseException as e:  # MAIL asks the upstream: SMTPSenderRefused
                 code = e.smtp_code
             result["messages"].append((code, time.monotonic() - started))
 finally:

@@ -273,6 +273,9 @@ tk::node proxy_config(std::uint16_t port)
         {{"host", "127.0.0.1"}, {"port", static_cast<int>(port)}, {"timeout", 5}, {"helo", "mx.test"}});
 }
 
+// The proxy opens the upstream transaction at MAIL with the address the MAIL hook got (the
+// server's, clean); the envelope rewritten afterwards is what DATA sees: a sender or recipient
+// with a control character is refused there and never sent.
 TEST(proxy_control_chars, a_sender_with_a_control_character_is_553_and_nothing_is_sent)
 {
     fake_upstream up;
@@ -286,12 +289,16 @@ TEST(proxy_control_chars, a_sender_with_a_control_character_is_553_and_nothing_i
     EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, "Subject: hi\r\n\r\nhello\r\n"),
               "553 5.1.7 Sender address has a control character, not relayed");
     EXPECT_TRUE(h.logged("has a control character; not relayed"));
-    EXPECT_EQ(up.connections(), 0);
+    s.close();  // the proxy says QUIT upstream
+    const std::vector<std::string> sent = up.commands();
+    EXPECT_EQ(sent,
+              (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "QUIT"}));
+    EXPECT_EQ(up.connections(), 1);
 }
 
 TEST(proxy_control_chars, recipients_with_one_are_refused_and_never_sent)
 {
-    // Only bad recipients: 553 listing each (escaped), and no connection.
+    // Only bad recipients: 553 listing each (escaped), and no message sent.
     {
         fake_upstream up;
         ASSERT_NE(up.port, 0);
@@ -308,7 +315,10 @@ TEST(proxy_control_chars, recipients_with_one_are_refused_and_never_sent)
                   "553-refused <\"z\\x0aFrom: ceo@corp.example\"@b.example>: 553 5.1.3 Recipient address has a "
                   "control character, not relayed\n"
                   "553 refused <d\\x00e@f.example>: 553 5.1.3 Recipient address has a control character, not relayed");
-        EXPECT_EQ(up.connections(), 0);
+        s.close();
+        const std::vector<std::string> sent = up.commands();
+        EXPECT_EQ(sent, (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>",
+                                                  "QUIT"}));
     }
     // Good ones next to them: relayed to the good ones only, 250 with the refusals listed.
     fake_upstream up;
@@ -324,9 +334,13 @@ TEST(proxy_control_chars, recipients_with_one_are_refused_and_never_sent)
               "250-refused <\"y\\x0dX-Spam-Flag: NO\"@b.example>: 553 5.1.3 Recipient address has a control "
               "character, not relayed\n"
               "250 refused <d\\x00e@f.example>: 553 5.1.3 Recipient address has a control character, not relayed");
+    s.close();
+    // c@d.example (what the RCPT hook saw) is not among the recipients DATA gets: the upstream
+    // transaction starts over with the good one of those.
     const std::vector<std::string> sent = up.commands();
-    EXPECT_EQ(sent, (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<ok@d.example>",
-                                              "DATA", "<data>", "QUIT"}));
+    EXPECT_EQ(sent, (std::vector<std::string>{"EHLO mx.test", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>",
+                                              "RSET", "MAIL FROM:<a@b.example>", "RCPT TO:<ok@d.example>", "DATA",
+                                              "<data>", "QUIT"}));
     for (const std::string& line : sent) EXPECT_FALSE(ap::has_control(line)) << line;
 }
 

@@ -2,8 +2,9 @@
 // The proxy plugin's helpers (plugins/proxy/*.hpp, header-only, compiled in here): reply texts
 // made from untrusted upstream bytes always pass the host's reply rules (the test kit's copy
 // of them), upstream codes map to sane local ones, and name resolution keeps its deadline with
-// an injected slow resolver (no DNS, no network). The plugin end to end:
+// an injected slow resolver (no DNS, no network), and the Received: fields counted for max_hops. The plugin end to end:
 // tests/integration/test_delivery_proxy.py.
+#include "proxy/hops.hpp"
 #include "proxy/reply_text.hpp"
 #include "proxy/resolver.hpp"
 
@@ -29,6 +30,7 @@ namespace {
 
 namespace text = asiosmtpd::plugins::proxy_text;
 namespace dns = asiosmtpd::plugins::proxy_dns;
+namespace hops = asiosmtpd::plugins::proxy_hops;
 using std::chrono::milliseconds;
 using steady = std::chrono::steady_clock;
 namespace tk = asiosmtpd::testkit;
@@ -205,6 +207,27 @@ struct opens_at_exit {
     gate& g;
     ~opens_at_exit() { g.release(); }
 };
+
+TEST(proxy_hops, received_fields_of_the_header_section_only)
+{
+    const std::string r = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n";
+    EXPECT_EQ(hops::received_fields("", 50), 0u);
+    EXPECT_EQ(hops::received_fields(r + r + "Subject: x\r\n\r\n" + r + r, 50), 2u);  // the body's do not count
+    // Any case, "Received :" (obsolete syntax), folded fields counted once, LF and CR line ends.
+    EXPECT_EQ(hops::received_fields("RECEIVED: x\n\ty\nreceived : z\rReceived:w\r\n\r\n", 50), 3u);
+    // Not Received: X-Received, Received-SPF, a field with a space in its name.
+    EXPECT_EQ(hops::received_fields("X-Received: a\r\nReceived-SPF: pass\r\nReceived by: x\r\n\r\n", 50), 0u);
+    // The header section ends at a line that is not a field, and cannot start with a continuation.
+    EXPECT_EQ(hops::received_fields(r + "not a header line\r\n" + r, 50), 1u);
+    EXPECT_EQ(hops::received_fields(" " + r + r, 50), 0u);
+    // No empty line: the whole message is the header section.
+    EXPECT_EQ(hops::received_fields(r + r + r, 50), 3u);
+    // Counting stops once past the limit.
+    std::string many;
+    for (int i = 0; i < 1000; ++i) many += r;
+    EXPECT_EQ(hops::received_fields(many, 50), 51u);
+    EXPECT_EQ(hops::received_fields(many, 5000), 1000u);
+}
 
 TEST(proxy_resolver, a_silent_resolver_costs_the_caller_no_more_than_its_deadline)
 {
