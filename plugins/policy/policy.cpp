@@ -14,8 +14,12 @@
 //
 // When the server cannot be asked in time (down, slow, garbage, an action this client does not
 // know) `default_action` decides: dunno (the default), defer (451 4.3.5) or reject (550 5.7.1).
-// PREPEND needs message editing (plugin ABI 1.3): until then it is logged
-// (event=policy_prepend_unsupported) and the request goes on as DUNNO.
+// PREPEND (as Postfix: the header goes at the top of the message, several in the order they
+// were given) uses message editing (plugin ABI 1.3): a PREPEND at CONNECT or HELO applies to
+// every message of the session, one at MAIL, RCPT or VRFY to the transaction's message, one at
+// END-OF-MESSAGE to that message; the plugin's DATA hook inserts them. With `prepend: false`
+// the plugin is no editor and a PREPEND is only logged.
+#define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR 3u  // PREPEND: message editing
 #include "delivery_common.hpp"
 #include "protocol.hpp"
 
@@ -36,6 +40,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -209,7 +214,8 @@ public:
     {
         const sdk::config cfg = reg.config();
         cfg.expect_map();
-        cfg.check_keys({"address", "stages", "timeout", "default_action", "workers", "max_idle", "policy_context"});
+        cfg.check_keys(
+            {"address", "stages", "timeout", "default_action", "workers", "max_idle", "policy_context", "prepend"});
         const std::string address = cfg.require("address").as_string();
         try {
             endpoint_ = pp::parse_endpoint(address, reg.config_dir());
@@ -254,6 +260,7 @@ public:
             throw std::invalid_argument("max_idle: must be more than 0 and at most 86400 seconds");
         max_idle_ = std::chrono::milliseconds(static_cast<long long>(max_idle * 1000));
         policy_context_ = cfg.string_or("policy_context", "");
+        if (const auto p = cfg.get("prepend"); p && !p->is_null()) prepend_ = p->as_bool();
         if (ap::has_control(policy_context_)) throw std::invalid_argument("policy_context: no control characters");
         instance_prefix_ = hex(static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) &
                                0xFFFFFFFFFFu);
@@ -268,7 +275,8 @@ public:
         }
         if (wants(pp::stage::rcpt)) reg.on<&policy_client::on_rcpt>(sdk::hook::rcpt);
         if (wants(pp::stage::vrfy)) reg.on<&policy_client::on_vrfy>(sdk::hook::vrfy);
-        if (wants(pp::stage::data)) {
+        if (prepend_) reg.editor();  // the DATA hook puts the PREPEND headers at the top
+        if (wants(pp::stage::data) || prepend_) {
             reg.on<&policy_client::on_data>(sdk::hook::data);
             // A DATA hook without DATA_CHUNK would make the server hold every message whole for
             // all plugins; this one only needs the size, so it takes the chunks (and ignores them).
@@ -332,24 +340,39 @@ public:
 
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& a)
     {
+        // The PREPEND headers of the session, then of the transaction, at the top in order.
+        std::size_t top = 0;
+        if (prepend_) {
+            if (const session_state* s = c.find_slot<session_state>(sdk::scope::session))
+                top = prepend_all(c, *s->prepends, top);
+            if (const txn_state* t = c.find_slot<txn_state>(sdk::scope::txn)) top = prepend_all(c, *t->prepends, top);
+        }
+        if (!wants(pp::stage::data)) return sdk::verdict::continue_;
         pp::request r = base(c, "END-OF-MESSAGE", false);
         const std::vector<std::string_view> rcpts = c.rcpts();
         r.recipient_count = rcpts.size();
         if (rcpts.size() == 1) r.recipient = bare(rcpts.front());
         r.size = a.message_size;
-        return ask(c, pp::stage::data, std::move(r));
+        return ask(c, pp::stage::data, std::move(r), top);
     }
 
     sdk::verdict on_chunk(sdk::call&, const sdk::data_args&) { return sdk::verdict::continue_; }
 
 private:
+    /// PREPEND headers ("Name: value") a worker found, for the DATA hook.
+    struct prepend_list {
+        std::mutex lock;
+        std::vector<std::string> headers;
+    };
     struct session_state {
         std::string server_address;
         std::string server_port;
         std::uint64_t transactions = 0;
+        std::shared_ptr<prepend_list> prepends = std::make_shared<prepend_list>();  // CONNECT, HELO
     };
     struct txn_state {
         std::string instance;
+        std::shared_ptr<prepend_list> prepends = std::make_shared<prepend_list>();  // MAIL, RCPT, VRFY
     };
 
     struct job {
@@ -361,6 +384,8 @@ private:
         std::string client;
         std::string sender;
         std::string recipient;
+        std::shared_ptr<prepend_list> prepends;  ///< where a PREPEND goes (not at END-OF-MESSAGE)
+        std::size_t prepend_at = 0;              ///< END-OF-MESSAGE: the position for its PREPEND
     };
 
     struct pooled {
@@ -425,9 +450,38 @@ private:
         return r;
     }
 
-    sdk::verdict ask(sdk::call& c, pp::stage st, pp::request r)
+    /// Insert the list's headers at positions top, top + 1, ... (in the DATA hook).
+    std::size_t prepend_all(sdk::call& c, prepend_list& list, std::size_t top)
+    {
+        std::vector<std::string> headers;
+        {
+            std::lock_guard<std::mutex> lock(list.lock);
+            headers = list.headers;
+        }
+        for (const std::string& h : headers) {
+            const std::size_t colon = h.find(':');
+            try {
+                c.edit(sdk::edit::insert_header(top, h.substr(0, colon), h.substr(colon + 1)));
+                ++top;
+            } catch (const sdk::error& e) {
+                c.log(sdk::log_level::warn, "",
+                      {{"event", "policy_prepend_refused"}, {"header", h}, {"error", sdk::status_name(e.status())}});
+            }
+        }
+        return top;
+    }
+
+    sdk::verdict ask(sdk::call& c, pp::stage st, pp::request r, std::size_t prepend_at = 0)
     {
         job j;
+        j.prepend_at = prepend_at;
+        if (prepend_ && st != pp::stage::data) {
+            if (st == pp::stage::connect || st == pp::stage::helo) {
+                j.prepends = c.slot<session_state>(sdk::scope::session).prepends;
+            } else if (txn_state* t = c.find_slot<txn_state>(sdk::scope::txn)) {
+                j.prepends = t->prepends;
+            }
+        }
         j.request = pp::encode(r);
         j.deadline = clock_type::now() + timeout_;
         j.session = c.session().id;
@@ -471,9 +525,7 @@ private:
         case pp::note::none: break;
         case pp::note::info: log_.info(who + " event=policy_info" + where + " text=" + field(d.note_text)); break;
         case pp::note::warn: log_.warn(who + " event=policy_warn" + where + " text=" + field(d.note_text)); break;
-        case pp::note::prepend:
-            log_.info(who + " event=policy_prepend_unsupported" + where + " header=" + field(d.note_text));
-            break;
+        case pp::note::prepend: prepend(j, d.note_text, who + where); break;
         case pp::note::unsupported:
             log_.warn(who + " event=policy_action_unsupported" + where + " action=" + field(d.note_text));
             break;
@@ -484,6 +536,38 @@ private:
                       " reply=" + field(std::to_string(d.code) + " " + d.text));
         }
         complete(j, d);
+    }
+
+    /// A PREPEND action: at END-OF-MESSAGE an edit of this message now (from the worker,
+    /// before the completion), earlier kept for the DATA hook; a header that is no
+    /// "Name: value" is refused and logged.
+    void prepend(job& j, const std::string& header, const std::string& where)
+    {
+        const std::size_t colon = header.find(':');
+        const bool shaped =
+            colon != std::string::npos && colon > 0 && header.find_first_of("\r\n") == std::string::npos;
+        if (!prepend_ || !shaped) {
+            log_.info(where.substr(0, where.find(' ')) + " event=policy_prepend_ignored" +
+                      where.substr(where.find(' ')) +
+                      " reason=" + (prepend_ ? "not a header field" : "prepend is off") + " header=" + field(header));
+            return;
+        }
+        if (j.stage == pp::stage::data) {
+            const asiosmtpd_status st = j.pending.edit(
+                sdk::edit::insert_header(j.prepend_at, header.substr(0, colon), header.substr(colon + 1)));
+            if (st != ASIOSMTPD_OK)
+                log_.warn(where.substr(0, where.find(' ')) + " event=policy_prepend_refused" +
+                          where.substr(where.find(' ')) + " status=" + sdk::status_name(st) +
+                          " header=" + field(header));
+            return;
+        }
+        if (!j.prepends) {
+            log_.info(where.substr(0, where.find(' ')) + " event=policy_prepend_ignored" +
+                      where.substr(where.find(' ')) + " reason=no transaction header=" + field(header));
+            return;
+        }
+        std::lock_guard<std::mutex> lock(j.prepends->lock);
+        j.prepends->headers.push_back(header);
     }
 
     void complete(job& j, const pp::decision& d)
@@ -602,6 +686,7 @@ private:
     std::size_t max_pooled_ = 4;
     std::string policy_context_;
     std::string instance_prefix_;
+    bool prepend_ = true;
 
     std::mutex idle_mutex_;  // guards idle_ and stopping_
     std::condition_variable idle_cv_;
@@ -613,6 +698,6 @@ private:
 
 }  // namespace
 
-ASIOSMTPD_PLUGIN(policy_client, "policy", "1.0.0",
+ASIOSMTPD_PLUGIN(policy_client, "policy", "1.1.0",
                  "asks a Postfix SMTP access policy server (postgrey, policyd-spf, ...) at the configured stages",
                  ASIOSMTPD_PF_THREAD_SAFE)

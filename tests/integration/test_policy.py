@@ -162,10 +162,22 @@ class PolicyTestCase(ServerTestCase):
         self.addCleanup(p.stop)
         return p
 
-    def smtp_server(self, policy, **config):
+    def smtp_server(self, policy, store=None, **config):
+        """The server with the policy plugin, then sink, or maildir into `store` (a folder)."""
         config.setdefault("timeout", 1)
+        after = {"name": "maildir", "config": {"path": store}} if store else "sink"
         return self.start_server(server_config(plugins=[policy_plugin(policy.address if hasattr(policy, "address")
-                                                                      else policy, **config), "sink"]))
+                                                                      else policy, **config), after]))
+
+    def stored(self, store):
+        """The messages maildir stored in `store`, oldest first."""
+        new = os.path.join(store, "new")
+        names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns) if os.path.isdir(new) else []
+        out = []
+        for n in names:
+            with open(os.path.join(new, n), "rb") as f:
+                out.append(f.read())
+        return out
 
     def session(self, server, helo="client.example", sender="s@sender.example"):
         c = self.connect(server)
@@ -178,7 +190,9 @@ class PolicyTestCase(ServerTestCase):
 class ActionTest(PolicyTestCase):
     def test_every_action_over_one_connection(self):
         policy = self.policy_server()
-        server = self.smtp_server(policy)
+        store = tempfile.mkdtemp(prefix="asiosmtpd-policy-")
+        self.addCleanup(shutil.rmtree, store, True)
+        server = self.smtp_server(policy, store=store)
         c = self.session(server)
         expected = {
             "ok": "250 OK",
@@ -204,7 +218,10 @@ class ActionTest(PolicyTestCase):
         self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
         self.assertEqual(c.cmd("Subject: x\r\n\r\nhi\r\n."), ["250 OK"])
         c.cmd("QUIT")
-        err = server.wait_output(lambda e: "event=policy_prepend_unsupported" in e, which="stderr")
+        # PREPEND (ABI 1.3 editing): the header tops the stored message.
+        [message] = self.stored(store)
+        self.assertTrue(message.startswith(b"X-Policy: looked at\n"), message[:200])
+        err = server.wait_output(lambda e: "event=policy_warn" in e, which="stderr")
         # One log line per refusing verdict, with the stage and the client.
         self.assertIn("event=policy action=reject stage=rcpt client=127.0.0.1 sender=<s@sender.example> "
                       "rcpt=<reject@rcpt.example> reply=550 5.7.1 Access denied\n", err)
@@ -214,10 +231,29 @@ class ActionTest(PolicyTestCase):
         self.assertIn('event=policy_info stage=rcpt client=127.0.0.1 sender=<s@sender.example> '
                       'rcpt=<info@rcpt.example> text=looked at it\n', err)
         self.assertIn('event=policy_warn', err)
-        self.assertIn('header=X-Policy: looked at\n', err)
         # Every request went over the one connection.
         self.assertEqual(policy.connections, 1)
         self.assertEqual(len(policy.requests), len(expected))
+
+    def test_prepend_at_rcpt_and_at_end_of_message_in_order_or_off(self):
+        for on in (True, False):
+            with self.subTest(prepend=on):
+                policy = self.policy_server()
+                store = tempfile.mkdtemp(prefix="asiosmtpd-policy-")
+                self.addCleanup(shutil.rmtree, store, True)
+                server = self.smtp_server(policy, store=store, stages=["rcpt", "data"], prepend=on)
+                with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+                    s.sendmail("s@sender.example", ["prepend@rcpt.example"], b"Subject: p\r\n\r\nbody\r\n")
+                [message] = self.stored(store)
+                if on:
+                    # The RCPT stage's PREPEND first, the END-OF-MESSAGE one (edited from the
+                    # worker thread while the DATA call is suspended) after it.
+                    self.assertTrue(message.startswith(b"X-Policy: looked at\nX-Policy: looked at\nSubject: p\n"),
+                                    message[:200])
+                else:
+                    self.assertTrue(message.startswith(b"Subject: p\n"), message[:200])
+                    server.wait_output(lambda e: "event=policy_prepend_ignored" in e and "prepend is off" in e,
+                                       which="stderr")
 
     def test_the_request_carries_what_postfix_sends(self):
         policy = self.policy_server()
@@ -497,7 +533,8 @@ class PostgreyTest(PolicyTestCase):
         delay = 2
         grey = Postgrey(folder, delay)
         self.addCleanup(grey.stop)
-        server = self.smtp_server(f"inet:{HOST}:{grey.port}", timeout=5)
+        store = os.path.join(folder, "Maildir")
+        server = self.smtp_server(f"inet:{HOST}:{grey.port}", store=store, timeout=5)
 
         def attempt():
             with smtplib.SMTP(HOST, server.port, timeout=10) as s:
@@ -521,8 +558,10 @@ class PostgreyTest(PolicyTestCase):
         self.assertEqual(code, 250, text)
         self.assertIn("action=greylist, reason=new", grey.log())
         self.assertIn("action=pass, reason=triplet found", grey.log())
-        err = server.wait_output(lambda e: "event=policy_prepend_unsupported" in e, which="stderr")
-        self.assertRegex(err, r'header=X-Greylist: delayed \d+ seconds by postgrey')
+        # postgrey's PREPEND tops the message that got through.
+        [message] = self.stored(store)
+        self.assertRegex(message.split(b"\n", 1)[0], rb"^X-Greylist: delayed \d+ seconds by postgrey")
+        err = server.stderr()
         self.assertEqual(err.count("event=policy action=defer_if_permit stage=rcpt client=127.0.0.1 "
                                    "sender=<sender@sender.example> rcpt=<rcpt@rcpt.example> "
                                    "reply=450 4.2.0 Greylisted, see http://postgrey"), 2, err)
