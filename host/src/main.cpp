@@ -55,8 +55,9 @@ int main(int argc, char** argv)
         // that a plugin refusing its config stops start-up before any listener opens.
         const os::plan plan = os::decide(settings);
         // Logged once start-up (or the check) succeeded, so that a failing one stays one line.
-        const auto warn_if_root = [&] {
+        const auto startup_warnings = [&] {
             if (plan == os::plan::stay_root) log::warn("{}", os::root_warning(settings));
+            for (const std::string& w : config::open_relay_warnings(settings)) log::warn("{}", w);
         };
         auto tls = net::tls_context_for(settings);  // certificate problems first
         // The folders searched by plugin name, as started: after the drop a folder the user
@@ -90,7 +91,7 @@ int main(int argc, char** argv)
                 std::cout << settings.file.string() << ": configuration OK, " << plugins->instances.size()
                           << " plugin(s)\n";
             }
-            warn_if_root();
+            startup_warnings();
             plugins.reset();
             plugin::drain_retired();
             return 0;
@@ -109,7 +110,7 @@ int main(int argc, char** argv)
                 drop();
                 server.use_plugins(load_plugins());
             }
-            warn_if_root();
+            startup_warnings();
             server.handle_signals();
             net::notify_systemd("READY=1\nSTATUS=serving");
             server.run();

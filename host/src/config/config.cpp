@@ -10,6 +10,7 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
@@ -946,6 +947,77 @@ settings load_default()
     fs::path cwd = fs::current_path(ec);
     if (ec) cwd = "/";
     return parse(default_text(), "<embedded default>", cwd);
+}
+
+// --------------------------------------------------------------------------------------------
+// Open relay warnings (issue 18). A relaying plugin passes each message on to other servers;
+// on a public address, without an access plugin before it (or with one that lets everyone
+// relay) anybody may send through it to any domain.
+// --------------------------------------------------------------------------------------------
+
+namespace {
+
+// 127.0.0.0/8, ::1, ::ffff:127.x, localhost: reachable from this machine only.
+bool loopback(const std::string& address)
+{
+    std::string a = address;
+    if (a.size() >= 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+    unsigned char b[16] = {};
+    if (::inet_pton(AF_INET, a.c_str(), b) == 1) return b[0] == 127;
+    if (::inet_pton(AF_INET6, a.c_str(), b) == 1) {
+        static constexpr unsigned char one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static constexpr unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return std::equal(b, b + 16, one) || (std::equal(b, b + 12, mapped) && b[12] == 127);
+    }
+    std::string lower;
+    for (const char c : a) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return lower == "localhost" || lower.ends_with(".localhost");
+}
+
+// The plugin's name: `name`, or the file name of `path` without ".so".
+std::string plugin_name(const plugin_entry& e) { return e.name.empty() ? e.path.stem().string() : e.name; }
+
+// The first relay_networks entry of an access plugin's config that matches every address
+// ("0.0.0.0/0", "::/0"), or "".
+std::string relays_for_everyone(const plugin_entry& access)
+{
+    const node* nets = access.config.get("relay_networks");
+    if (nets == nullptr || nets->type != node::kind::sequence) return {};
+    for (const node& n : nets->items) {
+        if (n.type != node::kind::scalar) continue;
+        const auto slash = n.scalar.find('/');
+        if (slash != std::string::npos && n.scalar.substr(slash + 1) == "0") return n.scalar;
+    }
+    return {};
+}
+
+}  // namespace
+
+std::vector<std::string> open_relay_warnings(const settings& s)
+{
+    std::vector<std::string> out;
+    for (const listener& l : s.server.listen) {
+        if (loopback(l.address)) continue;
+        const std::string where = l.address.find(':') != std::string::npos ? fmt::format("[{}]:{}", l.address, l.port)
+                                                                           : fmt::format("{}:{}", l.address, l.port);
+        const plugin_entry* access = nullptr;
+        for (const plugin_entry& e : s.plugins) {
+            const std::string name = plugin_name(e);
+            if (name == "access" && access == nullptr) access = &e;
+            if (name != "proxy" && name != "jetstream") continue;
+            std::string reason;
+            if (access == nullptr) reason = fmt::format("no access plugin before {} ({})", name, e.key);
+            else if (const std::string all = relays_for_everyone(*access); !all.empty())
+                reason =
+                    fmt::format("the access plugin ({}) lets everyone relay: relay_networks has {}", access->key, all);
+            if (reason.empty()) continue;
+            out.push_back(fmt::format("event=open_relay listener={} plugin={} reason=\"{}\" action=\"{}\"", where, name,
+                                      reason,
+                                      "any client may send to any domain through it; put an access plugin with "
+                                      "local_domains and relay_networks before it"));
+        }
+    }
+    return out;
 }
 
 }  // namespace asiosmtpd::config

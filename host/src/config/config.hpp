@@ -154,4 +154,10 @@ settings load_default();
 /// The text of the embedded default configuration.
 std::string_view default_text() noexcept;
 
+/// Start-up warnings of an open relay: for each listener on an address that is not loopback,
+/// each relaying plugin (`proxy`, `jetstream`) with no `access` plugin before it in the chain,
+/// or after an `access` plugin whose relay_networks has a /0 entry. One log line's text each
+/// ("event=open_relay listener=... plugin=... reason=\"...\" ..."); empty when none applies.
+std::vector<std::string> open_relay_warnings(const settings& s);
+
 }  // namespace asiosmtpd::config
