@@ -52,6 +52,8 @@ constexpr std::string_view server[] = {"hostname",
                                        "command_call_limit",
                                        "timeout",
                                        "data_min_rate",
+                                       "spool_threshold",
+                                       "spool_directory",
                                        "tls_handshake_timeout",
                                        "proxy_protocol_timeout",
                                        "max_connections",
@@ -567,6 +569,8 @@ void reader::read_server(const item& it, server_settings& s)
     if (const item* f = m.find("command_call_limit")) s.command_call_limit = read_call_limits(*f);
     if (const item* f = m.find("timeout")) s.timeout = read_seconds(*f, false);
     if (const item* f = m.find("data_min_rate")) s.data_min_rate = read_uint(*f, 0, 1ull << 40);
+    if (const item* f = m.find("spool_threshold")) s.spool_threshold = read_uint(*f, 0, 1ull << 40);
+    if (const item* f = m.find("spool_directory")) s.spool_directory = read_path(*f, true);
     if (const item* f = m.find("auth_max_failures"))
         s.auth_max_failures = static_cast<std::uint32_t>(read_uint(*f, 0, 1000000));
     if (const item* f = m.find("auth_failure_delay")) s.auth_failure_delay = read_seconds(*f, true);

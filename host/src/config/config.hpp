@@ -79,6 +79,8 @@ struct server_settings {
     call_limits command_call_limit;
     double timeout = 300;                              // seconds, > 0
     std::uint64_t data_min_rate = 500;                 // bytes/s a message must keep up over each timeout window
+    std::uint64_t spool_threshold = 1024 * 1024;       // a message held for editors beyond this goes to a file
+    std::filesystem::path spool_directory;             // where; empty: $TMPDIR or /tmp
     double tls_handshake_timeout = 30;                 // seconds, > 0
     double proxy_protocol_timeout = 10;                // seconds to receive a PROXY header, > 0
     std::uint32_t max_connections = 10000;             // >= 1

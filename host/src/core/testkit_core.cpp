@@ -260,8 +260,6 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     std::optional<proxy::header> proxy;
     std::string via;
     tls_params tls;
-    plugin::slots slots;
-    std::uint64_t slots_serial = 0;
     std::string greeting;
     std::vector<std::string> data_replies;
     bool closed = false;
@@ -337,15 +335,6 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     {
         return engine.tls_active() ? std::string_view(tls.peer_subject) : std::string_view();
     }
-    plugin::slots& data_slots() noexcept override
-    {
-        // Transaction slots end with their transaction (RSET, HELO/EHLO, end of DATA).
-        if (engine.envelope_serial() != slots_serial) {
-            slots.clear_transaction();
-            slots_serial = engine.envelope_serial();
-        }
-        return slots;
-    }
 
     // ---- chain_events: the server's plugin_error line ----
     void answered(const plugin::instance& plugin, std::string_view hook, std::chrono::steady_clock::duration,
@@ -355,6 +344,11 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
         host.write(plugin::log_level::warn, "session=" + std::to_string(id) + " plugin=" + plugin.name +
                                                 " key=" + plugin.key + " event=plugin_error hook=" + std::string(hook) +
                                                 " reason=\"" + std::string(why) + "\"");
+    }
+    void host_failed(std::string_view hook, std::string_view why) override
+    {
+        host.write(plugin::log_level::error, "session=" + std::to_string(id) + " event=host_error hook=" +
+                                                 std::string(hook) + " reason=\"" + std::string(why) + "\"");
     }
 
     // ---- driving ----
@@ -401,11 +395,11 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
             engine.hook_done(std::move(r));
             (void)engine.take_transaction();
             (void)engine.take_auth_failure();
-            if (engine.envelope_serial() != slots_serial) (void)data_slots();
+            plugin::end_transactions(host.gen, *this, engine);
         }
         (void)engine.take_auth_failure();
         (void)engine.take_refusals();  // the server's log lines; the kit's caller sees the replies
-        if (engine.envelope_serial() != slots_serial) (void)data_slots();
+        plugin::end_transactions(host.gen, *this, engine);
     }
 
     std::string take_output()
@@ -491,9 +485,16 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     {
         if (finished) return;
         finished = true;
+        std::string_view why = "disconnect";  // the test closed the session
+        if (engine.close_requested()) {
+            const std::string_view r = engine.close_reason();
+            why = r == "quit" || r == "timeout" ? r : "closed";
+        }
         closed = true;
+        engine.end_session(why);
+        plugin::end_transactions(host.gen, *this, engine);
         plugin::notify(host.gen, ASIOSMTPD_HOOK_SESSION_CLOSE, *this);
-        slots.clear_all();
+        data_slots().clear_all();
     }
 };
 

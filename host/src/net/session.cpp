@@ -53,21 +53,11 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
 
 session::~session() = default;
 
-// A transaction's slots end with it (their destructors run now, not at the next use: a
-// plugin's temporary file of a refused message goes at once).
+// A transaction's end: TXN_END, then its slots go (their destructors run now, not at the next
+// use: a plugin's temporary file of a refused message goes at once).
 void session::end_transaction_slots() noexcept
 {
-    if (engine_.envelope_serial() != slots_serial_) (void)data_slots();
-}
-
-plugin::slots& session::data_slots() noexcept
-{
-    // Transaction slots end with their transaction (RSET, HELO/EHLO, end of DATA).
-    if (engine_.envelope_serial() != slots_serial_) {
-        slots_.clear_transaction();
-        slots_serial_ = engine_.envelope_serial();
-    }
-    return slots_;
+    if (ctx_->plugins) plugin::end_transactions(*ctx_->plugins, *this, engine_);
 }
 
 void session::arm(std::chrono::steady_clock::duration d)
@@ -300,8 +290,16 @@ asio::awaitable<void> session::close()
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
+    // An open transaction ends with the session (TXN_END "quit", "timeout", "disconnect"...).
+    std::string_view why = forced_ || stop_requested_ ? "shutdown" : "disconnect";
+    if (engine_.close_requested()) {
+        const std::string_view r = engine_.close_reason();
+        why = r == "quit" || r == "timeout" ? r : r == "aborted" ? "shutdown" : "closed";
+    }
+    engine_.end_session(why);
+    end_transaction_slots();
     run_session_close_hooks();
-    slots_.clear_all();
+    data_slots().clear_all();
     log::info("session={} event=disconnect reason=\"{}\" messages={}", id_, end_reason_, engine_.transactions());
 }
 

@@ -98,11 +98,11 @@ public:
     {
         return proxy_ ? std::string_view(proxy_->via) : std::string_view();
     }
-    plugin::slots& data_slots() noexcept override;
 
     // plugin::chain_events
     void answered(const plugin::instance& plugin, std::string_view hook, std::chrono::steady_clock::duration took,
                   const proto::hook_result& r, std::string_view why) override;
+    void host_failed(std::string_view hook, std::string_view why) override;
 
 private:
     asio::awaitable<bool> open();
@@ -145,8 +145,6 @@ private:
     handshake_limits::slot tls_slot_;  ///< held from STARTTLS's admission to its handshake
     registry& owner_;
     proto::engine engine_;
-    plugin::slots slots_;
-    std::uint64_t slots_serial_ = 0;
     asio::steady_timer watchdog_timer_;
     std::chrono::steady_clock::time_point deadline_;
     // The read clock (restart_read_clock): the engine progress the idle deadline was armed

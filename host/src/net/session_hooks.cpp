@@ -210,6 +210,11 @@ void session::answered(const plugin::instance& plugin, std::string_view hook, st
               hook, why);
 }
 
+void session::host_failed(std::string_view hook, std::string_view why)
+{
+    log::error("session={} event=host_error hook={} reason=\"{}\"", id_, hook, why);
+}
+
 void session::run_session_close_hooks() noexcept
 {
     if (ctx_->plugins) plugin::notify(*ctx_->plugins, ASIOSMTPD_HOOK_SESSION_CLOSE, *this);

@@ -29,7 +29,8 @@ static_assert(static_cast<int>(proto::hook_kind::starttls) == ASIOSMTPD_HOOK_STA
 static_assert(static_cast<int>(proto::hook_kind::auth_check) == ASIOSMTPD_HOOK_AUTH_CHECK);
 static_assert(static_cast<int>(proto::hook_kind::proxy) == ASIOSMTPD_HOOK_PROXY);
 static_assert(static_cast<int>(proto::hook_kind::data_chunk) == ASIOSMTPD_HOOK_DATA_CHUNK);
-static_assert(static_cast<std::size_t>(proto::hook_kind::data_chunk) + 1 == hook_count);
+static_assert(static_cast<int>(proto::hook_kind::txn_end) == ASIOSMTPD_HOOK_TXN_END);
+static_assert(static_cast<std::size_t>(proto::hook_kind::txn_end) + 1 == hook_count);
 // The two kinds past the ABI's ids are the host's own (a plugin's AUTH mechanism or verb).
 static_assert(static_cast<std::size_t>(proto::hook_kind::auth_mechanism) >= hook_count);
 static_assert(static_cast<std::size_t>(proto::hook_kind::command) >= hook_count);
@@ -311,16 +312,27 @@ std::span<const hook_entry> entries_for(const generation& gen, const proto::hook
     switch (req.kind) {
     case proto::hook_kind::command: return {&gen.commands.at(req.command_index).handler, 1};
     case proto::hook_kind::auth_mechanism: return {&gen.auth_mechanisms.at(req.command_index).handler, 1};
+    case proto::hook_kind::data_chunk: {
+        // Live pieces go to the DATA_CHUNK plugins up to the first editor; those after it get
+        // the edited message in the DATA chain (plugin.h "Message editing").
+        std::span<const hook_entry> all = gen.hooks[ASIOSMTPD_HOOK_DATA_CHUNK];
+        const std::size_t editor = gen.first_editor();
+        if (editor == std::string::npos) return all;
+        std::size_t n = 0;
+        while (n < all.size() && gen.position(all[n].owner) <= editor) ++n;
+        return all.first(n);
+    }
     default: return gen.hooks.at(static_cast<std::size_t>(req.kind));
     }
 }
 
-asiosmtpd_str str(std::string_view v) noexcept { return asiosmtpd_str{v.data(), v.size()}; }
+asiosmtpd_str str(std::string_view v) noexcept { return asiosmtpd_str{v.data() != nullptr ? v.data() : "", v.size()}; }
 
 }  // namespace
 
 chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events)
-    : req_(req),
+    : gen_(gen),
+      req_(req),
       session_(session),
       events_(events),
       entries_(entries_for(gen, req))
@@ -328,7 +340,8 @@ chain::chain(const generation& gen, const proto::hook_request& req, session_view
 
 chain::chain(const generation& gen, const proto::hook_request& req, session_view& session, chain_events& events,
              const void* args)
-    : req_(req),
+    : gen_(gen),
+      req_(req),
       session_(session),
       events_(events),
       entries_(entries_for(gen, req)),
@@ -336,7 +349,15 @@ chain::chain(const generation& gen, const proto::hook_request& req, session_view
       args_given_(true)
 {}
 
-chain::~chain() { abandon(); }
+chain::~chain()
+{
+    abandon();
+    if (req_.kind == proto::hook_kind::data) {
+        // The message is over for the plugins: the held copy (its file) goes now.
+        draft_.reset();
+        session_.held.reset();
+    }
+}
 
 std::chrono::milliseconds chain::timeout() const noexcept { return call_.owner->timeout; }
 
@@ -421,21 +442,125 @@ const void* chain::build_arguments()
     case proto::hook_kind::rset:
     case proto::hook_kind::quit:
     case proto::hook_kind::session_close:
+    case proto::hook_kind::txn_end:
     case proto::hook_kind::starttls: return nullptr;
     }
     return nullptr;
 }
 
+void chain::fail_host(std::string why)
+{
+    events_.host_failed(proto::hook_name(req_.kind), why);
+    result_ = proto::hook_result{};
+    result_.verdict = proto::verdict::error;
+    plan_.clear();
+    entries_ = {};
+}
+
+// Before the first call: with an editor configured, the live pieces are held (when the DATA
+// hooks take the message in pieces) and the DATA chain is planned. False: the chain is over.
+bool chain::prepare_editing()
+{
+    if (args_given_ || (req_.kind != proto::hook_kind::data && req_.kind != proto::hook_kind::data_chunk)) return true;
+    const std::size_t editor = gen_.first_editor();
+    if (editor == std::string::npos) return true;
+    const bool whole = session_.smtp().config().data_whole_message;
+    if (req_.kind == proto::hook_kind::data_chunk) {
+        if (whole) return true;  // the engine keeps the message
+        std::string error;
+        if (req_.content_size == req_.content.size() || !session_.held)
+            session_.held = std::make_unique<spool>(gen_.spool);  // the first piece
+        if (!session_.held->append(req_.content, error)) {
+            session_.held.reset();
+            fail_host("the message could not be held for the plugins after an editor: " + error);
+            return false;
+        }
+        return true;
+    }
+    if (req_.streamed && !session_.held) return true;  // nothing held: nothing to edit
+    draft_ = std::make_unique<draft>(session_.smtp().current_envelope(), req_.content,
+                                     req_.streamed ? session_.held.get() : nullptr, gen_.spool);
+    for (std::size_t i = 0; i < gen_.instances.size(); ++i) {
+        const instance* inst = gen_.instances[i].get();
+        if (i > editor)
+            for (const hook_entry& c : gen_.hooks[ASIOSMTPD_HOOK_DATA_CHUNK])
+                if (c.owner == inst) plan_.push_back({&c, true});
+        for (const hook_entry& d : gen_.hooks[ASIOSMTPD_HOOK_DATA])
+            if (d.owner == inst) plan_.push_back({&d, false});
+    }
+    return true;
+}
+
+// A DATA call's arguments with the message as the plugins before it left it.
+const void* chain::data_arguments(std::string& error)
+{
+    asiosmtpd_data_args& d = args_.data;
+    d.message_size = draft_->size();
+    if (req_.streamed) return &d;
+    std::string_view whole;
+    if (!draft_->whole(whole, error)) return nullptr;
+    d.content = reinterpret_cast<const std::uint8_t*>(whole.data());
+    d.size = whole.size();
+    return &d;
+}
+
+// The next piece of the edited message for the replay step plan_[next_].
+const void* chain::next_piece(std::string& error)
+{
+    const std::size_t chunk = std::max<std::size_t>(session_.smtp().config().data_chunk_size, 1);
+    piece_.clear();
+    if (!draft_->read(replay_at_, chunk, piece_, error)) return nullptr;
+    const std::uint64_t total = draft_->size();
+    replay_at_ += piece_.size();
+    const bool last = replay_at_ >= total;
+    piece_args_ = args_.data;
+    piece_args_.content = reinterpret_cast<const std::uint8_t*>(piece_.data());
+    piece_args_.size = piece_.size();
+    piece_args_.flags = (args_.data.flags & ~ASIOSMTPD_DATA_STREAMED) | (last ? ASIOSMTPD_DATA_LAST_CHUNK : 0u);
+    piece_args_.message_size = replay_at_;
+    if (last) {
+        replay_at_ = 0;
+        ++next_;
+    }
+    return &piece_args_;
+}
+
 bool chain::run()
 {
-    if (next_ == 0 && !entries_.empty() && !args_given_) args_ptr_ = build_arguments();
-    while (next_ < entries_.size()) {
-        const hook_entry& entry = entries_[next_++];
+    if (!started_) {
+        started_ = true;
+        if (!entries_.empty() && !args_given_) args_ptr_ = build_arguments();
+        if (!prepare_editing()) return false;
+    }
+    const std::size_t steps = plan_.empty() ? entries_.size() : plan_.size();
+    while (next_ < steps) {
+        const hook_entry* entry = nullptr;
+        std::int32_t hook = static_cast<std::int32_t>(req_.kind);
+        if (plan_.empty()) {
+            entry = &entries_[next_++];
+        } else {
+            const step s = plan_[next_];
+            entry = s.entry;
+            std::string error;
+            if (s.replay) {
+                hook = ASIOSMTPD_HOOK_DATA_CHUNK;
+                args_ptr_ = next_piece(error);
+            } else {
+                ++next_;
+                args_ptr_ = data_arguments(error);
+            }
+            if (args_ptr_ == nullptr) {
+                fail_host("the edited message could not be read: " + error);
+                return false;
+            }
+        }
         call_ = asiosmtpd_call{};
         call_.session = &session_;
-        call_.hook = static_cast<std::int32_t>(req_.kind);
-        started_ = std::chrono::steady_clock::now();
-        const std::int32_t verdict = invoke(entry, call_, args_ptr_);
+        call_.hook = hook;
+        call_.draft = draft_.get();
+        call_.spool = &gen_.spool;
+        started_at_ = std::chrono::steady_clock::now();
+        const std::int32_t verdict = invoke(*entry, call_, args_ptr_);
         call_.active = false;
         std::string why;
         if (verdict == ASIOSMTPD_PENDING) {
@@ -472,6 +597,7 @@ bool chain::resume(std::string_view not_completed)
                 if (call_.rcpt_replies.size() <= i) call_.rcpt_replies.resize(i + 1);
                 call_.rcpt_replies[i] = std::move(p->rcpt_replies[i]);
             }
+            if (!p->edits.empty()) call_.edits = std::move(p->edits);
             if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
                 // From complete(), a challenge travels as the text (plugin.h).
                 call_.auth_challenge = std::exchange(call_.text, {});
@@ -512,24 +638,64 @@ bool chain::finish_entry(int32_t verdict, std::string why)
         r.identity = std::move(call_.auth_identity);
         r.rcpt_replies = std::move(call_.rcpt_replies);
     }
+    // An editor's edits count when its call goes on (or accepts): the plugins after it see them.
+    if ((r.verdict == proto::verdict::none || r.verdict == proto::verdict::accept) && !call_.edits.empty()) {
+        std::string error;
+        if (draft_ == nullptr || !draft_->apply(std::exchange(call_.edits, {}), error)) {
+            r = proto::hook_result{};
+            r.verdict = proto::verdict::error;
+            why = "its edits could not be applied: " + error;
+        }
+    }
     const instance& owner = *call_.owner;
-    events_.answered(owner, hook_label(call_.hook, args_ptr_), std::chrono::steady_clock::now() - started_, r, why);
+    events_.answered(owner, hook_label(call_.hook, args_ptr_), std::chrono::steady_clock::now() - started_at_, r, why);
     if (r.verdict != proto::verdict::none) decided_by_ = owner.name;
     // A piece of the message goes to every plugin that takes pieces: ACCEPT goes on, as
     // CONTINUE does (plugin.h, DATA_CHUNK); only a refusal ends the chain.
-    if (req_.kind == proto::hook_kind::data_chunk && r.verdict == proto::verdict::accept) return false;
+    if (call_.hook == ASIOSMTPD_HOOK_DATA_CHUNK && r.verdict == proto::verdict::accept) return false;
     if (r.verdict == proto::verdict::none) return false;
     result_ = std::move(r);
     return true;
 }
 
-void notify(const generation& gen, std::int32_t hook, session_view& session) noexcept
+slots& session_view::data_slots() noexcept
+{
+    // Transaction slots end with their transaction (RSET, HELO/EHLO, end of DATA), after TXN_END.
+    if (!ending_ && smtp().envelope_serial() != slots_serial_) {
+        own_slots_.clear_transaction();
+        slots_serial_ = smtp().envelope_serial();
+    }
+    return own_slots_;
+}
+
+void end_transactions(const generation& gen, session_view& session, proto::engine& engine) noexcept
+{
+    if (engine.has_transaction_ends()) {
+        for (const proto::transaction_end& e : engine.take_transaction_ends()) {
+            asiosmtpd_txn_end_args a{};
+            a.struct_size = sizeof a;
+            a.outcome = static_cast<std::int32_t>(e.outcome);
+            a.code = e.code;
+            a.reply = str(e.reply);
+            a.reason = str(e.reason);
+            a.mail_from = str(e.mail_from);
+            a.rcpt_count = e.rcpts;
+            a.size = e.size;
+            session.ending_ = true;  // the ended transaction's slots stay for its TXN_END
+            notify(gen, ASIOSMTPD_HOOK_TXN_END, session, &a);
+            session.ending_ = false;
+        }
+    }
+    (void)session.data_slots();  // frees the ended transactions' slots
+}
+
+void notify(const generation& gen, std::int32_t hook, session_view& session, const void* args) noexcept
 {
     for (const hook_entry& entry : gen.hooks[static_cast<std::size_t>(hook)]) {
         asiosmtpd_call call;
         call.session = &session;
         call.hook = hook;
-        (void)invoke(entry, call, nullptr);  // a notification: the verdict is ignored
+        (void)invoke(entry, call, args);  // a notification: the verdict is ignored
         call.active = false;
         if (call.token != 0) cancel(call.token);
     }

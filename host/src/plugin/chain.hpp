@@ -9,6 +9,7 @@
 // test kit (core/testkit_core.cpp) and the unit tests drive it the same way.
 #pragma once
 
+#include "plugin/draft.hpp"
 #include "plugin/generation.hpp"
 #include "plugin/slots.hpp"
 #include "proto/engine.hpp"
@@ -48,9 +49,25 @@ public:
     [[nodiscard]] virtual std::string_view tls_version() const noexcept { return {}; }
     [[nodiscard]] virtual std::string_view tls_cipher() const noexcept { return {}; }
     [[nodiscard]] virtual std::string_view tls_peer_subject() const noexcept { return {}; }
-    /// Per-instance data slots of this session (scope session or transaction).
-    virtual class slots& data_slots() noexcept = 0;
+    /// Per-instance data slots of this session (scope session or transaction). Transaction
+    /// slots end with their transaction: end_transactions() frees them after TXN_END.
+    virtual class slots& data_slots() noexcept;
+
+    /// The message held for the plugins after an editor (its live DATA_CHUNK pieces, when the
+    /// DATA hooks take it in pieces), until the DATA chain ends.
+    std::unique_ptr<spool> held;
+
+private:
+    friend void end_transactions(const generation& gen, session_view& session, proto::engine& engine) noexcept;
+    class slots own_slots_;
+    std::uint64_t slots_serial_ = 0;
+    bool ending_ = false;  ///< in TXN_END: the ended transaction's slots are still there
 };
+
+/// After every step of the engine (input processed, a hook's outcome applied, the session's
+/// end): TXN_END for each transaction that ended, with its slots still there, then those slots
+/// freed. The server's session and the SDK test kit call it alike.
+void end_transactions(const generation& gen, session_view& session, proto::engine& engine) noexcept;
 
 /// A suspended hook call: filled by complete() on any thread, then `notify` runs (the
 /// session posts to its own thread). Tokens are never reused, so a stale one is recognised.
@@ -70,6 +87,12 @@ struct pending_call {
     /// complete() ends a call with refusals left as a plugin error.
     std::size_t rcpt_count = 0;
     std::vector<std::pair<std::size_t, std::string>> refused_rcpt_replies;
+    /// ABI 1.3, the DATA call of an editor: edit_message_pending() records here (edits made
+    /// before suspend() were moved here by it); resume() hands them to the chain.
+    bool may_edit = false;
+    bool lmtp = false;
+    edit_batch edits;
+    spool_settings spool;
 };
 
 /// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
@@ -96,6 +119,11 @@ struct asiosmtpd_call {
     std::shared_ptr<asiosmtpd::plugin::pending_call> pending;
     /// Why set_reply() last refused a reply; cleared by an accepted one.
     std::string refused_reply;
+    /// ABI 1.3: in a DATA chain with an editor, the transaction as the plugins before this one
+    /// left it (txn_info() and friends read it); nullptr otherwise.
+    asiosmtpd::plugin::draft* draft = nullptr;
+    const asiosmtpd::plugin::spool_settings* spool = nullptr;
+    asiosmtpd::plugin::edit_batch edits;  ///< edit_message(): applied when the call goes on
 };
 
 namespace asiosmtpd::plugin {
@@ -137,6 +165,9 @@ public:
     /// `plugin` answered `hook` after `took`; `why` says what was wrong when r is an error.
     virtual void answered(const instance& plugin, std::string_view hook, std::chrono::steady_clock::duration took,
                           const proto::hook_result& r, std::string_view why) = 0;
+    /// The host itself failed the chain (a held message could not be written or read): the
+    /// session gets 451 4.3.0.
+    virtual void host_failed(std::string_view hook, std::string_view why) = 0;
 };
 
 /// One run of the chain of plugins for one hook request.
@@ -198,23 +229,43 @@ private:
     };
     const void* build_arguments();
     bool finish_entry(int32_t verdict, std::string why);
+    // ABI 1.3 editing (draft.hpp): hold the live pieces, plan the DATA chain, feed the pieces
+    // of the edited message to DATA_CHUNK plugins after an editor.
+    bool prepare_editing();
+    const void* data_arguments(std::string& error);
+    const void* next_piece(std::string& error);
+    void fail_host(std::string why);
 
+    // One call of the DATA chain when some plugin edits: a DATA hook, or the pieces of the
+    // message for a DATA_CHUNK plugin after the first editor (`replay`).
+    struct step {
+        const hook_entry* entry;
+        bool replay;
+    };
+
+    const generation& gen_;
     const proto::hook_request& req_;
     session_view& session_;
     chain_events& events_;
     std::span<const hook_entry> entries_;
+    std::vector<step> plan_;  ///< DATA with an editor: replaces entries_
     std::size_t next_ = 0;
+    bool started_ = false;
+    std::unique_ptr<draft> draft_;
+    std::uint64_t replay_at_ = 0;  ///< the next piece of a replay step starts here
+    std::string piece_;
+    asiosmtpd_data_args piece_args_{};
     arguments args_;
     const void* args_ptr_ = nullptr;
     bool args_given_ = false;
     asiosmtpd_call call_;
-    std::chrono::steady_clock::time_point started_;
+    std::chrono::steady_clock::time_point started_at_;
     proto::hook_result result_;
     std::string_view decided_by_;
 };
 
 /// Tell every plugin with a hook of this notification kind (SESSION_CLOSE): verdicts are
 /// ignored, nothing can be suspended.
-void notify(const generation& gen, std::int32_t hook, session_view& session) noexcept;
+void notify(const generation& gen, std::int32_t hook, session_view& session, const void* args = nullptr) noexcept;
 
 }  // namespace asiosmtpd::plugin

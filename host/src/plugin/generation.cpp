@@ -43,6 +43,21 @@ void add_registrations(proto::settings& e, const generation& g)
         });
 }
 
+std::size_t generation::position(const instance* owner) const noexcept
+{
+    for (std::size_t i = 0; i < instances.size(); ++i)
+        if (instances[i].get() == owner) return i;
+    return std::string::npos;
+}
+
+std::size_t generation::first_editor() const noexcept
+{
+    std::size_t first = std::string::npos;
+    for (const hook_entry& d : hooks[ASIOSMTPD_HOOK_DATA])
+        if (d.owner->editor) first = std::min(first, position(d.owner));
+    return first;
+}
+
 void generation::forget(const instance* owner)
 {
     for (auto& chain : hooks) std::erase_if(chain, [owner](const hook_entry& h) { return h.owner == owner; });

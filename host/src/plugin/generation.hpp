@@ -6,6 +6,7 @@
 #pragma once
 
 #include "config/node.hpp"
+#include "plugin/draft.hpp"
 #include "plugin/log_sink.hpp"
 #include "proto/engine.hpp"
 
@@ -24,8 +25,8 @@ namespace asiosmtpd::plugin {
 /// asiosmtpd_call::hook of a call into a plugin's AUTH mechanism (not an ABI hook id).
 inline constexpr std::int32_t auth_mechanism_call = static_cast<std::int32_t>(proto::hook_kind::auth_mechanism);
 
-/// One past the highest hook id this host knows (ABI 1.1).
-inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_DATA_CHUNK + 1;
+/// One past the highest hook id this host knows (ABI 1.3).
+inline constexpr std::size_t hook_count = ASIOSMTPD_HOOK_TXN_END + 1;
 
 }  // namespace asiosmtpd::plugin
 
@@ -40,7 +41,8 @@ struct asiosmtpd_ctx {
     std::string key;   ///< "plugins[0]"
     std::chrono::milliseconds timeout{30000};
     bool thread_safe = false;
-    std::mutex serial;  ///< taken around every hook call when !thread_safe (T3)
+    bool editor = false;  ///< declare_editor() (ABI 1.3): may edit messages in its DATA hook
+    std::mutex serial;    ///< taken around every hook call when !thread_safe (T3)
     /// Where this instance's log lines go (nullptr: the process's sink, log_sink.hpp).
     asiosmtpd::plugin::log_sink* sink = nullptr;
 
@@ -83,6 +85,14 @@ public:
     std::vector<command_entry> commands;
     std::vector<std::string> ehlo_keywords;
     std::vector<auth_mechanism_entry> auth_mechanisms;
+    /// Where messages are held while editors run (server.spool_threshold, spool_directory).
+    spool_settings spool;
+
+    /// The index in `instances` of the first editor (declare_editor()) with a DATA hook, or
+    /// npos when no plugin edits messages.
+    [[nodiscard]] std::size_t first_editor() const noexcept;
+    /// The index of `owner` in `instances` (npos when it is not there).
+    [[nodiscard]] std::size_t position(const instance* owner) const noexcept;
 
     /// proto::hook_bit() of every hook with at least one entry, plus custom commands.
     [[nodiscard]] std::uint32_t hook_mask() const noexcept;

@@ -56,7 +56,7 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
 {
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
-    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_DATA_CHUNK) return ASIOSMTPD_E_UNSUPPORTED;
+    if (hook < ASIOSMTPD_HOOK_CONNECT || hook > ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_UNSUPPORTED;
     reg->gen->hooks[static_cast<std::size_t>(hook)].push_back({reg->owner, fn});
     return ASIOSMTPD_OK;
 }
@@ -118,6 +118,14 @@ asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str
     for (const auto& m : reg->gen->auth_mechanisms)
         if (m.name == upper) return ASIOSMTPD_E_CONFLICT;
     reg->gen->auth_mechanisms.push_back({std::move(upper), {reg->owner, fn}});
+    return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status declare_editor(asiosmtpd_registrar* reg)
+{
+    if (reg == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    reg->owner->editor = true;
     return ASIOSMTPD_OK;
 }
 
@@ -208,15 +216,24 @@ asiosmtpd_status session_info(asiosmtpd_call* call, asiosmtpd_session_info* inou
     return ASIOSMTPD_OK;
 }
 
+// The transaction views read the draft in a DATA chain with an editor (the edits of the plugins
+// before the caller), else the client's envelope. In TXN_END the envelope is gone.
 asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
 {
     if (!usable(call) || inout == nullptr || inout->struct_size < sizeof(std::uint32_t)) return ASIOSMTPD_E_INVALID;
-    const auto& env = call->session->smtp().current_envelope();
+    if (call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
     asiosmtpd_txn_info full{};
     full.struct_size = sizeof full;
-    full.mail_from = str(env.mail_from);
-    full.mail_param_count = env.mail_options.size();
-    full.rcpt_count = env.rcpt_tos.size();
+    if (const draft* d = call->draft) {
+        full.mail_from = str(d->mail_from());
+        full.mail_param_count = d->mail_params().size();
+        full.rcpt_count = d->rcpts().size();
+    } else {
+        const auto& env = call->session->smtp().current_envelope();
+        full.mail_from = str(env.mail_from);
+        full.mail_param_count = env.mail_options.size();
+        full.rcpt_count = env.rcpt_tos.size();
+    }
     fill(inout, full);
     return ASIOSMTPD_OK;
 }
@@ -224,6 +241,12 @@ asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
 asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
+    if (call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
+    if (const draft* d = call->draft) {
+        if (index >= d->rcpts().size()) return ASIOSMTPD_E_INVALID;
+        *out = str(d->rcpts()[index].address);
+        return ASIOSMTPD_OK;
+    }
     const auto& rcpts = call->session->smtp().current_envelope().rcpt_tos;
     if (index >= rcpts.size()) return ASIOSMTPD_E_INVALID;
     *out = str(rcpts[index]);
@@ -233,10 +256,71 @@ asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* 
 asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
-    const auto& params = call->session->smtp().current_envelope().mail_options;
+    if (call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
+    const auto& params =
+        call->draft != nullptr ? call->draft->mail_params() : call->session->smtp().current_envelope().mail_options;
     if (index >= params.size()) return ASIOSMTPD_E_INVALID;
     *out = str(params[index]);
     return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_rcpt_param_at(asiosmtpd_call* call, size_t rcpt_index, size_t param_index, asiosmtpd_str* out)
+{
+    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
+    if (call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
+    if (call->draft == nullptr) return ASIOSMTPD_E_INVALID;  // the client's recipients have no parameters
+    const auto& rcpts = call->draft->rcpts();
+    if (rcpt_index >= rcpts.size() || param_index >= rcpts[rcpt_index].params.size()) return ASIOSMTPD_E_INVALID;
+    *out = str(rcpts[rcpt_index].params[param_index]);
+    return ASIOSMTPD_OK;
+}
+
+// ---- message editing (ABI 1.3) ---------------------------------------------------------------
+
+// One edit for a call of `owner`'s in `hook`: E_STATE unless an editor's DATA call in a chain
+// that holds a draft (an edit to the client's recipients is also E_STATE on LMTP), E_INVALID
+// for a malformed edit (nothing recorded).
+asiosmtpd_status record(edit_batch& batch, const asiosmtpd_edit* e, bool may_edit, bool lmtp,
+                        const spool_settings& spool)
+{
+    if (e == nullptr) return ASIOSMTPD_E_INVALID;
+    if (!may_edit) return ASIOSMTPD_E_STATE;
+    edit_op op;
+    if (std::string problem = check_edit(*e, op); !problem.empty()) return ASIOSMTPD_E_INVALID;
+    if (lmtp && lmtp_refuses(op.op)) return ASIOSMTPD_E_STATE;
+    record_edit(batch, std::move(op), spool);
+    return ASIOSMTPD_OK;
+}
+
+bool may_edit(const asiosmtpd_call& call) noexcept
+{
+    return call.hook == ASIOSMTPD_HOOK_DATA && call.draft != nullptr && call.owner != nullptr && call.owner->editor;
+}
+
+asiosmtpd_status edit_message(asiosmtpd_call* call, const asiosmtpd_edit* e)
+{
+    if (!usable(call)) return ASIOSMTPD_E_INVALID;
+    const bool lmtp = call->session->smtp().config().lmtp;
+    if (call->pending) {
+        // Suspended already: suspend() moved the edits to the pending call.
+        pending_call& p = *call->pending;
+        const std::lock_guard guard(p.lock);
+        if (p.done) return ASIOSMTPD_E_GONE;
+        return record(p.edits, e, p.may_edit, lmtp, p.spool);
+    }
+    return record(call->edits, e, may_edit(*call), lmtp, call->spool != nullptr ? *call->spool : spool_settings{});
+}
+
+asiosmtpd_status edit_message_pending(asiosmtpd_token token, const asiosmtpd_edit* e)
+{
+    auto& t = table();
+    const std::lock_guard guard(t.lock);
+    const auto it = t.calls.find(token);
+    if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
+    pending_call& p = *it->second;
+    const std::lock_guard call_guard(p.lock);
+    if (p.done) return ASIOSMTPD_E_GONE;
+    return record(p.edits, e, p.may_edit, p.lmtp, p.spool);
 }
 
 asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str text)
@@ -360,7 +444,7 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
     if (call->token != 0) return ASIOSMTPD_E_STATE;  // one suspension per call
-    if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE) return ASIOSMTPD_E_STATE;
+    if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE || call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
     auto p = std::make_shared<pending_call>();
     p->hook = call->hook;
     if (call->hook == ASIOSMTPD_HOOK_DATA) {
@@ -369,6 +453,10 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
         p->rcpt_count = call->session->smtp().current_envelope().rcpt_tos.size();
         p->rcpt_replies = std::exchange(call->rcpt_replies, {});
         p->refused_rcpt_replies = std::exchange(call->refused_rcpt_replies, {});
+        p->may_edit = may_edit(*call);
+        p->lmtp = call->session->smtp().config().lmtp;
+        p->edits = std::exchange(call->edits, {});
+        if (call->spool != nullptr) p->spool = *call->spool;
     }
     auto& t = table();
     {
@@ -482,6 +570,10 @@ const asiosmtpd_host_api& host_api() noexcept
         a.config_dir = config_dir;
         a.set_rcpt_reply = set_rcpt_reply;
         a.set_rcpt_reply_pending = set_rcpt_reply_pending;
+        a.declare_editor = declare_editor;
+        a.edit_message = edit_message;
+        a.edit_message_pending = edit_message_pending;
+        a.txn_rcpt_param_at = txn_rcpt_param_at;
         return a;
     }();
     return api;

@@ -292,6 +292,8 @@ std::shared_ptr<const generation> load(const config::settings& s)
     static server_log_sink sink;
     set_default_log_sink(&sink);
     std::shared_ptr<generation> gen(new generation, [](generation* g) { janitor::get().retire(g); });
+    gen->spool.threshold = s.server.spool_threshold;
+    gen->spool.directory = s.server.spool_directory.string();
     const auto dirs = search_dirs(s);
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;

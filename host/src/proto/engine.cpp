@@ -626,7 +626,8 @@ void engine::finish_hook(const hook_result& r)
         return;
     case hook_kind::command: reply_for(r, replies::ok); return;
     case hook_kind::proxy:
-    case hook_kind::session_close: return;  // the session's business
+    case hook_kind::session_close:
+    case hook_kind::txn_end: return;  // the session's business
     case hook_kind::auth_check:
     case hook_kind::auth_mechanism:
         switch (r.verdict) {
@@ -709,7 +710,7 @@ bool engine::need_auth()
 void engine::on_helo(std::string_view arg, bool)
 {
     if (arg.empty()) return reply(replies::syntax_helo);
-    reset_envelope();
+    reset_envelope(transaction_end::how::aborted, "helo");
     extended_smtp_ = false;
     decide(hook_kind::helo, arg, true);
 }
@@ -717,7 +718,7 @@ void engine::on_helo(std::string_view arg, bool)
 void engine::on_ehlo(std::string_view arg, bool)
 {
     if (arg.empty()) return reply(replies::syntax_ehlo);
-    reset_envelope();
+    reset_envelope(transaction_end::how::aborted, "ehlo");
     extended_smtp_ = true;
     decide(hook_kind::ehlo, arg, true);
 }
@@ -923,7 +924,7 @@ void engine::end_of_data()
         const std::size_t at = out_.size();
         reply(too_long ? replies::data_line_too_long : replies::too_much_data);
         summarize(at);
-        reset_envelope();
+        reset_envelope(transaction_end::how::refused, {}, at);
         return;
     }
     if (chunk_refusal_.verdict != verdict::none) {
@@ -944,9 +945,12 @@ void engine::finish_data()
         data_non_ascii_ = false;
         envelope_.content.clear();
         // The envelope is kept (aiosmtpd), but this message is over: the transaction's plugin
-        // state (slots) goes, so that a following DATA starts afresh.
+        // state (slots) goes, after TXN_END, so that a following DATA starts afresh.
+        const std::size_t at = out_.size();
+        reply(replies::strict_ascii);
+        note_transaction_end(transaction_end::how::refused, {}, at);
         ++envelope_serial_;
-        return reply(replies::strict_ascii);
+        return;
     }
     if (has_hook(hook_kind::data)) {
         ask(hook_kind::data);
@@ -981,14 +985,14 @@ void engine::deliver_data_reply(const hook_result& r)
     }
     if (accepted) ++transactions_;
     summarize(at);
-    reset_envelope();
+    reset_envelope(accepted ? transaction_end::how::accepted : transaction_end::how::refused, {}, at);
     if (closes) close("closed by plugin");
 }
 
 void engine::on_rset(std::string_view arg, bool)
 {
     if (!arg.empty()) return reply(replies::syntax_rset);
-    reset_envelope();
+    reset_envelope(transaction_end::how::aborted, "rset");
     decide(hook_kind::rset);
 }
 
@@ -1265,7 +1269,7 @@ void engine::tls_established()
     extended_smtp_ = false;
     authenticated_ = false;
     auth_login_.clear();
-    reset_envelope();
+    reset_envelope(transaction_end::how::aborted, "starttls");
     tls_active_ = true;
     phase_ = phase::command;
     if (has_hook(hook_kind::starttls)) ask(hook_kind::starttls);
@@ -1337,8 +1341,39 @@ void engine::close(std::string_view why) noexcept
     waiting_ = false;
 }
 
-void engine::reset_envelope() noexcept
+void engine::end_session(std::string_view reason) noexcept
 {
+    if (!envelope_.mail_from.empty()) reset_envelope(transaction_end::how::aborted, reason);
+}
+
+// For TXN_END: how the open transaction ended; its message's reply starts at out_[reply_start]
+// (npos: no message).
+void engine::note_transaction_end(transaction_end::how outcome, std::string_view reason,
+                                  std::size_t reply_start) noexcept
+{
+    if (!has_hook(hook_kind::txn_end) || envelope_.mail_from.empty()) return;
+    try {
+        transaction_end e;
+        e.outcome = outcome;
+        e.reason = reason;
+        e.mail_from = envelope_.mail_from;
+        // summarize() has moved the recipients out already.
+        e.rcpts = finished_ && reply_start != std::string::npos ? finished_->rcpts : envelope_.rcpt_tos.size();
+        if (reply_start != std::string::npos && reply_start + 3 <= out_.size()) {
+            e.size = data_unstuffed_;
+            const std::size_t eol = out_.find('\r', reply_start);
+            e.reply = out_.substr(reply_start, eol == std::string::npos ? std::string::npos : eol - reply_start);
+            for (std::size_t i = 0; i < 3; ++i)
+                e.code = static_cast<std::uint16_t>(e.code * 10 + (out_[reply_start + i] - '0'));
+        }
+        txn_ends_.push_back(std::move(e));
+    } catch (...) {  // out of memory: this notification is lost, the session goes on
+    }
+}
+
+void engine::reset_envelope(transaction_end::how outcome, std::string_view reason, std::size_t reply_start) noexcept
+{
+    note_transaction_end(outcome, reason, reply_start);
     envelope_.clear();
     // A large message's memory goes back: a session between messages holds little.
     if (envelope_.content.capacity() > 1024 * 1024) std::string().swap(envelope_.content);

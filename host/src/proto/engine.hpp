@@ -44,6 +44,7 @@ enum class hook_kind : std::uint8_t {
     auth_check = 14,      ///< AUTH PLAIN/LOGIN credentials (login, password, authzid)
     proxy = 15,           ///< run by the session, never asked by the engine (PROXY header)
     data_chunk = 16,      ///< the next piece of the unstuffed message, while it arrives
+    txn_end = 17,         ///< notification by the session: a transaction ended (take_transaction_ends())
     auth_mechanism = 30,  ///< a plugin's AUTH mechanism step (settings::auth_mechanisms[command_index])
     command = 31,         ///< a plugin-registered verb (settings::commands[command_index])
 };
@@ -71,6 +72,7 @@ constexpr std::string_view hook_name(hook_kind k) noexcept
     case hook_kind::auth_check: return "AUTH_CHECK";
     case hook_kind::proxy: return "PROXY";
     case hook_kind::data_chunk: return "DATA_CHUNK";
+    case hook_kind::txn_end: return "TXN_END";
     case hook_kind::auth_mechanism: return "AUTH";
     case hook_kind::command: return "COMMAND";
     }
@@ -146,6 +148,18 @@ struct transaction_summary {
     std::size_t rcpts = 0;
     std::uint64_t size = 0;
     std::uint16_t code = 0;  ///< the reply's code (the first, for LMTP)
+};
+
+/// How a transaction ended (the TXN_END notification), recorded when some plugin has that hook.
+struct transaction_end {
+    enum class how : std::uint8_t { accepted = 1, refused = 2, aborted = 3 };  ///< ASIOSMTPD_TXN_*
+    how outcome = how::aborted;
+    std::uint16_t code = 0;   ///< the message's reply code (the first, for LMTP); 0 when aborted
+    std::string reply;        ///< its first line
+    std::string_view reason;  ///< aborted: "rset", "helo", ... (a literal)
+    std::string mail_from;
+    std::size_t rcpts = 0;
+    std::uint64_t size = 0;
 };
 
 /// A command the engine (or a plugin) answered with a 4xx or 5xx, for the host's log: the
@@ -252,6 +266,13 @@ public:
     [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_; }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
+    /// The transactions that ended since the last call, oldest first (recorded only when some
+    /// plugin has the TXN_END hook). Each ended with a change of envelope_serial().
+    [[nodiscard]] bool has_transaction_ends() const noexcept { return !txn_ends_.empty(); }
+    [[nodiscard]] std::vector<transaction_end> take_transaction_ends() noexcept { return std::exchange(txn_ends_, {}); }
+    /// The session ends (`reason`: "quit", "disconnect", "timeout", "shutdown", ...): an open
+    /// transaction is over, without a message.
+    void end_session(std::string_view reason) noexcept;
     /// Changes every time the envelope is reset (a transaction ended or was abandoned).
     [[nodiscard]] std::uint64_t envelope_serial() const noexcept { return envelope_serial_; }
     /// Between commands: no transaction open, nothing buffered, no hook running.
@@ -363,7 +384,11 @@ private:
     {
         return has_hook(hook_kind::data_chunk) || (has_hook(hook_kind::data) && settings_.data_whole_message);
     }
-    void reset_envelope() noexcept;
+    /// The transaction is over (the envelope goes): TXN_END learns how, when it is hooked.
+    void reset_envelope(transaction_end::how outcome = transaction_end::how::aborted, std::string_view reason = {},
+                        std::size_t reply_start = std::string::npos) noexcept;
+    void note_transaction_end(transaction_end::how outcome, std::string_view reason, std::size_t reply_start) noexcept;
+    std::vector<transaction_end> txn_ends_;
     std::size_t command_limit(std::string_view verb) const noexcept;
     std::string help_list() const;
 

@@ -35,7 +35,6 @@ public:
     const proto::engine& smtp() const noexcept override { return engine_; }
     std::string_view peer_address() const noexcept override { return "192.0.2.7"; }
     std::uint16_t peer_port() const noexcept override { return 2525; }
-    slots& data_slots() noexcept override { return slots_; }
 
     struct answer {
         std::string plugin, hook;
@@ -47,10 +46,13 @@ public:
     {
         answers.push_back({plugin.key, std::string(hook), r.verdict, std::string(why)});
     }
+    void host_failed(std::string_view hook, std::string_view why) override
+    {
+        answers.push_back({"host", std::string(hook), proto::verdict::error, std::string(why)});
+    }
 
     proto::settings settings_;
     proto::engine engine_;
-    slots slots_;
     std::vector<answer> answers;
 };
 
