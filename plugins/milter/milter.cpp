@@ -762,8 +762,8 @@ private:
         l.ph = phase::failed;
         l.persistent = failure_answer();
         log_.warn("event=milter action=failure stage=" + std::string(stage_name(st)) + " client=" + l.client +
-                  " milter=" + address_ + " session=" + std::to_string(l.session) + " reason=\"" + mp::clean_line(why) +
-                  "\" default_action=" + action_name(default_action_));
+                  " milter=" + address_ + " session=" + std::to_string(l.session) + " reason='" + mp::clean_line(why) +
+                  "' default_action=" + action_name(default_action_));
     }
 
     // Under l.m: the answer at a stage for a link that takes no more events (or nullopt: go on
@@ -886,7 +886,7 @@ private:
                                   (qid.empty() ? "" : " queue_id=" + qid);
         if (a.refuses()) {
             log_.info("event=milter action=" + std::string(a.code >= 500 ? "reject" : "tempfail") + " " + where +
-                      " reply=\"" + mp::clean_line(a.first_line()) + "\" ms=" + std::to_string(ms));
+                      " reply='" + mp::clean_line(a.first_line()) + "' ms=" + std::to_string(ms));
         } else {
             log_.debug("event=milter action=" + std::string(a.verdict == sdk::verdict::accept ? "accept" : "continue") +
                        " " + where + " ms=" + std::to_string(ms));
@@ -1103,14 +1103,14 @@ private:
         if (failed.empty() && !pending_edits.failed.empty()) failed = pending_edits.failed;
         if (!pending_edits.quarantine.empty() && failed.empty()) {
             log_.info("event=milter action=quarantine stage=end_of_data client=" + l.client + " milter=" + address_ +
-                      " session=" + std::to_string(l.session) + " reason=\"" + pending_edits.quarantine + "\"");
+                      " session=" + std::to_string(l.session) + " reason='" + pending_edits.quarantine + "'");
             const asiosmtpd_status st = j.pending.edit(sdk::edit::add_header("X-Quarantine", pending_edits.quarantine));
             if (st != ASIOSMTPD_OK) failed = std::string("quarantine header refused (") + sdk::status_name(st) + ")";
         }
         if (!failed.empty()) {
             log_.error("event=milter action=tempfail stage=end_of_data client=" + l.client + " milter=" + address_ +
                        " session=" + std::to_string(l.session) +
-                       " reason=\"the milter's changes could not be applied: " + mp::clean_line(failed) + "\"");
+                       " reason='the changes could not be applied: " + mp::clean_line(failed) + "'");
             return answer::refuse(tempfail_code, std::string(edit_failed_text));
         }
         return a;
@@ -1314,9 +1314,8 @@ private:
         }
         // Logged here: the client's reply to this command is the usual one.
         log_.info("event=milter action=" + std::string(d.code >= 500 ? "reject" : "tempfail") +
-                  " stage=" + stage_name(st) + " client=" + l.client + " milter=" + address_ +
-                  " session=" + std::to_string(l.session) + " reply=\"" + mp::clean_line(a.first_line()) +
-                  "\" (applies from MAIL on)");
+                  " stage=" + stage_name(st) + " client=" + l.client + " milter=" + address_ + " session=" +
+                  std::to_string(l.session) + " reply='" + mp::clean_line(a.first_line()) + "' (applies from MAIL on)");
         return answer::go_on();
     }
 
