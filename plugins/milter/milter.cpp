@@ -862,7 +862,7 @@ private:
             std::lock_guard<std::mutex> g(l.m);
             mark_failed(l, st, e.what());
             a = l.persistent ? *l.persistent : answer::go_on();
-            if (st == mp::stage::connect || st == mp::stage::helo) a = connection_answer(a);
+            if (st == mp::stage::connect || st == mp::stage::helo) a = connection_answer(st, a);
             if (j.what == job::kind::finish && l.replaced_body && a.verdict == sdk::verdict::continue_) {
                 // Part of a new body went in: never deliver that half-replaced message.
                 a = answer::refuse(tempfail_code, std::string(tempfail_text));
@@ -902,12 +902,18 @@ private:
     }
 
     // A refusal at CONNECT or HELO, as Postfix answers it there: 421 closes; at CONNECT a 5xx
-    // refuses the connection (554); otherwise the client gets its 220/250 and the refusal
-    // answers MAIL, RCPT and DATA from then on.
-    answer connection_answer(const answer& a) const
+    // refuses the connection (554 <hostname> ESMTP not accepting connections); otherwise the
+    // client gets its 220/250 and the refusal answers MAIL, RCPT and DATA from then on.
+    answer connection_answer(mp::stage st, const answer& a) const
     {
-        if (!a.refuses()) return a;
-        if (a.code == 421) return a;
+        if (!a.refuses() || a.code == 421) return a;
+        if (st == mp::stage::connect && a.code >= 500) {
+            answer r;
+            r.verdict = sdk::verdict::reject;
+            r.code = 554;
+            r.text = hostname_ + " ESMTP not accepting connections";
+            return r;
+        }
         return answer::go_on();
     }
 
@@ -1305,18 +1311,15 @@ private:
         l.ph = phase::reject_con;
         l.persistent = a;
         l.close_socket();
-        if (a.code == 421) return a;
-        if (st == mp::stage::connect && a.code >= 500) {
-            a.code = 554;
-            a.text = hostname_ + " ESMTP not accepting connections";
-            a.verdict = sdk::verdict::reject;
-            return a;
+        const answer now = connection_answer(st, a);
+        if (!now.refuses()) {
+            // Logged here: the client's reply to this command is the usual one.
+            log_.info("event=milter action=" + std::string(d.code >= 500 ? "reject" : "tempfail") +
+                      " stage=" + stage_name(st) + " client=" + l.client + " milter=" + address_ +
+                      " session=" + std::to_string(l.session) + " reply='" + mp::clean_line(a.first_line()) +
+                      "' (applies from MAIL on)");
         }
-        // Logged here: the client's reply to this command is the usual one.
-        log_.info("event=milter action=" + std::string(d.code >= 500 ? "reject" : "tempfail") +
-                  " stage=" + stage_name(st) + " client=" + l.client + " milter=" + address_ + " session=" +
-                  std::to_string(l.session) + " reply='" + mp::clean_line(a.first_line()) + "' (applies from MAIL on)");
-        return answer::go_on();
+        return now;
     }
 
     void quit(link& l)
