@@ -26,7 +26,8 @@ class message_splitter {
 public:
     /// `leading_space`: the milter negotiated SMFIP_HDR_LEADSPC (values keep the space after
     /// the colon); otherwise one space after the colon is dropped, as Sendmail does.
-    /// `field_limit`: bytes kept of one header field; the rest of a longer field is dropped.
+    /// `field_limit`: bytes kept of one header line and of one field; the rest of a longer one is
+    /// dropped.
     explicit message_splitter(bool leading_space = false, std::size_t field_limit = 1u << 20,
                               std::size_t chunk = body_chunk_size)
         : leading_space_(leading_space),
@@ -67,13 +68,12 @@ public:
     bool truncated() const noexcept { return truncated_; }
 
 private:
+    // Appends to the unfinished line, at most field_limit bytes of it (the line end is kept).
     void keep(std::string& into, std::string_view bytes)
     {
-        const std::size_t room =
-            field_limit_ > into.size() + field_.size() ? field_limit_ - into.size() - field_.size() : 0;
+        const std::size_t room = field_limit_ > into.size() ? field_limit_ - into.size() : 0;
         if (bytes.size() > room) {
             truncated_ = true;
-            // Keep the line end, so that the line still ends.
             const bool nl = !bytes.empty() && bytes.back() == '\n';
             into.append(bytes.substr(0, room));
             if (nl && (into.empty() || into.back() != '\n')) into += '\n';
@@ -110,6 +110,11 @@ private:
             return;
         }
         if ((text.front() == ' ' || text.front() == '\t') && have_field_) {
+            if (field_.size() + 1 + text.size() > field_limit_) {
+                truncated_ = true;  // the rest of an overlong field is dropped
+                line_.clear();
+                return;
+            }
             field_ += '\n';
             field_.append(text);
             line_.clear();
