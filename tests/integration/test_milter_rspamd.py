@@ -5,7 +5,9 @@ milter_headers module; GTUBE is rspamd's own check), started on 127.0.0.1 and st
 GTUBE test message is refused with rspamd's reply; a clean one is stored with rspamd's headers
 (X-Rspamd-Queue-Id: the `i` macro the plugin sent). rspamd takes about 10 s to start here (it
 compiles its expressions); everything else takes well under a second."""
+import grp
 import os
+import pwd
 import shutil
 import smtplib
 import socket
@@ -51,7 +53,9 @@ milter_headers {{
 }}
 """)
         self.out = open(os.path.join(self.tmp, "output"), "wb")
-        self.proc = subprocess.Popen([RSPAMD, "-f", "-i", "-u", "root", "-g", "root", "-c", conf,
+        user = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.getgid()).gr_name
+        self.proc = subprocess.Popen([RSPAMD, "-f", "-i", "-u", user, "-g", group, "-c", conf,
                                       "--var", f"DBDIR={self.tmp}", "--var", f"RUNDIR={self.tmp}"],
                                      stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.out,
                                      start_new_session=True)
