@@ -64,7 +64,7 @@ RequireSafeKeys false
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=2)  # libmilter may take seconds: then SIGKILL
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
