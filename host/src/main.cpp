@@ -42,9 +42,11 @@ int main(int argc, char** argv)
                                          : log::level::info);
     };
     set_level(level);
+    log::detect_journal();
     try {
         const config::settings settings = config_file.empty() ? config::load_default() : config::load_file(config_file);
         if (app.count("--log-level") == 0) set_level(settings.server.log_level);  // the command line wins
+        net::apply_log_format(settings);
         // Start-up order (issue 9): config; the privilege plan (refusals before anything is
         // opened); TLS keys, as started (they may be root-only); then, with server.user as root:
         // bind the listeners (ports below 1024, metrics), drop privileges for good, and only then

@@ -43,7 +43,9 @@ START_TIMEOUT = 10.0             # seconds to wait for the listening line
 STOP_TIMEOUT = 10.0              # seconds to wait after SIGTERM before SIGKILL
 IO_TIMEOUT = 10.0                # default socket timeout of the raw client
 
-_LISTENING = re.compile(r"^info event=listening address=(\S+) port=(\d+) protocol=(\w+)(?: tls=\w+)?\s*$", re.M)
+_LISTENING = re.compile(r"^(?:\S+ )?info event=listening address=(\S+) port=(\d+) protocol=(\w+)(?: tls=\w+)?\s*$", re.M)
+# The same with log.format: json.
+_LISTENING_JSON = re.compile(r'"event":"listening","address":"([^"]+)","port":"(\d+)","protocol":"(\w+)"')
 
 
 def sanitized():
@@ -54,6 +56,15 @@ def sanitized():
             return b"__asan_init" in f.read()
     except OSError:
         return False
+
+
+def peak_rss_kib(pid):
+    """VmHWM of a process (Linux): its peak resident memory so far, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
 def fixture_plugin(name):
@@ -148,7 +159,8 @@ class Server:
         expected = None
         while True:
             err = self.stderr()
-            found = [(m.group(1), int(m.group(2)), m.group(3)) for m in _LISTENING.finditer(err)]
+            found = [(m.group(1), int(m.group(2)), m.group(3))
+                     for m in list(_LISTENING.finditer(err)) + list(_LISTENING_JSON.finditer(err))]
             if found:
                 # All listeners print their line before serving; give the others a moment.
                 if expected is None:

@@ -117,7 +117,7 @@ def broken_files(folder):
 
 def error_lines(stderr):
     """What is not an info/debug log event: what the operator must read."""
-    return [l for l in stderr.splitlines() if l.strip() and not re.match(r"^(debug|info) ", l)]
+    return [l for l in stderr.splitlines() if l.strip() and not re.match(r"^(?:\S+ )?(debug|info) ", l)]
 
 
 class BrokenPluginTest(ServerTestCase):

@@ -16,7 +16,7 @@ VERSION = os.environ.get("ASIOSMTPD_VERSION")  # the CMake project version, when
 
 def error_lines(stderr):
     """The lines that are not info/debug log events (what the operator must read)."""
-    return [l for l in stderr.splitlines() if l.strip() and not re.match(r"^(debug|info) ", l)]
+    return [l for l in stderr.splitlines() if l.strip() and not re.match(r"^(?:\S+ )?(debug|info) ", l)]
 
 
 class CommandLineTest(unittest.TestCase):

@@ -50,14 +50,6 @@ class IdleTimeoutTest(ServerTestCase):
         self.assertEqual(server.stdout(), "", "an unfinished message was delivered")
 
 
-def peak_rss_kib(pid):
-    """VmHWM of a process (Linux): its peak resident memory so far, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
 
 class InputBoundsTest(ServerTestCase):
     """A client cannot make the server buffer more than its limits: too-long lines and
@@ -69,12 +61,12 @@ class InputBoundsTest(ServerTestCase):
         server = self.start_server()
         c = self.connect(server)
         c.reply()
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         for _ in range(32):
             c.send(b"a" * self.MB)
         c.send(b"\r\nNOOP\r\n")
         self.assertEqual([c.line(), c.line()], ["500 Command line too long", "250 OK"])
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         self.assertLess(grown, bound(8 * 1024), f"32 MB on one command line grew the server by {grown} KiB")
 
     def test_endless_data_line(self):
@@ -85,12 +77,12 @@ class InputBoundsTest(ServerTestCase):
         c.cmd("MAIL FROM:<a@b.example>")
         c.cmd("RCPT TO:<c@d.example>")
         self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         for _ in range(32):
             c.send(b"b" * self.MB)
         c.send(b"\r\n.\r\nNOOP\r\n")
         self.assertEqual([c.line(), c.line()], ["500 Line too long (see RFC5321 4.5.3.1.6)", "250 OK"])
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         self.assertLess(grown, bound(8 * 1024), f"32 MB on one DATA line grew the server by {grown} KiB")
 
     def test_message_above_the_size_limit(self):
@@ -101,13 +93,13 @@ class InputBoundsTest(ServerTestCase):
         c.cmd("MAIL FROM:<a@b.example>")
         c.cmd("RCPT TO:<c@d.example>")
         self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         line = b"c" * 98 + b"\r\n"
         for _ in range(32):
             c.send(line * (self.MB // len(line)))
         c.send(b".\r\nNOOP\r\n")
         self.assertEqual([c.line(), c.line()], ["552 Error: Too much mail data", "250 OK"])
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         self.assertLess(grown, bound(12 * 1024), f"32 MB above a 1 MB limit grew the server by {grown} KiB")
 
 

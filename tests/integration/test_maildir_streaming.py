@@ -47,14 +47,6 @@ def big_body(size):
     return head + block * max(1, (size - len(head)) // len(block))
 
 
-def peak_rss_kib(pid):
-    """VmHWM of a process (Linux): its peak resident memory so far, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
 
 def bound(kib):
     """A memory bound in KiB; AddressSanitizer's quarantine keeps freed memory."""
@@ -100,12 +92,12 @@ class MaildirStreamingTest(ServerTestCase):
         wire = dot_stuff(body) + b".\r\n"
         c = self.session(server, timeout=60)
         self.start_message(c)
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         started = time.monotonic()
         c.send(wire)
         self.assertEqual(c.reply(), ["250 OK"])
         elapsed = time.monotonic() - started
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         files = maildir_files(self.maildir)
         self.assertEqual(len(files), 1)
         data = next(iter(files.values()))

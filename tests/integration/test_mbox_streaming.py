@@ -20,7 +20,7 @@ import harness
 from harness import HOST, HOSTNAME, IDENT, ServerTestCase, server_config
 from delivery import expected_message, peer_of, rcpt_of, rmtree, x_headers
 from test_delivery_mbox import _FROM_LINE, split_mbox
-from test_maildir_streaming import big_body, bound, dot_stuff, peak_rss_kib, wait_for
+from test_maildir_streaming import big_body, bound, dot_stuff, wait_for
 
 MIB = 1 << 20
 
@@ -125,12 +125,12 @@ class MboxStreamingTest(ServerTestCase):
         body = big_body(64 * MIB)
         c = self.session(server, timeout=60)
         self.start_message(c)
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         started = time.monotonic()
         c.send(dot_stuff(body) + b".\r\n")
         self.assertEqual(c.reply(), ["250 OK"])
         elapsed = time.monotonic() - started
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         messages = split_mbox(self.read())
         self.assertEqual(len(messages), 1)
         self.check(messages[0], body)

@@ -375,12 +375,12 @@ class BlockingTest(ServerTestCase):
 
     def check_logged_once(self, server):
         err = server.wait_output(lambda e: "event=plugin_unblocked" in e, which="stderr")
-        blocking = re.findall(r"^warn session=\d+ event=plugin_blocking plugin=scripted key=plugins\[0\] "
+        blocking = re.findall(r"^(?:\S+ )?warn session=\d+ event=plugin_blocking plugin=scripted key=plugins\[0\] "
                               r"hook=MAIL ms=(\d+)$", err, re.M)
         self.assertEqual(len(blocking), 1, err)
         self.assertGreaterEqual(int(blocking[0]), 500)
         self.assertLess(int(blocking[0]), self.BLOCK_MS)
-        unblocked = re.findall(r"^warn session=\d+ event=plugin_unblocked plugin=scripted key=plugins\[0\] "
+        unblocked = re.findall(r"^(?:\S+ )?warn session=\d+ event=plugin_unblocked plugin=scripted key=plugins\[0\] "
                                r"hook=MAIL ms=(\d+)$", err, re.M)
         self.assertEqual(len(unblocked), 1, err)
         self.assertGreaterEqual(int(unblocked[0]), self.BLOCK_MS)

@@ -252,7 +252,7 @@ class DropTest(ServerTestCase):
         server = self.start_server(server_config(plugins=["sink"]))
         err = server.wait_output(lambda e: "event=running_as_root" in e, which="stderr")
         self.assertEqual(err.count("event=running_as_root"), 1, err)
-        self.assertRegex(err, r"(?m)^warn event=running_as_root .*set server\.user")
+        self.assertRegex(err, r"(?m)^(?:\S+ )?warn event=running_as_root .*set server\.user")
         self.assertEqual(proc_ids(server.process.pid)["Uid"][1], "0")
 
     def test_user_set_while_not_root(self):

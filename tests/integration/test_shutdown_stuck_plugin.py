@@ -18,7 +18,7 @@ GRACE = 1
 MARGIN = 5          # shutdown_forced_margin in host/src/net/server.hpp
 SLACK = 4           # a loaded CI machine (2 cores, sanitizers)
 BLOCK_MS = 60000    # the fixture's maximum; far beyond GRACE + MARGIN
-FORCED = re.compile(r'^error event=shutdown_forced reason="a plugin hook did not return" '
+FORCED = re.compile(r'^(?:\S+ )?error event=shutdown_forced reason="a plugin hook did not return" '
                     r'sessions=(\d+) waited=(\d+(?:\.\d+)?)s exit=1$', re.M)
 
 

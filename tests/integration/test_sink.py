@@ -12,13 +12,6 @@ SESSIONS = 8
 MESSAGES_PER_CONCURRENT_SESSION = 25
 
 
-def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
 
 def transaction(s, i):
     """One message through the low-level calls, returning every reply code."""
@@ -76,7 +69,7 @@ class SinkTest(ServerTestCase):
         # message for it, so three 48 MiB messages leave its peak RSS far below one message.
         limit = 64 * 1024 * 1024
         big = self.start_server(server_config(plugins=["sink"], data_size_limit=limit, workers=1))
-        peak_before = peak_rss_kib(big.process.pid)
+        peak_before = harness.peak_rss_kib(big.process.pid)
         line = b"y" * 998 + b"\r\n"
         body = b"Subject: huge\r\n\r\n" + line * (48 * 1049)
         with socket.create_connection((big.host, big.port), timeout=30) as c:
@@ -90,7 +83,7 @@ class SinkTest(ServerTestCase):
                 self.assertEqual([f.readline()[:3] for _ in range(3)], [b"250", b"250", b"354"])
                 c.sendall(body + b".\r\n")
                 self.assertEqual(f.readline(), b"250 OK\r\n")
-        grown_mib = (peak_rss_kib(big.process.pid) - peak_before) / 1024
+        grown_mib = (harness.peak_rss_kib(big.process.pid) - peak_before) / 1024
         bound = 16 if not harness.sanitized() else 160
         self.assertLess(grown_mib, bound, f"peak RSS grew {grown_mib:.1f} MiB for 48 MiB messages")
 

@@ -111,14 +111,6 @@ def fixed_body(lines, width=100):
     return (b"x" * (width - 2) + b"\r\n") * lines
 
 
-def peak_rss_kib(pid):
-    """VmHWM of a process (Linux): its peak resident memory so far, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
 
 def bound(kib):
     """A memory bound in KiB; AddressSanitizer's quarantine keeps freed memory."""
@@ -286,7 +278,7 @@ class StreamingTest(ServerTestCase):
         body = fixed_body(lines)
         pieces = lines // math.ceil(CHUNK / 100) + 1  # the last one holds the rest
         self.start_message(c)
-        before = peak_rss_kib(server.process.pid)
+        before = harness.peak_rss_kib(server.process.pid)
         sent = [0]
         failure = []
 
@@ -314,7 +306,7 @@ class StreamingTest(ServerTestCase):
         elapsed = time.monotonic() - started
         # Every piece waited for its hook, one after the other.
         self.assertGreater(elapsed, (pieces - 1) * delay_ms / 1000)
-        grown = peak_rss_kib(server.process.pid) - before
+        grown = harness.peak_rss_kib(server.process.pid) - before
         self.assertLess(grown, bound(8 * 1024), f"64 MiB through slow hooks grew the server by {grown} KiB")
         err = server.wait_output(lambda t: "S1 data " in t, which="stderr")
         self.assertEqual(data_lines(err, "S1"), [(True, 0, len(body), pieces, hex8(crc(body)), hex8(0))])

@@ -33,6 +33,27 @@ class AbiTest(ServerTestCase):
             self.assertEqual(s.docmd("FROZEN"), (250, b"abi 1.0 helo old.example"))
             self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], b"x\r\n"), {})
 
+    def test_abi_1_3_from_c_beside_the_frozen_1_0_plugin(self):
+        # The 1.0 plugin runs before the editor, the maildir plugin after it: it stores the
+        # edited message for the edited recipients, and TXN_END reaches the C plugin.
+        import tempfile
+        sys.path.insert(0, os.path.join(os.environ["ASIOSMTPD_SOURCE_DIR"], "tests", "integration"))
+        from delivery import maildir_files, rmtree
+        tmp = tempfile.mkdtemp(prefix="asiosmtpd-abi13-")
+        self.addCleanup(rmtree, tmp)
+        plugins = [{"path": abi_plugin("frozen_v1_0")}, {"path": abi_plugin("c_editor_v1_3")},
+                   {"name": "maildir", "config": {"path": os.path.join(tmp, "Maildir")}}]
+        server = self.start_server(server_config(plugins=plugins))
+        with smtplib.SMTP(server.host, server.port, timeout=10) as s:
+            s.ehlo("new.example")
+            self.assertEqual(s.docmd("FROZEN"), (250, b"abi 1.0 helo new.example"))
+            self.assertEqual(s.sendmail("a@b.example", ["c@d.example"], b"Subject: s\r\n\r\nx\r\n"), {})
+        stored = list(maildir_files(os.path.join(tmp, "Maildir")).values())
+        self.assertEqual(len(stored), 1)
+        self.assertTrue(stored[0].startswith(b"X-C-Editor: v1.3\nSubject: s\n"), stored[0])
+        self.assertIn(b"X-RcptTo: c@d.example, archive@example.org\n", stored[0])
+        server.wait_output(lambda t: "txn_end outcome=1 code=250 rcpts=1" in t, which="stderr")
+
     def test_a_newer_minor_is_refused(self):
         minor = current_minor()
         r = harness.run_binary(["--check-config"], server_config(plugins=[{"path": abi_plugin("newer_minor")}]))

@@ -35,7 +35,7 @@ namespace asiosmtpd::config {
 // The keys each section accepts: what the parser checks against, and what known_keys()
 // lists for the documentation test (docs/configuration.md documents every one).
 namespace keys {
-constexpr std::string_view top[] = {"server", "tls", "plugin_path", "plugins", "metrics"};
+constexpr std::string_view top[] = {"server", "tls", "plugin_path", "plugins", "metrics", "log"};
 constexpr std::string_view server[] = {"hostname",
                                        "ident",
                                        "listen",
@@ -53,6 +53,7 @@ constexpr std::string_view server[] = {"hostname",
                                        "timeout",
                                        "data_min_rate",
                                        "spool_threshold",
+                                       "received_header",
                                        "spool_directory",
                                        "tls_handshake_timeout",
                                        "proxy_protocol_timeout",
@@ -70,6 +71,7 @@ constexpr std::string_view tls[] = {"certificate", "private_key",  "min_version"
                                     "ciphers",     "ciphersuites", "request_client_certificate"};
 constexpr std::string_view plugin[] = {"name", "path", "config", "timeout"};
 constexpr std::string_view metrics[] = {"listen"};
+constexpr std::string_view log[] = {"format", "timestamps"};
 }  // namespace keys
 
 std::vector<std::string> known_keys()
@@ -84,6 +86,7 @@ std::vector<std::string> known_keys()
     add("tls.", keys::tls);
     add("plugins[].", keys::plugin);
     add("metrics.", keys::metrics);
+    add("log.", keys::log);
     return all;
 }
 
@@ -562,6 +565,7 @@ void reader::read_server(const item& it, server_settings& s)
         {"auth_required", &server_settings::auth_required},
         {"auth_require_tls", &server_settings::auth_require_tls},
         {"advertise_pipelining", &server_settings::advertise_pipelining},
+        {"received_header", &server_settings::received_header},
     };
     for (const auto& [name, member] : flags)
         if (const item* f = m.find(name)) s.*member = read_bool(*f);
@@ -810,6 +814,17 @@ void reader::read_document(const YAML::Node& root, settings& out)
             ms.port = static_cast<std::uint16_t>(std::stoul(port));
         }
         out.metrics = ms;
+    }
+
+    if (const item* f = present("log")) {
+        const mapping lm = open_map(*f, keys::log);
+        if (const item* v = lm.find("format"))
+            out.log.format = read_enum<std::string>(*v, {{"text", "text"}, {"json", "json"}});
+        if (const item* v = lm.find("timestamps")) {
+            const std::string t = read_string(*v);
+            if (t == "auto") out.log.timestamps = "auto";
+            else out.log.timestamps = read_bool(*v) ? "true" : "false";
+        }
     }
 }
 

@@ -80,6 +80,7 @@ struct server_settings {
     double timeout = 300;                              // seconds, > 0
     std::uint64_t data_min_rate = 500;                 // bytes/s a message must keep up over each timeout window
     std::uint64_t spool_threshold = 1024 * 1024;       // a message held for editors beyond this goes to a file
+    bool received_header = false;                      // a Received: field tops each message plugins see
     std::filesystem::path spool_directory;             // where; empty: $TMPDIR or /tmp
     double tls_handshake_timeout = 30;                 // seconds, > 0
     double proxy_protocol_timeout = 10;                // seconds to receive a PROXY header, > 0
@@ -119,6 +120,11 @@ struct metrics_settings {
     std::uint16_t port = 9125;
 };
 
+struct log_settings {
+    std::string format = "text";      // text | json
+    std::string timestamps = "auto";  // auto (on unless stderr is the journal) | true | false
+};
+
 struct settings {
     std::filesystem::path file;      // the config file ("<embedded default>" if none)
     std::filesystem::path base_dir;  // relative paths resolve against this
@@ -126,6 +132,7 @@ struct settings {
     std::optional<tls_settings> tls;
     std::vector<std::filesystem::path> plugin_path;  // absolute after load
     std::vector<plugin_entry> plugins;
+    log_settings log;
     std::optional<metrics_settings> metrics;  // absent: no metrics endpoint
 };
 

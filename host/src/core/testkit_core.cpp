@@ -310,6 +310,7 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
     void refresh()
     {
         config = engine_settings(live, host.gen);
+        host.gen.spool = {live.spool_threshold, live.spool_directory};
         timeout = live.hook_timeout;
         tls_defaults = live.tls_defaults;
     }

@@ -108,6 +108,14 @@ void registry::when_empty(std::function<void()> f)
 // server
 // --------------------------------------------------------------------------------------------
 
+void apply_log_format(const config::settings& s) noexcept
+{
+    log::set_format(s.log.format == "json" ? log::format::json : log::format::text,
+                    s.log.timestamps == "true"    ? log::stamps::on
+                    : s.log.timestamps == "false" ? log::stamps::off
+                                                  : log::stamps::automatic);
+}
+
 proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g)
 {
     const auto& srv = s.server;
@@ -166,6 +174,7 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
     ctx->smtp = engine_settings(s, l, *g);
     ctx->idle_timeout = millis(s.server.timeout);
     ctx->data_min_rate = s.server.data_min_rate;
+    ctx->received_header = s.server.received_header;
     ctx->handshake_timeout = millis(s.server.tls_handshake_timeout);
     ctx->auth_failure_delay = millis(s.server.auth_failure_delay);
     ctx->proxy_protocol = l.proxy_protocol;
@@ -377,6 +386,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     max_connections_ = next.server.max_connections;
     tls_handshakes_->set_limits(next.server.max_tls_handshakes, next.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
+    apply_log_format(next);
     warn_restart_only(next);
     ++generation_;
     metrics::get().reloads_ok.fetch_add(1, std::memory_order_relaxed);

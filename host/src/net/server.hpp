@@ -50,6 +50,9 @@ void notify_systemd(std::string_view state) noexcept;
 /// std::runtime_error naming the file and the tls key.
 std::shared_ptr<asio::ssl::context> tls_context_for(const config::settings& s);
 
+/// log.format and log.timestamps, from now on (at start and at each reload).
+void apply_log_format(const config::settings& s) noexcept;
+
 /// The proto::settings of one listener, from the config and the loaded plugins.
 proto::settings engine_settings(const config::settings& s, const config::listener& l, const plugin::generation& g);
 

@@ -4,6 +4,7 @@
 #include "log/log.hpp"
 #include "net/metrics.hpp"
 #include "net/server.hpp"
+#include "proto/trace.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -49,6 +50,34 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
         local_address_ = local.address().to_string();
         local_port_ = local.port();
     }
+    if (ctx_->received_header) engine_.set_message_prefix([this] { return received_field(); });
+}
+
+// "<process start, hex>.<session, hex>.<message in the session>": unique across restarts.
+std::string session::transaction_id() const
+{
+    static const auto started =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return fmt::format("{:X}.{:X}.{}", started, id_, engine_.messages_begun());
+}
+
+std::string session::received_field() const
+{
+    const proto::envelope& env = engine_.current_envelope();
+    proto::trace_info t;
+    t.helo = engine_.helo_name();
+    t.peer_address = peer_address_;
+    t.hostname = ctx_->smtp.hostname;
+    const std::string id = transaction_id();
+    t.id = id;
+    t.tls_version = tls_version();
+    t.tls_cipher = tls_cipher();
+    t.esmtp = engine_.extended_smtp();
+    t.lmtp = ctx_->smtp.lmtp;
+    t.authenticated = engine_.authenticated();
+    if (env.rcpt_tos.size() == 1) t.single_rcpt = env.rcpt_tos.front();
+    t.when = std::time(nullptr);
+    return proto::received_field(t);
 }
 
 session::~session() = default;
@@ -324,10 +353,11 @@ void session::log_transaction(const proto::transaction_summary& t)
         if (!to.empty()) to.push_back(',');
         to.append("<").append(log::escaped(r, 320)).append(">");
     }
-    log::info("session={} event=message client={} from=<{}> to={} rcpts={} size={} result={} decided_by={} ms={}", id_,
-              peer_address_, log::escaped(from, 320), to.empty() ? std::string("-") : to, t.rcpts, t.size, t.code,
-              decided_by_.empty() ? std::string_view("default") : decided_by_,
-              data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
+    log::info(
+        "session={} event=message txn={} client={} from=<{}> to={} rcpts={} size={} result={} decided_by={} ms={}", id_,
+        transaction_id(), peer_address_, log::escaped(from, 320), to.empty() ? std::string("-") : to, t.rcpts, t.size,
+        t.code, decided_by_.empty() ? std::string_view("default") : decided_by_,
+        data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
     metrics::get().message(t.code, t.size);
     decided_by_ = {};
     data_started_ = {};

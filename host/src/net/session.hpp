@@ -56,6 +56,7 @@ struct listener_context {
     /// While a message arrives, each idle_timeout window must bring at least this many bytes
     /// per second (0: at least one byte); slower is a timeout.
     std::uint64_t data_min_rate = 500;
+    bool received_header = false;  ///< server.received_header: a Received field tops each message
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view, public plugin::chain_events {
@@ -110,6 +111,9 @@ private:
     asio::awaitable<void> run_hooks();
     asio::awaitable<void> auth_failed();
     void log_transaction(const proto::transaction_summary& t);
+    /// The id of the session's current (or last) message: in its Received field and log line.
+    [[nodiscard]] std::string transaction_id() const;
+    [[nodiscard]] std::string received_field() const;
     void log_refusals();
     void end_transaction_slots() noexcept;
     void start_watchdog();

@@ -76,7 +76,9 @@ std::string checked_address(std::string_view a, bool null_ok, std::string& out)
     if (std::any_of(a.begin(), a.end(), [](char c) { return static_cast<unsigned char>(c) < 32 || c == 127; }))
         return "control character in the address";
     const proto::address_result r = proto::parse_address("<" + std::string(a) + ">", true);
-    if (r.state != proto::address_result::status::ok || !r.rest.empty() || r.address.empty())
+    // A mailbox (RFC 5321 §4.1.2 Forward-path, Reverse-path): local@domain, or Postmaster.
+    if (r.state != proto::address_result::status::ok || !r.rest.empty() || r.address.empty() ||
+        (r.address.find('@') == std::string::npos && !iequal(r.address, "postmaster")))
         return "malformed address <" + std::string(a) + ">";
     out = r.address;
     return {};

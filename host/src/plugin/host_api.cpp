@@ -50,6 +50,20 @@ pending_table& table()
     return *t;
 }
 
+// f(pending_call&) for a suspended call, under the table's and the call's locks: E_GONE for a
+// token that was valid once (completed, timed out, session gone), E_INVALID for one never given.
+template <class F>
+asiosmtpd_status with_pending(asiosmtpd_token token, F&& f)
+{
+    auto& t = table();
+    const std::lock_guard guard(t.lock);
+    const auto it = t.calls.find(token);
+    if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
+    pending_call& p = *it->second;
+    const std::lock_guard call_guard(p.lock);
+    return f(p);
+}
+
 // ---- registration ----------------------------------------------------------------------------
 
 asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook, asiosmtpd_hook_fn fn)
@@ -313,14 +327,10 @@ asiosmtpd_status edit_message(asiosmtpd_call* call, const asiosmtpd_edit* e)
 
 asiosmtpd_status edit_message_pending(asiosmtpd_token token, const asiosmtpd_edit* e)
 {
-    auto& t = table();
-    const std::lock_guard guard(t.lock);
-    const auto it = t.calls.find(token);
-    if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
-    pending_call& p = *it->second;
-    const std::lock_guard call_guard(p.lock);
-    if (p.done) return ASIOSMTPD_E_GONE;
-    return record(p.edits, e, p.may_edit, p.lmtp, p.spool);
+    return with_pending(token, [e](pending_call& p) {
+        if (p.done) return ASIOSMTPD_E_GONE;
+        return record(p.edits, e, p.may_edit, p.lmtp, p.spool);
+    });
 }
 
 asiosmtpd_status set_reply(asiosmtpd_call* call, uint16_t code, asiosmtpd_str text)
@@ -412,15 +422,11 @@ asiosmtpd_status set_rcpt_reply(asiosmtpd_call* call, size_t index, uint16_t cod
 asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token token, size_t index, uint16_t code, asiosmtpd_str text)
 {
     std::string problem = sdk::reply_problem(code, view(text), false);
-    auto& t = table();
-    const std::lock_guard guard(t.lock);
-    const auto it = t.calls.find(token);
-    if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
-    pending_call& p = *it->second;
-    const std::lock_guard call_guard(p.lock);
-    if (p.hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
-    return put_rcpt_reply(p.rcpt_replies, p.refused_rcpt_replies, p.rcpt_count, "set_rcpt_reply_pending", index, code,
-                          view(text), std::move(problem));
+    return with_pending(token, [&](pending_call& p) {
+        if (p.hook != ASIOSMTPD_HOOK_DATA) return ASIOSMTPD_E_STATE;
+        return put_rcpt_reply(p.rcpt_replies, p.refused_rcpt_replies, p.rcpt_count, "set_rcpt_reply_pending", index,
+                              code, view(text), std::move(problem));
+    });
 }
 
 asiosmtpd_status slot_set(asiosmtpd_call* call, int32_t scope, void* data, void (*dtor)(void*))

@@ -288,9 +288,10 @@ void drain_retired() { janitor::get().drain(); }
 std::shared_ptr<const generation> load(const config::settings& s)
 {
     janitor::get();  // constructed before the first generation: destroyed after the last one
-    // The core logs (plugins' log() calls, blocking incidents) through the server's log.
-    static server_log_sink sink;
-    set_default_log_sink(&sink);
+    // The core logs (plugins' log() calls, blocking incidents) through the server's log. Never
+    // destroyed: plugin threads may log until the janitor's last destroy() at exit.
+    static server_log_sink* const sink = new server_log_sink;
+    set_default_log_sink(sink);
     std::shared_ptr<generation> gen(new generation, [](generation* g) { janitor::get().retire(g); });
     gen->spool.threshold = s.server.spool_threshold;
     gen->spool.directory = s.server.spool_directory.string();

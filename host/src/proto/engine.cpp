@@ -811,6 +811,7 @@ void engine::on_data(std::string_view arg, bool)
     if (envelope_.rcpt_tos.empty()) return reply(replies::need_rcpt);
     if (!arg.empty()) return reply(replies::syntax_data);
     reply(replies::start_data);
+    ++messages_begun_;
     phase_ = phase::data;
     data_error_ = data_error::none;
     data_bytes_ = 0;
@@ -820,6 +821,10 @@ void engine::on_data(std::string_view arg, bool)
     chunk_refusal_ = {};
     partial_line_ = 0;
     envelope_.content.clear();
+    if (message_prefix_ && keeps_content()) {
+        envelope_.content = message_prefix_();
+        data_unstuffed_ = envelope_.content.size();
+    }
     if (has_hook(hook_kind::data) && settings_.data_whole_message) {
         // The client declared the size (RFC 1870): one allocation instead of doubling copies.
         for (const std::string& p : envelope_.mail_options) {
@@ -1360,7 +1365,7 @@ void engine::note_transaction_end(transaction_end::how outcome, std::string_view
         // summarize() has moved the recipients out already.
         e.rcpts = finished_ && reply_start != std::string::npos ? finished_->rcpts : envelope_.rcpt_tos.size();
         if (reply_start != std::string::npos && reply_start + 3 <= out_.size()) {
-            e.size = data_unstuffed_;
+            e.size = data_bytes_;  // as the mail log gives it
             const std::size_t eol = out_.find('\r', reply_start);
             e.reply = out_.substr(reply_start, eol == std::string::npos ? std::string::npos : eol - reply_start);
             for (std::size_t i = 0; i < 3; ++i)

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -266,6 +267,8 @@ public:
     [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_; }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
+    /// Messages begun in this session (354 replies): the number of the current or last one.
+    [[nodiscard]] std::uint64_t messages_begun() const noexcept { return messages_begun_; }
     /// The transactions that ended since the last call, oldest first (recorded only when some
     /// plugin has the TXN_END hook). Each ended with a change of envelope_serial().
     [[nodiscard]] bool has_transaction_ends() const noexcept { return !txn_ends_.empty(); }
@@ -293,6 +296,11 @@ public:
     /// waiting for its client holds at most `keep`; a smaller one is kept, so that a command
     /// costs no allocation) and return true.
     bool release_buffer(std::size_t keep) noexcept;
+
+    /// server.received_header: called as each message begins (the 354 reply), it gives the
+    /// trace field(s) that go at the top of the message the plugins see (the session composes
+    /// them: proto/trace.hpp). They do not count against data_size_limit or the mail log's size.
+    void set_message_prefix(std::function<std::string()> prefix) { message_prefix_ = std::move(prefix); }
 
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (docs/behaviour.md).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
@@ -389,6 +397,7 @@ private:
                         std::size_t reply_start = std::string::npos) noexcept;
     void note_transaction_end(transaction_end::how outcome, std::string_view reason, std::size_t reply_start) noexcept;
     std::vector<transaction_end> txn_ends_;
+    std::function<std::string()> message_prefix_;
     std::size_t command_limit(std::string_view verb) const noexcept;
     std::string help_list() const;
 
@@ -416,6 +425,7 @@ private:
     std::size_t unknown_budget_;
     std::map<std::string, std::uint32_t, std::less<>> calls_;
     std::uint64_t transactions_ = 0;
+    std::uint64_t messages_begun_ = 0;
     std::uint64_t envelope_serial_ = 0;
     std::uint64_t progress_ = 0;
 

@@ -310,7 +310,8 @@ typedef struct asiosmtpd_txn_end_args {
                                  "disconnect", "timeout", "shutdown", "closed"; empty otherwise */
     asiosmtpd_str mail_from;  /* as the client gave it; "<>" for the null sender */
     size_t rcpt_count;        /* the client's accepted recipients */
-    uint64_t size;            /* the message's bytes (unstuffed); 0 when there was none */
+    uint64_t size;            /* the message's bytes as received (the mail log's size=); 0 when
+                                 there was none */
 } asiosmtpd_txn_end_args;
 
 /* ABI 1.3: one change to the transaction (see "Message editing" above). */

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -457,6 +458,9 @@ TEST(testkit_replies_scripted, a_worker_completing_with_nonsense_ends_the_call_a
     const auto started = std::chrono::steady_clock::now();
     EXPECT_EQ(s.cmd("NOOP"), internal);
     EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(2000));
+    // The worker logs complete()'s status after it returned, maybe after the reply went out.
+    for (int i = 0; i < 200 && !h.logged("scripted: NOOP: complete() returned E_INVALID"); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     EXPECT_TRUE(h.logged("scripted: NOOP: complete() returned E_INVALID"));
     EXPECT_TRUE(h.logged("event=plugin_error hook=NOOP reason=\"complete() refused: unknown verdict 42\""));
     EXPECT_EQ(s.cmd("RSET"), internal);

@@ -19,7 +19,7 @@
  * What it is: the server itself minus the sockets. The kit links the server's core library
  * (libasiosmtpd_core.a): the SMTP/LMTP engine that answers every command on the wire, the
  * hook chain that calls the plugins and judges every verdict and reply, and the host function
- * table of plugin.h (ABI 1.2) that plugins call. Each cmd() line goes into the engine as the
+ * table of plugin.h (ABI 1.3) that plugins call. Each cmd() line goes into the engine as the
  * client's bytes (with CRLF); each hook the engine asks for runs through the chain as in the
  * server's sessions; a suspended call is waited for (up to host::hook_timeout) inside the
  * cmd() that triggered it, and complete() may come from any thread. So the replies, their
@@ -140,7 +140,8 @@ class session;
 //   require_starttls, auth_require_tls (true), auth_required, auth_max_failures (3; 0: no
 //   limit), decode_data, enable_smtputf8, advertise_pipelining, call_limit_enabled /
 //   call_limits / call_limit_default (command_call_limit), data_chunk_size (64 KiB: the
-//   DATA_CHUNK pieces), tls_defaults (what cmd("STARTTLS") negotiates).
+//   DATA_CHUNK pieces), spool_threshold / spool_directory (ABI 1.3: where a message is held
+//   for the plugins after an editor), tls_defaults (what cmd("STARTTLS") negotiates).
 // A session reads them at each command: a test may change them between two cmd() calls.
 // ------------------------------------------------------------------------------------------
 class host : public core::settings {

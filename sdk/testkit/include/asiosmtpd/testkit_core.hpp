@@ -137,6 +137,10 @@ struct settings {
     std::map<std::string, std::uint32_t> call_limits;
     std::uint32_t call_limit_default = 20;
     std::size_t data_chunk_size = 64 * 1024;
+    /// ABI 1.3: a message held for the plugins after an editor goes to a file beyond this
+    /// many bytes, in this folder ("": $TMPDIR, else /tmp).
+    std::uint64_t spool_threshold = 1024 * 1024;
+    std::string spool_directory;
     tls_params tls_defaults;
 };
 
