@@ -5,6 +5,7 @@ with the client, the command and the reply; a failed AUTH names the client, the 
 the login tried (never the password); a connection refused over max_connections names its
 client."""
 import base64
+import re
 import smtplib
 
 import harness
@@ -58,6 +59,51 @@ class RejectLineTest(ServerTestCase):
                                      r'reply="503 Error: need MAIL command"$')
         self.assertRegex(rejects[1], r'event=reject client=127\.0\.0\.1 command="RCPT TO:<nobody@example\.org>" '
                                      r'reply="550 5\.1\.1 nobody@example\.org: unknown"$')
+
+
+class TransactionIdTest(ServerTestCase):
+    def test_a_days_traffic_answers_who_sent_what_to_whom_and_who_was_refused_why_with_grep(self):
+        # A plugin that says something about every recipient.
+        plugins = [{"path": harness.fixture_plugin("scripted"), "config": {"hooks": {"RCPT": {"log": "checked {arg}"}}}},
+                   "sink"]
+        server = self.start_server(server_config(plugins=plugins))
+        with Client(server.host, server.port) as c:
+            c.reply()
+            c.cmd("EHLO client.example")
+            # Transaction 1: one good recipient, one refused by the server (a control byte).
+            self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"), ["250 OK"])
+            self.assertEqual(c.cmd("RCPT TO:<bob@example.org>"), ["250 OK"])
+            self.assertEqual(c.cmd("RCPT TO:<bad\x01@example.org>")[0][:3], "553")
+            self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
+            self.assertEqual(c.cmd("Subject: 1\r\n\r\nx\r\n."), ["250 OK"])
+            # Transaction 2, abandoned; then transaction 3 with another sender.
+            self.assertEqual(c.cmd("MAIL FROM:<mallory@example.net>"), ["250 OK"])
+            self.assertEqual(c.cmd("RSET"), ["250 OK"])
+            self.assertEqual(c.cmd("MAIL FROM:<carol@example.org>"), ["250 OK"])
+            self.assertEqual(c.cmd("RCPT TO:<dave@example.org>"), ["250 OK"])
+            self.assertEqual(c.cmd("DATA"), ["354 End data with <CR><LF>.<CR><LF>"])
+            self.assertEqual(c.cmd("Subject: 3\r\n\r\ny\r\n."), ["250 OK"])
+            c.cmd("QUIT")
+        err = server.wait_output(lambda e: e.count("event=message") >= 2, which="stderr")
+        lines = err.splitlines()
+        messages = [l for l in lines if "event=message" in l]
+        txn1 = re.search(r" txn=(\S+) ", messages[0]).group(1)
+        txn3 = re.search(r" txn=(\S+) ", messages[1]).group(1)
+        self.assertNotEqual(txn1, txn3)
+        self.assertTrue(txn1.endswith(".1") and txn3.endswith(".3"), (txn1, txn3))
+        # grep txn1: the plugin's line, the refusal and the message, and nothing of the others.
+        first = [l for l in lines if f"txn={txn1} " in l]
+        self.assertEqual(len(first), 3, first)
+        self.assertIn("plugin=scripted checked bob@example.org", first[0])
+        self.assertRegex(first[1], r'event=reject client=127\.0\.0\.1 command="RCPT TO:<bad\\x01@example\.org>" reply="553 ')
+        self.assertIn("from=<alice@example.org> to=<bob@example.org> rcpts=1", first[2])
+        self.assertNotIn("mallory", "\n".join(first))
+        # grep the sender: its message line names the transaction, which names the rest.
+        carol = next(l for l in messages if "from=<carol@example.org>" in l)
+        self.assertIn(f"txn={txn3} ", carol)
+        self.assertIn("to=<dave@example.org>", carol)
+        # A command refused outside a transaction carries no txn.
+        self.assertFalse(any("txn=" in l for l in lines if "event=connect" in l or "event=disconnect" in l))
 
 
 class AuthFailureLineTest(ServerTestCase):

@@ -53,13 +53,7 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
     if (ctx_->received_header) engine_.set_message_prefix([this] { return received_field(); });
 }
 
-// "<process start, hex>.<session, hex>.<message in the session>": unique across restarts.
-std::string session::transaction_id() const
-{
-    static const auto started =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    return fmt::format("{:X}.{:X}.{}", started, id_, engine_.messages_begun());
-}
+std::string session::transaction_id() const { return proto::transaction_id(id_, engine_.transaction_number()); }
 
 std::string session::received_field() const
 {
@@ -337,8 +331,9 @@ asio::awaitable<void> session::close()
 void session::log_refusals()
 {
     for (const proto::refusal& r : engine_.take_refusals())
-        log::info("session={} event=reject client={} command=\"{}\" reply=\"{}\"", id_, peer_address_,
-                  log::escaped(r.command, 200), log::escaped(r.reply, 200));
+        log::info("session={}{} event=reject client={} command=\"{}\" reply=\"{}\"", id_,
+                  r.transaction == 0 ? std::string() : " txn=" + proto::transaction_id(id_, r.transaction),
+                  peer_address_, log::escaped(r.command, 200), log::escaped(r.reply, 200));
 }
 
 // One line per transaction: who sent to whom, how much, the answer, who decided, how long.
@@ -355,8 +350,9 @@ void session::log_transaction(const proto::transaction_summary& t)
     }
     log::info(
         "session={} event=message txn={} client={} from=<{}> to={} rcpts={} size={} result={} decided_by={} ms={}", id_,
-        transaction_id(), peer_address_, log::escaped(from, 320), to.empty() ? std::string("-") : to, t.rcpts, t.size,
-        t.code, decided_by_.empty() ? std::string_view("default") : decided_by_,
+        proto::transaction_id(id_, t.transaction), peer_address_, log::escaped(from, 320),
+        to.empty() ? std::string("-") : to, t.rcpts, t.size, t.code,
+        decided_by_.empty() ? std::string_view("default") : decided_by_,
         data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
     metrics::get().message(t.code, t.size);
     decided_by_ = {};

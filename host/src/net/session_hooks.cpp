@@ -206,8 +206,9 @@ void session::answered(const plugin::instance& plugin, std::string_view hook, st
     metrics::get().hook(plugin.name, hook, took);
     if (r.verdict != proto::verdict::error) return;
     metrics::get().plugin_errors.fetch_add(1, std::memory_order_relaxed);
-    log::warn("session={} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_, plugin.name, plugin.key,
-              hook, why);
+    log::warn("session={}{} event=plugin_error plugin={} key={} hook={} reason=\"{}\"", id_,
+              engine_.in_transaction() ? " txn=" + transaction_id() : std::string(), plugin.name, plugin.key, hook,
+              why);
 }
 
 void session::host_failed(std::string_view hook, std::string_view why)

@@ -4,6 +4,7 @@
 #include "plugin/chain.hpp"
 #include "plugin/generation.hpp"
 #include "plugin/log_sink.hpp"
+#include "proto/trace.hpp"
 
 #include <asiosmtpd/reply_rules.hpp>
 #include <asiosmtpd/version.hpp>
@@ -550,8 +551,13 @@ void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, 
     const std::string name = who != nullptr ? who->name : std::string("?");
     // `call` may be stale when used from another thread; only read it when it is active.
     std::string line;
-    if (call != nullptr && call->active && call->session != nullptr)
+    if (call != nullptr && call->active && call->session != nullptr) {
+        const proto::engine& smtp = call->session->smtp();
         line = "session=" + std::to_string(call->session->session_id()) + " ";
+        // Every line of a transaction carries its id (the mail log's txn=, the Received id).
+        if (smtp.in_transaction())
+            line += "txn=" + proto::transaction_id(call->session->session_id(), smtp.transaction_number()) + " ";
+    }
     line += "plugin=" + name;
     if (message.size > 0) line += " " + escaped(view(message), 2000);
     if (keys != nullptr && values != nullptr)

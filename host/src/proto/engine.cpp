@@ -477,7 +477,8 @@ void engine::note_refusal(std::string_view command, std::size_t reply_start)
 {
     if (out_.size() <= reply_start || (out_[reply_start] != '4' && out_[reply_start] != '5')) return;
     const std::size_t end = out_.find('\r', reply_start);
-    refusals_.push_back({std::string(command), out_.substr(reply_start, end - reply_start)});
+    refusals_.push_back({std::string(command), out_.substr(reply_start, end - reply_start),
+                         envelope_.mail_from.empty() ? 0 : transaction_number_});
 }
 
 void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
@@ -582,6 +583,7 @@ void engine::finish_hook(const hook_result& r)
         return;
     case hook_kind::mail:
         if (reply_for(r, replies::ok)) {
+            ++transaction_number_;
             envelope_.mail_from.assign(arg);
             envelope_.mail_options.insert(envelope_.mail_options.end(), request_params_.begin(), request_params_.end());
         }
@@ -811,7 +813,6 @@ void engine::on_data(std::string_view arg, bool)
     if (envelope_.rcpt_tos.empty()) return reply(replies::need_rcpt);
     if (!arg.empty()) return reply(replies::syntax_data);
     reply(replies::start_data);
-    ++messages_begun_;
     phase_ = phase::data;
     data_error_ = data_error::none;
     data_bytes_ = 0;
@@ -913,6 +914,7 @@ void engine::summarize(std::size_t reply_start)
     t.rcpts = envelope_.rcpt_tos.size();
     t.rcpt_tos = std::move(envelope_.rcpt_tos);  // the envelope is reset right after
     t.size = data_bytes_;
+    t.transaction = transaction_number_;
     if (out_.size() >= reply_start + 3) {
         for (std::size_t i = 0; i < 3; ++i)
             t.code = static_cast<std::uint16_t>(t.code * 10 + (out_[reply_start + i] - '0'));

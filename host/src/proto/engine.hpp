@@ -148,7 +148,8 @@ struct transaction_summary {
     std::vector<std::string> rcpt_tos;  ///< the accepted recipients, in order
     std::size_t rcpts = 0;
     std::uint64_t size = 0;
-    std::uint16_t code = 0;  ///< the reply's code (the first, for LMTP)
+    std::uint16_t code = 0;         ///< the reply's code (the first, for LMTP)
+    std::uint64_t transaction = 0;  ///< its transaction_number()
 };
 
 /// How a transaction ended (the TXN_END notification), recorded when some plugin has that hook.
@@ -170,6 +171,7 @@ struct transaction_end {
 struct refusal {
     std::string command;
     std::string reply;
+    std::uint64_t transaction = 0;  ///< transaction_number() when refused inside a transaction, else 0
 };
 
 /// What the engine asks the host to run. Views point into the engine and stay valid until
@@ -267,8 +269,10 @@ public:
     [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_; }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
-    /// Messages begun in this session (354 replies): the number of the current or last one.
-    [[nodiscard]] std::uint64_t messages_begun() const noexcept { return messages_begun_; }
+    /// Transactions begun in this session (MAIL accepted): the number of the open or last one.
+    [[nodiscard]] std::uint64_t transaction_number() const noexcept { return transaction_number_; }
+    /// In a transaction (MAIL accepted, not yet ended).
+    [[nodiscard]] bool in_transaction() const noexcept { return !envelope_.mail_from.empty(); }
     /// The transactions that ended since the last call, oldest first (recorded only when some
     /// plugin has the TXN_END hook). Each ended with a change of envelope_serial().
     [[nodiscard]] bool has_transaction_ends() const noexcept { return !txn_ends_.empty(); }
@@ -425,7 +429,7 @@ private:
     std::size_t unknown_budget_;
     std::map<std::string, std::uint32_t, std::less<>> calls_;
     std::uint64_t transactions_ = 0;
-    std::uint64_t messages_begun_ = 0;
+    std::uint64_t transaction_number_ = 0;
     std::uint64_t envelope_serial_ = 0;
     std::uint64_t progress_ = 0;
 

@@ -36,6 +36,15 @@ std::string safe(std::string_view s, std::size_t max)
 
 }  // namespace
 
+std::string transaction_id(std::uint64_t session, std::uint64_t n)
+{
+    static const auto started = static_cast<unsigned long long>(std::time(nullptr));
+    char buf[80];
+    std::snprintf(buf, sizeof buf, "%llX.%llX.%llu", started, static_cast<unsigned long long>(session),
+                  static_cast<unsigned long long>(n));
+    return buf;
+}
+
 std::string received_field(const trace_info& t)
 {
     std::string with = t.lmtp ? "LMTP" : t.esmtp ? "ESMTP" : "SMTP";

@@ -3,6 +3,7 @@
 // server.received_header). Pure function, standard library only.
 #pragma once
 
+#include <cstdint>
 #include <ctime>
 #include <string>
 #include <string_view>
@@ -23,6 +24,10 @@ struct trace_info {
     std::string_view single_rcpt;  ///< the recipient when there is exactly one, else ""
     std::time_t when = 0;
 };
+
+/// The id of a session's n-th transaction, "<process start, hex>.<session, hex>.<n>": unique
+/// across restarts; in every log line of the transaction and in its Received field.
+std::string transaction_id(std::uint64_t session, std::uint64_t n);
 
 /// "Received: from <helo> ([<ip>])\r\n\t(using <tls> with cipher <c>)\r\n\tby <host> (asiosmtpd)
 /// with <ESMTPSA...> id <id>\r\n\tfor <rcpt>; <RFC 5322 date>\r\n" (the TLS line only with TLS,
