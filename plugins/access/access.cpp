@@ -14,7 +14,7 @@
 // Counters live in a process-wide table (client_limits.hpp) that a reload with the same limits
 // keeps. README.md has every key.
 // ABI 1.1: the authenticated login (session_info) and config_dir().
-#define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR 1u
+#define ASIOSMTPD_PLUGIN_MIN_ABI_MINOR 3u  // keep_state: counters across reloads
 
 #include "cidr.hpp"
 #include "client_limits.hpp"
@@ -145,7 +145,7 @@ public:
         reject_networks_ = networks(cfg, "reject_networks");
         relay_authenticated_ = cfg.bool_or("relay_authenticated", true);
         if (const auto m = cfg.get("sender_login_map"); m && !m->is_null()) load_login_map(*m, reg.config_dir());
-        read_limits(cfg);
+        read_limits(reg, cfg);
         read_dnsbl(cfg);
         reg.on<&access_plugin::on_connect>(sdk::hook::connect);
         reg.on<&access_plugin::on_mail>(sdk::hook::mail);
@@ -272,7 +272,7 @@ private:
         log_.info("event=sender_login_map file=" + field(path) + " entries=" + std::to_string(login_map_->size()));
     }
 
-    void read_limits(const sdk::config& cfg)
+    void read_limits(sdk::registrar& reg, const sdk::config& cfg)
     {
         const auto l = cfg.get("limits");
         exempt_ = relay_networks_;  // Postfix's smtpd_client_event_limit_exceptions = $mynetworks
@@ -293,7 +293,7 @@ private:
             limits_.messages_per_minute == 0)
             return;
         bool reused = false;
-        table_ = ac::table_ref(ac::process_registry(), limits_, &reused);
+        table_ = ac::table_ref(reg.keep_state<ac::table_registry>(ac::registry_key()), limits_, &reused);
         log_.info(std::string("event=client_limits counters=") + (reused ? "kept" : "new") +
                   " connections_per_client=" + std::to_string(limits_.connections_per_client) +
                   " connections_per_minute=" + std::to_string(limits_.connections_per_minute) +

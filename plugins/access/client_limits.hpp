@@ -183,15 +183,14 @@ private:
 // ------------------------------------------------------------------------------------------
 // The process-wide registry of tables, one per distinct `limits`, reference-counted.
 //
-// Why not a static variable: the server loads a private copy of the plugin file for every
-// (re)load, so each generation's access.so has statics of its own. The registry is therefore
-// found through an environment variable holding "<pid>:<address>" (set once, by the first
-// instance of the process; the pid guards against a child process that inherited it). Every
-// loaded copy of the plugin works on the same memory with code of its own, so nothing shared
-// may point into one copy (no virtual functions, no std::function, no shared_ptr control block:
-// the copy that made it may be unloaded first): plain data and a manual reference count. The
-// variable's name carries a layout tag; a plugin built with another layout uses a registry of
-// its own rather than misreading this one.
+// It must outlive a reload: the server loads a private copy of the plugin file for every
+// (re)load, so each generation's access.so has statics of its own. The host keeps it for us
+// (ABI 1.3 keep_state, registrar::keep_state): the first access instance makes it, every later
+// one (also after a reload) gets the same object. Every loaded copy of the plugin works on the
+// same memory with code of its own, so nothing shared may point into one copy (no virtual
+// functions, no std::function, no shared_ptr control block: the copy that made it may be
+// unloaded first): plain data and a manual reference count. The key carries a layout tag; a
+// plugin built with another layout gets a registry of its own rather than misreading this one.
 // ------------------------------------------------------------------------------------------
 
 struct shared_table {
@@ -205,43 +204,13 @@ struct table_registry {
     std::vector<shared_table*> tables;
 };
 
-// LeakSanitizer's "not a leak" (sanitizer builds only; null otherwise): the registry is
-// reachable only through the environment's text, which the leak checker cannot read.
-extern "C" void __lsan_ignore_object(const void* p) __attribute__((weak));
-
-/// The name of the environment variable: the layout version (V1: bump it whenever the meaning
-/// of the shared data changes without its size changing) and the sizes of what is shared.
-inline std::string registry_variable()
+/// The keep_state key: the layout version (v1: bump it whenever the meaning of the shared data
+/// changes without its size changing) and the sizes of what is shared.
+inline std::string registry_key()
 {
-    return "ASIOSMTPD_ACCESS_COUNTERS_V1_" + std::to_string(sizeof(table_registry)) + "_" +
-           std::to_string(sizeof(shared_table)) + "_" + std::to_string(sizeof(client_counts)) + "_" +
+    return "counters.v1." + std::to_string(sizeof(table_registry)) + "." + std::to_string(sizeof(shared_table)) + "." +
+           std::to_string(sizeof(client_counts)) + "." +
            std::to_string(sizeof(std::unordered_map<std::string, client_counts>));
-}
-
-/// This process's registry (made on first use, never freed). Call from the control thread
-/// (plugin create()). XXX: setenv is not specified as safe against a getenv on another thread.
-/// It runs once per process; glibc's first setenv copies the environment into a new array and
-/// leaves the old one in place, so a concurrent getenv still reads valid memory, and nothing
-/// else in the server sets variables.
-inline table_registry& process_registry()
-{
-    const std::string name = registry_variable();
-    const std::string pid = std::to_string(::getpid());
-    if (const char* v = std::getenv(name.c_str())) {
-        const std::string value(v);
-        const auto colon = value.find(':');
-        if (colon != std::string::npos && value.compare(0, colon, pid) == 0) {
-            const unsigned long long address = std::strtoull(value.c_str() + colon + 1, nullptr, 16);
-            if (address != 0) return *reinterpret_cast<table_registry*>(static_cast<std::uintptr_t>(address));
-        }
-    }
-    auto* made = new table_registry;
-    if (&__lsan_ignore_object != nullptr) __lsan_ignore_object(made);
-    char text[64];
-    std::snprintf(text, sizeof text, "%s:%llx", pid.c_str(),
-                  static_cast<unsigned long long>(reinterpret_cast<std::uintptr_t>(made)));
-    ::setenv(name.c_str(), text, 1);
-    return *made;
 }
 
 /// A counted reference to a shared table (copyable; any thread).

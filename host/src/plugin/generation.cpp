@@ -3,10 +3,14 @@
 #include "plugin/generation.hpp"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <string>
 
 asiosmtpd_ctx::~asiosmtpd_ctx()
 {
     if (self != nullptr && desc != nullptr) desc->destroy(self);
+    if (holds_state) asiosmtpd::plugin::drop_kept_state(this);  // the library is still loaded (lib, below)
 }
 
 namespace asiosmtpd::plugin {
@@ -41,6 +45,77 @@ void add_registrations(proto::settings& e, const generation& g)
             return std::none_of(chunked.begin(), chunked.end(),
                                 [&](const hook_entry& c) { return c.owner == d.owner; });
         });
+}
+
+namespace {
+
+// keep_state(): per (plugin name, key), the data and the instances holding it, each with its
+// own release function (its own library's).
+struct kept_entry {
+    void* data = nullptr;
+    std::vector<std::pair<const instance*, void (*)(void*)>> holders;
+};
+
+struct kept_states {
+    std::mutex lock;
+    std::map<std::string, kept_entry, std::less<>> entries;
+};
+
+kept_states& kept()
+{
+    static kept_states* const k = new kept_states;  // never destroyed: instances may outlive statics
+    return *k;
+}
+
+}  // namespace
+
+void* keep_state(instance* owner, std::string_view key, void* candidate, void (*release)(void*))
+{
+    const bool good = !key.empty() && key.size() <= 128 && std::all_of(key.begin(), key.end(), [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+               c == ':' || c == '-';
+    });
+    if (owner == nullptr || candidate == nullptr || !good) return nullptr;
+    const std::string name =
+        std::string(owner->desc != nullptr && owner->desc->name != nullptr ? owner->desc->name : owner->name) + '\0' +
+        std::string(key);
+    kept_states& k = kept();
+    const std::lock_guard guard(k.lock);
+    kept_entry& e = k.entries[name];
+    if (e.data == nullptr) e.data = candidate;
+    const auto it =
+        std::find_if(e.holders.begin(), e.holders.end(), [owner](const auto& h) { return h.first == owner; });
+    if (it == e.holders.end()) e.holders.emplace_back(owner, release);
+    else it->second = release;
+    owner->holds_state = true;
+    return e.data;
+}
+
+void drop_kept_state(const instance* owner) noexcept
+{
+    std::vector<std::pair<void*, void (*)(void*)>> released;
+    {
+        kept_states& k = kept();
+        const std::lock_guard guard(k.lock);
+        for (auto it = k.entries.begin(); it != k.entries.end();) {
+            auto& holders = it->second.holders;
+            const auto h =
+                std::find_if(holders.begin(), holders.end(), [owner](const auto& x) { return x.first == owner; });
+            if (h == holders.end()) {
+                ++it;
+                continue;
+            }
+            void (*release)(void*) = h->second;
+            holders.erase(h);
+            if (holders.empty()) {
+                if (release != nullptr) released.emplace_back(it->second.data, release);
+                it = k.entries.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    for (const auto& [data, release] : released) release(data);  // outside the lock: plugin code
 }
 
 std::size_t generation::position(const instance* owner) const noexcept

@@ -41,8 +41,9 @@ struct asiosmtpd_ctx {
     std::string key;   ///< "plugins[0]"
     std::chrono::milliseconds timeout{30000};
     bool thread_safe = false;
-    bool editor = false;  ///< declare_editor() (ABI 1.3): may edit messages in its DATA hook
-    std::mutex serial;    ///< taken around every hook call when !thread_safe (T3)
+    bool editor = false;       ///< declare_editor() (ABI 1.3): may edit messages in its DATA hook
+    bool holds_state = false;  ///< keep_state() (ABI 1.3): release its hold when destroyed
+    std::mutex serial;         ///< taken around every hook call when !thread_safe (T3)
     /// Where this instance's log lines go (nullptr: the process's sink, log_sink.hpp).
     asiosmtpd::plugin::log_sink* sink = nullptr;
 
@@ -107,6 +108,13 @@ void add_registrations(proto::settings& e, const generation& g);
 
 /// The host function table handed to every plugin.
 const asiosmtpd_host_api& host_api() noexcept;
+
+/// keep_state() (plugin.h): the data kept for (`plugin`'s name, `key`), `candidate` when none
+/// was; `owner` holds it until drop_kept_state(owner).
+void* keep_state(instance* owner, std::string_view key, void* candidate, void (*release)(void*));
+/// `owner` is gone (after its destroy()): it holds no kept state any more; the last holder of
+/// an entry has its release() called.
+void drop_kept_state(const instance* owner) noexcept;
 
 }  // namespace asiosmtpd::plugin
 

@@ -144,6 +144,12 @@ asiosmtpd_status declare_editor(asiosmtpd_registrar* reg)
     return ASIOSMTPD_OK;
 }
 
+void* keep_state_api(asiosmtpd_registrar* reg, asiosmtpd_str key, void* candidate, void (*release)(void*))
+{
+    if (!usable(reg)) return nullptr;
+    return keep_state(reg->owner, view(key), candidate, release);
+}
+
 asiosmtpd_str config_dir(asiosmtpd_registrar* reg)
 {
     if (!usable(reg)) return str({});
@@ -613,6 +619,7 @@ const asiosmtpd_host_api& host_api() noexcept
         a.edit_message_pending = edit_message_pending;
         a.txn_rcpt_param_at = txn_rcpt_param_at;
         a.log_fields = plugin_log_fields;
+        a.keep_state = keep_state_api;
         return a;
     }();
     return api;

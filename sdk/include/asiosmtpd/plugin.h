@@ -531,6 +531,19 @@ typedef struct asiosmtpd_host_api {
      * containing a space. Thread-safe, like log(). */
     void (*log_fields)(asiosmtpd_ctx *ctx, asiosmtpd_call *call, int32_t level, asiosmtpd_str message,
                        const asiosmtpd_str *keys, const asiosmtpd_str *values, size_t count);
+    /* State that outlives a reload (a greylisting table, rate counters), in create() only.
+     * A reload creates new instances from a fresh copy of the plugin file while the old ones
+     * finish their sessions; nothing else carries over. The first instance of this plugin (by
+     * descriptor name) that asks for `key` gets `candidate` kept; every later instance, of this
+     * or a later generation, that asks for the same key gets that same pointer back (and then
+     * frees its own candidate: the host does not), for as long as some instance that asked for
+     * it lives. When the last one is destroyed (after its destroy()), the host calls
+     * release(data) with that instance's own function, its library still loaded. Instances of
+     * two generations use the data at the same time: guard it; keep it plain data (no pointers
+     * into one copy of the library's code, such as virtual functions or std::function). Put a
+     * layout version in the key (1..128 bytes of [A-Za-z0-9_.:-]) when the struct may change
+     * between plugin versions. Returns NULL (nothing kept) for a bad key or a NULL candidate. */
+    void *(*keep_state)(asiosmtpd_registrar *reg, asiosmtpd_str key, void *candidate, void (*release)(void *data));
 
     /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;

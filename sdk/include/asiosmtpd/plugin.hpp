@@ -1528,6 +1528,22 @@ public:
         detail::check(host_->declare_editor(reg_), "declare_editor");
     }
 
+    /// ABI 1.3: an object that outlives a reload (plugin.h keep_state): the first instance of
+    /// this plugin that asks for `key` makes it (T(args...)); every later instance, also after
+    /// a reload, gets the same object while some instance that asked lives. Guard it (old and
+    /// new instances use it at once); keep a layout version in the key. Throws sdk::error.
+    template <class T, class... Args>
+    T& keep_state(std::string_view key, Args&&... args)
+    {
+        if (!ASIOSMTPD_HOST_HAS(host_, keep_state))
+            throw error(ASIOSMTPD_E_UNSUPPORTED, "keep_state (host older than ABI 1.3)");
+        auto candidate = std::make_unique<T>(std::forward<Args>(args)...);
+        void* kept = host_->keep_state(reg_, to_str(key), candidate.get(), [](void* p) { delete static_cast<T*>(p); });
+        if (!kept) throw error(ASIOSMTPD_E_INVALID, "keep_state(" + std::string(key) + ")");
+        if (kept == candidate.get()) return *candidate.release();
+        return *static_cast<T*>(kept);
+    }
+
     /// Add an EHLO keyword line ("XFOO bar"). Throws sdk::error (E_INVALID: CR/LF, > 500 bytes).
     void ehlo_keyword(std::string_view line)
     {

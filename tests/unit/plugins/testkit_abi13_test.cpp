@@ -281,6 +281,39 @@ TEST(testkit_log_fields, key_value_fields_are_quoted_and_escaped_by_the_host)
     EXPECT_TRUE(h.logged("plugin=editor txn_end_fields tag=TXN reply=\"250 OK\" reason=\"\" field=x\\x22y"));
 }
 
+TEST(testkit_keep_state, instances_share_the_kept_object_until_the_last_one_goes)
+{
+    const auto run = [](tk::host& h) {
+        auto s = h.open();
+        EXPECT_EQ(s.send_mail("a@example.org", {"b@example.org"}, "S: 1\r\n\r\nb\r\n"), "250 OK");
+        return tagged(h, "K").back();
+    };
+    {
+        tk::host old_generation;
+        old_generation.load(editor, tk::node::map({{"tag", "K"}, {"shared", "counter.v1"}}));
+        EXPECT_EQ(run(old_generation), "shared count=1");
+        {
+            // A reload: new instances while the old ones still run; both count in one object.
+            tk::host new_generation;
+            new_generation.load(editor, tk::node::map({{"tag", "K"}, {"shared", "counter.v1"}}));
+            EXPECT_EQ(run(new_generation), "shared count=2");
+            EXPECT_EQ(run(old_generation), "shared count=3");
+            // Another key is another object.
+            tk::host other;
+            other.load(editor, tk::node::map({{"tag", "K"}, {"shared", "other.v1"}}));
+            EXPECT_EQ(run(other), "shared count=1");
+        }
+        EXPECT_EQ(run(old_generation), "shared count=4");
+    }
+    // Every instance that held it is gone: the object was released; a new one starts afresh.
+    tk::host later;
+    later.load(editor, tk::node::map({{"tag", "K"}, {"shared", "counter.v1"}}));
+    EXPECT_EQ(run(later), "shared count=1");
+    // A bad key is refused at load.
+    tk::host bad;
+    EXPECT_THROW(bad.load(editor, tk::node::map({{"tag", "K"}, {"shared", "bad key"}})), tk::error);
+}
+
 TEST(testkit_txn_end, an_accepted_message)
 {
     tk::host h;
