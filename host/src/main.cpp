@@ -58,6 +58,7 @@ int main(int argc, char** argv)
         const auto startup_warnings = [&] {
             if (plan == os::plan::stay_root) log::warn("{}", os::root_warning(settings));
             for (const std::string& w : config::open_relay_warnings(settings)) log::warn("{}", w);
+            for (const std::string& w : config::discard_warnings(settings)) log::warn("{}", w);
         };
         auto tls = net::tls_context_for(settings);  // certificate problems first
         // The folders searched by plugin name, as started: after the drop a folder the user

@@ -165,5 +165,23 @@ class StartupErrorTest(ServerTestCase):
         self.assertTrue(c.line().startswith("220 "))
 
 
+class NoDeliveryWarningTest(unittest.TestCase):
+    def test_a_chain_that_keeps_no_message_is_named(self):
+        cases = [
+            (["debugging"], True),
+            ([], True),
+            (["debugging", {"name": "ping"}], True),
+            (["sink"], False),  # discarding on purpose
+            ([{"path": fixture_plugin("scripted")}], False),  # any other plugin may deliver
+        ]
+        for plugins, warned in cases:
+            with self.subTest(plugins=plugins):
+                r = run_binary(["--check-config"], server_config(plugins=plugins))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual("event=no_delivery" in r.stderr, warned, r.stderr)
+        r = run_binary(["--check-config"], server_config(plugins=["debugging", "ping"]))
+        self.assertIn('event=no_delivery plugins="debugging,ping" ', r.stderr)
+
+
 if __name__ == "__main__":
     harness.main()

@@ -1020,4 +1020,22 @@ std::vector<std::string> open_relay_warnings(const settings& s)
     return out;
 }
 
+std::vector<std::string> discard_warnings(const settings& s)
+{
+    // The bundled plugins that never keep a message: each says 250 (or passes the message on)
+    // without storing or relaying it. `sink` discards on purpose; any other plugin may keep it.
+    static constexpr std::string_view passers[] = {"debugging", "ping", "authfile", "access", "policy", "milter"};
+    std::string names;
+    for (const plugin_entry& e : s.plugins) {
+        const std::string name = plugin_name(e);
+        if (std::find(std::begin(passers), std::end(passers), name) == std::end(passers)) return {};
+        names += (names.empty() ? "" : ",") + name;
+    }
+    return {
+        fmt::format("event=no_delivery plugins=\"{}\" reason=\"no plugin in the chain stores or relays a "
+                    "message, yet each message is answered 250, then kept nowhere\" action=\"add a delivering plugin "
+                    "(maildir, mbox, proxy, jetstream or your own), or sink to discard on purpose\"",
+                    names.empty() ? std::string("(none)") : names)};
+}
+
 }  // namespace asiosmtpd::config

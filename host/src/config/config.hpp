@@ -159,5 +159,10 @@ std::string_view default_text() noexcept;
 /// or after an `access` plugin whose relay_networks has a /0 entry. One log line's text each
 /// ("event=open_relay listener=... plugin=... reason=\"...\" ..."); empty when none applies.
 std::vector<std::string> open_relay_warnings(const settings& s);
+/// A chain in which no plugin keeps a message (none, or only bundled plugins that never store
+/// or relay one: debugging, ping, authfile, access, policy, milter), while each message gets
+/// 250: "event=no_delivery plugins=\"...\" ..."; empty otherwise (sink is a choice, and any
+/// other plugin may deliver).
+std::vector<std::string> discard_warnings(const settings& s);
 
 }  // namespace asiosmtpd::config
