@@ -228,7 +228,10 @@ typedef struct asiosmtpd_helo_args {
 
 typedef struct asiosmtpd_address_args {
     uint32_t struct_size;
-    asiosmtpd_str address;        /* normalised; "<>" for the null reverse path (as aiosmtpd) */
+    asiosmtpd_str address;        /* normalised as aiosmtpd stores it: without the angle brackets
+                                     and without a source route (@a,@b:), comments and folding
+                                     whitespace removed, quoting kept where needed, case kept
+                                     ("Bob@Example.ORG" stays so); "<>" for the null reverse path */
     const asiosmtpd_str *params;  /* MAIL: upper-cased ESMTP parameters ("SIZE=100"); else none */
     size_t param_count;
 } asiosmtpd_address_args;

@@ -226,8 +226,9 @@ constexpr const void* type_tag() noexcept
 }  // namespace detail
 
 // ------------------------------------------------------------------------------------------
-// Hook arguments: views of the host's structs, valid until the handler returns (for a
-// suspended call: until it completes - but copy what a worker thread needs).
+// Hook arguments: views of the host's structs, valid until the handler returns, also for a
+// call it suspends: copy what a worker thread needs before returning verdict::pending (the host
+// frees them when the call times out or the session ends, while the worker may still run).
 // ------------------------------------------------------------------------------------------
 
 /// The MAIL parameters of an address_args: a range of string_view.
@@ -955,7 +956,7 @@ public:
     /// Set the reply for the verdict this handler returns: code 200..599, text without CR,
     /// '\n' between lines of a multi-line reply. The class must fit the verdict (2xx/3xx for
     /// accept/continue_, 4xx tempfail*, 5xx reject*). Throws sdk::error when the host refuses
-    /// (E_INVALID: bad code, CR, line over 510 bytes; E_STATE).
+    /// (E_INVALID: bad code, CR, line over 506 bytes; E_STATE).
     void reply(std::uint16_t code, std::string_view text)
     {
         const asiosmtpd_status st = host_->set_reply(call_, code, to_str(text));
@@ -1432,7 +1433,8 @@ public:
     ///   verdict (Plugin::*)(call&)                  for any hook, or
     ///   verdict (Plugin::*)(call&, const X&)        with X the hook's view:
     ///     connect_args (CONNECT), helo_args (HELO, EHLO), address_args (MAIL, RCPT, VRFY),
-    ///     data_args (DATA, DATA_CHUNK), command_args (NOOP, UNKNOWN).
+    ///     data_args (DATA, DATA_CHUNK), command_args (NOOP, UNKNOWN), auth_args
+    ///     (AUTH_CHECK), proxy_args (PROXY), txn_end_args (TXN_END, ABI 1.3).
     /// Throws std::logic_error when M does not fit `h` or is not a member of the plugin
     /// class, sdk::error when the host refuses (E_UNSUPPORTED: a hook the host lacks).
     template <auto M>
