@@ -46,6 +46,10 @@ install)
        "$prefix/lib/systemd/system/asiosmtpd.service" \
        "$prefix/share/doc/asiosmtpd-dev/plugin-guide.md" \
        "$prefix/share/asiosmtpd-sdk/examples/hello_c/hello.c"
+  # The unit names this prefix's binary and config.
+  grep -qx "ExecStart=$prefix/bin/asiosmtpd --config $prefix/etc/asiosmtpd/asiosmtpd.yaml" \
+    "$prefix/lib/systemd/system/asiosmtpd.service" || fail "the unit does not name $prefix"
+  grep -q '%' "$prefix/lib/systemd/system/asiosmtpd.service" && fail "a placeholder is left in the unit"
   # The installed server validates the installed config, finding `debugging` by name.
   "$prefix/bin/asiosmtpd" --check-config --config "$prefix/etc/asiosmtpd/asiosmtpd.yaml"
   echo "installed into $prefix"
