@@ -68,7 +68,8 @@ def run(*argv, check=True, timeout=120, **kw):
 
 def chroot(*argv, user=None, **kw):
     spec = [f"--userspec={user}:{user}"] if user else []
-    return run("chroot", *spec, ROOT, *argv, **kw)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+    return run("chroot", *spec, ROOT, *argv, env=env, **kw)
 
 
 def passwd_entry(name):
@@ -99,14 +100,8 @@ def unmount_all():
 
 
 def setup_root():
-    """The private namespace and the overlay; returns a reason to skip, or None."""
-    if os.geteuid() != 0:
-        return "needs root (mount namespace, overlay, chroot)"
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        return f"unshare(CLONE_NEWNS) failed: {os.strerror(ctypes.get_errno())}"
-    # From here on every mount is ours alone; none reaches the machine's namespace.
-    run("mount", "--make-rprivate", "/")
+    """The overlay, in this process's own mount namespace; returns a reason to skip, or None."""
+    run("mount", "--make-rprivate", "/")  # nothing mounted below propagates to the machine
     if os.path.ismount(ROOT):
         unmount_all()
     shutil.rmtree(TOP, ignore_errors=True)
@@ -315,12 +310,20 @@ class DebInstallTest(unittest.TestCase):
 
 
 def main():
-    # Nothing of the machine is touched outside the private namespace: without one, skip.
-    reason = setup_root()
-    if reason:
-        print(f"skipped: {reason}")
+    if os.geteuid() != 0:
+        print("skipped: needs root (mount namespace, overlay, chroot)")
         return 77
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        print(f"skipped: unshare(CLONE_NEWNS) failed: {os.strerror(ctypes.get_errno())}")
+        return 77
+    # From here on this process has a mount namespace of its own: nothing it mounts is seen
+    # by the machine, and the mounts go when it exits.
     try:
+        reason = setup_root()
+        if reason:
+            print(f"skipped: {reason}")
+            return 77
         prog = unittest.main(verbosity=2, exit=False, failfast=True)
         return 0 if prog.result.wasSuccessful() else 1
     finally:
