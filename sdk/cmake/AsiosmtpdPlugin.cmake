@@ -7,8 +7,10 @@
 # C++ (GNU unique symbols would mark the library NODELETE), and --no-undefined (a plugin
 # reaches the host only through its function table). Used in-tree for the bundled plugins
 # and installed with the SDK (find_package(asiosmtpd-sdk)) for out-of-tree plugins.
-# INSTALL: install(TARGETS) into the folder where the installed server finds plugins by
-# name, <libdir>/asiosmtpd/plugins (relative to the install prefix).
+# INSTALL: install(TARGETS) into the folder where a server installed in the same prefix finds
+# plugins by name: <prefix>/lib/asiosmtpd/plugins, the server's own layout as the installed
+# SDK records it (ASIOSMTPD_PLUGIN_INSTALL_SUBDIR), not this project's CMAKE_INSTALL_LIBDIR
+# (which is lib/<multiarch> for prefix /usr on Debian, where the server does not look).
 function(asiosmtpd_add_plugin name)
   cmake_parse_arguments(arg "INSTALL" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
   add_library(${name} MODULE ${arg_SOURCES})
@@ -28,7 +30,12 @@ function(asiosmtpd_add_plugin name)
     target_link_options(${name} PRIVATE "LINKER:--no-undefined")
   endif()
   if(arg_INSTALL)
-    include(GNUInstallDirs)
-    install(TARGETS ${name} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/asiosmtpd/plugins)
+    if(DEFINED ASIOSMTPD_PLUGIN_INSTALL_SUBDIR)
+      set(_dest ${ASIOSMTPD_PLUGIN_INSTALL_SUBDIR})
+    else()
+      include(GNUInstallDirs)
+      set(_dest ${CMAKE_INSTALL_LIBDIR}/asiosmtpd/plugins)
+    endif()
+    install(TARGETS ${name} LIBRARY DESTINATION ${_dest})
   endif()
 endfunction()
