@@ -65,4 +65,58 @@ void generation::forget(const instance* owner)
     std::erase_if(auth_mechanisms, [owner](const auth_mechanism_entry& m) { return m.handler.owner == owner; });
 }
 
+namespace {
+
+// The error stays one line: control bytes as \xNN, at most `max` bytes.
+std::string one_line(std::string_view text, std::size_t max)
+{
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (const char c : text.substr(0, max)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) out.append("\\x").append(1, hex[u >> 4]).append(1, hex[u & 15]);
+        else out.push_back(c);
+    }
+    if (text.size() > max) out += "...";
+    return out;
+}
+
+}  // namespace
+
+create_failure describe_failure(const asiosmtpd_registrar& reg, std::string_view key, std::string_view reason,
+                                std::uint32_t root_line)
+{
+    create_failure f;
+    if (reg.report.given && reg.config != nullptr) {
+        if (const auto place = config::locate(*reg.config, reg.report.at)) {
+            f.config = true;
+            f.key = std::string(key) + ".config";
+            if (!place->path.empty()) f.key += "." + place->path;
+            f.line = place->path.empty() ? root_line : place->line;
+            const config::node& at = *reg.report.at;
+            if (!reg.report.key.empty()) {
+                f.key += "." + reg.report.key;
+                // The key's own line when it is there (an unknown key), else the map's (a
+                // required key that is missing).
+                for (std::size_t i = 0; i < at.keys.size() && i < at.key_lines.size(); ++i)
+                    if (at.keys[i] == reg.report.key && at.key_lines[i] != 0) f.line = at.key_lines[i];
+            }
+            if (f.line == 0) f.line = root_line;
+            f.key = one_line(f.key, 300);
+            f.problem =
+                reg.report.message.empty() ? std::string("refused by the plugin") : one_line(reg.report.message, 1000);
+            return f;
+        }
+    }
+    if (!reg.conflict.empty()) {
+        // The plugin's reason too: it may have gone on after the conflict and failed on
+        // something else.
+        f.problem = reg.conflict;
+        if (!reason.empty()) f.problem += " (the plugin said: " + std::string(reason) + ")";
+        return f;
+    }
+    f.problem = "refused its configuration: " + (reason.empty() ? std::string("no reason given") : std::string(reason));
+    return f;
+}
+
 }  // namespace asiosmtpd::plugin

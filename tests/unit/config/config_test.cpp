@@ -411,10 +411,10 @@ TEST(config_errors, unknown_keys_at_every_level)
     EXPECT_EQ(error_of("server: {}\nlisten: []\n"), "t.yaml:2: listen: unknown key");
     EXPECT_EQ(error_of("server:\n  hostname: a\n  port: 25\n"), "t.yaml:3: server.port: unknown key");
     EXPECT_EQ(error_of("server:\n  listen:\n    - port: 25\n    - port: 26\n      tsl: none\n"),
-              "t.yaml:5: server.listen[1].tsl: unknown key");
+              "t.yaml:5: server.listen[1].tsl: unknown key (did you mean 'tls'?)");
     EXPECT_EQ(error_of("tls:\n  certificate: c\n  private_key: k\n  ca: x\n"), "t.yaml:4: tls.ca: unknown key");
     EXPECT_EQ(error_of("plugins:\n  - name: sink\n    settings: {}\n"), "t.yaml:3: plugins[0].settings: unknown key");
-    EXPECT_EQ(error_of("server:\n  Timeout: 5\n"), "t.yaml:2: server.Timeout: unknown key");
+    EXPECT_EQ(error_of("server:\n  Timeout: 5\n"), "t.yaml:2: server.Timeout: unknown key (did you mean 'timeout'?)");
     EXPECT_EQ(error_of("[a]: 1\n"), "t.yaml:1: (document): expected a plain key, got a sequence");
 }
 
@@ -455,7 +455,9 @@ TEST(config_errors, duplicate_listeners)
 
 TEST(config_errors, yaml_syntax)
 {
-    EXPECT_EQ(error_of("server:\n  listen: [1\n"), "t.yaml:3: invalid YAML: end of sequence flow not found (column 1)");
+    // An unclosed flow collection is named where it was opened, not at the end of the file.
+    EXPECT_EQ(error_of("server:\n  listen: [1\n"),
+              "t.yaml:2: invalid YAML: end of sequence flow not found (the '[' at column 11 is never closed)");
     EXPECT_EQ(error_of("server: a: b\n"), "t.yaml:1: invalid YAML: illegal map value (column 10)");
     EXPECT_EQ(error_of("server: {}\n---\nserver: {}\n"), "t.yaml:3: invalid YAML: more than one document");
 }
@@ -827,7 +829,7 @@ TEST(config_privileges, errors_name_the_line_and_key)
         EXPECT_EQ(error_of("server:\n  user: nobody\n  group: {a: 1}\n"),
                   "t.yaml:3: server.group: expected a string, got a mapping");
     }
-    EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key");
+    EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key (did you mean 'user'?)");
 }
 
 }  // namespace
