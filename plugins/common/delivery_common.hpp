@@ -101,7 +101,8 @@ inline std::string creation_problem(const std::string& path)
                 return "cannot create \"" + path + "\": \"" + dir + "\": " + errno_text(errno);
             return {};
         }
-        if (errno != ENOENT) return "cannot create \"" + path + "\": \"" + dir + "\": " + errno_text(errno);
+        if (errno != ENOENT && errno != ENOTDIR)
+            return "cannot create \"" + path + "\": \"" + dir + "\": " + errno_text(errno);
         if (dir == "/" || dir == ".") return "cannot create \"" + path + "\": no existing parent folder";
     }
 }

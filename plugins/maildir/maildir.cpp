@@ -66,7 +66,7 @@ void check_folder(const sdk::config& at, const std::string& dir, bool written)
 {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
-        if (errno != ENOENT) throw at.error("cannot use \"" + dir + "\": " + ap::errno_text(errno));
+        if (errno != ENOENT && errno != ENOTDIR) throw at.error("cannot use \"" + dir + "\": " + ap::errno_text(errno));
         if (const std::string why = ap::creation_problem(dir); !why.empty()) throw at.error(why);
         return;
     }

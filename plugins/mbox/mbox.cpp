@@ -138,7 +138,7 @@ public:
         const std::int64_t workers = cfg.int_or("workers", 2, 1, 64);
         if (reg.check_only()) {
             // --check-config changes nothing on disk: the file is writable, or could be created.
-            if (::access(path_.c_str(), F_OK) != 0 && errno == ENOENT) {
+            if (::access(path_.c_str(), F_OK) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
                 if (const std::string why = ap::creation_problem(path_); !why.empty()) throw path.error(why);
             } else if (::access(path_.c_str(), W_OK) != 0) {
                 throw path.error("cannot open \"" + path_ + "\": " + ap::errno_text(errno));

@@ -462,6 +462,31 @@ TEST(config_errors, yaml_syntax)
     EXPECT_EQ(error_of("server: {}\n---\nserver: {}\n"), "t.yaml:3: invalid YAML: more than one document");
 }
 
+// Issue 23: yaml-cpp's position is where it gave up; these point at the mistake.
+TEST(config_errors, yaml_syntax_points_at_the_mistake)
+{
+    // A tab in the indentation says so (yaml-cpp: "illegal map value" / "illegal tab ...").
+    EXPECT_EQ(error_of("server:\n\thostname: mx\n"),
+              "t.yaml:2: invalid YAML: tab characters are not allowed for indentation in YAML (column 1)");
+    EXPECT_EQ(error_of("server:\n  hostname: mx\n\ttimeout: 5\n"),
+              "t.yaml:3: invalid YAML: tab characters are not allowed for indentation in YAML (column 1)");
+    EXPECT_EQ(error_of("server:\n  listen:\n  \t- port: 25\n"),
+              "t.yaml:3: invalid YAML: tab characters are not allowed for indentation in YAML (column 3)");
+    // A tab inside a value is no indentation: the usual message.
+    EXPECT_EQ(error_of("server: a\t: b: c\n"), "t.yaml:1: invalid YAML: illegal map value (column 11)");
+    // An unclosed '{' or '[' is named where it opens, not at the next entry or the end of the file.
+    EXPECT_EQ(error_of("server:\n  listen:\n    - {port: 25\n    - port: 26\n"),
+              "t.yaml:3: invalid YAML: end of map flow not found (the '{' at column 7 is never closed)");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    config: [a, b\n\nlog: {}\n"),
+              "t.yaml:3: invalid YAML: end of sequence flow not found (the '[' at column 13 is never closed)");
+    // A key without its ':' runs on into the next line, where yaml-cpp blames the ':'.
+    EXPECT_EQ(error_of("server:\n  hostname \"mx\"\n  timeout: 5\n"),
+              "t.yaml:2: invalid YAML: illegal map value at line 3 (column 10): is a ':' missing on line 2?");
+    // An over-indented key after a key with a value is that line's mistake, as yaml-cpp says.
+    EXPECT_EQ(error_of("server:\n  hostname: mx\n    timeout: 5\n"),
+              "t.yaml:3: invalid YAML: illegal map value (column 12)");
+}
+
 // ---- TLS -----------------------------------------------------------------------------------
 
 TEST(config_tls, a_tls_listener_needs_the_tls_section)
