@@ -45,6 +45,32 @@ bool find(const node& n, const node* target, node_place& place)
 
 }  // namespace
 
+const node* resolve(const node& root, std::string_view path) noexcept
+{
+    const node* n = &root;
+    while (!path.empty() && n != nullptr) {
+        if (path.front() == '[') {
+            const auto close = path.find(']');
+            if (close == std::string_view::npos || close == 1 || n->type != node::kind::sequence) return nullptr;
+            std::size_t index = 0;
+            for (const char c : path.substr(1, close - 1)) {
+                if (c < '0' || c > '9' || index > n->items.size()) return nullptr;
+                index = index * 10 + static_cast<std::size_t>(c - '0');
+            }
+            if (index >= n->items.size()) return nullptr;
+            n = &n->items[index];
+            path.remove_prefix(close + 1);
+            if (!path.empty() && path.front() == '.') path.remove_prefix(1);
+            continue;
+        }
+        const auto end = path.find_first_of(".[");
+        n = n->get(path.substr(0, end));
+        if (end == std::string_view::npos) break;
+        path.remove_prefix(path[end] == '.' ? end + 1 : end);
+    }
+    return n;
+}
+
 std::optional<node_place> locate(const node& root, const node* target)
 {
     node_place place{std::string(), root.line};

@@ -34,4 +34,8 @@ struct node_place {
 /// The place of `target` in the tree under `root`, or nullopt when it is not a node of it.
 std::optional<node_place> locate(const node& root, const node* target);
 
+/// The node at `path` ("limits.connections", "servers[1].host"; "" for the root) under `root`,
+/// or nullptr. Keys holding '.' or '[' cannot be named so.
+const node* resolve(const node& root, std::string_view path) noexcept;
+
 }  // namespace asiosmtpd::config

@@ -108,6 +108,30 @@ create_failure describe_failure(const asiosmtpd_registrar& reg, std::string_view
             return f;
         }
     }
+    // A plugin that names no node (a C plugin, one built with an older SDK, a hand-written
+    // message) often starts its reason with the key path: "limits.connections: must be ...".
+    // When that path is a node of its tree (or a missing key of a map there, "path: required"),
+    // it is reported as if through cfg_error().
+    if (!reg.report.given && reg.config != nullptr && reg.conflict.empty()) {
+        const auto colon = reason.find(": ");
+        const std::string_view path = colon == std::string_view::npos ? std::string_view() : reason.substr(0, colon);
+        const std::string_view problem = colon == std::string_view::npos ? reason : reason.substr(colon + 2);
+        asiosmtpd_registrar guess;
+        guess.config = reg.config;
+        if (path.empty() || path.find(' ') != std::string_view::npos) {
+            // not a key path
+        } else if (const config::node* at = config::resolve(*reg.config, path)) {
+            guess.report = {true, at, {}, std::string(problem)};
+        } else if (problem == "required") {
+            const auto dot = path.rfind('.');
+            const config::node* map =
+                config::resolve(*reg.config, dot == std::string_view::npos ? "" : path.substr(0, dot));
+            if (map != nullptr && map->type != config::node::kind::sequence)
+                guess.report = {true, map, std::string(dot == std::string_view::npos ? path : path.substr(dot + 1)),
+                                std::string(problem)};
+        }
+        if (guess.report.given) return describe_failure(guess, key, reason, root_line);
+    }
     if (!reg.conflict.empty()) {
         // The plugin's reason too: it may have gone on after the conflict and failed on
         // something else.

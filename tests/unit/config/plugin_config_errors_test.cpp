@@ -176,6 +176,33 @@ TEST(plugin_config_errors, cfg_error_checks_its_arguments)
               "refused its configuration: no threshold");
 }
 
+// A plugin that reports no node (C, an older SDK, a hand-written message) but starts its
+// reason with a key path of its tree gets the line too.
+TEST(plugin_config_errors, a_reason_starting_with_a_key_path_gets_its_line)
+{
+    creation c(entry_of("plugins:\n"
+                        "  - name: fixture\n"
+                        "    config:\n"
+                        "      limits:\n"
+                        "        connections: -1\n"
+                        "      servers: [a, b]\n"));
+    const auto said = [&c](std::string_view reason) {
+        const plugin::create_failure f = plugin::describe_failure(c.reg, "plugins[0]", reason, c.entry.config_line);
+        return f.config ? "t.yaml:" + std::to_string(f.line) + ": " + f.key + ": " + f.problem : f.problem;
+    };
+    EXPECT_EQ(said("limits.connections: must be between 0 and 10"),
+              "t.yaml:6: plugins[0].config.limits.connections: must be between 0 and 10");
+    EXPECT_EQ(said("servers[1]: \"b\": not an address"),
+              "t.yaml:7: plugins[0].config.servers[1]: \"b\": not an address");
+    EXPECT_EQ(said("limits.minutes: required"), "t.yaml:5: plugins[0].config.limits.minutes: required");
+    EXPECT_EQ(said("path: required"), "t.yaml:4: plugins[0].config.path: required");
+    // Not a key path of the tree: the reason as it is.
+    EXPECT_EQ(said("threshold must be a number"), "refused its configuration: threshold must be a number");
+    EXPECT_EQ(said("debugging: unknown key 'color'"), "refused its configuration: debugging: unknown key 'color'");
+    EXPECT_EQ(said("servers[7]: out of range"), "refused its configuration: servers[7]: out of range");
+    EXPECT_EQ(said("path: too long"), "refused its configuration: path: too long");
+}
+
 TEST(plugin_config_errors, check_only_is_told_during_create)
 {
     creation c(entry_of("plugins:\n  - name: fixture\n"));
