@@ -73,7 +73,8 @@ int main(int argc, char** argv)
         const auto load_plugins = [&] {
             os::check_plugin_files(settings, plugin_dirs);
             try {
-                return plugin::load(settings);
+                // A check changes nothing on disk: plugins are told (is_check_only()).
+                return plugin::load(settings, check_only);
             } catch (const plugin::load_error& e) {
                 const std::string who = os::dropped_to();
                 if (who.empty()) throw;

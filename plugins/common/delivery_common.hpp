@@ -9,6 +9,7 @@
 
 #include <asiosmtpd/plugin.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -81,6 +82,29 @@ inline std::string resolve_path(std::string path, std::string_view config_dir)
 {
     if (!path.empty() && path.front() != '/' && !config_dir.empty()) path = std::string(config_dir) + "/" + path;
     return path;
+}
+
+/// For a configuration check (registrar::check_only(), asiosmtpd --check-config), which must
+/// change nothing on disk: why `path` (a file or folder that does not exist yet) could not be
+/// created as a start would create it (with its missing parent folders), or "" when it could:
+/// its nearest existing parent is a folder this process may write to and enter.
+inline std::string creation_problem(const std::string& path)
+{
+    std::string dir = path;
+    for (;;) {
+        const std::size_t slash = dir.find_last_of('/');
+        dir = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : dir.substr(0, slash);
+        struct stat st {};
+        if (::stat(dir.c_str(), &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) return "cannot create \"" + path + "\": \"" + dir + "\" is not a folder";
+            if (::access(dir.c_str(), W_OK | X_OK) != 0)
+                return "cannot create \"" + path + "\": \"" + dir + "\": " + errno_text(errno);
+            return {};
+        }
+        if (errno != ENOENT && errno != ENOTDIR)
+            return "cannot create \"" + path + "\": \"" + dir + "\": " + errno_text(errno);
+        if (dir == "/" || dir == ".") return "cannot create \"" + path + "\": no existing parent folder";
+    }
 }
 
 /// A control character: C0 (NUL, TAB, CR, LF, ...) or DEL. Bytes >= 0x80 (UTF-8) are not.

@@ -212,15 +212,14 @@ private:
     static std::FILE* parse_stream(const sdk::config& cfg)
     {
         if (cfg.is_null()) return stdout;
-        if (!cfg.is_map()) throw std::invalid_argument("debugging: config must be a map (stream: stdout or stderr)");
-        for (const auto& [key, value] : cfg.entries())
-            if (key != "stream")
-                throw std::invalid_argument("debugging: unknown key '" + std::string(key) + "' (only stream)");
+        // sdk::config_error: the host names the file, the line and the key.
+        if (!cfg.is_map()) throw cfg.error("config must be a map (stream: stdout or stderr)");
+        cfg.check_keys({"stream"});
         const auto stream = cfg.get("stream");
         if (!stream || stream->is_null()) return stdout;
         if (stream->is_scalar() && stream->scalar() == "stdout") return stdout;
         if (stream->is_scalar() && stream->scalar() == "stderr") return stderr;
-        throw std::invalid_argument("debugging: stream must be stdout or stderr");
+        throw stream->error("must be stdout or stderr");
     }
 
     static std::string format(const std::vector<std::string_view>& mail_params, const std::string& peer,

@@ -301,7 +301,10 @@ struct nats_ptr {
 
 class jetstream {
 public:
-    explicit jetstream(sdk::registrar& reg) : log_(reg.logger()), cfg_(read_settings(reg))
+    explicit jetstream(sdk::registrar& reg)
+        : log_(reg.logger()),
+          cfg_(read_settings(reg)),
+          check_only_(reg.check_only())
     {
         std::random_device rd;
         const std::uint64_t r = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
@@ -462,6 +465,11 @@ private:
         if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
             if (!cfg_.create_stream)
                 throw std::runtime_error("stream " + cfg_.stream + " does not exist (create_stream: false)");
+            if (check_only_) {
+                // --check-config changes nothing: the broker answered, a start creates the stream.
+                log_.info("stream " + cfg_.stream + " does not exist; a start creates it (create_stream: true)");
+                return;
+            }
             jsStreamConfig sc;
             check(jsStreamConfig_Init(&sc), "jsStreamConfig_Init");
             std::vector<const char*> subjects;
@@ -596,6 +604,7 @@ private:
 
     sdk::logger log_;
     settings cfg_;
+    bool check_only_;  // --check-config: the stream is looked at, never created
     std::string id_prefix_;
     std::atomic<std::uint64_t> counter_{0};
     std::unique_ptr<events> events_;

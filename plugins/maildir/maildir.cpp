@@ -48,22 +48,37 @@ std::atomic<std::uint64_t> delivery_counter{0};
 constexpr std::string_view failure_text = "4.3.0 Requested action aborted: local error in processing";
 
 // mkdir -p: the folder and its missing parents.
-void mkdir_if_absent(const std::string& dir)
+// Problems are the `path:` key's (`at`): the host names the config file, line and key.
+void mkdir_if_absent(const sdk::config& at, const std::string& dir)
 {
     const std::size_t slash = dir.find_last_of('/');
     if (slash != std::string::npos && slash > 0 && ::access(dir.c_str(), F_OK) != 0)
-        mkdir_if_absent(dir.substr(0, slash));
+        mkdir_if_absent(at, dir.substr(0, slash));
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-        throw std::invalid_argument("path: cannot create \"" + dir + "\": " + ap::errno_text(errno));
+        throw at.error("cannot create \"" + dir + "\": " + ap::errno_text(errno));
     struct stat st {};
-    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        throw std::invalid_argument("path: \"" + dir + "\" is not a folder");
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw at.error("\"" + dir + "\" is not a folder");
 }
 
-int open_dir(const std::string& dir)
+// For a configuration check: what mkdir_if_absent() and the start would need, changing
+// nothing. `dir` is a folder or could be made, and (`written`) may be written to.
+void check_folder(const sdk::config& at, const std::string& dir, bool written)
+{
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) {
+        if (errno != ENOENT && errno != ENOTDIR) throw at.error("cannot use \"" + dir + "\": " + ap::errno_text(errno));
+        if (const std::string why = ap::creation_problem(dir); !why.empty()) throw at.error(why);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) throw at.error("\"" + dir + "\" is not a folder");
+    if (::access(dir.c_str(), (written ? W_OK : 0) | X_OK | R_OK) != 0)
+        throw at.error("cannot use \"" + dir + "\": " + ap::errno_text(errno));
+}
+
+int open_dir(const sdk::config& at, const std::string& dir)
 {
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) throw std::invalid_argument("path: cannot open \"" + dir + "\": " + ap::errno_text(errno));
+    if (fd < 0) throw at.error("cannot open \"" + dir + "\": " + ap::errno_text(errno));
     return fd;
 }
 
@@ -161,12 +176,20 @@ public:
         const sdk::config cfg = reg.config();
         cfg.expect_map();
         cfg.check_keys({"path", "workers"});
-        path_ = ap::resolve_path(cfg.require("path").as_string(), reg.config_dir());
-        if (path_.empty()) throw std::invalid_argument("path: must not be empty");
-        const auto w = cfg.get("workers");
-        const std::int64_t workers = w ? w->as_int(1, 64) : 4;
-        mkdir_if_absent(path_);
-        for (const char* sub : {"tmp", "new", "cur"}) mkdir_if_absent(path_ + "/" + sub);
+        const sdk::config path = cfg.require("path");
+        path_ = ap::resolve_path(path.as_string(), reg.config_dir());
+        if (path_.empty()) throw path.error("must not be empty");
+        const std::int64_t workers = cfg.int_or("workers", 4, 1, 64);
+        // A configuration check (--check-config) changes nothing on disk: it only checks that
+        // the folders are there or could be made.
+        const bool check_only = reg.check_only();
+        if (check_only) {
+            check_folder(path, path_, false);
+            for (const char* sub : {"tmp", "new", "cur"}) check_folder(path, path_ + "/" + sub, true);
+        } else {
+            mkdir_if_absent(path, path_);
+            for (const char* sub : {"tmp", "new", "cur"}) mkdir_if_absent(path, path_ + "/" + sub);
+        }
         // A host older than ABI 1.2 has no DATA_CHUNK: DATA then gets the whole message.
         const asiosmtpd_status st = reg.try_on<&maildir::on_chunk>(sdk::hook::data_chunk);
         if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED) throw sdk::error(st, "register_hook(DATA_CHUNK)");
@@ -176,8 +199,9 @@ public:
                       ": the host has no DATA_CHUNK (ABI < 1.2): each message is "
                       "taken whole");
         reg.on<&maildir::on_data>(sdk::hook::data);
-        tmp_fd_.reset(open_dir(path_ + "/tmp"));
-        new_fd_.reset(open_dir(path_ + "/new"));
+        if (check_only) return;  // destroyed right after; no hook runs
+        tmp_fd_.reset(open_dir(path, path_ + "/tmp"));
+        new_fd_.reset(open_dir(path, path_ + "/new"));
         pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { run(j); });
     }
     maildir(const maildir&) = delete;

@@ -131,14 +131,23 @@ public:
         const sdk::config cfg = reg.config();
         cfg.expect_map();
         cfg.check_keys({"path", "workers"});
-        path_ = ap::resolve_path(cfg.require("path").as_string(), reg.config_dir());
-        if (path_.empty()) throw std::invalid_argument("path: must not be empty");
+        const sdk::config path = cfg.require("path");
+        path_ = ap::resolve_path(path.as_string(), reg.config_dir());
+        if (path_.empty()) throw path.error("must not be empty");
         folder_ = folder_of(path_);
-        const auto w = cfg.get("workers");
-        const std::int64_t workers = w ? w->as_int(1, 64) : 2;
-        // Fail at start-up, not at the first message, when the file cannot be opened.
-        const ap::unique_fd fd(::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
-        if (fd.get() < 0) throw std::invalid_argument("path: cannot open \"" + path_ + "\": " + ap::errno_text(errno));
+        const std::int64_t workers = cfg.int_or("workers", 2, 1, 64);
+        if (reg.check_only()) {
+            // --check-config changes nothing on disk: the file is writable, or could be created.
+            if (::access(path_.c_str(), F_OK) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+                if (const std::string why = ap::creation_problem(path_); !why.empty()) throw path.error(why);
+            } else if (::access(path_.c_str(), W_OK) != 0) {
+                throw path.error("cannot open \"" + path_ + "\": " + ap::errno_text(errno));
+            }
+        } else {
+            // Fail at start-up, not at the first message, when the file cannot be opened.
+            const ap::unique_fd fd(::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
+            if (fd.get() < 0) throw path.error("cannot open \"" + path_ + "\": " + ap::errno_text(errno));
+        }
         // A host older than ABI 1.2 has no DATA_CHUNK: DATA then gets the whole message.
         const asiosmtpd_status st = reg.try_on<&mbox::on_chunk>(sdk::hook::data_chunk);
         if (st != ASIOSMTPD_OK && st != ASIOSMTPD_E_UNSUPPORTED) throw sdk::error(st, "register_hook(DATA_CHUNK)");

@@ -152,6 +152,96 @@ class ConfigErrorTest(unittest.TestCase):
             self.assertIn("2 plugin(s)", p.stdout)
 
 
+SERVER_HEAD = "server:\n  hostname: mx.test\n  listen:\n    - {address: 127.0.0.1, port: 0}\n"
+
+
+class PreciseConfigErrorTest(unittest.TestCase):
+    """Issue 23: errors that name the file, the line and the full key, with a suggestion."""
+
+    def error(self, text, check_only=True):
+        p = run_binary(["--check-config"] if check_only else [], text, timeout=20)
+        self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
+        lines = error_lines(p.stderr)
+        self.assertEqual(len(lines), 1, p.stderr)
+        # "asiosmtpd: <tmp>/asiosmtpd.yaml:<line>: ..." -> "asiosmtpd.yaml:<line>: ..."
+        return lines[0][lines[0].index("asiosmtpd.yaml"):]
+
+    def test_plugin_config_typo_names_line_key_and_suggestion(self):
+        text = SERVER_HEAD + "plugins:\n  - name: maildir\n    config:\n      path: md\n      wrokers: 2\n"
+        for check_only in (True, False):
+            with self.subTest(check_only=check_only):
+                self.assertEqual(self.error(text, check_only),
+                                 "asiosmtpd.yaml:9: plugins[0].config.wrokers: unknown key (did you mean 'workers'?)")
+
+    def test_plugin_config_range(self):
+        text = SERVER_HEAD + "plugins:\n  - name: maildir\n    config: {path: md, workers: 500}\n"
+        self.assertEqual(self.error(text), "asiosmtpd.yaml:7: plugins[0].config.workers: must be between 1 and 64, got 500")
+
+    def test_plugin_name_typo(self):
+        line = self.error(SERVER_HEAD + "plugins:\n  - name: sink\n  - name: maildri\n")
+        self.assertTrue(line.startswith("asiosmtpd.yaml:7: plugins[1].name: no plugin 'maildri' in "), line)
+        self.assertTrue(line.endswith(" (did you mean 'maildir'?)"), line)
+
+    def test_verb_conflict_names_the_owner(self):
+        line = self.error(SERVER_HEAD + "plugins:\n  - name: ping\n  - name: ping\n")
+        self.assertIn("plugins[1]: ", line)
+        self.assertIn("cannot register command PING: registered by plugins[0] (ping) already", line)
+        self.assertNotIn("refused its configuration", line)
+
+    def test_tab_in_indentation(self):
+        self.assertEqual(self.error("server:\n  hostname: mx.test\n\tident: x\n"),
+                         "asiosmtpd.yaml:3: invalid YAML: tab characters are not allowed for indentation in YAML "
+                         "(column 1)")
+
+    def test_unclosed_bracket_points_at_its_line(self):
+        self.assertEqual(self.error("server:\n  listen: [{port: 0}\nplugins: []\n"),
+                         "asiosmtpd.yaml:2: invalid YAML: end of sequence flow not found "
+                         "(the '[' at column 11 is never closed)")
+
+
+class CheckChangesNothingTest(unittest.TestCase):
+    """Issue 23: --check-config validates the delivery plugins' paths without creating them."""
+
+    def check(self, tmp, plugins_yaml):
+        conf = os.path.join(tmp, "asiosmtpd.yaml")
+        with open(conf, "w") as f:
+            f.write(SERVER_HEAD + plugins_yaml)
+        return subprocess.run([harness.BIN, "--check-config", "--config", conf], capture_output=True, text=True,
+                              timeout=20, stdin=subprocess.DEVNULL)
+
+    def test_maildir_and_mbox_are_not_created(self):
+        with tempfile.TemporaryDirectory(prefix="asiosmtpd-it-") as tmp:
+            p = self.check(tmp, "plugins:\n  - name: maildir\n    config: {path: mail/inbox}\n"
+                                "  - name: mbox\n    config: {path: spool/box.mbox}\n")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(sorted(os.listdir(tmp)), ["asiosmtpd.yaml"])
+
+    def test_an_impossible_path_is_still_an_error(self):
+        with tempfile.TemporaryDirectory(prefix="asiosmtpd-it-") as tmp:
+            with open(os.path.join(tmp, "afile"), "w") as f:
+                f.write("x")
+            p = self.check(tmp, "plugins:\n  - name: maildir\n    config:\n      path: afile/inbox\n")
+            self.assertNotEqual(p.returncode, 0, p.stdout)
+            lines = error_lines(p.stderr)
+            self.assertEqual(len(lines), 1, p.stderr)
+            self.assertIn("asiosmtpd.yaml:8: plugins[0].config.path: cannot create", lines[0])
+            self.assertIn("is not a folder", lines[0])
+            self.assertEqual(sorted(os.listdir(tmp)), ["afile", "asiosmtpd.yaml"])
+
+    def test_a_start_still_creates_the_maildir(self):
+        with tempfile.TemporaryDirectory(prefix="asiosmtpd-it-") as tmp:
+            conf = os.path.join(tmp, "asiosmtpd.yaml")
+            with open(conf, "w") as f:
+                # A port in use after loading the plugins: the start fails once the Maildir exists.
+                f.write("server:\n  hostname: mx.test\n  listen:\n    - {address: 127.0.0.1, port: 0}\n"
+                        "    - {address: 256.0.0.1, port: 1}\n"
+                        "plugins:\n  - name: maildir\n    config: {path: mail/inbox}\n")
+            p = subprocess.run([harness.BIN, "--config", conf], capture_output=True, text=True, timeout=20,
+                               stdin=subprocess.DEVNULL)
+            self.assertNotEqual(p.returncode, 0, p.stderr)
+            self.assertTrue(os.path.isdir(os.path.join(tmp, "mail", "inbox", "new")), p.stderr)
+
+
 class StartupErrorTest(ServerTestCase):
     def test_port_in_use(self):
         first = self.start_server()
@@ -160,6 +250,9 @@ class StartupErrorTest(ServerTestCase):
         lines = error_lines(p.stderr)
         self.assertEqual(len(lines), 1, p.stderr)
         self.assertIn(str(first.port), lines[0])
+        # Issue 23: the listener's key and line (the config written by to_yaml).
+        self.assertRegex(lines[0], r"asiosmtpd\.yaml:\d+: server\.listen\[0\]: cannot listen on 127\.0\.0\.1:%d: "
+                                   r"Address already in use" % first.port)
         # The first server is untouched.
         c = self.connect(first)
         self.assertTrue(c.line().startswith("220 "))

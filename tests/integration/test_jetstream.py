@@ -288,6 +288,11 @@ class JetStreamTest(ServerTestCase):
             nats.urls, stream="NOPE", create_stream=False)]))
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("stream NOPE does not exist (create_stream: false)", r.stderr)
+        # Issue 23: --check-config changes nothing, on the broker neither.
+        r = run_binary(["--check-config"], server_config(plugins=[jetstream_plugin(nats.urls, stream="FRESH")]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("stream FRESH does not exist; a start creates it", r.stderr)
+        self.assertIsNone(stream_info(nats.urls, "FRESH"))
 
     def test_config_errors_name_the_key(self):
         cases = [

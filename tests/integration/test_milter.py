@@ -548,8 +548,8 @@ class ConfigTest(unittest.TestCase):
             ({"address": "inet:127.0.0.1:8891", "default_action": "quarantine"}, "default_action: "),
             ({"address": "inet:127.0.0.1:8891", "command_timeout": 0}, "command_timeout: "),
             ({"address": "inet:127.0.0.1:8891", "content_timeout": "x"}, "content_timeout: "),
-            ({"address": "inet:127.0.0.1:8891", "macros": {"body": ["i"]}}, "unknown key 'body'"),
-            ({"address": "inet:127.0.0.1:8891", "bogus": 1}, "unknown key 'bogus'"),
+            ({"address": "inet:127.0.0.1:8891", "macros": {"body": ["i"]}}, "config.macros.body: unknown key"),
+            ({"address": "inet:127.0.0.1:8891", "bogus": 1}, "config.bogus: unknown key"),
         ]
         for config, expected in cases:
             with self.subTest(config=config):

@@ -463,7 +463,7 @@ class ConfigTest(unittest.TestCase):
         self.check_fails({"address": "inet:127.0.0.1:1", "default_action": "tempfail"}, "default_action:", "tempfail")
         self.check_fails({"address": "inet:127.0.0.1:1", "workers": 0}, "workers:")
         self.check_fails({"address": "inet:127.0.0.1:1", "max_idle": -1}, "max_idle:")
-        self.check_fails({"address": "inet:127.0.0.1:1", "color": "red"}, "unknown key 'color'")
+        self.check_fails({"address": "inet:127.0.0.1:1", "color": "red"}, "config.color: unknown key")
 
     def test_good_addresses(self):
         for address in ("inet:127.0.0.1:10023", "inet:localhost:10023", "inet6:[::1]:10023", "inet:[::1]:1",

@@ -6,6 +6,7 @@
 // TLS module loads them.
 #include "config/config.hpp"
 
+#include <asiosmtpd/plugin.hpp>  // sdk::closest_match
 #include <fmt/format.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
@@ -111,6 +112,7 @@ struct item {
     YAML::Node value;
     YAML::Mark mark;
     std::string key;
+    std::uint32_t key_line = 0;  // the line of its key in a mapping (0: not a mapping's value)
 };
 
 // The fields of one YAML mapping, keys checked against the known set, in file order.
@@ -146,6 +148,12 @@ YAML::Mark value_mark(const YAML::Node& key, const YAML::Node& value)
 }
 
 bool plain(const YAML::Node& n) { return n.Tag() == "?"; }
+
+// 1-based, 0 when unknown.
+std::uint32_t line_of(const YAML::Mark& m)
+{
+    return m.is_null() || m.line < 0 ? 0 : static_cast<std::uint32_t>(m.line) + 1;
+}
 
 // How an offending value is shown: its text quoted and escaped, or its kind.
 std::string describe(const YAML::Node& n)
@@ -342,9 +350,13 @@ mapping reader::open_map(const item& it, std::span<const std::string_view> known
         if (!k.IsScalar()) fail(k.Mark(), it.key, fmt::format("expected a plain key, got {}", describe(k)));
         std::string name = k.Scalar();
         std::string key = join_key(it.key, name);
-        if (std::find(known.begin(), known.end(), name) == known.end()) fail(k.Mark(), key, "unknown key");
+        if (std::find(known.begin(), known.end(), name) == known.end()) {
+            const std::string_view near = sdk::closest_match(name, known);
+            fail(k.Mark(), key,
+                 near.empty() ? std::string("unknown key") : fmt::format("unknown key (did you mean '{}'?)", near));
+        }
         if (m.find(name) != nullptr) fail(k.Mark(), key, "duplicate key");
-        m.add(std::move(name), item{kv.second, value_mark(k, kv.second), std::move(key)});
+        m.add(std::move(name), item{kv.second, value_mark(k, kv.second), std::move(key), line_of(k.Mark())});
     }
     return m;
 }
@@ -458,6 +470,8 @@ listener reader::read_listener(const item& it)
 {
     const mapping m = open_map(it, keys::listener);
     listener l;
+    l.key = it.key;
+    l.line = line_of(it.mark);
     if (const item* f = m.find("address")) {
         l.address = read_string(*f);
         if (l.address.empty() || has_control(l.address, false))
@@ -686,6 +700,7 @@ node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::str
     if (budget == 0) fail(at, key, fmt::format("more than {} values (alias expansion?)", max_tree_nodes));
     --budget;
     node out;
+    out.line = line_of(at);
     switch (n.Type()) {
     case YAML::NodeType::Undefined:
     case YAML::NodeType::Null: return out;
@@ -712,6 +727,7 @@ node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::str
                 fail(k.Mark(), sub, "duplicate key");
             out.items.push_back(read_tree(kv.second, value_mark(k, kv.second), sub, depth + 1, budget));
             out.keys.push_back(k.Scalar());
+            out.key_lines.push_back(line_of(k.Mark()));
         }
         return out;
     }
@@ -723,6 +739,7 @@ plugin_entry reader::read_plugin(const item& it) const
     const mapping m = open_map(it, keys::plugin);
     plugin_entry p;
     p.key = it.key;
+    p.line = line_of(it.mark);
     const item* name = m.find("name");
     const item* path = m.find("path");
     if (name != nullptr && path != nullptr) fail(path->mark, it.key, "give either name or path, not both");
@@ -737,11 +754,13 @@ plugin_entry reader::read_plugin(const item& it) const
             fail(name->mark, name->key,
                  fmt::format("expected a plugin name of [a-z0-9_.-], got {}", describe(name->value)));
         p.name = name->value.Scalar();
+        p.name_line = line_of(name->mark);
     }
     if (path != nullptr) p.path = read_path(*path, false);
     if (const item* f = m.find("config")) {
         std::size_t budget = max_tree_nodes;
         p.config = read_tree(f->value, f->mark, f->key, 0, budget);
+        p.config_line = f->key_line;
     }
     if (const item* f = m.find("timeout")) p.timeout = read_seconds(*f, false);
     return p;
@@ -813,6 +832,7 @@ void reader::read_document(const YAML::Node& root, settings& out)
                 fail(l->mark, l->key, fmt::format("expected address:port, got {:?}", text));
             ms.address = host;
             ms.port = static_cast<std::uint16_t>(std::stoul(port));
+            ms.line = line_of(l->mark);
         }
         out.metrics = ms;
     }
@@ -831,10 +851,18 @@ void reader::read_document(const YAML::Node& root, settings& out)
 
 // Counts the documents of a YAML stream, building nothing; `second` is where the second
 // document's root node starts (its start when it has none), as the error message shows it.
+// It also keeps the collections open so far, so that an unclosed '[' or '{' can be named
+// where it was opened rather than where yaml-cpp gave up (the end of the file, say).
 class document_counter final : public YAML::EventHandler {
 public:
     int documents = 0;
     YAML::Mark second = YAML::Mark::null_mark();
+    struct open_collection {
+        bool map = false;
+        bool flow = false;
+        YAML::Mark mark;
+    };
+    std::vector<open_collection> open;
 
     void OnDocumentStart(const YAML::Mark& mark) override
     {
@@ -847,16 +875,20 @@ public:
     {
         node(mark);
     }
-    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value style) override
     {
         node(mark);
+        open.push_back({false, style == YAML::EmitterStyle::Flow, mark});
     }
-    void OnSequenceEnd() override {}
-    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override
+    void OnSequenceEnd() override { close(); }
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                    YAML::EmitterStyle::value style) override
     {
         node(mark);
+        open.push_back({true, style == YAML::EmitterStyle::Flow, mark});
     }
-    void OnMapEnd() override {}
+    void OnMapEnd() override { close(); }
 
 private:
     void node(const YAML::Mark& mark)
@@ -864,8 +896,92 @@ private:
         if (documents == 2 && !root_seen_) second = mark;
         if (documents == 2) root_seen_ = true;
     }
+    void close()
+    {
+        if (!open.empty()) open.pop_back();
+    }
     bool root_seen_ = false;
 };
+
+std::vector<std::string_view> split_lines(std::string_view text)
+{
+    std::vector<std::string_view> lines;
+    while (!text.empty()) {
+        const auto nl = text.find('\n');
+        lines.push_back(text.substr(0, nl));
+        if (nl == std::string_view::npos) break;
+        text.remove_prefix(nl + 1);
+    }
+    return lines;
+}
+
+std::string_view trimmed(std::string_view s)
+{
+    const auto first = s.find_first_not_of(" \t\r");
+    if (first == std::string_view::npos) return {};
+    return s.substr(first, s.find_last_not_of(" \t\r") - first + 1);
+}
+
+// The one-line message for a YAML syntax error. yaml-cpp's position is where it gave up,
+// which is not always where the mistake is; three cases are pointed at better:
+//  - a tab in the indentation (YAML allows only spaces there; yaml-cpp says "illegal map
+//    value" or "illegal tab when looking for indentation");
+//  - an unclosed '[' or '{' (yaml-cpp points at the end of the file or the next key);
+//  - a key without its ':' ("hostname "a"" then "timeout: 5" on the next line is one
+//    two-line key to YAML, and yaml-cpp blames the ':' on the second line).
+std::string yaml_error(std::string_view text, const std::string& name, const YAML::Exception& e,
+                       const document_counter* events)
+{
+    if (e.mark.is_null() || e.mark.line < 0) return fmt::format("{}: invalid YAML: {}", name, one_line(e.msg));
+    const auto lines = split_lines(text);
+    const auto at = static_cast<std::size_t>(e.mark.line);
+
+    // A tab in the leading whitespace of the error's line or the one before.
+    for (std::size_t l : {at, at - 1}) {
+        if (l >= lines.size()) continue;  // also at == 0: at - 1 wraps
+        const std::string_view line = lines[l];
+        const auto indent_end = line.find_first_not_of(" \t");
+        const std::string_view indent = line.substr(0, indent_end);
+        if (const auto tab = indent.find('\t'); tab != std::string_view::npos && indent_end != std::string_view::npos)
+            return fmt::format(
+                "{}:{}: invalid YAML: tab characters are not allowed for indentation in YAML (column {})", name, l + 1,
+                tab + 1);
+    }
+
+    const bool seq_flow = e.msg == YAML::ErrorMsg::END_OF_SEQ_FLOW;
+    if ((seq_flow || e.msg == YAML::ErrorMsg::END_OF_MAP_FLOW) && events != nullptr) {
+        for (auto it = events->open.rbegin(); it != events->open.rend(); ++it) {
+            if (!it->flow || it->map == seq_flow || it->mark.is_null()) continue;
+            return fmt::format("{}:{}: invalid YAML: {} (the '{}' at column {} is never closed)", name,
+                               it->mark.line + 1, one_line(e.msg), seq_flow ? '[' : '{', it->mark.column + 1);
+        }
+    }
+
+    if (e.msg == YAML::ErrorMsg::MAP_VALUE && at < lines.size()) {
+        // The text before the ':' on this line is no key of its own ("timeout", not "a: b")...
+        const std::string_view before = trimmed(lines[at].substr(0, static_cast<std::size_t>(e.mark.column)));
+        const bool own_key = before.empty() || before.front() == '-' || before.find(':') != std::string_view::npos;
+        // ...so it continues a line above that has no ':' (and is no list item or comment).
+        std::size_t start = at;
+        for (std::size_t l = at; !own_key && l-- > 0;) {
+            const std::string_view prev = trimmed(lines[l]);
+            if (prev.empty()) continue;
+            if (prev.front() == '#' || prev.front() == '-' || prev.find(':') != std::string_view::npos ||
+                prev.find_first_of("[]{}") != std::string_view::npos)
+                break;
+            start = l;
+        }
+        if (start != at)
+            return fmt::format("{}:{}: invalid YAML: {} at line {} (column {}): is a ':' missing on line {}?", name,
+                               start + 1, one_line(e.msg), at + 1, e.mark.column + 1, start + 1);
+    }
+
+    // At the very end of the file: the last line, rather than the one after it.
+    if (at >= lines.size() && !lines.empty())
+        return fmt::format("{}:{}: invalid YAML: {} (at the end of the file)", name, lines.size(), one_line(e.msg));
+    return fmt::format("{}:{}: invalid YAML: {} (column {})", name, e.mark.line + 1, one_line(e.msg),
+                       e.mark.column + 1);
+}
 
 }  // namespace
 
@@ -881,10 +997,10 @@ settings parse(std::string_view yaml_text, const std::filesystem::path& file, co
     // return empty documents forever, until memory runs out (found by tests/fuzz/config_fuzz).
     // Count at most two documents with the event parser instead, then build the first.
     YAML::Node root;
+    document_counter counter;
     try {
         std::istringstream in{std::string(yaml_text)};
         YAML::Parser parser(in);
-        document_counter counter;
         while (counter.documents < 2 && parser.HandleNextDocument(counter)) {}
         if (counter.documents > 1) {
             const YAML::Mark m = counter.second;
@@ -893,9 +1009,7 @@ settings parse(std::string_view yaml_text, const std::filesystem::path& file, co
         }
         if (counter.documents == 1) root = YAML::Load(std::string(yaml_text));
     } catch (const YAML::Exception& e) {
-        if (e.mark.is_null()) throw config_error(fmt::format("{}: invalid YAML: {}", name, one_line(e.msg)));
-        throw config_error(fmt::format("{}:{}: invalid YAML: {} (column {})", name, e.mark.line + 1, one_line(e.msg),
-                                       e.mark.column + 1));
+        throw config_error(yaml_error(yaml_text, name, e, &counter));
     }
 
     reader r(name, base);

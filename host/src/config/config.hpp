@@ -36,7 +36,9 @@ struct listener {
     config::protocol protocol = protocol::smtp;
     tls_mode tls = tls_mode::none;
     bool proxy_protocol = false;
-    bool reuse_port = false;  // SO_REUSEPORT: several processes on one host share the port
+    bool reuse_port = false;            // SO_REUSEPORT: several processes on one host share the port
+    std::string key = "server.listen";  // "server.listen[1]" for messages ("server.listen": the default)
+    std::uint32_t line = 0;             // its line in the file (0: the default listener)
 };
 
 /// command_call_limit: absent/null = no limits; an int = that budget for every verb;
@@ -107,17 +109,21 @@ struct tls_settings {
 };
 
 struct plugin_entry {
-    std::string name;            // set when given by name
-    std::filesystem::path path;  // set when given by path (absolute after load)
-    node config;                 // the `config:` subtree (null when absent)
-    double timeout = 30;         // seconds a PENDING hook may take (> 0)
-    std::string key;             // "plugins[1]" for error messages
+    std::string name;               // set when given by name
+    std::filesystem::path path;     // set when given by path (absolute after load)
+    node config;                    // the `config:` subtree (null when absent)
+    double timeout = 30;            // seconds a PENDING hook may take (> 0)
+    std::string key;                // "plugins[1]" for error messages
+    std::uint32_t line = 0;         // lines in the file for messages (0: unknown): the entry,
+    std::uint32_t name_line = 0;    // its `name:`,
+    std::uint32_t config_line = 0;  // its `config:` key (0: none)
 };
 
 /// metrics: {listen: "127.0.0.1:9125"}: Prometheus text format over HTTP at /metrics.
 struct metrics_settings {
     std::string address = "127.0.0.1";
     std::uint16_t port = 9125;
+    std::uint32_t line = 0;  // the line of metrics.listen (0: not given)
 };
 
 struct log_settings {

@@ -170,7 +170,11 @@ struct host_core::impl final : plugin::log_sink {
         inst->sink = this;
         configs.push_back(std::make_unique<config::node>(convert(config)));
         const std::size_t keywords_before = gen.ehlo_keywords.size();
-        asiosmtpd_registrar reg{&gen, inst.get(), configs.back().get(), false, config_dir};
+        asiosmtpd_registrar reg;
+        reg.gen = &gen;
+        reg.owner = inst.get();
+        reg.config = configs.back().get();
+        reg.base_dir = config_dir;
         char reason[512] = {};
         asiosmtpd_errbuf err{reason, sizeof reason};
         void* self = nullptr;
@@ -180,7 +184,8 @@ struct host_core::impl final : plugin::log_sink {
         if (st != ASIOSMTPD_OK) {
             gen.forget(inst.get());
             gen.ehlo_keywords.resize(keywords_before);
-            throw refuse(std::string("refused its configuration: ") + (reason[0] != '\0' ? reason : "no reason given"));
+            const plugin::create_failure f = plugin::describe_failure(reg, inst->key, reason, 0);
+            throw refuse(f.config ? f.key + ": " + f.problem : f.problem);
         }
         inst->self = self;
         gen.instances.push_back(std::move(inst));

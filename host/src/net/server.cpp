@@ -219,8 +219,12 @@ void server::open(listener_slot& slot)
 {
     const auto& l = slot.spec;
     boost::system::error_code ec;
+    // "<file>:<line>: server.listen[1]: cannot listen on 127.0.0.1:25: Address already in use"
+    const std::string key = l.line == 0 ? fmt::format("{}: {}", config_.file.string(), l.key)
+                                        : fmt::format("{}:{}: {}", config_.file.string(), l.line, l.key);
     const auto address = asio::ip::make_address(l.address, ec);
-    if (ec) throw std::runtime_error(fmt::format("cannot listen on {}:{}: not an IP address", l.address, l.port));
+    if (ec)
+        throw std::runtime_error(fmt::format("{}: cannot listen on {}:{}: not an IP address", key, l.address, l.port));
     const tcp::endpoint ep(address, l.port);
     auto acc = std::make_unique<tcp::acceptor>(ioc_);
     acc->open(ep.protocol(), ec);
@@ -231,7 +235,8 @@ void server::open(listener_slot& slot)
     if (ec) {
         // After the privilege drop a port below 1024 cannot be opened by a reload: say so.
         const std::string hint = ec == asio::error::access_denied ? os::bind_denied_hint(l.port) : std::string();
-        throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}{}", l.address, l.port, ec.message(), hint));
+        throw std::runtime_error(
+            fmt::format("{}: cannot listen on {}:{}: {}{}", key, l.address, l.port, ec.message(), hint));
     }
     const auto bound = acc->local_endpoint();
     log::info("event=listening address={} port={} protocol={} tls={}", bound.address().to_string(), bound.port(),
@@ -247,11 +252,13 @@ void server::bind()
     for (const auto& slot : listeners_) open(*slot);
     if (config_.metrics) {
         const auto& m = *config_.metrics;
+        const std::string key = m.line == 0 ? fmt::format("{}: metrics", config_.file.string())
+                                            : fmt::format("{}:{}: metrics.listen", config_.file.string(), m.line);
         boost::system::error_code ec;
         const auto address = asio::ip::make_address(m.address, ec);
         if (ec)
             throw std::runtime_error(
-                fmt::format("metrics: cannot listen on {}:{}: not an IP address", m.address, m.port));
+                fmt::format("{}: cannot listen on {}:{}: not an IP address", key, m.address, m.port));
         const tcp::endpoint ep(address, m.port);
         auto acc = std::make_unique<tcp::acceptor>(ioc_);
         acc->open(ep.protocol(), ec);
@@ -260,7 +267,7 @@ void server::bind()
         if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
         if (ec)
             throw std::runtime_error(
-                fmt::format("metrics: cannot listen on {}:{}: {}", m.address, m.port, ec.message()));
+                fmt::format("{}: cannot listen on {}:{}: {}", key, m.address, m.port, ec.message()));
         const auto bound = acc->local_endpoint();
         log::info("event=metrics_listening address={} port={}", bound.address().to_string(), bound.port());
         metrics_acceptor_ = std::move(acc);

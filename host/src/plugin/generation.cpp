@@ -140,4 +140,82 @@ void generation::forget(const instance* owner)
     std::erase_if(auth_mechanisms, [owner](const auth_mechanism_entry& m) { return m.handler.owner == owner; });
 }
 
+namespace {
+
+// The error stays one line: control bytes as \xNN, at most `max` bytes.
+std::string one_line(std::string_view text, std::size_t max)
+{
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (const char c : text.substr(0, max)) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) out.append("\\x").append(1, hex[u >> 4]).append(1, hex[u & 15]);
+        else out.push_back(c);
+    }
+    if (text.size() > max) out += "...";
+    return out;
+}
+
+}  // namespace
+
+create_failure describe_failure(const asiosmtpd_registrar& reg, std::string_view key, std::string_view reason,
+                                std::uint32_t root_line)
+{
+    create_failure f;
+    if (reg.report.given && reg.config != nullptr) {
+        if (const auto place = config::locate(*reg.config, reg.report.at)) {
+            f.config = true;
+            f.key = std::string(key) + ".config";
+            if (!place->path.empty()) f.key += "." + place->path;
+            f.line = place->path.empty() ? root_line : place->line;
+            const config::node& at = *reg.report.at;
+            if (!reg.report.key.empty()) {
+                f.key += "." + reg.report.key;
+                // The key's own line when it is there (an unknown key), else the map's (a
+                // required key that is missing).
+                for (std::size_t i = 0; i < at.keys.size() && i < at.key_lines.size(); ++i)
+                    if (at.keys[i] == reg.report.key && at.key_lines[i] != 0) f.line = at.key_lines[i];
+            }
+            if (f.line == 0) f.line = root_line;
+            f.key = one_line(f.key, 300);
+            f.problem =
+                reg.report.message.empty() ? std::string("refused by the plugin") : one_line(reg.report.message, 1000);
+            return f;
+        }
+    }
+    // A plugin that names no node (a C plugin, one built with an older SDK, a hand-written
+    // message) often starts its reason with the key path: "limits.connections: must be ...".
+    // When that path is a node of its tree (or a missing key of a map there, "path: required"),
+    // it is reported as if through cfg_error().
+    if (!reg.report.given && reg.config != nullptr && reg.conflict.empty()) {
+        const auto colon = reason.find(": ");
+        const std::string_view path = colon == std::string_view::npos ? std::string_view() : reason.substr(0, colon);
+        const std::string_view problem = colon == std::string_view::npos ? reason : reason.substr(colon + 2);
+        asiosmtpd_registrar guess;
+        guess.config = reg.config;
+        if (path.empty() || path.find(' ') != std::string_view::npos) {
+            // not a key path
+        } else if (const config::node* at = config::resolve(*reg.config, path)) {
+            guess.report = {true, at, {}, std::string(problem)};
+        } else if (problem == "required") {
+            const auto dot = path.rfind('.');
+            const config::node* map =
+                config::resolve(*reg.config, dot == std::string_view::npos ? "" : path.substr(0, dot));
+            if (map != nullptr && map->type != config::node::kind::sequence)
+                guess.report = {true, map, std::string(dot == std::string_view::npos ? path : path.substr(dot + 1)),
+                                std::string(problem)};
+        }
+        if (guess.report.given) return describe_failure(guess, key, reason, root_line);
+    }
+    if (!reg.conflict.empty()) {
+        // The plugin's reason too: it may have gone on after the conflict and failed on
+        // something else.
+        f.problem = reg.conflict;
+        if (!reason.empty()) f.problem += " (the plugin said: " + std::string(reason) + ")";
+        return f;
+    }
+    f.problem = "refused its configuration: " + (reason.empty() ? std::string("no reason given") : std::string(reason));
+    return f;
+}
+
 }  // namespace asiosmtpd::plugin

@@ -125,4 +125,36 @@ struct asiosmtpd_registrar {
     const asiosmtpd::config::node* config = nullptr;
     bool frozen = false;
     std::string base_dir;
+    bool check_only = false;  ///< asiosmtpd --check-config: is_check_only() answers 1
+
+    /// The last cfg_error() (ABI 1.3): the node (of `config`) and key that are wrong.
+    struct config_report {
+        bool given = false;
+        const asiosmtpd::config::node* at = nullptr;
+        std::string key;
+        std::string message;
+    } report;
+    /// The last registration refused for a conflict, with who holds the name
+    /// ("command PING is registered by plugins[0] (ping) already").
+    std::string conflict;
 };
+
+namespace asiosmtpd::plugin {
+
+/// Why an instance's create() failed, as the loader and the test kit say it.
+struct create_failure {
+    bool config = false;  ///< from cfg_error(): `key` is the full key, `line` its line (0: unknown)
+    std::uint32_t line = 0;
+    std::string key;      ///< "plugins[0].config.dealy" (config only)
+    std::string problem;  ///< "unknown key (did you mean 'delay'?)", "refused its configuration: <reason>"
+};
+
+/// The failure of create() for the instance `key` ("plugins[0]") from what it reported through
+/// `reg` and the errbuf's `reason`: a cfg_error() report first, then a refused registration
+/// (a command or AUTH mechanism another plugin holds), else "refused its configuration: ...".
+/// `root_line`: the line of the entry's `config:` key (or of the entry), for the root.
+/// Control bytes in what the plugin gave are escaped.
+create_failure describe_failure(const asiosmtpd_registrar& reg, std::string_view key, std::string_view reason,
+                                std::uint32_t root_line);
+
+}  // namespace asiosmtpd::plugin

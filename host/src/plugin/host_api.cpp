@@ -83,6 +83,14 @@ bool valid_verb(std::string_view v) noexcept
     });
 }
 
+// "registered by plugins[0] (ping) already": who holds a name a registration wanted.
+std::string holder(const asiosmtpd_registrar* reg, const instance* owner)
+{
+    if (owner == reg->owner) return "registered by this plugin already";
+    if (owner == nullptr) return "registered already";
+    return "registered by " + owner->key + " (" + owner->name + ") already";
+}
+
 constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET",
                                               "NOOP", "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
 
@@ -96,10 +104,15 @@ asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_comm
     std::string verb(view(desc->verb));
     std::transform(verb.begin(), verb.end(), verb.begin(),
                    [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
-    if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs))
+    if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs)) {
+        reg->conflict = "cannot register command " + verb + ": a built-in command";
         return ASIOSMTPD_E_CONFLICT;
+    }
     for (const auto& c : reg->gen->commands)
-        if (c.verb == verb) return ASIOSMTPD_E_CONFLICT;
+        if (c.verb == verb) {
+            reg->conflict = "cannot register command " + verb + ": " + holder(reg, c.handler.owner);
+            return ASIOSMTPD_E_CONFLICT;
+        }
     const std::string_view help = view(desc->help);
     if (help.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
     reg->gen->commands.push_back({std::move(verb), std::string(help), desc->flags, {reg->owner, desc->handler}});
@@ -129,9 +142,15 @@ asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str
     std::string upper(n);
     std::transform(upper.begin(), upper.end(), upper.begin(),
                    [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
-    if (upper == "PLAIN" || upper == "LOGIN") return ASIOSMTPD_E_CONFLICT;
+    if (upper == "PLAIN" || upper == "LOGIN") {
+        reg->conflict = "cannot register AUTH mechanism " + upper + ": built in";
+        return ASIOSMTPD_E_CONFLICT;
+    }
     for (const auto& m : reg->gen->auth_mechanisms)
-        if (m.name == upper) return ASIOSMTPD_E_CONFLICT;
+        if (m.name == upper) {
+            reg->conflict = "cannot register AUTH mechanism " + upper + ": " + holder(reg, m.handler.owner);
+            return ASIOSMTPD_E_CONFLICT;
+        }
     reg->gen->auth_mechanisms.push_back({std::move(upper), {reg->owner, fn}});
     return ASIOSMTPD_OK;
 }
@@ -158,12 +177,27 @@ asiosmtpd_str config_dir(asiosmtpd_registrar* reg)
 
 // ---- config ----------------------------------------------------------------------------------
 
+const node null_node;  // the root of an instance without a tree
+
 const asiosmtpd_cfg* cfg_root(asiosmtpd_registrar* reg)
 {
-    static const node null_node;
     if (!usable(reg) || reg->config == nullptr) return as_cfg(&null_node);
     return as_cfg(reg->config);
 }
+
+asiosmtpd_status cfg_error(asiosmtpd_registrar* reg, const asiosmtpd_cfg* c, asiosmtpd_str key, asiosmtpd_str message)
+{
+    if (reg == nullptr) return ASIOSMTPD_E_INVALID;
+    if (reg->frozen) return ASIOSMTPD_E_FROZEN;
+    if (reg->config == nullptr) return ASIOSMTPD_E_INVALID;
+    const node* n = c == nullptr || as_node(c) == &null_node ? reg->config : as_node(c);
+    if (!config::locate(*reg->config, n)) return ASIOSMTPD_E_INVALID;
+    // Bounded: the message is one line of a start-up error.
+    reg->report = {true, n, std::string(view(key).substr(0, 256)), std::string(view(message).substr(0, 1024))};
+    return ASIOSMTPD_OK;
+}
+
+int32_t is_check_only(asiosmtpd_registrar* reg) { return usable(reg) && reg->check_only ? 1 : 0; }
 
 int32_t cfg_kind(const asiosmtpd_cfg* c)
 {
@@ -620,6 +654,8 @@ const asiosmtpd_host_api& host_api() noexcept
         a.txn_rcpt_param_at = txn_rcpt_param_at;
         a.log_fields = plugin_log_fields;
         a.keep_state = keep_state_api;
+        a.cfg_error = cfg_error;
+        a.is_check_only = is_check_only;
         return a;
     }();
     return api;

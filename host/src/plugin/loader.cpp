@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "plugin/elf_check.hpp"
 
+#include <asiosmtpd/plugin.hpp>  // sdk::closest_match
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 
@@ -45,6 +46,12 @@ load_error refusal(const fs::path& config_file, const std::string& key, const fs
     return load_error(fmt::format("{}: {}: {}: {}", config_file.string(), key, file.string(), why));
 }
 
+// "<file>:<line>" of a config line (just "<file>" when unknown).
+std::string where(const fs::path& config_file, std::uint32_t line)
+{
+    return line == 0 ? config_file.string() : fmt::format("{}:{}", config_file.string(), line);
+}
+
 fs::path find_by_name(const fs::path& config_file, const config::plugin_entry& e, const std::vector<fs::path>& dirs)
 {
     const std::string file = e.name + ".so";
@@ -55,8 +62,22 @@ fs::path find_by_name(const fs::path& config_file, const config::plugin_entry& e
     }
     std::string searched;
     for (const auto& d : dirs) searched += (searched.empty() ? "" : ", ") + d.string();
-    throw load_error(fmt::format("{}: {}.name: no plugin {} in the plugin folders ({})", config_file.string(), e.key,
-                                 file, searched.empty() ? "none" : searched));
+    // A typo ("maildri") gets the closest plugin found in those folders.
+    std::vector<std::string> names;
+    for (const auto& d : dirs) {
+        std::error_code ec;
+        for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+            const fs::path& p = it->path();
+            std::error_code type_ec;
+            if (p.extension() == ".so" && it->is_regular_file(type_ec)) names.push_back(p.stem().string());
+            if (names.size() >= 1000) break;
+        }
+    }
+    std::sort(names.begin(), names.end());
+    const std::string_view near = sdk::closest_match(e.name, names);
+    throw load_error(fmt::format("{}: {}.name: no plugin '{}' in {}{}", where(config_file, e.name_line), e.key, e.name,
+                                 searched.empty() ? "no plugin folder" : searched,
+                                 near.empty() ? std::string() : fmt::format(" (did you mean '{}'?)", near)));
 }
 
 // Load `file` (named `shown` in messages: a private copy is named after its original).
@@ -285,7 +306,7 @@ public:
 
 void drain_retired() { janitor::get().drain(); }
 
-std::shared_ptr<const generation> load(const config::settings& s)
+std::shared_ptr<const generation> load(const config::settings& s, bool check_only)
 {
     janitor::get();  // constructed before the first generation: destroyed after the last one
     // The core logs (plugins' log() calls, blocking incidents) through the server's log. Never
@@ -307,7 +328,12 @@ std::shared_ptr<const generation> load(const config::settings& s)
         inst->timeout = std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000));
         inst->thread_safe = (inst->desc->flags & ASIOSMTPD_PF_THREAD_SAFE) != 0;
 
-        asiosmtpd_registrar reg{gen.get(), inst.get(), &e.config, false, s.base_dir.string()};
+        asiosmtpd_registrar reg;
+        reg.gen = gen.get();
+        reg.owner = inst.get();
+        reg.config = &e.config;
+        reg.base_dir = s.base_dir.string();
+        reg.check_only = check_only;
         char reason[512] = {};
         asiosmtpd_errbuf err{reason, sizeof reason};
         void* self = nullptr;
@@ -320,8 +346,11 @@ std::shared_ptr<const generation> load(const config::settings& s)
                 chain.erase(std::remove_if(chain.begin(), chain.end(),
                                            [&](const hook_entry& h) { return h.owner == inst.get(); }),
                             chain.end());
-            throw refusal(s.file, e.key, file,
-                          fmt::format("refused its configuration: {}", reason[0] ? reason : "no reason given"));
+            // What the plugin named with cfg_error() (file, line, full key), a registration
+            // another plugin holds (the verb's owner), or the plugin's own reason.
+            const create_failure f = describe_failure(reg, e.key, reason, e.config_line != 0 ? e.config_line : e.line);
+            if (f.config) throw load_error(fmt::format("{}: {}: {}", where(s.file, f.line), f.key, f.problem));
+            throw refusal(s.file, e.key, file, f.problem);
         }
         inst->self = self;
         log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key,

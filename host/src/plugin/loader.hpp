@@ -35,7 +35,9 @@ std::vector<std::filesystem::path> search_dirs(const config::settings& s);
 /// corrupt the running mapping. No file can end the process here: anything but a regular file
 /// (a FIFO, a directory, a device) is refused before it is opened for loading, and the copy's
 /// ELF structure is checked before dlopen() (elf_check.hpp: truncated, another machine...).
-std::shared_ptr<const generation> load(const config::settings& s);
+/// `check_only`: asiosmtpd --check-config; plugins are told (is_check_only()) so that their
+/// create() checks without changing anything on disk.
+std::shared_ptr<const generation> load(const config::settings& s, bool check_only = false);
 
 /// Wait until every generation whose last reference was dropped has been destroyed (their
 /// plugins' destroy() run and libraries closed). Call before returning from main.

@@ -27,8 +27,9 @@ TEST(async_policy, refuses_denied_domains_from_the_worker_thread)
 TEST(async_policy, rejects_unknown_config_keys)
 {
     tk::host h;
-    const std::string why = h.refusal(PLUGIN_FILE, tk::node::map({{"allow", "x"}}));
-    EXPECT_NE(why.find("unknown key 'allow'"), std::string::npos) << why;
+    // The full key, and the closest known one for a typo.
+    const std::string why = h.refusal(PLUGIN_FILE, tk::node::map({{"dealy_ms", 5}}));
+    EXPECT_NE(why.find("config.dealy_ms: unknown key (did you mean 'delay_ms'?)"), std::string::npos) << why;
 }
 
 }  // namespace

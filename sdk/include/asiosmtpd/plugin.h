@@ -45,7 +45,8 @@
 #define ASIOSMTPD_ABI_MAJOR 1u /* a breaking change gets a new entry symbol name */
 #define ASIOSMTPD_ABI_MINOR 3u /* additive changes only; 1.1: STARTTLS and AUTH, TLS session info;
                                   1.2: DATA_CHUNK (the message in pieces, as it arrives);
-                                  1.3: message editing, TXN_END */
+                                  1.3: message editing, TXN_END, config error reports
+                                  (cfg_error) and check runs (is_check_only) */
 
 #if defined(_WIN32)
 #define ASIOSMTPD_EXPORT __declspec(dllexport)
@@ -547,6 +548,27 @@ typedef struct asiosmtpd_host_api {
      * layout version in the key (1..128 bytes of [A-Za-z0-9_.:-]) when the struct may change
      * between plugin versions. Returns NULL (nothing kept) for a bad key or a NULL candidate. */
     void *(*keep_state)(asiosmtpd_registrar *reg, asiosmtpd_str key, void *candidate, void (*release)(void *data));
+
+    /* The two below came late in 1.3: a host of 1.3 may lack them. Check the table's size
+     * first: ASIOSMTPD_HAS(host, asiosmtpd_host_api, cfg_error). */
+
+    /* Say which node of this instance's `config:` is wrong, in create() before it returns an
+     * error, so that the host's message names the config file, the line and the full key:
+     * "asiosmtpd.yaml:12: plugins[0].config.dealy: unknown key (did you mean 'delay'?)".
+     * `node`: a node of this instance's tree (cfg_root(), cfg_get(), cfg_at()), NULL for the
+     * root. `key`: empty, or a key of `node` (a map) that is wrong or missing: the message then
+     * names that key (the line of the key, or of the map when the key is absent). `message`:
+     * the problem, one line, without the key ("unknown key", "expected an integer, got 'x'").
+     * Copied. The last report counts, and only if create() then fails; the host then prints it
+     * instead of the errbuf's reason (which older hosts print: keep writing it). E_INVALID for
+     * a node of another tree, E_FROZEN outside create(). Registration thread only. */
+    asiosmtpd_status (*cfg_error)(asiosmtpd_registrar *reg, const asiosmtpd_cfg *node, asiosmtpd_str key,
+                                  asiosmtpd_str message);
+    /* 1 when this create() only checks the configuration (asiosmtpd --check-config): the
+     * instance is destroyed right after, without a hook call. Check what a start would need
+     * (the folder exists or could be made, the file is readable) but change nothing on disk or
+     * elsewhere: make no folder, create no file, write to no server. 0 for a start or reload. */
+    int32_t (*is_check_only)(asiosmtpd_registrar *reg);
 
     /* ---- append members here; never reorder, never remove ---- */
 } asiosmtpd_host_api;

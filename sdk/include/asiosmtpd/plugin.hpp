@@ -39,11 +39,13 @@
 
 #include <asiosmtpd/plugin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <initializer_list>
@@ -587,10 +589,106 @@ private:
 };
 
 // ------------------------------------------------------------------------------------------
+// Spelling hints: "did you mean 'delay'?" for a key, a name or a choice given with a typo.
+// ------------------------------------------------------------------------------------------
+
+/// The edit distance of `a` and `b`, ASCII case ignored: insertions, deletions, substitutions
+/// and swaps of two neighbouring characters count 1 each (Damerau-Levenshtein, optimal string
+/// alignment). Words longer than 64 bytes are not compared (the result is then SIZE_MAX).
+inline std::size_t edit_distance(std::string_view a, std::string_view b) noexcept
+{
+    constexpr std::size_t cap = 64;
+    if (a.size() > cap || b.size() > cap) return std::numeric_limits<std::size_t>::max();
+    const auto lower = [](char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+    // Three rows of the table: i-2, i-1, i.
+    std::size_t rows[3][cap + 1] = {};
+    for (std::size_t j = 0; j <= b.size(); ++j) rows[1][j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t* const cur = rows[(i + 1) % 3];
+        const std::size_t* const prev = rows[i % 3];
+        const std::size_t* const prev2 = rows[(i + 2) % 3];
+        cur[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const bool same = lower(a[i - 1]) == lower(b[j - 1]);
+            std::size_t d =
+                std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (same ? std::size_t{0} : std::size_t{1})});
+            if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) && lower(a[i - 2]) == lower(b[j - 1]))
+                d = std::min(d, prev2[j - 2] + 1);
+            cur[j] = d;
+        }
+    }
+    return rows[(a.size() + 1) % 3][b.size()];
+}
+
+/// The candidate `word` most likely meant, or "" when none is close: at most 1 edit for a word
+/// of up to 4 characters, 2 up to 8, 3 beyond (edit_distance); on a tie the first candidate.
+/// `candidates`: anything iterable whose elements convert to std::string_view. The view
+/// points into `candidates`.
+template <class Range>
+std::string_view closest_match(std::string_view word, const Range& candidates)
+{
+    const std::size_t limit = word.size() <= 4 ? 1 : word.size() <= 8 ? 2 : 3;
+    std::string_view best;
+    std::size_t best_distance = limit + 1;
+    for (const auto& c : candidates) {
+        const std::string_view candidate(c);
+        if (candidate == word) continue;
+        const std::size_t d = edit_distance(word, candidate);
+        if (d < best_distance && d < std::max(candidate.size(), std::size_t{1})) {
+            best = candidate;
+            best_distance = d;
+        }
+    }
+    return best;
+}
+inline std::string_view closest_match(std::string_view word, std::initializer_list<std::string_view> candidates)
+{
+    return closest_match<std::initializer_list<std::string_view>>(word, candidates);
+}
+
+// ------------------------------------------------------------------------------------------
+// config_error: what is wrong with one node of the instance's config. Thrown by the config
+// readers below, and by the plugin itself (config::error(), config::key_error()) for a
+// problem it finds in a value (a folder that cannot be made, a host name that does not
+// resolve). create() hands the node to the host (ABI 1.3 cfg_error), which names the config
+// file, the line and the full key; what() is "<path>: <problem>" for older hosts and logs.
+// ------------------------------------------------------------------------------------------
+class config_error : public std::invalid_argument {
+public:
+    /// `path`: where the node is ("" for the root, "hooks.MAIL"); `key`: "" or the key of the
+    /// node (a map) that is wrong or missing; `problem`: one line, without the key.
+    config_error(const asiosmtpd_cfg* node, const std::string& path, std::string key, std::string problem)
+        : std::invalid_argument(describe(path, key, problem)),
+          node_(node),
+          key_(std::move(key)),
+          problem_(std::move(problem))
+    {}
+    /// The node that is wrong (or holds the wrong key); valid only during create().
+    const asiosmtpd_cfg* node() const noexcept { return node_; }
+    /// "" or the key of node() that is wrong or missing.
+    const std::string& key() const noexcept { return key_; }
+    /// The problem without the key path ("unknown key (did you mean 'delay'?)").
+    const std::string& problem() const noexcept { return problem_; }
+
+private:
+    static std::string describe(const std::string& path, const std::string& key, const std::string& problem)
+    {
+        std::string where = path;
+        if (!key.empty()) where += (where.empty() ? "" : ".") + key;
+        return (where.empty() ? std::string("config") : where) + ": " + problem;
+    }
+
+    const asiosmtpd_cfg* node_;
+    std::string key_;
+    std::string problem_;
+};
+
+// ------------------------------------------------------------------------------------------
 // config: a read-only view of one node of the instance's `config:` subtree. Valid only
 // during the plugin's constructor (create()); copy what you keep. The as_* readers throw
-// std::invalid_argument naming the key path ("hooks.MAIL.code: expected an integer, got
-// 'x'"), which create() turns into the host's "plugin <name>: <reason>".
+// config_error (a std::invalid_argument) naming the key path ("hooks.MAIL.code: expected an
+// integer, got 'x'"), which create() hands to the host: "<file>:<line>:
+// plugins[N].config.hooks.MAIL.code: expected an integer, got 'x'".
 // ------------------------------------------------------------------------------------------
 class config {
 public:
@@ -625,7 +723,7 @@ public:
     config at(std::size_t index) const
     {
         const asiosmtpd_cfg* n = node_ ? host_->cfg_at(node_, index) : nullptr;
-        if (!n) throw std::invalid_argument(where() + "has no entry " + std::to_string(index));
+        if (!n) throw error("has no entry " + std::to_string(index));
         if (is_map()) return config(host_, n, child_path(key_at(index)));
         return config(host_, n, path_ + "[" + std::to_string(index) + "]");
     }
@@ -645,11 +743,11 @@ public:
         return config(host_, n, child_path(key));
     }
 
-    /// The value at `key`, or std::invalid_argument "<path>.<key>: required".
+    /// The value at `key`, or config_error "<path>.<key>: required".
     config require(std::string_view key) const
     {
         if (auto v = get(key)) return *v;
-        throw std::invalid_argument(child_path(key) + ": required");
+        throw key_error(key, "required");
     }
 
     /// The map's entries in order: {key, value}.
@@ -687,7 +785,9 @@ public:
         return *this;
     }
 
-    /// Throws unless this is null or a map whose keys are all in `allowed`.
+    /// Throws unless this is null or a map whose keys are all in `allowed`: config_error
+    /// "<path>.<key>: unknown key (did you mean 'delay'?)", or "(known: a b c)" when no allowed
+    /// key is close to it.
     void check_keys(std::initializer_list<std::string_view> allowed) const
     {
         if (is_null()) return;
@@ -698,13 +798,15 @@ public:
             bool ok = false;
             for (std::string_view a : allowed) ok = ok || a == k;
             if (ok) continue;
-            std::string msg = where() + "unknown key '" + std::string(k) + "'";
-            if (allowed.size() != 0) {
-                msg += " (known:";
-                for (std::string_view a : allowed) msg.append(" ").append(a);
-                msg += ")";
+            std::string problem = "unknown key";
+            if (const std::string_view near = closest_match(k, allowed); !near.empty()) {
+                problem.append(" (did you mean '").append(near).append("'?)");
+            } else if (allowed.size() != 0) {
+                problem += " (known:";
+                for (std::string_view a : allowed) problem.append(" ").append(a);
+                problem += ")";
             }
-            throw std::invalid_argument(msg);
+            throw key_error(k, problem);
         }
     }
 
@@ -739,13 +841,13 @@ public:
         return magnitude == limit ? std::numeric_limits<std::int64_t>::min() : -static_cast<std::int64_t>(magnitude);
     }
 
-    /// as_int() within [min, max], else "<path>: must be between min and max".
+    /// as_int() within [min, max], else "<path>: must be between min and max, got v".
     std::int64_t as_int(std::int64_t min, std::int64_t max) const
     {
         const std::int64_t v = as_int();
         if (v < min || v > max)
-            throw std::invalid_argument(where() + "must be between " + std::to_string(min) + " and " +
-                                        std::to_string(max) + ", got " + std::to_string(v));
+            throw error("must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
+                        std::to_string(v));
         return v;
     }
 
@@ -759,6 +861,16 @@ public:
         const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
         if (s.empty() || ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v))
             throw bad_value("a number");
+        return v;
+    }
+
+    /// as_double() within [min, max], else "<path>: must be between min and max, got v".
+    double as_double(double min, double max) const
+    {
+        const double v = as_double();
+        if (v < min || v > max)
+            throw error("must be between " + number_text(min) + " and " + number_text(max) + ", got " +
+                        std::string(scalar().substr(0, 40)));
         return v;
     }
 
@@ -799,6 +911,24 @@ public:
         auto v = get(key);
         return (v && !v->is_null()) ? v->as_int() : fallback;
     }
+    /// A ranged default: `fallback` when absent or null, else the value, which must lie in
+    /// [min, max] ("workers: must be between 1 and 64, got 100"). `fallback` is not checked.
+    std::int64_t int_or(std::string_view key, std::int64_t fallback, std::int64_t min, std::int64_t max) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_int(min, max) : fallback;
+    }
+    double double_or(std::string_view key, double fallback) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_double() : fallback;
+    }
+    /// double_or() within [min, max], as int_or(key, fallback, min, max).
+    double double_or(std::string_view key, double fallback, double min, double max) const
+    {
+        auto v = get(key);
+        return (v && !v->is_null()) ? v->as_double(min, max) : fallback;
+    }
     bool bool_or(std::string_view key, bool fallback) const
     {
         auto v = get(key);
@@ -807,8 +937,25 @@ public:
 
     const asiosmtpd_cfg* raw() const noexcept { return node_; }
 
+    /// A problem with this node's value, to throw: `throw cfg.require("path").error("cannot
+    /// create the folder: Permission denied")`. The host names the file, line and full key.
+    config_error error(std::string_view problem) const
+    {
+        return config_error(node_, path_, std::string(), std::string(problem));
+    }
+    /// A problem with the key `key` of this map (present or missing): "<path>.<key>: <problem>".
+    config_error key_error(std::string_view key, std::string_view problem) const
+    {
+        return config_error(node_, path_, std::string(key), std::string(problem));
+    }
+
 private:
-    std::string where() const { return path_.empty() ? std::string("config: ") : path_ + ": "; }
+    static std::string number_text(double v)
+    {
+        char buf[32] = {};
+        std::snprintf(buf, sizeof buf, "%g", v);  // at most 13 characters
+        return buf;
+    }
     std::string child_path(std::string_view key) const
     {
         return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
@@ -826,14 +973,14 @@ private:
     void expect(node_kind k, const char* wanted) const
     {
         const node_kind have = kind();
-        if (have != k) throw std::invalid_argument(where() + "expected " + wanted + ", got " + kind_name(have));
+        if (have != k) throw error(std::string("expected ") + wanted + ", got " + kind_name(have));
     }
-    std::invalid_argument bad_value(const char* wanted) const
+    config_error bad_value(const char* wanted) const
     {
         std::string_view s = scalar();
         std::string shown(s.substr(0, 40));
         if (s.size() > 40) shown += "...";
-        return std::invalid_argument(where() + "expected " + wanted + ", got '" + shown + "'");
+        return error(std::string("expected ") + wanted + ", got '" + shown + "'");
     }
 
     const asiosmtpd_host_api* host_;
@@ -1426,6 +1573,15 @@ public:
         return to_view(host_->config_dir(reg_));
     }
 
+    /// ABI 1.3: true when this construction only checks the configuration (asiosmtpd
+    /// --check-config; the instance is destroyed right after, no hook runs): check what a start
+    /// needs, change nothing (make no folder, create no file). False on a start, a reload, and
+    /// on an older host.
+    bool check_only() const noexcept
+    {
+        return ASIOSMTPD_HOST_HAS(host_, is_check_only) && host_->is_check_only(reg_) != 0;
+    }
+
     /// A logger usable from any thread for the instance's lifetime.
     sdk::logger logger() const noexcept { return sdk::logger(host_, ctx_); }
 
@@ -1602,6 +1758,12 @@ struct entry {
             box->object = &*box->plugin;
             *out_instance = static_cast<instance_base*>(box.release());
             return ASIOSMTPD_OK;
+        } catch (const config_error& e) {
+            // ABI 1.3: the host names the file, the line and the full key; older hosts print
+            // the errbuf's what().
+            if (ASIOSMTPD_HOST_HAS(host, cfg_error))
+                host->cfg_error(reg, e.node(), to_str(e.key()), to_str(e.problem()));
+            write_error(err, e.what());
         } catch (const std::exception& e) {
             write_error(err, e.what());
         } catch (...) {

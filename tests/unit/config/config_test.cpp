@@ -411,10 +411,10 @@ TEST(config_errors, unknown_keys_at_every_level)
     EXPECT_EQ(error_of("server: {}\nlisten: []\n"), "t.yaml:2: listen: unknown key");
     EXPECT_EQ(error_of("server:\n  hostname: a\n  port: 25\n"), "t.yaml:3: server.port: unknown key");
     EXPECT_EQ(error_of("server:\n  listen:\n    - port: 25\n    - port: 26\n      tsl: none\n"),
-              "t.yaml:5: server.listen[1].tsl: unknown key");
+              "t.yaml:5: server.listen[1].tsl: unknown key (did you mean 'tls'?)");
     EXPECT_EQ(error_of("tls:\n  certificate: c\n  private_key: k\n  ca: x\n"), "t.yaml:4: tls.ca: unknown key");
     EXPECT_EQ(error_of("plugins:\n  - name: sink\n    settings: {}\n"), "t.yaml:3: plugins[0].settings: unknown key");
-    EXPECT_EQ(error_of("server:\n  Timeout: 5\n"), "t.yaml:2: server.Timeout: unknown key");
+    EXPECT_EQ(error_of("server:\n  Timeout: 5\n"), "t.yaml:2: server.Timeout: unknown key (did you mean 'timeout'?)");
     EXPECT_EQ(error_of("[a]: 1\n"), "t.yaml:1: (document): expected a plain key, got a sequence");
 }
 
@@ -455,9 +455,36 @@ TEST(config_errors, duplicate_listeners)
 
 TEST(config_errors, yaml_syntax)
 {
-    EXPECT_EQ(error_of("server:\n  listen: [1\n"), "t.yaml:3: invalid YAML: end of sequence flow not found (column 1)");
+    // An unclosed flow collection is named where it was opened, not at the end of the file.
+    EXPECT_EQ(error_of("server:\n  listen: [1\n"),
+              "t.yaml:2: invalid YAML: end of sequence flow not found (the '[' at column 11 is never closed)");
     EXPECT_EQ(error_of("server: a: b\n"), "t.yaml:1: invalid YAML: illegal map value (column 10)");
     EXPECT_EQ(error_of("server: {}\n---\nserver: {}\n"), "t.yaml:3: invalid YAML: more than one document");
+}
+
+// Issue 23: yaml-cpp's position is where it gave up; these point at the mistake.
+TEST(config_errors, yaml_syntax_points_at_the_mistake)
+{
+    // A tab in the indentation says so (yaml-cpp: "illegal map value" / "illegal tab ...").
+    EXPECT_EQ(error_of("server:\n\thostname: mx\n"),
+              "t.yaml:2: invalid YAML: tab characters are not allowed for indentation in YAML (column 1)");
+    EXPECT_EQ(error_of("server:\n  hostname: mx\n\ttimeout: 5\n"),
+              "t.yaml:3: invalid YAML: tab characters are not allowed for indentation in YAML (column 1)");
+    EXPECT_EQ(error_of("server:\n  listen:\n  \t- port: 25\n"),
+              "t.yaml:3: invalid YAML: tab characters are not allowed for indentation in YAML (column 3)");
+    // A tab inside a value is no indentation: the usual message.
+    EXPECT_EQ(error_of("server: a\t: b: c\n"), "t.yaml:1: invalid YAML: illegal map value (column 11)");
+    // An unclosed '{' or '[' is named where it opens, not at the next entry or the end of the file.
+    EXPECT_EQ(error_of("server:\n  listen:\n    - {port: 25\n    - port: 26\n"),
+              "t.yaml:3: invalid YAML: end of map flow not found (the '{' at column 7 is never closed)");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    config: [a, b\n\nlog: {}\n"),
+              "t.yaml:3: invalid YAML: end of sequence flow not found (the '[' at column 13 is never closed)");
+    // A key without its ':' runs on into the next line, where yaml-cpp blames the ':'.
+    EXPECT_EQ(error_of("server:\n  hostname \"mx\"\n  timeout: 5\n"),
+              "t.yaml:2: invalid YAML: illegal map value at line 3 (column 10): is a ':' missing on line 2?");
+    // An over-indented key after a key with a value is that line's mistake, as yaml-cpp says.
+    EXPECT_EQ(error_of("server:\n  hostname: mx\n    timeout: 5\n"),
+              "t.yaml:3: invalid YAML: illegal map value (column 12)");
 }
 
 // ---- TLS -----------------------------------------------------------------------------------
@@ -827,7 +854,7 @@ TEST(config_privileges, errors_name_the_line_and_key)
         EXPECT_EQ(error_of("server:\n  user: nobody\n  group: {a: 1}\n"),
                   "t.yaml:3: server.group: expected a string, got a mapping");
     }
-    EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key");
+    EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key (did you mean 'user'?)");
 }
 
 }  // namespace

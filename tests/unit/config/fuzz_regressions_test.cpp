@@ -48,7 +48,7 @@ TEST(config_fuzz_regressions, unknown_key_with_a_newline_stays_one_line)
         parse("server:\n  \"liste\\n\": 1\n", "f.yaml", "/");
         FAIL() << "no error";
     } catch (const config_error& e) {
-        EXPECT_STREQ(e.what(), "f.yaml:2: server.liste\\x0a: unknown key");
+        EXPECT_STREQ(e.what(), "f.yaml:2: server.liste\\x0a: unknown key (did you mean 'listen'?)");
     }
 }
 

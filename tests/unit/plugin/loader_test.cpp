@@ -9,8 +9,11 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <thread>
+
+#include <unistd.h>
 #include <string>
 
 namespace asiosmtpd::plugin {
@@ -86,9 +89,10 @@ TEST(loader, bundled_plugins_load_by_name)
 TEST(loader, unknown_name_lists_the_folders_searched)
 {
     const std::string why = load_failure("plugins: [{name: nosuchplugin}]\n");
-    EXPECT_NE(why.find("test.yaml: plugins[0].name: no plugin nosuchplugin.so in the plugin folders"),
-              std::string::npos)
-        << why;
+    // The line of `name:` (the loader's test prepends one line), the key, and the folders.
+    EXPECT_NE(why.find("test.yaml:2: plugins[0].name: no plugin 'nosuchplugin' in "), std::string::npos) << why;
+    EXPECT_NE(why.find(fs::path(ASIOSMTPD_BUILD_PLUGIN_DIR).lexically_normal().string()), std::string::npos) << why;
+    EXPECT_EQ(why.find("did you mean"), std::string::npos) << why;  // nothing close
 }
 
 TEST(loader, missing_file_is_refused_with_its_path)
@@ -132,6 +136,72 @@ TEST(loader, bundled_plugins_refuse_bad_config)
     EXPECT_NE(load_failure("plugins: [{name: debugging, config: {stream: printer}}]\n").find("stream"),
               std::string::npos);
     EXPECT_NE(load_failure("plugins: [{name: sink, config: {x: 1}}]\n"), "loaded");
+}
+
+// Issue 23: a plugin's config error names the file, the line and the full key.
+TEST(loader, a_plugin_config_error_names_the_line_and_the_full_key)
+{
+    const std::string why = load_failure("plugins:\n"
+                                         "  - path: scripted.so\n"
+                                         "    config:\n"
+                                         "      hooks:\n"
+                                         "        RCPT:\n"
+                                         "          verdict: reject\n"
+                                         "          dealy_ms: 5\n");
+    EXPECT_EQ(why, "test.yaml:8: plugins[0].config.hooks.RCPT.dealy_ms: unknown key (did you mean 'delay_ms'?)");
+    // A bundled plugin, a required key missing: the line of `config:`.
+    EXPECT_EQ(load_failure("plugins:\n  - name: maildir\n    config:\n      workers: 2\n"),
+              "test.yaml:4: plugins[0].config.path: required");
+    EXPECT_EQ(load_failure("plugins:\n  - name: maildir\n    config: {path: /tmp, wrokers: 2}\n"),
+              "test.yaml:4: plugins[0].config.wrokers: unknown key (did you mean 'workers'?)");
+}
+
+TEST(loader, a_plugin_name_typo_gets_the_line_and_a_suggestion)
+{
+    const std::string why = load_failure("plugins:\n  - name: sink\n  - name: maildri\n");
+    EXPECT_EQ(why.find("test.yaml:4: plugins[1].name: no plugin 'maildri' in "), 0u) << why;
+    EXPECT_NE(why.find(" (did you mean 'maildir'?)"), std::string::npos) << why;
+}
+
+TEST(loader, a_command_conflict_names_the_plugin_that_owns_the_verb)
+{
+    const std::string why = load_failure("plugins:\n  - name: ping\n  - name: sink\n  - name: ping\n");
+    EXPECT_NE(why.find("plugins[2]: "), std::string::npos) << why;
+    EXPECT_NE(why.find("ping.so: cannot register command PING: registered by plugins[0] (ping) already"),
+              std::string::npos)
+        << why;
+    EXPECT_EQ(why.find("refused its configuration"), std::string::npos) << why;
+}
+
+// Issue 23: --check-config changes nothing on disk; a start makes the Maildir.
+TEST(loader, a_check_run_makes_no_maildir)
+{
+    const fs::path base = fs::temp_directory_path() / ("asiosmtpd-loader-" + std::to_string(::getpid()));
+    fs::remove_all(base);
+    fs::create_directories(base);
+    const std::string yaml = "plugins: [{name: maildir, config: {path: " + (base / "new" / "inbox").string() + "}}]\n";
+    {
+        const auto gen = load(settings_from(yaml), true);
+        EXPECT_EQ(gen->instances.size(), 1u);
+    }
+    drain_retired();
+    EXPECT_FALSE(fs::exists(base / "new"));
+    // A parent that is a file cannot hold it: said on a check too, with the key.
+    std::ofstream(base / "file") << "x";
+    const std::string bad =
+        "plugins:\n  - name: maildir\n    config:\n      path: " + (base / "file" / "md").string() + "\n";
+    try {
+        (void)load(settings_from(bad), true);
+        ADD_FAILURE() << "loaded";
+    } catch (const load_error& e) {
+        EXPECT_EQ(std::string(e.what()).find("test.yaml:5: plugins[0].config.path: cannot create"), 0u) << e.what();
+    }
+    {
+        const auto gen = load(settings_from(yaml));  // a start
+    }
+    drain_retired();
+    EXPECT_TRUE(fs::is_directory(base / "new" / "inbox" / "tmp"));
+    fs::remove_all(base);
 }
 
 TEST(loader, a_plain_c_plugin_answers_through_the_abi)
@@ -264,7 +334,7 @@ TEST(host_api, registration_is_frozen_after_create)
 {
     generation g;
     instance owner;
-    asiosmtpd_registrar reg{&g, &owner, nullptr, true, {}};
+    asiosmtpd_registrar reg{&g, &owner, nullptr, true, {}, false, {}, {}};
     const auto fn = [](void*, asiosmtpd_call*, const void*) -> asiosmtpd_verdict { return ASIOSMTPD_CONTINUE; };
     EXPECT_EQ(host_api().register_hook(&reg, ASIOSMTPD_HOOK_MAIL, fn), ASIOSMTPD_E_FROZEN);
     reg.frozen = false;
@@ -272,11 +342,13 @@ TEST(host_api, registration_is_frozen_after_create)
     EXPECT_EQ(host_api().register_hook(&reg, ASIOSMTPD_HOOK_MAIL, fn), ASIOSMTPD_OK);
     const asiosmtpd_command_desc mail{sizeof mail, {"MAIL", 4}, {"", 0}, 0, fn};
     EXPECT_EQ(host_api().register_command(&reg, &mail), ASIOSMTPD_E_CONFLICT);
+    EXPECT_EQ(reg.conflict, "cannot register command MAIL: a built-in command");
     const asiosmtpd_command_desc bad{sizeof bad, {"X Y", 3}, {"", 0}, 0, fn};
     EXPECT_EQ(host_api().register_command(&reg, &bad), ASIOSMTPD_E_INVALID);
     const asiosmtpd_command_desc xping{sizeof xping, {"xping", 5}, {"XPING", 5}, 0, fn};
     EXPECT_EQ(host_api().register_command(&reg, &xping), ASIOSMTPD_OK);
     EXPECT_EQ(host_api().register_command(&reg, &xping), ASIOSMTPD_E_CONFLICT);
+    EXPECT_EQ(reg.conflict, "cannot register command XPING: registered by this plugin already");
     EXPECT_EQ(g.commands.at(0).verb, "XPING");
     EXPECT_EQ(host_api().register_ehlo_keyword(&reg, {"X\r\nY", 4}), ASIOSMTPD_E_INVALID);
 }

@@ -623,14 +623,16 @@ TEST_F(access_plugin, config_errors_name_the_key)
         const std::string why = refusal(h_, cfg);
         EXPECT_NE(why.find(expected), std::string::npos) << why;
     };
-    check(tk::node::map({{"relay_network", tk::node::list({})}}), "unknown key 'relay_network'");
+    check(tk::node::map({{"relay_network", tk::node::list({})}}),
+          "relay_network: unknown key (did you mean 'relay_networks'?)");
     check(tk::node::map({{"relay_networks", tk::node::list({"10.1.2.3/8"})}}),
           "relay_networks[0]: \"10.1.2.3/8\": has host bits set below the prefix (did you mean 10.0.0.0/8?)");
     check(tk::node::map({{"reject_networks", "10.0.0.0/8"}}), "reject_networks: expected a list");
     check(tk::node::map({{"local_domains", tk::node::list({"a@b"})}}), "local_domains[0]: \"a@b\": not a domain");
     check(tk::node::map({{"limits", tk::node::map({{"connections_per_client", -1}})}}),
           "limits.connections_per_client: must be between 0 and 1000000");
-    check(tk::node::map({{"limits", tk::node::map({{"connections", 1}})}}), "limits: unknown key 'connections'");
+    check(tk::node::map({{"limits", tk::node::map({{"connections", 1}})}}),
+          "limits.connections: unknown key (known: connections_per_client");
     check(tk::node::map({{"dnsbl", tk::node::list({"bad zone"})}}), "dnsbl[0]: \"bad zone\": not a DNS zone");
     check(tk::node::map({{"dnsbl_fail", "maybe"}}), "dnsbl_fail: expected open or closed");
     check(tk::node::map({{"dnsbl_timeout", 0}}), "dnsbl_timeout: must be between 0.1 and 60 seconds");

@@ -48,9 +48,10 @@ TEST(debugging, writes_to_stderr_when_asked)
 TEST(debugging, refuses_bad_configuration)
 {
     tk::host h;
-    EXPECT_NE(h.refusal(plugin, tk::node::map({{"stream", "printer"}})).find("stream must be stdout or stderr"),
+    EXPECT_NE(h.refusal(plugin, tk::node::map({{"stream", "printer"}})).find("config.stream: must be stdout or stderr"),
               std::string::npos);
-    EXPECT_NE(h.refusal(plugin, tk::node::map({{"color", true}})).find("unknown key 'color'"), std::string::npos);
+    EXPECT_NE(h.refusal(plugin, tk::node::map({{"color", true}})).find("config.color: unknown key (known: stream)"),
+              std::string::npos);
     EXPECT_NE(h.refusal(plugin, tk::node("stdout")).find("config must be a map"), std::string::npos);
 }
 

@@ -43,8 +43,9 @@ TEST(maildir, refuses_bad_config)
 {
     tk::host h;
     EXPECT_NE(h.refusal(plugin("maildir")).find("expected a map"), std::string::npos);
-    EXPECT_NE(h.refusal(plugin("maildir"), tk::node::map({{"paht", "x"}})).find("unknown key 'paht'"),
-              std::string::npos);
+    EXPECT_NE(
+        h.refusal(plugin("maildir"), tk::node::map({{"paht", "x"}})).find("paht: unknown key (did you mean 'path'?)"),
+        std::string::npos);
     EXPECT_NE(h.refusal(plugin("maildir"), tk::node::map({{"path", "/proc/no/such"}})).find("cannot create"),
               std::string::npos);
 }
