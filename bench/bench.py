@@ -10,6 +10,7 @@ client helpers the driver starts as subprocesses (`_probe`: latency, `_idle`: id
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -21,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,32 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return int(rest[11]), int(rest[12])
+
+
+def tree_stats(root: int) -> list[tuple[int, str, int, int, int, int]]:
+    """(pid, comm, utime, stime, cutime, cstime) of root and every live descendant, in ticks.
+
+    A process that exited and was waited for is in its parent's cutime/cstime, one still
+    unreaped is in the list itself: the sum over the tree of all four is the CPU the tree has
+    used since root started (a multi-process server such as Postfix: master, smtpd, cleanup...).
+    Walks /proc/PID/task/TID/children (Linux >= 3.5), so it reads only the tree's own entries."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                raw = f.read()
+            kids: list[int] = []
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task.name}/children") as f:
+                    kids += [int(x) for x in f.read().split()]
+        except OSError:
+            continue  # gone meanwhile: its time is in its parent's cutime/cstime once reaped
+        head, rest = raw.rsplit(")", 1)
+        v = rest.split()
+        out.append((pid, head.split("(", 1)[1], int(v[11]), int(v[12]), int(v[13]), int(v[14])))
+        todo.extend(kids)
+    return out
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -153,12 +181,24 @@ class Peer:
     start_timeout: float = 30.0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # Which scenarios it runs in: "main" (every scenario but the milter ones) and/or "milter".
+    groups: tuple[str, ...] = ("main",)
+    # The server's CPU is that of its whole process tree (Postfix: master and its daemons).
+    tree: bool = False
+    # A milter started before the server (its argv names @MILTER_PORT@, as may the server's):
+    # its CPU is measured apart from the server's.
+    milter_argv: list[str] | None = None
+    milter: subprocess.Popen | None = None
 
     def start(self, port: int, cpus: str | None) -> None:
-        argv = [a.replace("@PORT@", str(port)) for a in self.argv]
+        self.log_path = OUT / f"{self.name}.log"
+        mport = ""
+        if self.milter_argv:
+            mport = str(free_port())
+            self.start_milter(mport, cpus)
+        argv = [a.replace("@PORT@", str(port)).replace("@MILTER_PORT@", mport) for a in self.argv]
         if cpus:
             argv = ["taskset", "-c", cpus] + argv
-        self.log_path = OUT / f"{self.name}.log"
         logf = open(self.log_path, "ab")
         logf.write(f"\n=== {time.ctime()} {' '.join(argv)}\n".encode())
         logf.flush()
@@ -169,25 +209,119 @@ class Peer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start-up; see {self.log_path}")
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {code} at start-up; see {self.log_path}")
             if read_greeting(port, 2.0):
                 return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not greet on 127.0.0.1:{port} within {self.start_timeout:.0f} s; see {self.log_path}")
 
+    def start_milter(self, mport: str, cpus: str | None) -> None:
+        """Starts the milter on 127.0.0.1:mport, pinned with the server, and waits until it listens."""
+        assert self.milter_argv is not None
+        argv = [a.replace("@MILTER_PORT@", mport) for a in self.milter_argv]
+        if cpus:
+            argv = ["taskset", "-c", cpus] + argv
+        mlog = OUT / f"{self.name}.milter.log"
+        with open(mlog, "wb") as logf:
+            # stdin: a pipe the milter watches (noop.c -s): it leaves when we close it or die.
+            self.milter = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if self.milter.poll() is not None:
+                code = self.milter.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name}: the milter exited with {code} at start-up; see {mlog}")
+            if b"listening on" in mlog.read_bytes():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name}: the milter did not listen within 10 s; see {mlog}")
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
+    def ticks(self) -> tuple[int, int]:
+        """(user, system) CPU ticks of the server so far (its whole tree for a tree peer)."""
+        if not self.tree:
+            return cpu_ticks(self.pid)
+        t = tree_stats(self.pid)
+        return sum(x[2] + x[4] for x in t), sum(x[3] + x[5] for x in t)
+
+    # A tree peer's CPU per program over a round: every process is sampled while the round runs
+    # (Postfix's daemons come and go: max_use), so one that exits is counted up to its last sample.
+    def parts_begin(self) -> None:
+        self._base = {pid: u + s for pid, _, u, s, _, _ in tree_stats(self.pid)} if self.tree else {}
+        self._last: dict[int, tuple[str, int]] = {}
+        self.parts_sample()
+
+    def parts_sample(self) -> None:
+        for pid, comm, u, s, _, _ in tree_stats(self.pid) if self.tree else []:
+            self._last[pid] = (comm, u + s)
+
+    def parts_end(self, total_ticks: int) -> dict[str, int]:
+        """Ticks per program (comm) since parts_begin; what exited between two samples, unseen,
+        is "(unattributed)", so that the parts add up to total_ticks."""
+        if not self.tree:
+            return {}
+        self.parts_sample()
+        out: dict[str, int] = {}
+        for pid, (comm, t) in self._last.items():
+            d = t - self._base.get(pid, 0)
+            if d > 0:
+                out[comm] = out.get(comm, 0) + d
+        rest = total_ticks - sum(out.values())
+        if rest > 0:
+            out["(unattributed)"] = rest
+        return out
+
+    def milter_ticks(self) -> int:
+        if self.milter is None or self.milter.poll() is not None:
+            return 0
+        u, s = cpu_ticks(self.milter.pid)
+        return u + s
+
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return (self.proc is not None and self.proc.poll() is None
+                and (self.milter_argv is None or (self.milter is not None and self.milter.poll() is None)))
 
     def stop(self) -> None:
         if self.proc is not None:
             kill_group(self.proc)
+            # The leader is gone; a daemon it forked may still be leaving (Postfix's children
+            # get SIGTERM from their master): give them a moment, then SIGKILL what is left.
+            deadline = time.monotonic() + 3.0
+            while group_alive(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if group_alive(self.proc.pid):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc = None
+        if self.milter is not None:
+            try:
+                self.milter.stdin.close()
+            except (OSError, AttributeError):
+                pass
+            if not wait_pid(self.milter, time.monotonic() + 3.0):
+                kill_group(self.milter, 6.0)  # libmilter answers SIGTERM at its next poll (<= 5 s)
+            self.milter = None
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 RUNNING: list[Peer] = []
@@ -205,28 +339,88 @@ def build_floor() -> Path | str:
     return exe if r.returncode == 0 else f"building bench/floor/floor.c failed: {r.stderr.strip()[:300]}"
 
 
-def make_peers(args) -> tuple[list[Peer], list[str]]:
+def build_milter() -> Path | str:
+    """Compiles milter/noop.c (libmilter) into .out/ when the binary is missing or older."""
+    src, exe = BENCH / "milter" / "noop.c", OUT / "noop-milter"
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return "no C compiler (cc) to build bench/milter/noop.c"
+    if not Path("/usr/include/libmilter/mfapi.h").exists():
+        return "libmilter's header is missing (Debian package libmilter-dev; bench/run installs it)"
+    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src), "-lmilter", "-lpthread"],
+                       capture_output=True, text=True)
+    return exe if r.returncode == 0 else f"building bench/milter/noop.c failed: {r.stderr.strip()[:300]}"
+
+
+POSTFIX = "/usr/sbin/postfix"
+POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
+RUN_DIRS: list[Path] = []  # private Postfix instances' folders, removed at exit (remove_run_dirs)
+
+
+def remove_run_dirs() -> None:
+    while RUN_DIRS:
+        shutil.rmtree(RUN_DIRS.pop(), ignore_errors=True)
+
+
+def postfix_run_dir(name: str) -> Path:
+    """A fresh folder for a private Postfix instance, on tmpfs when there is one (/dev/shm): the
+    queue's fsyncs then cost no disk wait, so its figures are CPU and round trips as the others'."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    d = Path(tempfile.mkdtemp(prefix=f"asiosmtpd-bench-{name}-", dir=base))
+    RUN_DIRS.append(d)
+    d.chmod(0o755)  # Postfix's daemons run as user postfix below it
+    for f in ("main.cf", "master.cf"):
+        shutil.copy(BENCH / "postfix" / f, d / f"{f}.in")
+    return d
+
+
+def milter_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]:
+    """The milter scenarios' peers: asiosmtpd with the milter plugin in front of sink, and a
+    private Postfix instance without and with the same milter; the milter is bench/milter/noop.c,
+    once negotiating no replies (NR_*), once answering every event ("-replies")."""
     peers: list[Peer] = []
     skipped: list[str] = []
-    OUT.mkdir(exist_ok=True)
-
-    # asiosmtpd: the sink plugin loaded through the ABI, one event-loop thread by default (every
-    # peer here is a single event loop), logs at warn (no per-connection log line).
-    build = Path(args.build_dir).resolve() if args.build_dir else ROOT / "build" / "release"
-    binary = build / "bin" / "asiosmtpd"
-    plugins = build / "plugins"
-    for old in OUT.glob("asiosmtpd-*.yaml"):
-        old.unlink()  # per-port copies written by conf/start-asiosmtpd in earlier runs
-    if binary.exists() and (plugins / "sink.so").exists():
-        template = (BENCH / "conf" / "asiosmtpd.yaml").read_text()
-        cfg = OUT / "asiosmtpd.yaml"
+    milter = build_milter()
+    if isinstance(milter, str):
+        return [], [f"the milter peers: {milter}"]
+    flavours = [("", [str(milter), "-s", "inet:@MILTER_PORT@@127.0.0.1"], "no-op milter, NR_* (a reply at end of message only)"),
+                ("-replies", [str(milter), "-s", "-r", "inet:@MILTER_PORT@@127.0.0.1"], "no-op milter, a reply to every event")]
+    if binary.exists() and (plugins / "milter.so").exists() and (plugins / "sink.so").exists():
+        cfg = OUT / "asiosmtpd-milter.yaml"
+        template = (BENCH / "conf" / "asiosmtpd-milter.yaml").read_text()
         cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
-        # The port is per run: the config names @PORT@, written just before each start.
-        peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
-                          f"{binary}, workers: {args.workers}, sink plugin via the ABI"))
+        for suffix, margv, what in flavours:
+            peers.append(Peer(f"asiosmtpd+milter{suffix}",
+                              [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@", "@MILTER_PORT@"],
+                              f"asiosmtpd, milter plugin then sink, workers: {args.workers}; {what}",
+                              groups=("milter",), milter_argv=margv))
     else:
-        skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
+        skipped.append(f"asiosmtpd+milter: {binary}, {plugins}/milter.so or sink.so missing (bench/run builds them)")
+    if os.geteuid() != 0:
+        skipped.append("postfix, postfix+milter: a private Postfix instance needs root")
+    elif not (os.access(POSTFIX, os.X_OK) and os.access(POSTFIX_MASTER, os.X_OK)):
+        skipped.append(f"postfix, postfix+milter: {POSTFIX} or {POSTFIX_MASTER} missing (Debian package postfix)")
+    else:
+        start = str(BENCH / "conf" / "start-postfix")
+        version = subprocess.run(["/usr/sbin/postconf", "-d", "-h", "mail_version"], capture_output=True,
+                                 text=True).stdout.strip()
+        peers.append(Peer("postfix", [start, str(postfix_run_dir("postfix")), "@PORT@", "-"],
+                          f"Postfix {version} smtpd, a private instance, queue on tmpfs, discard transport; no milter",
+                          groups=("milter",), tree=True))
+        for suffix, margv, what in flavours:
+            name = f"postfix+milter{suffix}"
+            peers.append(Peer(name, [start, str(postfix_run_dir(name)), "@PORT@", "@MILTER_PORT@"],
+                              f"the same Postfix with smtpd_milters; {what}", groups=("milter",), tree=True,
+                              milter_argv=margv))
+    return peers, skipped
 
+
+def main_peers(args) -> tuple[list[Peer], list[str]]:
+    """The peers of every scenario but the milter ones, besides asiosmtpd."""
+    peers: list[Peer] = []
+    skipped: list[str] = []
     if os.access(SMTP_SINK, os.X_OK):
         argv = [SMTP_SINK]
         if os.geteuid() == 0:
@@ -266,7 +460,39 @@ def make_peers(args) -> tuple[list[Peer], list[str]]:
                           "Haraka, nodes=0 (one process), bench_sink plugin"))
     else:
         skipped.append(f"Haraka: not installed in {HARAKA_PKG} (npm install failed or was skipped)")
+    return peers, skipped
 
+
+def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
+    peers: list[Peer] = []
+    skipped: list[str] = []
+    OUT.mkdir(exist_ok=True)
+
+    # asiosmtpd: the sink plugin loaded through the ABI, one event-loop thread by default (every
+    # peer here is a single event loop), logs at warn (no per-connection log line).
+    build = Path(args.build_dir).resolve() if args.build_dir else ROOT / "build" / "release"
+    binary = build / "bin" / "asiosmtpd"
+    plugins = build / "plugins"
+    for old in OUT.glob("asiosmtpd-*.yaml"):
+        old.unlink()  # per-port copies written by conf/start-asiosmtpd in earlier runs
+    if binary.exists() and (plugins / "sink.so").exists():
+        template = (BENCH / "conf" / "asiosmtpd.yaml").read_text()
+        cfg = OUT / "asiosmtpd.yaml"
+        cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
+        # The port is per run: the config names @PORT@, written just before each start.
+        peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
+                          f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter")))
+    else:
+        skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
+
+    if "main" in groups:
+        more, why = main_peers(args)
+        peers += more
+        skipped += why
+    if "milter" in groups:
+        more, why = milter_peers(args, binary, plugins)
+        peers += more
+        skipped += why
     if args.peers:
         wanted = set(args.peers.split(","))
         peers = [p for p in peers if p.name in wanted]
@@ -290,6 +516,7 @@ class Scenario:
     min_msgs: int = 0
     max_msgs: int = 0
     idle: int = 0
+    group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix... (Peer.groups)
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -306,9 +533,19 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("latload", "latency, 1 KiB, one client, beside c=50 load", "latency", sessions=50),
         Scenario("idle1k", "1,000 idle connections", "idle", idle=1000),
         Scenario("idle10k", "10,000 idle connections", "idle", idle=10000),
+        # One milter in front: its peers are asiosmtpd (sink alone), asiosmtpd+milter and Postfix.
+        # At least 1,000 messages a round: Postfix's rounds are then >= 3 s, and its milter's CPU
+        # (about 0.1 ms a message) >= 10 ticks of /proc's 10 ms.
+        Scenario("milter", "1 KiB, c=10, connection reuse, one milter", "source", 10,
+                 warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="milter"),
+        Scenario("milternew", "1 KiB, c=10, new connection per message, one milter", "source", 10, reuse=False,
+                 warmup_msgs=500, min_msgs=1000, max_msgs=200000, group="milter"),
     ]
     if quick:
-        s = [x for x in s if x.key not in ("c100", "latload", "idle10k")]
+        s = [x for x in s if x.key not in ("c100", "latload", "idle10k", "milternew")]
+        for x in s:
+            if x.group == "milter":  # a smoke test: Postfix with the milter makes ~200 msgs/s
+                x.warmup_msgs = x.min_msgs = 300
     return s
 
 
@@ -323,6 +560,8 @@ class Round:
     ok: bool
     error: str = ""
     other_cpu: float = 0.0  # CPU seconds used meanwhile by processes that are neither server nor client
+    milter_cpu: float = 0.0  # CPU seconds of the peer's milter process (milter peers)
+    parts: dict = field(default_factory=dict)  # a tree peer's CPU seconds per program (Postfix: smtpd, cleanup...)
 
 
 @dataclass
@@ -357,7 +596,9 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     procs = max(1, min(procs, msgs, sc.sessions))
     msgs -= msgs % procs
     reset_peak_rss(peer.pid)
-    u0, s0 = cpu_ticks(peer.pid)
+    u0, s0 = peer.ticks()
+    m0 = peer.milter_ticks()
+    peer.parts_begin()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = system_busy()
     expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / 200.0)  # generous; bounds a hang
@@ -369,9 +610,17 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, start_new_session=True))
     deadline = t0 + min(expected, args.round_timeout)
-    finished = all(wait_pid(c, deadline) for c in clients)
+    if peer.tree:
+        # Sampled every 0.1 s for the per-program figures (parts_end).
+        for c in clients:
+            while not wait_pid(c, min(deadline, time.monotonic() + 0.1)) and time.monotonic() < deadline:
+                peer.parts_sample()
+        finished = all(c.poll() is not None for c in clients)
+    else:
+        finished = all(wait_pid(c, deadline) for c in clients)
     elapsed = time.monotonic() - t0
-    u1, s1 = cpu_ticks(peer.pid)
+    u1, s1 = peer.ticks()
+    m1 = peer.milter_ticks()
     busy1 = system_busy()
     peak = status_kib(peer.pid, "VmHWM")
     error = ""
@@ -390,14 +639,17 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     if not peer.alive():
         error = error or f"server died (exit {peer.proc.returncode if peer.proc else '?'})"
     srv_user, srv_sys = (u1 - u0) / TICK, (s1 - s0) / TICK
-    other = max(0.0, (busy1 - busy0) - srv_user - srv_sys - client_cpu)
-    return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other)
+    milter_cpu = (m1 - m0) / TICK
+    parts = {k: v / TICK for k, v in peer.parts_end((u1 - u0) + (s1 - s0)).items()}
+    other = max(0.0, (busy1 - busy0) - srv_user - srv_sys - client_cpu - milter_cpu)
+    return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other, milter_cpu, parts)
 
 
 def log_round(peer: Peer, sc: Scenario, i: int, r: Round) -> None:
     log(f"  {peer.name:9} {sc.key:8} round {i + 1}: {r.msgs} msgs in {r.elapsed:.2f} s"
         + (f" = {r.msgs / r.elapsed:,.0f}/s, server CPU {(r.srv_user + r.srv_sys) / r.msgs * 1e6:.0f} us/msg,"
-           f" others {r.other_cpu / r.elapsed / (os.cpu_count() or 1) * 100:.0f} %"
+           + (f" milter CPU {r.milter_cpu / r.msgs * 1e6:.0f} us/msg," if peer.milter_argv else "")
+           + f" others {r.other_cpu / r.elapsed / (os.cpu_count() or 1) * 100:.0f} %"
            if r.ok else f" FAILED: {r.error}"))
 
 
@@ -643,9 +895,80 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict) -> str:
+def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
+    """One milter scenario: each peer's rate and CPU (the server's, the milter's, both), as ratios
+    to asiosmtpd with the sink alone, then what the milter adds to asiosmtpd and to Postfix."""
+    base = "asiosmtpd"
+
+    def med(name: str, f) -> float | None:
+        r = results.get((name, sc.key))
+        return r.median(f) if r and r.good() else None
+
+    def rate(x: Round) -> float:
+        return x.msgs / x.elapsed
+
+    def srv(x: Round) -> float:
+        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+    def mil(x: Round) -> float:
+        return x.milter_cpu / x.msgs * 1e6
+
+    def tot(x: Round) -> float:
+        return srv(x) + mil(x)
+
+    noisy: list[float] = []
+    w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
+    w(f"{'peer':24} {'msgs/s':>8} {'spread':>7} {'server':>8} {'milter':>8} {'total':>8} {'client':>8} {'others':>6}"
+      f" | {'msgs/s':>7} {'server':>7} {'total':>7} vs {base} (sink alone)")
+    w(f"{'':24} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
+    for p in peers:
+        r: Result | None = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:24} FAILED: {r.error}")
+            continue
+        rates = [rate(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        has_milter = "+milter" in p
+        w(f"{p:24} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):8.1f}"
+          f" {fmt(r.median(mil) if has_milter else None, '8.1f'):>8} {r.median(tot):8.1f}"
+          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
+          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
+          f" {ratio(r.median(tot), med(base, tot)):>7}" + (f"   ({r.error})" if r.error else ""))
+    lines = []
+    for mta, without in (("asiosmtpd", "asiosmtpd"), ("postfix", "postfix")):
+        for flavour, what in (("", "NR_*"), ("-replies", "replies")):
+            with_ = f"{mta}+milter{flavour}"
+            a, b = med(with_, srv), med(without, srv)
+            if a is None or b is None:
+                continue
+            lines.append(f"  {mta:9} with the milter ({what:7}): server {a - b:+7.1f} us/msg ({ratio(a, b)}),"
+                         f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, rate), med(without, rate))}")
+    if lines:
+        w("what one milter adds (the same server without it as the base):")
+        for line in lines:
+            w(line)
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None or not r.good() or not any(x.parts for x in r.good()):
+            continue
+        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
+        w(f"  {p} by program, us/msg: " + ", ".join(
+            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+    return noisy
+
+
+def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,
+           groups: dict[str, tuple[str, ...]] | None = None) -> str:
     out: list[str] = []
     w = out.append
+    groups = groups or {}
+    main_peers_ = [p for p in peers if "main" in groups.get(p, ("main",))]
+    milter_peers_ = [p for p in peers if "milter" in groups.get(p, ())]
+    main_scs = [sc for sc in scs if sc.group == "main"]
     w("")
     w("asiosmtpd benchmark — " + meta["when"])
     w(f"machine: {meta['cpu']}, {meta['ncpu']} CPUs, {meta['kernel']}, TCP congestion control {meta.get('tcp_cc', '?')},"
@@ -664,16 +987,21 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
 
     w("others: CPU the machine spent on neither server nor client during the round (other processes, interrupts),")
     w("as % of all CPUs; above ~10 % the figures are disturbed: rerun on a quiet machine.")
+    if milter_peers_:
+        w("milter tables: server us/msg is the MTA's CPU (Postfix: all its processes), milter us/msg the no-op")
+        w("milter's, total both; the ratios are to asiosmtpd with the sink plugin alone in the same run.")
     base = "smtp-sink"
     noisy: list[float] = []
     for sc in scs:
         w("")
-        if sc.kind == "source":
+        if sc.group == "milter":
+            noisy += milter_table(results, milter_peers_, sc, w)
+        elif sc.kind == "source":
             w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
             big = sc.length >= MIB_10
             w(f"{'peer':10} {'msgs/s':>9} {'spread':>7} {'MB/s':>7} {'CPU us/msg':>11} {'sys%':>5} {'peak RSS':>10}"
               f" {'client us/msg':>13} {'others':>6} | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
-            for p in peers:
+            for p in main_peers_:
                 r: Result | None = results.get((p, sc.key))
                 if r is None:
                     continue
@@ -701,7 +1029,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
               f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 3} s) ==")
             w(f"{'peer':10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'samples':>8} | {'p50':>7} {'p99':>7} vs {base}")
             bp = results.get((base, sc.key))
-            for p in peers:
+            for p in main_peers_:
                 r = results.get((p, sc.key))
                 if r is None:
                     continue
@@ -718,7 +1046,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
               f" | {'KiB/conn':>8} vs {base}")
             b = results.get((base, sc.key))
             bk = b.extra.get("kib_per_conn") if b and b.extra else None
-            for p in peers:
+            for p in main_peers_:
                 r = results.get((p, sc.key))
                 if r is None:
                     continue
@@ -735,12 +1063,12 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
         w(f"WARNING: other processes used up to {max(noisy):.0f} % of the machine during some rounds (median"
           f" {statistics.median(noisy):.0f} %): the figures above are disturbed; rerun on a quiet machine.")
     # asiosmtpd / peer, the issue's ratios, in one table.
-    if "asiosmtpd" in peers:
-        others = [p for p in peers if p != "asiosmtpd"]
+    if "asiosmtpd" in main_peers_ and main_scs:
+        others = [p for p in main_peers_ if p != "asiosmtpd"]
         w("")
         w("== asiosmtpd / peer (msgs/s: >1 is faster; CPU/msg, latency, KiB/conn: <1 is leaner) ==")
         w(f"{'scenario':44} " + " ".join(f"{p:>20}" for p in others))
-        for sc in scs:
+        for sc in main_scs:
             a = results.get(("asiosmtpd", sc.key))
             cells = []
             for p in others:
@@ -769,7 +1097,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
         w("")
         w(f"== floor / {base}: a server that only answers (its CPU/msg is about the least any server spends here:"
           f" the kernel's TCP and wake-ups) ==")
-        for sc in scs:
+        for sc in main_scs:
             f, b = results.get(("floor", sc.key)), results.get((base, sc.key))
             if sc.kind == "source" and f and f.good() and b and b.good():
                 w(f"{sc.title:44} {ratio(f.median(lambda x: x.msgs / x.elapsed), b.median(lambda x: x.msgs / x.elapsed)):>7} rate"
@@ -802,8 +1130,9 @@ def machine() -> dict:
 
 
 def stop_all(*_):
-    for p in RUNNING:
+    for p in list(RUNNING):
         p.stop()
+    remove_run_dirs()
 
 
 def main() -> int:
@@ -818,8 +1147,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one round, short rounds, fewer scenarios (< 60 s)")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, --quick 1)")
     ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
-    ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor")
-    ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k")
+    ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor; for the milter"
+                    " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies")
+    ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
+                    "milter,milternew")
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
                     " (default build/release; bench/run builds it)")
     ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")
@@ -859,7 +1190,8 @@ def main() -> int:
             log(f"{s.key}: RLIMIT_NOFILE is {want}; holding {want - 200} connections instead of {s.idle}")
             s.idle = want - 200
 
-    peers, skipped = make_peers(args)
+    atexit.register(remove_run_dirs)
+    peers, skipped = make_peers(args, {s.group for s in scs})
     for s in skipped:
         log(f"skipped {s}")
     if not peers:
@@ -871,7 +1203,7 @@ def main() -> int:
         for peer in peers:
             # Idle memory first, each on a freshly started server (nothing freed earlier to reuse).
             # Not the floor's: it keeps a fixed 4 KiB per connection, which says nothing.
-            for sc in [s for s in scs if s.kind == "idle" and peer.name != "floor"]:
+            for sc in [s for s in scs if s.kind == "idle" and peer.name != "floor" and s.group in peer.groups]:
                 port = free_port()
                 log(f"{peer.name}: {sc.title}")
                 RUNNING.append(peer)
@@ -888,26 +1220,28 @@ def main() -> int:
         work = [s for s in scs if s.kind != "idle"]
         live: list[tuple[Peer, int]] = []
         if work:
-            for peer in peers:
+            for peer in [p for p in peers if {s.group for s in work} & set(p.groups)]:
                 port = free_port()
                 RUNNING.append(peer)
                 try:
                     peer.start(port, args.server_cpus)
                     live.append((peer, port))
                 except RuntimeError as e:
-                    for sc in work:
+                    log(f"{peer.name}: {e}")
+                    for sc in [s for s in work if s.group in peer.groups]:
                         results[(peer.name, sc.key)] = Result(peer.name, sc.key, error=str(e))
         for sc in work:
-            log(f"{sc.title}: {', '.join(p.name for p, _ in live)}")
-            for peer, _ in list(live):
+            log(f"{sc.title}: {', '.join(p.name for p, _ in live if sc.group in p.groups)}")
+            mine = [(p, port) for p, port in live if sc.group in p.groups]
+            for peer, _ in mine:
                 if not peer.alive():
                     results[(peer.name, sc.key)] = Result(peer.name, sc.key, error="server not running")
-            running = [(p, port) for p, port in live if p.alive()]
+            running = [(p, port) for p, port in mine if p.alive()]
             (run_source if sc.kind == "source" else run_latency)(running, sc, args, results)
     finally:
         stop_all()
 
-    text = report(results, [p.name for p in peers], scs, args, skipped, meta)
+    text = report(results, [p.name for p in peers], scs, args, skipped, meta, {p.name: p.groups for p in peers})
     print(text)
     print(f"total run time {time.monotonic() - started:.0f} s; raw results in {args.json}; server logs in {OUT}/")
     raw = {"meta": meta, "args": vars(args), "skipped": skipped,
