@@ -1025,8 +1025,12 @@ private:
             o = run_step(j);
         } catch (const std::exception& e) {
             forget(*j.up);  // the upstream's state is unknown: never reuse this connection
-            log_.error("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
-                       e.what() + "; answering 451");
+            log_.fields(sdk::log_level::error, "",
+                        {{"session", std::to_string(j.session)},
+                         {"event", "upstream_error"},
+                         {"upstream", host_ + ":" + std::to_string(port_)},
+                         {"error", e.what()},
+                         {"action", "answering 451"}});
             o = unavailable();
         }
         lock.unlock();
@@ -1046,9 +1050,13 @@ private:
         if (j.what == step::data) {
             const std::size_t first_end = o.text.find('\n');
             const std::size_t more = static_cast<std::size_t>(std::count(o.text.begin(), o.text.end(), '\n'));
-            log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) + ": " +
-                      std::to_string(o.code) + " " + o.text.substr(0, first_end) +
-                      (more ? " (+" + std::to_string(more) + " lines)" : ""));
+            // One key=value line per relayed message (the host quotes and escapes the values).
+            log_.fields(sdk::log_level::info, "",
+                        {{"session", std::to_string(j.session)},
+                         {"event", "upstream_reply"},
+                         {"upstream", host_ + ":" + std::to_string(port_)},
+                         {"reply", std::to_string(o.code) + " " + o.text.substr(0, first_end)},
+                         {"more_lines", std::to_string(more)}});
         }
         const asiosmtpd_status st = j.pending.complete(o.verdict, o.code, o.text);
         if (st != ASIOSMTPD_OK)
