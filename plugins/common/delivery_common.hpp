@@ -9,10 +9,13 @@
 
 #include <asiosmtpd/plugin.hpp>
 
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -49,6 +52,23 @@ public:
 private:
     int fd_ = -1;
 };
+
+/// poll() `fd` for `events` until `deadline` (again after EINTR, in slices of at most a minute):
+/// true when ready, or in error (the next read or write says which); false at the deadline.
+inline bool wait_ready(int fd, short events, std::chrono::steady_clock::time_point deadline)
+{
+    for (;;) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        struct pollfd p {};
+        p.fd = fd;
+        p.events = events;
+        const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count() + 1, 60000)));
+        if (r > 0) return true;
+        if (r < 0 && errno != EINTR) return false;
+    }
+}
 
 /// write(2) all of `data` to `fd` (at its offset, or at the end for an O_APPEND file), again
 /// after EINTR and short writes; false with errno set on failure.

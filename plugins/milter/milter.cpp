@@ -490,10 +490,7 @@ public:
             std::lock_guard<std::mutex> g(l->m);
             l->busy = true;
         }
-        j.started = clock_type::now();
-        j.pending = c.suspend();
-        pool_->post(std::move(j));
-        return sdk::verdict::pending;
+        return post(c, std::move(j));
     }
 
     sdk::verdict on_helo(sdk::call& c, const sdk::helo_args& args)
@@ -558,10 +555,7 @@ public:
         j.bytes.assign(args.content());
         j.first = first;
         j.last = args.last_chunk();
-        j.started = clock_type::now();
-        j.pending = c.suspend();
-        pool_->post(std::move(j));
-        return sdk::verdict::pending;
+        return post(c, std::move(j));
     }
 
     // The whole message is in: end of message, the milter's changes and its verdict.
@@ -604,10 +598,7 @@ public:
             j.bytes.assign(args.content());
             j.whole = true;
         }
-        j.started = clock_type::now();
-        j.pending = c.suspend();
-        pool_->post(std::move(j));
-        return sdk::verdict::pending;
+        return post(c, std::move(j));
     }
 
     sdk::verdict on_txn_end(sdk::call& c, const sdk::txn_end_args&)
@@ -633,6 +624,15 @@ private:
         bool whole = false;  // finish: `bytes` is the whole message (it did not come in pieces)
         clock_type::time_point started;
     };
+
+    /// Suspend the call and hand `j` to a worker, which completes it.
+    sdk::verdict post(sdk::call& c, job j)
+    {
+        j.started = clock_type::now();
+        j.pending = c.suspend();
+        pool_->post(std::move(j));
+        return sdk::verdict::pending;
+    }
 
     // The session's slot: holds the link; when the session ends, a worker says QUIT and closes.
     struct session_slot {
@@ -827,10 +827,7 @@ private:
         j.stage = st;
         j.cmd = cmd;
         j.bytes = std::move(bytes);
-        j.started = clock_type::now();
-        j.pending = c.suspend();
-        pool_->post(std::move(j));
-        return sdk::verdict::pending;
+        return post(c, std::move(j));
     }
 
     // -- Worker side --------------------------------------------------------------------------

@@ -64,21 +64,6 @@ struct io_error : std::runtime_error {
     bool closed;
 };
 
-/// poll() for `events` until `deadline`: true when ready (or in error: the next call says).
-bool wait_for(int fd, short events, clock_type::time_point deadline)
-{
-    for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
-        if (left.count() <= 0) return false;
-        struct pollfd p {};
-        p.fd = fd;
-        p.events = events;
-        const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count() + 1, 60000)));
-        if (r > 0) return true;
-        if (r < 0 && errno != EINTR) return false;
-    }
-}
-
 /// A connection to the endpoint, made before `deadline` (io_error otherwise).
 ap::unique_fd open_connection(const pp::endpoint& e, clock_type::time_point deadline)
 {
@@ -111,7 +96,8 @@ ap::unique_fd open_connection(const pp::endpoint& e, clock_type::time_point dead
         // A UNIX socket whose listen queue is full says EAGAIN; wait for it like for TCP.
         if (errno != EINPROGRESS && errno != EAGAIN)
             throw io_error("cannot connect to " + e.text() + ": " + ap::errno_text(errno), false);
-        if (!wait_for(fd.get(), POLLOUT, deadline)) throw io_error("connecting to " + e.text() + " timed out", false);
+        if (!ap::wait_ready(fd.get(), POLLOUT, deadline))
+            throw io_error("connecting to " + e.text() + " timed out", false);
         int err = 0;
         socklen_t len = sizeof err;
         ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
@@ -131,7 +117,7 @@ void send_all(int fd, std::string_view data, clock_type::time_point deadline)
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!wait_for(fd, POLLOUT, deadline)) throw io_error("timed out sending the request", false);
+            if (!ap::wait_ready(fd, POLLOUT, deadline)) throw io_error("timed out sending the request", false);
             continue;
         }
         const int err = errno;
@@ -153,7 +139,7 @@ void read_answer(int fd, pp::response_reader& reader, clock_type::time_point dea
         if (n == 0) throw io_error("the policy server closed the connection without an answer", true);
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (!wait_for(fd, POLLIN, deadline)) throw io_error("timed out waiting for the answer", false);
+            if (!ap::wait_ready(fd, POLLIN, deadline)) throw io_error("timed out waiting for the answer", false);
             continue;
         }
         const int err = errno;

@@ -274,19 +274,7 @@ public:
     }
 
 private:
-    bool wait(int fd, short events)
-    {
-        for (;;) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock_type::now());
-            if (left.count() <= 0) return false;
-            struct pollfd p {};
-            p.fd = fd;
-            p.events = events;
-            const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count() + 1, 60000)));
-            if (r > 0) return true;
-            if (r < 0 && errno != EINTR) return false;
-        }
-    }
+    bool wait(int fd, short events) { return ap::wait_ready(fd, events, deadline_); }
 
     // One line without its CRLF; of a longer line only the first max_upstream_line bytes are
     // kept (the rest is read and dropped: memory stays bounded, the deadline bounds the time).

@@ -67,6 +67,19 @@ def peak_rss_kib(pid):
     raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
+def stop_process(proc, grace):
+    """SIGTERM a helper process a test started (a milter, a DNS server...), then SIGKILL if it
+    is still there after `grace` seconds; waits for it either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def fixture_plugin(name):
     """Absolute path of a test plugin (tests/fixtures/plugins/<name>.so in the build tree)."""
     return os.path.join(FIXTURE_PLUGIN_DIR, name + ".so")

@@ -61,13 +61,7 @@ RequireSafeKeys false
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=2)  # libmilter may take seconds: then SIGKILL
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        harness.stop_process(self.proc, 2)  # libmilter may take seconds: then SIGKILL
         self.err.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -478,7 +478,7 @@ void engine::note_refusal(std::string_view command, std::size_t reply_start)
     if (out_.size() <= reply_start || (out_[reply_start] != '4' && out_[reply_start] != '5')) return;
     const std::size_t end = out_.find('\r', reply_start);
     refusals_.push_back({std::string(command), out_.substr(reply_start, end - reply_start),
-                         envelope_.mail_from.empty() ? 0 : transaction_number_});
+                         in_transaction() ? transaction_number_ : 0});
 }
 
 void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
@@ -1350,7 +1350,7 @@ void engine::close(std::string_view why) noexcept
 
 void engine::end_session(std::string_view reason) noexcept
 {
-    if (!envelope_.mail_from.empty()) reset_envelope(transaction_end::how::aborted, reason);
+    if (in_transaction()) reset_envelope(transaction_end::how::aborted, reason);
 }
 
 // For TXN_END: how the open transaction ended; its message's reply starts at out_[reply_start]
@@ -1358,7 +1358,7 @@ void engine::end_session(std::string_view reason) noexcept
 void engine::note_transaction_end(transaction_end::how outcome, std::string_view reason,
                                   std::size_t reply_start) noexcept
 {
-    if (!has_hook(hook_kind::txn_end) || envelope_.mail_from.empty()) return;
+    if (!has_hook(hook_kind::txn_end) || !in_transaction()) return;
     try {
         transaction_end e;
         e.outcome = outcome;

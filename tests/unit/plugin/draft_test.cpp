@@ -14,7 +14,8 @@ namespace {
 
 asiosmtpd_str str(std::string_view s) { return {s.data(), s.size()}; }
 
-edit_op op(std::int32_t code, std::string_view name, std::string_view value = {}, std::size_t index = 0)
+// check_edit() of one edit: "" or why it is refused; `out` holds the checked copy.
+std::string checked(std::int32_t code, std::string_view name, std::string_view value, std::size_t index, edit_op& out)
 {
     asiosmtpd_edit e{};
     e.struct_size = sizeof e;
@@ -22,22 +23,20 @@ edit_op op(std::int32_t code, std::string_view name, std::string_view value = {}
     e.name = str(name);
     e.value = str(value);
     e.index = index;
+    return check_edit(e, out);
+}
+
+edit_op op(std::int32_t code, std::string_view name, std::string_view value = {}, std::size_t index = 0)
+{
     edit_op out;
-    const std::string problem = check_edit(e, out);
-    EXPECT_EQ(problem, "") << name;
+    EXPECT_EQ(checked(code, name, value, index, out), "") << name;
     return out;
 }
 
 std::string problem_of(std::int32_t code, std::string_view name, std::string_view value = {}, std::size_t index = 1)
 {
-    asiosmtpd_edit e{};
-    e.struct_size = sizeof e;
-    e.op = code;
-    e.name = str(name);
-    e.value = str(value);
-    e.index = index;
     edit_op out;
-    return check_edit(e, out);
+    return checked(code, name, value, index, out);
 }
 
 // The whole draft, read in pieces of `piece` bytes.
