@@ -139,14 +139,47 @@ def _forget_modules(names, folders):
             sys.modules.pop(name, None)
 
 
+def _server_settings(config_dir):
+    """The server's own settings that handlers see through `server` (hostname, SIZE, ...),
+    read from the server's config file (its --config, in this process's command line), best
+    effort: {} when it cannot be read (no PyYAML, the embedded default config)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")]
+        path = None
+        for i, a in enumerate(argv):
+            if a in ("-c", "--config") and i + 1 < len(argv):
+                path = argv[i + 1]
+            elif a.startswith("--config="):
+                path = a[len("--config="):]
+        if not path:
+            return {}
+        path = os.path.join(config_dir, os.path.basename(path))
+        import yaml
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        server = data.get("server") or {}
+        listeners = server.get("listen") or []
+        out = {k: server[k] for k in ("hostname", "ident", "data_size_limit", "decode_data",
+                                       "enable_smtputf8", "auth_require_tls",
+                                       "advertise_pipelining") if server.get(k) is not None}
+        out["starttls"] = any(isinstance(l, dict) and l.get("tls") == "starttls" for l in listeners)
+        out["tls"] = bool(data.get("tls"))
+        return out
+    except Exception:
+        return {}
+
+
 class Server:
     """What a hook gets as `server`: aiosmtpd's SMTP object as far as handlers use it."""
 
     def __init__(self, inst, session):
         self.hostname = inst.hostname
         self.data_size_limit = inst.data_size_limit
+        self.enable_SMTPUTF8 = inst.smtputf8
+        self._decode_data = inst.decode_data
         self.event_handler = inst.handler
-        self.tls_context = None
+        self.tls_context = inst.tls_context
         self.session = session
         self.envelope = None
         self.loop = None
@@ -216,15 +249,21 @@ class Instance:
         names.discard("")
         _forget_modules(names, folders)
         obj = _resolve("handler", handler)
+        # The loop the first Runner runs: current while the handler is made, so that a handler
+        # taking asyncio.get_event_loop() in __init__ (aiosmtpd's AsyncMessage) gets it.
+        self.first_loop = None if check_only else asyncio.new_event_loop()
         if inspect.isclass(obj):
             if check_only:
                 self.handler = None
             else:
+                asyncio.set_event_loop(self.first_loop)
                 try:
                     obj = obj(**(args or {}))
                 except Exception as e:
                     raise ConfigError("args", f"{handler}(**args) failed: "
                                       f"{type(e).__name__}: {e}") from None
+                finally:
+                    asyncio.set_event_loop(None)
                 self.handler = obj
         elif args:
             raise ConfigError("args", f"{handler!r} is not a class: `args` cannot be given")
@@ -263,9 +302,20 @@ class Instance:
                 mech = getattr(fn, "__auth_mechanism_name__", name[5:].replace("__", "-"))
                 if mech.upper() not in ("PLAIN", "LOGIN"):
                     self.mechanisms[mech.upper()] = fn
-        self.hostname = hostname or socket.getfqdn()
+        server = _server_settings(config_dir)
+        self.settings = server
+        self.hostname = hostname or server.get("hostname") or socket.getfqdn()
+        if data_size_limit is None or data_size_limit < 0:
+            data_size_limit = server.get("data_size_limit", 33554432)
         self.data_size_limit = data_size_limit
-        self.ident = ident
+        self.ident = server.get("ident") or ident
+        self.smtputf8 = bool(server.get("enable_smtputf8", False))
+        self.decode_data = bool(server.get("decode_data", False))
+        self.tls_context = None
+        if server.get("tls"):
+            import ssl
+            # For `if server.tls_context:` checks only: not the server's own TLS context.
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.sessions = {}
         if check_only:
             return
@@ -285,7 +335,7 @@ class Runner:
     def __init__(self, inst, api):
         self.inst = inst
         self.api = api
-        self.loop = asyncio.new_event_loop()
+        self.loop, inst.first_loop = inst.first_loop or asyncio.new_event_loop(), None
 
     def run(self, fd):
         asyncio.set_event_loop(self.loop)
@@ -405,7 +455,7 @@ class Runner:
                     s.host_name = hostname
                     return ("default", None)
                 return ("status", status)
-            responses = self._ehlo_lines(job[6])
+            responses = self._ehlo_lines(job[4][4])
             original = list(responses)
             out = await _maybe_await(hooks["EHLO"](server, s, env, hostname, responses))
             if out == original and not server._pushed:
@@ -466,12 +516,24 @@ class Runner:
                 env.mail_options = list(txn[1])
                 env.smtp_utf8 = "SMTPUTF8" in env.mail_options
 
-    def _ehlo_lines(self, esmtp):
+    def _ehlo_lines(self, tls):
+        """The server's EHLO lines as far as its config tells (aiosmtpd's order); another
+        plugin's keywords are not among them."""
         inst = self.inst
+        cfg = inst.settings
         lines = ["250-" + inst.hostname]
         if inst.data_size_limit:
             lines.append("250-SIZE %d" % inst.data_size_limit)
-        lines.append("250-8BITMIME")
+        if not inst.decode_data:
+            lines.append("250-8BITMIME")
+        if inst.smtputf8:
+            lines.append("250-SMTPUTF8")
+        if cfg.get("starttls") and not tls:
+            lines.append("250-STARTTLS")
+        if not cfg.get("auth_require_tls", True) or tls:
+            lines.append("250-AUTH " + " ".join(sorted(["LOGIN", "PLAIN"] + list(inst.mechanisms))))
+        if cfg.get("advertise_pipelining"):
+            lines.append("250-PIPELINING")
         lines.append("250 HELP")
         return lines
 

@@ -526,7 +526,7 @@ public:
             }
         }
         const std::string hostname = cfg.string_or("hostname", "");
-        const std::int64_t size_limit = cfg.int_or("data_size_limit", 33554432, 0, INT64_MAX);
+        const std::int64_t size_limit = cfg.int_or("data_size_limit", -1, 0, INT64_MAX);  // -1: the server's
         const std::string config_dir(reg.config_dir());
 
         start_interpreter();
