@@ -254,6 +254,12 @@ class Instance:
         self.first_loop = None if check_only else asyncio.new_event_loop()
         if inspect.isclass(obj):
             if check_only:
+                try:  # not made (it might create folders), but its arguments must fit
+                    inspect.signature(obj).bind(**(args or {}))
+                except TypeError as e:
+                    raise ConfigError("args", f"{handler}(**args): {e}") from None
+                except ValueError:
+                    pass  # no signature to check
                 self.handler = None
             else:
                 asyncio.set_event_loop(self.first_loop)
