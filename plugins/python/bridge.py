@@ -432,7 +432,9 @@ class Runner:
         hook = self.inst.exception_hook
         if hook is not None:
             try:
-                status = await _maybe_await(hook(error))
+                status = hook(error)
+                if hasattr(status, "__await__"):
+                    status = await status
                 return ("status", status)
             except BaseException as inner:
                 self._log_traceback("exception in handle_exception()")
@@ -448,7 +450,9 @@ class Runner:
         inst, s, env, server = self.inst, st.session, st.envelope, st.server
         hooks = inst.hooks
         if kind == J_HELO:
-            status = await _maybe_await(hooks["HELO"](server, s, env, job[5]))
+            status = hooks["HELO"](server, s, env, job[5])
+            if hasattr(status, "__await__"):
+                status = await status
             if status is MISSING:
                 s.host_name = job[5]
                 return ("default", None)
@@ -456,14 +460,18 @@ class Runner:
         if kind == J_EHLO:
             hostname = job[5]
             if inst.ehlo_old:
-                status = await _maybe_await(hooks["EHLO"](server, s, env, hostname))
+                status = hooks["EHLO"](server, s, env, hostname)
+                if hasattr(status, "__await__"):
+                    status = await status
                 if status is MISSING:
                     s.host_name = hostname
                     return ("default", None)
                 return ("status", status)
             responses = self._ehlo_lines(job[4][4])
             original = list(responses)
-            out = await _maybe_await(hooks["EHLO"](server, s, env, hostname, responses))
+            out = hooks["EHLO"](server, s, env, hostname, responses)
+            if hasattr(out, "__await__"):
+                out = await out
             if out == original and not server._pushed:
                 return ("default", None)
             if isinstance(out, (str, bytes)):
@@ -472,7 +480,9 @@ class Runner:
         if kind == J_MAIL:
             address, params = job[5], list(job[6])
             env.smtp_utf8 = "SMTPUTF8" in params
-            status = await _maybe_await(hooks["MAIL"](server, s, env, address, params))
+            status = hooks["MAIL"](server, s, env, address, params)
+            if hasattr(status, "__await__"):
+                status = await status
             if status is MISSING:
                 env.mail_from = address
                 env.mail_options.extend(params)
@@ -481,7 +491,9 @@ class Runner:
         if kind == J_RCPT:
             self._sync_mail(env, job)
             address = job[5]
-            status = await _maybe_await(hooks["RCPT"](server, s, env, address, []))
+            status = hooks["RCPT"](server, s, env, address, [])
+            if hasattr(status, "__await__"):
+                status = await status
             if status is MISSING:
                 env.rcpt_tos.append(address)
                 return ("default", None)
@@ -490,20 +502,28 @@ class Runner:
             return await self._data(st, job)
         if kind in (J_RSET, J_QUIT):
             name = "RSET" if kind == J_RSET else "QUIT"
-            status = await _maybe_await(hooks[name](server, s, env))
+            status = hooks[name](server, s, env)
+            if hasattr(status, "__await__"):
+                status = await status
             return ("default", None) if status is MISSING else ("status", status, name)
         if kind == J_NOOP:
             arg = job[5]
-            status = await _maybe_await(hooks["NOOP"](server, s, env, arg))
+            status = hooks["NOOP"](server, s, env, arg)
+            if hasattr(status, "__await__"):
+                status = await status
             return ("default", None) if status is MISSING else ("status", status, "NOOP")
         if kind == J_VRFY:
-            status = await _maybe_await(hooks["VRFY"](server, s, env, job[5]))
+            status = hooks["VRFY"](server, s, env, job[5])
+            if hasattr(status, "__await__"):
+                status = await status
             return ("default", None) if status is MISSING else ("status", status, "VRFY")
         if kind == J_AUTH:
             return await self._auth(st, job)
         if kind == J_COMMAND:
             fn = inst.commands[job[5]]
-            status = await _maybe_await(fn(server, job[6]))
+            status = fn(server, job[6])
+            if hasattr(status, "__await__"):
+                status = await status
             if status is not None and status is not MISSING:
                 server._pushed.append(status)
             if not server._pushed:
@@ -557,7 +577,9 @@ class Runner:
         else:
             env.content = content
         before_content = env.content
-        status = await _maybe_await(self.inst.hooks["DATA"](server, s, env))
+        status = self.inst.hooks["DATA"](server, s, env)
+        if hasattr(status, "__await__"):
+            status = await status
         edited = env.content is not before_content
         if edited:
             new = env.content
@@ -595,8 +617,9 @@ class Runner:
     async def _auth(self, st, job):
         mechanism, authzid, login, password = job[5], job[6], job[7], job[8]
         s, env, server = st.session, st.envelope, st.server
-        result = await _maybe_await(self.inst.authenticator(
-            server, s, env, mechanism, LoginPassword(login, password)))
+        result = self.inst.authenticator(server, s, env, mechanism, LoginPassword(login, password))
+        if hasattr(result, "__await__"):
+            result = await result
         if isinstance(result, AuthResult) and result.success:
             s.authenticated = True
             s.auth_data = result.auth_data
@@ -630,7 +653,9 @@ class Runner:
         st.mech_token = token
         st.mech_task = asyncio.current_task()
         try:
-            result = await _maybe_await(fn(st.server, args))
+            result = fn(st.server, args)
+            if hasattr(result, "__await__"):
+                result = await result
         finally:
             st.mech_task = None
             st.mech_future = None
@@ -671,6 +696,13 @@ class Runner:
         if what == "status":
             if not pushed and hook is not None and not edited and value == DEFAULTS.get(hook):
                 api.complete(token, CONTINUE, 0, b"")
+                return
+            if (not pushed and type(value) is str and len(value) > 4 and value[3] == " "
+                    and value[:3].isdigit() and "\r" not in value and "\n" not in value):
+                code = int(value[:3])  # the common case: one line
+                verdict = (CONTINUE if edited else ACCEPT) if code < 400 else TEMPFAIL if code < 500 else REJECT
+                api.complete(token, verdict, 0 if edited and code < 400 else code,
+                             value[4:].encode("utf-8", "surrogateescape"))
                 return
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "surrogateescape")
