@@ -453,7 +453,7 @@ class Runner:
             status = hooks["HELO"](server, s, env, job[5])
             if hasattr(status, "__await__"):
                 status = await status
-            if status is MISSING:
+            if status is MISSING or _missing(status):
                 s.host_name = job[5]
                 return ("default", None)
             return ("status", status)
@@ -463,7 +463,7 @@ class Runner:
                 status = hooks["EHLO"](server, s, env, hostname)
                 if hasattr(status, "__await__"):
                     status = await status
-                if status is MISSING:
+                if status is MISSING or _missing(status):
                     s.host_name = hostname
                     return ("default", None)
                 return ("status", status)
@@ -483,7 +483,7 @@ class Runner:
             status = hooks["MAIL"](server, s, env, address, params)
             if hasattr(status, "__await__"):
                 status = await status
-            if status is MISSING:
+            if status is MISSING or _missing(status):
                 env.mail_from = address
                 env.mail_options.extend(params)
                 return ("default", None)
@@ -494,7 +494,7 @@ class Runner:
             status = hooks["RCPT"](server, s, env, address, [])
             if hasattr(status, "__await__"):
                 status = await status
-            if status is MISSING:
+            if status is MISSING or _missing(status):
                 env.rcpt_tos.append(address)
                 return ("default", None)
             return ("status", status, "RCPT")
@@ -505,18 +505,18 @@ class Runner:
             status = hooks[name](server, s, env)
             if hasattr(status, "__await__"):
                 status = await status
-            return ("default", None) if status is MISSING else ("status", status, name)
+            return ("default", None) if status is MISSING or _missing(status) else ("status", status, name)
         if kind == J_NOOP:
             arg = job[5]
             status = hooks["NOOP"](server, s, env, arg)
             if hasattr(status, "__await__"):
                 status = await status
-            return ("default", None) if status is MISSING else ("status", status, "NOOP")
+            return ("default", None) if status is MISSING or _missing(status) else ("status", status, "NOOP")
         if kind == J_VRFY:
             status = hooks["VRFY"](server, s, env, job[5])
             if hasattr(status, "__await__"):
                 status = await status
-            return ("default", None) if status is MISSING else ("status", status, "VRFY")
+            return ("default", None) if status is MISSING or _missing(status) else ("status", status, "VRFY")
         if kind == J_AUTH:
             return await self._auth(st, job)
         if kind == J_COMMAND:
@@ -524,7 +524,7 @@ class Runner:
             status = fn(server, job[6])
             if hasattr(status, "__await__"):
                 status = await status
-            if status is not None and status is not MISSING:
+            if status is not None and status is not MISSING and not _missing(status):
                 server._pushed.append(status)
             if not server._pushed:
                 return ("default", None)
@@ -590,7 +590,7 @@ class Runner:
             edited = isinstance(new, bytes) and new != content
             if edited:
                 self._edit(job[1], content, new)
-        if status is MISSING:
+        if status is MISSING or _missing(status):
             return ("default", None)
         return ("status", status, "DATA", edited)
 
@@ -631,7 +631,7 @@ class Runner:
             if not result.handled and result.message:
                 return ("status", result.message, "AUTH")
             return ("verdict", REJECT)
-        if result is None or result is MISSING or result is False:
+        if result is None or result is MISSING or _missing(result) or result is False:
             return ("verdict", REJECT)
         s.authenticated = True  # the old system: the identity itself
         s._login_data = result
@@ -670,7 +670,7 @@ class Runner:
                 out = ("status", result.message, "AUTH")
             else:
                 out = ("verdict", REJECT)
-        elif result is None or result is MISSING or result is False:
+        elif result is None or result is MISSING or _missing(result) or result is False:
             out = ("verdict", REJECT)
         else:
             s.authenticated = True
@@ -729,6 +729,12 @@ class Runner:
         else:
             verdict = REJECT
         api.complete(token, verdict, code, text.encode("utf-8", "surrogateescape"))
+
+
+def _missing(value):
+    """aiosmtpd's MISSING, also from another import of aiosmtpd.smtp (a reload may import it
+    again) than the one this module holds."""
+    return type(value).__name__ == "_Missing"
 
 
 def _reply(lines):

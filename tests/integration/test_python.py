@@ -64,6 +64,9 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=False, handled=False)
 
 
+PLAIN = Plain()  # a handler object rather than a class
+
+
 async def smtp_PING(server, arg):
     await server.push('259 Pong %s' % (arg or ''))
 
@@ -132,7 +135,7 @@ class PythonPluginTest(ServerTestCase):
     # -- hooks ----------------------------------------------------------------------------------
 
     def test_def_hooks(self):
-        server = self.start("handlers_p:Plain")
+        server = self.start("handlers_p:PLAIN")
         with Client(HOST, server.port) as c:
             c.reply()
             c.cmd("EHLO c.example")

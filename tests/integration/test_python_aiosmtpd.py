@@ -114,6 +114,20 @@ class Every:
         return '221 see you %s' % session.host_name
 
 
+class Missing:
+    """MISSING: aiosmtpd's default, and its state change."""
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        from aiosmtpd.smtp import MISSING
+        return MISSING
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        from aiosmtpd.smtp import MISSING
+        return MISSING
+
+    async def handle_DATA(self, server, session, envelope):
+        return '250 %s %s %s' % (envelope.mail_from, envelope.mail_options, envelope.rcpt_tos)
+
+
 class Raises:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         raise RuntimeError('no way: ' + address)
@@ -223,6 +237,13 @@ class HandlersAsAiosmtpd(ServerTestCase):
         self.assertEqual(ours, theirs)
         self.assertIn("250-XEVERY", ours[2])
         self.assertEqual(ours[6], ["500 Error: (ValueError) bad boom@example.com"])
+
+    def test_missing(self):
+        steps = ["EHLO c.example", "MAIL FROM:<a@b.example> SIZE=10", "RCPT TO:<c@example.com>",
+                 "RCPT TO:<d@example.com>", ("DATA", b"Subject: x\r\n\r\nhi\r\n"), "QUIT"]
+        _, ours = self.ours("handlers_t:Missing", steps=steps)
+        self.assertEqual(ours, self.theirs(self.mod.Missing(), steps=steps))
+        self.assertEqual(ours[-2], ["250 a@b.example ['SIZE=10'] ['c@example.com', 'd@example.com']"])
 
     def test_decode_data(self):
         steps = ["EHLO c.example", "MAIL FROM:<a@b.example>", "RCPT TO:<c@example.com>",
