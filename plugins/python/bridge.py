@@ -331,8 +331,9 @@ class Instance:
 
     def wants(self):
         """What the C++ side registers: the hooks, commands and mechanisms."""
-        return (sorted(self.hooks), self.authenticator is not None, sorted(self.commands),
-                sorted(self.mechanisms))
+        commands = [(verb, getattr(fn, "__smtp_syntax__", None) or "")  # aiosmtpd's @syntax
+                    for verb, fn in sorted(self.commands.items())]
+        return (sorted(self.hooks), self.authenticator is not None, commands, sorted(self.mechanisms))
 
 
 class Runner:

@@ -741,9 +741,11 @@ private:
         if (has(hooks, "VRFY")) reg.on<&python_plugin::on_vrfy>(sdk::hook::vrfy);
         if (authenticator) reg.on<&python_plugin::on_auth>(sdk::hook::auth_check);
         for (Py_ssize_t i = 0; i < PySequence_Size(commands); ++i) {
-            pyref v(PySequence_GetItem(commands, i));
-            const char* verb = PyUnicode_AsUTF8(v.get());
-            reg.command<&python_plugin::on_command>(verb ? verb : "", "");
+            pyref v(PySequence_GetItem(commands, i));  // (verb, help: aiosmtpd's @syntax text)
+            const char* verb = PyUnicode_AsUTF8(PyTuple_GetItem(v.get(), 0));
+            const char* help = PyUnicode_AsUTF8(PyTuple_GetItem(v.get(), 1));
+            if (!verb || !help) throw std::runtime_error("commands: " + py_error_text());
+            reg.command<&python_plugin::on_command>(verb, help);
         }
         for (Py_ssize_t i = 0; i < PySequence_Size(mechanisms); ++i) {
             pyref v(PySequence_GetItem(mechanisms, i));

@@ -67,6 +67,10 @@ def authenticator(server, session, envelope, mechanism, auth_data):
 PLAIN = Plain()  # a handler object rather than a class
 
 
+from aiosmtpd.smtp import syntax
+
+
+@syntax('PING [text]')
 async def smtp_PING(server, arg):
     await server.push('259 Pong %s' % (arg or ''))
 
@@ -236,6 +240,7 @@ class PythonPluginTest(ServerTestCase):
             c.reply()
             self.assertEqual(c.cmd("PING hello"), ["259 Pong hello"])
             self.assertEqual(c.cmd("PING"), ["259 Pong "])
+            self.assertEqual(c.cmd("HELP PING"), ["250 Syntax: PING [text]"])
 
     def test_authenticator(self):
         server = self.start(None, entry=self.entry("handlers_p:Mech", authenticator="handlers_p:authenticator"),
