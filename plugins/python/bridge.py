@@ -461,13 +461,14 @@ class Runner:
         if kind == J_EHLO:
             hostname = job[5]
             if inst.ehlo_old:
+                # aiosmtpd's deprecated 4-argument form: its lines, then the hook's status.
                 status = hooks["EHLO"](server, s, env, hostname)
                 if hasattr(status, "__await__"):
                     status = await status
                 if status is MISSING or _missing(status):
                     s.host_name = hostname
                     return ("default", None)
-                return ("status", status)
+                return ("lines", self._ehlo_lines(job[4][4])[:-1] + [status])
             responses = self._ehlo_lines(job[4][4])
             original = list(responses)
             out = hooks["EHLO"](server, s, env, hostname, responses)

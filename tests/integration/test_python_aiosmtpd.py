@@ -114,6 +114,13 @@ class Every:
         return '221 see you %s' % session.host_name
 
 
+class OldEhlo:
+    """aiosmtpd's deprecated 4-argument handle_EHLO: its status comes after the keyword lines."""
+    async def handle_EHLO(self, server, session, envelope, hostname):
+        session.host_name = hostname
+        return '250 HELP me, %s' % hostname
+
+
 class Missing:
     """MISSING: aiosmtpd's default, and its state change."""
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -237,6 +244,16 @@ class HandlersAsAiosmtpd(ServerTestCase):
         self.assertEqual(ours, theirs)
         self.assertIn("250-XEVERY", ours[2])
         self.assertEqual(ours[6], ["500 Error: (ValueError) bad boom@example.com"])
+
+    def test_old_ehlo(self):
+        import warnings
+        steps = ["EHLO c.example", "MAIL FROM:<a@b.example>", "QUIT"]
+        _, ours = self.ours("handlers_t:OldEhlo", steps=steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            theirs = self.theirs(self.mod.OldEhlo(), steps=steps)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours[1][-1], "250 HELP me, c.example")
 
     def test_missing(self):
         steps = ["EHLO c.example", "MAIL FROM:<a@b.example> SIZE=10", "RCPT TO:<c@example.com>",
