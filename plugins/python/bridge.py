@@ -81,9 +81,9 @@ LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR = 1, 2, 3, 4
 
 # Job kinds (python.cpp: job_kind).
 (J_CLOSE, J_HELO, J_EHLO, J_MAIL, J_RCPT, J_DATA, J_RSET, J_NOOP, J_QUIT, J_VRFY, J_AUTH,
- J_COMMAND, J_MECH) = range(13)
+ J_COMMAND, J_MECH, J_PROXY) = range(14)
 
-HOOKS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY")
+HOOKS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "PROXY")
 # The replies the server gives when no plugin answers: a hook returning the same text passes on
 # (CONTINUE), so that later plugins still run; any other status is the reply (ACCEPT).
 DEFAULTS = {"MAIL": "250 OK", "RCPT": "250 OK", "DATA": "250 OK", "RSET": "250 OK",
@@ -386,7 +386,10 @@ class Runner:
         if st is None:
             st = sessions[sid] = SessionState(self.inst, self.loop)
         s = st.session
-        peer_addr, peer_port, helo, esmtp, tls, authenticated, tls_version, tls_cipher = info
+        (peer_addr, peer_port, helo, esmtp, tls, authenticated, tls_version, tls_cipher,
+         proxy) = info
+        if proxy is not None:
+            s.proxy_data = _proxy_data(proxy)
         s.peer = (peer_addr, peer_port) if ":" not in peer_addr else (peer_addr, peer_port, 0, 0)
         s.extended_smtp = bool(esmtp)
         if "HELO" not in self.inst.hooks and "EHLO" not in self.inst.hooks:
@@ -521,6 +524,14 @@ class Runner:
             return ("default", None) if status is MISSING or _missing(status) else ("status", status, "VRFY")
         if kind == J_AUTH:
             return await self._auth(st, job)
+        if kind == J_PROXY:
+            # aiosmtpd: a false or MISSING result closes the connection without a reply.
+            status = hooks["PROXY"](server, s, env, s.proxy_data)
+            if hasattr(status, "__await__"):
+                status = await status
+            if status is MISSING or _missing(status) or not status:
+                return ("verdict", REJECT)
+            return ("default", None)
         if kind == J_COMMAND:
             fn = inst.commands[job[5]]
             status = fn(server, job[6])
@@ -731,6 +742,39 @@ class Runner:
         else:
             verdict = REJECT
         api.complete(token, verdict, code, text.encode("utf-8", "surrogateescape"))
+
+
+def _proxy_data(p):
+    """aiosmtpd's ProxyData from the server's PROXY header fields (whole_raw stays empty: the
+    server has parsed the header; `rest` holds a v2 header's TLVs)."""
+    version, command, family, protocol, src, src_port, dst, dst_port, tlvs = p
+    try:
+        from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
+    except Exception:
+        import types
+        return types.SimpleNamespace(version=version, command=command, family=family,
+                                     protocol=protocol, src_addr=src or None, dst_addr=dst or None,
+                                     src_port=src_port if src else None,
+                                     dst_port=dst_port if dst else None, rest=tlvs, valid=True)
+    import ipaddress
+    pd = ProxyData(version=version)
+    if version == 2:
+        pd.command = V2_CMD(command)
+    pd.family = AF(family)
+    pd.protocol = PROTO(protocol)
+
+    def addr(a):
+        try:
+            return ipaddress.ip_address(a)
+        except ValueError:
+            return a
+
+    if src:
+        pd.src_addr, pd.src_port = addr(src), src_port
+    if dst:
+        pd.dst_addr, pd.dst_port = addr(dst), dst_port
+    pd.rest = tlvs
+    return pd
 
 
 def _missing(value):

@@ -74,7 +74,8 @@ enum job_kind : int {
     j_vrfy,
     j_auth,
     j_command,
-    j_mech
+    j_mech,
+    j_proxy
 };
 
 // One hook call handed to Python: everything copied (the hook's arguments die when it returns).
@@ -98,6 +99,11 @@ struct job {
     bool has_txn = false;
     std::string mail_from;
     std::vector<std::string> mail_params, rcpts;
+    // the PROXY header (once per session, to build session.proxy_data)
+    bool has_proxy = false;
+    int proxy_version = 0, proxy_command = 0, proxy_family = 0, proxy_protocol = 0;
+    std::string proxy_src, proxy_dst, proxy_tlvs;
+    int proxy_src_port = 0, proxy_dst_port = 0;
 };
 
 // RAII GIL for the control thread (create/destroy) and the loop threads.
@@ -277,8 +283,15 @@ loop_thread* loop_of(PyObject* self) { return static_cast<loop_thread*>(PyCapsul
 
 PyObject* job_tuple(const job& j)
 {
-    pyref info(Py_BuildValue("(NiNiiiNN)", text(j.peer), j.peer_port, text(j.helo), int(j.esmtp), int(j.tls),
-                             int(j.authenticated), text(j.tls_version), text(j.tls_cipher)));
+    pyref proxy;
+    if (j.has_proxy)
+        proxy = pyref(Py_BuildValue("(iiiiNiNiN)", j.proxy_version, j.proxy_command, j.proxy_family, j.proxy_protocol,
+                                    text(j.proxy_src), j.proxy_src_port, text(j.proxy_dst), j.proxy_dst_port,
+                                    bytes(j.proxy_tlvs)));
+    else proxy = pyref((Py_INCREF(Py_None), Py_None));
+    if (!proxy) return nullptr;
+    pyref info(Py_BuildValue("(NiNiiiNNO)", text(j.peer), j.peer_port, text(j.helo), int(j.esmtp), int(j.tls),
+                             int(j.authenticated), text(j.tls_version), text(j.tls_cipher), proxy.get()));
     if (!info) return nullptr;
     pyref txn;
     if (j.has_txn)
@@ -305,6 +318,7 @@ PyObject* job_tuple(const job& j)
     case j_data:
         return Py_BuildValue("(iKKKONIO)", j.kind, tok, sid, gen, info.get(), bytes(j.content), j.flags, txn.get());
     case j_rset:
+    case j_proxy:
     case j_quit: return Py_BuildValue("(iKKKO)", j.kind, tok, sid, gen, info.get());
     case j_noop: return Py_BuildValue("(iKKKON)", j.kind, tok, sid, gen, info.get(), opt_text(j.has_s1, j.s1));
     case j_auth:
@@ -455,7 +469,8 @@ void loop_main(core* c, loop_thread* L)
 struct session_state {
     std::uint64_t gen = 1;
     std::size_t mech_loop = 0;
-    bool seen = false;  // some job went to Python: SESSION_CLOSE tells it to forget the session
+    bool seen = false;           // some job went to Python: SESSION_CLOSE tells it to forget the session
+    std::unique_ptr<job> proxy;  // the PROXY header, until a job carries it to Python
 };
 
 // A config node as a Python value: maps and lists as dict and list, scalars typed as YAML 1.2's
@@ -651,6 +666,24 @@ public:
         j.flags = a.has_argument ? 1 : 0;
         return post(c, std::move(j));
     }
+    sdk::verdict on_proxy(sdk::call& c, const sdk::proxy_args& a)
+    {
+        auto& ss = c.slot<session_state>(sdk::scope::session);
+        ss.proxy = std::make_unique<job>();
+        job& p = *ss.proxy;
+        p.has_proxy = true;
+        p.proxy_version = a.version;
+        p.proxy_command = a.command;
+        p.proxy_family = a.family;
+        p.proxy_protocol = a.protocol;
+        p.proxy_src.assign(a.src_address);
+        p.proxy_src_port = a.src_port;
+        p.proxy_dst.assign(a.dst_address);
+        p.proxy_dst_port = a.dst_port;
+        p.proxy_tlvs.assign(a.tlvs);
+        if (!hook_proxy_) return sdk::verdict::continue_;
+        return post(c, start(c, j_proxy, ss));
+    }
     sdk::verdict on_txn_end(sdk::call& c)
     {
         ++c.slot<session_state>(sdk::scope::session).gen;
@@ -724,6 +757,8 @@ private:
         hook_mail_ = has(hooks, "MAIL");
         hook_rcpt_ = has(hooks, "RCPT");
         hook_rset_ = has(hooks, "RSET");
+        hook_proxy_ = has(hooks, "PROXY");
+        reg.on<&python_plugin::on_proxy>(sdk::hook::proxy);  // session.proxy_data
         // Always: a new Envelope per transaction as aiosmtpd (HELO, EHLO, RSET, end of DATA).
         reg.on<&python_plugin::on_helo>(sdk::hook::helo);
         reg.on<&python_plugin::on_ehlo>(sdk::hook::ehlo);
@@ -770,6 +805,20 @@ private:
         j.authenticated = s.authenticated;
         j.tls_version.assign(s.tls_version);
         j.tls_cipher.assign(s.tls_cipher);
+        if (ss.proxy) {
+            job& p = *ss.proxy;
+            j.has_proxy = true;
+            j.proxy_version = p.proxy_version;
+            j.proxy_command = p.proxy_command;
+            j.proxy_family = p.proxy_family;
+            j.proxy_protocol = p.proxy_protocol;
+            j.proxy_src = std::move(p.proxy_src);
+            j.proxy_src_port = p.proxy_src_port;
+            j.proxy_dst = std::move(p.proxy_dst);
+            j.proxy_dst_port = p.proxy_dst_port;
+            j.proxy_tlvs = std::move(p.proxy_tlvs);
+            ss.proxy.reset();
+        }
         return j;
     }
 
@@ -904,7 +953,8 @@ private:
     }
 
     std::shared_ptr<core> c_;
-    bool hook_helo_ = false, hook_ehlo_ = false, hook_mail_ = false, hook_rcpt_ = false, hook_rset_ = false;
+    bool hook_helo_ = false, hook_ehlo_ = false, hook_mail_ = false, hook_rcpt_ = false, hook_rset_ = false,
+         hook_proxy_ = false;
 };
 
 }  // namespace

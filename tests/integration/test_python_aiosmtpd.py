@@ -114,6 +114,18 @@ class Every:
         return '221 see you %s' % session.host_name
 
 
+class Proxied:
+    """handle_PROXY and session.proxy_data: refuses one client, reports the header."""
+    async def handle_PROXY(self, server, session, envelope, proxy_data):
+        return str(proxy_data.src_addr) != '192.0.2.66'
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        p = session.proxy_data
+        envelope.mail_from = address
+        return '250 %s %s:%s %s:%s %s %s' % (p.version, p.src_addr, p.src_port, p.dst_addr,
+                                             p.dst_port, p.family.name, p.protocol.name)
+
+
 class OldEhlo:
     """aiosmtpd's deprecated 4-argument handle_EHLO: its status comes after the keyword lines."""
     async def handle_EHLO(self, server, session, envelope, hostname):
@@ -174,6 +186,9 @@ def converse(port, steps):
     (dot-stuffed) and its final dot."""
     out = []
     with Client(HOST, port) as c:
+        if steps and isinstance(steps[0], tuple) and steps[0][0] == "RAW":
+            c.send(steps[0][1] + "\r\n")  # a PROXY header, before the greeting
+            steps = steps[1:]
         out.append(c.reply())
         for step in steps:
             if isinstance(step, tuple):
@@ -244,6 +259,21 @@ class HandlersAsAiosmtpd(ServerTestCase):
         self.assertEqual(ours, theirs)
         self.assertIn("250-XEVERY", ours[2])
         self.assertEqual(ours[6], ["500 Error: (ValueError) bad boom@example.com"])
+
+    def test_proxy_protocol(self):
+        steps = [("RAW", "PROXY TCP4 192.0.2.1 198.51.100.2 4711 25"), "EHLO c.example",
+                 "MAIL FROM:<a@b.example>", "QUIT"]
+        _, ours = self.ours("handlers_t:Proxied", steps=steps,
+                            listen=[{"address": HOST, "port": 0, "proxy_protocol": True}])
+        theirs = self.theirs(self.mod.Proxied(), steps=steps, proxy_protocol_timeout=5)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours[2], ["250 1 192.0.2.1:4711 198.51.100.2:25 INET STREAM"])
+        # handle_PROXY answering False: closed without a reply, as aiosmtpd.
+        srv, _ = self.ours("handlers_t:Proxied", steps=[("RAW", "PROXY TCP4 192.0.2.7 198.51.100.2 1 25")],
+                           listen=[{"address": HOST, "port": 0, "proxy_protocol": True}])
+        with Client(HOST, srv.port) as c:
+            c.send("PROXY TCP4 192.0.2.66 198.51.100.2 4711 25\r\n")
+            self.assertEqual(c.expect_eof(), b"")
 
     def test_old_ehlo(self):
         import warnings
