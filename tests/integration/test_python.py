@@ -67,6 +67,11 @@ def authenticator(server, session, envelope, mechanism, auth_data):
 PLAIN = Plain()  # a handler object rather than a class
 
 
+class NoCode:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return 'hello there'
+
+
 from aiosmtpd.smtp import syntax
 
 
@@ -148,6 +153,11 @@ class PythonPluginTest(ServerTestCase):
             c.cmd("DATA")
             c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
             self.assertEqual(c.reply(), ["250 def data 20 127.0.0.1"])
+
+    def test_status_without_a_code(self):
+        server = self.start("handlers_p:NoCode")
+        self.assertEqual(self._transaction(server.port, "x@y.example"), ["451 4.3.0 Error: internal"])
+        server.wait_output(lambda t: "does not start with a code" in t, "stderr")
 
     def _transaction(self, port, rcpt):
         with Client(HOST, port, timeout=15) as c:

@@ -105,6 +105,7 @@ class Every:
         return '250 reset, from=%s' % envelope.mail_from
 
     async def handle_NOOP(self, server, session, envelope, arg):
+        await server.push('250-pushed first')
         return '250 noop %r' % (arg,)
 
     async def handle_VRFY(self, server, session, envelope, address):
@@ -124,6 +125,11 @@ class Proxied:
         envelope.mail_from = address
         return '250 %s %s:%s %s:%s %s %s' % (p.version, p.src_addr, p.src_port, p.dst_addr,
                                              p.dst_port, p.family.name, p.protocol.name)
+
+
+class ReturnsNone:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return None
 
 
 class OldEhlo:
@@ -274,6 +280,12 @@ class HandlersAsAiosmtpd(ServerTestCase):
         with Client(HOST, srv.port) as c:
             c.send("PROXY TCP4 192.0.2.66 198.51.100.2 4711 25\r\n")
             self.assertEqual(c.expect_eof(), b"")
+
+    def test_hook_returning_none(self):
+        steps = ["EHLO c.example", "MAIL FROM:<a@b.example>", "RCPT TO:<c@example.com>", "QUIT"]
+        _, ours = self.ours("handlers_t:ReturnsNone", steps=steps)
+        self.assertEqual(ours, self.theirs(self.mod.ReturnsNone(), steps=steps))
+        self.assertEqual(ours[3], ["500 Error: (AssertionError) "])
 
     def test_old_ehlo(self):
         import warnings
