@@ -823,9 +823,3 @@ def _split_message(data):
 def _b64(data):
     import base64
     return base64.b64encode(data).decode("ascii")
-
-
-async def _maybe_await(value):
-    if inspect.isawaitable(value):
-        return await value
-    return value
