@@ -142,7 +142,7 @@ def _forget_modules(names, folders):
 def _server_settings(config_dir):
     """The server's own settings that handlers see through `server` (hostname, SIZE, ...),
     read from the server's config file (its --config, in this process's command line), best
-    effort: {} when it cannot be read (no PyYAML, the embedded default config)."""
+    effort: {} when it cannot be read (no PyYAML and not JSON, the embedded default config)."""
     try:
         with open("/proc/self/cmdline", "rb") as f:
             argv = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")]
@@ -155,9 +155,14 @@ def _server_settings(config_dir):
         if not path:
             return {}
         path = os.path.join(config_dir, os.path.basename(path))
-        import yaml
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            text = f.read()
+        try:
+            import yaml
+            data = yaml.safe_load(text) or {}
+        except ImportError:  # no PyYAML: a config in JSON (which is YAML) still reads
+            import json
+            data = json.loads(text)
         server = data.get("server") or {}
         listeners = server.get("listen") or []
         out = {k: server[k] for k in ("hostname", "ident", "data_size_limit", "decode_data",
