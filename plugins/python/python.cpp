@@ -27,6 +27,7 @@
 
 #include <dlfcn.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -464,6 +465,7 @@ PyObject* make_api(loop_thread* L)
 
 void loop_main(core* c, loop_thread* L)
 {
+    ::pthread_setname_np(::pthread_self(), "py-loop");  // for top -H, gdb, perf
     {
         gil g;
         L->capsule = pyref(PyCapsule_New(L, "asiosmtpd.loop", nullptr));
