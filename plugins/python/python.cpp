@@ -26,16 +26,14 @@
 #include <asiosmtpd/plugin.hpp>
 
 #include <dlfcn.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <cstring>
+#include <cstdlib>
 #include <deque>
 #include <future>
 #include <memory>
