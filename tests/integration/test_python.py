@@ -93,6 +93,8 @@ class Mech:
 '''
 
 
+@unittest.skipUnless(os.path.exists(os.path.join(harness.PLUGIN_DIR, "python.so")),
+                     "the python plugin is not built (it needs python3-dev)")
 class PythonPluginTest(ServerTestCase):
     def setUp(self):
         self._dir = tempfile.TemporaryDirectory(prefix="asiosmtpd-py-")

@@ -216,6 +216,8 @@ def free_port():
 
 
 @unittest.skipUnless(HAVE_AIOSMTPD, "aiosmtpd is not installed (apt-get install python3-aiosmtpd)")
+@unittest.skipUnless(os.path.exists(os.path.join(harness.PLUGIN_DIR, "python.so")),
+                     "the python plugin is not built (it needs python3-dev)")
 class HandlersAsAiosmtpd(ServerTestCase):
     """Each test: the same handler under asiosmtpd and under aiosmtpd."""
 
