@@ -424,11 +424,11 @@ class Runner:
             st = self._state(job)
             result = await self._call(kind, st, job)
         except Exception as error:
-            result = await self._exception(st, error)
+            result = await self._exception(st, error, job[2])
         except asyncio.CancelledError:
             return  # an abandoned AUTH exchange
         except BaseException as error:  # SystemExit, KeyboardInterrupt in a handler: one session
-            result = await self._exception(st, error)
+            result = await self._exception(st, error, job[2])
         if kind == J_MECH and st is not None and result is not None:
             token, st.mech_token = st.mech_token, None  # the call the mechanism answers now
             if token is None:
@@ -437,7 +437,7 @@ class Runner:
             return  # already completed (AUTH challenge)
         self._finish(token, st, *result)
 
-    async def _exception(self, st, error):
+    async def _exception(self, st, error, sid):
         hook = self.inst.exception_hook
         if hook is not None:
             try:
@@ -446,9 +446,10 @@ class Runner:
                     status = await status
                 return ("status", status)
             except BaseException as inner:
-                self._log_traceback("exception in handle_exception()")
+                self._log_traceback("session=%s exception in handle_exception()" % sid)
                 return ("status", "500 Error: ({}) {}".format(type(inner).__name__, inner))
-        self._log_traceback("%r SMTP session exception" % (st.session.peer if st else None,))
+        self._log_traceback("session=%s %r SMTP session exception"
+                            % (sid, st.session.peer if st else None))
         return ("status", "500 Error: ({}) {}".format(type(error).__name__, error))
 
     def _log_traceback(self, what):
