@@ -441,8 +441,12 @@ bool engine::step_command()
                            settings_.command_size_limit + 38 + (settings_.enable_dsn ? dsn::rcpt_line_allowance : 0)));
     if (!line) return false;
     ++progress_;
-    if (line->too_long) reply(replies::line_too_long);
-    else handle_line(line->text);
+    if (line->too_long) {
+        verb_.clear();  // not a command anyone can name (enhanced_code_for)
+        reply(replies::line_too_long);
+    } else {
+        handle_line(line->text);
+    }
     return true;
 }
 
