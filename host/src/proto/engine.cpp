@@ -1356,7 +1356,8 @@ void engine::on_custom(std::size_t index, std::string_view verb, std::string_vie
 
 void engine::send_greeting()
 {
-    reply(replies::greeting(settings_.hostname, settings_.ident));
+    // Not reply(): RFC 2034 §3, a greeting never carries an enhanced status code.
+    out_.append(replies::greeting(settings_.hostname, settings_.ident)).append(crlf);
     phase_ = phase::command;
 }
 
@@ -1372,7 +1373,7 @@ void engine::reply(std::string_view line)
 
 std::string_view engine::enhanced_code_for(std::string_view line) const noexcept
 {
-    if (!settings_.enable_enhanced_status_codes || phase_ == phase::greeting) return {};  // RFC 2034 §3: no greeting
+    if (!settings_.enable_enhanced_status_codes) return {};
     return enhanced_code(line, verb_);
 }
 
