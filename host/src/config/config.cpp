@@ -56,6 +56,7 @@ constexpr std::string_view server[] = {"hostname",
                                        "data_min_rate",
                                        "spool_threshold",
                                        "received_header",
+                                       "enable_chunking",
                                        "spool_directory",
                                        "tls_handshake_timeout",
                                        "proxy_protocol_timeout",
@@ -581,6 +582,7 @@ void reader::read_server(const item& it, server_settings& s)
         {"auth_require_tls", &server_settings::auth_require_tls},
         {"advertise_pipelining", &server_settings::advertise_pipelining},
         {"received_header", &server_settings::received_header},
+        {"enable_chunking", &server_settings::enable_chunking},
     };
     for (const auto& [name, member] : flags)
         if (const item* f = m.find(name)) s.*member = read_bool(*f);

@@ -132,6 +132,7 @@ struct settings {
     bool decode_data = false;
     bool enable_smtputf8 = false;
     bool advertise_pipelining = false;
+    bool enable_chunking = false;  ///< server.enable_chunking: CHUNKING, BINARYMIME, BDAT
     /// command_call_limit: off, or per-verb budgets (upper case) and a default for the rest.
     bool call_limit_enabled = false;
     std::map<std::string, std::uint32_t> call_limits;
