@@ -224,14 +224,15 @@ class ChunkingMaildirTest(ServerTestCase):
 
 
 class Tap(socketserver.ThreadingTCPServer):
-    """A TCP relay on 127.0.0.1 in front of `port` that records what the client side sends."""
+    """A TCP relay on 127.0.0.1 in front of `port` that records what each side sends."""
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, port):
         super().__init__((HOST, 0), _TapHandler)
         self.target = port
-        self.sent = b""
+        self.sent = b""      # by the client
+        self.replies = b""   # by the server
         self.lock = threading.Lock()
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -249,6 +250,8 @@ class _TapHandler(socketserver.BaseRequestHandler):
         def back():
             try:
                 while data := up.recv(65536):
+                    with self.server.lock:
+                        self.server.replies += data
                     self.request.sendall(data)
             except OSError:
                 pass
