@@ -5,7 +5,7 @@ chunks whose octets look like commands, answered in order; the refusals (need RC
 a failed message's later chunks, DATA after BDAT, DATA with BODY=BINARYMIME, a size that cannot
 be read closes); the same message by DATA and by BDAT reaches a Maildir byte for byte, also a
 large one streamed through DATA_CHUNK; the Received field and the mail log; LMTP with BDAT (one
-reply per recipient after LAST). The proxy plugin relays with BDAT when the upstream offers
+reply per recipient after LAST), and an editing plugin's edits. The proxy plugin relays with BDAT when the upstream offers
 CHUNKING (seen on the wire by a tap in front of an asiosmtpd upstream), DATA otherwise, and
 BODY=BINARYMIME only to an upstream that takes it."""
 import os
@@ -146,8 +146,8 @@ class ChunkingMaildirTest(ServerTestCase):
         self.addCleanup(rmtree, self.dir)
         self.maildir = os.path.join(self.dir, "Maildir")
 
-    def start(self, **server):
-        plugins = [{"name": "maildir", "config": {"path": self.maildir}}]
+    def start(self, before=(), **server):
+        plugins = list(before) + [{"name": "maildir", "config": {"path": self.maildir}}]
         return self.start_server(server_config(plugins=plugins, enable_chunking=True, **server))
 
     def send_both(self, server, name, message, sizes):
@@ -195,6 +195,20 @@ class ChunkingMaildirTest(ServerTestCase):
         self.send_both(server, "big", message, [100000, 333333, 7, 65536, 65536])
         files = self.stored()
         self.assertEqual(files["big-bdat@d.example"].replace(b"-bdat@", b"-data@"), files["big-data@d.example"])
+
+    def test_an_editor_edits_a_bdat_message_as_a_data_one(self):
+        # An editing plugin (ABI 1.3) before maildir; pieces of 16 KiB held in a file past 20 KiB.
+        edits = [{"op": "insert_header", "index": 0, "name": "X-Edited", "value": "yes"},
+                 {"op": "change_header", "name": "Subject", "index": 1, "value": "edited"}]
+        server = self.start([{"path": harness.fixture_plugin("editor"), "config": {"tag": "ED", "edits": edits}}],
+                            spool_threshold=20000)
+        message = b"Subject: original\r\n\r\n" + b"line of the body\r\n" * 3000
+        self.send_both(server, "edit", message, [7, 30000])
+        files = self.stored()
+        by_data, by_bdat = files["edit-data@d.example"], files["edit-bdat@d.example"]
+        self.assertIn(b"X-Edited: yes\n", by_data)
+        self.assertIn(b"Subject: edited\n", by_data)
+        self.assertEqual(by_bdat.replace(b"-bdat@", b"-data@"), by_data)
 
     def test_received_field_tops_a_bdat_message(self):
         server = self.start(received_header=True)
