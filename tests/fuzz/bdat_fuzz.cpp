@@ -70,11 +70,7 @@ std::size_t count_replies(std::string_view out)
 
 class conversation {
 public:
-    conversation(const settings& s, bool prefixed, byte_reader& in, controls& ctl)
-        : s_(s),
-          e_(s),
-          in_(in),
-          ctl_(ctl)
+    conversation(const settings& s, bool prefixed, byte_reader& in, controls& ctl) : s_(s), e_(s), in_(in), ctl_(ctl)
     {
         // The engine puts the prefix on top when it keeps the message (a DATA_CHUNK hook, or
         // a DATA hook that takes the whole message).
