@@ -152,6 +152,39 @@ TEST(engine_bdat, chunk_octets_that_look_like_commands_are_data_at_every_split)
     }
 }
 
+TEST(engine_bdat, pipelined_after_a_data_message_with_every_hook_waiting)
+{
+    // DATA, then a BDAT transaction, all in one write, while MAIL, RCPT and DATA hooks each wait
+    // for their plugin (the proxy plugin's case), at every split.
+    const std::string wire = "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<one@d>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\n"
+                             "MAIL FROM:<a@b>\r\nRCPT TO:<two@d>\r\n" +
+                             bdat("Sub") + bdat("ject: x\r\n\r\n.dot\r\n", true) + "QUIT\r\n";
+    for (const std::size_t step : {1u, 2u, 3u, 7u, 16u, 4096u}) {
+        const settings s = chunking(hook_bit(hook_kind::mail) | hook_bit(hook_kind::rcpt) | hook_bit(hook_kind::data));
+        engine e(s);
+        e.start();
+        std::vector<std::string> messages;
+        std::size_t at = 0;
+        for (int guard = 0; guard < 10000 && !e.close_requested(); ++guard) {
+            if (const hook_request* r = e.pending_hook()) {
+                if (r->kind == hook_kind::data) messages.emplace_back(r->content);
+                e.hook_done(make(verdict::none));
+                continue;
+            }
+            if (at == wire.size()) break;
+            const std::size_t n = std::min(step, wire.size() - at);
+            e.receive(std::string_view(wire).substr(at, n));
+            at += n;
+        }
+        ASSERT_EQ(messages.size(), 2u) << step;
+        EXPECT_EQ(messages[0], "Subject: x\r\n\r\n.dot\r\n") << step;
+        EXPECT_EQ(messages[1], messages[0]) << step;
+        EXPECT_TRUE(e.close_requested()) << step;
+        EXPECT_NE(take(e).find("250 OK\r\n250 2.0.0 Ok: 3 octets received\r\n250 OK\r\n221 Bye\r\n"), std::string::npos)
+            << step;
+    }
+}
+
 TEST(engine_bdat, bdat_zero_last_and_an_empty_message)
 {
     const settings s = chunking(hook_bit(hook_kind::data));
