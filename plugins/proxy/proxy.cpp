@@ -7,7 +7,8 @@
 //
 // The upstream transaction runs alongside the client's, as Haraka's smtp_proxy does: MAIL opens
 // it (connect, EHLO, optional STARTTLS, MAIL FROM), each RCPT is asked upstream at once and a
-// refusal goes back to the client as the RCPT's reply, and DATA sends the message. The upstream
+// refusal goes back to the client as the RCPT's reply, and DATA sends the message (BDAT LAST
+// when the upstream offers CHUNKING, RFC 3030; BODY=BINARYMIME only so). The upstream
 // connection belongs to the client session (a session slot) and serves its next transactions
 // (RSET upstream first); it is closed with QUIT when the session ends. Every step suspends its
 // hook and runs on the plugin's worker threads over non-blocking sockets (poll) with one
@@ -370,7 +371,8 @@ std::string insert_x_peer(std::string_view content, std::string_view peer_ip)
 }
 
 // smtplib's data(): every line end as CRLF, leading dots doubled, ends with CRLF "." CRLF.
-std::string smtp_data(std::string_view msg)
+// `stuffed` false: the same message without the transparency (a BDAT chunk, RFC 3030).
+std::string smtp_data(std::string_view msg, bool stuffed = true)
 {
     std::string out;
     out.reserve(msg.size() + msg.size() / 32 + 8);
@@ -383,12 +385,12 @@ std::string smtp_data(std::string_view msg)
             line_start = true;
             continue;
         }
-        if (line_start && ch == '.') out += '.';
+        if (stuffed && line_start && ch == '.') out += '.';
         out += ch;
         line_start = false;
     }
     if (!line_start) out += "\r\n";
-    out += ".\r\n";
+    if (stuffed) out += ".\r\n";
     return out;
 }
 
@@ -573,6 +575,7 @@ public:
         j.mail_from = std::string(a.address);
         for (std::string_view p : a.params) j.params.emplace_back(p);
         j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
         return post(c, std::move(j));
     }
 
@@ -589,6 +592,7 @@ public:
         j.mail_from = std::string(c.txn().mail_from);
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
         j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
         j.rcpts.emplace_back(a.address);
         j.rcpt_params.emplace_back(a.params.begin(), a.params.end());
         return post(c, std::move(j));
@@ -628,10 +632,12 @@ public:
             const outcome o = from_code(553, "5.1.3 No recipient could be relayed", j.refused);
             return c.reject(o.code, o.text);
         }
-        j.data = smtp_data(insert_x_peer(args.content(), ap::escape_controls(s.peer_address)));
+        // As it came; the worker sends it by DATA or BDAT, whichever the upstream takes.
+        j.data = insert_x_peer(args.content(), ap::escape_controls(s.peer_address));
         j.mail_from = std::string(mail_from);
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
-        j.eight_bit = has_8bit(args.content()) || has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
+        j.eight_bit = !j.binary && (has_8bit(args.content()) || has_param(j.params, "BODY=8BITMIME"));
         return post(c, std::move(j));
     }
 
@@ -647,6 +653,7 @@ private:
         std::uint64_t txn = 0;           // the client transaction the upstream one belongs to; 0: none open
         std::string sender;              // its MAIL FROM
         bool body_8bit = false;          // sent with BODY=8BITMIME
+        bool body_binary = false;        // sent with BODY=BINARYMIME
         std::vector<std::string> rcpts;  // accepted upstream, in order
     };
 
@@ -677,13 +684,14 @@ private:
         std::uint64_t session = 0;
         std::uint64_t txn = 0;
         clock_type::time_point deadline;
-        std::string data;  // DATA: dot-stuffed, CRLF, with the final "."
+        std::string data;  // DATA: the message with X-Peer (stuffed for DATA by the worker)
         std::string mail_from;
         std::vector<std::string> rcpts;    // RCPT: the one; DATA: the ones to relay
         std::vector<std::string> refused;  // DATA: "refused <rcpt>: ..." for those never sent (control characters)
         std::vector<std::string> params;
         std::vector<std::vector<std::string>> rcpt_params;  // each of rcpts' ESMTP parameters (DSN)
         bool eight_bit = false;                             // BODY=8BITMIME wanted (asked for, or 8-bit content)
+        bool binary = false;                                // BODY=BINARYMIME (RFC 3030): BDAT only, bytes as they came
     };
 
     session_link& link_of(sdk::call& c)
@@ -809,6 +817,7 @@ private:
         up.txn = 0;
         up.sender.clear();
         up.body_8bit = false;
+        up.body_binary = false;
         up.rcpts.clear();
     }
 
@@ -859,10 +868,14 @@ private:
             up.txn = 0;
             up.rcpts.clear();
         }
+        // RFC 3030 §3: a binary message can only go to an upstream that takes it as it is.
+        if (j.binary && !(offers(up.keywords, "CHUNKING") && offers(up.keywords, "BINARYMIME")))
+            return from_code(554, "5.6.3 The upstream does not accept BODY=BINARYMIME");
         std::string mail = "MAIL FROM:" + (j.mail_from == "<>" ? std::string("<>") : "<" + j.mail_from + ">");
         if (size > 0 && offers(up.keywords, "SIZE")) mail += " SIZE=" + std::to_string(size);
-        const bool body_8bit = eight_bit && offers(up.keywords, "8BITMIME");
+        const bool body_8bit = !j.binary && eight_bit && offers(up.keywords, "8BITMIME");
         if (body_8bit) mail += " BODY=8BITMIME";
+        if (j.binary) mail += " BODY=BINARYMIME";
         if (has_param(j.params, "SMTPUTF8") && offers(up.keywords, "SMTPUTF8")) mail += " SMTPUTF8";
         mail += dsn_mail(up, j.params);
         const reply m = up.conn->command(mail);
@@ -874,6 +887,7 @@ private:
         up.txn = j.txn;
         up.sender = j.mail_from;
         up.body_8bit = body_8bit;
+        up.body_binary = j.binary;
         up.rcpts.clear();
         return std::nullopt;
     }
@@ -910,7 +924,8 @@ private:
     {
         upstream& up = *j.up;
         const bool want_8bit = j.eight_bit && offers(up.keywords, "8BITMIME");
-        bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit);
+        bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit) ||
+                     up.body_binary != j.binary;
         std::vector<std::size_t> to_send;  // indexes into j.rcpts
         if (!fresh) {
             // The server's recipients against the upstream's: send the ones it has not seen; one
@@ -923,8 +938,12 @@ private:
             }
             fresh = !left.empty();
         }
+        // The message as the upstream gets it: CRLF lines (a binary one as it came). Its size is
+        // SIZE= (RFC 1870: without dot-stuffing and the final dot) and the BDAT chunk's.
+        const std::string lines = j.binary ? std::string() : smtp_data(j.data, false);
+        const std::string_view message = j.binary ? std::string_view(j.data) : std::string_view(lines);
         if (fresh) {
-            if (auto refused = open_transaction(up, j, j.eight_bit, j.data.size(), true)) return *refused;
+            if (auto refused = open_transaction(up, j, j.eight_bit, message.size(), true)) return *refused;
             to_send.clear();
             for (std::size_t i = 0; i < j.rcpts.size(); ++i) to_send.push_back(i);
         }
@@ -954,16 +973,27 @@ private:
                 return from_code(451, "4.4.0 Upstream accepted no recipient", refusals);
             return from_code(first_permanent, "5.1.1 Upstream accepted no recipient", refusals);
         }
-        const reply d = up.conn->command("DATA");
-        if (d.code != 354) {
-            // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
-            // upstream is confused): the client keeps the message.
-            if (d.code / 100 != 4 && d.code / 100 != 5) throw upstream_error("DATA: unexpected " + code_and_text(d));
-            end_transaction(up);
-            return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
+        // RFC 3030: one BDAT LAST chunk when the upstream offers CHUNKING (the message as DATA
+        // would deliver it, CRLF lines, no dot-stuffing; a binary one as it came), else DATA.
+        const bool chunking = offers(up.keywords, "CHUNKING");
+        if (chunking) {
+            up.conn->send("BDAT " + std::to_string(message.size()) + " LAST\r\n");
+            up.conn->send(message);
+        } else {
+            const reply d = up.conn->command("DATA");
+            if (d.code != 354) {
+                // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
+                // upstream is confused): the client keeps the message.
+                if (d.code / 100 != 4 && d.code / 100 != 5)
+                    throw upstream_error("DATA: unexpected " + code_and_text(d));
+                end_transaction(up);
+                return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
+            }
+            up.conn->send(smtp_data(j.data));
         }
-        up.conn->send(j.data);
         const reply done = up.conn->read_reply();
+        // After a refused BDAT the upstream's state is not known (RFC 3030 §2): RSET.
+        if (chunking && done.code / 100 != 2 && done.code != 421) end_transaction(up);
         // The upstream transaction is over, whatever the reply.
         up.txn = 0;
         up.sender.clear();

@@ -4,7 +4,7 @@
 //
 // Input layout (tests/fuzz/README.md):
 //   byte 0   settings flags A     byte 1   settings flags B
-//   byte 2-3 hook mask (bit i: hook_order[i])
+//   byte 2-3 hook mask (bit i: hook_order[i]; bit 14 streaming, bit 15 enable_chunking)
 //   byte 4   n = number of control bytes, taken from the end of the input
 //   then     the client byte stream; the last n bytes are the controls (used round-robin):
 //            each step's action (chunk size, receive()/prepare()+commit(), complete a pending hook
@@ -73,8 +73,9 @@ settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
         if ((mask & (1u << i)) != 0) s.hook_mask |= hook_bit(hook_order[i]);
     // Bit 14: every DATA hook's plugin also takes chunks, so the message is streamed.
     s.data_whole_message = (mask & (1u << 14)) == 0;
-    // Bit 15: DSN (RFC 3461) and enhanced status codes (RFC 2034).
-    s.enable_dsn = s.enable_enhanced_status_codes = (mask & (1u << 15)) != 0;
+    // Bit 15: DSN (RFC 3461), enhanced status codes (RFC 2034) and CHUNKING (BDAT; fuzz_bdat
+    // drives BDAT with well-formed conversations).
+    s.enable_dsn = s.enable_enhanced_status_codes = s.enable_chunking = (mask & (1u << 15)) != 0;
     s.data_chunk_size = (b & 0x02) != 0 ? 16 : 64 * 1024;
     // The host registers a command together with its handler: a custom verb always has a chain.
     if (!s.commands.empty()) s.hook_mask |= hook_bit(hook_kind::command);

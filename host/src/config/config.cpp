@@ -58,6 +58,7 @@ constexpr std::string_view server[] = {"hostname",
                                        "data_min_rate",
                                        "spool_threshold",
                                        "received_header",
+                                       "enable_chunking",
                                        "spool_directory",
                                        "tls_handshake_timeout",
                                        "proxy_protocol_timeout",
@@ -585,6 +586,7 @@ void reader::read_server(const item& it, server_settings& s)
         {"enable_dsn", &server_settings::enable_dsn},
         {"enable_enhanced_status_codes", &server_settings::enable_enhanced_status_codes},
         {"received_header", &server_settings::received_header},
+        {"enable_chunking", &server_settings::enable_chunking},
     };
     for (const auto& [name, member] : flags)
         if (const item* f = m.find(name)) s.*member = read_bool(*f);

@@ -284,6 +284,7 @@ namespace {
 constexpr std::uint8_t before_starttls = 1;  // allowed before STARTTLS with require_starttls (RFC 3207 §4)
 constexpr std::uint8_t smtp_only = 2;        // not in LMTP (RFC 2033 §4.1: LHLO instead)
 constexpr std::uint8_t lmtp_only = 4;        // only in LMTP; elsewhere an unknown verb
+constexpr std::uint8_t chunking_only = 8;    // only with enable_chunking; elsewhere an unknown verb
 }  // namespace
 
 struct engine::command_spec {
@@ -304,6 +305,7 @@ std::span<const engine::command_spec> engine::command_table() noexcept
         {"MAIL", 0, &engine::on_mail, "MAIL FROM: <address>", " [SP <mail-parameters>]"},
         {"RCPT", 0, &engine::on_rcpt, "RCPT TO: <address>", " [SP <mail-parameters>]"},
         {"DATA", 0, &engine::on_data, "DATA", ""},
+        {"BDAT", chunking_only, &engine::on_bdat, "BDAT <size> [LAST]", ""},
         {"RSET", 0, &engine::on_rset, "RSET", ""},
         {"NOOP", before_starttls, &engine::on_noop, "NOOP [ignored]", ""},
         {"QUIT", before_starttls, &engine::on_quit, "QUIT", ""},
@@ -328,6 +330,7 @@ bool engine::offered(const command_spec& c) const noexcept
 {
     if ((c.flags & smtp_only) && settings_.lmtp) return false;
     if ((c.flags & lmtp_only) && !settings_.lmtp) return false;
+    if ((c.flags & chunking_only) && !settings_.enable_chunking) return false;
     return c.handle != &engine::on_starttls || settings_.starttls_available;
 }
 
@@ -373,7 +376,7 @@ bool engine::release_buffer(std::size_t keep) noexcept
 {
     // Only between commands: inside DATA the next bytes are due at once and the (large)
     // buffer would be allocated again for each read.
-    if (pos_ != end_ || phase_ == phase::data) return false;
+    if (pos_ != end_ || reading_data() || bdat_open()) return false;
     pos_ = scan_ = end_ = 0;
     if (in_.capacity() > keep) std::string().swap(in_);
     return true;
@@ -396,13 +399,14 @@ void engine::pump()
         if (phase_ == phase::command) progressed = step_command();
         else if (phase_ == phase::data) progressed = step_data();
         else if (phase_ == phase::auth) progressed = step_auth();
+        else if (phase_ == phase::bdat) progressed = step_bdat();
         if (!progressed) break;
     }
     // Everything consumed: the buffer starts over. It keeps its capacity (one buffer per
     // session), unless a large transfer grew it: then an idle session gives it back.
     if (pos_ == end_) {
         pos_ = scan_ = end_ = 0;
-        if (in_.size() > 64 * 1024 && phase_ != phase::data) {
+        if (in_.size() > 64 * 1024 && !reading_data()) {
             in_.clear();
             in_.shrink_to_fit();
         }
@@ -458,8 +462,9 @@ void engine::handle_line(std::string_view line)
     const std::size_t reply_start = out_.size();
     verb_.clear();
     handle_command(line);
-    if (verb_ == "AUTH") return;              // failed AUTHs have a log line of their own
-    if (waiting_) hooked_line_.assign(line);  // the reply comes with hook_done()
+    if (verb_ == "AUTH") return;                                   // failed AUTHs have a log line of their own
+    if (verb_ == "BDAT" && after_bdat(line, reply_start)) return;  // answered after its chunk
+    if (waiting_) hooked_line_.assign(line);                       // the reply comes with hook_done()
     else note_refusal(line, reply_start);
 }
 
@@ -521,6 +526,7 @@ void engine::note_refusal(std::string_view command, std::size_t reply_start)
 void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
 {
     if (connect_rejected_ && verb != "QUIT") return reply(replies::only_quit);
+    if (spec != nullptr && (spec->flags & chunking_only) && !settings_.enable_chunking) spec = nullptr;
     if (spec != nullptr) {
         // RFC 2033 §4.1: LMTP has LHLO instead; aiosmtpd answers HELO and EHLO as unknown
         // without using the unknown-command budget.
@@ -775,6 +781,8 @@ void engine::send_ehlo_lines()
     if (settings_.data_size_limit != 0)
         out_.append("250-SIZE ").append(std::to_string(settings_.data_size_limit)).append(crlf);
     if (!settings_.decode_data) out_.append("250-8BITMIME\r\n");
+    if (settings_.enable_chunking)
+        out_.append(settings_.decode_data ? "250-CHUNKING\r\n" : "250-BINARYMIME\r\n250-CHUNKING\r\n");
     if (settings_.enable_smtputf8) out_.append("250-SMTPUTF8\r\n");
     if (settings_.starttls_available && !tls_active_) out_.append("250-STARTTLS\r\n");
     if (!settings_.auth_require_tls || tls_active_) {
@@ -812,10 +820,12 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params, settings_.enable_dsn))
         return reply(syntax);
     if (!settings_.decode_data) {
-        // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised.
+        // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised; RFC 3030 §3:
+        // BINARYMIME with CHUNKING.
         if (auto body = take_param(params, "BODY"))
-            if (!body->has_value || (body->value != "7BIT" && body->value != "8BITMIME"))
-                return reply(replies::bad_body);
+            if (!body->has_value || (body->value != "7BIT" && body->value != "8BITMIME" &&
+                                     !(settings_.enable_chunking && body->value == "BINARYMIME")))
+                return reply(settings_.enable_chunking ? replies::bad_body_chunking : replies::bad_body);
     }
     const auto utf8 = take_param(params, "SMTPUTF8");
     if (utf8 && utf8->has_value) return reply(replies::smtputf8_no_args);
@@ -862,9 +872,17 @@ void engine::on_data(std::string_view arg, bool)
     // §3.13
     if (need_helo() || need_auth()) return;
     if (envelope_.rcpt_tos.empty()) return reply(replies::need_rcpt);
+    if (bdat_refuses_data()) return;
     if (!arg.empty()) return reply(replies::syntax_data);
     reply(replies::start_data);
     phase_ = phase::data;
+    begin_message();
+}
+
+// A message begins (DATA's 354, or the first BDAT chunk): the reader's state, and the trace
+// field on top.
+void engine::begin_message()
+{
     data_error_ = data_error::none;
     data_bytes_ = 0;
     data_unstuffed_ = 0;

@@ -5,6 +5,7 @@
 // small functions in replies.cpp.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -94,6 +95,15 @@ inline constexpr std::string_view dsn_bad_orcpt = "501 Error: Bad ORCPT paramete
 inline constexpr std::string_view default_reject = "550 5.7.1 Rejected";          // plugin REJECT, no text
 inline constexpr std::string_view default_reject_connect = "554 5.7.1 Rejected";  // CONNECT REJECT, no text
 
+// --- CHUNKING (RFC 3030; not in aiosmtpd, docs/behaviour.md) -----------------------------------
+inline constexpr std::string_view bad_body_chunking = "501 Error: BODY can only be one of 7BIT, 8BITMIME, BINARYMIME";
+// A size that cannot be read: nobody knows where the chunk ends, so the connection closes (Postfix).
+inline constexpr std::string_view bdat_unreadable = "521 5.5.4 Syntax: BDAT <size> [LAST]";
+inline constexpr std::string_view syntax_bdat = "501 5.5.4 Syntax: BDAT <size> [LAST]";  // its chunk is skipped
+inline constexpr std::string_view data_after_bdat = "503 5.5.1 Error: DATA after BDAT";  // RFC 3030 §2
+inline constexpr std::string_view binarymime_needs_bdat = "503 5.5.1 Error: BODY=BINARYMIME requires BDAT";  // §3
+inline constexpr std::string_view bdat_after_error = "503 5.5.1 Error: chunk discarded after an earlier BDAT error";
+
 // --- built from parts ------------------------------------------------------------------------
 std::string greeting(std::string_view hostname, std::string_view ident);  // 220 <host> <ident>
 std::string helo_ok(std::string_view hostname);                           // 250 <host>
@@ -106,5 +116,6 @@ std::string closing(std::string_view hostname);                 // 421 4.7.0 <ho
 std::string too_many_connections(std::string_view hostname);    // 421 4.7.0 <host> Error: too many connections
 std::string shutting_down(std::string_view hostname);           // 421 4.3.2 <host> Service shutting down
 std::string too_many_auth_failures(std::string_view hostname);  // 421 4.7.0 <host> ... authentication
+std::string bdat_chunk_ok(std::uint64_t octets);                // 250 2.0.0 Ok: <n> octets received
 
 }  // namespace asiosmtpd::proto::replies
