@@ -21,6 +21,7 @@
 #include <stdexcept>
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -38,10 +39,17 @@ std::chrono::milliseconds millis(double seconds)
     return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
 }
 
-// `workers` resolved: 0 is one per core.
+// `workers` resolved: 0 is one per core this process may run on (its CPU affinity: taskset,
+// systemd's CPUAffinity=, a container's cpuset), not every core of the machine: two loops that
+// share one CPU only add wake-ups.
 std::size_t resolve_workers(std::uint32_t configured)
 {
-    return configured != 0 ? configured : std::max(1u, std::thread::hardware_concurrency());
+    if (configured != 0) return configured;
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0)
+        return static_cast<std::size_t>(CPU_COUNT(&allowed));
+    return std::max(1u, std::thread::hardware_concurrency());
 }
 
 // A co_spawn completion that never hides an exception (never `detached`).
