@@ -9,7 +9,6 @@
 
 #include "config/config.hpp"
 #include "net/handshake_limits.hpp"
-#include "net/session_socket.hpp"
 #include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
@@ -143,7 +142,7 @@ private:
         tls::session_info info;  ///< set once the handshake succeeded
     };
 
-    session_socket socket_;
+    tcp::socket socket_;
     std::unique_ptr<tls_state> tls_;  ///< over socket_, once TLS started
     std::shared_ptr<const listener_context> ctx_;
     handshake_limits::slot tls_slot_;  ///< held from STARTTLS's admission to its handshake
