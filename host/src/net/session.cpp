@@ -270,12 +270,13 @@ asio::awaitable<void> session::run()
         } else {
             // Between commands (nothing buffered) the session holds only a small buffer, kept
             // from one command to the next: an idle session costs little memory, a command no
-            // allocation. After a read that emptied the socket the next one waits for epoll
-            // without a recv() that would answer EAGAIN (session_socket.hpp); every read goes
+            // allocation. Asio tries the read at once (EAGAIN when the client has not sent
+            // yet; a short read does not prove the socket empty: a FIN that came with the last
+            // bytes raises no further epoll edge, bench/README.md), and every read goes
             // through the event loop, so a fast sender cannot starve the others.
             const bool idle = engine_.release_buffer(idle_read);
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
-            std::tie(ec, n) = co_await socket_.async_read_some_drained(asio::buffer(room.data(), room.size()), nothrow);
+            std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
             if (!ec && !idle)
                 read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
         }
