@@ -486,8 +486,11 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         if args.baseline_build:
             base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd"
             if base_bin.exists():
-                peers.append(Peer("asiosmtpd-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg), "@PORT@"],
-                                  f"{base_bin}, workers: {args.workers}, sink plugin via the ABI (--baseline-build)"))
+                bw = args.baseline_workers if args.baseline_workers is not None else args.workers
+                cfg_b = OUT / "asiosmtpd-base.yaml"
+                cfg_b.write_text(template.replace("@WORKERS@", str(bw)).replace("@PLUGINS@", str(plugins)))
+                peers.append(Peer("asiosmtpd-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg_b), "@PORT@"],
+                                  f"{base_bin}, workers: {bw}, sink plugin via the ABI (--baseline-build)"))
             else:
                 skipped.append(f"asiosmtpd-base: {base_bin} missing")
         # --also-workers: the same server with other worker counts, measured in the same rounds.
@@ -1172,6 +1175,7 @@ def main() -> int:
                     " asiosmtpd-wN beside asiosmtpd (e.g. 2,0)")
     ap.add_argument("--baseline-build", help="another asiosmtpd build folder (bin/asiosmtpd), measured as the extra"
                     " peer asiosmtpd-base with the same config and plugins (before/after a change, in the same rounds)")
+    ap.add_argument("--baseline-workers", type=int, help="workers of asiosmtpd-base (default: --workers)")
     ap.add_argument("--client-procs", type=int, default=2, help="parallel smtp-source processes for c>=10 (default 2)")
     ap.add_argument("--server-cpus", help="taskset list for servers (default: CPU 0 when there are >= 2 CPUs)")
     ap.add_argument("--client-cpus", help="taskset list for clients (default: the other CPUs)")

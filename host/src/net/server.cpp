@@ -42,14 +42,27 @@ std::chrono::milliseconds millis(double seconds)
 // `workers` resolved: 0 is one per core this process may run on (its CPU affinity: taskset,
 // systemd's CPUAffinity=, a container's cpuset), not every core of the machine: two loops that
 // share one CPU only add wake-ups.
-std::size_t resolve_workers(std::uint32_t configured)
+std::size_t usable_cpus()
 {
-    if (configured != 0) return configured;
     cpu_set_t allowed;
     CPU_ZERO(&allowed);
     if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0)
         return static_cast<std::size_t>(CPU_COUNT(&allowed));
     return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::size_t resolve_workers(std::uint32_t configured) { return configured != 0 ? configured : usable_cpus(); }
+
+// More loops than CPUs work, but each loop sleeps and wakes on its own: at low concurrency that
+// costs CPU per message (bench/README.md, "Event loops").
+void note_oversubscribed(std::size_t workers)
+{
+    const std::size_t cpus = usable_cpus();
+    if (workers > 1 && workers > cpus)
+        log::info(
+            "event=workers_oversubscribed workers={} cpus={} reason=\"more event loops than CPUs this process may "
+            "run on: loops share CPUs and wake separately\"",
+            workers, cpus);
 }
 
 // A co_spawn completion that never hides an exception (never `detached`).
@@ -483,6 +496,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     max_connections_ = next.server.max_connections;
     const std::size_t workers_before = workers_;
     set_workers(resolve_workers(next.server.workers));
+    if (workers_ != workers_before) note_oversubscribed(workers_);
     tls_handshakes_->set_limits(next.server.max_tls_handshakes, next.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
     apply_log_format(next);
@@ -581,6 +595,7 @@ void server::run()
 {
     // Memory a burst of connections freed goes back to the system (not on an event-loop thread).
     const memory_trimmer trimmer([this] { return registry_.size(); });
+    note_oversubscribed(workers_);
     running_ = true;  // before the loops start: from here on only the home loop touches loops_
     for (const auto& l : loops_)
         if (!l->retired) start_loop(*l);
