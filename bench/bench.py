@@ -509,6 +509,23 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         # The port is per run: the config names @PORT@, written just before each start.
         peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
                           f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter")))
+        # --baseline-build: another build of asiosmtpd (e.g. the commit before a change), same config.
+        if args.baseline_build:
+            base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd"
+            if base_bin.exists():
+                bw = args.baseline_workers if args.baseline_workers is not None else args.workers
+                cfg_b = OUT / "asiosmtpd-base.yaml"
+                cfg_b.write_text(template.replace("@WORKERS@", str(bw)).replace("@PLUGINS@", str(plugins)))
+                peers.append(Peer("asiosmtpd-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg_b), "@PORT@"],
+                                  f"{base_bin}, workers: {bw}, sink plugin via the ABI (--baseline-build)"))
+            else:
+                skipped.append(f"asiosmtpd-base: {base_bin} missing")
+        # --also-workers: the same server with other worker counts, measured in the same rounds.
+        for n in [int(x) for x in args.also_workers.split(",") if x.strip()] if args.also_workers else []:
+            cfg_n = OUT / f"asiosmtpd-w{n}.yaml"
+            cfg_n.write_text(template.replace("@WORKERS@", str(n)).replace("@PLUGINS@", str(plugins)))
+            peers.append(Peer(f"asiosmtpd-w{n}", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg_n), "@PORT@"],
+                              f"{binary}, workers: {n}{' (one per core)' if n == 0 else ''}, sink plugin via the ABI"))
     else:
         skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
 
@@ -1196,6 +1213,11 @@ def main() -> int:
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
                     " (default build/release; bench/run builds it)")
     ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")
+    ap.add_argument("--also-workers", help="comma-separated worker counts (0: one per core) measured as extra peers"
+                    " asiosmtpd-wN beside asiosmtpd (e.g. 2,0)")
+    ap.add_argument("--baseline-build", help="another asiosmtpd build folder (bin/asiosmtpd), measured as the extra"
+                    " peer asiosmtpd-base with the same config and plugins (before/after a change, in the same rounds)")
+    ap.add_argument("--baseline-workers", type=int, help="workers of asiosmtpd-base (default: --workers)")
     ap.add_argument("--client-procs", type=int, default=2, help="parallel smtp-source processes for c>=10 (default 2)")
     ap.add_argument("--server-cpus", help="taskset list for servers (default: CPU 0 when there are >= 2 CPUs)")
     ap.add_argument("--client-cpus", help="taskset list for clients (default: the other CPUs)")

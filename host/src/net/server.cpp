@@ -20,6 +20,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -35,6 +37,32 @@ namespace {
 std::chrono::milliseconds millis(double seconds)
 {
     return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
+}
+
+// `workers` resolved: 0 is one per core this process may run on (its CPU affinity: taskset,
+// systemd's CPUAffinity=, a container's cpuset), not every core of the machine: two loops that
+// share one CPU only add wake-ups.
+std::size_t usable_cpus()
+{
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0)
+        return static_cast<std::size_t>(CPU_COUNT(&allowed));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::size_t resolve_workers(std::uint32_t configured) { return configured != 0 ? configured : usable_cpus(); }
+
+// More loops than CPUs work, but each loop sleeps and wakes on its own: at low concurrency that
+// costs CPU per message (bench/README.md, "Event loops").
+void note_oversubscribed(std::size_t workers)
+{
+    const std::size_t cpus = usable_cpus();
+    if (workers > 1 && workers > cpus)
+        log::info(
+            "event=workers_oversubscribed workers={} cpus={} reason=\"more event loops than CPUs this process may "
+            "run on: loops share CPUs and wake separately\"",
+            workers, cpus);
 }
 
 // A co_spawn completion that never hides an exception (never `detached`).
@@ -194,11 +222,10 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
 server::server(config::settings s, std::shared_ptr<const plugin::generation> plugins,
                std::shared_ptr<asio::ssl::context> tls_context)
     : config_(std::move(s)),
-      workers_(config_.server.workers != 0 ? config_.server.workers
-                                           : std::max(1u, std::thread::hardware_concurrency())),
-      ioc_(static_cast<int>(std::min<std::size_t>(workers_, 1024))),  // 1: Asio skips cross-thread wake-ups
+      workers_(1),
       grace_timer_(ioc_)
 {
+    set_workers(resolve_workers(config_.server.workers));      // the threads start in run()
     if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
     max_connections_ = config_.server.max_connections;
     tls_handshakes_->set_limits(config_.server.max_tls_handshakes, config_.server.max_tls_handshakes_per_client);
@@ -215,7 +242,83 @@ server::~server()
 {
     stop_control_thread();
     ioc_.stop();
+    for (const auto& l : loops_) {
+        l->ioc.stop();
+        if (l->thread.joinable()) l->thread.join();
+    }
     if (reload_thread_.joinable()) reload_thread_.join();
+}
+
+// --------------------------------------------------------------------------------------------
+// Event loops: one io_context per thread, sessions on one loop for life.
+// --------------------------------------------------------------------------------------------
+
+void server::start_loop(loop& l)
+{
+    l.finished = false;
+    l.thread = std::thread([&l] {
+        // "smtp-loop-N" in top -H and /proc/PID/task/*/comm (15 characters at most).
+        const std::string name = fmt::format("smtp-loop-{}", l.number);
+        (void)pthread_setname_np(pthread_self(), name.c_str());
+        l.ioc.run();
+        l.finished = true;
+    });
+}
+
+// With one worker the home loop serves the sessions itself (what workers: 1 always was: one
+// thread, no hand-off). With N >= 2, N worker loops do and home keeps to the listeners, the
+// metrics, reloads and the stop, so that a plugin hook that holds its thread holds one worker
+// loop's sessions only, never the accepting of new ones nor a graceful stop. Shrinking retires
+// the last loops: they take no new session, their open sessions finish there (nothing is
+// moved or cut), and their thread ends with the last of them. Growing first revives retired
+// loops whose thread has ended.
+void server::set_workers(std::size_t n)
+{
+    const std::size_t want = n >= 2 ? n : 0;  // worker loops
+    std::size_t active = 0;
+    for (const auto& l : loops_)
+        if (!l->retired) ++active;
+    for (auto it = loops_.rbegin(); it != loops_.rend() && active > want; ++it) {
+        loop& l = **it;
+        if (l.retired) continue;
+        l.retired = true;
+        l.keep.reset();  // its run() returns once its last session ended
+        --active;
+    }
+    for (const auto& l : loops_) {
+        if (active == want) break;
+        if (!l->retired || !(l->finished || !l->thread.joinable())) continue;
+        if (l->thread.joinable()) l->thread.join();
+        l->ioc.restart();
+        l->keep.emplace(l->ioc.get_executor());
+        l->retired = false;
+        if (running_) start_loop(*l);
+        ++active;
+    }
+    while (active < want) {
+        auto l = std::make_unique<loop>();
+        l->number = loops_.size() + 1;
+        l->keep.emplace(l->ioc.get_executor());
+        if (running_) start_loop(*l);
+        loops_.push_back(std::move(l));
+        ++active;
+    }
+    workers_ = n;
+}
+
+server::loop& server::pick_loop()
+{
+    loop* best = nullptr;
+    std::size_t fewest = 0;
+    for (const auto& l : loops_) {
+        if (l->retired) continue;
+        const std::size_t have = l->sessions.load(std::memory_order_relaxed);
+        if (best == nullptr || have < fewest) {
+            best = l.get();
+            fewest = have;
+        }
+    }
+    return best != nullptr ? *best : home_;
 }
 
 void server::open(listener_slot& slot)
@@ -394,6 +497,9 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     }
     listeners_ = std::move(kept);
     max_connections_ = next.server.max_connections;
+    const std::size_t workers_before = workers_;
+    set_workers(resolve_workers(next.server.workers));
+    if (workers_ != workers_before) note_oversubscribed(workers_);
     tls_handshakes_->set_limits(next.server.max_tls_handshakes, next.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(next.server.shutdown_grace).count();
     apply_log_format(next);
@@ -401,12 +507,13 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     ++generation_;
     metrics::get().reloads_ok.fetch_add(1, std::memory_order_relaxed);
     notify_systemd("READY=1\nSTATUS=serving");
-    log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={}",
-              generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size());
+    log::info("event=reload result=ok generation={} plugins={} listeners={} opened={} closed={} sessions_open={} "
+              "workers={}{}",
+              generation_, plugins->instances.size(), listeners_.size(), opened, closed, registry_.size(), workers_,
+              workers_ == workers_before ? std::string() : fmt::format(" workers_before={}", workers_before));
 }
 
-// Keys a running process cannot take from a reload: its event-loop threads, the user it
-// switched to, the metrics listener and the log level are set up once, at start. A reload that
+// Keys a running process cannot take from a reload: the user it switched to, the metrics listener and the log level are set up once, at start. A reload that
 // changes them still applies everything else; each such key gets a warn line, so that an
 // operator does not believe it took effect. The values the process started with are kept.
 void server::warn_restart_only(const config::settings& next) const
@@ -417,10 +524,6 @@ void server::warn_restart_only(const config::settings& next) const
     };
     const config::server_settings& was = config_.server;
     const config::server_settings& now = next.server;
-    if (now.workers != was.workers) {
-        const auto show = [](std::uint32_t w) { return w == 0 ? std::string("0 (one per core)") : std::to_string(w); };
-        warn("server.workers", show(was.workers), show(now.workers));
-    }
     const auto who = [](const std::optional<config::run_as>& u) {
         return u ? u->user + (u->group_given ? ":" + u->group : std::string()) : std::string("(not set)");
     };
@@ -495,12 +598,14 @@ void server::run()
 {
     // Memory a burst of connections freed goes back to the system (not on an event-loop thread).
     const memory_trimmer trimmer([this] { return registry_.size(); });
-    const std::size_t n = workers_;
-    std::vector<std::thread> threads;
-    threads.reserve(n - 1);
-    for (std::size_t i = 1; i < n; ++i) threads.emplace_back([this] { ioc_.run(); });
+    note_oversubscribed(workers_);
+    running_ = true;  // before the loops start: from here on only the home loop touches loops_
+    for (const auto& l : loops_)
+        if (!l->retired) start_loop(*l);
     ioc_.run();
-    for (auto& t : threads) t.join();
+    // Stopped: every worker loop was released by begin_stop() and ends with its last session.
+    for (const auto& l : loops_)
+        if (l->thread.joinable()) l->thread.join();
     stop_control_thread();  // drained in time: no forced exit, no thread left behind
 }
 
@@ -520,6 +625,8 @@ void server::begin_stop()
         if (slot->acceptor) slot->acceptor->close(ignored);
     }
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
+    // The worker loops end once their sessions have.
+    for (const auto& l : loops_) l->keep.reset();
     // Sessions finish what they are doing; idle ones say 421 and close at once.
     registry_.request_stop_all();
     grace_timer_.expires_after(std::chrono::milliseconds(shutdown_grace_ms_.load()));
@@ -531,16 +638,33 @@ void server::begin_stop()
     registry_.when_empty([this] { asio::post(ioc_, [this] { grace_timer_.cancel(); }); });
 }
 
+// On the home loop. The accepted socket is registered with its session's loop at once (Asio
+// accepts into another io_context's reactor): the hand-off costs one post to that loop.
 asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 {
     tcp::acceptor& acceptor = *slot->acceptor;
     for (;;) {
-        // One thread runs every handler: no strand needed (nor its locking and extra dispatch).
-        const asio::any_io_executor session_ex =
-            workers_ == 1 ? asio::any_io_executor(ioc_.get_executor()) : asio::any_io_executor(asio::make_strand(ioc_));
-        auto [ec, socket] = co_await acceptor.async_accept(session_ex, nothrow);
+        loop* target = &pick_loop();
+        auto [ec, socket] = co_await acceptor.async_accept(asio::any_io_executor(target->ioc.get_executor()), nothrow);
         // The listener's current settings and plugins (a reload may have replaced them).
         const std::shared_ptr<const listener_context> ctx = slot->ctx.load();
+        if (!ec && (stopping_ || slot->closed)) {
+            boost::system::error_code ignored;
+            socket.close(ignored);  // accepted as the stop began: the client sees the close
+            co_return;
+        }
+        if (!ec && target->retired) {
+            // A reload retired the loop while the accept waited: the socket goes to another.
+            loop& other = pick_loop();
+            const auto protocol = socket.local_endpoint(ec).protocol();
+            const int fd = ec ? -1 : socket.release(ec);
+            tcp::socket moved(other.ioc);
+            if (!ec) moved.assign(protocol, fd, ec);
+            if (!ec) {
+                socket = std::move(moved);
+                target = &other;
+            }
+        }
         if (ec) {
             if (ec == asio::error::operation_aborted || stopping_ || slot->closed) co_return;
             // EMFILE and friends: say so and go on; the backlog holds the clients meanwhile.
@@ -555,14 +679,22 @@ asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
                            log_failure("refuse"));
             continue;
         }
-        const auto ex = socket.get_executor();
-        auto s = std::make_shared<session>(std::move(socket), ctx, registry_);
-        registry_.add(s);
-        asio::co_spawn(ex, s->run(), [this, s](std::exception_ptr e) {
-            log_failure("session")(e);
-            registry_.remove(s.get());
-        });
+        start_session(std::move(socket), ctx, *target);
     }
+}
+
+// On the home loop; the session runs on `l` (its socket's) from here on.
+void server::start_session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, loop& l)
+{
+    const auto ex = socket.get_executor();
+    auto s = std::make_shared<session>(std::move(socket), std::move(ctx), registry_);
+    registry_.add(s);
+    l.sessions.fetch_add(1, std::memory_order_relaxed);
+    asio::co_spawn(ex, s->run(), [this, s, &l](std::exception_ptr e) {
+        log_failure("session")(e);
+        l.sessions.fetch_sub(1, std::memory_order_relaxed);
+        registry_.remove(s.get());
+    });
 }
 
 asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-// server: the listeners of one configuration, the registry of live sessions, the worker
-// threads, and graceful shutdown (stop accepting, let sessions finish within shutdown_grace,
-// then close them with 421; with handle_signals(), end the process if that does not finish
-// within shutdown_grace + shutdown_forced_margin).
+// server: the listeners of one configuration, the registry of live sessions, the event loops
+// (one io_context per thread; a session lives on one loop for life), and graceful shutdown
+// (stop accepting, let sessions finish within shutdown_grace, then close them with 421; with
+// handle_signals(), end the process if that does not finish within shutdown_grace +
+// shutdown_forced_margin).
 #pragma once
 
 #include "config/config.hpp"
 #include "net/session.hpp"
 #include "plugin/loader.hpp"
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
@@ -19,6 +21,7 @@
 #include <string_view>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -87,17 +90,34 @@ public:
     /// SIGTERM/SIGINT. Without this call (embedding, controller.hpp) no signal is handled and
     /// the process is never ended.
     void handle_signals();
-    /// Serve on `workers` threads (this one included) until stopped and drained; then stop
-    /// and join the control thread of handle_signals().
+    /// Serve until stopped and drained; then stop and join the control thread of
+    /// handle_signals(). This thread runs the home loop (listeners, metrics, reload, stop);
+    /// with workers: 1 it runs the sessions too, with more each worker is a thread of its own.
     void run();
     /// Begin a graceful stop; thread-safe, idempotent.
     void stop();
     /// Re-read the config file and load its plugins as a new generation (on a control
     /// thread); new sessions use it, open ones finish on theirs. A config that fails is refused
-    /// with a log line and the running one goes on. Call on the io_context (SIGHUP does).
+    /// with a log line and the running one goes on. Call on the home loop (SIGHUP does).
     void reload();
 
 private:
+    /// One event loop: an io_context that one thread runs. Every session stays on the loop it
+    /// was given at accept for its whole life (its socket, timers, coroutine and the posts
+    /// that wake it), so no strand is needed. The home loop (ioc_) runs the listeners, metrics,
+    /// reload and stop; with workers: 1 it is the only loop and runs the sessions too, with N
+    /// >= 2 the sessions go to N worker loops (loops_) and home runs no plugin code.
+    struct loop {
+        asio::io_context ioc{1};  // one thread: Asio skips the cross-thread wake-ups
+        /// Keeps a worker loop's run() going while it has no session; reset to retire it.
+        std::optional<asio::executor_work_guard<asio::io_context::executor_type>> keep;
+        std::thread thread;                    // worker loops only
+        std::atomic<std::size_t> sessions{0};  // live sessions on this loop
+        std::atomic<bool> finished{false};     // the thread's run() returned
+        bool retired = false;                  // on the home loop only: takes no new session
+        std::size_t number = 0;                // 1.. for worker loops (thread names, logs)
+    };
+
     /// One listener: its acceptor and the context new sessions get (replaced by reloads).
     struct listener_slot {
         config::listener spec;
@@ -115,14 +135,25 @@ private:
     asio::awaitable<void> accept_loop(std::shared_ptr<listener_slot> slot);
     asio::awaitable<void> refuse(tcp::socket socket, std::string reply);
     void begin_stop();
+    /// Where the next session goes: the worker loop with the fewest sessions, home without any.
+    loop& pick_loop();
+    void start_session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, loop& l);
+    /// Grow or shrink to `n` worker loops (1: none, home serves). On the home loop.
+    void set_workers(std::size_t n);
+    void start_loop(loop& l);
     void wait_for_signal();
     void arm_stop_deadline();
     void warn_restart_only(const config::settings& next) const;
     void stop_control_thread();
 
-    config::settings config_;  // as started (workers, the file to reload)
-    std::size_t workers_;      // event-loop threads (config's workers, 0 resolved)
-    asio::io_context ioc_;
+    config::settings config_;  // as started (the file to reload, restart-only keys)
+    std::size_t workers_;      // session loops (config's workers, 0 resolved); on the home loop
+    // Before every member that holds a session or an Asio object of a loop (destroyed after).
+    registry registry_;
+    loop home_;
+    asio::io_context& ioc_ = home_.ioc;                      // the home loop's
+    std::vector<std::unique_ptr<loop>> loops_;               // worker loops, retired ones included; on the home loop
+    bool running_ = false;                                   // run() started the loops; on the home loop
     std::vector<std::shared_ptr<listener_slot>> listeners_;  // on the io_context only (after bind)
     std::atomic<std::uint32_t> max_connections_{0};
     // TLS handshakes in progress, shared by every TLS listener's sessions; limits from the config.
@@ -132,7 +163,6 @@ private:
     std::thread reload_thread_;
     std::uint64_t generation_ = 1;
     std::unique_ptr<tcp::acceptor> metrics_acceptor_;
-    registry registry_;
     asio::steady_timer grace_timer_;
     bool stopping_ = false;  // on the io_context only
     // handle_signals(): signals and the stop deadline live on their own io_context and thread,

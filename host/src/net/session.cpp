@@ -270,9 +270,10 @@ asio::awaitable<void> session::run()
         } else {
             // Between commands (nothing buffered) the session holds only a small buffer, kept
             // from one command to the next: an idle session costs little memory, a command no
-            // allocation. Asio tries the read at once (EAGAIN when the client
-            // has not sent yet: cheaper than re-arming epoll for a readiness wait), and every
-            // read goes through the event loop, so a fast sender cannot starve the others.
+            // allocation. Asio tries the read at once (EAGAIN when the client has not sent
+            // yet; a short read does not prove the socket empty: a FIN that came with the last
+            // bytes raises no further epoll edge, bench/README.md), and every read goes
+            // through the event loop, so a fast sender cannot starve the others.
             const bool idle = engine_.release_buffer(idle_read);
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
             std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
@@ -340,6 +341,12 @@ void session::log_refusals()
 // The null sender is "from=<>"; recipients are "to=<a>,<b>" (each escaped).
 void session::log_transaction(const proto::transaction_summary& t)
 {
+    metrics::get().message(t.code, t.size);
+    if (!log::enabled(log::level::info)) {  // the line's arguments cost more than the rest of it
+        decided_by_ = {};
+        data_started_ = {};
+        return;
+    }
     const auto ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - data_started_).count();
     const std::string_view from = t.mail_from == "<>" ? std::string_view() : std::string_view(t.mail_from);
@@ -354,7 +361,6 @@ void session::log_transaction(const proto::transaction_summary& t)
         to.empty() ? std::string("-") : to, t.rcpts, t.size, t.code,
         decided_by_.empty() ? std::string_view("default") : decided_by_,
         data_started_ == std::chrono::steady_clock::time_point{} ? 0 : ms);
-    metrics::get().message(t.code, t.size);
     decided_by_ = {};
     data_started_ = {};
 }

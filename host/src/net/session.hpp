@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// session: one client connection. A coroutine on its own strand feeds the socket's bytes to
+// session: one client connection. A coroutine on one event loop (its socket's io_context, run
+// by one thread, for the session's whole life: no strand) feeds the socket's bytes to
 // the engine, writes the engine's replies (a pipelined batch in one write), and runs plugin
 // hook chains when the engine asks, awaiting PENDING hooks without blocking the thread.
 // A watchdog coroutine owns the idle deadline and may only cancel the socket; the session loop
@@ -19,7 +20,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
@@ -32,7 +32,6 @@ namespace asiosmtpd::net {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-using strand = asio::strand<asio::any_io_executor>;
 
 class registry;
 
@@ -64,7 +63,7 @@ public:
     session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner);
     ~session() override;
 
-    /// The session's whole life; co_spawn it on the socket's strand.
+    /// The session's whole life; co_spawn it on the socket's executor (its loop).
     asio::awaitable<void> run();
 
     /// Shutdown: end at the next command boundary (now if idle); thread-safe.
