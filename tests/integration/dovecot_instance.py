@@ -112,7 +112,9 @@ class DovecotInstance:
                                  uid=self.uid, gid=self.gid, maildir=self.maildir, port=self.port,
                                  lmtp_procs=lmtp_procs, extra=extra, extra_lmtp=extra_lmtp)
 
-    def start(self, timeout=15.0):
+    def prepare(self):
+        """Writes the config and makes the folders; argv() then runs the instance (the bench
+        starts it itself, as its other servers)."""
         os.makedirs(self.dir, exist_ok=True)
         for sub in ("run", "state", "home", "Maildir", "Maildir/new", "Maildir/cur", "Maildir/tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
@@ -129,11 +131,17 @@ class DovecotInstance:
                 os.chown(os.path.join(self.dir, sub), self.uid, self.gid)
         with open(self.config, "w") as f:
             f.write(self.text)
+
+    def argv(self):
+        # -F: in the foreground, so that the process we hold is the master.
+        return [DOVECOT, "-F", "-c", self.config]
+
+    def start(self, timeout=15.0):
+        self.prepare()
         logf = open(os.path.join(self.dir, "dovecot.stderr"), "ab")
         try:
-            # -F: in the foreground, so that the process we hold is the master; its own process
-            # group, so that stop() reaches every child it forked.
-            self.process = subprocess.Popen([DOVECOT, "-F", "-c", self.config], stdin=subprocess.DEVNULL,
+            # Its own process group, so that stop() reaches every child it forked.
+            self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
                                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             logf.close()
@@ -196,6 +204,18 @@ class DovecotInstance:
             except FileNotFoundError:
                 pass
         return out
+
+    def wait_log(self, text, count=1, timeout=10.0):
+        """Waits until text occurs count times in the log (written by Dovecot's log process,
+        after the delivery it tells of); returns the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} x {text!r} not in Dovecot's log within {timeout} s:\n{log[-3000:]}")
+            time.sleep(0.05)
 
     def messages(self):
         """The delivered files (bytes), oldest name first."""

@@ -46,8 +46,7 @@ class DovecotLmtpTest(ServerTestCase):
             self.assertIn(b"with LMTP", headers)
             self.assertIn(b"X-Peer: 127.0.0.1", headers)  # the proxy's header, before Dovecot's store
             self.assertEqual(body.replace(b"\r\n", b"\n"), b"first line\n.leading dot\n\nlast line\n")
-        log = self.dc.log()
-        self.assertEqual(log.count("saved mail to INBOX"), 3, log[-2000:])
+        log = self.dc.wait_log("saved mail to INBOX", 3)
         for rcpt in ("bob@example.net", "carol@example.net", "dave@example.net"):
             self.assertIn(f"lmtp({rcpt})", log)
 
