@@ -2,9 +2,10 @@
 // maildir: delivers each message into a Maildir as aiosmtpd's Mailbox handler does (X-Peer,
 // X-MailFrom and X-RcptTo appended to the headers, "\n" line ends), durably: the file is
 // written to tmp/ under a unique name (time, pid, counter, host), fsync'd, renamed into new/,
-// and new/ is fsync'd; only then does the client get 250. Any error answers 451 and leaves
-// nothing in new/. Hooks never block: they copy what they need and suspend; the blocking I/O
-// runs on the plugin's worker threads, which complete the hook.
+// and new/ is fsync'd (one fsync for every message renamed meanwhile: group_sync.hpp); only
+// then does the client get 250. Any error answers 451 and leaves nothing in new/. Hooks never
+// block: they copy what they need and suspend; the blocking I/O runs on the plugin's worker
+// threads, which complete the hook.
 //
 // Streaming (ABI 1.2): the message is taken in DATA_CHUNK pieces and written to tmp/ as it
 // arrives, so a session holds about one piece, not the message. The first piece creates the
