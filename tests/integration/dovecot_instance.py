@@ -15,6 +15,7 @@ fsync'd before the LMTP reply). As root, mail is written as the user `nobody` (D
 uid 0 for mail), and the Maildir belongs to it; otherwise as the user running the test.
 """
 
+import grp
 import os
 import pwd
 import signal
@@ -106,8 +107,10 @@ class DovecotInstance:
         else:
             self.uid, self.gid = os.getuid(), os.getgid()
             me = pwd.getpwuid(self.uid).pw_name
-            # Not root: every Dovecot process runs as us.
-            users = f"default_internal_user = {me}\ndefault_login_user = {me}\n"
+            group = grp.getgrgid(self.gid).gr_name
+            # Not root: every Dovecot process runs as us, its sockets in our group.
+            users = (f"default_internal_user = {me}\ndefault_login_user = {me}\n"
+                     f"default_internal_group = {group}\n")
         self.text = _CONF.format(instance=f"asiosmtpd-test-{os.getpid()}-{self.port}", dir=self.dir, users=users,
                                  uid=self.uid, gid=self.gid, maildir=self.maildir, port=self.port,
                                  lmtp_procs=lmtp_procs, extra=extra, extra_lmtp=extra_lmtp)
