@@ -1166,7 +1166,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     w("as % of all CPUs; above ~10 % the figures are disturbed: rerun on a quiet machine.")
     if durable_peers_:
         w("durable tables: both peers write each message to a Maildir on the same disk and fsync it and new/ before")
-        w("answering; CPU us/msg is the server's (Dovecot: all its processes), not the kernel's writeback threads."))
+        w("answering; CPU us/msg is the server's (Dovecot: all its processes), not the kernel's writeback threads.")
     if milter_peers_:
         w("milter tables: server us/msg is the MTA's CPU (Postfix: all its processes), milter us/msg the no-op")
         w("milter's, total both; the ratios are to asiosmtpd with the sink plugin alone in the same run.")
