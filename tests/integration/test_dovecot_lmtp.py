@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Real Dovecot behind asiosmtpd (a private instance per test, see dovecot_instance.py): the proxy
-plugin with `protocol: lmtp` relays into Dovecot's LMTP server (LHLO, one reply per recipient
-after the dot), and the message lands in Dovecot's Maildir; a recipient Dovecot defers after the
-dot makes the message 451 (never a 250 for a message not delivered to everyone)."""
+"""The proxy plugin with `protocol: lmtp` (LHLO, one reply per recipient after the dot). Into real
+Dovecot (a private instance per test, see dovecot_instance.py): the message lands in Dovecot's
+Maildir; a deferral after the dot makes the message 451 (never a 250 for a message not delivered
+to everyone). Into asiosmtpd's own LMTP listener with the lmtp_split fixture, for the mixed
+per-recipient answers: delivered + refused is 250 listing the refusal, any deferral 451, all
+refused their 5xx."""
 import os
 import smtplib
 import tempfile
@@ -77,6 +79,58 @@ class DovecotLmtpTest(ServerTestCase):
             code, text = c.mail("alice@example.org")
         self.assertEqual(code, 451, text)
         self.assertIn(b"Upstream unavailable", text)
+
+
+LMTP_SPLIT = harness.fixture_plugin("lmtp_split")
+
+
+@unittest.skipUnless(os.path.exists(LMTP_SPLIT), f"{LMTP_SPLIT} is not built")
+class LmtpUpstreamRepliesTest(ServerTestCase):
+    """Recipients starting with "bad" are refused (550) after the dot by the upstream, "later" ones
+    deferred (452), the rest delivered (tests/fixtures/plugins/lmtp_split.cpp)."""
+
+    def setUp(self):
+        self.upstream = self.start_server(server_config(
+            plugins=[{"path": LMTP_SPLIT, "config": {}}], listen=[{"address": HOST, "port": 0, "protocol": "lmtp"}]))
+        self.relay = self.start_server(server_config(plugins=[{"name": "proxy", "config": {
+            "host": "127.0.0.1", "port": self.upstream.port, "protocol": "lmtp", "timeout": 10,
+            "helo": "relay.test"}}]))
+
+    def send(self, rcpts):
+        with smtplib.SMTP(HOST, self.relay.port, timeout=20) as c:
+            c.ehlo("client.test")
+            c.mail("alice@example.org")
+            for r in rcpts:
+                self.assertEqual(c.rcpt(r)[0], 250)
+            return c.data(MESSAGE)
+
+    def test_all_delivered(self):
+        code, text = self.send(["one@x.example", "two@x.example"])
+        self.assertEqual(code, 250, text)
+        self.assertNotIn(b"refused", text)
+
+    def test_delivered_and_refused_is_250_listing_the_refusal(self):
+        code, text = self.send(["one@x.example", "bad@x.example"])
+        self.assertEqual(code, 250, text)
+        self.assertIn(b"refused <bad@x.example>: 550 5.1.1 <bad@x.example> no such user", text)
+        self.relay.wait_output(lambda e: "refused <bad@x.example>: 550" in e, which="stderr")
+
+    def test_a_deferral_makes_the_message_451(self):
+        code, text = self.send(["one@x.example", "later@x.example", "bad@x.example"])
+        self.assertEqual(code, 451, text)
+        self.assertIn(b"refused <later@x.example>: 452", text)
+        self.assertIn(b"refused <bad@x.example>: 550", text)
+
+    def test_an_unknown_protocol_is_a_config_error(self):
+        p = harness.run_binary(["--check-config"], server_config(plugins=[{"name": "proxy", "config": {
+            "host": "127.0.0.1", "port": 25, "protocol": "lmpt"}}]))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('protocol: must be smtp or lmtp, not "lmpt"', p.stderr)
+
+    def test_all_refused_is_their_5xx(self):
+        code, text = self.send(["bad1@x.example", "bad2@x.example"])
+        self.assertEqual(code, 550, text)
+        self.assertIn(b"Upstream accepted no recipient", text)
 
 
 if __name__ == "__main__":
