@@ -417,6 +417,82 @@ def milter_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[st
     return peers, skipped
 
 
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+import dovecot_instance  # noqa: E402  (the private Dovecot of the tests, shared with them)
+
+
+def durable_dir(args) -> Path:
+    """Where both durable peers keep their Maildir: a real disk (the checkout's by default), not tmpfs."""
+    return Path(args.durable_dir).resolve() if args.durable_dir else OUT / "durable"
+
+
+def filesystem_of(path: Path) -> str:
+    """The filesystem holding path, as "ext4 on /dev/vda (mounted on /)" (/proc/self/mounts)."""
+    best = ("", "?", "?")
+    try:
+        real = os.path.realpath(path)
+        for line in open("/proc/self/mounts"):
+            dev, mnt, fstype = line.split()[:3]
+            mnt = mnt.replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                best = (mnt, dev, fstype)
+    except OSError:
+        pass
+    return f"{best[2]} on {best[1]} (mounted on {best[0] or '?'})"
+
+
+def durable_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]:
+    """The durable-delivery scenarios' peers, both behind LMTP (smtp-source -L) and both writing a
+    Maildir with fsync in the same folder of a real disk: asiosmtpd's LMTP listener with the
+    maildir plugin, and Dovecot's LMTP server (a private instance, mail_fsync at its default)."""
+    peers: list[Peer] = []
+    skipped: list[str] = []
+    base = durable_dir(args)
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    RUN_DIRS.append(base)
+    fs = filesystem_of(base)
+    if fs.startswith("tmpfs") or fs.startswith("ramfs"):
+        log(f"WARNING: {base} is on {fs}: fsync costs nothing there; use --durable-dir on a real disk")
+    if binary.exists() and (plugins / "maildir.so").exists():
+        cfg = OUT / "asiosmtpd-maildir.yaml"
+        template = (BENCH / "conf" / "asiosmtpd-maildir.yaml").read_text()
+        cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins))
+                       .replace("@MAILDIR@", str(base / "asiosmtpd" / "Maildir"))
+                       .replace("@MAILDIR_WORKERS@", str(args.maildir_workers)))
+        peers.append(Peer("asiosmtpd+maildir",
+                          [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
+                          f"asiosmtpd, LMTP listener, maildir plugin (workers: {args.maildir_workers}), workers:"
+                          f" {args.workers}; Maildir on {fs}", groups=("durable",)))
+    else:
+        skipped.append(f"asiosmtpd+maildir: {binary} or {plugins}/maildir.so missing (bench/run builds them)")
+    if not dovecot_instance.available():
+        skipped.append("dovecot: /usr/sbin/dovecot or its lmtp missing (Debian packages dovecot-core, dovecot-lmtpd)")
+    else:
+        version = subprocess.run([dovecot_instance.DOVECOT, "--version"], capture_output=True, text=True).stdout.strip()
+        peers.append(DovecotPeer("dovecot", [], f"Dovecot {version} LMTP server, a private instance, mail_fsync ="
+                                 f" optimized (its default), info log to /dev/null; Maildir on {fs}",
+                                 groups=("durable",), tree=True, run_dir=base))
+    return peers, skipped
+
+
+class DovecotPeer(Peer):
+    """Dovecot's master (-F) with a config of its own; the port is known only at start()."""
+
+    def __init__(self, *a, run_dir: Path, **kw):
+        super().__init__(*a, **kw)
+        self.run_dir = run_dir
+
+    def start(self, port: int, cpus: str | None) -> None:
+        # info_log_path: asiosmtpd runs at --log-level warn, so Dovecot's per-message info lines
+        # ("saved mail to INBOX") are not written either.
+        inst = dovecot_instance.DovecotInstance(str(self.run_dir), port=port, extra="info_log_path = /dev/null\n")
+        inst.prepare()
+        self.argv = inst.argv()
+        super().start(port, cpus)
+
+
 def main_peers(args) -> tuple[list[Peer], list[str]]:
     """The peers of every scenario but the milter ones, besides asiosmtpd."""
     peers: list[Peer] = []
@@ -541,6 +617,11 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         more, why = python_peers(args, binary, plugins)
         peers += more
         skipped += why
+    if "durable" in groups:
+        more, why = durable_peers(args, binary, plugins)
+        peers += more
+        skipped += why
+    peers = [p for p in peers if groups & set(p.groups)]  # e.g. no sink-only asiosmtpd for the durable scenarios alone
     if args.peers:
         wanted = set(args.peers.split(","))
         peers = [p for p in peers if p.name in wanted]
@@ -560,6 +641,7 @@ class Scenario:
     length: int = KIB_1
     rcpts: int = 1
     reuse: bool = True   # smtp-source -d: several messages per connection
+    lmtp: bool = False   # smtp-source -L: LMTP (the durable scenarios)
     warmup_msgs: int = 0
     min_msgs: int = 0
     max_msgs: int = 0
@@ -595,11 +677,20 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("python10", "Python handler, 1 KiB, c=10, connection reuse", "source", 10,
                  warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="python"),
     ]
+    # Durable delivery: LMTP (smtp-source -L) into asiosmtpd+maildir and Dovecot, each writing a
+    # Maildir on a real disk with fsync before every reply. A message costs disk flushes and
+    # Dovecot ~3 ms of CPU (30-130 msgs/s here): rounds of at least 150-300 messages (>= 0.5 s of
+    # Dovecot's CPU), longer for the fast peer (--round-seconds).
+    for n, warm, least in ((1, 50, 150), (10, 200, 300), (50, 300, 300)):
+        s.append(Scenario(f"d{n}", f"1 KiB, c={n}, LMTP, delivered to a Maildir with fsync", "source", n,
+                          lmtp=True, warmup_msgs=warm, min_msgs=least, max_msgs=200000, group="durable"))
     if quick:
         s = [x for x in s if x.key not in ("c100", "latload", "idle10k", "milternew")]
         for x in s:
             if x.group == "milter":  # a smoke test: Postfix with the milter makes ~200 msgs/s
                 x.warmup_msgs = x.min_msgs = 300
+            if x.group == "durable":
+                x.warmup_msgs, x.min_msgs = max(50, x.warmup_msgs // 2), 100 if x.sessions < 50 else 200
     return s
 
 
@@ -639,6 +730,8 @@ def source_argv(sc: Scenario, port: int, sessions: int, msgs: int, cpus: str | N
     argv += [SMTP_SOURCE]
     if sc.reuse:
         argv.append("-d")
+    if sc.lmtp:
+        argv.append("-L")
     argv += ["-s", str(sessions), "-m", str(msgs), "-l", str(sc.length), "-r", str(sc.rcpts),
              "-M", HOSTNAME, "-f", f"sender@{HOSTNAME}", "-t", f"rcpt@{HOSTNAME}", f"127.0.0.1:{port}"]
     return argv
@@ -655,7 +748,8 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     peer.parts_begin()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = system_busy()
-    expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / 200.0)  # generous; bounds a hang
+    # Generous; bounds a hang. Durable delivery waits for the disk: 20 msgs/s at least.
+    expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / (20.0 if sc.group == "durable" else 200.0))
     t0 = time.monotonic()
     clients = []
     for i in range(procs):
@@ -1015,6 +1109,50 @@ def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float
     return noisy
 
 
+def durable_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
+    """One durable-delivery scenario: each peer's rate and CPU, as ratios to Dovecot's."""
+    base = "dovecot"
+
+    def med(name: str, f) -> float | None:
+        r = results.get((name, sc.key))
+        return r.median(f) if r and r.good() else None
+
+    def rate(x: Round) -> float:
+        return x.msgs / x.elapsed
+
+    def srv(x: Round) -> float:
+        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+    noisy: list[float] = []
+    w(f"== {sc.title} (smtp-source -L {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
+    w(f"{'peer':18} {'msgs/s':>8} {'spread':>7} {'CPU us/msg':>11} {'sys%':>5} {'client us/msg':>13} {'others':>6}"
+      f" | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
+    for p in peers:
+        r: Result | None = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:18} FAILED: {r.error}")
+            continue
+        rates = [rate(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        w(f"{p:18} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):11.1f} {sysp:4.0f}%"
+          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
+          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
+          + (f"   ({r.error})" if r.error else ""))
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None or not r.good() or not any(x.parts for x in r.good()):
+            continue
+        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
+        w(f"  {p} by program, us/msg: " + ", ".join(
+            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+    return noisy
+
+
 def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,
            groups: dict[str, tuple[str, ...]] | None = None) -> str:
     out: list[str] = []
@@ -1023,6 +1161,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     main_peers_ = [p for p in peers if "main" in groups.get(p, ("main",))]
     milter_peers_ = [p for p in peers if "milter" in groups.get(p, ())]
     python_peers_ = [p for p in peers if "python" in groups.get(p, ())]
+    durable_peers_ = [p for p in peers if "durable" in groups.get(p, ())]
     main_scs = [sc for sc in scs if sc.group == "main"]
     w("")
     w("asiosmtpd benchmark — " + meta["when"])
@@ -1042,6 +1181,9 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
 
     w("others: CPU the machine spent on neither server nor client during the round (other processes, interrupts),")
     w("as % of all CPUs; above ~10 % the figures are disturbed: rerun on a quiet machine.")
+    if durable_peers_:
+        w("durable tables: both peers write each message to a Maildir on the same disk and fsync it and new/ before")
+        w("answering; CPU us/msg is the server's (Dovecot: all its processes), not the kernel's writeback threads.")
     if milter_peers_:
         w("milter tables: server us/msg is the MTA's CPU (Postfix: all its processes), milter us/msg the no-op")
         w("milter's, total both; the ratios are to asiosmtpd with the sink plugin alone in the same run.")
@@ -1051,6 +1193,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
         w("")
         if sc.group == "milter":
             noisy += milter_table(results, milter_peers_, sc, w)
+        elif sc.group == "durable":
+            noisy += durable_table(results, durable_peers_, sc, w)
         elif sc.kind == "source":
             # The Python-handler tables compare with aiosmtpd running the same handler.
             tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
@@ -1209,7 +1353,11 @@ def main() -> int:
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
                     " for the python ones asiosmtpd+python,aiosmtpd+python")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
-                    "milter,milternew,python1,python10")
+                    "milter,milternew,python1,python10,d1,d10,d50")
+    ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
+                    " bench/.out/durable, on the checkout's filesystem; emptied before and removed after)")
+    ap.add_argument("--maildir-workers", type=int, default=4, help="the maildir plugin's workers in the durable"
+                    " scenarios (default 4, the plugin's default)")
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
                     " (default build/release; bench/run builds it)")
     ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")

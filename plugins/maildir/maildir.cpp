@@ -2,9 +2,10 @@
 // maildir: delivers each message into a Maildir as aiosmtpd's Mailbox handler does (X-Peer,
 // X-MailFrom and X-RcptTo appended to the headers, "\n" line ends), durably: the file is
 // written to tmp/ under a unique name (time, pid, counter, host), fsync'd, renamed into new/,
-// and new/ is fsync'd; only then does the client get 250. Any error answers 451 and leaves
-// nothing in new/. Hooks never block: they copy what they need and suspend; the blocking I/O
-// runs on the plugin's worker threads, which complete the hook.
+// and new/ is fsync'd (one fsync for every message renamed meanwhile: group_sync.hpp); only
+// then does the client get 250. Any error answers 451 and leaves nothing in new/. Hooks never
+// block: they copy what they need and suspend; the blocking I/O runs on the plugin's worker
+// threads, which complete the hook.
 //
 // Streaming (ABI 1.2): the message is taken in DATA_CHUNK pieces and written to tmp/ as it
 // arrives, so a session holds about one piece, not the message. The first piece creates the
@@ -16,6 +17,7 @@
 // client gone, shutdown) gets its tmp/ file closed and removed by a worker. With a host older
 // than ABI 1.2 the DATA hook gets the whole message, as before.
 #include "delivery_common.hpp"
+#include "group_sync.hpp"
 
 #include <asiosmtpd/plugin.hpp>
 #include <asiosmtpd/worker_pool.hpp>
@@ -286,11 +288,12 @@ private:
                std::to_string(++delivery_counter) + "." + host_;
     }
 
-    void fail(job& j, const std::string& what, int err)
+    void fail(job& j, const std::string& what, int err) { fail(j.pending, j.session, what, err); }
+    void fail(sdk::pending& pending, std::uint64_t session, const std::string& what, int err)
     {
-        log_.error("session=" + std::to_string(j.session) + " maildir " + path_ + ": " + what + ": " +
+        log_.error("session=" + std::to_string(session) + " maildir " + path_ + ": " + what + ": " +
                    ap::errno_text(err) + "; answering 451");
-        j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
+        pending.complete(sdk::verdict::tempfail, 451, failure_text);
     }
 
     void run(job& j)
@@ -338,13 +341,33 @@ private:
             return fail(j, "cannot rename tmp/" + name + " into new/", err);
         }
         file.release();
-        if (::fsync(new_fd_.get()) != 0) {
-            // Not known to be durable: take it back, so that 451 means "not delivered".
-            const int err = errno;
-            ::unlinkat(new_fd_.get(), name.c_str(), 0);
-            return fail(j, "cannot fsync new/", err);
-        }
-        j.pending.complete(sdk::verdict::accept);  // the host's "250 OK", as aiosmtpd's Mailbox
+        sync_new(renamed{std::move(j.pending), name, j.session});
+    }
+
+    // Group commit of new/ (group_sync.hpp): one fsync(new/) makes every rename made before it
+    // durable, so deliveries renamed meanwhile share one sync instead of one each; no worker waits
+    // for another. Each 250 follows an fsync(new/) that began after that message's rename.
+    struct renamed {
+        sdk::pending pending;
+        std::string name;  // in new/
+        std::uint64_t session = 0;
+    };
+
+    void sync_new(renamed r)
+    {
+        synced_.submit(
+            std::move(r), [this]() noexcept { return ::fsync(new_fd_.get()) == 0 ? 0 : errno; },
+            [this](renamed& d, int err) noexcept {
+                if (err == 0) {
+                    d.pending.complete(sdk::verdict::accept);  // the host's "250 OK", as aiosmtpd's Mailbox
+                    return;
+                }
+                // Not known to be durable: take it back, so that 451 means "not delivered".
+                ::unlinkat(new_fd_.get(), d.name.c_str(), 0);
+                try {
+                    fail(d.pending, d.session, "cannot fsync new/", err);
+                } catch (...) {}  // no memory for the log line: the pending answers 451 as it goes
+            });
     }
 
     // No streaming: the whole prepared message at once.
@@ -426,7 +449,8 @@ private:
     bool streaming_ = false;
     ap::unique_fd tmp_fd_;
     ap::unique_fd new_fd_;
-    std::optional<sdk::worker_pool<job>> pool_;
+    ap::group_sync<renamed> synced_;             // the group commit of new/ (sync_new)
+    std::optional<sdk::worker_pool<job>> pool_;  // last: its workers stop before the rest goes
 };
 
 }  // namespace

@@ -35,6 +35,11 @@
 // DSN (RFC 3461): the client's RET/ENVID and NOTIFY/ORCPT go on to an upstream that offers DSN
 // (RFC 3461 §5.2.1: a relay passes them on); to one that does not they are dropped, as Postfix
 // does (that upstream then sends DSNs by its own defaults).
+// With `protocol: lmtp` the upstream is an LMTP server (RFC 2033: Dovecot, Cyrus): LHLO instead
+// of EHLO, and after the dot one reply per accepted recipient, read in order. All accepted: 250;
+// any deferred (4xx): 451 for the message (the client retries, so the recipients that took it
+// may get it twice, none loses it); the rest refused for good (5xx): 250 listing them, as the
+// DATA-time refusals above; none accepted: as above.
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
@@ -506,7 +511,8 @@ public:
     {
         const sdk::config cfg = reg.config();
         cfg.expect_map();
-        cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers", "max_hops"});
+        cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers", "max_hops",
+                        "protocol"});
         host_ = cfg.require("host").as_string();
         if (host_.empty()) throw std::invalid_argument("host: must not be empty");
         const auto p = cfg.get("port");
@@ -520,6 +526,10 @@ public:
         helo_ = cfg.string_or("helo", "");
         if (helo_.empty()) helo_ = own_hostname();
         if (!valid_helo(helo_)) throw std::invalid_argument("helo: \"" + clean(helo_) + "\" is not a host name");
+        const std::string protocol = cfg.string_or("protocol", "smtp");
+        if (protocol != "smtp" && protocol != "lmtp")
+            throw std::invalid_argument("protocol: must be smtp or lmtp, not \"" + clean(protocol) + "\"");
+        lmtp_ = protocol == "lmtp";
         const auto w = cfg.get("workers");
         const std::int64_t workers = w ? w->as_int(1, 256) : 8;
         const auto h = cfg.get("max_hops");
@@ -778,6 +788,11 @@ private:
 
     std::vector<std::string> hello(connection& conn)
     {
+        if (lmtp_) {  // RFC 2033: LHLO only (an LMTP server refuses EHLO and HELO)
+            const reply l = conn.command("LHLO " + helo_);
+            if (l.code != 250) throw upstream_error("LHLO refused: " + code_and_text(l));
+            return keywords(l);
+        }
         const reply r = conn.command("EHLO " + helo_);
         if (r.code == 250) return keywords(r);
         const reply h = conn.command("HELO " + helo_);
@@ -991,6 +1006,7 @@ private:
             }
             up.conn->send(smtp_data(j.data));
         }
+        if (lmtp_) return lmtp_replies(up, j, std::move(refusals));
         const reply done = up.conn->read_reply();
         // After a refused BDAT the upstream's state is not known (RFC 3030 §2): RSET.
         if (chunking && done.code / 100 != 2 && done.code != 421) end_transaction(up);
@@ -1006,6 +1022,47 @@ private:
         if (done.code / 100 != 4 && done.code / 100 != 5)
             throw upstream_error("end of data: unexpected " + code_and_text(done));
         return from_code(done.code, "upstream: " + done.text());
+    }
+
+    // LMTP after the dot: one reply per recipient the upstream accepted, in their order.
+    outcome lmtp_replies(upstream& up, const job& j, std::vector<std::string> refusals)
+    {
+        const std::vector<std::string> rcpts = std::move(up.rcpts);
+        // The upstream transaction is over, whatever the replies.
+        up.txn = 0;
+        up.sender.clear();
+        up.rcpts.clear();
+        const std::size_t logged = refusals.size();  // the RCPT refusals: data_step logged them
+        std::string first_text;
+        std::size_t delivered = 0;
+        bool any_temporary = false, closing = false;
+        int first_permanent = 0;
+        for (const std::string& rcpt : rcpts) {
+            const reply r = up.conn->read_reply();
+            if (r.code == 421) closing = true;
+            if (r.code / 100 == 2) {
+                if (delivered++ == 0) first_text = r.text();
+                continue;
+            }
+            // Anything but 2xx/4xx/5xx leaves that delivery unknown: treated as deferred (a
+            // duplicate at worst, never a loss).
+            if (r.code / 100 == 5) {
+                if (first_permanent == 0) first_permanent = r.code;
+            } else {
+                any_temporary = true;
+            }
+            refusals.push_back("refused <" + rcpt + ">: " + code_and_text(r));
+        }
+        if (closing) forget(up);
+        for (std::size_t i = logged; i < refusals.size(); ++i)
+            log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + clean(refusals[i]));
+        if (any_temporary)
+            return from_code(451,
+                             delivered ? "4.4.0 Upstream deferred some recipients; the others may get it twice"
+                                       : "4.4.0 Upstream accepted no recipient",
+                             refusals);
+        if (delivered == 0) return from_code(first_permanent, "5.1.1 Upstream accepted no recipient", refusals);
+        return from_code(250, first_text.empty() ? std::string("2.0.0 OK") : first_text, refusals);
     }
 
     // Ends the upstream transaction (RSET) so that the connection can serve the next one; a
@@ -1123,6 +1180,7 @@ private:
     std::uint16_t port_ = 25;
     bool starttls_ = false;
     bool tls_verify_ = true;
+    bool lmtp_ = false;  // protocol: lmtp (RFC 2033)
     double timeout_ = 20;
     std::string helo_;
     std::size_t max_hops_ = 50;
