@@ -137,6 +137,7 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     for (const auto& [verb, n] : srv.command_call_limit.per_verb) e.call_limits.emplace(verb, n);
     e.call_limit_default = srv.command_call_limit.default_limit;
     e.auth_max_failures = srv.auth_max_failures;
+    e.xclient = !srv.xclient_networks.empty();
     plugin::add_registrations(e, g);  // the same in the SDK test kit
     return e;
 }
@@ -175,6 +176,11 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
     ctx->idle_timeout = millis(s.server.timeout);
     ctx->data_min_rate = s.server.data_min_rate;
     ctx->received_header = s.server.received_header;
+    for (const std::string& n : s.server.xclient_networks) {
+        std::string why;
+        if (auto net = proto::parse_network(n, why)) ctx->xclient_networks.push_back(*net);  // checked by config
+    }
+    ctx->unix_path = l.path.string();
     ctx->handshake_timeout = millis(s.server.tls_handshake_timeout);
     ctx->auth_failure_delay = millis(s.server.auth_failure_delay);
     ctx->proxy_protocol = l.proxy_protocol;

@@ -42,11 +42,14 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
       id_(next_session_id.fetch_add(1, std::memory_order_relaxed))
 {
     boost::system::error_code ec;
-    if (const auto remote = socket_.remote_endpoint(ec); !ec) {
+    if (!ctx_->unix_path.empty()) {
+        // A UNIX socket client has no address: its peer and local address are the socket.
+        peer_address_ = local_address_ = "unix:" + ctx_->unix_path;
+    } else if (const auto remote = socket_.remote_endpoint(ec); !ec) {
         peer_address_ = remote.address().to_string();
         peer_port_ = remote.port();
     }
-    if (const auto local = socket_.local_endpoint(ec); !ec) {
+    if (const auto local = socket_.local_endpoint(ec); !ec && ctx_->unix_path.empty()) {
         local_address_ = local.address().to_string();
         local_port_ = local.port();
     }
@@ -61,6 +64,7 @@ std::string session::received_field() const
     proto::trace_info t;
     t.helo = engine_.helo_name();
     t.peer_address = peer_address_;
+    t.peer_name = peer_name_;
     t.hostname = ctx_->smtp.hostname;
     const std::string id = transaction_id();
     t.id = id;
@@ -223,6 +227,7 @@ asio::awaitable<void> session::run()
         socket_.non_blocking(true, ignored);  // the reads and writes below never block
         socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
+    engine_.allow_xclient(proto::contains(ctx_->xclient_networks, peer_address_));
     engine_.start();
     for (;;) {
         if (engine_.pending_hook()) {

@@ -117,6 +117,9 @@ struct settings {
     /// data_chunk hooks get pieces of at least this size (the last one may be smaller).
     std::size_t data_chunk_size = 64 * 1024;
     std::size_t unknown_command_budget = 5;  ///< aiosmtpd BOGUS_LIMIT
+    /// server.xclient_networks is not empty: XCLIENT is a known verb (an unknown one otherwise);
+    /// the host says per client whether it may use it (engine::allow_xclient).
+    bool xclient = false;
 };
 
 /// A plugin chain's outcome, as the engine applies it.
@@ -193,6 +196,23 @@ struct hook_request {
     std::string_view login;          ///< auth_check
     std::string_view password;       ///< auth_check (never log it)
     std::uint32_t step = 0;          ///< auth_mechanism: 0, 1, ...
+    /// connect: asked after an accepted XCLIENT, not at the start: the host first makes the
+    /// session the client of engine::xclient() (its peer, what plugins and logs see).
+    bool xclient = false;
+};
+
+/// What the last accepted XCLIENT command gave (Postfix's XCLIENT_README). An attribute not
+/// given is nullopt; [UNAVAILABLE] and [TEMPUNAVAIL] give "" (a port: 0). HELO, PROTO and LOGIN
+/// the engine applies itself (helo_name(), extended_smtp(), authenticated()).
+struct xclient_attributes {
+    std::optional<std::string> name;      ///< NAME: the client's host name, as given
+    std::optional<std::string> addr;      ///< ADDR: canonical ("IPV6:" prefix removed)
+    std::optional<std::uint16_t> port;    ///< PORT
+    std::optional<std::string> destaddr;  ///< DESTADDR: the address the client connected to
+    std::optional<std::uint16_t> destport;
+    std::optional<std::string> helo;   ///< HELO (characters Postfix censors become '?')
+    std::optional<std::string> proto;  ///< "SMTP" or "ESMTP"
+    std::optional<std::string> login;  ///< LOGIN: as if AUTH had succeeded with this identity
 };
 
 /// aiosmtpd's Envelope: one per transaction.
@@ -306,6 +326,13 @@ public:
     /// them: proto/trace.hpp). They do not count against data_size_limit or the mail log's size.
     void set_message_prefix(std::function<std::string()> prefix) { message_prefix_ = std::move(prefix); }
 
+    /// XCLIENT (settings::xclient): this client may use it (its address is in
+    /// server.xclient_networks); the EHLO reply then lists it.
+    void allow_xclient(bool on) noexcept { xclient_allowed_ = on; }
+    [[nodiscard]] bool xclient_allowed() const noexcept { return xclient_allowed_; }
+    /// The attributes of the last accepted XCLIENT command (hook_request::xclient).
+    [[nodiscard]] const xclient_attributes& xclient() const noexcept { return xclient_; }
+
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (docs/behaviour.md).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
 
@@ -367,6 +394,7 @@ private:
     void on_expn(std::string_view arg, bool has_arg);
     void on_auth(std::string_view arg, bool has_arg);
     void on_starttls(std::string_view arg, bool has_arg);
+    void on_xclient(std::string_view arg, bool has_arg);
     void on_unknown(std::string_view verb, std::string_view arg, bool has_arg);
     void on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg);
     void end_of_data();
@@ -465,6 +493,10 @@ private:
     std::string request_arg_;  // owns what request_.argument shows
     std::string request_verb_;
     std::vector<std::string> request_params_;
+
+    // XCLIENT
+    bool xclient_allowed_ = false;
+    xclient_attributes xclient_;
     std::string request_secret_[3];  // auth_check: authzid, login, password (owned while asked)
 };
 

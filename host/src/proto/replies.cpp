@@ -55,4 +55,14 @@ std::string too_many_auth_failures(std::string_view hostname)
     return join({"421 4.7.0 ", hostname, " Error: too many failed authentication attempts"});
 }
 
+std::string xclient_bad_value(std::string_view attribute, std::string_view value)
+{
+    return join({"501 5.5.4 Bad ", attribute, " syntax: ", value});
+}
+
+std::string xclient_bad_attribute(std::string_view attribute)
+{
+    return join({"501 5.5.4 Bad XCLIENT attribute name: ", attribute});
+}
+
 }  // namespace asiosmtpd::proto::replies
