@@ -28,9 +28,9 @@ asio::awaitable<void> session::run_hooks()
             data_started_ = std::chrono::steady_clock::now();
         const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
         if (req->xclient) apply_xclient();
-        proto::hook_result result = req->xclient && ctx_->plugins->hooks[ASIOSMTPD_HOOK_CONNECT].empty()
-                                        ? proto::hook_result{}
-                                        : co_await run_chain(*req);
+        // (No co_await inside a conditional expression: GCC 12 miscompiles its temporaries.)
+        proto::hook_result result;
+        if (!req->xclient || !ctx_->plugins->hooks[ASIOSMTPD_HOOK_CONNECT].empty()) result = co_await run_chain(*req);
         if (client_gone_) co_return;  // the session loop ends; no reply, no further command
         engine_.hook_done(std::move(result));
         if (engine_.has_refusals()) log_refusals();
