@@ -185,6 +185,11 @@ private:
     bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> forced_{false};
+    bool busy_at_stop_ = false;  ///< the stop found the session in the middle of something
+    /// Draining: when a session busy at the stop reached its next command boundary, it has
+    /// until then to send QUIT (221) or another command (421); zero until then.
+    std::chrono::steady_clock::time_point quit_deadline_{};
+    bool answer_pending_input();
     std::string end_reason_ = "closed";
 };
 

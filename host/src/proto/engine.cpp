@@ -507,6 +507,10 @@ void engine::handle_command(std::string_view line)
     }
     if (!settings_.enable_smtputf8 && !is_ascii(arg)) return reply(replies::strict_ascii);
     upper_into(verb_, raw_verb);
+    if (!drain_reply_.empty() && !in_transaction() && verb_ != "QUIT") {
+        reply(drain_reply_);
+        return close("shutdown");
+    }
     if (line.size() > command_limit(verb_)) return reply(replies::line_too_long);
     if (tls_vetoed_ && verb_ != "QUIT") return reply(replies::lack_of_security);
 

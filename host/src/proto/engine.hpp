@@ -253,6 +253,10 @@ public:
     void timed_out();
     /// The host is going away (shutdown, too many connections): queue 421 text and close.
     void abort_with(std::string_view reply);
+    /// The host is stopping (docs/behaviour.md "Shutdown"): from now on, a command outside a
+    /// transaction is answered `reply` (the 421) and the session closes, except QUIT, which gets
+    /// its 221 as usual. A transaction in progress goes on.
+    void drain(std::string_view reply) { drain_reply_.assign(reply); }
 
     /// Bytes to send; the caller clears them (clear_output()) once written.
     [[nodiscard]] std::string& output() noexcept { return out_; }
@@ -493,6 +497,8 @@ private:
     std::string request_arg_;  // owns what request_.argument shows
     std::string request_verb_;
     std::vector<std::string> request_params_;
+
+    std::string drain_reply_;  // drain(): the host is stopping
 
     // XCLIENT
     bool xclient_allowed_ = false;

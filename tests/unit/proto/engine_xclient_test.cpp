@@ -241,3 +241,34 @@ TEST(network, parse_and_contains)
 
 }  // namespace
 }  // namespace asiosmtpd::proto
+
+namespace asiosmtpd::proto {
+namespace {
+
+// Shutdown (docs/behaviour.md): a transaction in progress goes on; outside one, QUIT gets its
+// 221 and anything else the host's 421, then the session closes.
+TEST(engine_drain, transaction_finishes_then_quit_is_221_other_421)
+{
+    const settings s = xclient_settings(false);
+    engine e(s);
+    e.start();
+    take(e);
+    e.receive("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n");
+    take(e);
+    e.drain("421 4.3.2 mx.test Service shutting down");
+    e.receive("DATA\r\nx\r\n.\r\nQUIT\r\n");
+    EXPECT_EQ(take(e), "354 End data with <CR><LF>.<CR><LF>\r\n250 OK\r\n221 Bye\r\n");
+    EXPECT_EQ(e.close_reason(), "quit");
+
+    engine other(s);
+    other.start();
+    take(other);
+    other.drain("421 4.3.2 mx.test Service shutting down");
+    other.receive("NOOP\r\nQUIT\r\n");
+    EXPECT_EQ(take(other), "421 4.3.2 mx.test Service shutting down\r\n");
+    EXPECT_TRUE(other.close_requested());
+    EXPECT_EQ(other.close_reason(), "shutdown");
+}
+
+}  // namespace
+}  // namespace asiosmtpd::proto
