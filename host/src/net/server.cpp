@@ -228,6 +228,10 @@ void server::open(listener_slot& slot)
     // "<file>:<line>: server.listen[1]: cannot listen on 127.0.0.1:25: Address already in use"
     const std::string key = l.line == 0 ? fmt::format("{}: {}", config_.file.string(), l.key)
                                         : fmt::format("{}:{}: {}", config_.file.string(), l.line, l.key);
+    if (!l.path.empty()) {
+        slot.local = std::make_unique<unix_listener>(ioc_, l, config_.server.user, key);
+        return;
+    }
     const auto address = asio::ip::make_address(l.address, ec);
     if (ec)
         throw std::runtime_error(fmt::format("{}: cannot listen on {}:{}: not an IP address", key, l.address, l.port));
@@ -356,6 +360,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         for (const auto& l : next.server.listen) {
             auto ctx = make_context(next, l, plugins, tls);
             auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const auto& slot) {
+                if (!l.path.empty()) return !slot->closed && slot->spec.path == l.path;  // a UNIX socket
                 return !slot->closed && slot->spec.address == l.address && slot->spec.port == l.port && l.port != 0;
             });
             if (it != listeners_.end()) {
@@ -371,6 +376,8 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         boost::system::error_code ignored;
         for (auto& c : changes)
             if (c.fresh && c.slot->acceptor) c.slot->acceptor->close(ignored);
+        for (auto& c : changes)
+            if (c.fresh && c.slot->local) c.slot->local->close();
         log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
                    log::escaped(e.what(), 1000));
         metrics::get().reloads_failed.fetch_add(1, std::memory_order_relaxed);
@@ -380,6 +387,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     std::vector<std::shared_ptr<listener_slot>> kept;
     std::size_t opened = 0, closed = 0;
     for (auto& c : changes) {
+        if (!c.fresh && c.slot->local && c.spec.mode != c.slot->spec.mode) c.slot->local->set_mode(c.spec.mode);
         c.slot->spec = std::move(c.spec);
         c.slot->ctx.store(std::move(c.ctx));
         if (c.fresh) {
@@ -393,6 +401,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         slot->closed = true;
         boost::system::error_code ignored;
         if (slot->acceptor) slot->acceptor->close(ignored);
+        if (slot->local) slot->local->close();  // its socket file goes
         ++closed;
     }
     listeners_ = std::move(kept);
@@ -521,6 +530,7 @@ void server::begin_stop()
     for (auto& slot : listeners_) {
         slot->closed = true;
         if (slot->acceptor) slot->acceptor->close(ignored);
+        if (slot->local) slot->local->close();
     }
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
     // Sessions finish what they are doing; idle ones say 421 and close at once.
@@ -536,12 +546,14 @@ void server::begin_stop()
 
 asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 {
-    tcp::acceptor& acceptor = *slot->acceptor;
     for (;;) {
         // One thread runs every handler: no strand needed (nor its locking and extra dispatch).
         const asio::any_io_executor session_ex =
             workers_ == 1 ? asio::any_io_executor(ioc_.get_executor()) : asio::any_io_executor(asio::make_strand(ioc_));
-        auto [ec, socket] = co_await acceptor.async_accept(session_ex, nothrow);
+        boost::system::error_code ec;
+        tcp::socket socket(session_ex);
+        if (slot->local) std::tie(ec, socket) = co_await slot->local->accept(session_ex);
+        else std::tie(ec, socket) = co_await slot->acceptor->async_accept(session_ex, nothrow);
         // The listener's current settings and plugins (a reload may have replaced them).
         const std::shared_ptr<const listener_context> ctx = slot->ctx.load();
         if (ec) {

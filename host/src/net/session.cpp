@@ -20,6 +20,8 @@
 #include <optional>
 #include <tuple>
 
+#include <sys/socket.h>
+
 namespace asiosmtpd::net {
 namespace {
 
@@ -218,8 +220,18 @@ asio::awaitable<bool> session::flush()
 // are separate coroutines or plain functions, so that the one frame an idle session keeps is small.
 asio::awaitable<void> session::run()
 {
-    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_,
-              local_port_);
+    if (ctx_->unix_path.empty()) {
+        log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_,
+                  local_port_);
+    } else {
+        // A UNIX socket client: who it is, as the kernel says (SO_PEERCRED).
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        const bool known = ::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+        log::info("session={} event=connect peer={} pid={} uid={} gid={}", id_, peer_address_,
+                  known ? std::to_string(cred.pid) : "-", known ? std::to_string(cred.uid) : "-",
+                  known ? std::to_string(cred.gid) : "-");
+    }
     metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
     arm(ctx_->idle_timeout);
     start_watchdog();
