@@ -158,6 +158,33 @@ class UnixSocketTest(ServerTestCase):
         self.assertEqual(server.stop(), 0)
         self.assertFalse(os.path.exists(self.lmtp_path))
 
+    def test_proxy_relays_to_an_upstream_on_a_unix_socket(self):
+        upstream = self.start_server(server_config(plugins=["debugging"], listen=self.listen({"path": self.smtp_path})))
+        front = self.start_server(server_config(plugins=[{"name": "proxy", "config": {
+            "host": f"unix:{self.smtp_path}", "xforward": True}}]))
+        with smtplib.SMTP(HOST, front.port, timeout=harness.IO_TIMEOUT) as s:
+            s.ehlo("client.example")
+            self.assertEqual(s.sendmail("a@example.org", ["b@example.org"], b"Subject: via unix\r\n\r\nz\r\n"), {})
+        out = upstream.wait_output(lambda t: "Subject: via unix" in t)
+        self.assertIn("X-Peer: 127.0.0.1", out)  # the proxy's own header, as aiosmtpd's Proxy
+        self.assertIn(f"upstream=unix:{self.smtp_path} reply=\"250 OK\"", front.stderr())
+        # Not listening there: the client keeps the message (451), the reason is logged.
+        missing = os.path.join(self.dir, "nobody-home.sock")
+        down = self.start_server(server_config(plugins=[{"name": "proxy", "config": {"host": f"unix:{missing}"}}]))
+        with smtplib.SMTP(HOST, down.port, timeout=harness.IO_TIMEOUT) as s:
+            s.ehlo("client.example")
+            self.assertEqual(s.docmd("MAIL", "FROM:<a@example.org>"),
+                             (451, b"4.4.1 Upstream unavailable, try again later"))
+        self.assertIn(f"cannot connect to unix:{missing}: ", down.stderr())
+
+    def test_proxy_config_errors_for_unix_upstreams(self):
+        for config, expected in (({"host": "unix:/run/x.sock", "port": 25}, "port: not with host: unix:<path>"),
+                                 ({"host": "unix:"}, "host: unix: needs a socket path"),
+                                 ({"host": "unix:/" + "x" * 120}, "is too long for a UNIX socket")):
+            p = run_binary(["--check-config"], config=server_config(plugins=[{"name": "proxy", "config": config}]))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(expected, p.stderr)
+
     def test_config_errors(self):
         def check(listener, expected):
             p = run_binary(["--check-config"], config=server_config(listen=[listener]))
