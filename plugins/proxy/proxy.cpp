@@ -31,6 +31,9 @@
 // one arrive anyway (an envelope-rewriting plugin, a host without that check), a sender with one
 // rejects the message with 553 5.1.7 and a recipient with one is refused (553 5.1.3, listed like
 // the upstream's refusals) while the others are relayed.
+// DSN (RFC 3461): the client's RET/ENVID and NOTIFY/ORCPT go on to an upstream that offers DSN
+// (RFC 3461 §5.2.1: a relay passes them on); to one that does not they are dropped, as Postfix
+// does (that upstream then sends DSNs by its own defaults).
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
@@ -39,6 +42,7 @@
 #include "reply_text.hpp"
 #include "resolver.hpp"
 
+#include <asiosmtpd/dsn.hpp>
 #include <asiosmtpd/plugin.hpp>
 #include <asiosmtpd/worker_pool.hpp>
 
@@ -644,6 +648,7 @@ public:
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
         j.eight_bit = has_param(j.params, "BODY=8BITMIME");
         j.rcpts.emplace_back(a.address);
+        j.rcpt_params.emplace_back(a.params.begin(), a.params.end());
         return post(c, std::move(j));
     }
 
@@ -665,10 +670,16 @@ public:
         }
         session_link& link = link_of(c);
         job j = make_job(step::data, link, current_txn(c, link), s.id);
-        for (std::string_view r : c.rcpts()) {
-            if (ap::has_control(r))
+        const std::vector<std::string_view> rcpts = c.rcpts();
+        for (std::size_t i = 0; i < rcpts.size(); ++i) {
+            const std::string_view r = rcpts[i];
+            if (ap::has_control(r)) {
                 j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
-            else j.rcpts.emplace_back(r);
+                continue;
+            }
+            j.rcpts.emplace_back(r);
+            const std::vector<std::string_view> params = c.rcpt_params(i);
+            j.rcpt_params.emplace_back(params.begin(), params.end());
         }
         if (j.rcpts.empty() && !j.refused.empty()) {
             for (const std::string& line : j.refused) log_.warn(who + " proxy: " + line);
@@ -729,7 +740,8 @@ private:
         std::vector<std::string> rcpts;    // RCPT: the one; DATA: the ones to relay
         std::vector<std::string> refused;  // DATA: "refused <rcpt>: ..." for those never sent (control characters)
         std::vector<std::string> params;
-        bool eight_bit = false;  // BODY=8BITMIME wanted (asked for, or 8-bit content)
+        std::vector<std::vector<std::string>> rcpt_params;  // each of rcpts' ESMTP parameters (DSN)
+        bool eight_bit = false;                             // BODY=8BITMIME wanted (asked for, or 8-bit content)
         struct {
             std::string address;  // the session's peer: an IP address, or "unix:<path>"
             std::uint16_t port = 0;
@@ -804,6 +816,27 @@ private:
         for (const std::string& k : kw)
             if (k.compare(0, name.size(), name) == 0 && (k.size() == name.size() || k[name.size()] == ' ')) return true;
         return false;
+    }
+
+    // The DSN parameters (RFC 3461) for the upstream's MAIL FROM or a RCPT TO, when it offers
+    // DSN: " RET=HDRS ENVID=...", " NOTIFY=... ORCPT=..." (xtext the server checked: no blank,
+    // no control byte); nothing when it does not.
+    static std::string dsn_mail(const upstream& up, const std::vector<std::string>& params)
+    {
+        std::string out;
+        if (offers(up.keywords, "DSN"))
+            for (const std::string& p : asiosmtpd::sdk::dsn::mail_params(asiosmtpd::sdk::dsn::parse_mail(params)))
+                out += " " + p;
+        return out;
+    }
+    static std::string dsn_rcpt(const upstream& up, const job& j, std::size_t index)
+    {
+        std::string out;
+        if (index < j.rcpt_params.size() && offers(up.keywords, "DSN"))
+            for (const std::string& p :
+                 asiosmtpd::sdk::dsn::rcpt_params(asiosmtpd::sdk::dsn::parse_rcpt(j.rcpt_params[index])))
+                out += " " + p;
+        return out;
     }
 
     std::vector<std::string> hello(connection& conn)
@@ -904,6 +937,7 @@ private:
         const bool body_8bit = eight_bit && offers(up.keywords, "8BITMIME");
         if (body_8bit) mail += " BODY=8BITMIME";
         if (has_param(j.params, "SMTPUTF8") && offers(up.keywords, "SMTPUTF8")) mail += " SMTPUTF8";
+        mail += dsn_mail(up, j.params);
         const reply m = up.conn->command(mail);
         if (m.code / 100 != 2) {
             outcome o = wrapped ? from_code(m.code, "upstream refused the sender: " + code_and_text(m)) : passed_on(m);
@@ -976,7 +1010,7 @@ private:
             if (auto refused = open_transaction(up, j, j.eight_bit, declared_size(j.params), false)) return *refused;
         }
         const std::string& rcpt = j.rcpts.front();
-        const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
+        const reply r = up.conn->command("RCPT TO:<" + rcpt + ">" + dsn_rcpt(up, j, 0));
         if (r.code / 100 == 2) {
             up.rcpts.push_back(rcpt);
             return go_on();
@@ -993,27 +1027,29 @@ private:
         upstream& up = *j.up;
         const bool want_8bit = j.eight_bit && offers(up.keywords, "8BITMIME");
         bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit);
-        std::vector<std::string> to_send;
+        std::vector<std::size_t> to_send;  // indexes into j.rcpts
         if (!fresh) {
             // The server's recipients against the upstream's: send the ones it has not seen; one
             // it holds that the server does not (refused by a later plugin) means starting over.
             std::vector<std::string> left = up.rcpts;
-            for (const std::string& r : j.rcpts) {
-                const auto it = std::find(left.begin(), left.end(), r);
+            for (std::size_t i = 0; i < j.rcpts.size(); ++i) {
+                const auto it = std::find(left.begin(), left.end(), j.rcpts[i]);
                 if (it != left.end()) left.erase(it);
-                else to_send.push_back(r);
+                else to_send.push_back(i);
             }
             fresh = !left.empty();
         }
         if (fresh) {
             if (auto refused = open_transaction(up, j, j.eight_bit, j.data.size(), true)) return *refused;
-            to_send = j.rcpts;
+            to_send.clear();
+            for (std::size_t i = 0; i < j.rcpts.size(); ++i) to_send.push_back(i);
         }
         std::vector<std::string> refusals = j.refused;
         bool any_temporary = false;
         int first_permanent = j.refused.empty() ? 0 : 553;
-        for (const std::string& rcpt : to_send) {
-            const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
+        for (const std::size_t index : to_send) {
+            const std::string& rcpt = j.rcpts[index];
+            const reply r = up.conn->command("RCPT TO:<" + rcpt + ">" + dsn_rcpt(up, j, index));
             if (r.code / 100 == 2) {
                 up.rcpts.push_back(rcpt);
                 continue;

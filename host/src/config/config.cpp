@@ -54,6 +54,8 @@ constexpr std::string_view server[] = {"hostname",
                                        "auth_max_failures",
                                        "auth_failure_delay",
                                        "advertise_pipelining",
+                                       "enable_dsn",
+                                       "enable_enhanced_status_codes",
                                        "command_call_limit",
                                        "timeout",
                                        "data_min_rate",
@@ -629,6 +631,8 @@ void reader::read_server(const item& it, server_settings& s)
         {"auth_required", &server_settings::auth_required},
         {"auth_require_tls", &server_settings::auth_require_tls},
         {"advertise_pipelining", &server_settings::advertise_pipelining},
+        {"enable_dsn", &server_settings::enable_dsn},
+        {"enable_enhanced_status_codes", &server_settings::enable_enhanced_status_codes},
         {"received_header", &server_settings::received_header},
     };
     for (const auto& [name, member] : flags)

@@ -80,6 +80,8 @@ struct server_settings {
     std::uint32_t auth_max_failures = 3;  // failed AUTHs in a session before 421; 0 = no limit
     double auth_failure_delay = 1;        // seconds each failed AUTH answer waits (>= 0)
     bool advertise_pipelining = false;
+    bool enable_dsn = false;                    // DSN (RFC 3461)
+    bool enable_enhanced_status_codes = false;  // ENHANCEDSTATUSCODES (RFC 2034)
     call_limits command_call_limit;
     double timeout = 300;                              // seconds, > 0
     std::uint64_t data_min_rate = 500;                 // bytes/s a message must keep up over each timeout window

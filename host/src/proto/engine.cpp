@@ -2,6 +2,8 @@
 #include "proto/engine.hpp"
 
 #include "proto/address.hpp"
+#include "proto/dsn.hpp"
+#include "proto/enhanced_codes.hpp"
 #include "proto/network.hpp"
 
 #include <algorithm>
@@ -131,6 +133,15 @@ constexpr bool is_control(char c) noexcept
 
 bool has_control(std::string_view s) noexcept { return std::any_of(s.begin(), s.end(), is_control); }
 
+// DSN: ENVID and ORCPT values are xtext, where case matters (an ENVID is opaque, an ORCPT an
+// address): `upper` (the token upper-cased) gets the value of `raw` back for those keys.
+void keep_dsn_case(std::string& upper, std::string_view raw)
+{
+    const auto eq = upper.find('=');
+    if (eq != std::string::npos && dsn::keeps_case(std::string_view(upper).substr(0, eq)))
+        upper.replace(eq + 1, std::string::npos, raw.substr(eq + 1));
+}
+
 // An ESMTP parameter as aiosmtpd's _getparams() sees it: KEY, or KEY=VALUE.
 struct esmtp_param {
     std::string_view key;
@@ -144,7 +155,8 @@ struct esmtp_param {
 // SIZE's digit check with the same 501, X=\x01 is an unknown parameter, 555). None of the
 // parameters known today could carry one past its own check; this keeps it so for any added
 // later whose value is free text (DSN's ENVID, ORCPT), before a hook or the envelope sees it.
-bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
+bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params,
+                  bool dsn = false)
 {
     tokens.clear();
     params.clear();
@@ -156,6 +168,7 @@ bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& to
         if (i > start) {
             std::string& t = tokens.emplace_back(rest.substr(start, i - start));
             for (char& c : t) c = ascii_upper(c);
+            if (dsn) keep_dsn_case(t, rest.substr(start, i - start));
         }
     }
     for (const std::string& t : tokens) {
@@ -175,6 +188,24 @@ bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& to
         else params.push_back(p);
     }
     return true;
+}
+
+// DSN (RFC 3461): the refusal for the DSN parameters of MAIL (or RCPT) among `tokens`, or
+// empty when they are valid; then they leave `params` (they are known parameters).
+std::string_view take_dsn_params(const std::vector<std::string>& tokens, std::vector<esmtp_param>& params, bool rcpt)
+{
+    using dsn::problem;
+    switch (rcpt ? dsn::check_rcpt(tokens) : dsn::check_mail(tokens)) {
+    case problem::none: break;
+    case problem::bad_ret: return replies::dsn_bad_ret;
+    case problem::bad_envid: return replies::dsn_bad_envid;
+    case problem::bad_notify: return replies::dsn_bad_notify;
+    case problem::bad_orcpt: return replies::dsn_bad_orcpt;
+    }
+    std::erase_if(params, [&](const esmtp_param& p) {
+        return rcpt ? (p.key == "NOTIFY" || p.key == "ORCPT") : (p.key == "RET" || p.key == "ENVID");
+    });
+    return {};
 }
 
 std::optional<esmtp_param> take_param(std::vector<esmtp_param>& params, std::string_view key)
@@ -470,11 +501,17 @@ bool engine::step_command()
 {
     // aiosmtpd's 1001-byte stream limit (line_length_limit), or more for a larger
     // command_size_limit: "Command line too long" either way.
-    const auto line = next_line(std::max(settings_.data_line_limit, settings_.command_size_limit + 38));
+    const auto line =
+        next_line(std::max(settings_.data_line_limit,
+                           settings_.command_size_limit + 38 + (settings_.enable_dsn ? dsn::rcpt_line_allowance : 0)));
     if (!line) return false;
     ++progress_;
-    if (line->too_long) reply(replies::line_too_long);
-    else handle_line(line->text);
+    if (line->too_long) {
+        verb_.clear();  // not a command anyone can name (enhanced_code_for)
+        reply(replies::line_too_long);
+    } else {
+        handle_line(line->text);
+    }
     return true;
 }
 
@@ -661,7 +698,13 @@ void engine::finish_hook(const hook_result& r)
         }
         return;
     case hook_kind::rcpt:
-        if (reply_for(r, replies::ok)) envelope_.rcpt_tos.emplace_back(arg);
+        if (reply_for(r, replies::ok)) {
+            envelope_.rcpt_tos.emplace_back(arg);
+            if (!request_params_.empty()) {  // DSN: NOTIFY, ORCPT (an index per recipient)
+                envelope_.rcpt_options.resize(envelope_.rcpt_tos.size());
+                envelope_.rcpt_options.back() = request_params_;
+            }
+        }
         return;
     case hook_kind::data: deliver_data_reply(r); return;
     case hook_kind::data_chunk:
@@ -815,6 +858,8 @@ void engine::send_ehlo_lines()
         for (auto m : mechanisms) out_.append(" ").append(m);
         out_.append(crlf);
     }
+    if (settings_.enable_enhanced_status_codes) out_.append("250-ENHANCEDSTATUSCODES\r\n");  // RFC 2034
+    if (settings_.enable_dsn) out_.append("250-DSN\r\n");                                    // RFC 3461
     if (settings_.advertise_pipelining) out_.append("250-PIPELINING\r\n");
     if (settings_.xclient && xclient_allowed_)
         out_.append("250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n");
@@ -838,7 +883,8 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     if (!envelope_.mail_from.empty()) return reply(replies::nested_mail);
 
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params, settings_.enable_dsn))
+        return reply(syntax);
     if (!settings_.decode_data) {
         // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised.
         if (auto body = take_param(params, "BODY"))
@@ -854,6 +900,8 @@ void engine::on_mail(std::string_view arg, bool has_arg)
         if (settings_.data_size_limit != 0 && exceeds(size->value, settings_.data_size_limit))
             return reply(replies::size_exceeded);
     }
+    if (settings_.enable_dsn)
+        if (const auto bad = take_dsn_params(request_params_, params, false); !bad.empty()) return reply(bad);
     if (!params.empty()) return reply(replies::mail_params_unknown);
     envelope_.smtp_utf8 = utf8.has_value();
 
@@ -873,11 +921,14 @@ void engine::on_rcpt(std::string_view arg, bool has_arg)
     if (parsed.state == address_result::status::empty) return reply(syntax);
     if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params, settings_.enable_dsn))
+        return reply(syntax);
+    if (settings_.enable_dsn)
+        if (const auto bad = take_dsn_params(request_params_, params, true); !bad.empty()) return reply(bad);
     // aiosmtpd recognises no RCPT parameter (no DSN).
     if (!params.empty()) return reply(replies::rcpt_params_unknown);
 
-    decide(hook_kind::rcpt, parsed.address, true);
+    decide(hook_kind::rcpt, parsed.address, true, request_params_);
 }
 
 void engine::on_data(std::string_view arg, bool)
@@ -1332,11 +1383,14 @@ void engine::on_starttls(std::string_view arg, bool)
 void engine::refuse_tls(std::string_view line)
 {
     if (phase_ != phase::tls) return;
-    const std::size_t ready = replies::ready_to_start_tls.size() + crlf.size();
-    if (out_.size() >= ready &&
-        std::string_view(out_).substr(out_.size() - ready, replies::ready_to_start_tls.size()) ==
-            replies::ready_to_start_tls)
-        out_.resize(out_.size() - ready);
+    const std::string_view code = enhanced_code_for(replies::ready_to_start_tls);
+    const std::size_t ready = replies::ready_to_start_tls.size() + (code.empty() ? 0 : code.size() + 1) + crlf.size();
+    if (out_.size() >= ready) {
+        std::string_view tail = std::string_view(out_).substr(out_.size() - ready);
+        tail.remove_suffix(crlf.size());
+        if (tail.starts_with("220 ") && tail.ends_with(replies::ready_to_start_tls.substr(4)))
+            out_.resize(out_.size() - ready);
+    }
     phase_ = phase::command;
     reply(line);
 }
@@ -1468,11 +1522,26 @@ void engine::on_custom(std::size_t index, std::string_view verb, std::string_vie
 
 void engine::send_greeting()
 {
-    reply(replies::greeting(settings_.hostname, settings_.ident));
+    // Not reply(): RFC 2034 §3, a greeting never carries an enhanced status code.
+    out_.append(replies::greeting(settings_.hostname, settings_.ident)).append(crlf);
     phase_ = phase::command;
 }
 
-void engine::reply(std::string_view line) { out_.append(line).append(crlf); }
+void engine::reply(std::string_view line)
+{
+    // RFC 2034 (server.enable_enhanced_status_codes): "ddd text" becomes "ddd x.y.z text".
+    if (const std::string_view code = enhanced_code_for(line); !code.empty()) {
+        out_.append(line.substr(0, 4)).append(code).append(" ");
+        line.remove_prefix(4);
+    }
+    out_.append(line).append(crlf);
+}
+
+std::string_view engine::enhanced_code_for(std::string_view line) const noexcept
+{
+    if (!settings_.enable_enhanced_status_codes) return {};
+    return enhanced_code(line, verb_);
+}
 
 // A plugin's reply: "code text" lines; '\n' in the text separates lines of a multi-line reply.
 void engine::reply_plugin(const hook_result& r)
@@ -1555,11 +1624,13 @@ void engine::reset_envelope(transaction_end::how outcome, std::string_view reaso
 
 std::size_t engine::command_limit(std::string_view verb) const noexcept
 {
-    if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit;
+    // RFC 3461 §4: room for the DSN parameters of MAIL and RCPT.
+    const std::size_t dsn = extended_smtp_ && settings_.enable_dsn ? dsn::line_allowance(verb) : 0;
+    if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit + dsn;
     // RFC 1870 §3 (+26 for SIZE) and RFC 6531 §3.4 (+10 for SMTPUTF8), once per session
     // (docs/behaviour.md: aiosmtpd grows it with every EHLO).
     return settings_.command_size_limit + (settings_.data_size_limit != 0 ? 26 : 0) +
-           (settings_.enable_smtputf8 ? 10 : 0);
+           (settings_.enable_smtputf8 ? 10 : 0) + dsn;
 }
 
 }  // namespace asiosmtpd::proto

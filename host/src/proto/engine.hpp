@@ -117,6 +117,11 @@ struct settings {
     /// data_chunk hooks get pieces of at least this size (the last one may be smaller).
     std::size_t data_chunk_size = 64 * 1024;
     std::size_t unknown_command_budget = 5;  ///< aiosmtpd BOGUS_LIMIT
+    /// DSN (RFC 3461): RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT, checked (proto/dsn.hpp) and
+    /// kept as parameters (ENVID and ORCPT values in their case). Off: aiosmtpd's 555.
+    bool enable_dsn = false;
+    /// ENHANCEDSTATUSCODES (RFC 2034): the engine's replies get RFC 3463 codes (proto/enhanced_codes.hpp).
+    bool enable_enhanced_status_codes = false;
     /// server.xclient_networks is not empty: XCLIENT is a known verb (an unknown one otherwise);
     /// the host says per client whether it may use it (engine::allow_xclient).
     bool xclient = false;
@@ -221,6 +226,9 @@ struct envelope {
     std::vector<std::string> mail_options;  ///< upper-cased MAIL parameters
     bool smtp_utf8 = false;
     std::vector<std::string> rcpt_tos;
+    /// Each accepted recipient's ESMTP parameters (DSN: NOTIFY, ORCPT), as rcpt_tos; empty
+    /// without DSN (aiosmtpd accepts none). May be shorter than rcpt_tos: none for the rest.
+    std::vector<std::vector<std::string>> rcpt_options;
     std::string content;  ///< unstuffed message (original_content)
     void clear() noexcept
     {
@@ -228,6 +236,7 @@ struct envelope {
         mail_options.clear();
         smtp_utf8 = false;
         rcpt_tos.clear();
+        rcpt_options.clear();
         content.clear();
     }
 };
@@ -420,6 +429,7 @@ private:
     /// Apply a verdict's reply: returns true when the state change is to be applied.
     bool reply_for(const hook_result& r, std::string_view default_reply);
     void reply(std::string_view line);
+    [[nodiscard]] std::string_view enhanced_code_for(std::string_view line) const noexcept;
     void reply_plugin(const hook_result& r);
     void close(std::string_view why) noexcept;
     void ask_chunk(bool last);

@@ -85,6 +85,12 @@ inline constexpr std::string_view too_much_data = "552 Error: Too much mail data
 inline constexpr std::string_view malformed_address = "553 5.1.3 Error: malformed address";
 inline constexpr std::string_view mail_params_unknown = "555 MAIL FROM parameters not recognized or not implemented";
 inline constexpr std::string_view rcpt_params_unknown = "555 RCPT TO parameters not recognized or not implemented";
+// DSN (RFC 3461 §4, server.enable_dsn): not aiosmtpd (it answers 555); Postfix's texts. A
+// repeated parameter gets the same reply (Postfix).
+inline constexpr std::string_view dsn_bad_ret = "501 Bad RET parameter syntax";
+inline constexpr std::string_view dsn_bad_envid = "501 Bad ENVID parameter syntax";
+inline constexpr std::string_view dsn_bad_notify = "501 Error: Bad NOTIFY parameter syntax";
+inline constexpr std::string_view dsn_bad_orcpt = "501 Error: Bad ORCPT parameter syntax";
 inline constexpr std::string_view default_reject = "550 5.7.1 Rejected";          // plugin REJECT, no text
 inline constexpr std::string_view default_reject_connect = "554 5.7.1 Rejected";  // CONNECT REJECT, no text
 
