@@ -478,7 +478,9 @@ public:
         j.env = environment(c, nullptr, nullptr);
         // SMFIC_CONNECT: "[address]" as the host name (no reverse lookup here), as Postfix does for
         // an unknown name; the PROXY protocol's client when there was one (session_info).
-        const std::string addr(s.peer_address);
+        // A UNIX socket client ("unix:<path>"): SMFIA_UNIX with the socket's path, as Postfix sends.
+        std::string addr(s.peer_address);
+        if (addr.compare(0, 5, "unix:") == 0) addr.erase(0, 5);
         unsigned char buf[sizeof(in6_addr)];
         char family = mp::family_unknown;
         if (::inet_pton(AF_INET, addr.c_str(), buf) == 1) family = mp::family_inet;

@@ -58,6 +58,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -174,6 +175,28 @@ public:
             break;
         }
         if (fd_.get() < 0) throw upstream_error("cannot connect to " + host + ":" + service + ": " + why);
+    }
+
+    // Connects to the UNIX socket at `path` (host: unix:<path>).
+    void open_unix(const std::string& path)
+    {
+        ap::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (fd.get() < 0) throw upstream_error("cannot connect to unix:" + path + ": " + ap::errno_text(errno));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::copy(path.begin(), path.end(), addr.sun_path);  // its length is checked at create()
+        if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+            // A UNIX socket connects at once, or says EAGAIN when its backlog is full.
+            const int err = errno;
+            if (err != EAGAIN && err != EINPROGRESS)
+                throw upstream_error("cannot connect to unix:" + path + ": " + ap::errno_text(err));
+            if (!wait(fd.get(), POLLOUT)) throw upstream_error("cannot connect to unix:" + path + ": timed out");
+            int so = 0;
+            socklen_t len = sizeof so;
+            ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &so, &len);
+            if (so != 0) throw upstream_error("cannot connect to unix:" + path + ": " + ap::errno_text(so));
+        }
+        fd_ = std::move(fd);
     }
 
     void start_tls(SSL_CTX* ctx, const std::string& host, bool verify)
@@ -505,6 +528,25 @@ bool has_param(const std::vector<std::string>& params, std::string_view p)
     return std::find(params.begin(), params.end(), p) != params.end();
 }
 
+// RFC 3461 xtext, as XFORWARD values are sent: printable ASCII but '+' and '=' as is, every
+// other byte as "+XX".
+std::string xtext(std::string_view s)
+{
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string out;
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c > 0x20 && c < 0x7f && c != '+' && c != '=') {
+            out += ch;
+            continue;
+        }
+        out += '+';
+        out += hex[c >> 4];
+        out += hex[c & 15];
+    }
+    return out;
+}
+
 class proxy {
 public:
     explicit proxy(sdk::registrar& reg) : log_(reg.logger())
@@ -512,11 +554,26 @@ public:
         const sdk::config cfg = reg.config();
         cfg.expect_map();
         cfg.check_keys({"host", "port", "starttls", "tls_verify", "ca_file", "timeout", "helo", "workers", "max_hops",
-                        "protocol"});
+                        "protocol", "xforward"});
         host_ = cfg.require("host").as_string();
         if (host_.empty()) throw std::invalid_argument("host: must not be empty");
         const auto p = cfg.get("port");
         port_ = static_cast<std::uint16_t>(p ? p->as_int(1, 65535) : 25);
+        where_ = host_ + ":" + std::to_string(port_);
+        if (host_.compare(0, 5, "unix:") == 0) {
+            // An upstream on a UNIX socket: host: unix:<path> (relative to the config's folder).
+            if (p) throw std::invalid_argument("port: not with host: unix:<path> (a UNIX socket has no port)");
+            unix_path_ = host_.substr(5);
+            if (unix_path_.empty()) throw std::invalid_argument("host: unix: needs a socket path (unix:/run/x.sock)");
+            unix_path_ = ap::resolve_path(unix_path_, reg.config_dir());
+            if (unix_path_.size() >= sizeof(sockaddr_un::sun_path))
+                throw std::invalid_argument("host: \"" + clean(unix_path_) +
+                                            "\" is too long for a UNIX socket (at most " +
+                                            std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes)");
+            host_ = "localhost";  // the TLS name, should starttls be asked for
+            where_ = "unix:" + unix_path_;
+        }
+        xforward_ = cfg.bool_or("xforward", false);
         starttls_ = cfg.bool_or("starttls", false);
         tls_verify_ = cfg.bool_or("tls_verify", true);
         const auto t = cfg.get("timeout");
@@ -553,7 +610,7 @@ public:
         }
         // An IP literal needs no DNS; a name is resolved for each new connection, bounded by
         // `timeout` (one thread: there is one name, and lookups of it are shared).
-        if (!is_ip_literal(host_)) resolver_ = std::make_unique<dns::resolver>(1);
+        if (!is_ip_literal(host_) && unix_path_.empty()) resolver_ = std::make_unique<dns::resolver>(1);
         reg.on<&proxy::on_mail>(sdk::hook::mail);
         reg.on<&proxy::on_rcpt>(sdk::hook::rcpt);
         reg.on<&proxy::on_data>(sdk::hook::data);
@@ -702,6 +759,12 @@ private:
         std::vector<std::vector<std::string>> rcpt_params;  // each of rcpts' ESMTP parameters (DSN)
         bool eight_bit = false;                             // BODY=8BITMIME wanted (asked for, or 8-bit content)
         bool binary = false;                                // BODY=BINARYMIME (RFC 3030): BDAT only, bytes as they came
+        struct {
+            std::string address;  // the session's peer: an IP address, or "unix:<path>"
+            std::uint16_t port = 0;
+            std::string helo;
+            bool esmtp = false;
+        } client;  // with xforward: who the client is, for XFORWARD
     };
 
     session_link& link_of(sdk::call& c)
@@ -733,6 +796,13 @@ private:
 
     sdk::verdict post(sdk::call& c, job j)
     {
+        if (xforward_) {
+            const sdk::session_info s = c.session();
+            j.client.address = std::string(s.peer_address);
+            j.client.port = s.peer_port;
+            j.client.helo = std::string(s.helo_name);
+            j.client.esmtp = s.extended_smtp;
+        }
         j.pending = c.suspend();
         pool_->post(std::move(j));
         return sdk::verdict::pending;
@@ -845,12 +915,13 @@ private:
                 up.conn->set_deadline(deadline);
                 return true;
             }
-            log_.info("session=" + std::to_string(session) + " proxy " + host_ + ":" + std::to_string(port_) +
+            log_.info("session=" + std::to_string(session) + " proxy " + where_ +
                       ": the upstream closed the connection between commands; connecting again");
             forget(up);
         }
         auto conn = std::make_unique<connection>(deadline);
-        conn->open(addresses(deadline), host_, port_);
+        if (!unix_path_.empty()) conn->open_unix(unix_path_);
+        else conn->open(addresses(deadline), host_, port_);
         const reply greeting = conn->read_reply();
         if (greeting.code != 220) throw upstream_error("greeting: " + code_and_text(greeting));
         std::vector<std::string> kw = hello(*conn);
@@ -886,6 +957,7 @@ private:
         // RFC 3030 §3: a binary message can only go to an upstream that takes it as it is.
         if (j.binary && !(offers(up.keywords, "CHUNKING") && offers(up.keywords, "BINARYMIME")))
             return from_code(554, "5.6.3 The upstream does not accept BODY=BINARYMIME");
+        if (xforward_) send_xforward(up, j);
         std::string mail = "MAIL FROM:" + (j.mail_from == "<>" ? std::string("<>") : "<" + j.mail_from + ">");
         if (size > 0 && offers(up.keywords, "SIZE")) mail += " SIZE=" + std::to_string(size);
         const bool body_8bit = !j.binary && eight_bit && offers(up.keywords, "8BITMIME");
@@ -905,6 +977,49 @@ private:
         up.body_binary = j.binary;
         up.rcpts.clear();
         return std::nullopt;
+    }
+
+    // xforward: true, and the upstream offers XFORWARD (Postfix's XFORWARD_README): who the
+    // client is, before each MAIL (the upstream forgets it when a transaction ends), in two
+    // commands as Postfix's smtp client sends them (each stays far below 512 bytes), with only
+    // the attributes the upstream lists. There is no client host name (the server does no
+    // reverse lookups): NAME is [UNAVAILABLE]. A refusal is logged; the message goes on.
+    void send_xforward(upstream& up, const job& j)
+    {
+        std::vector<std::string> attrs;
+        for (const std::string& k : up.keywords)
+            if (k.compare(0, 9, "XFORWARD ") == 0) {
+                std::size_t i = 9;
+                while (i < k.size()) {
+                    const std::size_t sp = std::min(k.find(' ', i), k.size());
+                    if (sp > i) attrs.push_back(k.substr(i, sp - i));
+                    i = sp + 1;
+                }
+            }
+        if (attrs.empty()) return;
+        const auto listed = [&](std::string_view a) { return std::find(attrs.begin(), attrs.end(), a) != attrs.end(); };
+        const bool ip = is_ip_literal(j.client.address);
+        std::string first;
+        std::string second;
+        const auto add = [&](std::string& cmd, std::string_view name, const std::string& value) {
+            if (listed(name)) cmd += " " + std::string(name) + "=" + xtext(value.substr(0, 255));
+        };
+        add(first, "NAME", "[UNAVAILABLE]");
+        add(first, "ADDR",
+            !ip                                               ? std::string("[UNAVAILABLE]")
+            : j.client.address.find(':') != std::string::npos ? "IPV6:" + j.client.address
+                                                              : j.client.address);
+        add(first, "PORT", ip ? std::to_string(j.client.port) : std::string("[UNAVAILABLE]"));
+        add(second, "PROTO", j.client.esmtp ? "ESMTP" : "SMTP");
+        add(second, "HELO", j.client.helo.empty() || !valid_helo(j.client.helo) ? "[UNAVAILABLE]" : j.client.helo);
+        add(second, "SOURCE", ip ? "REMOTE" : "LOCAL");
+        for (const std::string* cmd : {&first, &second}) {
+            if (cmd->empty()) continue;
+            const reply r = up.conn->command("XFORWARD" + *cmd);
+            if (r.code / 100 != 2)
+                log_.warn("session=" + std::to_string(j.session) + " proxy " + where_ +
+                          ": XFORWARD refused: " + clean(code_and_text(r)) + "; relaying without it");
+        }
     }
 
     outcome mail_step(job& j)
@@ -928,7 +1043,7 @@ private:
             up.rcpts.push_back(rcpt);
             return go_on();
         }
-        log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ": refused <" + rcpt +
+        log_.info("session=" + std::to_string(j.session) + " proxy " + where_ + ": refused <" + rcpt +
                   ">: " + clean(code_and_text(r)));
         outcome o = passed_on(r);
         if (r.code == 421) forget(up);
@@ -981,7 +1096,7 @@ private:
         }
         // The log is the record of who did not get the message: every refusal, one line each.
         for (const std::string& line : refusals)
-            log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + clean(line));
+            log_.warn("session=" + std::to_string(j.session) + " proxy " + where_ + ": " + clean(line));
         if (up.rcpts.empty()) {
             end_transaction(up);
             if (any_temporary || first_permanent == 0)
@@ -1117,8 +1232,8 @@ private:
                 // it, and the steps rebuild it (MAIL again; at DATA every recipient).
                 if (round == 0 && kept && up.conn.get() == conn && conn->replies() == replies &&
                     clock_type::now() < j.deadline) {
-                    log_.info("session=" + std::to_string(j.session) + " proxy " + host_ + ":" + std::to_string(port_) +
-                              ": " + e.what() + " on the kept connection; connecting again");
+                    log_.info("session=" + std::to_string(j.session) + " proxy " + where_ + ": " + e.what() +
+                              " on the kept connection; connecting again");
                     forget(up);
                     continue;
                 }
@@ -1139,7 +1254,7 @@ private:
             log_.fields(sdk::log_level::error, "",
                         {{"session", std::to_string(j.session)},
                          {"event", "upstream_error"},
-                         {"upstream", host_ + ":" + std::to_string(port_)},
+                         {"upstream", where_},
                          {"error", e.what()},
                          {"action", "answering 451"}});
             o = unavailable();
@@ -1165,7 +1280,7 @@ private:
             log_.fields(sdk::log_level::info, "",
                         {{"session", std::to_string(j.session)},
                          {"event", "upstream_reply"},
-                         {"upstream", host_ + ":" + std::to_string(port_)},
+                         {"upstream", where_},
                          {"reply", std::to_string(o.code) + " " + o.text.substr(0, first_end)},
                          {"more_lines", std::to_string(more)}});
         }
@@ -1177,6 +1292,9 @@ private:
 
     sdk::logger log_;
     std::string host_;
+    std::string where_;      // "host:port" or "unix:<path>", for logs
+    std::string unix_path_;  // host: unix:<path>
+    bool xforward_ = false;
     std::uint16_t port_ = 25;
     bool starttls_ = false;
     bool tls_verify_ = true;

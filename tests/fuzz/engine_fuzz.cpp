@@ -4,7 +4,8 @@
 //
 // Input layout (tests/fuzz/README.md):
 //   byte 0   settings flags A     byte 1   settings flags B
-//   byte 2-3 hook mask (bit i: hook_order[i]; bit 14 streaming, bit 15 enable_chunking)
+//   byte 2-3 hook mask (bit i: hook_order[i]; bit 14: streamed DATA; bit 15: DSN, enhanced status
+//            codes, enable_chunking, and XCLIENT offered and allowed as with server.xclient_networks)
 //   byte 4   n = number of control bytes, taken from the end of the input
 //   then     the client byte stream; the last n bytes are the controls (used round-robin):
 //            each step's action (chunk size, receive()/prepare()+commit(), complete a pending hook
@@ -73,9 +74,10 @@ settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
         if ((mask & (1u << i)) != 0) s.hook_mask |= hook_bit(hook_order[i]);
     // Bit 14: every DATA hook's plugin also takes chunks, so the message is streamed.
     s.data_whole_message = (mask & (1u << 14)) == 0;
-    // Bit 15: DSN (RFC 3461), enhanced status codes (RFC 2034) and CHUNKING (BDAT; fuzz_bdat
-    // drives BDAT with well-formed conversations).
+    // Bit 15: DSN (RFC 3461), enhanced status codes (RFC 2034), CHUNKING (BDAT; fuzz_bdat drives
+    // BDAT with well-formed conversations) and XCLIENT offered and allowed.
     s.enable_dsn = s.enable_enhanced_status_codes = s.enable_chunking = (mask & (1u << 15)) != 0;
+    s.xclient = (mask & (1u << 15)) != 0;
     s.data_chunk_size = (b & 0x02) != 0 ? 16 : 64 * 1024;
     // The host registers a command together with its handler: a custom verb always has a chain.
     if (!s.commands.empty()) s.hook_mask |= hook_bit(hook_kind::command);
@@ -197,7 +199,18 @@ struct session {
         check_no_control(e.pending_hook(), e.current_envelope());
         if (const hook_request* h = e.pending_hook()) {
             if (trace) print_escaped("hook " + std::to_string(static_cast<int>(h->kind)) + ": ", h->argument);
-            ASIOSMTPD_FUZZ_CHECK((s.hook_mask & hook_bit(h->kind)) != 0, "only hooks with a chain are run");
+            // After XCLIENT the host is always asked (it applies the new client), CONNECT chain or not.
+            ASIOSMTPD_FUZZ_CHECK((s.hook_mask & hook_bit(h->kind)) != 0 ||
+                                     (h->xclient && h->kind == hook_kind::connect),
+                                 "only hooks with a chain are run");
+            if (h->xclient) {
+                ASIOSMTPD_FUZZ_CHECK(s.xclient, "XCLIENT only when offered");
+                const xclient_attributes& x = e.xclient();
+                for (const auto* v : {&x.name, &x.addr, &x.destaddr, &x.helo, &x.proto, &x.login})
+                    ASIOSMTPD_FUZZ_CHECK(!*v || !has_control(**v), "no control character in an XCLIENT attribute");
+                ASIOSMTPD_FUZZ_CHECK(!x.helo || x.helo->find_first_of("<>()\\\";:@") == std::string::npos,
+                                     "XCLIENT's HELO censored");
+            }
             ASIOSMTPD_FUZZ_CHECK(!e.close_requested(), "no hook after the close");
             if (h->kind == hook_kind::command)
                 ASIOSMTPD_FUZZ_CHECK(h->command_index < s.commands.size(), "command index");
@@ -235,6 +248,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     const settings s = make_settings(flags_a, flags_b, mask);
     session t(s);
+    t.e.allow_xclient(s.xclient);
     t.e.set_tls_active((flags_b & 0x02) != 0);
     t.e.start();
     t.drain();

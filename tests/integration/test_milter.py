@@ -191,14 +191,14 @@ MESSAGE = b"Subject: hello\r\nFrom: a@example.org\r\nTo: b@example.org\r\n\r\nTh
 
 
 class MilterCase(ServerTestCase):
-    def milter_server(self, address, maildir=True, timeout=30, **config):
+    def milter_server(self, address, maildir=True, timeout=30, server=None, **config):
         cfg = {"address": address}
         cfg.update(config)
         self.maildir = tempfile.mkdtemp(prefix="asiosmtpd-milter-md-")
         self.addCleanup(shutil.rmtree, self.maildir, True)
         plugins = [{"name": "milter", "timeout": timeout, "config": cfg}]
         plugins.append({"name": "maildir", "config": {"path": self.maildir}} if maildir else "sink")
-        return self.start_server(server_config(plugins=plugins), log_level="debug")
+        return self.start_server(server_config(plugins=plugins, **(server or {})), log_level="debug")
 
     def stored(self):
         return list(maildir_files(self.maildir).values())
@@ -224,6 +224,32 @@ class ActionsTest(MilterCase):
     def setUp(self):
         self.milter.clear()
         self.server = self.milter_server("unix:" + self.milter.socket, command_timeout=10, content_timeout=10)
+
+    def test_xclient_and_unix_socket_clients(self):
+        # XCLIENT: the milter sees the session end and a new connection from the named client
+        # (Postfix sends its milters the same); a UNIX socket client is family UNIX, "localhost".
+        sock = os.path.join(self.maildir, "smtp.sock")
+        server = self.milter_server("unix:" + self.milter.socket, command_timeout=10, content_timeout=10,
+                                    server={"xclient_networks": ["127.0.0.1"],
+                                            "listen": [{"address": HOST, "port": 0}, {"path": sock}]})
+        with smtplib.SMTP(server.host, server.port, timeout=30) as s:
+            s.ehlo("proxy.example")
+            self.assertEqual(s.docmd("XCLIENT", "ADDR=192.0.2.7 PORT=4242")[0], 220)
+            s.ehlo("client.example")
+            s.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(10)
+        c.connect(sock)
+        c.recv(100)
+        c.sendall(b"QUIT\r\n")
+        c.recv(100)
+        c.close()
+        wait_for(lambda: sum(r["event"] == "connect" for r in self.milter.records()) >= 3, what="three connects")
+        conns = [r for r in self.milter.records() if r["event"] == "connect"]
+        self.assertEqual(conns[0]["addr"][0], "127.0.0.1")
+        self.assertEqual((conns[1]["hostname"], conns[1]["addr"]), ("[192.0.2.7]", ["192.0.2.7", 4242]))
+        self.assertEqual(conns[2]["hostname"], "localhost")
+        self.assertEqual("".join(conns[2]["addr"]), sock)  # the recorder lists the path string
 
     def subject(self, words, body=b"The body.\r\n", extra=b""):
         return b"Subject: " + words.encode() + b"\r\n" + extra + b"From: a@example.org\r\n\r\n" + body

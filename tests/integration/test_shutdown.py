@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Graceful stop on SIGTERM/SIGINT: idle sessions get 421 and EOF, the process exits 0, and a
-session in the middle of a message may finish it within shutdown_grace."""
+session in the middle of a message may finish it within shutdown_grace, then say QUIT (221);
+any other command then gets the 421, and so does silence after a short wait."""
 import signal
 import socket
 import time
@@ -74,6 +75,53 @@ class ShutdownTest(ServerTestCase):
         self.assertEqual(busy.line(), "250 OK")
         rest = busy.expect_eof(timeout=5)
         self.assertIn(rest, (b"", f"421 4.3.2 {HOSTNAME} Service shutting down\r\n".encode()))
+        self.assertEqual(server.wait(timeout=5), 0)
+
+    def busy_then_stop(self, server):
+        c = self.connect(server, timeout=5)
+        c.reply()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<a@b.example>")
+        c.cmd("RCPT TO:<c@d.example>")
+        c.cmd("DATA")
+        c.send(b"Subject: in flight\r\n\r\npart one\r\n")
+        time.sleep(0.2)
+        server.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        return c
+
+    def test_quit_after_the_transaction_gets_221(self):
+        # The message is finished during the drain, then the client says goodbye as usual.
+        server = self.start_server(server_config(shutdown_grace=5))
+        c = self.busy_then_stop(server)
+        self.assertEqual(c.cmd("part two\r\n."), ["250 OK"])
+        self.assertEqual(c.cmd("QUIT"), ["221 Bye"])
+        self.assertEqual(c.expect_eof(timeout=5), b"")
+        self.assertEqual(server.wait(timeout=5), 0)
+
+    def test_pipelined_quit_gets_221_another_command_421(self):
+        server = self.start_server(server_config(shutdown_grace=5))
+        c = self.busy_then_stop(server)
+        c.send(b"part two\r\n.\r\nQUIT\r\n")
+        self.assertEqual((c.line(), c.line()), ("250 OK", "221 Bye"))
+        self.assertEqual(c.expect_eof(timeout=5), b"")
+        self.assertEqual(server.wait(timeout=5), 0)
+        server = self.start_server(server_config(shutdown_grace=5))
+        other = self.busy_then_stop(server)
+        self.assertEqual(other.cmd("part two\r\n."), ["250 OK"])
+        self.assertEqual(other.cmd("MAIL FROM:<a@b.example>"), [f"421 4.3.2 {HOSTNAME} Service shutting down"])
+        self.assertEqual(other.expect_eof(timeout=5), b"")
+        self.assertEqual(server.wait(timeout=5), 0)
+        self.assertIn('event=disconnect reason="shutdown"', server.stderr())
+
+    def test_silence_after_the_transaction_gets_421_soon(self):
+        server = self.start_server(server_config(shutdown_grace=10))
+        c = self.busy_then_stop(server)
+        self.assertEqual(c.cmd("part two\r\n."), ["250 OK"])
+        started = time.monotonic()
+        self.assertEqual(c.line(), f"421 4.3.2 {HOSTNAME} Service shutting down")
+        self.assertEqual(c.expect_eof(timeout=5), b"")
+        self.assertLess(time.monotonic() - started, 3.0, "the wait for QUIT must be short, not the grace")
         self.assertEqual(server.wait(timeout=5), 0)
 
     def test_grace_bounds_a_stuck_session(self):

@@ -6,6 +6,8 @@
 // TLS module loads them.
 #include "config/config.hpp"
 
+#include "proto/network.hpp"
+
 #include <asiosmtpd/plugin.hpp>  // sdk::closest_match
 #include <fmt/format.h>
 #include <yaml-cpp/eventhandler.h>
@@ -18,6 +20,7 @@
 #include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,8 +73,10 @@ constexpr std::string_view server[] = {"hostname",
                                        "log_level",
                                        "user",
                                        "group",
-                                       "allow_root"};
-constexpr std::string_view listener[] = {"address", "port", "protocol", "tls", "proxy_protocol", "reuse_port"};
+                                       "allow_root",
+                                       "xclient_networks"};
+constexpr std::string_view listener[] = {"address",        "port",       "protocol", "tls",
+                                         "proxy_protocol", "reuse_port", "path",     "mode"};
 constexpr std::string_view tls[] = {"certificate", "private_key",  "min_version",
                                     "ciphers",     "ciphersuites", "request_client_certificate"};
 constexpr std::string_view plugin[] = {"name", "path", "config", "timeout"};
@@ -328,6 +333,7 @@ private:
     void read_server(const item& it, server_settings& s);
     listener read_listener(const item& it);
     void read_run_as(const item* user, const item* group, server_settings& s) const;
+    void read_unix_listener(const mapping& m, listener& l) const;
     std::string where(const YAML::Mark& at) const
     {
         return at.is_null() || at.line < 0 ? file_ : fmt::format("{}:{}", file_, at.line + 1);
@@ -491,7 +497,47 @@ listener reader::read_listener(const item& it)
             *f, {{"none", tls_mode::none}, {"starttls", tls_mode::starttls}, {"implicit", tls_mode::implicit}});
     if (const item* f = m.find("proxy_protocol")) l.proxy_protocol = read_bool(*f);
     if (const item* f = m.find("reuse_port")) l.reuse_port = read_bool(*f);
+    read_unix_listener(m, l);
     return l;
+}
+
+// A UNIX socket listener: `path` instead of address/port, and the socket file's `mode`.
+void reader::read_unix_listener(const mapping& m, listener& l) const
+{
+    const item* path = m.find("path");
+    const item* mode = m.find("mode");
+    if (path == nullptr) {
+        if (mode != nullptr) fail(mode->mark, mode->key, "applies to a UNIX socket listener (with path:) only");
+        return;
+    }
+    for (const char* tcp_only : {"address", "port", "reuse_port"})
+        if (const item* f = m.find(tcp_only))
+            fail(f->mark, f->key,
+                 fmt::format("a listener has either path: (a UNIX socket) or address:/port: (TCP), not both"));
+    l.path = read_path(*path, false);
+    // sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+    constexpr std::size_t max_path = sizeof(sockaddr_un::sun_path) - 1;
+    if (l.path.native().size() > max_path)
+        fail(path->mark, path->key,
+             fmt::format("{:?} is too long for a UNIX socket ({} bytes, at most {})", l.path.string(),
+                         l.path.native().size(), max_path));
+    const fs::path dir = l.path.parent_path();
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+        fail(path->mark, path->key, fmt::format("the folder {:?} does not exist (create it first)", dir.string()));
+    if (fs::is_directory(l.path, ec))
+        fail(path->mark, path->key, fmt::format("{:?} is a folder; name the socket file", l.path.string()));
+    if (mode != nullptr) {
+        const std::string text = mode->value.IsScalar() ? mode->value.Scalar() : std::string();
+        const bool octal = !text.empty() && text.size() <= 4 &&
+                           std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; });
+        if (!octal)
+            fail(mode->mark, mode->key,
+                 fmt::format("expected an octal file mode such as \"0660\", got {}", describe(mode->value)));
+        l.mode = static_cast<std::uint32_t>(std::stoul(text, nullptr, 8));
+    }
+    l.address.clear();
+    l.port = 0;
 }
 
 call_limits reader::read_call_limits(const item& it) const
@@ -564,9 +610,12 @@ void reader::read_server(const item& it, server_settings& s)
         const std::vector<item> items = open_sequence(*f, true);
         for (std::size_t i = 0; i < items.size(); ++i) {
             listener l = read_listener(items[i]);
-            for (std::size_t j = 0; j < s.listen.size(); ++j)
+            for (std::size_t j = 0; j < s.listen.size(); ++j) {
                 if (l.port != 0 && s.listen[j].port == l.port && s.listen[j].address == l.address)
                     fail(items[i].mark, items[i].key, fmt::format("same address and port as {}", items[j].key));
+                if (!l.path.empty() && s.listen[j].path == l.path)
+                    fail(items[i].mark, items[i].key, fmt::format("same path as {}", items[j].key));
+            }
             s.listen.push_back(std::move(l));
         }
     }
@@ -612,6 +661,15 @@ void reader::read_server(const item& it, server_settings& s)
         s.max_tls_handshakes_per_client = static_cast<std::uint32_t>(read_uint(*f, 0, u32_max));
     if (const item* f = m.find("workers")) s.workers = static_cast<std::uint32_t>(read_uint(*f, 0, 1024));
     if (const item* f = m.find("shutdown_grace")) s.shutdown_grace = read_seconds(*f, true);
+    if (const item* f = m.find("xclient_networks"); f != nullptr && !f->value.IsNull()) {
+        for (const item& e : open_sequence(*f, false)) {
+            const std::string text = read_string(e);
+            std::string why;
+            if (!proto::parse_network(text, why))
+                fail(e.mark, e.key, fmt::format("{}, got {}", why, describe(e.value)));
+            s.xclient_networks.push_back(text);
+        }
+    }
 
     // null is as if absent: no switch.
     auto given = [&m](std::string_view name) -> const item* {
@@ -1117,7 +1175,7 @@ std::vector<std::string> open_relay_warnings(const settings& s)
 {
     std::vector<std::string> out;
     for (const listener& l : s.server.listen) {
-        if (loopback(l.address)) continue;
+        if (!l.path.empty() || loopback(l.address)) continue;  // a UNIX socket: this machine only
         const std::string where = l.address.find(':') != std::string::npos ? fmt::format("[{}]:{}", l.address, l.port)
                                                                            : fmt::format("{}:{}", l.address, l.port);
         const plugin_entry* access = nullptr;

@@ -37,6 +37,8 @@ struct listener {
     tls_mode tls = tls_mode::none;
     bool proxy_protocol = false;
     bool reuse_port = false;            // SO_REUSEPORT: several processes on one host share the port
+    std::filesystem::path path;         // a UNIX socket listener (absolute); empty: TCP (address, port)
+    std::uint32_t mode = 0660;          // the UNIX socket file's permissions
     std::string key = "server.listen";  // "server.listen[1]" for messages ("server.listen": the default)
     std::uint32_t line = 0;             // its line in the file (0: the default listener)
 };
@@ -98,6 +100,7 @@ struct server_settings {
     std::optional<run_as> user;                        // server.user (+ server.group); absent: no switch
     bool allow_root = true;                            // false: refuse to start as root without server.user
     std::string allow_root_at;                         // "<file>:<line>" of server.allow_root ("" if absent)
+    std::vector<std::string> xclient_networks;         // CIDRs that may use XCLIENT; empty: not offered
 };
 
 enum class tls_version { v1_2, v1_3 };

@@ -168,6 +168,7 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     for (const auto& [verb, n] : srv.command_call_limit.per_verb) e.call_limits.emplace(verb, n);
     e.call_limit_default = srv.command_call_limit.default_limit;
     e.auth_max_failures = srv.auth_max_failures;
+    e.xclient = !srv.xclient_networks.empty();
     plugin::add_registrations(e, g);  // the same in the SDK test kit
     return e;
 }
@@ -206,6 +207,11 @@ std::shared_ptr<const listener_context> server::make_context(const config::setti
     ctx->idle_timeout = millis(s.server.timeout);
     ctx->data_min_rate = s.server.data_min_rate;
     ctx->received_header = s.server.received_header;
+    for (const std::string& n : s.server.xclient_networks) {
+        std::string why;
+        if (auto net = proto::parse_network(n, why)) ctx->xclient_networks.push_back(*net);  // checked by config
+    }
+    ctx->unix_path = l.path.string();
     ctx->handshake_timeout = millis(s.server.tls_handshake_timeout);
     ctx->auth_failure_delay = millis(s.server.auth_failure_delay);
     ctx->proxy_protocol = l.proxy_protocol;
@@ -328,6 +334,10 @@ void server::open(listener_slot& slot)
     // "<file>:<line>: server.listen[1]: cannot listen on 127.0.0.1:25: Address already in use"
     const std::string key = l.line == 0 ? fmt::format("{}: {}", config_.file.string(), l.key)
                                         : fmt::format("{}:{}: {}", config_.file.string(), l.line, l.key);
+    if (!l.path.empty()) {
+        slot.local = std::make_unique<unix_listener>(ioc_, l, config_.server.user, key);
+        return;
+    }
     const auto address = asio::ip::make_address(l.address, ec);
     if (ec)
         throw std::runtime_error(fmt::format("{}: cannot listen on {}:{}: not an IP address", key, l.address, l.port));
@@ -456,6 +466,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         for (const auto& l : next.server.listen) {
             auto ctx = make_context(next, l, plugins, tls);
             auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const auto& slot) {
+                if (!l.path.empty()) return !slot->closed && slot->spec.path == l.path;  // a UNIX socket
                 return !slot->closed && slot->spec.address == l.address && slot->spec.port == l.port && l.port != 0;
             });
             if (it != listeners_.end()) {
@@ -471,6 +482,8 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         boost::system::error_code ignored;
         for (auto& c : changes)
             if (c.fresh && c.slot->acceptor) c.slot->acceptor->close(ignored);
+        for (auto& c : changes)
+            if (c.fresh && c.slot->local) c.slot->local->close();
         log::error("event=reload result=failed reason=\"{}\" action=\"keeping the running configuration\"",
                    log::escaped(e.what(), 1000));
         metrics::get().reloads_failed.fetch_add(1, std::memory_order_relaxed);
@@ -480,6 +493,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     std::vector<std::shared_ptr<listener_slot>> kept;
     std::size_t opened = 0, closed = 0;
     for (auto& c : changes) {
+        if (!c.fresh && c.slot->local && c.spec.mode != c.slot->spec.mode) c.slot->local->set_mode(c.spec.mode);
         c.slot->spec = std::move(c.spec);
         c.slot->ctx.store(std::move(c.ctx));
         if (c.fresh) {
@@ -493,6 +507,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         slot->closed = true;
         boost::system::error_code ignored;
         if (slot->acceptor) slot->acceptor->close(ignored);
+        if (slot->local) slot->local->close();  // its socket file goes
         ++closed;
     }
     listeners_ = std::move(kept);
@@ -623,6 +638,7 @@ void server::begin_stop()
     for (auto& slot : listeners_) {
         slot->closed = true;
         if (slot->acceptor) slot->acceptor->close(ignored);
+        if (slot->local) slot->local->close();
     }
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
     // The worker loops end once their sessions have.
@@ -642,10 +658,13 @@ void server::begin_stop()
 // accepts into another io_context's reactor): the hand-off costs one post to that loop.
 asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
 {
-    tcp::acceptor& acceptor = *slot->acceptor;
     for (;;) {
         loop* target = &pick_loop();
-        auto [ec, socket] = co_await acceptor.async_accept(asio::any_io_executor(target->ioc.get_executor()), nothrow);
+        const asio::any_io_executor session_ex(target->ioc.get_executor());
+        boost::system::error_code ec;
+        tcp::socket socket(session_ex);
+        if (slot->local) std::tie(ec, socket) = co_await slot->local->accept(session_ex);
+        else std::tie(ec, socket) = co_await slot->acceptor->async_accept(session_ex, nothrow);
         // The listener's current settings and plugins (a reload may have replaced them).
         const std::shared_ptr<const listener_context> ctx = slot->ctx.load();
         if (!ec && (stopping_ || slot->closed)) {
@@ -656,7 +675,8 @@ asio::awaitable<void> server::accept_loop(std::shared_ptr<listener_slot> slot)
         if (!ec && target->retired) {
             // A reload retired the loop while the accept waited: the socket goes to another.
             loop& other = pick_loop();
-            const auto protocol = socket.local_endpoint(ec).protocol();
+            // (A UNIX socket's descriptor is held as a tcp::socket: see unix_listener.hpp.)
+            const auto protocol = slot->local ? tcp::v4() : socket.local_endpoint(ec).protocol();
             const int fd = ec ? -1 : socket.release(ec);
             tcp::socket moved(other.ioc);
             if (!ec) moved.assign(protocol, fd, ec);

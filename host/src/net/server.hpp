@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "net/session.hpp"
+#include "net/unix_listener.hpp"
 #include "plugin/loader.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -122,6 +123,7 @@ private:
     struct listener_slot {
         config::listener spec;
         std::unique_ptr<tcp::acceptor> acceptor;
+        std::unique_ptr<unix_listener> local;  // a UNIX socket listener instead (spec.path)
         std::atomic<std::shared_ptr<const listener_context>> ctx;
         bool closed = false;  // on the io_context only
     };

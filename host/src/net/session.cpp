@@ -20,6 +20,8 @@
 #include <optional>
 #include <tuple>
 
+#include <sys/socket.h>
+
 namespace asiosmtpd::net {
 namespace {
 
@@ -29,6 +31,9 @@ constexpr std::size_t read_min = 2 * 1024;
 constexpr std::size_t read_max = 256 * 1024;
 // Between commands: enough for a command line or a small pipelined group.
 constexpr std::size_t idle_read = 128;
+// Draining after SIGTERM: how long a session that was busy at the stop may take, once its
+// transaction is over, to send its next command (QUIT gets 221, anything else 421).
+constexpr std::chrono::seconds quit_window{1};
 std::atomic<std::uint64_t> next_session_id{1};
 
 }  // namespace
@@ -42,11 +47,14 @@ session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx
       id_(next_session_id.fetch_add(1, std::memory_order_relaxed))
 {
     boost::system::error_code ec;
-    if (const auto remote = socket_.remote_endpoint(ec); !ec) {
+    if (!ctx_->unix_path.empty()) {
+        // A UNIX socket client has no address: its peer and local address are the socket.
+        peer_address_ = local_address_ = "unix:" + ctx_->unix_path;
+    } else if (const auto remote = socket_.remote_endpoint(ec); !ec) {
         peer_address_ = remote.address().to_string();
         peer_port_ = remote.port();
     }
-    if (const auto local = socket_.local_endpoint(ec); !ec) {
+    if (const auto local = socket_.local_endpoint(ec); !ec && ctx_->unix_path.empty()) {
         local_address_ = local.address().to_string();
         local_port_ = local.port();
     }
@@ -61,6 +69,7 @@ std::string session::received_field() const
     proto::trace_info t;
     t.helo = engine_.helo_name();
     t.peer_address = peer_address_;
+    t.peer_name = peer_name_;
     t.hostname = ctx_->smtp.hostname;
     const std::string id = transaction_id();
     t.id = id;
@@ -153,8 +162,10 @@ void session::request_stop()
 {
     asio::post(socket_.get_executor(), [self = shared_from_this()] {
         self->stop_requested_ = true;
+        self->busy_at_stop_ = !self->at_command_boundary();
+        self->engine_.drain(proto::replies::shutting_down(self->ctx_->smtp.hostname));
         boost::system::error_code ignored;
-        if (self->at_command_boundary()) self->socket_.cancel(ignored);
+        if (!self->busy_at_stop_) self->socket_.cancel(ignored);
     });
 }
 
@@ -209,8 +220,18 @@ asio::awaitable<bool> session::flush()
 // are separate coroutines or plain functions, so that the one frame an idle session keeps is small.
 asio::awaitable<void> session::run()
 {
-    log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_,
-              local_port_);
+    if (ctx_->unix_path.empty()) {
+        log::info("session={} event=connect peer={}:{} local={}:{}", id_, peer_address_, peer_port_, local_address_,
+                  local_port_);
+    } else {
+        // A UNIX socket client: who it is, as the kernel says (SO_PEERCRED).
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        const bool known = ::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+        log::info("session={} event=connect peer={} pid={} uid={} gid={}", id_, peer_address_,
+                  known ? std::to_string(cred.pid) : "-", known ? std::to_string(cred.uid) : "-",
+                  known ? std::to_string(cred.gid) : "-");
+    }
     metrics::get().connections_total.fetch_add(1, std::memory_order_relaxed);
     arm(ctx_->idle_timeout);
     start_watchdog();
@@ -223,6 +244,7 @@ asio::awaitable<void> session::run()
         socket_.non_blocking(true, ignored);  // the reads and writes below never block
         socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
+    engine_.allow_xclient(proto::contains(ctx_->xclient_networks, peer_address_));
     engine_.start();
     for (;;) {
         if (engine_.pending_hook()) {
@@ -250,16 +272,25 @@ asio::awaitable<void> session::run()
             engine_.tls_established();
             continue;
         }
-        if (stop_requested_ && at_command_boundary()) {
-            engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
-            end_reason_ = "shutdown";
-            continue;
+        if (stop_requested_ && at_command_boundary() && quit_deadline_ == std::chrono::steady_clock::time_point{}) {
+            // Its transaction over, a session busy at the stop may still say QUIT (221; the engine
+            // drains: anything else is answered 421). One idle at the stop gets the 421 now,
+            // unless it sent something meanwhile (a QUIT crossing the stop): that is answered.
+            quit_deadline_ = std::chrono::steady_clock::now() + quit_window;
+            if (!busy_at_stop_) {
+                if (answer_pending_input()) continue;
+                engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));
+                end_reason_ = "shutdown";
+                continue;
+            }
         }
         if (client_eof_) {  // seen by the watch during a suspended hook (await_pending)
             end_reason_ = "client closed";
             break;
         }
         if (engine_.progress() != progress_seen_) restart_read_clock();  // waiting for the next line
+        if (quit_deadline_ != std::chrono::steady_clock::time_point{})
+            arm(std::max(quit_deadline_ - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration{}));
         boost::system::error_code ec;
         std::size_t n = 0;
         if (tls_) {
@@ -281,7 +312,10 @@ asio::awaitable<void> session::run()
                 read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
         }
         if (ec == asio::error::operation_aborted) {
-            if (timed_out_ && !forced_) {
+            if (timed_out_ && !forced_ && stop_requested_) {
+                engine_.abort_with(proto::replies::shutting_down(ctx_->smtp.hostname));  // the quit window
+                end_reason_ = "shutdown";
+            } else if (timed_out_ && !forced_) {
                 engine_.timed_out();
                 end_reason_ = too_slow_
                                   ? fmt::format("timeout (message data slower than {} bytes/s)", ctx_->data_min_rate)
@@ -302,6 +336,21 @@ asio::awaitable<void> session::run()
     co_await close();
 }
 
+// The stop found the session idle and cancelled its read: bytes the client sent meanwhile (a
+// QUIT crossing the stop) are read now, without waiting, and go to the engine. True when some
+// were (the session loop answers them).
+bool session::answer_pending_input()
+{
+    if (tls_) return false;  // a TLS record may hold a partial command: not worth the risk here
+    boost::system::error_code ec;
+    const std::span<char> room = engine_.prepare(idle_read);
+    const std::size_t n = socket_.read_some(asio::buffer(room.data(), room.size()), ec);
+    if (ec || n == 0) return false;
+    engine_.commit(n);
+    if (engine_.has_refusals()) log_refusals();
+    return true;
+}
+
 asio::awaitable<void> session::close()
 {
     if (tls_ && socket_.is_open() && !forced_ && !client_gone_) {
@@ -318,7 +367,7 @@ asio::awaitable<void> session::close()
     std::string_view why = forced_ || stop_requested_ ? "shutdown" : "disconnect";
     if (engine_.close_requested()) {
         const std::string_view r = engine_.close_reason();
-        why = r == "quit" || r == "timeout" ? r : r == "aborted" ? "shutdown" : "closed";
+        why = r == "quit" || r == "timeout" ? r : r == "aborted" || r == "shutdown" ? "shutdown" : "closed";
     }
     engine_.end_session(why);
     end_transaction_slots();

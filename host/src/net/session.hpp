@@ -12,6 +12,7 @@
 #include "plugin/chain.hpp"
 #include "plugin/loader.hpp"
 #include "proto/engine.hpp"
+#include "proto/network.hpp"
 #include "proxy/parser.hpp"
 #include "tls/context.hpp"
 
@@ -55,7 +56,11 @@ struct listener_context {
     /// While a message arrives, each idle_timeout window must bring at least this many bytes
     /// per second (0: at least one byte); slower is a timeout.
     std::uint64_t data_min_rate = 500;
-    bool received_header = false;  ///< server.received_header: a Received field tops each message
+    bool received_header = false;                     ///< server.received_header: a Received field tops each message
+    std::vector<proto::ip_network> xclient_networks;  ///< server.xclient_networks: who may use XCLIENT
+    /// A UNIX socket listener's path ("" for TCP): its sessions' peer and local address are
+    /// "unix:<path>" (docs/behaviour.md).
+    std::string unix_path;
 };
 
 class session : public std::enable_shared_from_this<session>, public plugin::session_view, public plugin::chain_events {
@@ -109,6 +114,7 @@ private:
     asio::awaitable<void> close();
     asio::awaitable<void> run_hooks();
     asio::awaitable<void> auth_failed();
+    void apply_xclient();
     void log_transaction(const proto::transaction_summary& t);
     /// The id of the session's current (or last) message: in its Received field and log line.
     [[nodiscard]] std::string transaction_id() const;
@@ -159,6 +165,7 @@ private:
     const std::uint64_t id_;
     std::string peer_address_;
     std::uint16_t peer_port_ = 0;
+    std::string peer_name_;  ///< the client's host name when XCLIENT gave one
     struct proxied {
         proxy::header header;
         std::string via;  ///< the load balancer (TCP peer) when the header named a client
@@ -177,6 +184,11 @@ private:
     bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> forced_{false};
+    bool busy_at_stop_ = false;  ///< the stop found the session in the middle of something
+    /// Draining: when a session busy at the stop reached its next command boundary, it has
+    /// until then to send QUIT (221) or another command (421); zero until then.
+    std::chrono::steady_clock::time_point quit_deadline_{};
+    bool answer_pending_input();
     std::string end_reason_ = "closed";
 };
 

@@ -27,7 +27,10 @@ asio::awaitable<void> session::run_hooks()
             data_started_ == std::chrono::steady_clock::time_point{})
             data_started_ = std::chrono::steady_clock::now();
         const bool auth = req->kind == proto::hook_kind::auth_check || req->kind == proto::hook_kind::auth_mechanism;
-        proto::hook_result result = co_await run_chain(*req);
+        if (req->xclient) apply_xclient();
+        // (No co_await inside a conditional expression: GCC 12 miscompiles its temporaries.)
+        proto::hook_result result;
+        if (!req->xclient || !ctx_->plugins->hooks[ASIOSMTPD_HOOK_CONNECT].empty()) result = co_await run_chain(*req);
         if (client_gone_) co_return;  // the session loop ends; no reply, no further command
         engine_.hook_done(std::move(result));
         if (engine_.has_refusals()) log_refusals();
@@ -38,6 +41,31 @@ asio::awaitable<void> session::run_hooks()
         if (auto t = engine_.take_transaction()) log_transaction(*t);
         end_transaction_slots();
     }
+}
+
+// XCLIENT was accepted (engine::xclient()): from now on the session is the client it names, as
+// if that client had connected (Postfix does the same): the plugins see this session end
+// (SESSION_CLOSE, its session slots freed) and then its CONNECT hook again, with the new peer;
+// the logs and the Received field name the new client; whether it may use XCLIENT in turn is
+// decided by its address.
+void session::apply_xclient()
+{
+    const proto::xclient_attributes& x = engine_.xclient();
+    const std::string was = fmt::format("{}:{}", peer_address_, peer_port_);
+    if (x.addr) peer_address_ = x.addr->empty() ? std::string("unknown") : *x.addr;
+    if (x.port) peer_port_ = *x.port;
+    if (x.name) peer_name_ = *x.name;
+    if (x.destaddr) local_address_ = x.destaddr->empty() ? std::string("unknown") : *x.destaddr;
+    if (x.destport) local_port_ = *x.destport;
+    run_session_close_hooks();
+    data_slots().clear_all();
+    engine_.allow_xclient(proto::contains(ctx_->xclient_networks, peer_address_));
+    const auto shown = [](const std::optional<std::string>& v) {
+        return v ? fmt::format("\"{}\"", log::escaped(*v, 255)) : std::string("-");
+    };
+    log::info("session={} event=xclient peer={}:{} name={} helo={} login={} local={}:{} was={}", id_, peer_address_,
+              peer_port_, peer_name_.empty() ? std::string("-") : log::escaped(peer_name_, 255), shown(x.helo),
+              shown(x.login), local_address_, local_port_, was);
 }
 
 // Brute force: a failed AUTH answers slowly (never log the credentials).

@@ -4,6 +4,7 @@
 #include "proto/address.hpp"
 #include "proto/dsn.hpp"
 #include "proto/enhanced_codes.hpp"
+#include "proto/network.hpp"
 
 #include <algorithm>
 #include <array>
@@ -272,6 +273,67 @@ std::string base64_encode(std::string_view in)
     return out;
 }
 
+// XCLIENT attribute values are xtext (RFC 3461 §4): "+" and two hex digits stand for a byte,
+// every other byte is printable ASCII. Upper- and lower-case hex alike, as Postfix reads them.
+// A value that decodes to a control character is refused (it would reach logs and headers).
+std::optional<std::string> xclient_unquote(std::string_view in)
+{
+    const auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        return -1;
+    };
+    std::string out;
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c < '!' || c > '~') return std::nullopt;
+        if (c != '+') {
+            out.push_back(c);
+            continue;
+        }
+        if (i + 2 >= in.size()) return std::nullopt;
+        const int hi = hex(in[i + 1]);
+        const int lo = hex(in[i + 2]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        const char b = static_cast<char>(hi * 16 + lo);
+        if (is_control(b)) return std::nullopt;
+        out.push_back(b);
+        i += 2;
+    }
+    return out;
+}
+
+// A host name as Postfix's valid_hostname(): dot-separated labels of letters, digits, '-' and
+// '_', none empty or longer than 63, not starting or ending with '-'; at most 255 in all; not
+// all digits in the last label (that is an address).
+bool is_hostname(std::string_view s) noexcept
+{
+    if (s.empty() || s.size() > 255) return false;
+    std::size_t start = 0;
+    for (;;) {
+        const std::size_t dot = s.find('.', start);
+        const std::string_view label = s.substr(start, dot == std::string_view::npos ? dot : dot - start);
+        if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+        for (char c : label)
+            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                return false;
+        if (dot == std::string_view::npos) return !all_digits(label);
+        start = dot + 1;
+    }
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept { return a.size() == b.size() && iequals_prefix(a, b); }
+
+// What a reply may show of a value the client sent: printable ASCII, the rest '?'.
+std::string printable(std::string_view s)
+{
+    std::string out(s.substr(0, 255));
+    for (char& c : out)
+        if (c < ' ' || c > '~') c = '?';
+    return out;
+}
+
 }  // namespace
 
 engine::engine(const settings& s) : settings_(s), unknown_budget_(s.unknown_command_budget) {}
@@ -314,6 +376,9 @@ std::span<const engine::command_spec> engine::command_table() noexcept
         {"EXPN", 0, &engine::on_expn, "", ""},
         {"AUTH", 0, &engine::on_auth, "AUTH <mechanism>", ""},
         {"STARTTLS", before_starttls, &engine::on_starttls, "STARTTLS", ""},
+        // Postfix's XCLIENT (not in aiosmtpd): unknown unless server.xclient_networks is set. A
+        // front end may use it before STARTTLS: it is trusted by its address.
+        {"XCLIENT", before_starttls, &engine::on_xclient, "", ""},
     };
     return table;
 }
@@ -484,6 +549,10 @@ void engine::handle_command(std::string_view line)
     }
     if (!settings_.enable_smtputf8 && !is_ascii(arg)) return reply(replies::strict_ascii);
     upper_into(verb_, raw_verb);
+    if (!drain_reply_.empty() && !in_transaction() && verb_ != "QUIT") {
+        reply(drain_reply_);
+        return close("shutdown");
+    }
     if (line.size() > command_limit(verb_)) return reply(replies::line_too_long);
     if (tls_vetoed_ && verb_ != "QUIT") return reply(replies::lack_of_security);
 
@@ -582,6 +651,9 @@ void engine::hook_done(hook_result result)
     case hook_kind::vrfy:
     case hook_kind::unknown:
     case hook_kind::command: note_refusal(hooked_line_, reply_start); break;
+    case hook_kind::connect:
+        if (request_.xclient) note_refusal(hooked_line_, reply_start);  // the new client refused
+        break;
     default: break;
     }
     if (!waiting_) pump();
@@ -797,6 +869,8 @@ void engine::send_ehlo_lines()
     if (settings_.enable_enhanced_status_codes) out_.append("250-ENHANCEDSTATUSCODES\r\n");  // RFC 2034
     if (settings_.enable_dsn) out_.append("250-DSN\r\n");                                    // RFC 3461
     if (settings_.advertise_pipelining) out_.append("250-PIPELINING\r\n");
+    if (settings_.xclient && xclient_allowed_)
+        out_.append("250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n");
     for (const std::string& k : settings_.ehlo_keywords) out_.append("250-").append(k).append(crlf);
     out_.append("250 HELP\r\n");
 }
@@ -1352,6 +1426,98 @@ void engine::tls_established()
     tls_active_ = true;
     phase_ = phase::command;
     if (has_hook(hook_kind::starttls)) ask(hook_kind::starttls);
+}
+
+// Postfix's XCLIENT (XCLIENT_README), with its replies and check order. Accepted, the session
+// starts over as if the client it names had connected: the host makes it the session's peer,
+// then the CONNECT hook runs and a new greeting (or the hook's refusal) answers the command.
+// HELO, PROTO and LOGIN of this command survive the reset; the other attributes persist until
+// changed by a later XCLIENT.
+void engine::on_xclient(std::string_view arg, bool has_arg)
+{
+    if (!settings_.xclient) return on_unknown(verb_, arg, has_arg);
+    if (in_transaction()) return reply(replies::xclient_in_transaction);
+    if (arg.empty()) return reply(replies::xclient_syntax);
+    if (!xclient_allowed_) return reply(replies::xclient_not_authorized);
+    xclient_attributes got;
+    std::string name;
+    for (std::size_t i = 0; i < arg.size();) {
+        while (i < arg.size() && is_py_space(arg[i])) ++i;
+        const std::size_t start = i;
+        while (i < arg.size() && !is_py_space(arg[i])) ++i;
+        if (i == start) continue;
+        const std::string_view token = arg.substr(start, i - start);
+        const auto eq = token.find('=');
+        if (eq == std::string_view::npos || eq == 0 || eq + 1 == token.size())
+            return reply(replies::xclient_attribute_expected);
+        upper_into(name, token.substr(0, eq));
+        const std::string_view raw = token.substr(eq + 1);
+        if (raw.size() > 255) return reply(replies::xclient_value_too_long);
+        const auto value = xclient_unquote(raw);
+        if (!value) return reply(replies::xclient_bad_value(name, printable(raw)));
+        const bool unavailable = iequals(*value, "[UNAVAILABLE]") || iequals(*value, "[TEMPUNAVAIL]");
+        const auto bad = [&] { reply(replies::xclient_bad_value(name, printable(*value))); };
+        const auto address = [&](std::optional<std::string>& into) {
+            if (unavailable) return into.emplace(), true;
+            const bool v6 = iequals_prefix(*value, "IPV6:");  // XCLIENT_README; a bare IPv6 is taken too
+            const auto ip = parse_ip(std::string_view(*value).substr(v6 ? 5 : 0));
+            if (!ip || (v6 && ip->v4)) return false;
+            into = to_string(*ip);
+            return true;
+        };
+        const auto port = [&](std::optional<std::uint16_t>& into) {
+            if (unavailable) return into = 0, true;
+            if (!all_digits(*value) || value->size() > 5 || exceeds(*value, 65535)) return false;
+            into = static_cast<std::uint16_t>(std::stoul(*value));
+            return true;
+        };
+        if (name == "NAME") {
+            if (!unavailable && (!is_hostname(*value) || parse_ip(*value))) return bad();
+            got.name = unavailable ? std::string() : *value;
+        } else if (name == "ADDR") {
+            if (!address(got.addr)) return bad();
+        } else if (name == "PORT") {
+            if (!port(got.port)) return bad();
+        } else if (name == "DESTADDR") {
+            if (!address(got.destaddr)) return bad();
+        } else if (name == "DESTPORT") {
+            if (!port(got.destport)) return bad();
+        } else if (name == "HELO") {
+            std::string helo = unavailable ? std::string() : *value;
+            // Postfix censors what could break its Received field.
+            for (char& c : helo)
+                if (std::string_view("<>()\\\";:@").find(c) != std::string_view::npos) c = '?';
+            got.helo = std::move(helo);
+        } else if (name == "PROTO") {
+            std::string proto;
+            upper_into(proto, *value);
+            if (proto != "SMTP" && proto != "ESMTP") return bad();
+            got.proto = std::move(proto);
+        } else if (name == "LOGIN") {
+            got.login = unavailable ? std::string() : *value;
+        } else {
+            return reply(replies::xclient_bad_attribute(printable(token.substr(0, eq))));
+        }
+    }
+    // Accepted: every attribute given replaces the one before; HELO, PROTO and LOGIN are this
+    // command's (absent: reset, as a new connection has none).
+    for (auto [from, to] : {std::pair{&got.name, &xclient_.name}, std::pair{&got.addr, &xclient_.addr},
+                            std::pair{&got.destaddr, &xclient_.destaddr}})
+        if (*from) *to = std::move(*from);
+    if (got.port) xclient_.port = got.port;
+    if (got.destport) xclient_.destport = got.destport;
+    xclient_.helo = std::move(got.helo);
+    xclient_.proto = std::move(got.proto);
+    xclient_.login = std::move(got.login);
+    reset_envelope(transaction_end::how::aborted, "xclient");
+    host_name_ = xclient_.helo.value_or(std::string());
+    extended_smtp_ = xclient_.proto == "ESMTP";
+    auth_login_ = xclient_.login.value_or(std::string());
+    authenticated_ = !auth_login_.empty();
+    connect_rejected_ = false;
+    phase_ = phase::greeting;
+    ask(hook_kind::connect);
+    request_.xclient = true;
 }
 
 void engine::on_unknown(std::string_view verb, std::string_view arg, bool has_arg)

@@ -124,6 +124,9 @@ struct settings {
     bool enable_dsn = false;
     /// ENHANCEDSTATUSCODES (RFC 2034): the engine's replies get RFC 3463 codes (proto/enhanced_codes.hpp).
     bool enable_enhanced_status_codes = false;
+    /// server.xclient_networks is not empty: XCLIENT is a known verb (an unknown one otherwise);
+    /// the host says per client whether it may use it (engine::allow_xclient).
+    bool xclient = false;
 };
 
 /// A plugin chain's outcome, as the engine applies it.
@@ -200,6 +203,23 @@ struct hook_request {
     std::string_view login;          ///< auth_check
     std::string_view password;       ///< auth_check (never log it)
     std::uint32_t step = 0;          ///< auth_mechanism: 0, 1, ...
+    /// connect: asked after an accepted XCLIENT, not at the start: the host first makes the
+    /// session the client of engine::xclient() (its peer, what plugins and logs see).
+    bool xclient = false;
+};
+
+/// What the last accepted XCLIENT command gave (Postfix's XCLIENT_README). An attribute not
+/// given is nullopt; [UNAVAILABLE] and [TEMPUNAVAIL] give "" (a port: 0). HELO, PROTO and LOGIN
+/// the engine applies itself (helo_name(), extended_smtp(), authenticated()).
+struct xclient_attributes {
+    std::optional<std::string> name;      ///< NAME: the client's host name, as given
+    std::optional<std::string> addr;      ///< ADDR: canonical ("IPV6:" prefix removed)
+    std::optional<std::uint16_t> port;    ///< PORT
+    std::optional<std::string> destaddr;  ///< DESTADDR: the address the client connected to
+    std::optional<std::uint16_t> destport;
+    std::optional<std::string> helo;   ///< HELO (characters Postfix censors become '?')
+    std::optional<std::string> proto;  ///< "SMTP" or "ESMTP"
+    std::optional<std::string> login;  ///< LOGIN: as if AUTH had succeeded with this identity
 };
 
 /// aiosmtpd's Envelope: one per transaction.
@@ -244,6 +264,10 @@ public:
     void timed_out();
     /// The host is going away (shutdown, too many connections): queue 421 text and close.
     void abort_with(std::string_view reply);
+    /// The host is stopping (docs/behaviour.md "Shutdown"): from now on, a command outside a
+    /// transaction is answered `reply` (the 421) and the session closes, except QUIT, which gets
+    /// its 221 as usual. A transaction in progress goes on.
+    void drain(std::string_view reply) { drain_reply_.assign(reply); }
 
     /// Bytes to send; the caller clears them (clear_output()) once written.
     [[nodiscard]] std::string& output() noexcept { return out_; }
@@ -317,6 +341,13 @@ public:
     /// them: proto/trace.hpp). They do not count against data_size_limit or the mail log's size.
     void set_message_prefix(std::function<std::string()> prefix) { message_prefix_ = std::move(prefix); }
 
+    /// XCLIENT (settings::xclient): this client may use it (its address is in
+    /// server.xclient_networks); the EHLO reply then lists it.
+    void allow_xclient(bool on) noexcept { xclient_allowed_ = on; }
+    [[nodiscard]] bool xclient_allowed() const noexcept { return xclient_allowed_; }
+    /// The attributes of the last accepted XCLIENT command (hook_request::xclient).
+    [[nodiscard]] const xclient_attributes& xclient() const noexcept { return xclient_; }
+
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (docs/behaviour.md).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
 
@@ -378,6 +409,7 @@ private:
     void on_expn(std::string_view arg, bool has_arg);
     void on_auth(std::string_view arg, bool has_arg);
     void on_starttls(std::string_view arg, bool has_arg);
+    void on_xclient(std::string_view arg, bool has_arg);
     void on_unknown(std::string_view verb, std::string_view arg, bool has_arg);
     void on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg);
     void end_of_data();
@@ -503,6 +535,12 @@ private:
     std::string request_arg_;  // owns what request_.argument shows
     std::string request_verb_;
     std::vector<std::string> request_params_;
+
+    std::string drain_reply_;  // drain(): the host is stopping
+
+    // XCLIENT
+    bool xclient_allowed_ = false;
+    xclient_attributes xclient_;
     std::string request_secret_[3];  // auth_check: authzid, login, password (owned while asked)
 };
 

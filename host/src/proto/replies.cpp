@@ -60,4 +60,14 @@ std::string bdat_chunk_ok(std::uint64_t octets)
     return join({"250 2.0.0 Ok: ", std::to_string(octets), " octets received"});
 }
 
+std::string xclient_bad_value(std::string_view attribute, std::string_view value)
+{
+    return join({"501 5.5.4 Bad ", attribute, " syntax: ", value});
+}
+
+std::string xclient_bad_attribute(std::string_view attribute)
+{
+    return join({"501 5.5.4 Bad XCLIENT attribute name: ", attribute});
+}
+
 }  // namespace asiosmtpd::proto::replies

@@ -118,4 +118,13 @@ std::string shutting_down(std::string_view hostname);           // 421 4.3.2 <ho
 std::string too_many_auth_failures(std::string_view hostname);  // 421 4.7.0 <host> ... authentication
 std::string bdat_chunk_ok(std::uint64_t octets);                // 250 2.0.0 Ok: <n> octets received
 
+// --- XCLIENT (server.xclient_networks): Postfix smtpd's replies -----------------------------
+inline constexpr std::string_view xclient_in_transaction = "503 5.5.1 Error: MAIL transaction in progress";
+inline constexpr std::string_view xclient_syntax = "501 5.5.4 Syntax: XCLIENT attribute=value...";
+inline constexpr std::string_view xclient_not_authorized = "550 5.7.0 Error: insufficient authorization";
+inline constexpr std::string_view xclient_attribute_expected = "501 5.5.4 Error: attribute=value expected";
+inline constexpr std::string_view xclient_value_too_long = "501 5.5.4 Error: attribute value too long";
+std::string xclient_bad_value(std::string_view attribute, std::string_view value);  // 501 5.5.4 Bad NAME syntax: v
+std::string xclient_bad_attribute(std::string_view attribute);  // 501 5.5.4 Bad XCLIENT attribute name: X
+
 }  // namespace asiosmtpd::proto::replies

@@ -51,7 +51,11 @@ std::string received_field(const trace_info& t)
     if (!t.lmtp && !t.esmtp && (!t.tls_version.empty() || t.authenticated)) with = "ESMTP";  // RFC 3848 has no SMTPS
     if (!t.tls_version.empty()) with += "S";
     if (t.authenticated) with += "A";
-    std::string r = "Received: from " + safe(t.helo, 255) + " ([" + safe(t.peer_address, 64) + "])\r\n";
+    // TCP-info (RFC 5321 §4.4): "(name [address])"; a UNIX socket client has no address: its socket.
+    std::string r = "Received: from " + safe(t.helo, 255) + " (";
+    if (t.peer_address.starts_with("unix:")) r += safe(t.peer_address, 120);
+    else r += (t.peer_name.empty() ? "" : safe(t.peer_name, 255) + " ") + "[" + safe(t.peer_address, 64) + "]";
+    r += ")\r\n";
     if (!t.tls_version.empty())
         r += "\t(using " + safe(t.tls_version, 32) + " with cipher " + safe(t.tls_cipher, 64) + ")\r\n";
     r += "\tby " + safe(t.hostname, 255) + " (asiosmtpd) with " + with + " id " + safe(t.id, 64);

@@ -13,7 +13,8 @@ namespace asiosmtpd::proto {
 /// What a Received field says of one message.
 struct trace_info {
     std::string_view helo;          ///< the client's HELO/EHLO/LHLO argument
-    std::string_view peer_address;  ///< "192.0.2.1", "2001:db8::1" (the PROXY/XCLIENT client when given)
+    std::string_view peer_address;  ///< "192.0.2.1", "2001:db8::1" (the PROXY/XCLIENT client when given), "unix:/path"
+    std::string_view peer_name;     ///< the client's host name (XCLIENT NAME), "" when not known
     std::string_view hostname;      ///< server.hostname
     std::string_view id;            ///< the transaction id
     std::string_view tls_version;   ///< "" without TLS
@@ -31,7 +32,8 @@ std::string transaction_id(std::uint64_t session, std::uint64_t n);
 
 /// "Received: from <helo> ([<ip>])\r\n\t(using <tls> with cipher <c>)\r\n\tby <host> (asiosmtpd)
 /// with <ESMTPSA...> id <id>\r\n\tfor <rcpt>; <RFC 5322 date>\r\n" (the TLS line only with TLS,
-/// "for" only with one recipient). `with` is RFC 3848's
+/// "for" only with one recipient; "(<name> [<ip>])" with a peer_name, "(unix:<path>)" for a
+/// UNIX socket client). `with` is RFC 3848's
 /// protocol type (SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP, LMTPS, LMTPA, LMTPSA); bytes of
 /// the HELO name outside printable ASCII (and SP, '(', ')', '[', ']', '\\') become '?'.
 std::string received_field(const trace_info& t);
