@@ -185,6 +185,15 @@ class UnixSocketTest(ServerTestCase):
             self.assertEqual(p.returncode, 1, p.stderr)
             self.assertIn(expected, p.stderr)
 
+    def test_max_connections_counts_unix_clients(self):
+        server = self.start_server(server_config(max_connections=1, listen=self.listen({"path": self.smtp_path})))
+        first = self.unix_client(self.smtp_path)
+        self.assertEqual(first.reply()[0][:3], "220")
+        second = self.unix_client(self.smtp_path)
+        self.assertEqual(second.reply(), [f"421 4.7.0 {HOSTNAME} Error: too many connections"])
+        self.assertIn("event=refused reason=max_connections client=- limit=1",
+                      server.wait_output(lambda t: "event=refused" in t, which="stderr"))
+
     def test_config_errors(self):
         def check(listener, expected):
             p = run_binary(["--check-config"], config=server_config(listen=[listener]))

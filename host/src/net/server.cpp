@@ -722,7 +722,10 @@ asio::awaitable<void> server::refuse(tcp::socket socket, std::string reply)
     boost::system::error_code ec;
     const auto peer = socket.remote_endpoint(ec);
     log::warn("event=refused reason=max_connections client={} limit={}",
-              ec ? std::string("-") : peer.address().to_string(), max_connections_.load());
+              ec || (peer.data()->sa_family != AF_INET && peer.data()->sa_family != AF_INET6)  // a UNIX socket
+                  ? std::string("-")
+                  : peer.address().to_string(),
+              max_connections_.load());
     metrics::get().connections_refused.fetch_add(1, std::memory_order_relaxed);
     reply.append("\r\n");
     co_await asio::async_write(socket, asio::buffer(reply), nothrow);
