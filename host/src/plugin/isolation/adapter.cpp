@@ -29,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -82,6 +83,49 @@ std::string describe_status(int status)
     }
     if (WIFEXITED(status)) return fmt::format("exit={}", WEXITSTATUS(status));
     return "status=unknown";
+}
+
+// Runs f() on a thread that lives as long as the process (never joined; it ends with it).
+int on_spawning_thread(const std::function<int()>& f)
+{
+    struct spawner {
+        std::mutex lock;
+        std::condition_variable wake;
+        std::deque<std::function<void()>> jobs;
+    };
+    static spawner* const s = [] {
+        auto* made = new spawner;  // never destroyed: the thread may run until the very end
+        std::thread([made] {
+            std::unique_lock lock(made->lock);
+            for (;;) {
+                made->wake.wait(lock, [made] { return !made->jobs.empty(); });
+                auto job = std::move(made->jobs.front());
+                made->jobs.pop_front();
+                lock.unlock();
+                job();
+                lock.lock();
+            }
+        }).detach();
+        return made;
+    }();
+    std::mutex done_lock;
+    std::condition_variable done_wake;
+    bool done = false;
+    int result = 0;
+    {
+        const std::lock_guard guard(s->lock);
+        s->jobs.emplace_back([&] {
+            const int r = f();
+            const std::lock_guard g(done_lock);
+            result = r;
+            done = true;
+            done_wake.notify_one();
+        });
+    }
+    s->wake.notify_one();
+    std::unique_lock lock(done_lock);
+    done_wake.wait(lock, [&] { return done; });
+    return result;
 }
 
 void put_tree(wire::writer& w, const config::node& n, int depth)
@@ -364,7 +408,10 @@ bool supervisor::spawn(child& c, std::string& why)
     posix_spawnattr_setsigdefault(&attr, &all);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = -1;
-    const int rc = ::posix_spawn(&pid, helper_s.c_str(), &fa, &attr, argv.data(), environ);
+    // On the spawning thread: the child's PR_SET_PDEATHSIG fires when the thread that started
+    // it ends, which must be the process's end, not a reload's thread.
+    const int rc =
+        on_spawning_thread([&] { return ::posix_spawn(&pid, helper_s.c_str(), &fa, &attr, argv.data(), environ); });
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     ::close(sv[1]);
@@ -971,6 +1018,7 @@ void supervisor::crashed(std::string reason, bool hung)
     std::vector<asiosmtpd_token> calls;
     {
         const std::lock_guard guard(lock_);
+        if (state_ == state::stopping) return;  // stop() ends the child; nothing to restart
         c = std::exchange(child_, child{});
         calls.assign(outstanding_.begin(), outstanding_.end());
         outstanding_.clear();
@@ -1000,7 +1048,7 @@ void supervisor::crashed(std::string reason, bool hung)
         why =
             hung ? "the plugin process hung (killed)" : "the plugin process crashed (" + describe_status(status) + ")";
         down_reason_ = give_up ? why + "; given up after " + std::to_string(recent) + " crashes" : why + "; restarting";
-        state_ = give_up ? state::given_up : state::down;
+        if (state_ != state::stopping) state_ = give_up ? state::given_up : state::down;
         restart_at_ = now + backoff;
     }
     log::error("event=plugin_process_crash plugin={} key={} pid={} {} in_flight={} crashes_in_window={}{}", name, key_,

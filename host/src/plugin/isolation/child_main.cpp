@@ -1155,6 +1155,12 @@ int main(int argc, char** argv)
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() == 1) return 0;
     std::signal(SIGPIPE, SIG_IGN);
+    // A stop is the server's to decide (SIGTERM to the whole group, systemd's control-group
+    // kill, ^C in a terminal): the server lets its sessions finish, then ends this process
+    // (DESTROY, or the channel's end).
+    std::signal(SIGTERM, SIG_IGN);
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGHUP, SIG_IGN);
     std::uint64_t memory_limit = 0;
     const char* workdir = nullptr;
     for (int i = 1; i + 1 < argc; i += 2) {
