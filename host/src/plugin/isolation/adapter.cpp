@@ -66,12 +66,18 @@ std::string_view view(asiosmtpd_str s) noexcept
     return s.data == nullptr ? std::string_view{} : std::string_view{s.data, s.size};
 }
 
+// The child's program: ASIOSMTPD_PLUGIN_HOST when set (an embedding application), else beside
+// the server (the build tree), else <prefix>/libexec/asiosmtpd/ (installed).
 fs::path helper_path()
 {
     if (const char* env = std::getenv("ASIOSMTPD_PLUGIN_HOST"); env != nullptr && *env != '\0') return env;
     std::error_code ec;
     const fs::path exe = boost::dll::program_location(ec);
-    return ec ? fs::path(helper_name) : exe.parent_path() / helper_name;
+    if (ec) return fs::path(helper_name);
+    const fs::path beside = exe.parent_path() / helper_name;
+    const fs::path installed = exe.parent_path().parent_path() / ASIOSMTPD_INSTALL_LIBEXEC_SUBDIR / helper_name;
+    std::error_code exists_ec;
+    return fs::exists(beside, exists_ec) || !fs::exists(installed, exists_ec) ? beside : installed;
 }
 
 std::string describe_status(int status)
