@@ -106,8 +106,11 @@ void cancel(asiosmtpd_token token) noexcept;
 /// isolation: process: end a suspended call with what the plugin's child process answered, as
 /// complete() does; `error` not empty makes it a plugin error with that reason (the child
 /// crashed, a reply the plugin set was refused...). Returns what complete() would.
+/// `returned`: the verdict was the hook's return value (a refused one is logged as judge()
+/// says it, without "complete() refused: ").
 asiosmtpd_status complete_remote(asiosmtpd_token token, asiosmtpd_verdict verdict, std::uint16_t code,
-                                 std::string_view text, std::string_view identity, std::string_view error);
+                                 std::string_view text, std::string_view identity, std::string_view error,
+                                 bool returned = false);
 
 /// One plugin log line, as log_fields() writes it: `session` (0: outside a call) and `txn`
 /// ("" outside a transaction) as the call's; what a plugin's child process logged.

@@ -640,7 +640,8 @@ void cancel(asiosmtpd_token token) noexcept
 }
 
 asiosmtpd_status complete_remote(asiosmtpd_token token, asiosmtpd_verdict verdict, std::uint16_t code,
-                                 std::string_view text, std::string_view identity, std::string_view error)
+                                 std::string_view text, std::string_view identity, std::string_view error,
+                                 bool returned)
 {
     if (verdict == ASIOSMTPD_PENDING && error.empty()) return ASIOSMTPD_E_INVALID;
     std::shared_ptr<pending_call> p;
@@ -661,7 +662,7 @@ asiosmtpd_status complete_remote(asiosmtpd_token token, asiosmtpd_verdict verdic
             status = ASIOSMTPD_E_INVALID;
         } else if (std::string problem = verdict_problem(verdict, code, text, p->hook == auth_mechanism_call);
                    !problem.empty()) {
-            p->refused = "complete() refused: " + problem;
+            p->refused = returned ? problem : "complete() refused: " + problem;
             status = ASIOSMTPD_E_INVALID;
         } else if (!p->refused_rcpt_replies.empty()) {
             p->refused = std::move(p->refused_rcpt_replies.front().second);

@@ -297,6 +297,12 @@ struct adapter_descriptor {
     supervisor* owner = nullptr;
 };
 
+// The adapter's transaction slot: its end frees the child's transaction slots of the session.
+struct txn_marker {
+    std::weak_ptr<supervisor> owner;
+    std::uint64_t session;
+};
+
 class supervisor : public std::enable_shared_from_this<supervisor> {
 public:
     adapter_descriptor adapter;
@@ -322,6 +328,8 @@ public:
     /// One hook call of a session (any event-loop thread): `index` is which of the plugin's
     /// registrations of that hook.
     asiosmtpd_verdict call(std::uint32_t index, asiosmtpd_call* call, const void* args);
+    /// A session's transaction ended in the server (its slots went): tell the child.
+    void txn_ended(std::uint64_t session);
 
 private:
     struct child {
@@ -773,6 +781,14 @@ bool supervisor::send_locked(std::string& frame)
     return true;
 }
 
+void supervisor::txn_ended(std::uint64_t session)
+{
+    const std::lock_guard guard(lock_);
+    if (state_ != state::up) return;
+    std::string frame = wire::writer(wire::end_txn).u64(session).finish();
+    (void)send_locked(frame);
+}
+
 void supervisor::cancelled(asiosmtpd_token token)
 {
     const std::lock_guard guard(lock_);
@@ -796,6 +812,17 @@ asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, co
                 down_reason_.empty() ? std::string("the plugin process is not running") : down_reason_;
             return ASIOSMTPD_CONTINUE;
         }
+    }
+    // The child's transaction slots end when the server's do: a transaction slot of the
+    // adapter's own, whose end tells the child (so that a plugin's per-message state, a temporary
+    // file say, goes when the transaction ends, not at the session's next call).
+    if (call->hook != ASIOSMTPD_HOOK_TXN_END && call->hook != ASIOSMTPD_HOOK_SESSION_CLOSE &&
+        host_api().slot_get(call, ASIOSMTPD_SCOPE_TXN) == nullptr) {
+        auto* marker = new txn_marker{weak_from_this(), call->session->session_id()};
+        (void)host_api().slot_set(call, ASIOSMTPD_SCOPE_TXN, marker, [](void* p) {
+            const std::unique_ptr<txn_marker> m(static_cast<txn_marker*>(p));
+            if (const auto s = m->owner.lock()) s->txn_ended(m->session);
+        });
     }
     asiosmtpd_token token = 0;
     if (!notification && host_api().suspend(call, &token) != ASIOSMTPD_OK) {
@@ -897,7 +924,7 @@ void supervisor::handle(std::string_view body)
             text = challenge;
             code = 0;
         }
-        (void)complete_remote(token, verdict, code, text, identity, error);
+        (void)complete_remote(token, verdict, code, text, identity, error, returned);
         return;
     }
     case wire::log: {

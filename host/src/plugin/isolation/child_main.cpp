@@ -1208,6 +1208,11 @@ int main(int argc, char** argv)
                 proc().pending.erase(id);
                 break;
             }
+            case wire::end_txn: {
+                const auto it = proc().sessions.find(r.u64());
+                if (it != proc().sessions.end()) end_txn(it->second);
+                break;
+            }
             case wire::destroy: on_destroy();
             default: break;
             }

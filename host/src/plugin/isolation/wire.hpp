@@ -29,6 +29,7 @@ enum : std::uint8_t {
     call = 3,     ///< u64 id (0: a notification), i32 hook, snapshot, arguments
     cancel = 4,   ///< u64 id: the host gave up on this suspended call (timeout, session gone)
     destroy = 5,  ///< run destroy() and exit
+    end_txn = 6,  ///< u64 session: the server freed the session's transaction slots (no answer)
     // child -> host
     opened = 101,   ///< u8 ok, str error | u32 abi_minor, u32 flags, str name, str version, str description
     created = 102,  ///< i32 status, str reason, config report, registrations
