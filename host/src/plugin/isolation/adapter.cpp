@@ -367,6 +367,7 @@ private:
     child child_;
     std::string down_reason_;
     std::unordered_set<asiosmtpd_token> outstanding_;
+    std::unordered_set<std::uint64_t> txn_slots_;  // sessions holding a transaction slot in the child
     std::deque<sent_call> sent_;
     std::string out_;  // what the socket did not take yet
     std::deque<steady::time_point> crash_times_;
@@ -784,7 +785,8 @@ bool supervisor::send_locked(std::string& frame)
 void supervisor::txn_ended(std::uint64_t session)
 {
     const std::lock_guard guard(lock_);
-    if (state_ != state::up) return;
+    // Only for a session whose transaction slot the child said it holds: no frame otherwise.
+    if (txn_slots_.erase(session) == 0 || state_ != state::up) return;
     std::string frame = wire::writer(wire::end_txn).u64(session).finish();
     (void)send_locked(frame);
 }
@@ -869,7 +871,15 @@ void supervisor::handle(std::string_view body)
 {
     wire::reader r(body.substr(1));
     switch (static_cast<std::uint8_t>(body[0])) {
-    case wire::pending:
+    case wire::pending: {
+        (void)r.u64();
+        const bool holds = r.u8() != 0;
+        const std::uint64_t session = r.u64();
+        const std::lock_guard guard(lock_);
+        if (!sent_.empty()) sent_.pop_front();
+        if (holds && r.ok()) txn_slots_.insert(session);
+        return;
+    }
     case wire::done: {
         const std::lock_guard guard(lock_);
         if (!sent_.empty()) sent_.pop_front();
@@ -918,7 +928,13 @@ void supervisor::handle(std::string_view body)
             if (r.ok() && h.edit_message_pending(token, &e) != ASIOSMTPD_OK)
                 error = "an edit the plugin process made was refused by the server";
         }
+        const bool holds = r.u8() != 0;
+        const std::uint64_t session = r.u64();
         if (!r.ok()) error = "the plugin process sent a malformed result";
+        if (holds && r.ok()) {
+            const std::lock_guard guard(lock_);
+            txn_slots_.insert(session);
+        }
         if (verdict == ASIOSMTPD_AUTH_CHALLENGE && returned) {
             // From a returned verdict the challenge is set_auth_challenge()'s; complete() carries it as the text.
             text = challenge;
@@ -1057,6 +1073,7 @@ void supervisor::crashed(std::string reason, bool hung)
         outstanding_.clear();
         sent_.clear();
         out_.clear();
+        txn_slots_.clear();
         state_ = state::down;
     }
     const pid_t pid = c.pid;

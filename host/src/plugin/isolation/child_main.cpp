@@ -729,6 +729,7 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
     wire::writer w(wire::result);
     w.u64(token).u8(0);
     put_result(w, verdict, code, view(text), {}, r.identity, error, r.replies, r.edits);
+    w.u8(0).u64(0);
     send(w.finish());
     return status;
 }
@@ -1109,13 +1110,17 @@ void on_call(wire::reader& r)
         send(w.finish());
         return;
     }
+    // Whether the session holds a transaction slot here: the server then says when the
+    // transaction ends (END_TXN), so that it goes at once.
+    const auto held = p.sessions.find(call.snap.session_id);
+    const std::uint8_t holds = held != p.sessions.end() && held->second.txn_data != nullptr ? 1 : 0;
     std::string error;
     if (!r.ok()) error = "malformed call from the server";
     else if (fn == nullptr) error = "no such hook in the plugin process";
     if (error.empty() && verdict == ASIOSMTPD_PENDING) {
         if (call.suspended) {
             wire::writer w(wire::pending);
-            w.u64(id);
+            w.u64(id).u8(holds).u64(call.snap.session_id);
             send(w.finish());
             return;
         }
@@ -1133,6 +1138,7 @@ void on_call(wire::reader& r)
     wire::writer w(wire::result);
     w.u64(id).u8(1);
     put_result(w, verdict, call.code, call.text, call.challenge, call.identity, error, call.replies, call.edits);
+    w.u8(holds).u64(call.snap.session_id);
     send(w.finish());
 }
 
