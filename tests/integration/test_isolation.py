@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 import unittest
+import urllib.request
 
 import harness
 from harness import ServerTestCase, fixture_plugin, run_binary, server_config
@@ -73,7 +74,10 @@ class IsolationTest(ServerTestCase):
     # ---- a crash costs the message in flight, not the server --------------------------------------
 
     def check_contained(self, mode, how):
-        server = self.start_server(faulty(mode))
+        config = faulty(mode)
+        mport = fixed_port()
+        config["metrics"] = {"listen": f"{harness.HOST}:{mport}"}
+        server = self.start_server(config)
         self.assertEqual(code(self.send(server, MESSAGE)), 250)
         # Another session, mid-transaction while the child crashes: it goes on afterwards.
         other = self.connect(server)
@@ -92,6 +96,11 @@ class IsolationTest(ServerTestCase):
         self.assertEqual(code(self.send(server, MESSAGE)), 250)
         self.assertEqual(server.process.poll(), None)
         self.assertEqual(len(set(self.child_pids(server))), 2)
+        with urllib.request.urlopen(f"http://{harness.HOST}:{mport}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        self.assertIn("asiosmtpd_plugin_process_crashes_total 1\n", metrics)
+        self.assertIn("asiosmtpd_plugin_process_restarts_total 1\n", metrics)
+        self.assertIn("asiosmtpd_plugin_errors_total 1\n", metrics)
 
     def test_segfault_isolated(self):
         # AddressSanitizer catches the SIGSEGV itself, reports it and exits 1.
