@@ -832,6 +832,8 @@ asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, co
         return ASIOSMTPD_CONTINUE;
     }
     wire::writer w(wire::call);
+    if ((hook == ASIOSMTPD_HOOK_DATA || hook == ASIOSMTPD_HOOK_DATA_CHUNK) && args != nullptr)
+        w.reserve(static_cast<const asiosmtpd_data_args*>(args)->size + 4096);
     w.u64(token).i32(hook).u32(index);
     put_snapshot(w, call, *inst_);
     put_arguments(w, hook, args);
