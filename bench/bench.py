@@ -584,7 +584,7 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
         # The port is per run: the config names @PORT@, written just before each start.
         peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
-                          f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter")))
+                          f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter", "isolation")))
         # --baseline-build: another build of asiosmtpd (e.g. the commit before a change), same config.
         if args.baseline_build:
             base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd"
@@ -602,6 +602,17 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
             cfg_n.write_text(template.replace("@WORKERS@", str(n)).replace("@PLUGINS@", str(plugins)))
             peers.append(Peer(f"asiosmtpd-w{n}", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg_n), "@PORT@"],
                               f"{binary}, workers: {n}{' (one per core)' if n == 0 else ''}, sink plugin via the ABI"))
+        if "isolation" in groups:
+            # The same sink in a child process (isolation: process): its CPU is the server's tree.
+            icfg = OUT / "asiosmtpd-isolated.yaml"
+            icfg.write_text(cfg.read_text().replace("  - name: sink", "  - name: sink\n    isolation: process"))
+            if (build / "bin" / "asiosmtpd-plugin-host").exists():
+                peers.append(Peer("asiosmtpd+isolated", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(icfg),
+                                                         "@PORT@"],
+                                  f"the same, sink with isolation: process (asiosmtpd-plugin-host)",
+                                  groups=("isolation",), tree=True))
+            else:
+                skipped.append(f"asiosmtpd+isolated: {build}/bin/asiosmtpd-plugin-host missing (bench/run builds it)")
     else:
         skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
 
@@ -676,6 +687,11 @@ def scenarios(quick: bool) -> list[Scenario]:
                  warmup_msgs=300, min_msgs=300, max_msgs=200000, group="python"),
         Scenario("python10", "Python handler, 1 KiB, c=10, connection reuse", "source", 10,
                  warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="python"),
+        # The sink in process and in a child process (isolation: process, issue 21).
+        Scenario("iso1", "1 KiB, c=1, connection reuse, sink in process vs isolated", "source", 1,
+                 warmup_msgs=300, min_msgs=300, max_msgs=200000, group="isolation"),
+        Scenario("iso10", "1 KiB, c=10, connection reuse, sink in process vs isolated", "source", 10,
+                 warmup_msgs=1000, min_msgs=1000, max_msgs=500000, group="isolation"),
     ]
     # Durable delivery: LMTP (smtp-source -L) into asiosmtpd+maildir and Dovecot, each writing a
     # Maildir on a real disk with fsync before every reply. A message costs disk flushes and
@@ -1043,6 +1059,54 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
+    """One isolation scenario: the sink in process (asiosmtpd) and in a child process
+    (asiosmtpd+isolated): rates, the server's and the child's CPU per message, and the latency
+    a hook call gains (at c=1: the time per message added, over the sink's 2 hook calls per
+    1 KiB message, DATA_CHUNK and DATA)."""
+    base = "asiosmtpd"
+
+    def med(name: str, f) -> float | None:
+        r = results.get((name, sc.key))
+        return r.median(f) if r and r.good() else None
+
+    def rate(x: Round) -> float:
+        return x.msgs / x.elapsed
+
+    def tot(x: Round) -> float:
+        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+    def child(x: Round) -> float:
+        return sum(v for k, v in x.parts.items() if k.startswith("asiosmtpd-plug")) / x.msgs * 1e6
+
+    noisy: list[float] = []
+    w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
+    w(f"{'peer':20} {'msgs/s':>8} {'spread':>7} {'server':>8} {'child':>8} {'total':>8} {'client':>8} {'others':>6}"
+      f" | {'msgs/s':>7} {'total':>7} vs {base} (in process)")
+    w(f"{'':20} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
+    for p in peers:
+        r: Result | None = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:20} FAILED: {r.error}")
+            continue
+        rates = [rate(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        isolated = p != base
+        ch = r.median(child) if isolated else None
+        w(f"{p:20} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(tot) - (ch or 0.0):8.1f} {fmt(ch, '8.1f'):>8}"
+          f" {r.median(tot):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
+          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(tot), med(base, tot)):>7}"
+          + (f"   ({r.error})" if r.error else ""))
+    a, b = med("asiosmtpd+isolated", rate), med(base, rate)
+    if a and b and sc.sessions == 1:
+        w(f"added per hook call (c=1): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls = {(1e6 / a - 1e6 / b) / 2:.1f} us")
+    return noisy
+
+
 def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
     """One milter scenario: each peer's rate and CPU (the server's, the milter's, both), as ratios
     to asiosmtpd with the sink alone, then what the milter adds to asiosmtpd and to Postfix."""
@@ -1195,6 +1259,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
             noisy += milter_table(results, milter_peers_, sc, w)
         elif sc.group == "durable":
             noisy += durable_table(results, durable_peers_, sc, w)
+        elif sc.group == "isolation":
+            noisy += isolation_table(results, [p for p in peers if "isolation" in groups.get(p, ())], sc, w)
         elif sc.kind == "source":
             # The Python-handler tables compare with aiosmtpd running the same handler.
             tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
@@ -1353,7 +1419,7 @@ def main() -> int:
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
                     " for the python ones asiosmtpd+python,aiosmtpd+python")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
-                    "milter,milternew,python1,python10,d1,d10,d50")
+                    "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10")
     ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
                     " bench/.out/durable, on the checkout's filesystem; emptied before and removed after)")
     ap.add_argument("--maildir-workers", type=int, default=4, help="the maildir plugin's workers in the durable"

@@ -37,6 +37,7 @@ FIXTURE_PLUGIN_DIR = os.environ.get("ASIOSMTPD_FIXTURE_PLUGIN_DIR") or os.path.j
     _BUILD_DIR, "tests", "fixtures", "plugins")
 
 HOST = "127.0.0.1"
+TEST_ISOLATION = os.environ.get("ASIOSMTPD_TEST_ISOLATION", "")  # "process": plugins of server_config() isolated
 HOSTNAME = "mx.test.example"     # server.hostname in the default test config
 IDENT = "TestIdent 1.0"           # server.ident in the default test config
 START_TIMEOUT = 10.0             # seconds to wait for the listening line
@@ -100,6 +101,10 @@ def server_config(plugins=None, **server):
     if plugins is None:
         plugins = ["sink"]
     entries = [{"name": p} if isinstance(p, str) else p for p in plugins]
+    if TEST_ISOLATION:
+        # ASIOSMTPD_TEST_ISOLATION=process: every plugin of these configs in its own child
+        # process (issue 21), unless the test chose for itself.
+        entries = [e if "isolation" in e else dict(e, isolation=TEST_ISOLATION) for e in entries]
     return {"server": srv, "plugins": entries}
 
 

@@ -36,7 +36,7 @@ install)
   rm -rf "$work"; mkdir -p "$work"
   cmake --install "$build" --prefix "$prefix" >"$work/install.log"
   for p in $plugins; do need "$prefix/lib/asiosmtpd/plugins/$p.so" "$prefix/share/doc/asiosmtpd/plugins/$p.md"; done
-  need "$prefix/bin/asiosmtpd" \
+  need "$prefix/bin/asiosmtpd" "$prefix/libexec/asiosmtpd/asiosmtpd-plugin-host" \
        "$prefix"/share/man/man8/asiosmtpd.8.gz "$prefix"/share/man/man5/asiosmtpd.yaml.5.gz \
        "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,dsn.hpp,testkit.hpp,testkit_core.hpp} \
        "$prefix/lib/libasiosmtpd_core.a" \
@@ -118,7 +118,7 @@ deb)
   server=$(ls "$out"/asiosmtpd_*_*.deb); dev=$(ls "$out"/asiosmtpd-dev_*_*.deb)
   depends=$(dpkg-deb -f "$server" Depends)
   contents() { dpkg-deb -c "$1" | awk '{print $6}'; }
-  for f in ./usr/bin/asiosmtpd ./etc/asiosmtpd/asiosmtpd.yaml \
+  for f in ./usr/bin/asiosmtpd ./usr/libexec/asiosmtpd/asiosmtpd-plugin-host ./etc/asiosmtpd/asiosmtpd.yaml \
            ./usr/lib/systemd/system/asiosmtpd.service ./usr/share/doc/asiosmtpd/README.md \
            ./usr/share/doc/asiosmtpd/README.packaging.md ./usr/share/doc/asiosmtpd/configuration.md \
            ./usr/share/man/man8/asiosmtpd.8.gz ./usr/share/man/man5/asiosmtpd.yaml.5.gz \
@@ -148,7 +148,8 @@ deb)
   done
   # Stripped (CPACK_STRIP_FILES), but the test kit's static library keeps its symbols.
   dpkg-deb -x "$server" "$out/server"; dpkg-deb -x "$dev" "$out/dev"
-  for f in "$out"/server/usr/bin/asiosmtpd "$out"/server/usr/lib/asiosmtpd/plugins/*.so; do
+  for f in "$out"/server/usr/bin/asiosmtpd "$out"/server/usr/libexec/asiosmtpd/asiosmtpd-plugin-host \
+           "$out"/server/usr/lib/asiosmtpd/plugins/*.so; do
     file "$f" | grep -q ', stripped' || fail "not stripped: $f"
   done
   [ "$(nm "$out/dev/usr/lib/libasiosmtpd_core.a" 2>/dev/null | grep -c ' T ')" -gt 0 ] || fail "libasiosmtpd_core.a has no symbols"

@@ -79,7 +79,7 @@ constexpr std::string_view listener[] = {"address",        "port",       "protoc
                                          "proxy_protocol", "reuse_port", "path",     "mode"};
 constexpr std::string_view tls[] = {"certificate", "private_key",  "min_version",
                                     "ciphers",     "ciphersuites", "request_client_certificate"};
-constexpr std::string_view plugin[] = {"name", "path", "config", "timeout"};
+constexpr std::string_view plugin[] = {"name", "path", "config", "timeout", "isolation", "memory_limit"};
 constexpr std::string_view metrics[] = {"listen"};
 constexpr std::string_view log[] = {"format", "timestamps"};
 }  // namespace keys
@@ -316,6 +316,7 @@ private:
 
     bool read_bool(const item& it) const;
     std::uint64_t read_uint(const item& it, std::uint64_t min, std::uint64_t max) const;
+    std::uint64_t read_byte_size(const item& it, std::uint64_t min, std::uint64_t max) const;
     double read_seconds(const item& it, bool zero_allowed) const;
     std::string read_string(const item& it) const;
     fs::path read_path(const item& it, bool folder) const;
@@ -421,6 +422,41 @@ std::uint64_t reader::read_uint(const item& it, std::uint64_t min, std::uint64_t
     if (negative && !(ec == std::errc{} && v == 0)) bad("");
     if (ec == std::errc::result_out_of_range || (ec == std::errc{} && v > max)) bad(" (too large)");
     if (ec != std::errc{} || end != s.data() + s.size() || v < min) bad("");
+    return v;
+}
+
+// Bytes: an integer, or one with a binary suffix K, M, G or T ("256M" = 256 MiB).
+std::uint64_t reader::read_byte_size(const item& it, std::uint64_t min, std::uint64_t max) const
+{
+    const YAML::Node& n = it.value;
+    auto bad = [&](std::string_view why) {
+        fail(it.mark, it.key,
+             fmt::format("expected a size in bytes >= {} (an integer, or with K, M, G or T: 256M), got {}{}", min,
+                         describe(n), why));
+    };
+    if (!n.IsScalar()) bad("");
+    std::string_view s = n.Scalar();
+    unsigned shift = 0;
+    if (!s.empty()) {
+        switch (s.back()) {
+        case 'K':
+        case 'k': shift = 10; break;
+        case 'M':
+        case 'm': shift = 20; break;
+        case 'G':
+        case 'g': shift = 30; break;
+        case 'T':
+        case 't': shift = 40; break;
+        default: break;
+        }
+        if (shift != 0) s.remove_suffix(1);
+    }
+    if (s.empty() || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) bad("");
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || end != s.data() + s.size() || v > (max >> shift)) bad(" (too large)");
+    v <<= shift;
+    if (v < min) bad(" (too small)");
     return v;
 }
 
@@ -827,6 +863,15 @@ plugin_entry reader::read_plugin(const item& it) const
         p.config_line = f->key_line;
     }
     if (const item* f = m.find("timeout")) p.timeout = read_seconds(*f, false);
+    if (const item* f = m.find("isolation"))
+        p.isolation = read_enum<plugin_entry::isolation_mode>(
+            *f, {{"none", plugin_entry::isolation_mode::none}, {"process", plugin_entry::isolation_mode::process}});
+    if (const item* f = m.find("memory_limit")) {
+        if (p.isolation != plugin_entry::isolation_mode::process)
+            fail(f->mark, f->key,
+                 "needs isolation: process (a plugin in the server's own process has no limit of its own)");
+        p.memory_limit = read_byte_size(*f, 16ull << 20, 1ull << 44);
+    }
     return p;
 }
 

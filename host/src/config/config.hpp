@@ -123,6 +123,11 @@ struct plugin_entry {
     std::uint32_t line = 0;         // lines in the file for messages (0: unknown): the entry,
     std::uint32_t name_line = 0;    // its `name:`,
     std::uint32_t config_line = 0;  // its `config:` key (0: none)
+    /// isolation: process runs the plugin in a child process (plugin/isolation/adapter.hpp);
+    /// memory_limit: that child's address space in bytes (RLIMIT_AS), 0 for none.
+    enum class isolation_mode { none, process };
+    isolation_mode isolation = isolation_mode::none;
+    std::uint64_t memory_limit = 0;
 };
 
 /// metrics: {listen: "127.0.0.1:9125"}: Prometheus text format over HTTP at /metrics.

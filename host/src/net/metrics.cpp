@@ -3,6 +3,7 @@
 
 #include "log/log.hpp"
 #include "plugin/chain.hpp"
+#include "plugin/isolation/adapter.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -203,6 +204,11 @@ std::string metrics::render(std::size_t current) const
     counter("asiosmtpd_plugin_blocking_total",
             "Hook calls that held an event-loop thread longer than the blocking threshold.", "",
             plugin::blocking_incidents());
+    counter("asiosmtpd_plugin_process_crashes_total",
+            "Plugin child processes (isolation: process) that crashed, exited or hung.", "",
+            plugin::isolation::crashes());
+    counter("asiosmtpd_plugin_process_restarts_total", "Plugin child processes started again after a crash.", "",
+            plugin::isolation::restarts());
     out += "# HELP asiosmtpd_hook_duration_seconds Plugin hook calls, until their verdict.\n"
            "# TYPE asiosmtpd_hook_duration_seconds histogram\n";
     const std::lock_guard guard(lock_);

@@ -598,6 +598,7 @@ bool chain::resume(std::string_view not_completed)
                 call_.rcpt_replies[i] = std::move(p->rcpt_replies[i]);
             }
             if (!p->edits.empty()) call_.edits = std::move(p->edits);
+            if (!p->identity.empty()) call_.auth_identity = std::move(p->identity);
             if (verdict == ASIOSMTPD_AUTH_CHALLENGE) {
                 // From complete(), a challenge travels as the text (plugin.h).
                 call_.auth_challenge = std::exchange(call_.text, {});

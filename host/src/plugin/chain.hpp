@@ -93,10 +93,30 @@ struct pending_call {
     bool lmtp = false;
     edit_batch edits;
     spool_settings spool;
+    /// isolation: process (isolation/adapter.cpp): the AUTH identity the plugin set in its
+    /// child before it suspended, and who to tell when the host gives up on the call.
+    std::string identity;
+    std::function<void()> on_cancel;
 };
 
-/// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE.
+/// Forget a token (timeout, session gone): a later complete() gets ASIOSMTPD_E_GONE. A call
+/// given up on this way (not completed) runs its on_cancel.
 void cancel(asiosmtpd_token token) noexcept;
+
+/// isolation: process: end a suspended call with what the plugin's child process answered, as
+/// complete() does; `error` not empty makes it a plugin error with that reason (the child
+/// crashed, a reply the plugin set was refused...). Returns what complete() would.
+/// `returned`: the verdict was the hook's return value (a refused one is logged as judge()
+/// says it, without "complete() refused: ").
+asiosmtpd_status complete_remote(asiosmtpd_token token, asiosmtpd_verdict verdict, std::uint16_t code,
+                                 std::string_view text, std::string_view identity, std::string_view error,
+                                 bool returned = false);
+
+/// One plugin log line, as log_fields() writes it: `session` (0: outside a call) and `txn`
+/// ("" outside a transaction) as the call's; what a plugin's child process logged.
+void write_plugin_log(const instance* who, std::int32_t level, std::uint64_t session, std::string_view txn,
+                      std::string_view message, const asiosmtpd_str* keys, const asiosmtpd_str* values,
+                      std::size_t count);
 
 }  // namespace asiosmtpd::plugin
 

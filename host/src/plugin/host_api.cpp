@@ -584,17 +584,31 @@ void append_field(std::string& line, std::string_view key, std::string_view valu
     else line.append(v);
 }
 
+log_level level_of(int32_t level) noexcept
+{
+    return level <= ASIOSMTPD_LOG_DEBUG  ? log_level::debug
+           : level == ASIOSMTPD_LOG_INFO ? log_level::info
+           : level == ASIOSMTPD_LOG_WARN ? log_level::warn
+                                         : log_level::error;
+}
+
+// "plugin=<name> <message> key=value...", after the session's part of the line.
+void finish_log_line(std::string& line, const asiosmtpd_ctx* who, std::string_view message, const asiosmtpd_str* keys,
+                     const asiosmtpd_str* values, size_t count)
+{
+    line += "plugin=" + (who != nullptr ? who->name : std::string("?"));
+    if (!message.empty()) line += " " + escaped(message, 2000);
+    if (keys != nullptr && values != nullptr)
+        for (size_t i = 0; i < count && i < 64; ++i) append_field(line, view(keys[i]), view(values[i]));
+}
+
 void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message,
                        const asiosmtpd_str* keys, const asiosmtpd_str* values, size_t count)
 {
-    const auto l = level <= ASIOSMTPD_LOG_DEBUG  ? log_level::debug
-                   : level == ASIOSMTPD_LOG_INFO ? log_level::info
-                   : level == ASIOSMTPD_LOG_WARN ? log_level::warn
-                                                 : log_level::error;
+    const log_level l = level_of(level);
     const asiosmtpd_ctx* who = ctx != nullptr ? ctx : (call != nullptr ? call->owner : nullptr);
     log_sink& sink = log_for(who);
     if (!sink.enabled(l)) return;
-    const std::string name = who != nullptr ? who->name : std::string("?");
     // `call` may be stale when used from another thread; only read it when it is active.
     std::string line;
     if (call != nullptr && call->active && call->session != nullptr) {
@@ -604,10 +618,7 @@ void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, 
         if (smtp.in_transaction())
             line += "txn=" + proto::transaction_id(call->session->session_id(), smtp.transaction_number()) + " ";
     }
-    line += "plugin=" + name;
-    if (message.size > 0) line += " " + escaped(view(message), 2000);
-    if (keys != nullptr && values != nullptr)
-        for (size_t i = 0; i < count && i < 64; ++i) append_field(line, view(keys[i]), view(values[i]));
+    finish_log_line(line, who, view(message), keys, values, count);
     sink.write(l, line);
 }
 
@@ -615,9 +626,78 @@ void plugin_log_fields(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, 
 
 void cancel(asiosmtpd_token token) noexcept
 {
+    std::function<void()> told;
+    {
+        auto& t = table();
+        const std::lock_guard guard(t.lock);
+        const auto it = t.calls.find(token);
+        if (it == t.calls.end()) return;
+        {
+            const std::lock_guard call_guard(it->second->lock);
+            told = std::move(it->second->on_cancel);
+        }
+        t.calls.erase(it);
+    }
+    if (told) {
+        try {
+            told();
+        } catch (...) {}
+    }
+}
+
+asiosmtpd_status complete_remote(asiosmtpd_token token, asiosmtpd_verdict verdict, std::uint16_t code,
+                                 std::string_view text, std::string_view identity, std::string_view error,
+                                 bool returned)
+{
+    if (verdict == ASIOSMTPD_PENDING && error.empty()) return ASIOSMTPD_E_INVALID;
+    std::shared_ptr<pending_call> p;
+    std::function<void()> notify;
+    asiosmtpd_status status = ASIOSMTPD_OK;
     auto& t = table();
-    const std::lock_guard guard(t.lock);
-    t.calls.erase(token);
+    {
+        const std::lock_guard guard(t.lock);
+        const auto it = t.calls.find(token);
+        if (it == t.calls.end()) return token != 0 && token < t.next ? ASIOSMTPD_E_GONE : ASIOSMTPD_E_INVALID;
+        p = std::move(it->second);
+        t.calls.erase(it);
+        const std::lock_guard call_guard(p->lock);
+        p->done = true;
+        p->on_cancel = nullptr;
+        if (!error.empty()) {
+            p->refused.assign(error);
+            status = ASIOSMTPD_E_INVALID;
+        } else if (std::string problem = verdict_problem(verdict, code, text, p->hook == auth_mechanism_call);
+                   !problem.empty()) {
+            p->refused = returned ? problem : "complete() refused: " + problem;
+            status = ASIOSMTPD_E_INVALID;
+        } else if (!p->refused_rcpt_replies.empty()) {
+            p->refused = std::move(p->refused_rcpt_replies.front().second);
+            status = ASIOSMTPD_E_INVALID;
+        }
+        p->verdict = verdict;
+        p->code = code;
+        p->text.assign(text);
+        p->identity.assign(identity);
+        notify = p->notify;
+    }
+    if (notify) notify();
+    return status;
+}
+
+void write_plugin_log(const instance* who, std::int32_t level, std::uint64_t session, std::string_view txn,
+                      std::string_view message, const asiosmtpd_str* keys, const asiosmtpd_str* values,
+                      std::size_t count)
+{
+    log_sink& sink = log_for(who);
+    const log_level l = level_of(level);
+    if (!sink.enabled(l)) return;
+    std::string line;
+    if (session != 0) {
+        line = "session=" + std::to_string(session) + " ";
+        if (!txn.empty()) line += "txn=" + std::string(txn) + " ";
+    }
+    finish_log_line(line, who, message, keys, values, count);
+    sink.write(l, line);
 }
 
 const asiosmtpd_host_api& host_api() noexcept

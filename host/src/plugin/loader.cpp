@@ -5,6 +5,7 @@
 
 #include "log/log.hpp"
 #include "plugin/elf_check.hpp"
+#include "plugin/isolation/adapter.hpp"
 
 #include <asiosmtpd/plugin.hpp>  // sdk::closest_match
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -320,9 +321,24 @@ std::shared_ptr<const generation> load(const config::settings& s, bool check_onl
     for (const config::plugin_entry& e : s.plugins) {
         const fs::path file = e.path.empty() ? find_by_name(s.file, e, dirs) : e.path;
         auto inst = std::make_unique<instance>();
-        const std::shared_ptr<library> lib = open_checked(s.file, file, e.key);
-        inst->lib = lib;
-        inst->desc = lib->desc;
+        if (e.isolation == config::plugin_entry::isolation_mode::process) {
+            // In a child process: the adapter (isolation/adapter.hpp) stands in for the plugin.
+            // The file gets the same look first, so that a file that is no plugin is named
+            // before a process is started for it.
+            const plugin_file source(file);
+            if (!source.problem().empty()) throw refusal(s.file, e.key, file, source.problem());
+            if (std::string why = elf_problem(source.fd(), source.size()); !why.empty())
+                throw refusal(s.file, e.key, file, why);
+            try {
+                inst->lib = isolation::open(s, e, file, inst->desc);
+            } catch (const std::runtime_error& err) {
+                throw refusal(s.file, e.key, file, err.what());
+            }
+        } else {
+            const std::shared_ptr<library> lib = open_checked(s.file, file, e.key);
+            inst->lib = lib;
+            inst->desc = lib->desc;
+        }
         inst->name = inst->desc->name;
         inst->key = e.key;
         inst->timeout = std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000));
@@ -353,8 +369,9 @@ std::shared_ptr<const generation> load(const config::settings& s, bool check_onl
             throw refusal(s.file, e.key, file, f.problem);
         }
         inst->self = self;
-        log::info("event=plugin_loaded plugin={} version={} key={} file={}", inst->name, inst->desc->version, e.key,
-                  file.string());
+        log::info("event=plugin_loaded plugin={} version={} key={} file={}{}", inst->name, inst->desc->version, e.key,
+                  file.string(),
+                  e.isolation == config::plugin_entry::isolation_mode::process ? " isolation=process" : "");
         gen->instances.push_back(std::move(inst));
     }
     return gen;
