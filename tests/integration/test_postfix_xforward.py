@@ -93,7 +93,7 @@ class PostfixXforwardTest(ServerTestCase):
         # NAME is not known to the proxy (no reverse lookups): Postfix's "unknown".
         self.assertTrue(line.endswith(f"{queue_id}: client=localhost[127.0.0.1], orig_client=unknown[192.0.2.9]"),
                         line)
-        self.postfix.wait_log(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 xforward=2 mail=1 rcpt=1 data=1")
+        self.postfix.wait_log(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=1 xforward=2 mail=1 rcpt=1 (data|bdat)=1")
 
     def test_without_xforward_postfix_sees_only_the_proxy(self):
         server = self.proxy_server()
