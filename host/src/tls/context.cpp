@@ -96,6 +96,32 @@ BIO* socket_bio(int fd)
     return b;
 }
 
+// What a failed SSL_do_handshake/SSL_read/SSL_write/SSL_shutdown (returning r) means: OpenSSL's
+// SSL_ERROR_* code, and for the failures `ec` as an asio::ssl::stream reports them.
+int classify(SSL* ssl, int r, int saved_errno, boost::system::error_code& ec) noexcept
+{
+    const int why = SSL_get_error(ssl, r);
+    const unsigned long e = ERR_get_error();
+    switch (why) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: return why;
+    case SSL_ERROR_SYSCALL:
+        // Without an errno, the client closed the connection without a close_notify.
+        if (saved_errno != 0) ec = {saved_errno, boost::system::system_category()};
+        else
+            ec = e != 0 ? boost::system::error_code(static_cast<int>(e), boost::asio::error::get_ssl_category())
+                        : boost::system::error_code(boost::asio::ssl::error::stream_truncated);
+        return why;
+    case SSL_ERROR_ZERO_RETURN: ec = boost::asio::error::eof; return why;
+    case SSL_ERROR_SSL:
+        // OpenSSL 3 reports a client gone without a close_notify as an error of its own.
+        if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ec = boost::asio::ssl::error::stream_truncated;
+        else ec = {static_cast<int>(e), boost::asio::error::get_ssl_category()};
+        return why;
+    default: ec = boost::asio::ssl::error::unexpected_result; return why;
+    }
+}
+
 }  // namespace
 
 std::shared_ptr<ssl::context> make_server_context(const config::settings& s)
@@ -139,6 +165,16 @@ std::shared_ptr<ssl::context> make_server_context(const config::settings& s)
         SSL_CTX_set_verify(native, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
     const unsigned char sid[] = "asiosmtpd";
     SSL_CTX_set_session_id_context(native, sid, sizeof sid - 1);
+    // Resumption (OpenSSL's defaults, on): stateless tickets, two after each full TLS 1.3
+    // handshake and one after a resumed one, sealed with keys OpenSSL draws for this context
+    // (so a reload, which makes a new context, starts with new keys); TLS 1.2 clients that do
+    // not take tickets are remembered in the context's session cache by session ID. Off: no
+    // ticket, no cache, every handshake a full one.
+    if (!t.session_resumption) {
+        SSL_CTX_set_options(native, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(native, 0);
+        SSL_CTX_set_session_cache_mode(native, SSL_SESS_CACHE_OFF);
+    }
     return ctx;
 }
 
@@ -205,28 +241,98 @@ server_handshake::step server_handshake::advance(boost::system::error_code& ec) 
     ERR_clear_error();
     errno = 0;
     const int r = SSL_do_handshake(ssl_);
-    const int saved_errno = errno;
     if (r == 1) return step::done;
-    const int why = SSL_get_error(ssl_, r);
-    const unsigned long e = ERR_get_error();
-    switch (why) {
+    switch (classify(ssl_, r, errno, ec)) {
     case SSL_ERROR_WANT_READ: return step::want_read;
     case SSL_ERROR_WANT_WRITE: return step::want_write;
-    case SSL_ERROR_SYSCALL:
-        // Without an errno, the client closed the connection mid-handshake.
-        if (saved_errno != 0) ec = {saved_errno, boost::system::system_category()};
-        else
-            ec = e != 0 ? boost::system::error_code(static_cast<int>(e), boost::asio::error::get_ssl_category())
-                        : boost::system::error_code(boost::asio::ssl::error::stream_truncated);
-        return step::failed;
-    case SSL_ERROR_ZERO_RETURN: ec = boost::asio::error::eof; return step::failed;
-    case SSL_ERROR_SSL:
-        // OpenSSL 3 reports a client gone mid-handshake as an error of its own.
-        if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ec = boost::asio::ssl::error::stream_truncated;
-        else ec = {static_cast<int>(e), boost::asio::error::get_ssl_category()};
-        return step::failed;
-    default: ec = boost::asio::ssl::error::unexpected_result; return step::failed;
+    default: return step::failed;
     }
 }
+
+channel::channel(SSL* ssl) noexcept : ssl_(ssl)
+{
+    if (ssl_ == nullptr) return;
+    // Partial writes: a long write returns after each record, and a write retried after
+    // WANT_WRITE may come from a buffer that moved (the caller's string grew meanwhile).
+    SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_read_ahead(ssl_, 1);
+}
+
+channel::~channel()
+{
+    if (ssl_ != nullptr) SSL_free(ssl_);
+}
+
+channel::status channel::outcome(int r, boost::system::error_code& ec) noexcept
+{
+    const int saved_errno = errno;
+    switch (classify(ssl_, r, saved_errno, ec)) {
+    case SSL_ERROR_WANT_READ: return status::want_read;
+    case SSL_ERROR_WANT_WRITE: return status::want_write;
+    case SSL_ERROR_ZERO_RETURN: return status::failed;  // close_notify: ours may still go out
+    default: broken_ = true; return status::failed;
+    }
+}
+
+channel::status channel::read(std::span<char> into, std::size_t& n, boost::system::error_code& ec) noexcept
+{
+    n = 0;
+    ec.clear();
+    if (ssl_ == nullptr || broken_) {
+        ec = boost::asio::error::bad_descriptor;
+        return status::failed;
+    }
+    if (into.empty()) return status::done;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_read_ex(ssl_, into.data(), into.size(), &n) == 1) return status::done;
+    n = 0;
+    return outcome(0, ec);
+}
+
+channel::status channel::write(std::span<const char> from, std::size_t& n, boost::system::error_code& ec) noexcept
+{
+    n = 0;
+    ec.clear();
+    if (ssl_ == nullptr || broken_) {
+        ec = boost::asio::error::bad_descriptor;
+        return status::failed;
+    }
+    if (from.empty()) return status::done;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_write_ex(ssl_, from.data(), from.size(), &n) == 1) return status::done;
+    n = 0;
+    return outcome(0, ec);
+}
+
+channel::status channel::shutdown(boost::system::error_code& ec) noexcept
+{
+    ec.clear();
+    if (ssl_ == nullptr || broken_) return status::done;
+    ERR_clear_error();
+    errno = 0;
+    const int r = SSL_shutdown(ssl_);
+    if (r == 1) return status::done;
+    if (r == 0) {
+        // Ours is sent; the client's is awaited (asio::ssl::stream waits for it too, so that
+        // whatever the client still sends is read before the socket closes, not reset).
+        ERR_clear_error();
+        errno = 0;
+        const int again = SSL_shutdown(ssl_);
+        if (again == 1) return status::done;
+        if (again == 0) return status::want_read;
+        return outcome(again, ec);
+    }
+    const status s = outcome(r, ec);
+    // The client closed (EOF or close_notify) or broke the connection: nothing left to wait for.
+    if (s == status::failed) {
+        ec.clear();
+        return status::done;
+    }
+    return s;
+}
+
+bool channel::pending() const noexcept { return ssl_ != nullptr && !broken_ && SSL_has_pending(ssl_) == 1; }
 
 }  // namespace asiosmtpd::tls

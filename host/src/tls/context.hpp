@@ -43,11 +43,11 @@ std::size_t handshake_record_size(std::span<const unsigned char, record_header_s
 /// with SSL_MODE_RELEASE_BUFFERS: while it waits for the client it holds OpenSSL's handshake
 /// state and no more (OpenSSL 3.0, once it answered a ClientHello: about 42 KiB, the SSL object,
 /// a 21 KiB handshake message buffer, an 8 KiB write-buffering BIO, keys), where an
-/// asio::ssl::stream would hold its four 17 KiB buffers as well. The caller waits for what advance() asks for and calls it
-/// again; once done, release() hands the SSL* over (to asio::ssl::stream's constructor, which
-/// then owns it and puts its BIO pair in place of the socket's BIO). Read-ahead stays off, so
-/// OpenSSL never reads past the handshake's last record: what the client pipelined after it
-/// (its first command) is still in the socket for the stream to read.
+/// asio::ssl::stream would hold its four 17 KiB buffers as well. The caller waits for what
+/// advance() asks for and calls it again; once done, release() hands the SSL* over, to a
+/// `channel` (below) or any owner that frees it. Read-ahead stays off, so OpenSSL never reads
+/// past the handshake's last record: what the client pipelined after it (its first command) is
+/// still in the socket.
 class server_handshake {
 public:
     /// `fd`: the connection's socket, already non-blocking; it stays the caller's.
@@ -66,6 +66,45 @@ public:
 private:
     SSL* ssl_ = nullptr;
     boost::system::error_code setup_error_;  ///< SSL_new or SSL_set_fd failed
+};
+
+/// An established TLS connection: OpenSSL reads and writes the connection's non-blocking
+/// socket itself (the handshake's BIO), with no buffer of its own. SSL_MODE_RELEASE_BUFFERS
+/// gives OpenSSL's record buffers back whenever no record is half read or half written, so an
+/// idle connection holds the SSL object, its session and keys (about 10 KiB with OpenSSL 3.0)
+/// and nothing else; an asio::ssl::stream would keep four buffers of 17 KiB for the
+/// connection's life, and copy every record through them. Read-ahead is on: one recv() takes
+/// what the socket has, records are handed out of OpenSSL's buffer (pending() says when some
+/// are left, so that nobody waits on the socket for them).
+///
+/// Every call is one non-blocking attempt: done, or what to wait for on the socket before
+/// calling again (with the same arguments for write), or failed with `ec` as an
+/// asio::ssl::stream would say it (eof: the client's close_notify; "stream truncated": the
+/// client closed without one).
+class channel {
+public:
+    /// Takes the SSL* of a finished server_handshake (nullptr: every call fails).
+    explicit channel(SSL* ssl) noexcept;
+    ~channel();
+    channel(const channel&) = delete;
+    channel& operator=(const channel&) = delete;
+
+    enum class status { done, want_read, want_write, failed };
+    /// Up to `into.size()` bytes of application data into `into`; `n` is how many (done).
+    status read(std::span<char> into, std::size_t& n, boost::system::error_code& ec) noexcept;
+    /// At least one record of `from` when done; `n` is how many bytes of it were taken.
+    status write(std::span<const char> from, std::size_t& n, boost::system::error_code& ec) noexcept;
+    /// close_notify: done once it is sent and the client's came back (or the client closed);
+    /// done at once after a fatal error, where no close_notify may be sent.
+    status shutdown(boost::system::error_code& ec) noexcept;
+    /// Application data OpenSSL already holds: read() returns it without touching the socket.
+    [[nodiscard]] bool pending() const noexcept;
+    [[nodiscard]] SSL* native_handle() const noexcept { return ssl_; }
+
+private:
+    status outcome(int r, boost::system::error_code& ec) noexcept;
+    SSL* ssl_ = nullptr;
+    bool broken_ = false;  ///< a fatal error happened: no close_notify any more
 };
 
 }  // namespace asiosmtpd::tls
