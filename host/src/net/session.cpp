@@ -31,18 +31,32 @@ constexpr std::size_t read_max = 256 * 1024;
 constexpr std::size_t idle_read = 128;
 std::atomic<std::uint64_t> next_session_id{1};
 
-// One TLS operation to its end: `attempt(ec)` (a tls::channel call) again after each readiness
-// wait it asks for. The watchdog's cancel ends a wait with operation_aborted.
+// TLS input between commands: a TLS 1.3 record of a command line or a small pipelined group.
+constexpr std::size_t idle_tls_input = 256;
+
+// One TLS operation to its end: `attempt(ec)` (a tls::channel call) again after what it asked
+// for: more input, read from the socket as plaintext is (Asio's speculative read, then the
+// readiness wait), or the socket writable. The watchdog's cancel ends a wait with
+// operation_aborted.
 template <class Attempt>
-asio::awaitable<boost::system::error_code> until_done(tcp::socket& socket, Attempt attempt)
+asio::awaitable<boost::system::error_code> until_done(tcp::socket& socket, tls::channel& ch, std::size_t input,
+                                                      Attempt attempt)
 {
     for (;;) {
         boost::system::error_code ec;
         const tls::channel::status s = attempt(ec);
         if (s == tls::channel::status::done || s == tls::channel::status::failed) co_return ec;
-        std::tie(ec) = co_await socket.async_wait(
-            s == tls::channel::status::want_read ? tcp::socket::wait_read : tcp::socket::wait_write, nothrow);
-        if (ec) co_return ec;
+        if (s == tls::channel::status::want_write) {
+            std::tie(ec) = co_await socket.async_wait(tcp::socket::wait_write, nothrow);
+            if (ec) co_return ec;
+            continue;
+        }
+        const std::span<char> room = ch.input_room(input);
+        std::size_t n = 0;
+        std::tie(ec, n) = co_await socket.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        if (ec == asio::error::eof) ch.input_eof();  // OpenSSL says what it means: close_notify or not
+        else if (ec) co_return ec;
+        ch.input_commit(n);
     }
 }
 
@@ -240,7 +254,7 @@ asio::awaitable<bool> session::flush()
         std::size_t done = 0;
         while (!ec && done < out.size()) {
             std::size_t n = 0;
-            ec = co_await until_done(socket_, [&](boost::system::error_code& e) {
+            ec = co_await until_done(socket_, tls_->stream, idle_tls_input, [&](boost::system::error_code& e) {
                 return tls_->stream.write(std::span<const char>(out).subspan(done), n, e);
             });
             done += n;
@@ -312,11 +326,11 @@ asio::awaitable<void> session::run()
         boost::system::error_code ec;
         std::size_t n = 0;
         if (tls_) {
-            // As below, a small buffer between commands; OpenSSL keeps what does not fit (its
-            // read-ahead buffer, released once emptied) and hands it out at the next read.
+            // As below, small buffers between commands (the records' and the plaintext's);
+            // OpenSSL keeps what does not fit and hands it out at the next read.
             const bool idle = engine_.release_buffer(idle_read);
             const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
-            ec = co_await until_done(socket_,
+            ec = co_await until_done(socket_, tls_->stream, idle ? idle_tls_input : read_size_,
                                      [&](boost::system::error_code& e) { return tls_->stream.read(room, n, e); });
             if (!ec && !idle)
                 read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
@@ -359,7 +373,8 @@ asio::awaitable<void> session::close()
     if (tls_ && socket_.is_open() && !forced_ && !client_gone_) {
         // close_notify, bounded by the watchdog; the peer may already be gone.
         arm(ctx_->close_grace);
-        co_await until_done(socket_, [this](boost::system::error_code& e) { return tls_->stream.shutdown(e); });
+        co_await until_done(socket_, tls_->stream, idle_tls_input,
+                            [this](boost::system::error_code& e) { return tls_->stream.shutdown(e); });
     }
     finished_ = true;
     watchdog_timer_.cancel();

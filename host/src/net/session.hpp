@@ -138,8 +138,8 @@ private:
     // (issue 8: <= 4 KiB per idle connection, the whole session included).
     struct tls_state {
         /// Takes the SSL* of a finished handshake (the channel owns and frees it).
-        explicit tls_state(tls::server_handshake& done) : stream(done.release()) {}
-        tls::channel stream;     ///< OpenSSL on socket_ itself; socket_ waits for what it asks
+        tls_state(tls::server_handshake& done, int fd) : stream(done.release(), fd) {}
+        tls::channel stream;     ///< OpenSSL over socket_: writes it, reads what the session read
         tls::session_info info;  ///< set once the handshake succeeded
     };
 

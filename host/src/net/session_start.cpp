@@ -112,7 +112,7 @@ asio::awaitable<bool> session::handshake()
         metrics::get().tls_failed.fetch_add(1, std::memory_order_relaxed);
         co_return false;
     }
-    tls_ = std::make_unique<tls_state>(*hs);
+    tls_ = std::make_unique<tls_state>(*hs, socket_.native_handle());
     arm(ctx_->idle_timeout);
     tls_->info = tls::describe(tls_->stream.native_handle());
     const tls::session_info& info = tls_->info;

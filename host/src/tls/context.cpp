@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 
 namespace asiosmtpd::tls {
@@ -96,6 +98,62 @@ BIO* socket_bio(int fd)
     return b;
 }
 
+// An established channel's BIO: reads come from what the session read from the socket
+// (channel::input), writes go to the socket as above.
+channel::input* input_of(BIO* b) noexcept { return static_cast<channel::input*>(BIO_get_data(b)); }
+
+int channel_write(BIO* b, const char* data, int size)
+{
+    BIO_clear_retry_flags(b);
+    const ssize_t n = ::send(input_of(b)->fd, data, static_cast<std::size_t>(size), MSG_NOSIGNAL);
+    if (n < 0 && retryable(errno)) BIO_set_retry_write(b);
+    return static_cast<int>(n);
+}
+
+int channel_read(BIO* b, char* data, int size)
+{
+    BIO_clear_retry_flags(b);
+    if (data == nullptr || size <= 0) return 0;
+    channel::input& in = *input_of(b);
+    const std::size_t have = in.end - in.begin;
+    if (have == 0) {
+        if (in.eof) {
+            BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+            return 0;
+        }
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    const std::size_t n = std::min(have, static_cast<std::size_t>(size));
+    std::memcpy(data, in.buf.get() + in.begin, n);
+    in.begin += n;
+    return static_cast<int>(n);
+}
+
+BIO* channel_bio(channel::input& in)
+{
+    static BIO_METHOD* const method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "asiosmtpd channel");
+        if (m != nullptr && (BIO_meth_set_write(m, channel_write) != 1 || BIO_meth_set_read(m, channel_read) != 1 ||
+                             BIO_meth_set_ctrl(m, socket_ctrl) != 1 || BIO_meth_set_create(m, socket_create) != 1)) {
+            BIO_meth_free(m);
+            m = nullptr;
+        }
+        return m;
+    }();
+    if (method == nullptr) return nullptr;
+    BIO* b = BIO_new(method);
+    if (b != nullptr) BIO_set_data(b, &in);
+    return b;
+}
+
+// OpenSSL's error queue must be empty before an SSL call for SSL_get_error() to be right;
+// clearing it costs more than looking (classify() leaves it empty after a failure).
+void clear_errors() noexcept
+{
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 // What a failed SSL_do_handshake/SSL_read/SSL_write/SSL_shutdown (returning r) means: OpenSSL's
 // SSL_ERROR_* code, and for the failures `ec` as an asio::ssl::stream reports them.
 int classify(SSL* ssl, int r, int saved_errno, boost::system::error_code& ec) noexcept
@@ -120,6 +178,14 @@ int classify(SSL* ssl, int r, int saved_errno, boost::system::error_code& ec) no
         return why;
     default: ec = boost::asio::ssl::error::unexpected_result; return why;
     }
+}
+
+// classify(), then nothing left in the queue.
+int classify_all(SSL* ssl, int r, int saved_errno, boost::system::error_code& ec) noexcept
+{
+    const int why = classify(ssl, r, saved_errno, ec);
+    if (why != SSL_ERROR_WANT_READ && why != SSL_ERROR_WANT_WRITE) ERR_clear_error();
+    return why;
 }
 
 }  // namespace
@@ -238,24 +304,30 @@ server_handshake::step server_handshake::advance(boost::system::error_code& ec) 
         ec = boost::asio::error::bad_descriptor;  // released
         return step::failed;
     }
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     const int r = SSL_do_handshake(ssl_);
     if (r == 1) return step::done;
-    switch (classify(ssl_, r, errno, ec)) {
+    switch (classify_all(ssl_, r, errno, ec)) {
     case SSL_ERROR_WANT_READ: return step::want_read;
     case SSL_ERROR_WANT_WRITE: return step::want_write;
     default: return step::failed;
     }
 }
 
-channel::channel(SSL* ssl) noexcept : ssl_(ssl)
+channel::channel(SSL* ssl, int fd) noexcept : ssl_(ssl)
 {
+    input_.fd = fd;
     if (ssl_ == nullptr) return;
+    BIO* const bio = channel_bio(input_);
+    if (bio == nullptr) {
+        broken_ = true;  // every call fails (no memory)
+        return;
+    }
+    SSL_set_bio(ssl_, bio, bio);  // frees the handshake's socket BIO; the SSL owns this one
     // Partial writes: a long write returns after each record, and a write retried after
     // WANT_WRITE may come from a buffer that moved (the caller's string grew meanwhile).
     SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_set_read_ahead(ssl_, 1);
 }
 
 channel::~channel()
@@ -266,13 +338,48 @@ channel::~channel()
 channel::status channel::outcome(int r, boost::system::error_code& ec) noexcept
 {
     const int saved_errno = errno;
-    switch (classify(ssl_, r, saved_errno, ec)) {
+    switch (classify_all(ssl_, r, saved_errno, ec)) {
     case SSL_ERROR_WANT_READ: return status::want_read;
     case SSL_ERROR_WANT_WRITE: return status::want_write;
     case SSL_ERROR_ZERO_RETURN: return status::failed;  // close_notify: ours may still go out
     default: broken_ = true; return status::failed;
     }
 }
+
+bool channel::readable() const noexcept
+{
+    return input_.begin < input_.end || input_.eof || (ssl_ != nullptr && SSL_has_pending(ssl_) == 1);
+}
+
+std::span<char> channel::input_room(std::size_t size)
+{
+    input& in = input_;
+    if (in.begin == in.end) {
+        // All taken: start over, and give a large buffer back (a DATA transfer is over).
+        in.begin = in.end = 0;
+        if (in.cap > 2 * size) {
+            in.buf.reset();
+            in.cap = 0;
+        }
+    }
+    if (in.cap - in.end < size) {
+        const std::size_t have = in.end - in.begin;
+        if (in.cap - have >= size) {
+            std::memmove(in.buf.get(), in.buf.get() + in.begin, have);
+        } else {
+            const std::size_t cap = std::max(have + size, 2 * in.cap);
+            auto bigger = std::make_unique_for_overwrite<char[]>(cap);
+            if (have > 0) std::memcpy(bigger.get(), in.buf.get() + in.begin, have);
+            in.buf = std::move(bigger);
+            in.cap = cap;
+        }
+        in.begin = 0;
+        in.end = have;
+    }
+    return {in.buf.get() + in.end, in.cap - in.end};
+}
+
+void channel::input_commit(std::size_t n) noexcept { input_.end = std::min(input_.end + n, input_.cap); }
 
 channel::status channel::read(std::span<char> into, std::size_t& n, boost::system::error_code& ec) noexcept
 {
@@ -283,7 +390,8 @@ channel::status channel::read(std::span<char> into, std::size_t& n, boost::syste
         return status::failed;
     }
     if (into.empty()) return status::done;
-    ERR_clear_error();
+    if (!readable()) return status::want_read;  // no input: no need to ask OpenSSL
+    clear_errors();
     errno = 0;
     if (SSL_read_ex(ssl_, into.data(), into.size(), &n) == 1) return status::done;
     n = 0;
@@ -299,7 +407,7 @@ channel::status channel::write(std::span<const char> from, std::size_t& n, boost
         return status::failed;
     }
     if (from.empty()) return status::done;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     if (SSL_write_ex(ssl_, from.data(), from.size(), &n) == 1) return status::done;
     n = 0;
@@ -310,14 +418,13 @@ channel::status channel::shutdown(boost::system::error_code& ec) noexcept
 {
     ec.clear();
     if (ssl_ == nullptr || broken_) return status::done;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     const int r = SSL_shutdown(ssl_);
     if (r == 1) return status::done;
     if (r == 0) {
         // Ours is sent; the client's is awaited (asio::ssl::stream waits for it too, so that
         // whatever the client still sends is read before the socket closes, not reset).
-        ERR_clear_error();
         errno = 0;
         const int again = SSL_shutdown(ssl_);
         if (again == 1) return status::done;
@@ -332,7 +439,5 @@ channel::status channel::shutdown(boost::system::error_code& ec) noexcept
     }
     return s;
 }
-
-bool channel::pending() const noexcept { return ssl_ != nullptr && !broken_ && SSL_has_pending(ssl_) == 1; }
 
 }  // namespace asiosmtpd::tls

@@ -68,43 +68,65 @@ private:
     boost::system::error_code setup_error_;  ///< SSL_new or SSL_set_fd failed
 };
 
-/// An established TLS connection: OpenSSL reads and writes the connection's non-blocking
-/// socket itself (the handshake's BIO), with no buffer of its own. SSL_MODE_RELEASE_BUFFERS
-/// gives OpenSSL's record buffers back whenever no record is half read or half written, so an
-/// idle connection holds the SSL object, its session and keys (about 10 KiB with OpenSSL 3.0)
-/// and nothing else; an asio::ssl::stream would keep four buffers of 17 KiB for the
-/// connection's life, and copy every record through them. Read-ahead is on: one recv() takes
-/// what the socket has, records are handed out of OpenSSL's buffer (pending() says when some
-/// are left, so that nobody waits on the socket for them).
+/// An established TLS connection. OpenSSL writes the connection's non-blocking socket itself
+/// (one send() per record); what it reads is what the caller read from the socket and handed
+/// over (input_room(), input_commit()): the caller reads as it reads plaintext (Asio's
+/// speculative read, then a readiness wait without re-arming epoll), and OpenSSL takes the
+/// records out of that buffer. SSL_MODE_RELEASE_BUFFERS gives OpenSSL's record buffers back
+/// whenever no record is half read or half written, and the input buffer shrinks back to a few
+/// hundred bytes once drained, so an idle connection holds the SSL object, its session and keys
+/// (about 14 KiB with OpenSSL 3.0) and little else; an asio::ssl::stream would keep four
+/// buffers of 17 KiB for the connection's life and copy every record through them.
 ///
-/// Every call is one non-blocking attempt: done, or what to wait for on the socket before
-/// calling again (with the same arguments for write), or failed with `ec` as an
-/// asio::ssl::stream would say it (eof: the client's close_notify; "stream truncated": the
-/// client closed without one).
+/// Every call is one non-blocking attempt: done, or what it needs before it is called again
+/// (want_read: more input; want_write: the socket writable; write: with the same arguments),
+/// or failed with `ec` as an asio::ssl::stream would say it (eof: the client's close_notify;
+/// "stream truncated": the client closed without one).
 class channel {
 public:
-    /// Takes the SSL* of a finished server_handshake (nullptr: every call fails).
-    explicit channel(SSL* ssl) noexcept;
+    /// Takes the SSL* of a finished server_handshake (nullptr: every call fails); `fd` is the
+    /// connection's non-blocking socket, which stays the caller's.
+    channel(SSL* ssl, int fd) noexcept;
     ~channel();
     channel(const channel&) = delete;
     channel& operator=(const channel&) = delete;
 
     enum class status { done, want_read, want_write, failed };
-    /// Up to `into.size()` bytes of application data into `into`; `n` is how many (done).
+    /// Up to `into.size()` bytes of application data into `into`; `n` is how many (done). Says
+    /// want_read at once, without calling OpenSSL, when nothing is buffered.
     status read(std::span<char> into, std::size_t& n, boost::system::error_code& ec) noexcept;
     /// At least one record of `from` when done; `n` is how many bytes of it were taken.
     status write(std::span<const char> from, std::size_t& n, boost::system::error_code& ec) noexcept;
     /// close_notify: done once it is sent and the client's came back (or the client closed);
     /// done at once after a fatal error, where no close_notify may be sent.
     status shutdown(boost::system::error_code& ec) noexcept;
-    /// Application data OpenSSL already holds: read() returns it without touching the socket.
-    [[nodiscard]] bool pending() const noexcept;
+
+    /// Room for at least `size` bytes read from the socket (then input_commit() them). Once all
+    /// input was taken, a buffer larger than twice `size` is given back first.
+    std::span<char> input_room(std::size_t size);
+    void input_commit(std::size_t n) noexcept;
+    /// The socket said EOF: OpenSSL is told once the buffered input is used up.
+    void input_eof() noexcept { input_.eof = true; }
+    /// Input read() can use without more from the socket: buffered bytes, or a record (or
+    /// part of one) OpenSSL holds.
+    [[nodiscard]] bool readable() const noexcept;
     [[nodiscard]] SSL* native_handle() const noexcept { return ssl_; }
+
+    /// What the channel's BIO reads from (internal; public for the BIO's functions).
+    struct input {
+        int fd = -1;
+        std::unique_ptr<char[]> buf;  ///< [begin, end): read from the socket, not yet taken by OpenSSL
+        std::size_t cap = 0;
+        std::size_t begin = 0;
+        std::size_t end = 0;
+        bool eof = false;
+    };
 
 private:
     status outcome(int r, boost::system::error_code& ec) noexcept;
     SSL* ssl_ = nullptr;
     bool broken_ = false;  ///< a fatal error happened: no close_notify any more
+    input input_;
 };
 
 }  // namespace asiosmtpd::tls
