@@ -56,6 +56,22 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(rest[11]), int(rest[12])
 
 
+def run_ns(pid: int) -> int | None:
+    """CPU time of the process's live threads in ns (/proc/PID/task/TID/schedstat): the
+    precise figure, where /proc/PID/stat counts 10 ms ticks. None where the kernel has none."""
+    total = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task.name}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:
+                continue  # a thread that left meanwhile
+    except OSError:
+        return None
+    return total
+
+
 def tree_stats(root: int) -> list[tuple[int, str, int, int, int, int]]:
     """(pid, comm, utime, stime, cutime, cstime) of root and every live descendant, in ticks.
 
@@ -261,6 +277,21 @@ class Peer:
             return cpu_ticks(self.pid)
         t = tree_stats(self.pid)
         return sum(x[2] + x[4] for x in t), sum(x[3] + x[5] for x in t)
+
+    def cpu_mark(self) -> tuple[int, int, int | None]:
+        """What cpu_between() needs: the ticks and, for a one-process peer, its threads' ns."""
+        u, s = self.ticks()
+        return u, s, None if self.tree else run_ns(self.pid)
+
+    def cpu_between(self, a: tuple[int, int, int | None], b: tuple[int, int, int | None]) -> tuple[float, float]:
+        """(user, system) CPU seconds between two marks: the ns total where there is one, split
+        between user and system as the ticks are; the ticks alone otherwise (a tree peer)."""
+        du, ds = (b[0] - a[0]) / TICK, (b[1] - a[1]) / TICK
+        if a[2] is None or b[2] is None or b[2] < a[2]:
+            return du, ds
+        total = (b[2] - a[2]) / 1e9
+        share = du / (du + ds) if du + ds > 0 else 1.0
+        return total * share, total * (1 - share)
 
     # A tree peer's CPU per program over a round: every process is sampled while the round runs
     # (Postfix's daemons come and go: max_use), so one that exits is counted up to its last sample.
@@ -759,7 +790,7 @@ def measure_round(peer: Peer, argvs: list[list[str]], msgs: int, expected: float
     server's CPU (its tree's for a tree peer), its peak RSS, the clients' CPU, the rest of the
     machine's. Returns the round and each client's standard output."""
     reset_peak_rss(peer.pid)
-    u0, s0 = peer.ticks()
+    mark0 = peer.cpu_mark()
     m0 = peer.milter_ticks()
     peer.parts_begin()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -777,7 +808,7 @@ def measure_round(peer: Peer, argvs: list[list[str]], msgs: int, expected: float
     else:
         finished = all(wait_pid(c, deadline) for c in clients)
     elapsed = time.monotonic() - t0
-    u1, s1 = peer.ticks()
+    mark1 = peer.cpu_mark()
     m1 = peer.milter_ticks()
     busy1 = system_busy()
     peak = status_kib(peer.pid, "VmHWM")
@@ -800,9 +831,9 @@ def measure_round(peer: Peer, argvs: list[list[str]], msgs: int, expected: float
     client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     if not peer.alive():
         error = error or f"server died (exit {peer.proc.returncode if peer.proc else '?'})"
-    srv_user, srv_sys = (u1 - u0) / TICK, (s1 - s0) / TICK
+    srv_user, srv_sys = peer.cpu_between(mark0, mark1)
     milter_cpu = (m1 - m0) / TICK
-    parts = {k: v / TICK for k, v in peer.parts_end((u1 - u0) + (s1 - s0)).items()}
+    parts = {k: v / TICK for k, v in peer.parts_end((mark1[0] - mark0[0]) + (mark1[1] - mark0[1])).items()}
     other = max(0.0, (busy1 - busy0) - srv_user - srv_sys - client_cpu - milter_cpu)
     return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other, milter_cpu,
                  parts), outs
