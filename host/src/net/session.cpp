@@ -283,7 +283,7 @@ asio::awaitable<void> session::run()
     }
     {
         boost::system::error_code ignored;
-        socket_.non_blocking(true, ignored);  // the reads and writes below never block
+        if (!socket_.non_blocking()) socket_.non_blocking(true, ignored);  // the reads and writes below never block
         socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
     engine_.start();

@@ -92,7 +92,7 @@ asio::awaitable<bool> session::handshake()
     }
     const handshake_limits::slot slot = std::move(tls_slot_);  // given back when this returns
     boost::system::error_code ec;
-    socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
+    if (!socket_.non_blocking()) socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
     if (!ec) ec = co_await await_client_hello();
     std::optional<tls::server_handshake> hs;
     if (!ec) {
