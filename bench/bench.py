@@ -1345,7 +1345,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     for s in skipped:
         w(f"skipped: {s}")
     w("")
-    w("msgs/s: messages accepted per wall second. CPU us/msg: server CPU (user+sys, all threads, /proc/PID/stat)")
+    w("msgs/s: messages accepted per wall second. CPU us/msg: server CPU (user+sys, all threads; schedstat, Postfix /proc/PID/stat)")
     w("per message = server CPU seconds per 1,000 messages x 1000. sys%: kernel share of it. peak RSS: VmHWM")
     w("during the round. client us/msg: smtp-source CPU per message (if it nears 1e6/msgs-per-s the client is the limit).")
 
