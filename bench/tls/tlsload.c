@@ -16,8 +16,10 @@
  *   -d 1 (default): a new connection per message; -d 0: every message on the session's one
  *   connection (smtp-source -d). -I N: idle mode: open N sessions (TLS up, EHLO answered),
  *   print {"held":...,"errors":...} and hold them until stdin closes (bench.py's idle test).
- * Output (load mode), one JSON line: msgs, conns, handshakes, resumed, elapsed (s), version,
- * cipher, group. Exit 1 with the reason on stderr at the first error.
+ * Output (load mode), one JSON line: msgs, conns, handshakes, offered (sessions offered for
+ * resumption), resumed, elapsed (s), msgs_per_s, handshakes_per_s, and the version, cipher and
+ * key exchange group of the first handshake. Exit 1 with the reason on stderr at the first error.
+ * The server's CPU is bench.py's to measure (/proc of the server).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -499,7 +501,9 @@ int main(int argc, char** argv)
     loop_until(load_finished, t0 + opt.seconds, slots, slot_count);
     double elapsed = now() - t0;
     printf("{\"msgs\": %ld, \"conns\": %ld, \"handshakes\": %ld, \"offered\": %ld, \"resumed\": %ld,"
-           " \"elapsed\": %.6f, \"version\": \"%s\", \"cipher\": \"%s\", \"group\": \"%s\"}\n",
-           done_msgs, conns, handshakes, offered, resumed, elapsed, version, cipher, group);
+           " \"elapsed\": %.6f, \"msgs_per_s\": %.1f, \"handshakes_per_s\": %.1f, \"version\": \"%s\","
+           " \"cipher\": \"%s\", \"group\": \"%s\"}\n",
+           done_msgs, conns, handshakes, offered, resumed, elapsed, done_msgs / elapsed, handshakes / elapsed, version,
+           cipher, group);
     return done_msgs == opt.total ? 0 : 1;
 }
