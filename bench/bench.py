@@ -608,6 +608,33 @@ def main_peers(args) -> tuple[list[Peer], list[str]]:
     return peers, skipped
 
 
+def python_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]:
+    """The Python-handler scenarios' peers: the same handler class (python/counting.py) under
+    asiosmtpd's python plugin and under aiosmtpd."""
+    peers: list[Peer] = []
+    skipped: list[str] = []
+    handlers = BENCH / "python"
+    if binary.exists() and (plugins / "python.so").exists():
+        cfg = OUT / "asiosmtpd-python.yaml"
+        template = (BENCH / "conf" / "asiosmtpd-python.yaml").read_text()
+        cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins))
+                       .replace("@HANDLERS@", str(handlers)))
+        peers.append(Peer("asiosmtpd+python", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
+                          f"asiosmtpd, python plugin, counting.CountingHandler, workers: {args.workers}",
+                          groups=("python",)))
+    else:
+        skipped.append(f"asiosmtpd+python: {binary} or {plugins}/python.so missing (bench/run builds them;"
+                       " the plugin needs python3-dev)")
+    if subprocess.run([SYS_PYTHON, "-c", "import aiosmtpd"], capture_output=True).returncode == 0:
+        # python -m puts the working folder first on sys.path: counting.py is found there.
+        peers.append(Peer("aiosmtpd+python", [SYS_PYTHON, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:@PORT@",
+                                              "-c", "counting.CountingHandler"],
+                          "python3-aiosmtpd, counting.CountingHandler", cwd=handlers, groups=("python",)))
+    else:
+        skipped.append("aiosmtpd+python: /usr/bin/python3 cannot import aiosmtpd (Debian package python3-aiosmtpd)")
+    return peers, skipped
+
+
 def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
     peers: list[Peer] = []
     skipped: list[str] = []
@@ -642,6 +669,10 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         more, why = tls_peers(args, binary, plugins)
         peers += more
         skipped += why
+    if "python" in groups:
+        more, why = python_peers(args, binary, plugins)
+        peers += more
+        skipped += why
     if args.peers:
         wanted = set(args.peers.split(","))
         peers = [p for p in peers if p.name in wanted]
@@ -665,7 +696,8 @@ class Scenario:
     min_msgs: int = 0
     max_msgs: int = 0
     idle: int = 0
-    group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix...; "tls": the TLS peers (Peer.groups)
+    group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix...; "python": the
+                         # same Python handler under asiosmtpd and aiosmtpd; "tls": the TLS peers (Peer.groups)
     tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit"
     tls_version: str = "1.3"
     resume: bool = False     # every connection offers its session's newest ticket (tlsload -R)
@@ -693,6 +725,11 @@ def scenarios(quick: bool) -> list[Scenario]:
                  warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="milter"),
         Scenario("milternew", "1 KiB, c=10, new connection per message, one milter", "source", 10, reuse=False,
                  warmup_msgs=500, min_msgs=1000, max_msgs=200000, group="milter"),
+        # One aiosmtpd handler (python/counting.py) under asiosmtpd's python plugin and aiosmtpd.
+        Scenario("python1", "Python handler, 1 KiB, c=1, connection reuse", "source", 1,
+                 warmup_msgs=300, min_msgs=300, max_msgs=200000, group="python"),
+        Scenario("python10", "Python handler, 1 KiB, c=10, connection reuse", "source", 10,
+                 warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="python"),
     ]
     # TLS (bench/tls/tlsload.c): 1 KiB messages, c=10. A new connection (so a handshake) per
     # message, TLS 1.3 and 1.2, without and with resumption, STARTTLS and implicit TLS; then
@@ -1332,6 +1369,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     main_peers_ = [p for p in peers if "main" in groups.get(p, ("main",))]
     milter_peers_ = [p for p in peers if "milter" in groups.get(p, ())]
     tls_peers_ = [p for p in peers if "tls" in groups.get(p, ())]
+    python_peers_ = [p for p in peers if "python" in groups.get(p, ())]
     main_scs = [sc for sc in scs if sc.group == "main"]
     w("")
     w("asiosmtpd benchmark — " + meta["when"])
@@ -1363,16 +1401,19 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
         elif sc.group == "tls":
             noisy += tls_table(results, tls_peers_, sc, w)
         elif sc.kind == "source":
+            # The Python-handler tables compare with aiosmtpd running the same handler.
+            tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
+            pw = 16 if sc.group == "python" else 10
             w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
             big = sc.length >= MIB_10
-            w(f"{'peer':10} {'msgs/s':>9} {'spread':>7} {'MB/s':>7} {'CPU us/msg':>11} {'sys%':>5} {'peak RSS':>10}"
-              f" {'client us/msg':>13} {'others':>6} | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
-            for p in main_peers_:
+            w(f"{'peer':{pw}} {'msgs/s':>9} {'spread':>7} {'MB/s':>7} {'CPU us/msg':>11} {'sys%':>5} {'peak RSS':>10}"
+              f" {'client us/msg':>13} {'others':>6} | {'msgs/s':>7} {'CPU/msg':>7} vs {tbase}")
+            for p in tpeers:
                 r: Result | None = results.get((p, sc.key))
                 if r is None:
                     continue
                 if not r.good():
-                    w(f"{p:10} FAILED: {r.error}")
+                    w(f"{p:{pw}} FAILED: {r.error}")
                     continue
                 rate = r.median(lambda x: x.msgs / x.elapsed)
                 rates = [x.msgs / x.elapsed for x in r.good()]
@@ -1384,10 +1425,10 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
                 others = r.median(lambda x: x.other_cpu / (x.elapsed * meta["ncpu"]) * 100)
                 noisy.append(others)
                 mbs = rate * sc.length / 1e6
-                b = results.get((base, sc.key))
+                b = results.get((tbase, sc.key))
                 brate = b.median(lambda x: x.msgs / x.elapsed) if b and b.good() else None
                 bcpu = b.median(lambda x: (x.srv_user + x.srv_sys) / x.msgs * 1e6) if b and b.good() else None
-                w(f"{p:10} {rate:9,.0f} {spread:6.1f}% {mbs:7.1f} {cpu:11.1f} {sysp:4.0f}% {peak:7.1f} MiB"
+                w(f"{p:{pw}} {rate:9,.0f} {spread:6.1f}% {mbs:7.1f} {cpu:11.1f} {sysp:4.0f}% {peak:7.1f} MiB"
                   f" {ccpu:13.1f} {others:5.0f}% | {ratio(rate, brate):>7} {ratio(cpu, bcpu):>7}"
                   + (f"   ({r.error})" if r.error else ""))
         elif sc.kind == "latency":
@@ -1518,9 +1559,11 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
     ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor; for the milter"
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
+                    " for the python ones asiosmtpd+python,aiosmtpd+python;"
                     " for the TLS ones asiosmtpd-tls,postfix-tls,haraka-tls,aiosmtpd-tls,tls-floor")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
-                    "milter,milternew,tls13,tls13r,tls12,tls12r,smtps13,tlsreuse,tlsidle (or tls: all the TLS ones)")
+                    "milter,milternew,python1,python10,tls13,tls13r,tls12,tls12r,smtps13,tlsreuse,tlsidle"
+                    " (or tls: all the TLS ones)")
     ap.add_argument("--tls-key", choices=("ec", "rsa"), default="ec",
                     help="the TLS scenarios' certificate: ECDSA P-256 (default) or RSA 2048")
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"

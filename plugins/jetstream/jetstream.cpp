@@ -350,7 +350,13 @@ public:
         const sdk::session_info s = c.session();
         const sdk::txn_info t = c.txn();
         j.mail_from = header_value(t.mail_from);
-        for (auto r : c.rcpts()) j.rcpt_to.push_back(header_value(r));
+        const std::vector<std::string_view> rcpts = c.rcpts();
+        for (std::size_t i = 0; i < rcpts.size(); ++i) {
+            j.rcpt_to.push_back(header_value(rcpts[i]));
+            // Each recipient's parameters (DSN's NOTIFY and ORCPT with server.enable_dsn), with
+            // the recipient's position among the Rcpt-To values.
+            for (auto p : c.rcpt_params(i)) j.rcpt_params.push_back(std::to_string(i) + " " + header_value(p));
+        }
         for (auto p : c.mail_params()) j.mail_params.push_back(header_value(p));
         const bool v6 = s.peer_address.find(':') != std::string_view::npos;
         j.peer = (v6 ? "[" : "") + header_value(s.peer_address) + (v6 ? "]:" : ":") + std::to_string(s.peer_port);
@@ -373,6 +379,7 @@ private:
         std::string mail_from;
         std::vector<std::string> rcpt_to;
         std::vector<std::string> mail_params;
+        std::vector<std::string> rcpt_params;  // "<rcpt index> KEY=VALUE"
         std::string peer, helo, auth, tls, session, received_at;
         std::string msg_id;
         clock_type::time_point deadline;
@@ -534,6 +541,7 @@ private:
         header("Mail-From", j.mail_from);
         for (const auto& r : j.rcpt_to) header("Rcpt-To", r, true);
         for (const auto& p : j.mail_params) header("Mail-Param", p, true);
+        for (const auto& p : j.rcpt_params) header("Rcpt-Param", p, true);
         header("Peer", j.peer);
         if (!j.helo.empty()) header("Helo", j.helo);
         if (!j.auth.empty()) header("Auth-Login", j.auth);

@@ -7,7 +7,8 @@
 //
 // The upstream transaction runs alongside the client's, as Haraka's smtp_proxy does: MAIL opens
 // it (connect, EHLO, optional STARTTLS, MAIL FROM), each RCPT is asked upstream at once and a
-// refusal goes back to the client as the RCPT's reply, and DATA sends the message. The upstream
+// refusal goes back to the client as the RCPT's reply, and DATA sends the message (BDAT LAST
+// when the upstream offers CHUNKING, RFC 3030; BODY=BINARYMIME only so). The upstream
 // connection belongs to the client session (a session slot) and serves its next transactions
 // (RSET upstream first); it is closed with QUIT when the session ends. Every step suspends its
 // hook and runs on the plugin's worker threads over non-blocking sockets (poll) with one
@@ -31,6 +32,9 @@
 // one arrive anyway (an envelope-rewriting plugin, a host without that check), a sender with one
 // rejects the message with 553 5.1.7 and a recipient with one is refused (553 5.1.3, listed like
 // the upstream's refusals) while the others are relayed.
+// DSN (RFC 3461): the client's RET/ENVID and NOTIFY/ORCPT go on to an upstream that offers DSN
+// (RFC 3461 §5.2.1: a relay passes them on); to one that does not they are dropped, as Postfix
+// does (that upstream then sends DSNs by its own defaults).
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
@@ -39,6 +43,7 @@
 #include "reply_text.hpp"
 #include "resolver.hpp"
 
+#include <asiosmtpd/dsn.hpp>
 #include <asiosmtpd/plugin.hpp>
 #include <asiosmtpd/worker_pool.hpp>
 
@@ -366,7 +371,8 @@ std::string insert_x_peer(std::string_view content, std::string_view peer_ip)
 }
 
 // smtplib's data(): every line end as CRLF, leading dots doubled, ends with CRLF "." CRLF.
-std::string smtp_data(std::string_view msg)
+// `stuffed` false: the same message without the transparency (a BDAT chunk, RFC 3030).
+std::string smtp_data(std::string_view msg, bool stuffed = true)
 {
     std::string out;
     out.reserve(msg.size() + msg.size() / 32 + 8);
@@ -379,12 +385,12 @@ std::string smtp_data(std::string_view msg)
             line_start = true;
             continue;
         }
-        if (line_start && ch == '.') out += '.';
+        if (stuffed && line_start && ch == '.') out += '.';
         out += ch;
         line_start = false;
     }
     if (!line_start) out += "\r\n";
-    out += ".\r\n";
+    if (stuffed) out += ".\r\n";
     return out;
 }
 
@@ -569,6 +575,7 @@ public:
         j.mail_from = std::string(a.address);
         for (std::string_view p : a.params) j.params.emplace_back(p);
         j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
         return post(c, std::move(j));
     }
 
@@ -585,7 +592,9 @@ public:
         j.mail_from = std::string(c.txn().mail_from);
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
         j.eight_bit = has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
         j.rcpts.emplace_back(a.address);
+        j.rcpt_params.emplace_back(a.params.begin(), a.params.end());
         return post(c, std::move(j));
     }
 
@@ -607,20 +616,28 @@ public:
         }
         session_link& link = link_of(c);
         job j = make_job(step::data, link, current_txn(c, link), s.id);
-        for (std::string_view r : c.rcpts()) {
-            if (ap::has_control(r))
+        const std::vector<std::string_view> rcpts = c.rcpts();
+        for (std::size_t i = 0; i < rcpts.size(); ++i) {
+            const std::string_view r = rcpts[i];
+            if (ap::has_control(r)) {
                 j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
-            else j.rcpts.emplace_back(r);
+                continue;
+            }
+            j.rcpts.emplace_back(r);
+            const std::vector<std::string_view> params = c.rcpt_params(i);
+            j.rcpt_params.emplace_back(params.begin(), params.end());
         }
         if (j.rcpts.empty() && !j.refused.empty()) {
             for (const std::string& line : j.refused) log_.warn(who + " proxy: " + line);
             const outcome o = from_code(553, "5.1.3 No recipient could be relayed", j.refused);
             return c.reject(o.code, o.text);
         }
-        j.data = smtp_data(insert_x_peer(args.content(), ap::escape_controls(s.peer_address)));
+        // As it came; the worker sends it by DATA or BDAT, whichever the upstream takes.
+        j.data = insert_x_peer(args.content(), ap::escape_controls(s.peer_address));
         j.mail_from = std::string(mail_from);
         for (std::string_view p : c.mail_params()) j.params.emplace_back(p);
-        j.eight_bit = has_8bit(args.content()) || has_param(j.params, "BODY=8BITMIME");
+        j.binary = has_param(j.params, "BODY=BINARYMIME");
+        j.eight_bit = !j.binary && (has_8bit(args.content()) || has_param(j.params, "BODY=8BITMIME"));
         return post(c, std::move(j));
     }
 
@@ -636,6 +653,7 @@ private:
         std::uint64_t txn = 0;           // the client transaction the upstream one belongs to; 0: none open
         std::string sender;              // its MAIL FROM
         bool body_8bit = false;          // sent with BODY=8BITMIME
+        bool body_binary = false;        // sent with BODY=BINARYMIME
         std::vector<std::string> rcpts;  // accepted upstream, in order
     };
 
@@ -666,12 +684,14 @@ private:
         std::uint64_t session = 0;
         std::uint64_t txn = 0;
         clock_type::time_point deadline;
-        std::string data;  // DATA: dot-stuffed, CRLF, with the final "."
+        std::string data;  // DATA: the message with X-Peer (stuffed for DATA by the worker)
         std::string mail_from;
         std::vector<std::string> rcpts;    // RCPT: the one; DATA: the ones to relay
         std::vector<std::string> refused;  // DATA: "refused <rcpt>: ..." for those never sent (control characters)
         std::vector<std::string> params;
-        bool eight_bit = false;  // BODY=8BITMIME wanted (asked for, or 8-bit content)
+        std::vector<std::vector<std::string>> rcpt_params;  // each of rcpts' ESMTP parameters (DSN)
+        bool eight_bit = false;                             // BODY=8BITMIME wanted (asked for, or 8-bit content)
+        bool binary = false;                                // BODY=BINARYMIME (RFC 3030): BDAT only, bytes as they came
     };
 
     session_link& link_of(sdk::call& c)
@@ -735,6 +755,27 @@ private:
         return false;
     }
 
+    // The DSN parameters (RFC 3461) for the upstream's MAIL FROM or a RCPT TO, when it offers
+    // DSN: " RET=HDRS ENVID=...", " NOTIFY=... ORCPT=..." (xtext the server checked: no blank,
+    // no control byte); nothing when it does not.
+    static std::string dsn_mail(const upstream& up, const std::vector<std::string>& params)
+    {
+        std::string out;
+        if (offers(up.keywords, "DSN"))
+            for (const std::string& p : asiosmtpd::sdk::dsn::mail_params(asiosmtpd::sdk::dsn::parse_mail(params)))
+                out += " " + p;
+        return out;
+    }
+    static std::string dsn_rcpt(const upstream& up, const job& j, std::size_t index)
+    {
+        std::string out;
+        if (index < j.rcpt_params.size() && offers(up.keywords, "DSN"))
+            for (const std::string& p :
+                 asiosmtpd::sdk::dsn::rcpt_params(asiosmtpd::sdk::dsn::parse_rcpt(j.rcpt_params[index])))
+                out += " " + p;
+        return out;
+    }
+
     std::vector<std::string> hello(connection& conn)
     {
         const reply r = conn.command("EHLO " + helo_);
@@ -776,6 +817,7 @@ private:
         up.txn = 0;
         up.sender.clear();
         up.body_8bit = false;
+        up.body_binary = false;
         up.rcpts.clear();
     }
 
@@ -826,11 +868,16 @@ private:
             up.txn = 0;
             up.rcpts.clear();
         }
+        // RFC 3030 §3: a binary message can only go to an upstream that takes it as it is.
+        if (j.binary && !(offers(up.keywords, "CHUNKING") && offers(up.keywords, "BINARYMIME")))
+            return from_code(554, "5.6.3 The upstream does not accept BODY=BINARYMIME");
         std::string mail = "MAIL FROM:" + (j.mail_from == "<>" ? std::string("<>") : "<" + j.mail_from + ">");
         if (size > 0 && offers(up.keywords, "SIZE")) mail += " SIZE=" + std::to_string(size);
-        const bool body_8bit = eight_bit && offers(up.keywords, "8BITMIME");
+        const bool body_8bit = !j.binary && eight_bit && offers(up.keywords, "8BITMIME");
         if (body_8bit) mail += " BODY=8BITMIME";
+        if (j.binary) mail += " BODY=BINARYMIME";
         if (has_param(j.params, "SMTPUTF8") && offers(up.keywords, "SMTPUTF8")) mail += " SMTPUTF8";
+        mail += dsn_mail(up, j.params);
         const reply m = up.conn->command(mail);
         if (m.code / 100 != 2) {
             outcome o = wrapped ? from_code(m.code, "upstream refused the sender: " + code_and_text(m)) : passed_on(m);
@@ -840,6 +887,7 @@ private:
         up.txn = j.txn;
         up.sender = j.mail_from;
         up.body_8bit = body_8bit;
+        up.body_binary = j.binary;
         up.rcpts.clear();
         return std::nullopt;
     }
@@ -860,7 +908,7 @@ private:
             if (auto refused = open_transaction(up, j, j.eight_bit, declared_size(j.params), false)) return *refused;
         }
         const std::string& rcpt = j.rcpts.front();
-        const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
+        const reply r = up.conn->command("RCPT TO:<" + rcpt + ">" + dsn_rcpt(up, j, 0));
         if (r.code / 100 == 2) {
             up.rcpts.push_back(rcpt);
             return go_on();
@@ -876,28 +924,35 @@ private:
     {
         upstream& up = *j.up;
         const bool want_8bit = j.eight_bit && offers(up.keywords, "8BITMIME");
-        bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit);
-        std::vector<std::string> to_send;
+        bool fresh = up.txn == 0 || up.txn != j.txn || up.sender != j.mail_from || (want_8bit && !up.body_8bit) ||
+                     up.body_binary != j.binary;
+        std::vector<std::size_t> to_send;  // indexes into j.rcpts
         if (!fresh) {
             // The server's recipients against the upstream's: send the ones it has not seen; one
             // it holds that the server does not (refused by a later plugin) means starting over.
             std::vector<std::string> left = up.rcpts;
-            for (const std::string& r : j.rcpts) {
-                const auto it = std::find(left.begin(), left.end(), r);
+            for (std::size_t i = 0; i < j.rcpts.size(); ++i) {
+                const auto it = std::find(left.begin(), left.end(), j.rcpts[i]);
                 if (it != left.end()) left.erase(it);
-                else to_send.push_back(r);
+                else to_send.push_back(i);
             }
             fresh = !left.empty();
         }
+        // The message as the upstream gets it: CRLF lines (a binary one as it came). Its size is
+        // SIZE= (RFC 1870: without dot-stuffing and the final dot) and the BDAT chunk's.
+        const std::string lines = j.binary ? std::string() : smtp_data(j.data, false);
+        const std::string_view message = j.binary ? std::string_view(j.data) : std::string_view(lines);
         if (fresh) {
-            if (auto refused = open_transaction(up, j, j.eight_bit, j.data.size(), true)) return *refused;
-            to_send = j.rcpts;
+            if (auto refused = open_transaction(up, j, j.eight_bit, message.size(), true)) return *refused;
+            to_send.clear();
+            for (std::size_t i = 0; i < j.rcpts.size(); ++i) to_send.push_back(i);
         }
         std::vector<std::string> refusals = j.refused;
         bool any_temporary = false;
         int first_permanent = j.refused.empty() ? 0 : 553;
-        for (const std::string& rcpt : to_send) {
-            const reply r = up.conn->command("RCPT TO:<" + rcpt + ">");
+        for (const std::size_t index : to_send) {
+            const std::string& rcpt = j.rcpts[index];
+            const reply r = up.conn->command("RCPT TO:<" + rcpt + ">" + dsn_rcpt(up, j, index));
             if (r.code / 100 == 2) {
                 up.rcpts.push_back(rcpt);
                 continue;
@@ -918,16 +973,27 @@ private:
                 return from_code(451, "4.4.0 Upstream accepted no recipient", refusals);
             return from_code(first_permanent, "5.1.1 Upstream accepted no recipient", refusals);
         }
-        const reply d = up.conn->command("DATA");
-        if (d.code != 354) {
-            // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
-            // upstream is confused): the client keeps the message.
-            if (d.code / 100 != 4 && d.code / 100 != 5) throw upstream_error("DATA: unexpected " + code_and_text(d));
-            end_transaction(up);
-            return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
+        // RFC 3030: one BDAT LAST chunk when the upstream offers CHUNKING (the message as DATA
+        // would deliver it, CRLF lines, no dot-stuffing; a binary one as it came), else DATA.
+        const bool chunking = offers(up.keywords, "CHUNKING");
+        if (chunking) {
+            up.conn->send("BDAT " + std::to_string(message.size()) + " LAST\r\n");
+            up.conn->send(message);
+        } else {
+            const reply d = up.conn->command("DATA");
+            if (d.code != 354) {
+                // Only a refusal is an answer; 2xx or 3xx here means nothing was sent (or the
+                // upstream is confused): the client keeps the message.
+                if (d.code / 100 != 4 && d.code / 100 != 5)
+                    throw upstream_error("DATA: unexpected " + code_and_text(d));
+                end_transaction(up);
+                return from_code(d.code, "upstream refused DATA: " + code_and_text(d));
+            }
+            up.conn->send(smtp_data(j.data));
         }
-        up.conn->send(j.data);
         const reply done = up.conn->read_reply();
+        // After a refused BDAT the upstream's state is not known (RFC 3030 §2): RSET.
+        if (chunking && done.code / 100 != 2 && done.code != 421) end_transaction(up);
         // The upstream transaction is over, whatever the reply.
         up.txn = 0;
         up.sender.clear();

@@ -4,7 +4,7 @@
 //
 // Input layout (tests/fuzz/README.md):
 //   byte 0   settings flags A     byte 1   settings flags B
-//   byte 2-3 hook mask (bit i: hook_order[i])
+//   byte 2-3 hook mask (bit i: hook_order[i]; bit 14 streaming, bit 15 enable_chunking)
 //   byte 4   n = number of control bytes, taken from the end of the input
 //   then     the client byte stream; the last n bytes are the controls (used round-robin):
 //            each step's action (chunk size, receive()/prepare()+commit(), complete a pending hook
@@ -20,6 +20,7 @@
 // which a plugin could write into a header or a command line.
 #include "fuzz_check.hpp"
 #include "fuzz_input.hpp"
+#include "proto/dsn.hpp"
 #include "proto/engine.hpp"
 
 #include <algorithm>
@@ -72,6 +73,9 @@ settings make_settings(std::uint8_t a, std::uint8_t b, std::uint16_t mask)
         if ((mask & (1u << i)) != 0) s.hook_mask |= hook_bit(hook_order[i]);
     // Bit 14: every DATA hook's plugin also takes chunks, so the message is streamed.
     s.data_whole_message = (mask & (1u << 14)) == 0;
+    // Bit 15: DSN (RFC 3461), enhanced status codes (RFC 2034) and CHUNKING (BDAT; fuzz_bdat
+    // drives BDAT with well-formed conversations).
+    s.enable_dsn = s.enable_enhanced_status_codes = s.enable_chunking = (mask & (1u << 15)) != 0;
     s.data_chunk_size = (b & 0x02) != 0 ? 16 : 64 * 1024;
     // The host registers a command together with its handler: a custom verb always has a chain.
     if (!s.commands.empty()) s.hook_mask |= hook_bit(hook_kind::command);
@@ -117,6 +121,9 @@ void check_no_control(const hook_request* h, const envelope& env)
         ASIOSMTPD_FUZZ_CHECK(!has_control(r), "no control character in the envelope's rcpt_tos");
     for (const std::string& p : env.mail_options)
         ASIOSMTPD_FUZZ_CHECK(!has_control(p), "no control character in the envelope's mail_options");
+    for (const auto& params : env.rcpt_options)
+        for (const std::string& p : params)
+            ASIOSMTPD_FUZZ_CHECK(!has_control(p), "no control character in the envelope's rcpt_options");
 }
 
 class checker {
@@ -203,8 +210,11 @@ struct session {
             (void)sum;
         } else if (!e.close_requested()) {
             // Only a partial line may wait: the command stream limit (aiosmtpd's 1001) or the DATA
-            // line limit, whichever is larger, plus the SIZE/SMTPUTF8 extension of MAIL.
-            const std::size_t bound = std::max(s.data_line_limit, s.command_size_limit + 38) + 1;
+            // line limit, whichever is larger, plus the SIZE/SMTPUTF8 extension of MAIL and, with
+            // DSN, RFC 3461's room for RCPT's NOTIFY and ORCPT.
+            const std::size_t bound =
+                std::max(s.data_line_limit, s.command_size_limit + 38 + (s.enable_dsn ? dsn::rcpt_line_allowance : 0)) +
+                1;
             if (trace) std::fprintf(stderr, "buffered %zu (bound %zu)\n", e.buffered(), bound);
             ASIOSMTPD_FUZZ_CHECK(e.buffered() <= bound, "unprocessed input is bounded");
         }

@@ -17,6 +17,8 @@ public:
 
     /// The next byte, or 0 at the end.
     std::uint8_t byte() noexcept { return pos_ < size_ ? data_[pos_++] : std::uint8_t{0}; }
+    /// Nothing left to take.
+    [[nodiscard]] bool done() const noexcept { return pos_ >= size_; }
     /// Everything not taken yet.
     std::string_view rest() noexcept
     {

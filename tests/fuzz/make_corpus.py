@@ -80,7 +80,48 @@ def engine_header(settings, hooks):
 ADDRESS_VERB = re.compile(rb"^(?:MAIL FROM:|RCPT TO:|VRFY )(.*)$", re.I)
 
 
+# bdat_fuzz.cpp's operations (op byte % 13; 0x80 selects a variant).
+CHUNK, LAST, MAIL, RCPT, RSET, DATA, EHLO, BAD, NOOP, UNREADABLE = 0, 3, 5, 6, 7, 8, 9, 10, 11, 12
+BINARYMIME_MAIL, BAD_LAST = 135, 140
+
+
+def chunk(op, payload):
+    return bytes([op, len(payload)]) + payload
+
+
+def bdat_seeds():
+    """Conversations for fuzz_bdat: (name, flags, operations, control bytes)."""
+    hello, mail = bytes([EHLO, MAIL, RCPT]), bytes([MAIL, RCPT])
+    return [
+        ("plain", 0x00, hello + chunk(CHUNK, b"hello") + chunk(LAST, b"abc") + bytes([NOOP]), b""),
+        ("commands-in-chunks", 0x08, hello + chunk(CHUNK, b"QUIT\r\nRSET\r\n") + chunk(LAST, b"DATA\r\n.\r\n"),
+         bytes([0x03, 0x11, 0x01, 0x00])),
+        ("streamed-prefix", 0x04 | 0x08 | 0x10 | 0x20 | 0x40,
+         hello + chunk(CHUNK, bytes(range(40))) + chunk(CHUNK, b"") + chunk(LAST, bytes(range(200, 256))),
+         bytes([0x07, 0x00, 0x41, 0x00])),
+        ("whole-prefix", 0x04 | 0x08 | 0x20 | 0x40, hello + chunk(LAST, b"x" * 70), bytes([0x21, 0x01])),
+        ("lmtp", 0x01 | 0x08, hello + bytes([RCPT]) + chunk(CHUNK, b"a\r\n") + chunk(LAST, b"b\r\n") + bytes([NOOP]),
+         bytes([0x00, 0x04])),
+        ("size-limit", 0x02, hello + chunk(CHUNK, b"y" * 60) + chunk(CHUNK, b"z" * 10) + chunk(LAST, b"RSET\r\n") +
+         mail + chunk(LAST, b"ok"), b""),
+        ("data-after-bdat", 0x08, hello + chunk(CHUNK, b"abc") + bytes([DATA]) + chunk(LAST, b"def") +
+         bytes([BINARYMIME_MAIL, RCPT, DATA]) + chunk(LAST, b"\x00\xff") + mail + bytes([DATA]), b""),
+        ("bad-marker", 0x00, hello + chunk(CHUNK, b"12") + chunk(BAD, b"QUIT\r\n") + chunk(BAD_LAST, b"x") +
+         chunk(LAST, b"y"), b""),
+        ("no-transaction", 0x0C, chunk(CHUNK, b"NOOP\r\n") + bytes([EHLO]) + chunk(LAST, b"QUIT\r\n") +
+         bytes([MAIL]) + chunk(LAST, b"z") + bytes([RSET, NOOP]), b""),
+        ("require-starttls", 0x80, bytes([EHLO]) + chunk(LAST, b"QUIT\r\n") + bytes([UNREADABLE, NOOP]), b""),
+        ("unreadable", 0x00, hello + chunk(CHUNK, b"a") + bytes([UNREADABLE, NOOP]), b""),
+        ("refusing-hooks", 0x04 | 0x08 | 0x20, hello + chunk(CHUNK, b"p" * 40) + chunk(LAST, b"q") + hello[1:] +
+         chunk(LAST, b"r" * 20), bytes([0x00, 0x02, 0x00, 0x04, 0x00, 0x03])),
+    ]
+
+
 def main():
+    os.makedirs(os.path.join(CORPUS, "bdat"), exist_ok=True)
+    for name, flags, ops, ctl in bdat_seeds():
+        with open(os.path.join(CORPUS, "bdat", name), "wb") as f:
+            f.write(bytes([flags, len(ctl)]) + ops + ctl)
     for d in ("engine", "address", "config"):
         os.makedirs(os.path.join(CORPUS, d), exist_ok=True)
     seen_addr = set()

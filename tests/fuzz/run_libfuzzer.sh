@@ -15,7 +15,7 @@ src="$(cd "$(dirname "$0")/../.." && pwd)"
 seconds="${1:-${ASIOSMTPD_FUZZ_SECONDS:-10}}"
 shift || true
 targets=("$@")
-all_targets=(engine address config proxy)
+all_targets=(engine address config proxy dsn bdat)
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
 probe="$(mktemp -d)"

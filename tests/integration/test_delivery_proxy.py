@@ -269,6 +269,60 @@ class ProxyTest(ServerTestCase):
             headers = x_headers(peer_of(data), "<>" if i == 3 else "a@b.example", [f"m{i}@d.example", "x@d.example"])
             self.assertEqual(data, expected_message(relayed, headers), i)
 
+    def dsn_upstream(self):
+        """An asiosmtpd upstream with DSN on that logs the DSN parameters each message came with."""
+        log = {"path": harness.fixture_plugin("scripted"),
+               "config": {"hooks": {"DATA": {"log": "dsn mail=[{params}] rcpts=[{rcpt_params}]"}}}}
+        return self.start_server(server_config(plugins=[log], enable_dsn=True))
+
+    def send_with_dsn(self, server):
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            s.ehlo("client.example")
+            self.assertTrue(s.has_extn("dsn"))
+            self.assertEqual(s.mail("a@example.org", ["RET=HDRS", "ENVID=Id+2B42"])[0], 250)
+            self.assertEqual(s.rcpt("b@example.net", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;B@Example.NET"])[0], 250)
+            self.assertEqual(s.rcpt("c@example.net")[0], 250)
+            self.assertEqual(s.rcpt("d@example.net", ["NOTIFY=NEVER"])[0], 250)
+            code, text = s.data(b"Subject: dsn\r\n\r\nbody\r\n")
+            self.assertEqual(code, 250, text)
+
+    def test_dsn_passed_to_an_upstream_that_offers_it(self):
+        # RFC 3461 §5.2.1: the relay passes RET/ENVID and NOTIFY/ORCPT on, values as sent.
+        upstream = self.dsn_upstream()
+        server = self.start_server(server_config(
+            plugins=[{"name": "proxy", "config": {"host": "127.0.0.1", "port": upstream.port, "timeout": 5}}],
+            enable_dsn=True))
+        self.send_with_dsn(server)
+        want = ("dsn mail=[RET=HDRS,ENVID=Id+2B42] rcpts=[b@example.net(NOTIFY=SUCCESS,FAILURE,"
+                "ORCPT=rfc822;B@Example.NET) c@example.net() d@example.net(NOTIFY=NEVER)]")
+        upstream.wait_output(lambda e: want in e, which="stderr")
+
+    def test_dsn_of_recipients_sent_only_at_data(self):
+        # A plugin before the proxy accepts every RCPT: the proxy sends them at DATA, with the
+        # parameters the server kept for each (txn_rcpt_param_at).
+        upstream = self.dsn_upstream()
+        accept_rcpt = {"path": harness.fixture_plugin("scripted"), "config": {"hooks": {"RCPT": {"verdict": "accept"}}}}
+        server = self.start_server(server_config(
+            plugins=[accept_rcpt, {"name": "proxy", "config": {"host": "127.0.0.1", "port": upstream.port,
+                                                                "timeout": 5}}],
+            enable_dsn=True))
+        self.send_with_dsn(server)
+        want = ("dsn mail=[RET=HDRS,ENVID=Id+2B42] rcpts=[b@example.net(NOTIFY=SUCCESS,FAILURE,"
+                "ORCPT=rfc822;B@Example.NET) c@example.net() d@example.net(NOTIFY=NEVER)]")
+        upstream.wait_output(lambda e: want in e, which="stderr")
+
+    def test_dsn_dropped_for_an_upstream_without_it(self):
+        # As Postfix: an upstream that does not offer DSN gets no DSN parameters.
+        toy = ToyUpstream()
+        self.addCleanup(toy.stop)
+        server = self.start_server(server_config(
+            plugins=[{"name": "proxy", "config": {"host": "127.0.0.1", "port": toy.port, "timeout": 5}}],
+            enable_dsn=True))
+        self.send_with_dsn(server)
+        self.assertIn("MAIL FROM:<a@example.org>", toy.commands)
+        self.assertEqual([c for c in toy.commands if c.startswith("RCPT")],
+                         ["RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "RCPT TO:<d@example.net>"])
+
     def test_starttls_with_a_verified_certificate(self):
         upstream, maildir = self.upstream_maildir(tls=True)
         server = self.proxy_server(upstream.port, host="localhost", starttls=True, ca_file=self.cert)
@@ -383,9 +437,10 @@ class ProxyTest(ServerTestCase):
         while "QUIT" not in toy.commands and time.monotonic() < deadline:
             time.sleep(0.02)
         cmds = [c for c in toy.commands if not c.startswith("EHLO")]
-        # SIZE= is the size of the data as sent (with the final ".\r\n") when MAIL is sent at DATA.
-        size1 = len(proxied(b"Subject: x\r\n\r\nhi\r\n", "127.0.0.1")) + 3
-        size2 = len(proxied("Subject: é\r\n\r\nété\r\n".encode(), "127.0.0.1")) + 3
+        # SIZE= is the size of the message as sent when MAIL is sent at DATA (RFC 1870: without
+        # the dot-stuffing and the final ".\r\n").
+        size1 = len(proxied(b"Subject: x\r\n\r\nhi\r\n", "127.0.0.1"))
+        size2 = len(proxied("Subject: é\r\n\r\nété\r\n".encode(), "127.0.0.1"))
         self.assertEqual(cmds, ["MAIL FROM:<a@b.example>", "RCPT TO:<good@d.example>", "RCPT TO:<nope@d.example>",
                                 "RSET", "MAIL FROM:<a@b.example> SIZE=%d" % size1, "RCPT TO:<good@d.example>", "DATA",
                                 "MAIL FROM:<a@b.example> SIZE=22", "RCPT TO:<good@d.example>",

@@ -248,6 +248,25 @@ class JetStreamTest(ServerTestCase):
         self.assertRegex(ids[0], r"^asiosmtpd-[0-9a-f]{16}-\d+$")
         self.assertIn("created stream MAIL", server.stderr())
 
+    def test_dsn_parameters_in_headers(self):
+        # server.enable_dsn: RET/ENVID as Mail-Param, NOTIFY/ORCPT as Rcpt-Param with the
+        # recipient's position; ENVID and ORCPT values in the client's case.
+        nats = self.start_nats()
+        server = self.start_server(server_config(plugins=[jetstream_plugin(nats.urls)], enable_dsn=True))
+        with smtplib.SMTP(HOST, server.port, timeout=10) as s:
+            s.ehlo("client.example")
+            self.assertTrue(s.has_extn("dsn"))
+            self.assertEqual(s.mail("a@example.org", ["RET=HDRS", "ENVID=Id+2B42"])[0], 250)
+            self.assertEqual(s.rcpt("b@example.net", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;B@Example.NET"])[0], 250)
+            self.assertEqual(s.rcpt("c@example.net")[0], 250)
+            self.assertEqual(s.rcpt("d@example.net", ["NOTIFY=NEVER"])[0], 250)
+            self.assertEqual(s.data(b"Subject: dsn\r\n\r\nbody\r\n")[0], 250)
+        (message,) = stream_messages(nats.urls, "MAIL")
+        h = message["headers"]
+        self.assertEqual(h["Mail-Param"], ["RET=HDRS", "ENVID=Id+2B42"])
+        self.assertEqual(h["Rcpt-To"], ["b@example.net", "c@example.net", "d@example.net"])
+        self.assertEqual(h["Rcpt-Param"], ["0 NOTIFY=SUCCESS,FAILURE", "0 ORCPT=rfc822;B@Example.NET", "2 NOTIFY=NEVER"])
+
     def test_control_characters_never_reach_a_header(self):
         # The server refuses them in addresses (553), but a HELO name keeps them: its Helo
         # header gets \xNN for each, so a CR never starts a header of the client's choosing.

@@ -38,7 +38,7 @@ install)
   for p in $plugins; do need "$prefix/lib/asiosmtpd/plugins/$p.so" "$prefix/share/doc/asiosmtpd/plugins/$p.md"; done
   need "$prefix/bin/asiosmtpd" \
        "$prefix"/share/man/man8/asiosmtpd.8.gz "$prefix"/share/man/man5/asiosmtpd.yaml.5.gz \
-       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,testkit.hpp,testkit_core.hpp} \
+       "$prefix"/include/asiosmtpd/{plugin.h,plugin.hpp,reply_rules.hpp,worker_pool.hpp,dsn.hpp,testkit.hpp,testkit_core.hpp} \
        "$prefix/lib/libasiosmtpd_core.a" \
        "$prefix"/lib/cmake/asiosmtpd-sdk/{asiosmtpd-sdkConfig.cmake,asiosmtpd-sdkConfigVersion.cmake,asiosmtpd-sdk-targets.cmake,AsiosmtpdPlugin.cmake,plugin.map} \
        "$prefix/lib/pkgconfig/asiosmtpd-sdk.pc" \
@@ -154,7 +154,7 @@ deb)
   [ "$(nm "$out/dev/usr/lib/libasiosmtpd_core.a" 2>/dev/null | grep -c ' T ')" -gt 0 ] || fail "libasiosmtpd_core.a has no symbols"
   for f in ./usr/include/asiosmtpd/plugin.h ./usr/include/asiosmtpd/plugin.hpp ./usr/include/asiosmtpd/testkit.hpp \
            ./usr/include/asiosmtpd/testkit_core.hpp ./usr/lib/libasiosmtpd_core.a \
-           ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp \
+           ./usr/include/asiosmtpd/reply_rules.hpp ./usr/include/asiosmtpd/worker_pool.hpp ./usr/include/asiosmtpd/dsn.hpp \
            ./usr/lib/cmake/asiosmtpd-sdk/asiosmtpd-sdkConfig.cmake ./usr/lib/cmake/asiosmtpd-sdk/AsiosmtpdPlugin.cmake \
            ./usr/lib/pkgconfig/asiosmtpd-sdk.pc ./usr/share/doc/asiosmtpd-dev/plugin-guide.md \
            ./usr/share/doc/asiosmtpd-dev/copyright ./usr/share/doc/asiosmtpd-dev/LICENSE \

@@ -78,11 +78,14 @@ struct server_settings {
     std::uint32_t auth_max_failures = 3;  // failed AUTHs in a session before 421; 0 = no limit
     double auth_failure_delay = 1;        // seconds each failed AUTH answer waits (>= 0)
     bool advertise_pipelining = false;
+    bool enable_dsn = false;                    // DSN (RFC 3461)
+    bool enable_enhanced_status_codes = false;  // ENHANCEDSTATUSCODES (RFC 2034)
     call_limits command_call_limit;
     double timeout = 300;                              // seconds, > 0
     std::uint64_t data_min_rate = 500;                 // bytes/s a message must keep up over each timeout window
     std::uint64_t spool_threshold = 1024 * 1024;       // a message held for editors beyond this goes to a file
     bool received_header = false;                      // a Received: field tops each message plugins see
+    bool enable_chunking = false;                      // CHUNKING + BINARYMIME (RFC 3030): BDAT
     std::filesystem::path spool_directory;             // where; empty: $TMPDIR or /tmp
     double tls_handshake_timeout = 30;                 // seconds, > 0
     double proxy_protocol_timeout = 10;                // seconds to receive a PROXY header, > 0

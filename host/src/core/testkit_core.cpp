@@ -296,6 +296,9 @@ struct session_core::impl final : plugin::session_view, plugin::chain_events {
         e.enable_smtputf8 = s.enable_smtputf8;
         e.decode_data = s.decode_data;
         e.advertise_pipelining = s.advertise_pipelining;
+        e.enable_dsn = s.enable_dsn;
+        e.enable_enhanced_status_codes = s.enable_enhanced_status_codes;
+        e.enable_chunking = s.enable_chunking;
         e.lmtp = s.lmtp;
         e.starttls_available = s.starttls_available;
         e.require_starttls = s.require_starttls && s.starttls_available;

@@ -127,6 +127,9 @@ proto::settings engine_settings(const config::settings& s, const config::listene
     e.enable_smtputf8 = srv.enable_smtputf8;
     e.decode_data = srv.decode_data;
     e.advertise_pipelining = srv.advertise_pipelining;
+    e.enable_dsn = srv.enable_dsn;
+    e.enable_enhanced_status_codes = srv.enable_enhanced_status_codes;
+    e.enable_chunking = srv.enable_chunking;
     e.lmtp = l.protocol == config::protocol::lmtp;
     e.starttls_available = l.tls == config::tls_mode::starttls;
     // aiosmtpd: effective only with a TLS context (tls_context and require_starttls).

@@ -162,6 +162,12 @@ asio::awaitable<void> session::await_pending(const plugin::chain& c)
         client_gone_ = !forced_;  // forced_: the shutdown cancelled the write, and ends the session
         co_return;
     }
+    {
+        // complete() may have come while the replies were written: its wake-up then cancelled a
+        // timer that was not waiting yet, and would be lost (the plugin's whole timeout).
+        const std::lock_guard guard(pending->lock);
+        if (pending->done) co_return;
+    }
     disarm();  // the plugin's own timeout bounds the wait, not the idle timer
     hook_waiter_ = timer;
     timer->expires_after(c.timeout());

@@ -254,7 +254,9 @@ draft::draft(const proto::envelope& env, std::string_view content, const spool* 
       mail_params_(env.mail_options)
 {
     rcpts_.reserve(env.rcpt_tos.size());
-    for (const auto& r : env.rcpt_tos) rcpts_.push_back({r, {}});
+    for (std::size_t i = 0; i < env.rcpt_tos.size(); ++i)
+        rcpts_.push_back(
+            {env.rcpt_tos[i], i < env.rcpt_options.size() ? env.rcpt_options[i] : std::vector<std::string>{}});
 }
 
 std::uint64_t draft::source_size() const noexcept { return held_ != nullptr ? held_->size() : content_.size(); }

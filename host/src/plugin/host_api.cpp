@@ -323,7 +323,13 @@ asiosmtpd_status txn_rcpt_param_at(asiosmtpd_call* call, size_t rcpt_index, size
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
     if (call->hook == ASIOSMTPD_HOOK_TXN_END) return ASIOSMTPD_E_STATE;
-    if (call->draft == nullptr) return ASIOSMTPD_E_INVALID;  // the client's recipients have no parameters
+    if (call->draft == nullptr) {
+        // The client's recipients: their parameters (DSN's NOTIFY and ORCPT; none without DSN).
+        const auto& options = call->session->smtp().current_envelope().rcpt_options;
+        if (rcpt_index >= options.size() || param_index >= options[rcpt_index].size()) return ASIOSMTPD_E_INVALID;
+        *out = str(options[rcpt_index][param_index]);
+        return ASIOSMTPD_OK;
+    }
     const auto& rcpts = call->draft->rcpts();
     if (rcpt_index >= rcpts.size() || param_index >= rcpts[rcpt_index].params.size()) return ASIOSMTPD_E_INVALID;
     *out = str(rcpts[rcpt_index].params[param_index]);

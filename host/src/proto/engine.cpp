@@ -2,6 +2,8 @@
 #include "proto/engine.hpp"
 
 #include "proto/address.hpp"
+#include "proto/dsn.hpp"
+#include "proto/enhanced_codes.hpp"
 
 #include <algorithm>
 #include <array>
@@ -130,6 +132,15 @@ constexpr bool is_control(char c) noexcept
 
 bool has_control(std::string_view s) noexcept { return std::any_of(s.begin(), s.end(), is_control); }
 
+// DSN: ENVID and ORCPT values are xtext, where case matters (an ENVID is opaque, an ORCPT an
+// address): `upper` (the token upper-cased) gets the value of `raw` back for those keys.
+void keep_dsn_case(std::string& upper, std::string_view raw)
+{
+    const auto eq = upper.find('=');
+    if (eq != std::string::npos && dsn::keeps_case(std::string_view(upper).substr(0, eq)))
+        upper.replace(eq + 1, std::string::npos, raw.substr(eq + 1));
+}
+
 // An ESMTP parameter as aiosmtpd's _getparams() sees it: KEY, or KEY=VALUE.
 struct esmtp_param {
     std::string_view key;
@@ -143,7 +154,8 @@ struct esmtp_param {
 // SIZE's digit check with the same 501, X=\x01 is an unknown parameter, 555). None of the
 // parameters known today could carry one past its own check; this keeps it so for any added
 // later whose value is free text (DSN's ENVID, ORCPT), before a hook or the envelope sees it.
-bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params)
+bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& tokens, std::vector<esmtp_param>& params,
+                  bool dsn = false)
 {
     tokens.clear();
     params.clear();
@@ -155,6 +167,7 @@ bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& to
         if (i > start) {
             std::string& t = tokens.emplace_back(rest.substr(start, i - start));
             for (char& c : t) c = ascii_upper(c);
+            if (dsn) keep_dsn_case(t, rest.substr(start, i - start));
         }
     }
     for (const std::string& t : tokens) {
@@ -174,6 +187,24 @@ bool parse_params(std::string_view rest, bool utf8, std::vector<std::string>& to
         else params.push_back(p);
     }
     return true;
+}
+
+// DSN (RFC 3461): the refusal for the DSN parameters of MAIL (or RCPT) among `tokens`, or
+// empty when they are valid; then they leave `params` (they are known parameters).
+std::string_view take_dsn_params(const std::vector<std::string>& tokens, std::vector<esmtp_param>& params, bool rcpt)
+{
+    using dsn::problem;
+    switch (rcpt ? dsn::check_rcpt(tokens) : dsn::check_mail(tokens)) {
+    case problem::none: break;
+    case problem::bad_ret: return replies::dsn_bad_ret;
+    case problem::bad_envid: return replies::dsn_bad_envid;
+    case problem::bad_notify: return replies::dsn_bad_notify;
+    case problem::bad_orcpt: return replies::dsn_bad_orcpt;
+    }
+    std::erase_if(params, [&](const esmtp_param& p) {
+        return rcpt ? (p.key == "NOTIFY" || p.key == "ORCPT") : (p.key == "RET" || p.key == "ENVID");
+    });
+    return {};
 }
 
 std::optional<esmtp_param> take_param(std::vector<esmtp_param>& params, std::string_view key)
@@ -253,6 +284,7 @@ namespace {
 constexpr std::uint8_t before_starttls = 1;  // allowed before STARTTLS with require_starttls (RFC 3207 §4)
 constexpr std::uint8_t smtp_only = 2;        // not in LMTP (RFC 2033 §4.1: LHLO instead)
 constexpr std::uint8_t lmtp_only = 4;        // only in LMTP; elsewhere an unknown verb
+constexpr std::uint8_t chunking_only = 8;    // only with enable_chunking; elsewhere an unknown verb
 }  // namespace
 
 struct engine::command_spec {
@@ -273,6 +305,7 @@ std::span<const engine::command_spec> engine::command_table() noexcept
         {"MAIL", 0, &engine::on_mail, "MAIL FROM: <address>", " [SP <mail-parameters>]"},
         {"RCPT", 0, &engine::on_rcpt, "RCPT TO: <address>", " [SP <mail-parameters>]"},
         {"DATA", 0, &engine::on_data, "DATA", ""},
+        {"BDAT", chunking_only, &engine::on_bdat, "BDAT <size> [LAST]", ""},
         {"RSET", 0, &engine::on_rset, "RSET", ""},
         {"NOOP", before_starttls, &engine::on_noop, "NOOP [ignored]", ""},
         {"QUIT", before_starttls, &engine::on_quit, "QUIT", ""},
@@ -297,6 +330,7 @@ bool engine::offered(const command_spec& c) const noexcept
 {
     if ((c.flags & smtp_only) && settings_.lmtp) return false;
     if ((c.flags & lmtp_only) && !settings_.lmtp) return false;
+    if ((c.flags & chunking_only) && !settings_.enable_chunking) return false;
     return c.handle != &engine::on_starttls || settings_.starttls_available;
 }
 
@@ -342,7 +376,7 @@ bool engine::release_buffer(std::size_t keep) noexcept
 {
     // Only between commands: inside DATA the next bytes are due at once and the (large)
     // buffer would be allocated again for each read.
-    if (pos_ != end_ || phase_ == phase::data) return false;
+    if (pos_ != end_ || reading_data() || bdat_open()) return false;
     pos_ = scan_ = end_ = 0;
     if (in_.capacity() > keep) std::string().swap(in_);
     return true;
@@ -365,13 +399,14 @@ void engine::pump()
         if (phase_ == phase::command) progressed = step_command();
         else if (phase_ == phase::data) progressed = step_data();
         else if (phase_ == phase::auth) progressed = step_auth();
+        else if (phase_ == phase::bdat) progressed = step_bdat();
         if (!progressed) break;
     }
     // Everything consumed: the buffer starts over. It keeps its capacity (one buffer per
     // session), unless a large transfer grew it: then an idle session gives it back.
     if (pos_ == end_) {
         pos_ = scan_ = end_ = 0;
-        if (in_.size() > 64 * 1024 && phase_ != phase::data) {
+        if (in_.size() > 64 * 1024 && !reading_data()) {
             in_.clear();
             in_.shrink_to_fit();
         }
@@ -405,11 +440,17 @@ bool engine::step_command()
 {
     // aiosmtpd's 1001-byte stream limit (line_length_limit), or more for a larger
     // command_size_limit: "Command line too long" either way.
-    const auto line = next_line(std::max(settings_.data_line_limit, settings_.command_size_limit + 38));
+    const auto line =
+        next_line(std::max(settings_.data_line_limit,
+                           settings_.command_size_limit + 38 + (settings_.enable_dsn ? dsn::rcpt_line_allowance : 0)));
     if (!line) return false;
     ++progress_;
-    if (line->too_long) reply(replies::line_too_long);
-    else handle_line(line->text);
+    if (line->too_long) {
+        verb_.clear();  // not a command anyone can name (enhanced_code_for)
+        reply(replies::line_too_long);
+    } else {
+        handle_line(line->text);
+    }
     return true;
 }
 
@@ -421,8 +462,9 @@ void engine::handle_line(std::string_view line)
     const std::size_t reply_start = out_.size();
     verb_.clear();
     handle_command(line);
-    if (verb_ == "AUTH") return;              // failed AUTHs have a log line of their own
-    if (waiting_) hooked_line_.assign(line);  // the reply comes with hook_done()
+    if (verb_ == "AUTH") return;                                   // failed AUTHs have a log line of their own
+    if (verb_ == "BDAT" && after_bdat(line, reply_start)) return;  // answered after its chunk
+    if (waiting_) hooked_line_.assign(line);                       // the reply comes with hook_done()
     else note_refusal(line, reply_start);
 }
 
@@ -484,6 +526,7 @@ void engine::note_refusal(std::string_view command, std::size_t reply_start)
 void engine::dispatch(const command_spec* spec, std::string_view verb, std::string_view arg, bool has_arg)
 {
     if (connect_rejected_ && verb != "QUIT") return reply(replies::only_quit);
+    if (spec != nullptr && (spec->flags & chunking_only) && !settings_.enable_chunking) spec = nullptr;
     if (spec != nullptr) {
         // RFC 2033 §4.1: LMTP has LHLO instead; aiosmtpd answers HELO and EHLO as unknown
         // without using the unknown-command budget.
@@ -589,7 +632,13 @@ void engine::finish_hook(const hook_result& r)
         }
         return;
     case hook_kind::rcpt:
-        if (reply_for(r, replies::ok)) envelope_.rcpt_tos.emplace_back(arg);
+        if (reply_for(r, replies::ok)) {
+            envelope_.rcpt_tos.emplace_back(arg);
+            if (!request_params_.empty()) {  // DSN: NOTIFY, ORCPT (an index per recipient)
+                envelope_.rcpt_options.resize(envelope_.rcpt_tos.size());
+                envelope_.rcpt_options.back() = request_params_;
+            }
+        }
         return;
     case hook_kind::data: deliver_data_reply(r); return;
     case hook_kind::data_chunk:
@@ -732,6 +781,8 @@ void engine::send_ehlo_lines()
     if (settings_.data_size_limit != 0)
         out_.append("250-SIZE ").append(std::to_string(settings_.data_size_limit)).append(crlf);
     if (!settings_.decode_data) out_.append("250-8BITMIME\r\n");
+    if (settings_.enable_chunking)
+        out_.append(settings_.decode_data ? "250-CHUNKING\r\n" : "250-BINARYMIME\r\n250-CHUNKING\r\n");
     if (settings_.enable_smtputf8) out_.append("250-SMTPUTF8\r\n");
     if (settings_.starttls_available && !tls_active_) out_.append("250-STARTTLS\r\n");
     if (!settings_.auth_require_tls || tls_active_) {
@@ -743,6 +794,8 @@ void engine::send_ehlo_lines()
         for (auto m : mechanisms) out_.append(" ").append(m);
         out_.append(crlf);
     }
+    if (settings_.enable_enhanced_status_codes) out_.append("250-ENHANCEDSTATUSCODES\r\n");  // RFC 2034
+    if (settings_.enable_dsn) out_.append("250-DSN\r\n");                                    // RFC 3461
     if (settings_.advertise_pipelining) out_.append("250-PIPELINING\r\n");
     for (const std::string& k : settings_.ehlo_keywords) out_.append("250-").append(k).append(crlf);
     out_.append("250 HELP\r\n");
@@ -764,12 +817,15 @@ void engine::on_mail(std::string_view arg, bool has_arg)
     if (!envelope_.mail_from.empty()) return reply(replies::nested_mail);
 
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params, settings_.enable_dsn))
+        return reply(syntax);
     if (!settings_.decode_data) {
-        // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised.
+        // RFC 6152: BODY=7BIT or 8BITMIME only when 8BITMIME is advertised; RFC 3030 §3:
+        // BINARYMIME with CHUNKING.
         if (auto body = take_param(params, "BODY"))
-            if (!body->has_value || (body->value != "7BIT" && body->value != "8BITMIME"))
-                return reply(replies::bad_body);
+            if (!body->has_value || (body->value != "7BIT" && body->value != "8BITMIME" &&
+                                     !(settings_.enable_chunking && body->value == "BINARYMIME")))
+                return reply(settings_.enable_chunking ? replies::bad_body_chunking : replies::bad_body);
     }
     const auto utf8 = take_param(params, "SMTPUTF8");
     if (utf8 && utf8->has_value) return reply(replies::smtputf8_no_args);
@@ -780,6 +836,8 @@ void engine::on_mail(std::string_view arg, bool has_arg)
         if (settings_.data_size_limit != 0 && exceeds(size->value, settings_.data_size_limit))
             return reply(replies::size_exceeded);
     }
+    if (settings_.enable_dsn)
+        if (const auto bad = take_dsn_params(request_params_, params, false); !bad.empty()) return reply(bad);
     if (!params.empty()) return reply(replies::mail_params_unknown);
     envelope_.smtp_utf8 = utf8.has_value();
 
@@ -799,11 +857,14 @@ void engine::on_rcpt(std::string_view arg, bool has_arg)
     if (parsed.state == address_result::status::empty) return reply(syntax);
     if (!extended_smtp_ && !parsed.rest.empty()) return reply(syntax);
     std::vector<esmtp_param> params;
-    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params)) return reply(syntax);
+    if (!parse_params(parsed.rest, settings_.enable_smtputf8, request_params_, params, settings_.enable_dsn))
+        return reply(syntax);
+    if (settings_.enable_dsn)
+        if (const auto bad = take_dsn_params(request_params_, params, true); !bad.empty()) return reply(bad);
     // aiosmtpd recognises no RCPT parameter (no DSN).
     if (!params.empty()) return reply(replies::rcpt_params_unknown);
 
-    decide(hook_kind::rcpt, parsed.address, true);
+    decide(hook_kind::rcpt, parsed.address, true, request_params_);
 }
 
 void engine::on_data(std::string_view arg, bool)
@@ -811,9 +872,17 @@ void engine::on_data(std::string_view arg, bool)
     // §3.13
     if (need_helo() || need_auth()) return;
     if (envelope_.rcpt_tos.empty()) return reply(replies::need_rcpt);
+    if (bdat_refuses_data()) return;
     if (!arg.empty()) return reply(replies::syntax_data);
     reply(replies::start_data);
     phase_ = phase::data;
+    begin_message();
+}
+
+// A message begins (DATA's 354, or the first BDAT chunk): the reader's state, and the trace
+// field on top.
+void engine::begin_message()
+{
     data_error_ = data_error::none;
     data_bytes_ = 0;
     data_unstuffed_ = 0;
@@ -1258,11 +1327,14 @@ void engine::on_starttls(std::string_view arg, bool)
 void engine::refuse_tls(std::string_view line)
 {
     if (phase_ != phase::tls) return;
-    const std::size_t ready = replies::ready_to_start_tls.size() + crlf.size();
-    if (out_.size() >= ready &&
-        std::string_view(out_).substr(out_.size() - ready, replies::ready_to_start_tls.size()) ==
-            replies::ready_to_start_tls)
-        out_.resize(out_.size() - ready);
+    const std::string_view code = enhanced_code_for(replies::ready_to_start_tls);
+    const std::size_t ready = replies::ready_to_start_tls.size() + (code.empty() ? 0 : code.size() + 1) + crlf.size();
+    if (out_.size() >= ready) {
+        std::string_view tail = std::string_view(out_).substr(out_.size() - ready);
+        tail.remove_suffix(crlf.size());
+        if (tail.starts_with("220 ") && tail.ends_with(replies::ready_to_start_tls.substr(4)))
+            out_.resize(out_.size() - ready);
+    }
     phase_ = phase::command;
     reply(line);
 }
@@ -1302,11 +1374,26 @@ void engine::on_custom(std::size_t index, std::string_view verb, std::string_vie
 
 void engine::send_greeting()
 {
-    reply(replies::greeting(settings_.hostname, settings_.ident));
+    // Not reply(): RFC 2034 §3, a greeting never carries an enhanced status code.
+    out_.append(replies::greeting(settings_.hostname, settings_.ident)).append(crlf);
     phase_ = phase::command;
 }
 
-void engine::reply(std::string_view line) { out_.append(line).append(crlf); }
+void engine::reply(std::string_view line)
+{
+    // RFC 2034 (server.enable_enhanced_status_codes): "ddd text" becomes "ddd x.y.z text".
+    if (const std::string_view code = enhanced_code_for(line); !code.empty()) {
+        out_.append(line.substr(0, 4)).append(code).append(" ");
+        line.remove_prefix(4);
+    }
+    out_.append(line).append(crlf);
+}
+
+std::string_view engine::enhanced_code_for(std::string_view line) const noexcept
+{
+    if (!settings_.enable_enhanced_status_codes) return {};
+    return enhanced_code(line, verb_);
+}
 
 // A plugin's reply: "code text" lines; '\n' in the text separates lines of a multi-line reply.
 void engine::reply_plugin(const hook_result& r)
@@ -1389,11 +1476,13 @@ void engine::reset_envelope(transaction_end::how outcome, std::string_view reaso
 
 std::size_t engine::command_limit(std::string_view verb) const noexcept
 {
-    if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit;
+    // RFC 3461 §4: room for the DSN parameters of MAIL and RCPT.
+    const std::size_t dsn = extended_smtp_ && settings_.enable_dsn ? dsn::line_allowance(verb) : 0;
+    if (!extended_smtp_ || verb != "MAIL") return settings_.command_size_limit + dsn;
     // RFC 1870 §3 (+26 for SIZE) and RFC 6531 §3.4 (+10 for SMTPUTF8), once per session
     // (docs/behaviour.md: aiosmtpd grows it with every EHLO).
     return settings_.command_size_limit + (settings_.data_size_limit != 0 ? 26 : 0) +
-           (settings_.enable_smtputf8 ? 10 : 0);
+           (settings_.enable_smtputf8 ? 10 : 0) + dsn;
 }
 
 }  // namespace asiosmtpd::proto

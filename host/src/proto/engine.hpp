@@ -97,6 +97,8 @@ struct settings {
     bool enable_smtputf8 = false;
     bool decode_data = false;
     bool advertise_pipelining = false;
+    /// server.enable_chunking: CHUNKING and BINARYMIME (RFC 3030), the BDAT command.
+    bool enable_chunking = false;
     bool lmtp = false;
     bool starttls_available = false;  ///< this listener offers STARTTLS
     bool require_starttls = false;    ///< only meaningful with starttls_available (aiosmtpd)
@@ -117,6 +119,11 @@ struct settings {
     /// data_chunk hooks get pieces of at least this size (the last one may be smaller).
     std::size_t data_chunk_size = 64 * 1024;
     std::size_t unknown_command_budget = 5;  ///< aiosmtpd BOGUS_LIMIT
+    /// DSN (RFC 3461): RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT, checked (proto/dsn.hpp) and
+    /// kept as parameters (ENVID and ORCPT values in their case). Off: aiosmtpd's 555.
+    bool enable_dsn = false;
+    /// ENHANCEDSTATUSCODES (RFC 2034): the engine's replies get RFC 3463 codes (proto/enhanced_codes.hpp).
+    bool enable_enhanced_status_codes = false;
 };
 
 /// A plugin chain's outcome, as the engine applies it.
@@ -201,6 +208,9 @@ struct envelope {
     std::vector<std::string> mail_options;  ///< upper-cased MAIL parameters
     bool smtp_utf8 = false;
     std::vector<std::string> rcpt_tos;
+    /// Each accepted recipient's ESMTP parameters (DSN: NOTIFY, ORCPT), as rcpt_tos; empty
+    /// without DSN (aiosmtpd accepts none). May be shorter than rcpt_tos: none for the rest.
+    std::vector<std::vector<std::string>> rcpt_options;
     std::string content;  ///< unstuffed message (original_content)
     void clear() noexcept
     {
@@ -208,6 +218,7 @@ struct envelope {
         mail_options.clear();
         smtp_utf8 = false;
         rcpt_tos.clear();
+        rcpt_options.clear();
         content.clear();
     }
 };
@@ -292,8 +303,8 @@ public:
     /// from one change to the next, whatever partial input arrives meanwhile (a client that
     /// trickles a line byte by byte does not keep its session alive).
     [[nodiscard]] std::uint64_t progress() const noexcept { return progress_; }
-    /// Reading message data (between the 354 reply and the final dot).
-    [[nodiscard]] bool reading_data() const noexcept { return phase_ == phase::data; }
+    /// Reading message data (between the 354 reply and the final dot, or a BDAT chunk's octets).
+    [[nodiscard]] bool reading_data() const noexcept { return phase_ == phase::data || phase_ == phase::bdat; }
     /// Bytes buffered but not yet processed (pipelined input waiting behind a hook).
     [[nodiscard]] std::size_t buffered() const noexcept { return end_ - pos_; }
     /// If nothing is buffered, give back a receive buffer larger than `keep` bytes (a session
@@ -323,7 +334,7 @@ public:
     void tls_established();
 
 private:
-    enum class phase : std::uint8_t { greeting, command, data, tls, auth, closed };
+    enum class phase : std::uint8_t { greeting, command, data, tls, auth, closed, bdat };
     enum class auth_kind : std::uint8_t { none, plain, login, plugin };
     enum class data_error : std::uint8_t { none, too_long, too_much, refused };
 
@@ -370,6 +381,23 @@ private:
     void on_unknown(std::string_view verb, std::string_view arg, bool has_arg);
     void on_custom(std::size_t index, std::string_view verb, std::string_view arg, bool has_arg);
     void end_of_data();
+    void begin_message();
+
+    // BDAT (RFC 3030, settings::enable_chunking): engine_bdat.cpp.
+    void on_bdat(std::string_view arg, bool has_arg);
+    bool after_bdat(std::string_view line, std::size_t reply_start);
+    void start_chunk(std::uint64_t size, bool last, std::string_view refusal);
+    bool step_bdat();
+    void end_of_chunk();
+    void fail_bdat_message(std::size_t reply_start);
+    bool bdat_refuses_data();
+    /// A message is being built from BDAT chunks (its first chunk was accepted, LAST not yet).
+    [[nodiscard]] bool bdat_open() const noexcept { return in_transaction() && bdat_serial_ == envelope_serial_; }
+    /// A BDAT message failed before its LAST chunk: its remaining chunks are discarded (503).
+    [[nodiscard]] bool bdat_failed() const noexcept
+    {
+        return !in_transaction() && bdat_failed_serial_ == envelope_serial_;
+    }
 
     void send_greeting();
     void send_ehlo_lines();
@@ -388,6 +416,7 @@ private:
     /// Apply a verdict's reply: returns true when the state change is to be applied.
     bool reply_for(const hook_result& r, std::string_view default_reply);
     void reply(std::string_view line);
+    [[nodiscard]] std::string_view enhanced_code_for(std::string_view line) const noexcept;
     void reply_plugin(const hook_result& r);
     void close(std::string_view why) noexcept;
     void ask_chunk(bool last);
@@ -459,6 +488,15 @@ private:
     std::size_t chunk_from_ = 0;        // envelope_.content[chunk_from_, end) not yet given to data_chunk
     hook_result chunk_refusal_;         // a data_chunk hook refused the message: its reply, after the dot
     std::size_t partial_line_ = 0;      // bytes of the current line already consumed (too long)
+
+    // BDAT reader
+    std::uint64_t bdat_remaining_ = 0;          // octets of the current chunk still to read
+    std::uint64_t bdat_size_ = 0;               // the current chunk's size
+    bool bdat_last_ = false;                    // the current chunk is the LAST
+    std::string bdat_refusal_;                  // the chunk was refused before it was read: its reply
+    std::string bdat_line_;                     // the BDAT command line (for refusals_)
+    std::uint64_t bdat_serial_ = ~0ull;         // envelope_serial_ of the message BDAT is building
+    std::uint64_t bdat_failed_serial_ = ~0ull;  // envelope_serial_ after a BDAT message failed
 
     // the pending hook
     hook_request request_;

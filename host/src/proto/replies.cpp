@@ -55,4 +55,9 @@ std::string too_many_auth_failures(std::string_view hostname)
     return join({"421 4.7.0 ", hostname, " Error: too many failed authentication attempts"});
 }
 
+std::string bdat_chunk_ok(std::uint64_t octets)
+{
+    return join({"250 2.0.0 Ok: ", std::to_string(octets), " octets received"});
+}
+
 }  // namespace asiosmtpd::proto::replies

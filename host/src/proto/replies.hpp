@@ -5,6 +5,7 @@
 // small functions in replies.cpp.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -85,8 +86,23 @@ inline constexpr std::string_view too_much_data = "552 Error: Too much mail data
 inline constexpr std::string_view malformed_address = "553 5.1.3 Error: malformed address";
 inline constexpr std::string_view mail_params_unknown = "555 MAIL FROM parameters not recognized or not implemented";
 inline constexpr std::string_view rcpt_params_unknown = "555 RCPT TO parameters not recognized or not implemented";
+// DSN (RFC 3461 §4, server.enable_dsn): not aiosmtpd (it answers 555); Postfix's texts. A
+// repeated parameter gets the same reply (Postfix).
+inline constexpr std::string_view dsn_bad_ret = "501 Bad RET parameter syntax";
+inline constexpr std::string_view dsn_bad_envid = "501 Bad ENVID parameter syntax";
+inline constexpr std::string_view dsn_bad_notify = "501 Error: Bad NOTIFY parameter syntax";
+inline constexpr std::string_view dsn_bad_orcpt = "501 Error: Bad ORCPT parameter syntax";
 inline constexpr std::string_view default_reject = "550 5.7.1 Rejected";          // plugin REJECT, no text
 inline constexpr std::string_view default_reject_connect = "554 5.7.1 Rejected";  // CONNECT REJECT, no text
+
+// --- CHUNKING (RFC 3030; not in aiosmtpd, docs/behaviour.md) -----------------------------------
+inline constexpr std::string_view bad_body_chunking = "501 Error: BODY can only be one of 7BIT, 8BITMIME, BINARYMIME";
+// A size that cannot be read: nobody knows where the chunk ends, so the connection closes (Postfix).
+inline constexpr std::string_view bdat_unreadable = "521 5.5.4 Syntax: BDAT <size> [LAST]";
+inline constexpr std::string_view syntax_bdat = "501 5.5.4 Syntax: BDAT <size> [LAST]";  // its chunk is skipped
+inline constexpr std::string_view data_after_bdat = "503 5.5.1 Error: DATA after BDAT";  // RFC 3030 §2
+inline constexpr std::string_view binarymime_needs_bdat = "503 5.5.1 Error: BODY=BINARYMIME requires BDAT";  // §3
+inline constexpr std::string_view bdat_after_error = "503 5.5.1 Error: chunk discarded after an earlier BDAT error";
 
 // --- built from parts ------------------------------------------------------------------------
 std::string greeting(std::string_view hostname, std::string_view ident);  // 220 <host> <ident>
@@ -100,5 +116,6 @@ std::string closing(std::string_view hostname);                 // 421 4.7.0 <ho
 std::string too_many_connections(std::string_view hostname);    // 421 4.7.0 <host> Error: too many connections
 std::string shutting_down(std::string_view hostname);           // 421 4.3.2 <host> Service shutting down
 std::string too_many_auth_failures(std::string_view hostname);  // 421 4.7.0 <host> ... authentication
+std::string bdat_chunk_ok(std::uint64_t octets);                // 250 2.0.0 Ok: <n> octets received
 
 }  // namespace asiosmtpd::proto::replies

@@ -233,7 +233,9 @@ typedef struct asiosmtpd_address_args {
                                      and without a source route (@a,@b:), comments and folding
                                      whitespace removed, quoting kept where needed, case kept
                                      ("Bob@Example.ORG" stays so); "<>" for the null reverse path */
-    const asiosmtpd_str *params;  /* MAIL: upper-cased ESMTP parameters ("SIZE=100"); else none */
+    const asiosmtpd_str *params;  /* MAIL, RCPT: the ESMTP parameters, upper-cased ("SIZE=100");
+                                     RCPT has some only with server.enable_dsn (NOTIFY, ORCPT);
+                                     ENVID and ORCPT values keep their case (xtext) */
     size_t param_count;
 } asiosmtpd_address_args;
 
@@ -523,9 +525,10 @@ typedef struct asiosmtpd_host_api {
      * call of an editor. */
     asiosmtpd_status (*edit_message_pending)(asiosmtpd_token token, const asiosmtpd_edit *edit);
     /* The param_index-th ESMTP parameter of the rcpt_index-th recipient (txn_rcpt_at order),
-     * "KEY=VALUE": those an editor gave with ADD_RCPT (the host refuses RCPT parameters from
-     * clients with 555, as aiosmtpd). E_INVALID when out of range. Borrowed until the hook
-     * returns. */
+     * "KEY=VALUE": the client's (DSN's NOTIFY and ORCPT, with server.enable_dsn; without it the
+     * host refuses RCPT parameters with 555, as aiosmtpd) or those an editor gave with ADD_RCPT.
+     * E_INVALID when out of range. Borrowed until the hook returns. asiosmtpd/dsn.hpp parses
+     * the DSN ones. */
     asiosmtpd_status (*txn_rcpt_param_at)(asiosmtpd_call *call, size_t rcpt_index, size_t param_index,
                                           asiosmtpd_str *out);
     /* log() with fields: the line is the message (may be empty) followed by " key=value" for

@@ -310,7 +310,7 @@ struct address_args {
           raw(&a)
     {}
     std::string_view address;  ///< normalised; "<>" for the null reverse path
-    str_list params;           ///< MAIL: upper-cased ESMTP parameters; otherwise empty
+    str_list params;           ///< MAIL, RCPT (DSN only): ESMTP parameters, upper-cased (see dsn.hpp)
     const asiosmtpd_address_args* raw;
 };
 
@@ -1214,7 +1214,8 @@ public:
     /// The accepted recipients, in order (duplicates kept).
     std::vector<std::string_view> rcpts() const { return collect(txn().rcpt_count, host_->txn_rcpt_at, "txn_rcpt_at"); }
 
-    /// ABI 1.3: the ESMTP parameters of the index-th recipient (those an editor gave it).
+    /// ABI 1.3: the ESMTP parameters of the index-th recipient (the client's DSN NOTIFY and
+    /// ORCPT, or those an editor gave it; asiosmtpd/dsn.hpp parses them).
     std::vector<std::string_view> rcpt_params(std::size_t index) const
     {
         std::vector<std::string_view> out;

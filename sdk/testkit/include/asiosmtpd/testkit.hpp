@@ -138,10 +138,12 @@ class session;
 //   0: SIZE without a number, no limit), command_size_limit (512), hook_timeout (5 s: how
 //   long a suspended hook may take before 451 4.3.0), lmtp, starttls_available,
 //   require_starttls, auth_require_tls (true), auth_required, auth_max_failures (3; 0: no
-//   limit), decode_data, enable_smtputf8, advertise_pipelining, call_limit_enabled /
-//   call_limits / call_limit_default (command_call_limit), data_chunk_size (64 KiB: the
-//   DATA_CHUNK pieces), spool_threshold / spool_directory (ABI 1.3: where a message is held
-//   for the plugins after an editor), tls_defaults (what cmd("STARTTLS") negotiates).
+//   limit), decode_data, enable_smtputf8, advertise_pipelining, enable_dsn,
+//   enable_enhanced_status_codes, enable_chunking (BDAT: send() its octets),
+//   call_limit_enabled / call_limits / call_limit_default (command_call_limit),
+//   data_chunk_size (64 KiB: the DATA_CHUNK pieces), spool_threshold / spool_directory (ABI
+//   1.3: where a message is held for the plugins after an editor), tls_defaults (what
+//   cmd("STARTTLS") negotiates).
 // A session reads them at each command: a test may change them between two cmd() calls.
 // ------------------------------------------------------------------------------------------
 class host : public core::settings {

@@ -132,6 +132,9 @@ struct settings {
     bool decode_data = false;
     bool enable_smtputf8 = false;
     bool advertise_pipelining = false;
+    bool enable_dsn = false;                    ///< DSN (RFC 3461): RET, ENVID, NOTIFY, ORCPT
+    bool enable_enhanced_status_codes = false;  ///< ENHANCEDSTATUSCODES (RFC 2034)
+    bool enable_chunking = false;               ///< server.enable_chunking: CHUNKING, BINARYMIME, BDAT
     /// command_call_limit: off, or per-verb budgets (upper case) and a default for the rest.
     bool call_limit_enabled = false;
     std::map<std::string, std::uint32_t> call_limits;
