@@ -56,6 +56,22 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(rest[11]), int(rest[12])
 
 
+def run_ns(pid: int) -> int | None:
+    """CPU time of the process's live threads in ns (/proc/PID/task/TID/schedstat): the
+    precise figure, where /proc/PID/stat counts 10 ms ticks. None where the kernel has none."""
+    total = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task.name}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:
+                continue  # a thread that left meanwhile
+    except OSError:
+        return None
+    return total
+
+
 def tree_stats(root: int) -> list[tuple[int, str, int, int, int, int]]:
     """(pid, comm, utime, stime, cutime, cstime) of root and every live descendant, in ticks.
 
@@ -189,6 +205,13 @@ class Peer:
     # its CPU is measured apart from the server's.
     milter_argv: list[str] | None = None
     milter: subprocess.Popen | None = None
+    # The TLS peers' implicit-TLS port (@SPORT@ in argv: a free port at each start; STARTTLS is
+    # on the main port).
+    sport: int = 0
+    # Idle scenarios: at most this many connections (0: the scenario's count), and whether the
+    # peer is measured at all (not the floors: they keep fixed buffers, which says nothing).
+    idle_cap: int = 0
+    idle_mem: bool = True
 
     def start(self, port: int, cpus: str | None) -> None:
         self.log_path = OUT / f"{self.name}.log"
@@ -196,7 +219,9 @@ class Peer:
         if self.milter_argv:
             mport = str(free_port())
             self.start_milter(mport, cpus)
-        argv = [a.replace("@PORT@", str(port)).replace("@MILTER_PORT@", mport) for a in self.argv]
+        self.sport = free_port() if any("@SPORT@" in a for a in self.argv) else 0
+        argv = [a.replace("@PORT@", str(port)).replace("@MILTER_PORT@", mport).replace("@SPORT@", str(self.sport))
+                for a in self.argv]
         if cpus:
             argv = ["taskset", "-c", cpus] + argv
         logf = open(self.log_path, "ab")
@@ -252,6 +277,21 @@ class Peer:
             return cpu_ticks(self.pid)
         t = tree_stats(self.pid)
         return sum(x[2] + x[4] for x in t), sum(x[3] + x[5] for x in t)
+
+    def cpu_mark(self) -> tuple[int, int, int | None]:
+        """What cpu_between() needs: the ticks and, for a one-process peer, its threads' ns."""
+        u, s = self.ticks()
+        return u, s, None if self.tree else run_ns(self.pid)
+
+    def cpu_between(self, a: tuple[int, int, int | None], b: tuple[int, int, int | None]) -> tuple[float, float]:
+        """(user, system) CPU seconds between two marks: the ns total where there is one, split
+        between user and system as the ticks are; the ticks alone otherwise (a tree peer)."""
+        du, ds = (b[0] - a[0]) / TICK, (b[1] - a[1]) / TICK
+        if a[2] is None or b[2] is None or b[2] < a[2]:
+            return du, ds
+        total = (b[2] - a[2]) / 1e9
+        share = du / (du + ds) if du + ds > 0 else 1.0
+        return total * share, total * (1 - share)
 
     # A tree peer's CPU per program over a round: every process is sampled while the round runs
     # (Postfix's daemons come and go: max_use), so one that exits is counted up to its last sample.
@@ -493,6 +533,110 @@ class DovecotPeer(Peer):
         super().start(port, cpus)
 
 
+def build_c(src: Path, exe: Path, libs: list[str]) -> Path | str:
+    """Compiles one C file of the benchmark into .out/ when the binary is missing or older."""
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return f"no C compiler (cc) to build {src.relative_to(ROOT)}"
+    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src), *libs],
+                       capture_output=True, text=True)
+    return exe if r.returncode == 0 else f"building {src.relative_to(ROOT)} failed: {r.stderr.strip()[:300]}"
+
+
+def make_certificate(kind: str) -> tuple[Path, Path] | str:
+    """A throwaway self-signed certificate for bench.local in a fresh folder (removed at exit):
+    ECDSA P-256 (kind "ec", what ACME clients issue by default) or RSA 2048 ("rsa")."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        return "no openssl command to make the TLS scenarios' certificate (Debian package openssl)"
+    d = Path(tempfile.mkdtemp(prefix="asiosmtpd-bench-tls-"))
+    RUN_DIRS.append(d)
+    d.chmod(0o755)  # read by every peer, some of which drop privileges (Postfix's smtpd reads it as root)
+    cert, key = d / "cert.pem", d / "key.pem"
+    algo = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec" else ["-newkey", "rsa:2048"]
+    r = subprocess.run([openssl, "req", "-x509", *algo, "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+                        "-subj", f"/CN={HOSTNAME}", "-addext", f"subjectAltName=DNS:{HOSTNAME}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"openssl req failed: {r.stderr.strip()[:300]}"
+    key.chmod(0o644)
+    return cert, key
+
+
+def tls_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]:
+    """The TLS scenarios' peers, each with STARTTLS on its port and implicit TLS on a second one,
+    all with the same throwaway certificate: asiosmtpd, Postfix's smtpd (a private instance),
+    Haraka with its tls plugin, aiosmtpd with an SSL context, and the TLS floor."""
+    peers: list[Peer] = []
+    skipped: list[str] = []
+    client = build_c(BENCH / "tls" / "tlsload.c", OUT / "tlsload", ["-lssl", "-lcrypto"])
+    if isinstance(client, str):
+        return [], [f"the TLS scenarios: {client} (Debian package libssl-dev)"]
+    made = make_certificate(args.tls_key)
+    if isinstance(made, str):
+        return [], [f"the TLS scenarios: {made}"]
+    cert, key = made
+    what = "ECDSA P-256" if args.tls_key == "ec" else "RSA 2048"
+    if binary.exists() and (plugins / "sink.so").exists():
+        cfg = OUT / "asiosmtpd-tls.yaml"
+        cfg.write_text((BENCH / "conf" / "asiosmtpd-tls.yaml").read_text().replace("@WORKERS@", str(args.workers))
+                       .replace("@PLUGINS@", str(plugins)).replace("@CERT@", str(cert)).replace("@KEY@", str(key)))
+        peers.append(Peer("asiosmtpd-tls", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@", "",
+                                            "@SPORT@"],
+                          f"asiosmtpd, workers: {args.workers}, sink plugin, tls.session_resumption default (on)",
+                          groups=("tls",)))
+    else:
+        skipped.append(f"asiosmtpd-tls: {binary} or {plugins}/sink.so missing (bench/run builds them)")
+    if os.geteuid() != 0:
+        skipped.append("postfix-tls: a private Postfix instance needs root")
+    elif not (os.access(POSTFIX, os.X_OK) and os.access(POSTFIX_MASTER, os.X_OK)):
+        skipped.append(f"postfix-tls: {POSTFIX} or {POSTFIX_MASTER} missing (Debian package postfix)")
+    else:
+        version = subprocess.run(["/usr/sbin/postconf", "-d", "-h", "mail_version"], capture_output=True,
+                                 text=True).stdout.strip()
+        peers.append(Peer("postfix-tls", [str(BENCH / "conf" / "start-postfix"), str(postfix_run_dir("postfix-tls")),
+                                          "@PORT@", "-", "@SPORT@", str(cert), str(key)],
+                          f"Postfix {version} smtpd, a private instance, queue on tmpfs, discard transport,"
+                          " smtpd_tls_security_level=may, tlsmgr, Postfix's TLS defaults", groups=("tls",), tree=True,
+                          idle_cap=90))
+    if args.no_haraka:
+        skipped.append("haraka-tls: --no-haraka")
+    elif (HARAKA_PKG / "bin" / "haraka").exists() and shutil.which("node"):
+        run_dir = OUT / "haraka-tls"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        shutil.copytree(HARAKA_PKG / "config", run_dir / "config")
+        shutil.copytree(BENCH / "haraka" / "config", run_dir / "config", dirs_exist_ok=True)
+        shutil.copytree(BENCH / "haraka" / "tls", run_dir / "config", dirs_exist_ok=True)
+        shutil.copytree(BENCH / "haraka" / "plugins", run_dir / "plugins")
+        shutil.copy(cert, run_dir / "config" / "tls_cert.pem")
+        shutil.copy(key, run_dir / "config" / "tls_key.pem")
+        peers.append(Peer("haraka-tls", [str(BENCH / "conf" / "start-haraka"), shutil.which("node"),
+                                         str(HARAKA_PKG / "bin" / "haraka"), str(run_dir), "@PORT@", "@SPORT@"],
+                          "Haraka, nodes=0, tls plugin (node's TLS defaults), bench_sink plugin", groups=("tls",)))
+    else:
+        skipped.append(f"haraka-tls: Haraka not installed in {HARAKA_PKG}")
+    if subprocess.run([SYS_PYTHON, "-c", "import aiosmtpd"], capture_output=True).returncode == 0:
+        peers.append(Peer("aiosmtpd-tls", [SYS_PYTHON, str(BENCH / "conf" / "aiosmtpd-tls.py"), str(cert), str(key),
+                                           "127.0.0.1", "@PORT@", "@SPORT@"],
+                          "python3-aiosmtpd, Sink handler, ssl.create_default_context (STARTTLS and implicit)",
+                          groups=("tls",)))
+    else:
+        skipped.append("aiosmtpd-tls: /usr/bin/python3 cannot import aiosmtpd (Debian package python3-aiosmtpd)")
+    floor = build_c(BENCH / "tls" / "tlsfloor.c", OUT / "tlsfloor", ["-lssl", "-lcrypto"])
+    if isinstance(floor, Path):
+        peers.append(Peer("tls-floor", [str(floor), str(cert), str(key), "127.0.0.1:@PORT@", "@SPORT@"],
+                          "bench/tls/tlsfloor.c: the handshake and the answers, nothing else (OpenSSL's defaults,"
+                          " no buffer release)", groups=("tls",), idle_mem=False))
+    else:
+        skipped.append(f"tls-floor: {floor}")
+    for p in peers:
+        p.note += f"; certificate {what}"
+    return peers, skipped
+
+
 def main_peers(args) -> tuple[list[Peer], list[str]]:
     """The peers of every scenario but the milter ones, besides asiosmtpd."""
     peers: list[Peer] = []
@@ -517,7 +661,8 @@ def main_peers(args) -> tuple[list[Peer], list[str]]:
     floor = build_floor()
     if isinstance(floor, Path):
         peers.append(Peer("floor", [str(floor), "127.0.0.1:@PORT@"],
-                          "bench/floor/floor.c: answers smtp-source and does nothing else (the least any server spends here)"))
+                          "bench/floor/floor.c: answers smtp-source and does nothing else (the least any server spends here)",
+                          idle_mem=False))
     else:
         skipped.append(f"floor: {floor}")
 
@@ -624,6 +769,10 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         more, why = milter_peers(args, binary, plugins)
         peers += more
         skipped += why
+    if "tls" in groups:
+        more, why = tls_peers(args, binary, plugins)
+        peers += more
+        skipped += why
     if "python" in groups:
         more, why = python_peers(args, binary, plugins)
         peers += more
@@ -658,7 +807,11 @@ class Scenario:
     max_msgs: int = 0
     idle: int = 0
     group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix...; "python": the
-                         # same Python handler under asiosmtpd and aiosmtpd (Peer.groups)
+                         # same Python handler under asiosmtpd and aiosmtpd; "tls": the TLS peers (Peer.groups)
+    tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit"
+    tls_version: str = "1.3"
+    resume: bool = False     # every connection offers its session's newest ticket (tlsload -R)
+    round_factor: float = 1.0  # rounds last --round-seconds times this
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -700,6 +853,27 @@ def scenarios(quick: bool) -> list[Scenario]:
     for n, warm, least in ((1, 50, 150), (10, 200, 300), (50, 300, 300)):
         s.append(Scenario(f"d{n}", f"1 KiB, c={n}, LMTP, delivered to a Maildir with fsync", "source", n,
                           lmtp=True, warmup_msgs=warm, min_msgs=least, max_msgs=200000, group="durable"))
+    # TLS (bench/tls/tlsload.c): 1 KiB messages, c=10. A new connection (so a handshake) per
+    # message, TLS 1.3 and 1.2, without and with resumption, STARTTLS and implicit TLS; then
+    # connection reuse (the records' cost alone); then idle TLS sessions. At least 150 messages
+    # a round (Postfix and Haraka make 100-200 a second: 0.5 s or more of their CPU), rounds of
+    # 0.6 x --round-seconds: the seven scenarios take about 2.5 minutes of the full run.
+    tls = dict(group="tls", warmup_msgs=50, min_msgs=150, max_msgs=100000, round_factor=0.6)
+    s += [
+        Scenario("tls13", "TLS 1.3, STARTTLS, c=10, new connection per message", "tls", 10, reuse=False,
+                 tls="starttls", **tls),
+        Scenario("tls13r", "TLS 1.3, STARTTLS, c=10, new connection, resumed", "tls", 10, reuse=False,
+                 tls="starttls", resume=True, **tls),
+        Scenario("tls12", "TLS 1.2, STARTTLS, c=10, new connection per message", "tls", 10, reuse=False,
+                 tls="starttls", tls_version="1.2", **tls),
+        Scenario("tls12r", "TLS 1.2, STARTTLS, c=10, new connection, resumed", "tls", 10, reuse=False,
+                 tls="starttls", tls_version="1.2", resume=True, **tls),
+        Scenario("smtps13", "TLS 1.3, implicit TLS, c=10, new connection per message", "tls", 10, reuse=False,
+                 tls="implicit", **tls),
+        Scenario("tlsreuse", "TLS 1.3, STARTTLS, c=10, connection reuse", "tls", 10, tls="starttls",
+                 **dict(tls, warmup_msgs=300, min_msgs=500, max_msgs=500000)),
+        Scenario("tlsidle", "idle TLS sessions (STARTTLS, EHLO answered)", "idle", idle=1000, group="tls"),
+    ]
     if quick:
         s = [x for x in s if x.key not in ("c100", "latload", "idle10k", "milternew")]
         for x in s:
@@ -707,6 +881,9 @@ def scenarios(quick: bool) -> list[Scenario]:
                 x.warmup_msgs = x.min_msgs = 300
             if x.group == "durable":
                 x.warmup_msgs, x.min_msgs = max(50, x.warmup_msgs // 2), 100 if x.sessions < 50 else 200
+            if x.group == "tls":
+                x.warmup_msgs, x.min_msgs = 50, 100
+                x.idle = min(x.idle, 300)
     return s
 
 
@@ -723,6 +900,9 @@ class Round:
     other_cpu: float = 0.0  # CPU seconds used meanwhile by processes that are neither server nor client
     milter_cpu: float = 0.0  # CPU seconds of the peer's milter process (milter peers)
     parts: dict = field(default_factory=dict)  # a tree peer's CPU seconds per program (Postfix: smtpd, cleanup...)
+    handshakes: int = 0  # TLS scenarios: handshakes done (one per connection) ...
+    resumed: int = 0     # ... of which abbreviated (a session ticket or ID accepted)
+    cipher: str = ""     # what the first handshake negotiated: version, cipher, key exchange group
 
 
 @dataclass
@@ -758,21 +938,30 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     procs = 1 if sc.sessions < 4 else args.client_procs
     procs = max(1, min(procs, msgs, sc.sessions))
     msgs -= msgs % procs
+    argvs = []
+    for i in range(procs):
+        sessions = sc.sessions // procs + (1 if i < sc.sessions % procs else 0)
+        argvs.append(source_argv(sc, port, sessions, msgs // procs, args.client_cpus))
+    # Generous; bounds a hang. Durable delivery waits for the disk: 20 msgs/s at least.
+    expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / (20.0 if sc.group == "durable" else 200.0))
+    r, _ = measure_round(peer, argvs, msgs, expected, args, "smtp-source")
+    return r
+
+
+def measure_round(peer: Peer, argvs: list[list[str]], msgs: int, expected: float, args,
+                  what: str) -> tuple[Round, list[str]]:
+    """Runs the client processes `argvs` at once against the peer and measures the round: the
+    server's CPU (its tree's for a tree peer), its peak RSS, the clients' CPU, the rest of the
+    machine's. Returns the round and each client's standard output."""
     reset_peak_rss(peer.pid)
-    u0, s0 = peer.ticks()
+    mark0 = peer.cpu_mark()
     m0 = peer.milter_ticks()
     peer.parts_begin()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = system_busy()
-    # Generous; bounds a hang. Durable delivery waits for the disk: 20 msgs/s at least.
-    expected = max(30.0, 20.0 * msgs * sc.length / 10e6 + msgs / (20.0 if sc.group == "durable" else 200.0))
     t0 = time.monotonic()
-    clients = []
-    for i in range(procs):
-        sessions = sc.sessions // procs + (1 if i < sc.sessions % procs else 0)
-        clients.append(subprocess.Popen(source_argv(sc, port, sessions, msgs // procs, args.client_cpus),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, start_new_session=True))
+    clients = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True) for argv in argvs]
     deadline = t0 + min(expected, args.round_timeout)
     if peer.tree:
         # Sampled every 0.1 s for the per-program figures (parts_end).
@@ -783,7 +972,7 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
     else:
         finished = all(wait_pid(c, deadline) for c in clients)
     elapsed = time.monotonic() - t0
-    u1, s1 = peer.ticks()
+    mark1 = peer.cpu_mark()
     m1 = peer.milter_ticks()
     busy1 = system_busy()
     peak = status_kib(peer.pid, "VmHWM")
@@ -792,21 +981,52 @@ def run_source_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Ro
         for c in clients:
             kill_group(c, 1.0)
         error = f"timeout after {elapsed:.0f} s"
+    outs = []
     for c in clients:
+        # The clients print little (smtp-source nothing, tlsload one line): the pipes never fill.
+        outs.append(c.stdout.read().decode(errors="replace") if c.stdout else "")
         err = c.stderr.read().decode(errors="replace").strip() if c.stderr else ""
-        if c.stderr:
-            c.stderr.close()
+        for f in (c.stdout, c.stderr):
+            if f:
+                f.close()
         if not error and (c.returncode != 0 or err):
-            error = f"smtp-source exit {c.returncode}: {err.splitlines()[-1] if err else ''}"
+            error = f"{what} exit {c.returncode}: {err.splitlines()[-1] if err else ''}"
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     if not peer.alive():
         error = error or f"server died (exit {peer.proc.returncode if peer.proc else '?'})"
-    srv_user, srv_sys = (u1 - u0) / TICK, (s1 - s0) / TICK
+    srv_user, srv_sys = peer.cpu_between(mark0, mark1)
     milter_cpu = (m1 - m0) / TICK
-    parts = {k: v / TICK for k, v in peer.parts_end((u1 - u0) + (s1 - s0)).items()}
+    parts = {k: v / TICK for k, v in peer.parts_end((mark1[0] - mark0[0]) + (mark1[1] - mark0[1])).items()}
     other = max(0.0, (busy1 - busy0) - srv_user - srv_sys - client_cpu - milter_cpu)
-    return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other, milter_cpu, parts)
+    return Round(msgs, elapsed, srv_user, srv_sys, peak, client_cpu, not error, error, other, milter_cpu,
+                 parts), outs
+
+
+def tls_argv(sc: Scenario, port: int, msgs: int, cpus: str | None) -> list[str]:
+    argv = ["taskset", "-c", cpus] if cpus else []
+    argv += [str(OUT / "tlsload"), "-m", sc.tls, "-v", sc.tls_version, "-c", str(sc.sessions), "-n", str(msgs),
+             "-d", "0" if sc.reuse else "1", "-l", str(sc.length), "-t", "110"]
+    if sc.resume:
+        argv.append("-R")
+    return argv + [f"127.0.0.1:{port}"]
+
+
+def run_tls_round(peer: Peer, port: int, sc: Scenario, msgs: int, args) -> Round:
+    """One round of a TLS scenario: one tlsload process (an epoll loop over all its sessions)."""
+    if sc.tls == "implicit":
+        port = peer.sport
+    expected = max(30.0, msgs / 50.0)  # generous (Postfix: a few hundred a second); bounds a hang
+    r, outs = measure_round(peer, [tls_argv(sc, port, msgs, args.client_cpus)], msgs, expected, args, "tlsload")
+    if r.ok:
+        try:
+            d = json.loads(outs[0])
+            r.handshakes, r.resumed, r.cipher = d["handshakes"], d["resumed"], f"{d['version']} {d['cipher']} {d['group']}"
+            if d["msgs"] != msgs:
+                r.ok, r.error = False, f"tlsload sent {d['msgs']} of {msgs} messages"
+        except (ValueError, KeyError, IndexError) as e:
+            r.ok, r.error = False, f"tlsload's report unreadable ({e}): {outs[0][:200]!r}"
+    return r
 
 
 def log_round(peer: Peer, sc: Scenario, i: int, r: Round) -> None:
@@ -820,22 +1040,23 @@ def log_round(peer: Peer, sc: Scenario, i: int, r: Round) -> None:
 def run_source(live: list[tuple[Peer, int]], sc: Scenario, args, results: dict) -> None:
     """Warm-up per peer, then round i of every peer before round i + 1 of any: whatever else the
     machine does meanwhile falls on all peers alike."""
+    run_round = run_tls_round if sc.kind == "tls" else run_source_round
     sizes: dict[str, int] = {}
     for peer, port in live:
         res = results[(peer.name, sc.key)] = Result(peer.name, sc.key)
-        warm = run_source_round(peer, port, sc, sc.warmup_msgs, args)
+        warm = run_round(peer, port, sc, sc.warmup_msgs, args)
         if not warm.ok:
             res.error = f"warm-up: {warm.error}"
             continue
         # Size the rounds so that each lasts about --round-seconds for this peer.
         rate = warm.msgs / max(warm.elapsed, 1e-3)
-        sizes[peer.name] = int(min(max(rate * args.round_seconds, sc.min_msgs), sc.max_msgs))
+        sizes[peer.name] = int(min(max(rate * args.round_seconds * sc.round_factor, sc.min_msgs), sc.max_msgs))
     for i in range(args.rounds):
         for peer, port in live:
             res = results[(peer.name, sc.key)]
             if peer.name not in sizes or res.error:
                 continue
-            r = run_source_round(peer, port, sc, sizes[peer.name], args)
+            r = run_round(peer, port, sc, sizes[peer.name], args)
             res.rounds.append(r)
             log_round(peer, sc, i, r)
             if not r.ok:
@@ -887,14 +1108,36 @@ def run_latency(live: list[tuple[Peer, int]], sc: Scenario, args, results: dict)
                 latency_round(peer, port, sc, args, res, i)
 
 
+def memory_kib(peer: Peer) -> int:
+    """The server's resident memory: VmRSS, or for a tree peer (Postfix: a process per
+    connection) the sum of its processes' proportional set sizes (Pss: pages shared between
+    them counted once in all), which is what the connections really add."""
+    if not peer.tree:
+        return status_kib(peer.pid, "VmRSS")
+    total = 0
+    for pid, *_ in tree_stats(peer.pid):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+        except OSError:
+            pass
+    return total
+
+
 def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
-    """Opens sc.idle connections, waits for every greeting, then reads the server's RSS."""
+    """Opens sc.idle connections, waits for every greeting (TLS: every EHLO answered over TLS),
+    then reads the server's RSS."""
     res = Result(peer.name, sc.key)
+    count = min(sc.idle, peer.idle_cap) if peer.idle_cap else sc.idle
     time.sleep(0.3)
-    base = status_kib(peer.pid, "VmRSS")
+    base = memory_kib(peer)
     reset_peak_rss(peer.pid)
-    holder = subprocess.Popen(helper_argv(args.client_cpus, "_idle", str(port), str(sc.idle)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    if sc.group == "tls":  # tlsload's idle mode: STARTTLS, the handshake, EHLO; then it holds them
+        pre = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+        argv = pre + [str(OUT / "tlsload"), "-I", str(count), "-B", "50", f"127.0.0.1:{port}"]
+    else:
+        argv = helper_argv(args.client_cpus, "_idle", str(port), str(count))
+    holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
     try:
         ready, _, _ = select.select([holder.stdout], [], [], 120)
@@ -904,17 +1147,17 @@ def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
             return res
         d = json.loads(line)
         time.sleep(1.0)  # let the server finish whatever the greetings started
-        rss = status_kib(peer.pid, "VmRSS")
+        rss = memory_kib(peer)
         peak = status_kib(peer.pid, "VmHWM")
         res.extra = {"held": d["held"], "errors": d["errors"], "seconds": d["elapsed"], "base_kib": base,
                      "rss_kib": rss, "peak_kib": peak, "kib_per_conn": (rss - base) / max(1, d["held"]),
-                     "first_error": d.get("first_error", "")}
+                     "first_error": d.get("first_error", ""), "wanted": count}
         # Still serving with all of them open? One full transaction says so.
         res.extra["serving"] = read_greeting(port, 5.0) if peer.alive() else False
-        log(f"  {peer.name:9} {sc.key:8}: held {d['held']}/{sc.idle}, errors {d['errors']}, RSS {base} -> {rss} KiB"
+        log(f"  {peer.name:9} {sc.key:8}: held {d['held']}/{count}, errors {d['errors']}, RSS {base} -> {rss} KiB"
             f" = {res.extra['kib_per_conn']:.1f} KiB/conn")
-        if d["errors"] or d["held"] < sc.idle:
-            res.error = f"{d['errors']} errors, held {d['held']}/{sc.idle} ({d.get('first_error', '')})"
+        if d["errors"] or d["held"] < count:
+            res.error = f"{d['errors']} errors, held {d['held']}/{count} ({d.get('first_error', '')})"
     finally:
         try:
             holder.stdin.close()
@@ -1217,6 +1460,126 @@ def durable_table(results: dict, peers: list[str], sc: Scenario, w) -> list[floa
     return noisy
 
 
+TLS_BASE, TLS_FLOOR, TLS_US = "postfix-tls", "tls-floor", "asiosmtpd-tls"
+
+
+def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
+    """One TLS scenario: per peer, rates (messages and handshakes), the share of resumed
+    handshakes, CPU per message, then the ratios to Postfix and to the TLS floor."""
+    def med(name: str, f) -> float | None:
+        r = results.get((name, sc.key))
+        return r.median(f) if r and r.good() else None
+
+    def rate(x: Round) -> float:
+        return x.msgs / x.elapsed
+
+    def hs(x: Round) -> float:
+        return x.handshakes / x.elapsed
+
+    def cpu(x: Round) -> float:
+        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+    noisy: list[float] = []
+    if sc.kind == "idle":
+        w(f"== {sc.title} (tlsload -I N: STARTTLS, handshake, EHLO, then idle; memory of a freshly started server) ==")
+        w(f"{'peer':14} {'held':>6} {'errors':>6} {'mem before':>11} {'mem after':>11} {'KiB/conn':>9} {'serving':>7}"
+          f" | {'KiB/conn':>8} vs {TLS_BASE}")
+        b = results.get((TLS_BASE, sc.key))
+        bk = b.extra.get("kib_per_conn") if b and b.extra else None
+        for p in peers:
+            r = results.get((p, sc.key))
+            if r is None:
+                continue
+            if not r.extra:
+                w(f"{p:14} FAILED: {r.error}")
+                continue
+            e = r.extra
+            w(f"{p:14} {e['held']:6} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
+              f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
+              + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+        return noisy
+    w(f"== {sc.title} (tlsload -m {sc.tls} -v {sc.tls_version} -c {sc.sessions} -d {0 if sc.reuse else 1}"
+      f" -l {sc.length}{' -R' if sc.resume else ''}) ==")
+    w(f"{'peer':14} {'msgs/s':>8} {'spread':>7} {'hs/s':>8} {'resumed':>7} {'CPU us/msg':>10} {'sys%':>5}"
+      f" {'client us/msg':>13} {'others':>6} | {'hs/s':>6} {'CPU/msg':>7} vs {TLS_BASE} | {'CPU/msg':>7} vs {TLS_FLOOR}")
+    negotiated = []
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:14} FAILED: {r.error}")
+            continue
+        rates = [rate(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
+        resumed = sum(x.resumed for x in r.good()) / max(1, sum(x.handshakes for x in r.good())) * 100
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        negotiated.append(f"{p} {r.good()[0].cipher}")
+        w(f"{p:14} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(hs):8,.0f} {resumed:6.0f}% {r.median(cpu):10.1f}"
+          f" {sysp:4.0f}% {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
+          f" | {ratio(r.median(hs), med(TLS_BASE, hs)):>6} {ratio(r.median(cpu), med(TLS_BASE, cpu)):>7}"
+          f"{'':>{len(TLS_BASE) + 4}} | {ratio(r.median(cpu), med(TLS_FLOOR, cpu)):>7}"
+          + (f"   ({r.error})" if r.error else ""))
+    if negotiated:
+        w("negotiated: " + "; ".join(negotiated))
+    return noisy
+
+
+def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None:
+    """asiosmtpd-tls against every TLS peer, scenario by scenario, then the issue's targets."""
+    if TLS_US not in peers:
+        return
+    others = [p for p in peers if p != TLS_US]
+
+    def med(name: str, key: str, f) -> float | None:
+        r = results.get((name, key))
+        return r.median(f) if r and r.good() else None
+
+    def hs(x: Round) -> float:
+        return x.handshakes / x.elapsed
+
+    def cpu(x: Round) -> float:
+        return (x.srv_user + x.srv_sys) / x.msgs
+
+    def kib(name: str, key: str) -> float | None:
+        r = results.get((name, key))
+        return r.extra.get("kib_per_conn") if r and r.extra else None
+
+    w("")
+    w(f"== {TLS_US} / peer (handshakes/s: >1 is faster; CPU per message, KiB per idle session: <1 is leaner) ==")
+    w(f"{'scenario':56} " + " ".join(f"{p:>22}" for p in others))
+    for sc in scs:
+        cells = []
+        for p in others:
+            if sc.kind == "idle":
+                cells.append(f"{ratio(kib(TLS_US, sc.key), kib(p, sc.key))} KiB/conn")
+            else:
+                cells.append(f"{ratio(med(TLS_US, sc.key, hs), med(p, sc.key, hs))} hs "
+                             f"{ratio(med(TLS_US, sc.key, cpu), med(p, sc.key, cpu))} cpu")
+        w(f"{sc.title:56} " + " ".join(f"{c:>22}" for c in cells))
+    w("")
+    w("TLS targets (issue 22): handshakes/s >= 1.0x Postfix's, CPU per TLS message <= 0.8x Postfix's and"
+      " <= 1.15x the TLS floor's, <= 16 KiB per idle TLS session")
+
+    def verdict(v: float | None, ok) -> str:
+        return "-" if v is None else f"{v:.2f}x {'met' if ok(v) else 'MISSED'}"
+
+    for sc in scs:
+        if sc.kind == "idle":
+            k = kib(TLS_US, sc.key)
+            w(f"  {sc.title:56} {'-' if k is None else f'{k:.1f} KiB ' + ('met' if k <= 16 else 'MISSED')}")
+            continue
+        a_hs, a_cpu = med(TLS_US, sc.key, hs), med(TLS_US, sc.key, cpu)
+        p_hs, p_cpu, f_cpu = med(TLS_BASE, sc.key, hs), med(TLS_BASE, sc.key, cpu), med(TLS_FLOOR, sc.key, cpu)
+        hs_cell = (verdict(a_hs / p_hs, lambda v: v >= 1.0) if a_hs and p_hs and not sc.reuse
+                   else "- (connection reuse)" if sc.reuse else "-")
+        w(f"  {sc.title:56} hs/s vs postfix {hs_cell:>18}  cpu vs postfix"
+          f" {verdict(a_cpu / p_cpu if a_cpu and p_cpu else None, lambda v: v <= 0.8):>12}"
+          f"  cpu vs floor {verdict(a_cpu / f_cpu if a_cpu and f_cpu else None, lambda v: v <= 1.15):>12}")
+
+
 def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,
            groups: dict[str, tuple[str, ...]] | None = None) -> str:
     out: list[str] = []
@@ -1224,6 +1587,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     groups = groups or {}
     main_peers_ = [p for p in peers if "main" in groups.get(p, ("main",))]
     milter_peers_ = [p for p in peers if "milter" in groups.get(p, ())]
+    tls_peers_ = [p for p in peers if "tls" in groups.get(p, ())]
     python_peers_ = [p for p in peers if "python" in groups.get(p, ())]
     durable_peers_ = [p for p in peers if "durable" in groups.get(p, ())]
     main_scs = [sc for sc in scs if sc.group == "main"]
@@ -1239,7 +1603,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
     for s in skipped:
         w(f"skipped: {s}")
     w("")
-    w("msgs/s: messages accepted per wall second. CPU us/msg: server CPU (user+sys, all threads, /proc/PID/stat)")
+    w("msgs/s: messages accepted per wall second. CPU us/msg: server CPU (user+sys, all threads; schedstat, Postfix /proc/PID/stat)")
     w("per message = server CPU seconds per 1,000 messages x 1000. sys%: kernel share of it. peak RSS: VmHWM")
     w("during the round. client us/msg: smtp-source CPU per message (if it nears 1e6/msgs-per-s the client is the limit).")
 
@@ -1261,6 +1625,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
             noisy += durable_table(results, durable_peers_, sc, w)
         elif sc.group == "isolation":
             noisy += isolation_table(results, [p for p in peers if "isolation" in groups.get(p, ())], sc, w)
+        elif sc.group == "tls":
+            noisy += tls_table(results, tls_peers_, sc, w)
         elif sc.kind == "source":
             # The Python-handler tables compare with aiosmtpd running the same handler.
             tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
@@ -1373,6 +1739,9 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
             elif sc.kind == "latency" and f and f.good() and b and b.good():
                 w(f"{sc.title:44} {ratio(statistics.median(f.extra['p50']), statistics.median(b.extra['p50'])):>7} p50"
                   f" {ratio(statistics.median(f.extra['p99']), statistics.median(b.extra['p99'])):>7} p99")
+    tls_scs = [sc for sc in scs if sc.group == "tls"]
+    if tls_scs:
+        tls_summary(results, tls_peers_, tls_scs, w)
     w("")
     return "\n".join(out)
 
@@ -1417,13 +1786,17 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
     ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor; for the milter"
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
-                    " for the python ones asiosmtpd+python,aiosmtpd+python")
+                    " for the python ones asiosmtpd+python,aiosmtpd+python;"
+                    " for the TLS ones asiosmtpd-tls,postfix-tls,haraka-tls,aiosmtpd-tls,tls-floor")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
-                    "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10")
+                    "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10,tls13,tls13r,tls12,tls12r,smtps13,"
+                    "tlsreuse,tlsidle (or tls: all the TLS ones)")
     ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
                     " bench/.out/durable, on the checkout's filesystem; emptied before and removed after)")
     ap.add_argument("--maildir-workers", type=int, default=4, help="the maildir plugin's workers in the durable"
                     " scenarios (default 4, the plugin's default)")
+    ap.add_argument("--tls-key", choices=("ec", "rsa"), default="ec",
+                    help="the TLS scenarios' certificate: ECDSA P-256 (default) or RSA 2048")
     ap.add_argument("--build-dir", help="asiosmtpd build folder holding bin/asiosmtpd and plugins/sink.so"
                     " (default build/release; bench/run builds it)")
     ap.add_argument("--workers", type=int, default=1, help="asiosmtpd event-loop threads (default 1)")
@@ -1462,7 +1835,7 @@ def main() -> int:
     scs = scenarios(args.quick)
     if args.scenarios:
         keys = args.scenarios.split(",")
-        scs = [s for s in scs if s.key in keys]
+        scs = [s for s in scs if s.key in keys or (s.group == "tls" and "tls" in keys)]
     for s in scs:
         if s.kind == "idle" and s.idle + 200 > want:
             log(f"{s.key}: RLIMIT_NOFILE is {want}; holding {want - 200} connections instead of {s.idle}")
@@ -1481,7 +1854,7 @@ def main() -> int:
         for peer in peers:
             # Idle memory first, each on a freshly started server (nothing freed earlier to reuse).
             # Not the floor's: it keeps a fixed 4 KiB per connection, which says nothing.
-            for sc in [s for s in scs if s.kind == "idle" and peer.name != "floor" and s.group in peer.groups]:
+            for sc in [s for s in scs if s.kind == "idle" and peer.idle_mem and s.group in peer.groups]:
                 port = free_port()
                 log(f"{peer.name}: {sc.title}")
                 RUNNING.append(peer)
@@ -1515,7 +1888,7 @@ def main() -> int:
                 if not peer.alive():
                     results[(peer.name, sc.key)] = Result(peer.name, sc.key, error="server not running")
             running = [(p, port) for p, port in mine if p.alive()]
-            (run_source if sc.kind == "source" else run_latency)(running, sc, args, results)
+            (run_latency if sc.kind == "latency" else run_source)(running, sc, args, results)
     finally:
         stop_all()
 

@@ -320,7 +320,7 @@ class CapsTest(HandshakeTestCase):
 
 class HandshakeTest(HandshakeTestCase):
     def test_client_certificates_and_tls_1_2(self):
-        # The handshake runs on the socket, then the stream takes it over: what it negotiated
+        # The handshake runs on the socket, then the TLS channel takes it over: what it negotiated
         # (a client certificate asked for, TLS 1.2 as well as 1.3) is still seen.
         client_cert, client_key = make_certificate(self.certs, "client", cn="client.example")
         config = self.config()

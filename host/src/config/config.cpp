@@ -77,8 +77,9 @@ constexpr std::string_view server[] = {"hostname",
                                        "xclient_networks"};
 constexpr std::string_view listener[] = {"address",        "port",       "protocol", "tls",
                                          "proxy_protocol", "reuse_port", "path",     "mode"};
-constexpr std::string_view tls[] = {"certificate", "private_key",  "min_version",
-                                    "ciphers",     "ciphersuites", "request_client_certificate"};
+constexpr std::string_view tls[] = {"certificate",       "private_key",  "min_version",
+                                    "ciphers",           "ciphersuites", "request_client_certificate",
+                                    "session_resumption"};
 constexpr std::string_view plugin[] = {"name", "path", "config", "timeout", "isolation", "memory_limit"};
 constexpr std::string_view metrics[] = {"listen"};
 constexpr std::string_view log[] = {"format", "timestamps"};
@@ -773,6 +774,7 @@ reader::tls_section reader::read_tls(const item& it) const
     if (const item* f = m.find("ciphers")) t.value.ciphers = read_string(*f);
     if (const item* f = m.find("ciphersuites")) t.value.ciphersuites = read_string(*f);
     if (const item* f = m.find("request_client_certificate")) t.value.request_client_certificate = read_bool(*f);
+    if (const item* f = m.find("session_resumption")) t.value.session_resumption = read_bool(*f);
     return t;
 }
 

@@ -112,6 +112,7 @@ struct tls_settings {
     std::string ciphers;                          // TLS 1.2 cipher list (OpenSSL syntax); empty: ours
     std::string ciphersuites;                     // TLS 1.3 suites (OpenSSL syntax); empty: OpenSSL's
     bool request_client_certificate = false;      // ask for (never require) a client certificate
+    bool session_resumption = true;               // session tickets (and OpenSSL's session cache)
 };
 
 struct plugin_entry {

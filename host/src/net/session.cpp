@@ -36,6 +36,35 @@ constexpr std::size_t idle_read = 128;
 constexpr std::chrono::seconds quit_window{1};
 std::atomic<std::uint64_t> next_session_id{1};
 
+// TLS input between commands: a TLS 1.3 record of a command line or a small pipelined group.
+constexpr std::size_t idle_tls_input = 256;
+
+// One TLS operation to its end: `attempt(ec)` (a tls::channel call) again after what it asked
+// for: more input, read from the socket as plaintext is (Asio's speculative read, then the
+// readiness wait), or the socket writable. The watchdog's cancel ends a wait with
+// operation_aborted.
+template <class Attempt>
+asio::awaitable<boost::system::error_code> until_done(tcp::socket& socket, tls::channel& ch, std::size_t input,
+                                                      Attempt attempt)
+{
+    for (;;) {
+        boost::system::error_code ec;
+        const tls::channel::status s = attempt(ec);
+        if (s == tls::channel::status::done || s == tls::channel::status::failed) co_return ec;
+        if (s == tls::channel::status::want_write) {
+            std::tie(ec) = co_await socket.async_wait(tcp::socket::wait_write, nothrow);
+            if (ec) co_return ec;
+            continue;
+        }
+        const std::span<char> room = ch.input_room(input);
+        std::size_t n = 0;
+        std::tie(ec, n) = co_await socket.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
+        if (ec == asio::error::eof) ch.input_eof();  // OpenSSL says what it means: close_notify or not
+        else if (ec) co_return ec;
+        ch.input_commit(n);
+    }
+}
+
 }  // namespace
 
 session::session(tcp::socket socket, std::shared_ptr<const listener_context> ctx, registry& owner)
@@ -183,9 +212,9 @@ void session::force_close()
 // asynchronous operation, no trip through the event loop. What it does not take, flush() sends.
 session::sent session::send_now()
 {
-    if (tls_) return sent::some;
-    std::string& out = engine_.output();
     boost::system::error_code ec;
+    if (tls_) return send_tls(ec);
+    std::string& out = engine_.output();
     const std::size_t n = socket_.write_some(asio::buffer(out), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) return sent::some;
     if (ec) {
@@ -201,13 +230,47 @@ session::sent session::send_now()
     return sent::some;
 }
 
+// Under TLS too: the records go out at once while the socket takes them (OpenSSL writes each
+// with one send()); what is left, flush() sends.
+session::sent session::send_tls(boost::system::error_code& ec)
+{
+    std::string& out = engine_.output();
+    std::size_t done = 0;
+    tls::channel::status s = tls::channel::status::done;
+    while (done < out.size()) {
+        std::size_t n = 0;
+        s = tls_->stream.write(std::span<const char>(out).subspan(done), n, ec);
+        if (s != tls::channel::status::done) break;
+        done += n;
+    }
+    if (s == tls::channel::status::failed) {
+        end_reason_ = timed_out_ ? "timeout (client not reading)" : fmt::format("write failed: {}", ec.message());
+        engine_.clear_output();
+        return sent::failed;
+    }
+    if (done == out.size()) {
+        engine_.clear_output();
+        return sent::all;
+    }
+    out.erase(0, done);
+    return sent::some;
+}
+
 asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
     boost::system::error_code ec;
-    if (tls_)
-        std::tie(ec, std::ignore) = co_await asio::async_write(tls_->stream, asio::buffer(engine_.output()), nothrow);
-    else std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
+    if (tls_) {
+        std::string& out = engine_.output();
+        std::size_t done = 0;
+        while (!ec && done < out.size()) {
+            std::size_t n = 0;
+            ec = co_await until_done(socket_, tls_->stream, idle_tls_input, [&](boost::system::error_code& e) {
+                return tls_->stream.write(std::span<const char>(out).subspan(done), n, e);
+            });
+            done += n;
+        }
+    } else std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(engine_.output()), nothrow);
     engine_.clear_output();
     if (ec) {
         end_reason_ = timed_out_ ? "timeout (client not reading)" : fmt::format("write failed: {}", ec.message());
@@ -241,7 +304,7 @@ asio::awaitable<void> session::run()
     }
     {
         boost::system::error_code ignored;
-        socket_.non_blocking(true, ignored);  // the reads and writes below never block
+        if (!socket_.non_blocking()) socket_.non_blocking(true, ignored);  // the reads and writes below never block
         socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
     engine_.allow_xclient(proto::contains(ctx_->xclient_networks, peer_address_));
@@ -294,9 +357,13 @@ asio::awaitable<void> session::run()
         boost::system::error_code ec;
         std::size_t n = 0;
         if (tls_) {
-            const std::span<char> room = engine_.prepare(read_size_);
-            std::tie(ec, n) = co_await tls_->stream.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            if (!ec)
+            // As below, small buffers between commands (the records' and the plaintext's);
+            // OpenSSL keeps what does not fit and hands it out at the next read.
+            const bool idle = engine_.release_buffer(idle_read);
+            const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
+            ec = co_await until_done(socket_, tls_->stream, idle ? idle_tls_input : read_size_,
+                                     [&](boost::system::error_code& e) { return tls_->stream.read(room, n, e); });
+            if (!ec && !idle)
                 read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
             // Between commands (nothing buffered) the session holds only a small buffer, kept
@@ -356,7 +423,8 @@ asio::awaitable<void> session::close()
     if (tls_ && socket_.is_open() && !forced_ && !client_gone_) {
         // close_notify, bounded by the watchdog; the peer may already be gone.
         arm(ctx_->close_grace);
-        co_await tls_->stream.async_shutdown(nothrow);
+        co_await until_done(socket_, tls_->stream, idle_tls_input,
+                            [this](boost::system::error_code& e) { return tls_->stream.shutdown(e); });
     }
     finished_ = true;
     watchdog_timer_.cancel();

@@ -19,7 +19,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -126,6 +125,7 @@ private:
     enum class sent { all, some, failed };
     sent send_now();
     asio::awaitable<bool> flush();
+    sent send_tls(boost::system::error_code& ec);
     asio::awaitable<bool> handshake();
     bool admit_tls();
     asio::awaitable<boost::system::error_code> await_client_hello();
@@ -142,9 +142,9 @@ private:
     // What only some sessions need lives behind a pointer: an idle plaintext session is small
     // (issue 8: <= 4 KiB per idle connection, the whole session included).
     struct tls_state {
-        /// Takes the SSL* of a finished handshake (the stream owns and frees it).
-        tls_state(tcp::socket& s, tls::server_handshake& done) : stream(s, done.release()) {}
-        asio::ssl::stream<tcp::socket&> stream;
+        /// Takes the SSL* of a finished handshake (the channel owns and frees it).
+        tls_state(tls::server_handshake& done, int fd) : stream(done.release(), fd) {}
+        tls::channel stream;     ///< OpenSSL over socket_: writes it, reads what the session read
         tls::session_info info;  ///< set once the handshake succeeded
     };
 

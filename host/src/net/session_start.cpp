@@ -81,8 +81,8 @@ asio::awaitable<boost::system::error_code> session::await_client_hello()
 // A pending handshake is cheap (an attacker may hold many until the timeout): nothing is
 // allocated for TLS before the client's ClientHello is there (await_client_hello), then
 // OpenSSL runs the handshake on the socket itself (tls::server_handshake: no Asio buffers,
-// OpenSSL's record buffers released between records); the asio::ssl::stream, whose buffers
-// cost about 70 KiB, is made only once the handshake succeeded.
+// OpenSSL's record buffers released between records), and so it goes on once the handshake
+// succeeded (tls::channel: an idle TLS session holds OpenSSL's SSL object and no buffer).
 asio::awaitable<bool> session::handshake()
 {
     arm(ctx_->handshake_timeout);
@@ -92,7 +92,7 @@ asio::awaitable<bool> session::handshake()
     }
     const handshake_limits::slot slot = std::move(tls_slot_);  // given back when this returns
     boost::system::error_code ec;
-    socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
+    if (!socket_.non_blocking()) socket_.non_blocking(true, ec);  // OpenSSL reads and writes it directly
     if (!ec) ec = co_await await_client_hello();
     std::optional<tls::server_handshake> hs;
     if (!ec) {
@@ -112,7 +112,7 @@ asio::awaitable<bool> session::handshake()
         metrics::get().tls_failed.fetch_add(1, std::memory_order_relaxed);
         co_return false;
     }
-    tls_ = std::make_unique<tls_state>(socket_, *hs);
+    tls_ = std::make_unique<tls_state>(*hs, socket_.native_handle());
     arm(ctx_->idle_timeout);
     tls_->info = tls::describe(tls_->stream.native_handle());
     const tls::session_info& info = tls_->info;

@@ -536,13 +536,16 @@ TEST(config_tls, versions_ciphers_and_client_certificates)
     EXPECT_EQ(defaults.tls->min_version, tls_version::v1_2);
     EXPECT_TRUE(defaults.tls->ciphers.empty());
     EXPECT_FALSE(defaults.tls->request_client_certificate);
+    EXPECT_TRUE(defaults.tls->session_resumption);
     const settings s = parse_text(head + "  min_version: 1.3\n  ciphers: ECDHE-RSA-AES128-GCM-SHA256\n"
-                                         "  ciphersuites: TLS_AES_128_GCM_SHA256\n  request_client_certificate: true\n",
+                                         "  ciphersuites: TLS_AES_128_GCM_SHA256\n  request_client_certificate: true\n"
+                                         "  session_resumption: false\n",
                                   dir.path());
     EXPECT_EQ(s.tls->min_version, tls_version::v1_3);
     EXPECT_EQ(s.tls->ciphers, "ECDHE-RSA-AES128-GCM-SHA256");
     EXPECT_EQ(s.tls->ciphersuites, "TLS_AES_128_GCM_SHA256");
     EXPECT_TRUE(s.tls->request_client_certificate);
+    EXPECT_FALSE(s.tls->session_resumption);
     EXPECT_EQ(error_of(head + "  min_version: 1.1\n", dir.path()),
               "t.yaml:7: tls.min_version: expected one of 1.2, 1.3, got \"1.1\"");
     EXPECT_EQ(error_of(head + "  request_client_certificate: maybe\n", dir.path()).substr(0, 45),

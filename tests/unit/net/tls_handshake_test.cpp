@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// tls::server_handshake: OpenSSL's handshake on the connection's own socket, handed over to an
-// asio::ssl::stream once done. A client over a socketpair, driven step by step.
+// tls::server_handshake: OpenSSL's handshake on the connection's own socket, handed over to a
+// tls::channel once done. A client over a socketpair, driven step by step.
 #include "tls/context.hpp"
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/ssl/stream.hpp>
-#include <boost/asio/write.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/ssl/error.hpp>
 
 #include <gtest/gtest.h>
 
@@ -21,6 +19,7 @@
 #include <array>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace asiosmtpd::tls {
 namespace {
@@ -96,6 +95,42 @@ server_handshake::step run(server_handshake& hs, client& c, boost::system::error
     return server_handshake::step::failed;
 }
 
+// What the session does when the channel wants input: read the socket into it (a socketpair:
+// the client's bytes are there at once or never). False: nothing there.
+bool feed(channel& ch, int fd, std::size_t size = 256)
+{
+    const std::span<char> room = ch.input_room(size);
+    const ssize_t n = ::recv(fd, room.data(), room.size(), 0);
+    if (n == 0) ch.input_eof();
+    if (n < 0) return false;
+    ch.input_commit(static_cast<std::size_t>(n));
+    return true;
+}
+
+// Read from the channel until `want` bytes came, feeding it the socket's input.
+std::string read_all(channel& ch, int fd, std::size_t want)
+{
+    std::string got;
+    for (int i = 0; i < 20 && got.size() < want; ++i) {
+        std::array<char, 64> buf{};
+        std::size_t n = 0;
+        boost::system::error_code ec;
+        const auto s = ch.read(buf, n, ec);
+        if (s == channel::status::failed) break;
+        if (s == channel::status::want_read && !feed(ch, fd)) break;
+        got.append(buf.data(), n);
+    }
+    return got;
+}
+
+std::string client_read(client& c)
+{
+    std::array<char, 256> reply{};
+    int got = -1;
+    for (int i = 0; i < 10 && got <= 0; ++i) got = SSL_read(c.ssl, reply.data(), static_cast<int>(reply.size()));
+    return std::string(reply.data(), static_cast<std::size_t>(std::max(got, 0)));
+}
+
 TEST(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
 {
     const auto ctx = server_context();
@@ -106,28 +141,130 @@ TEST(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
     ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
     ASSERT_TRUE(c.step());
     // The client's first command right after its Finished: OpenSSL did not read it (no
-    // read-ahead), the stream that takes over reads it from the socket.
+    // read-ahead during the handshake), the channel that takes over reads it.
     ASSERT_EQ(SSL_write(c.ssl, "EHLO x\r\n", 8), 8);
     char peek = 0;
     EXPECT_EQ(::recv(p.server, &peek, 1, MSG_PEEK), 1);
     EXPECT_EQ(peek, 23);  // an application data record, still in the socket
 
-    boost::asio::io_context io;
-    boost::asio::local::stream_protocol::socket socket(io, boost::asio::local::stream_protocol(), p.server);
-    p.server = -1;  // the socket owns it now
-    ssl::stream<boost::asio::local::stream_protocol::socket&> stream(socket, hs.release());
+    channel ch(hs.release(), p.server);
     EXPECT_EQ(hs.release(), nullptr);
-    EXPECT_EQ(describe(stream.native_handle()).version, "TLSv1.3");
+    EXPECT_EQ(describe(ch.native_handle()).version, "TLSv1.3");
+    EXPECT_EQ(read_all(ch, p.server, 8), "EHLO x\r\n");
+    std::size_t n = 0;
+    ASSERT_EQ(ch.write(std::string_view("250 ok\r\n"), n, ec), channel::status::done) << ec.message();
+    EXPECT_EQ(n, 8u);
+    EXPECT_EQ(client_read(c), "250 ok\r\n");
+}
+
+TEST(tls_channel, takes_its_input_from_the_caller_and_hands_it_out_piece_by_piece)
+{
+    const auto ctx = server_context();
+    pair p;
+    client c(p.client);
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
+    ASSERT_TRUE(c.step());
+    channel ch(hs.release(), p.server);
+    std::array<char, 4> small{};
+    std::size_t n = 0;
+    EXPECT_FALSE(ch.readable());
+    EXPECT_EQ(ch.read(small, n, ec), channel::status::want_read);  // nothing read yet: OpenSSL not asked
+    EXPECT_FALSE(ec);
+    // Two records in the socket: one read of the socket takes both; a small buffer gets them
+    // piece by piece without another.
+    ASSERT_EQ(SSL_write(c.ssl, "MAIL FROM:<a@b>\r\n", 17), 17);
+    ASSERT_EQ(SSL_write(c.ssl, "RCPT TO:<c@d>\r\n", 15), 15);
+    ASSERT_TRUE(feed(ch, p.server));
+    EXPECT_TRUE(ch.readable());
+    ASSERT_EQ(ch.read(small, n, ec), channel::status::done) << ec.message();
+    EXPECT_EQ(std::string(small.data(), n), "MAIL");
+    char peek = 0;
+    EXPECT_EQ(::recv(p.server, &peek, 1, MSG_PEEK | MSG_DONTWAIT), -1);  // the socket is empty
+    std::string rest;
+    while (ch.readable()) {
+        ASSERT_EQ(ch.read(small, n, ec), channel::status::done) << ec.message();
+        rest.append(small.data(), n);
+    }
+    EXPECT_EQ(rest, " FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+    EXPECT_EQ(ch.read(small, n, ec), channel::status::want_read);
+    // A record that comes in pieces: OpenSSL waits for the rest (want_read), then hands it out.
+    ASSERT_EQ(SSL_write(c.ssl, "DATA\r\n", 6), 6);
+    std::array<char, 64> raw{};
+    const ssize_t len = ::recv(p.server, raw.data(), raw.size(), 0);
+    ASSERT_GT(len, 10);
+    for (ssize_t i = 0; i < len; ++i) {
+        const std::span<char> room = ch.input_room(1);
+        room[0] = raw[static_cast<std::size_t>(i)];
+        ch.input_commit(1);
+        const auto s = ch.read(small, n, ec);
+        if (i + 1 < len) {
+            ASSERT_EQ(s, channel::status::want_read) << i;
+        } else {
+            ASSERT_EQ(s, channel::status::done) << ec.message();
+            EXPECT_EQ(std::string(small.data(), n), "DATA");
+        }
+    }
+}
+
+TEST(tls_channel, a_client_gone_without_close_notify_is_a_truncated_stream)
+{
+    const auto ctx = server_context();
+    pair p;
+    client c(p.client);
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
+    ASSERT_TRUE(c.step());
+    channel ch(hs.release(), p.server);
+    std::array<char, 8> tickets{};
+    EXPECT_EQ(SSL_read(c.ssl, tickets.data(), 8), -1);  // takes the session tickets: no reset at close
+    ::close(p.client);
+    p.client = -1;
     std::array<char, 64> buf{};
-    const std::size_t n = stream.read_some(boost::asio::buffer(buf), ec);
-    ASSERT_FALSE(ec) << ec.message();
-    EXPECT_EQ(std::string(buf.data(), n), "EHLO x\r\n");
-    boost::asio::write(stream, boost::asio::buffer(std::string("250 ok\r\n")), ec);
-    ASSERT_FALSE(ec) << ec.message();
-    std::array<char, 64> reply{};
-    int got = -1;
-    for (int i = 0; i < 10 && got <= 0; ++i) got = SSL_read(c.ssl, reply.data(), static_cast<int>(reply.size()));
-    EXPECT_EQ(std::string(reply.data(), static_cast<std::size_t>(std::max(got, 0))), "250 ok\r\n");
+    std::size_t n = 0;
+    EXPECT_EQ(ch.read(buf, n, ec), channel::status::want_read);
+    ASSERT_TRUE(feed(ch, p.server));  // EOF
+    EXPECT_EQ(ch.read(buf, n, ec), channel::status::failed);
+    EXPECT_EQ(ec, boost::asio::ssl::error::stream_truncated) << ec.message();
+    EXPECT_EQ(ch.shutdown(ec), channel::status::done);  // no close_notify after a fatal error
+    EXPECT_EQ(ch.write(std::string_view("x"), n, ec), channel::status::failed);
+}
+
+TEST(tls_channel, close_notify_both_ways)
+{
+    const auto ctx = server_context();
+    pair p;
+    client c(p.client);
+    server_handshake hs(*ctx, p.server);
+    boost::system::error_code ec;
+    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
+    ASSERT_TRUE(c.step());
+    channel ch(hs.release(), p.server);
+    // The server closes first: its close_notify goes out, then it waits for the client's.
+    EXPECT_EQ(ch.shutdown(ec), channel::status::want_read) << ec.message();
+    EXPECT_EQ(SSL_read(c.ssl, std::array<char, 8>{}.data(), 8), 0);
+    EXPECT_EQ(SSL_get_error(c.ssl, 0), SSL_ERROR_ZERO_RETURN);
+    EXPECT_EQ(SSL_shutdown(c.ssl), 1);
+    ASSERT_TRUE(feed(ch, p.server));
+    EXPECT_EQ(ch.shutdown(ec), channel::status::done) << ec.message();
+
+    // The client closes first: the server reads eof, and its own close_notify still goes out.
+    pair q;
+    client d(q.client);
+    server_handshake hs2(*ctx, q.server);
+    ASSERT_EQ(run(hs2, d, ec), server_handshake::step::done) << ec.message();
+    ASSERT_TRUE(d.step());
+    channel ch2(hs2.release(), q.server);
+    EXPECT_EQ(SSL_shutdown(d.ssl), 0);
+    std::array<char, 8> buf{};
+    std::size_t n = 0;
+    ASSERT_TRUE(feed(ch2, q.server));
+    EXPECT_EQ(ch2.read(buf, n, ec), channel::status::failed);
+    EXPECT_EQ(ec, boost::asio::error::eof) << ec.message();
+    EXPECT_EQ(ch2.shutdown(ec), channel::status::done) << ec.message();
+    EXPECT_EQ(SSL_shutdown(d.ssl), 1);
 }
 
 TEST(tls_server_handshake, a_client_gone_fails_without_sigpipe)
