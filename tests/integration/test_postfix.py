@@ -2,7 +2,9 @@
 """Real Postfix on both sides of asiosmtpd (a private instance per test, see postfix_instance.py):
 mail submitted with Postfix's own sendmail(1) is relayed by that Postfix into asiosmtpd, which
 stores it in a Maildir; the stored message is the one that was submitted (plus the trace
-headers Postfix adds), and Postfix's log shows asiosmtpd's 250."""
+headers Postfix adds), and Postfix's log shows asiosmtpd's 250. With server.enable_dsn, Postfix
+passes sendmail's DSN requests (RET, ENVID, NOTIFY, ORCPT) on and the plugins see them. (Postfix's
+SMTP client never sends BDAT: test_chunking_postfix.py shows it uses DATA either way.)"""
 import glob
 import os
 import tempfile
@@ -34,14 +36,14 @@ class PostfixClientTest(ServerTestCase):
         self.addCleanup(rmtree, self.dir)
         self.maildir = os.path.join(self.dir, "Maildir")
 
-    def relay_through_postfix(self, messages, **server):
+    def relay_through_postfix(self, messages, plugins=(), options=(), **server):
         srv = self.start_server(server_config(
-            plugins=[{"name": "maildir", "config": {"path": self.maildir}}], **server))
+            plugins=list(plugins) + [{"name": "maildir", "config": {"path": self.maildir}}], **server))
         pf = postfix_instance.PostfixInstance(self.dir, relayhost=(srv.host, srv.port))
         pf.start()
         self.addCleanup(pf.stop)
-        for i, (sender, rcpts, msg) in enumerate(messages):
-            pf.sendmail(sender, rcpts, msg)
+        for sender, rcpts, msg in messages:
+            pf.sendmail(sender, rcpts, msg, options)
         sent = pf.wait_log(r"status=sent", len(messages))
         return srv, pf, sent
 
@@ -66,6 +68,33 @@ class PostfixClientTest(ServerTestCase):
         files = stored(self.maildir)
         self.assertEqual(len(files), 5)
         self.assertEqual(sorted(b"number" in f for f in files), [True] * 5)
+
+    def test_dsn_parameters_from_postfix(self):
+        # sendmail's -N/-R/-V become NOTIFY/ORCPT, RET and ENVID on Postfix's MAIL and RCPT once
+        # asiosmtpd offers DSN; the plugins see them as the client sent them.
+        log_dsn = {"path": harness.fixture_plugin("scripted"),
+                   "config": {"hooks": {"DATA": {"log": "dsn mail=[{params}] rcpts=[{rcpt_params}]"}}}}
+        srv, pf, sent = self.relay_through_postfix(
+            [("alice@example.org", ["bob@example.net"], MESSAGE)], plugins=[log_dsn],
+            options=("-N", "success,failure", "-R", "hdrs", "-V", "Env.ID-42"), enable_dsn=True)
+        self.assertIn("(250 OK)", sent[0])
+        srv.wait_output(lambda e: "dsn mail=[" in e, which="stderr")
+        line = next(x for x in srv.stderr().splitlines() if "dsn mail=[" in x)
+        self.assertIn("RET=HDRS", line)
+        self.assertIn("ENVID=Env.ID-42", line)
+        self.assertIn("bob@example.net(ORCPT=rfc822;bob@example.net,NOTIFY=SUCCESS,FAILURE)", line)
+
+    def test_without_dsn_postfix_sends_no_parameters(self):
+        log_dsn = {"path": harness.fixture_plugin("scripted"),
+                   "config": {"hooks": {"DATA": {"log": "dsn mail=[{params}] rcpts=[{rcpt_params}]"}}}}
+        srv, pf, sent = self.relay_through_postfix(
+            [("alice@example.org", ["bob@example.net"], MESSAGE)], plugins=[log_dsn],
+            options=("-N", "success,failure", "-R", "hdrs", "-V", "Env.ID-42"))
+        self.assertIn("(250 OK)", sent[0])
+        srv.wait_output(lambda e: "dsn mail=[" in e, which="stderr")
+        line = next(x for x in srv.stderr().splitlines() if "dsn mail=[" in x)
+        self.assertNotIn("RET=", line)
+        self.assertNotIn("NOTIFY=", line)
 
 
 if __name__ == "__main__":
