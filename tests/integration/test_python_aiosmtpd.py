@@ -27,29 +27,14 @@ try:
 except ImportError:  # Debian's python3-aiosmtpd (.ci/setup-tests)
     HAVE_AIOSMTPD = False
 
+# The documentation's ExampleHandler as shipped in conf/examples/handlers/example_handler.py.
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "examples", "handlers")
+
 HANDLERS = r'''
 import asyncio
 import os
 from aiosmtpd.handlers import AsyncMessage, Message
-
-
-class ExampleHandler:
-    """aiosmtpd's documentation example."""
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if not address.endswith('@example.com'):
-            return '550 not relaying to that domain'
-        envelope.rcpt_tos.append(address)
-        return '250 OK'
-
-    async def handle_DATA(self, server, session, envelope):
-        print('Message from %s' % envelope.mail_from)
-        print('Message for %s' % envelope.rcpt_tos)
-        print('Message data:\n')
-        for ln in envelope.content.decode('utf8', errors='replace').splitlines():
-            print(f'> {ln}'.strip())
-        print()
-        print('End of message')
-        return '250 Message accepted for delivery'
+from example_handler import ExampleHandler  # conf/examples/handlers: the file the project ships
 
 
 class FileMessage(Message):
@@ -229,11 +214,13 @@ class HandlersAsAiosmtpd(ServerTestCase):
             f.write(HANDLERS)
         sys.path.insert(0, self.dir)
         self.addCleanup(sys.path.remove, self.dir)
+        sys.path.insert(0, EXAMPLES)
+        self.addCleanup(sys.path.remove, EXAMPLES)
         sys.modules.pop("handlers_t", None)
         self.mod = importlib.import_module("handlers_t")
 
     def ours(self, handler, args=None, steps=CONVERSATION, extra_plugins=(), **server):
-        config = {"handler": handler, "path": [self.dir]}
+        config = {"handler": handler, "path": [self.dir, EXAMPLES]}
         if args is not None:
             config["args"] = args
         srv = self.start_server(server_config(
