@@ -18,10 +18,11 @@ uid 0 for mail), and the Maildir belongs to it; otherwise as the user running th
 import grp
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import time
+
+import harness
 
 DOVECOT = "/usr/sbin/dovecot"
 LMTP = "/usr/lib/dovecot/lmtp"
@@ -181,27 +182,8 @@ class DovecotInstance:
             return False
 
     def stop(self):
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGTERM)  # the master stops its children
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group: the master stopped its children before it left (those it
-        # left behind are zombies until init reaps them), so only a stuck one could remain.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        # The master and the children it forked are its process group: none outlives the test.
+        harness.stop_process(self.process, 10, group=True)
         self.process = None
 
     def __enter__(self):

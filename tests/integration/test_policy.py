@@ -12,7 +12,6 @@ import os
 import pwd
 import grp
 import shutil
-import signal
 import smtplib
 import socket
 import socketserver
@@ -540,13 +539,7 @@ class Postgrey:
             return f.read().decode("utf-8", "replace")
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        harness.stop_process(self.process, 5, group=True)
 
 
 @unittest.skipUnless(shutil.which("postgrey"), "postgrey is not installed (apt-get install postgrey)")
