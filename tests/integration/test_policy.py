@@ -291,7 +291,7 @@ class ActionTest(PolicyTestCase):
         folder = tempfile.mkdtemp(prefix="asiosmtpd-policy-")
         self.addCleanup(shutil.rmtree, folder, True)
         path = os.path.join(folder, "smtp.sock")
-        server = self.start_server(server_config(
+        self.start_server(server_config(
             plugins=[policy_plugin(policy.address, timeout=1), "sink"],
             listen=[{"address": HOST, "port": 0}, {"path": path}]))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
