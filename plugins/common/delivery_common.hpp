@@ -207,6 +207,30 @@ inline std::string message_headers(sdk::call& c)
     return out;
 }
 
+/// Whether the transaction's message is binary: MAIL had BODY=BINARYMIME (RFC 3030 §3; the
+/// server takes it only with CHUNKING, and sends it only by BDAT). Its bytes are the message:
+/// any octet, lines need not end in CRLF, so nothing may rewrite its line ends.
+template <class Params>
+bool binary_body(const Params& mail_params)
+{
+    for (const auto& p : mail_params)
+        if (std::string_view(p) == "BODY=BINARYMIME") return true;
+    return false;
+}
+
+/// message_headers() with CRLF line ends: the trace headers written on top of a binary message,
+/// whose own header section ends its lines in CRLF (RFC 3030 keeps the header section text).
+inline std::string crlf_lines(std::string_view lf_text)
+{
+    std::string out;
+    out.reserve(lf_text.size() + 8);
+    for (const char ch : lf_text) {
+        if (ch == '\n') out += '\r';
+        out += ch;
+    }
+    return out;
+}
+
 namespace detail {
 // A header line as Python's email feedparser sees one (headerRE, minus the "From " unix-from
 // and leading-whitespace forms, which would lose bytes): a name of printable ASCII but ':',

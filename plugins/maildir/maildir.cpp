@@ -16,6 +16,9 @@
 // file lives in a transaction slot: a transaction that ends any other way (refused piece, 552,
 // client gone, shutdown) gets its tmp/ file closed and removed by a worker. With a host older
 // than ABI 1.2 the DATA hook gets the whole message, as before.
+//
+// A binary message (BODY=BINARYMIME, RFC 3030) is stored byte for byte: the three headers on
+// top, with CRLF, then its octets as they came (no line end rewritten), never corrupted.
 #include "delivery_common.hpp"
 #include "group_sync.hpp"
 
@@ -155,7 +158,9 @@ private:
 // it. The fields under `lock` belong to the workers; the hook-side ones to the session's hooks,
 // which the host runs one after the other.
 struct stream {
-    explicit stream(std::string headers) : preparer(std::move(headers)) {}
+    explicit stream(std::string h) : headers(h), preparer(std::move(h)) {}
+
+    const std::string headers;  // message_headers(): for a binary message, written with CRLF
 
     std::mutex lock;  // one job at a time (pieces come one after another anyway)
     tmp_file file;    // created by the first piece's job (DATA's, for one piece)
@@ -169,6 +174,8 @@ struct stream {
     std::uint64_t received = 0;  // unstuffed bytes taken so far
     bool last_seen = false;      // the LAST_CHUNK piece was taken
     bool missed = false;         // a piece went by without us (the host should not let that happen)
+    bool typed = false;          // `binary` was set (by the first piece)
+    bool binary = false;         // BODY=BINARYMIME: stored as it came (set before any job of it runs)
 };
 
 class maildir {
@@ -218,6 +225,12 @@ public:
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
         const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
+        if (step == ap::piece_step::skip) return sdk::verdict::continue_;
+        stream& st = *slot->s;
+        if (!st.typed) {  // before the stream's first job is posted: the workers see it
+            st.binary = ap::binary_body(c.mail_params());
+            st.typed = true;
+        }
         if (step != ap::piece_step::write) return sdk::verdict::continue_;
         const std::uint64_t session = c.session().id;
         std::string copy(args.content());  // the piece's bytes die when this hook returns
@@ -242,7 +255,10 @@ public:
             }
             // The whole message is here too (another DATA hook takes no pieces): store it so.
         }
-        std::string bytes = ap::prepare_message(args.content(), ap::message_headers(c));
+        // A binary message (BODY=BINARYMIME) as it came, under the trace headers.
+        std::string bytes = ap::binary_body(c.mail_params())
+                                ? ap::crlf_lines(ap::message_headers(c)).append(args.content())
+                                : ap::prepare_message(args.content(), ap::message_headers(c));
         const std::uint64_t session = c.session().id;
         pool_->post(job{job::kind::whole, c.suspend(), std::move(bytes), nullptr, session});
         return sdk::verdict::pending;
@@ -402,10 +418,19 @@ private:
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
-        if (!st.file.open()) {
+        const bool created = !st.file.open();
+        if (created) {
             std::string name;
             if (const int err = create(st.file, name); err != 0)
                 return fail_stream(j, st, "cannot create tmp/" + name, err);
+        }
+        if (st.binary) {
+            if (!write_raw(st, created, j.bytes)) {
+                const int err = errno;
+                return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
+            }
+            j.pending.complete(sdk::verdict::continue_);
+            return;
         }
         st.out.clear();
         st.preparer.feed(j.bytes, st.out);
@@ -416,6 +441,14 @@ private:
         j.pending.complete(sdk::verdict::continue_);  // later plugins get the piece too
     }
 
+    // BODY=BINARYMIME: the bytes as they came, nothing changed; the first write of the file
+    // (`head`) puts the trace headers on top, with CRLF. False with errno set on failure.
+    static bool write_raw(stream& st, bool head, std::string_view bytes)
+    {
+        if (head && !ap::write_all(st.file.fd(), ap::crlf_lines(st.headers))) return false;
+        return ap::write_all(st.file.fd(), bytes);
+    }
+
     void finish(job& j)
     {
         stream& st = *j.s;
@@ -424,17 +457,24 @@ private:
             j.pending.complete(sdk::verdict::tempfail, 451, failure_text);
             return;
         }
-        if (!st.file.open()) {  // a message of one piece
+        const bool created = !st.file.open();
+        if (created) {  // a message of one piece
             std::string name;
             if (const int err = create(st.file, name); err != 0)
                 return fail_stream(j, st, "cannot create tmp/" + name, err);
         }
         st.out.clear();
-        st.preparer.feed(st.held, st.out);
+        bool written = true;
+        if (st.binary) {
+            written = write_raw(st, created, st.held);
+        } else {
+            st.preparer.feed(st.held, st.out);
+            st.preparer.finish(st.out);
+            written = ap::write_all(st.file.fd(), st.out);
+        }
+        const int err = written ? 0 : errno;
         st.held = std::string();
-        st.preparer.finish(st.out);
-        if (!ap::write_all(st.file.fd(), st.out)) {
-            const int err = errno;
+        if (!written) {
             return fail_stream(j, st, "cannot write tmp/" + st.file.name(), err);
         }
         st.out = std::string();

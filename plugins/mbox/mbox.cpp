@@ -19,6 +19,9 @@
 // appended in one go. The spool lives in a transaction slot: a transaction that ends any
 // other way (refused piece, 552, client gone, shutdown) closes it on a worker, and the mbox is
 // never touched. With a host older than ABI 1.2 the DATA hook gets the whole message.
+//
+// A binary message (BODY=BINARYMIME, RFC 3030) is refused (555 at MAIL, 554 at its first piece
+// or DATA): an mbox cannot hold arbitrary octets, and storing it would corrupt it.
 #include "delivery_common.hpp"
 
 #include <asiosmtpd/plugin.hpp>
@@ -48,6 +51,15 @@ namespace sdk = asiosmtpd::sdk;
 namespace ap = asiosmtpd::plugins;
 
 constexpr std::string_view failure_text = "4.3.0 Requested action aborted: local error in processing";
+
+// BODY=BINARYMIME (RFC 3030): refused, never stored. An mbox keeps a message as text lines: its
+// separator is a "From " line, body lines are ">From"-quoted, line ends become "\n", and a
+// reader takes the blank line before the next "From " as the end; arbitrary octets (bare CR,
+// a last line without end) would not come back as they were sent. Refused at MAIL (555, as
+// for a parameter the mailbox cannot honour) so the client can re-encode it; at DATA (554)
+// should an earlier plugin have accepted MAIL before this one was asked.
+constexpr std::string_view binary_refused =
+    "5.6.3 BODY=BINARYMIME not supported: an mbox file cannot hold a binary message";
 
 // Copies from the spool into the mbox go in blocks of this size.
 constexpr std::size_t copy_block = 64 * 1024;
@@ -154,6 +166,7 @@ public:
         streaming_ = st == ASIOSMTPD_OK;
         if (!streaming_)
             log_.info("mbox " + path_ + ": the host has no DATA_CHUNK (ABI < 1.2): each message is taken whole");
+        reg.on<&mbox::on_mail>(sdk::hook::mail);
         reg.on<&mbox::on_data>(sdk::hook::data);
         pool_.emplace(static_cast<std::size_t>(workers), [this](job& j) { run(j); });
     }
@@ -161,10 +174,19 @@ public:
     mbox& operator=(const mbox&) = delete;
     ~mbox() { pool_.reset(); }
 
+    // MAIL: a binary message is refused before any octet of it comes (binary_refused).
+    sdk::verdict on_mail(sdk::call& c, const sdk::address_args& args)
+    {
+        if (ap::binary_body(args.params)) return c.reject(555, binary_refused);
+        return sdk::verdict::continue_;
+    }
+
     // ABI 1.2: the next piece of the message. Copied, then prepared and spooled by a worker; the hook stays
     // suspended until it is (backpressure, and the order of the pieces).
     sdk::verdict on_chunk(sdk::call& c, const sdk::data_args& args)
     {
+        // The first piece (message_size counts the bytes so far): refused whole if binary.
+        if (args.message_size == args.size && ap::binary_body(c.mail_params())) return c.reject(554, binary_refused);
         const auto [slot, step] = ap::take_piece<txn_stream, stream>(c, args, this);
         if (step != ap::piece_step::write) return sdk::verdict::continue_;
         const std::uint64_t session = c.session().id;
@@ -175,6 +197,7 @@ public:
 
     sdk::verdict on_data(sdk::call& c, const sdk::data_args& args)
     {
+        if (ap::binary_body(c.mail_params())) return c.reject(554, binary_refused);
         if (streaming_) {
             txn_stream* slot = c.find_slot<txn_stream>(sdk::scope::txn);
             if (slot && slot->s->last_seen && !slot->s->missed && slot->s->received == args.message_size) {

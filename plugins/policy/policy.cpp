@@ -412,8 +412,18 @@ private:
         r.protocol_state = state;
         r.protocol_name = s.extended_smtp ? "ESMTP" : "SMTP";
         r.helo_name = std::string(s.helo_name);
-        r.client_address = std::string(s.peer_address);
-        r.client_port = std::to_string(s.peer_port);
+        if (s.peer_address.substr(0, 5) == "unix:") {
+            // A client on a UNIX listener: what Postfix's smtpd says of a client that is not on
+            // the Internet (smtpd_peer_not_inet): local, name "localhost", 127.0.0.1 port 0,
+            // so that policy servers written for Postfix see an address they can parse.
+            r.client_address = "127.0.0.1";
+            r.client_port = "0";
+            r.client_name = "localhost";
+            r.reverse_client_name = "localhost";
+        } else {
+            r.client_address = std::string(s.peer_address);
+            r.client_port = std::to_string(s.peer_port);
+        }
         if (const session_state* ss = c.find_slot<session_state>(sdk::scope::session)) {
             r.server_address = ss->server_address;
             r.server_port = ss->server_port;

@@ -39,7 +39,8 @@
 // of EHLO, and after the dot one reply per accepted recipient, read in order. All accepted: 250;
 // any deferred (4xx): 451 for the message (the client retries, so the recipients that took it
 // may get it twice, none loses it); the rest refused for good (5xx): 250 listing them, as the
-// DATA-time refusals above; none accepted: as above.
+// DATA-time refusals above; none accepted: as above. A client on an LMTP listener gets each
+// recipient's own reply (rcpt_reply): the upstream's after the dot, or a DATA-time refusal.
 // Every reply text is built from the upstream's bytes through reply_text.hpp, so the host never
 // refuses it (that would turn an upstream's 250 into a 451 and a duplicate); the upstream's
 // name is resolved within the same deadline as the rest (resolver.hpp).
@@ -688,9 +689,11 @@ public:
             const std::string_view r = rcpts[i];
             if (ap::has_control(r)) {
                 j.refused.push_back("refused <" + ap::escape_controls(r) + ">: " + std::string(rcpt_refused));
+                j.answers.push_back({i, 553, std::string(rcpt_refused.substr(4))});
                 continue;
             }
             j.rcpts.emplace_back(r);
+            j.rcpt_index.push_back(i);
             const std::vector<std::string_view> params = c.rcpt_params(i);
             j.rcpt_params.emplace_back(params.begin(), params.end());
         }
@@ -753,7 +756,14 @@ private:
         clock_type::time_point deadline;
         std::string data;  // DATA: the message with X-Peer (stuffed for DATA by the worker)
         std::string mail_from;
-        std::vector<std::string> rcpts;    // RCPT: the one; DATA: the ones to relay
+        std::vector<std::string> rcpts;       // RCPT: the one; DATA: the ones to relay
+        std::vector<std::size_t> rcpt_index;  // DATA: each of rcpts' index among the server's recipients
+        struct rcpt_answer {
+            std::size_t index;  // among the server's recipients (rcpt_reply())
+            std::uint16_t code;
+            std::string text;
+        };
+        std::vector<rcpt_answer> answers;  // DATA: each recipient's own reply, for LMTP clients
         std::vector<std::string> refused;  // DATA: "refused <rcpt>: ..." for those never sent (control characters)
         std::vector<std::string> params;
         std::vector<std::vector<std::string>> rcpt_params;  // each of rcpts' ESMTP parameters (DSN)
@@ -1078,6 +1088,7 @@ private:
             for (std::size_t i = 0; i < j.rcpts.size(); ++i) to_send.push_back(i);
         }
         std::vector<std::string> refusals = j.refused;
+        std::vector<bool> refused_now(j.rcpts.size(), false);  // by index into j.rcpts
         bool any_temporary = false;
         int first_permanent = j.refused.empty() ? 0 : 553;
         for (const std::size_t index : to_send) {
@@ -1087,6 +1098,8 @@ private:
                 up.rcpts.push_back(rcpt);
                 continue;
             }
+            refused_now[index] = true;
+            answer(j, index, r);
             if (r.code / 100 == 5) {
                 if (first_permanent == 0) first_permanent = r.code;
             } else {
@@ -1121,7 +1134,7 @@ private:
             }
             up.conn->send(smtp_data(j.data));
         }
-        if (lmtp_) return lmtp_replies(up, j, std::move(refusals));
+        if (lmtp_) return lmtp_replies(up, j, std::move(refusals), std::move(refused_now));
         const reply done = up.conn->read_reply();
         // After a refused BDAT the upstream's state is not known (RFC 3030 §2): RSET.
         if (chunking && done.code / 100 != 2 && done.code != 421) end_transaction(up);
@@ -1139,8 +1152,21 @@ private:
         return from_code(done.code, "upstream: " + done.text());
     }
 
+    // An LMTP client of ours (RFC 2033 §4.2) gets each recipient's own outcome after the dot:
+    // the upstream's reply for the j.rcpts[at] (its code mapped as for the message, its text
+    // made one valid line), set by finish() with rcpt_reply() (on SMTP listeners the host
+    // ignores it). Without it a recipient the upstream refused would get the message's 250.
+    static void answer(job& j, std::size_t at, const reply& r)
+    {
+        if (at >= j.rcpt_index.size()) return;
+        const std::string text = clean(r.text());
+        j.answers.push_back({j.rcpt_index[at], reply_text::map_code(r.code).code,
+                             text.empty() ? (r.code / 100 == 2 ? "2.0.0 OK" : "Refused by the upstream") : text});
+    }
+
     // LMTP after the dot: one reply per recipient the upstream accepted, in their order.
-    outcome lmtp_replies(upstream& up, const job& j, std::vector<std::string> refusals)
+    // `taken`: the j.rcpts refused before the dot (the others are matched to the upstream's in order).
+    outcome lmtp_replies(upstream& up, job& j, std::vector<std::string> refusals, std::vector<bool> taken)
     {
         const std::vector<std::string> rcpts = std::move(up.rcpts);
         // The upstream transaction is over, whatever the replies.
@@ -1154,6 +1180,14 @@ private:
         int first_permanent = 0;
         for (const std::string& rcpt : rcpts) {
             const reply r = up.conn->read_reply();
+            // Which of the server's recipients this is: the first not yet answered (duplicates
+            // are answered in order).
+            for (std::size_t at = 0; at < j.rcpts.size() && at < taken.size(); ++at)
+                if (!taken[at] && j.rcpts[at] == rcpt) {
+                    taken[at] = true;
+                    answer(j, at, r);
+                    break;
+                }
             if (r.code == 421) closing = true;
             if (r.code / 100 == 2) {
                 if (delivered++ == 0) first_text = r.text();
@@ -1170,7 +1204,7 @@ private:
         }
         if (closing) forget(up);
         for (std::size_t i = logged; i < refusals.size(); ++i)
-            log_.warn("session=" + std::to_string(j.session) + " proxy " + host_ + ": " + clean(refusals[i]));
+            log_.warn("session=" + std::to_string(j.session) + " proxy " + where_ + ": " + clean(refusals[i]));
         if (any_temporary)
             return from_code(451,
                              delivered ? "4.4.0 Upstream deferred some recipients; the others may get it twice"
@@ -1250,7 +1284,8 @@ private:
         try {
             o = run_step(j);
         } catch (const std::exception& e) {
-            forget(*j.up);  // the upstream's state is unknown: never reuse this connection
+            forget(*j.up);      // the upstream's state is unknown: never reuse this connection
+            j.answers.clear();  // every recipient gets the 451
             log_.fields(sdk::log_level::error, "",
                         {{"session", std::to_string(j.session)},
                          {"event", "upstream_error"},
@@ -1284,6 +1319,11 @@ private:
                          {"reply", std::to_string(o.code) + " " + o.text.substr(0, first_end)},
                          {"more_lines", std::to_string(more)}});
         }
+        // Each recipient's own reply (LMTP clients); one the host would refuse is left out (the
+        // recipient then gets the message's reply), never sent.
+        if (j.what == step::data && o.code != 0)
+            for (const job::rcpt_answer& a : j.answers)
+                if (reply_text::valid(a.code, a.text)) (void)j.pending.rcpt_reply(a.index, a.code, a.text);
         const asiosmtpd_status st = j.pending.complete(o.verdict, o.code, o.text);
         if (st != ASIOSMTPD_OK)
             log_.warn("session=" + std::to_string(j.session) + " proxy: the host refused the completion (" +

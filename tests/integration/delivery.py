@@ -5,10 +5,11 @@ import glob
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
+
+import harness
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -136,13 +137,7 @@ class SmtpSink:
         return False
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        harness.stop_process(self.process, 5)
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
 

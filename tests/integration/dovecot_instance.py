@@ -18,10 +18,11 @@ uid 0 for mail), and the Maildir belongs to it; otherwise as the user running th
 import grp
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import time
+
+import harness
 
 DOVECOT = "/usr/sbin/dovecot"
 LMTP = "/usr/lib/dovecot/lmtp"
@@ -58,15 +59,11 @@ mail_location = maildir:{maildir}
 mail_fsync = optimized
 lmtp_add_received_header = yes
 lmtp_rcpt_check_quota = no
-# Every recipient is one user with one Maildir (the static userdb allows every name).
 passdb {{
   driver = static
   args = nopassword=y
 }}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={dir}/home allow_all_users=yes
-}}
+{userdb}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
@@ -90,9 +87,12 @@ service anvil {{
 class DovecotInstance:
     """workdir: a temp folder of the test (the instance lives in workdir/dovecot); port: the LMTP
     TCP port (default a free one); lmtp_procs: LMTP processes started at once (Dovecot forks more
-    as clients come, up to its default process_limit); extra: more config text, appended."""
+    as clients come, up to its default process_limit); extra: more config text, appended;
+    users: None (every recipient is a user) or {address: userdb extra fields ("" for none)}:
+    only those exist, any other recipient gets Dovecot's 550 at RCPT. Either way every user
+    delivers into the one Maildir."""
 
-    def __init__(self, workdir, port=None, lmtp_procs=1, extra="", extra_lmtp=""):
+    def __init__(self, workdir, port=None, lmtp_procs=1, extra="", extra_lmtp="", users=None):
         self.dir = os.path.join(os.path.abspath(workdir), "dovecot")
         self.config = os.path.join(self.dir, "dovecot.conf")
         self.logfile = os.path.join(self.dir, "dovecot.log")
@@ -100,19 +100,26 @@ class DovecotInstance:
         self.socket = os.path.join(self.dir, "run", "lmtp")
         self.port = port or free_port()
         self.process = None
+        self.users = users
         if os.geteuid() == 0:
             pw = pwd.getpwnam("nobody")
             self.uid, self.gid = pw.pw_uid, pw.pw_gid
-            users = ""
+            internal = ""
         else:
             self.uid, self.gid = os.getuid(), os.getgid()
             me = pwd.getpwuid(self.uid).pw_name
             group = grp.getgrgid(self.gid).gr_name
             # Not root: every Dovecot process runs as us, its sockets in our group.
-            users = (f"default_internal_user = {me}\ndefault_login_user = {me}\n"
-                     f"default_internal_group = {group}\n")
-        self.text = _CONF.format(instance=f"asiosmtpd-test-{os.getpid()}-{self.port}", dir=self.dir, users=users,
-                                 uid=self.uid, gid=self.gid, maildir=self.maildir, port=self.port,
+            internal = (f"default_internal_user = {me}\ndefault_login_user = {me}\n"
+                        f"default_internal_group = {group}\n")
+        self.passwd = os.path.join(self.dir, "users")
+        if self.users is None:  # every recipient is a user (the static userdb allows every name)
+            userdb = (f"userdb {{\n  driver = static\n  args = uid={self.uid} gid={self.gid} home={self.dir}/home "
+                      f"allow_all_users=yes\n}}")
+        else:
+            userdb = f"userdb {{\n  driver = passwd-file\n  args = {self.passwd}\n}}"
+        self.text = _CONF.format(instance=f"asiosmtpd-test-{os.getpid()}-{self.port}", dir=self.dir, users=internal,
+                                 userdb=userdb, uid=self.uid, gid=self.gid, maildir=self.maildir, port=self.port,
                                  lmtp_procs=lmtp_procs, extra=extra, extra_lmtp=extra_lmtp)
 
     def prepare(self):
@@ -134,6 +141,12 @@ class DovecotInstance:
                 os.chown(os.path.join(self.dir, sub), self.uid, self.gid)
         with open(self.config, "w") as f:
             f.write(self.text)
+        if self.users is not None:
+            # name:password:uid:gid:gecos:home:shell:extra fields (readable by Dovecot's auth user).
+            with open(self.passwd, "w") as f:
+                f.writelines(f"{name}::{self.uid}:{self.gid}::{self.dir}/home::{fields}\n"
+                             for name, fields in self.users.items())
+            os.chmod(self.passwd, 0o644)
 
     def argv(self):
         # -F: in the foreground, so that the process we hold is the master.
@@ -169,27 +182,8 @@ class DovecotInstance:
             return False
 
     def stop(self):
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGTERM)  # the master stops its children
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group: the master stopped its children before it left (those it
-        # left behind are zombies until init reaps them), so only a stuck one could remain.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        # The master and the children it forked are its process group: none outlives the test.
+        harness.stop_process(self.process, 10, group=True)
         self.process = None
 
     def __enter__(self):

@@ -68,17 +68,33 @@ def peak_rss_kib(pid):
     raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
-def stop_process(proc, grace):
-    """SIGTERM a helper process a test started (a milter, a DNS server...), then SIGKILL if it
-    is still there after `grace` seconds; waits for it either way."""
-    if proc.poll() is not None:
+def stop_process(proc, grace, group=False):
+    """SIGTERM a helper process a test started (a milter, a DNS server, Postfix's or Dovecot's
+    master...), then SIGKILL if it is still there after `grace` seconds; waits for it either way
+    (bounded). group: the process leads its own process group (started with
+    start_new_session=True), whose other members (the daemons a master forked) must not outlive
+    the test: the SIGTERM goes to the whole group, and whatever is left of the group once the
+    leader has gone gets SIGKILL. Does nothing for None or a process already reaped."""
+    if proc is None:
         return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+
+    def send(signo):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, signo)
+            else:
+                proc.send_signal(signo)
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    if group:
+        send(signal.SIGKILL)  # the leader is gone (reaped above): only its group's leftovers
 
 
 def fixture_plugin(name):

@@ -14,10 +14,11 @@ service kept off).
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
+
+import harness
 
 POSTFIX = "/usr/sbin/postfix"
 SENDMAIL = "/usr/sbin/sendmail"
@@ -158,26 +159,9 @@ class PostfixInstance:
             return False
 
     def stop(self):
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the master's children (smtpd, qmgr, smtp...) are in its process group
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        if self.process.stderr:
+        # The master and the daemons it forked (smtpd, qmgr, smtp...) are its process group.
+        harness.stop_process(self.process, 10, group=True)
+        if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         self.process = None
 

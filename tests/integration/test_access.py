@@ -448,13 +448,7 @@ class Dnsmasq:
             time.sleep(0.05)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        harness.stop_process(self.process, 5)
         self.log.close()
 
 

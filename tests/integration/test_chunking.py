@@ -169,7 +169,7 @@ class ChunkingMaildirTest(ServerTestCase):
     def stored(self):
         files = {}
         for data in maildir_files(self.maildir).values():
-            files[re.search(rb"^X-RcptTo: (.*)$", data, re.M).group(1).decode()] = data
+            files[re.search(rb"^X-RcptTo: (.*?)\r?$", data, re.M).group(1).decode()] = data  # CRLF: binary
         return files
 
     def test_same_message_by_data_and_by_bdat_byte_exact(self):

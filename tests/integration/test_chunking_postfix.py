@@ -12,7 +12,6 @@ queue and log in a temp folder, started and stopped by the test, loopback only; 
 import os
 import re
 import shutil
-import signal
 import smtplib
 import subprocess
 import tempfile
@@ -143,24 +142,8 @@ class PostfixInstance:
         raise AssertionError(f"Postfix's log has no {pattern!r} within {timeout}s:\n{self.log()}")
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)  # the master and its daemons
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        # Daemons that outlived the master (they exit on their own once it is gone).
-        deadline = time.monotonic() + 5
-        while self.process is not None and time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        # The master and its daemons are its process group: none outlives the test.
+        harness.stop_process(self.process, 10, group=True)
         rmtree(self.dir)
 
 

@@ -121,6 +121,24 @@ class LmtpUpstreamRepliesTest(ServerTestCase):
         self.assertIn(b"refused <later@x.example>: 452", text)
         self.assertIn(b"refused <bad@x.example>: 550", text)
 
+    def test_an_lmtp_client_gets_each_recipients_own_reply(self):
+        # On an LMTP listener the proxy answers each recipient with the upstream's reply to it
+        # (a duplicate recipient twice, in order), never the message's 451 or 250 for all.
+        relay = self.start_server(server_config(plugins=[{"name": "proxy", "config": {
+            "host": "127.0.0.1", "port": self.upstream.port, "protocol": "lmtp", "timeout": 10,
+            "helo": "relay.test"}}], listen=[{"address": HOST, "port": 0, "protocol": "lmtp"}]))
+        c = self.connect(relay)
+        c.reply()
+        c.cmd("LHLO client.test")
+        rcpts = ["one@x.example", "later@x.example", "bad@x.example", "one@x.example"]
+        c.send("MAIL FROM:<alice@example.org>\r\n" + "".join(f"RCPT TO:<{r}>\r\n" for r in rcpts))
+        self.assertEqual([c.reply() for _ in range(5)], [["250 OK"]] * 5)
+        self.assertEqual(c.cmd("DATA")[0][:3], "354")
+        c.send(MESSAGE + b".\r\n")
+        codes = [c.reply()[0][:3] for _ in rcpts]
+        self.assertEqual(codes, ["250", "452", "550", "250"])
+        self.assertEqual(c.cmd("QUIT"), ["221 Bye"])
+
     def test_an_unknown_protocol_is_a_config_error(self):
         p = harness.run_binary(["--check-config"], server_config(plugins=[{"name": "proxy", "config": {
             "host": "127.0.0.1", "port": 25, "protocol": "lmpt"}}]))

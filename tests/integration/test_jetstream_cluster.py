@@ -104,13 +104,7 @@ backend asiosmtpd
             return f.read()[-4000:]
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        harness.stop_process(self.process, 10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -77,18 +77,8 @@ milter_headers {{
             return f.read().decode("utf-8", "replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=5)
         # rspamd's workers are in its process group: none may outlive the test.
-        try:
-            os.killpg(self.proc.pid, 9)
-        except ProcessLookupError:
-            pass
+        harness.stop_process(self.proc, 15, group=True)
         self.out.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

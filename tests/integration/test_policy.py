@@ -12,7 +12,6 @@ import os
 import pwd
 import grp
 import shutil
-import signal
 import smtplib
 import socket
 import socketserver
@@ -286,6 +285,30 @@ class ActionTest(PolicyTestCase):
         self.assertEqual(reqs[2]["sender"], "")                       # the null sender
         self.assertEqual(reqs[2]["size"], "0")
 
+    def test_a_client_on_a_unix_listener_is_localhost(self):
+        # As Postfix's smtpd says of a client that is not on the Internet: localhost, 127.0.0.1, 0.
+        policy = self.policy_server()
+        folder = tempfile.mkdtemp(prefix="asiosmtpd-policy-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "smtp.sock")
+        self.start_server(server_config(
+            plugins=[policy_plugin(policy.address, timeout=1), "sink"],
+            listen=[{"address": HOST, "port": 0}, {"path": path}]))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(harness.IO_TIMEOUT)
+        sock.connect(path)
+        c = harness.Client.__new__(harness.Client)
+        c.sock, c.buf = sock, b""
+        self.addCleanup(c.close)
+        c.line()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<s@sender.example>")
+        self.assertEqual(c.cmd("RCPT TO:<ok@rcpt.example>"), ["250 OK"])
+        attrs = policy.requests[-1][1]
+        for name, value in {"client_address": "127.0.0.1", "client_port": "0", "client_name": "localhost",
+                            "reverse_client_name": "localhost"}.items():
+            self.assertEqual(attrs.get(name), value, name)
+
     def test_421_and_521_close_the_connection(self):
         policy = self.policy_server()
         server = self.smtp_server(policy)
@@ -516,13 +539,7 @@ class Postgrey:
             return f.read().decode("utf-8", "replace")
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        harness.stop_process(self.process, 5, group=True)
 
 
 @unittest.skipUnless(shutil.which("postgrey"), "postgrey is not installed (apt-get install postgrey)")

@@ -194,6 +194,31 @@ class UnixSocketTest(ServerTestCase):
         self.assertIn("event=refused reason=max_connections client=- limit=1",
                       server.wait_output(lambda t: "event=refused" in t, which="stderr"))
 
+    def test_xclient_counts_a_unix_client_as_localhost(self):
+        # As Postfix's smtpd_authorized_xclient_hosts: a local client is 127.0.0.1.
+        for networks, trusted in ((["127.0.0.1"], True), (["10.0.0.0/8"], False)):
+            with self.subTest(networks=networks):
+                server = self.start_server(server_config(
+                    plugins=["debugging"], xclient_networks=networks, listen=self.listen({"path": self.smtp_path})))
+                c = self.unix_client(self.smtp_path)
+                c.reply()
+                ehlo = c.cmd("EHLO proxy.example")
+                self.assertEqual(any(line.startswith("250-XCLIENT ") for line in ehlo), trusted, ehlo)
+                if not trusted:
+                    self.assertEqual(c.cmd("XCLIENT ADDR=192.0.2.7"), ["550 5.7.0 Error: insufficient authorization"])
+                    c.close()
+                    server.stop()
+                    continue
+                self.assertEqual(c.cmd("XCLIENT ADDR=192.0.2.7 PORT=4242")[0][:4], "220 ")
+                c.cmd("EHLO client.example")
+                c.cmd("MAIL FROM:<a@example.org>")
+                c.cmd("RCPT TO:<b@example.org>")
+                c.cmd("DATA")
+                self.assertEqual(c.cmd("Subject: x\r\n\r\nx\r\n."), ["250 OK"])
+                c.close()
+                self.assertIn("X-Peer: ('192.0.2.7', 4242)", server.wait_output(lambda t: "X-Peer:" in t))
+                server.stop()
+
     def test_config_errors(self):
         def check(listener, expected):
             p = run_binary(["--check-config"], config=server_config(listen=[listener]))

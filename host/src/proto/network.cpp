@@ -84,7 +84,7 @@ bool contains(const ip_network& n, const ip_address& a) noexcept
 bool contains(const std::vector<ip_network>& nets, std::string_view address) noexcept
 {
     if (nets.empty()) return false;
-    const auto a = parse_ip(address);
+    const auto a = parse_ip(address.substr(0, 5) == "unix:" ? std::string_view("127.0.0.1") : address);
     return a && std::any_of(nets.begin(), nets.end(), [&](const ip_network& n) { return contains(n, *a); });
 }
 

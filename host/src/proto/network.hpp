@@ -34,6 +34,10 @@ struct ip_network {
 /// nullopt and `why` set when `text` is not a network.
 std::optional<ip_network> parse_network(std::string_view text, std::string& why);
 [[nodiscard]] bool contains(const ip_network& n, const ip_address& a) noexcept;
+/// Whether a session's peer is in `nets` (server.xclient_networks). `address` as sessions keep
+/// it: an IP address, or "unix:<path>" for a client on a UNIX listener, which counts as
+/// 127.0.0.1 (a local client: Postfix's smtpd says so of any client not on the Internet, and
+/// its smtpd_authorized_xclient_hosts match it so); anything else is in no network.
 [[nodiscard]] bool contains(const std::vector<ip_network>& nets, std::string_view address) noexcept;
 
 }  // namespace asiosmtpd::proto

@@ -359,6 +359,46 @@ TEST(maildir_streaming, a_gap_in_the_pieces_answers_451)
     s.close();
 }
 
+// ---- BODY=BINARYMIME (RFC 3030): byte for byte under CRLF trace headers --------------------
+
+std::string binary_message()
+{
+    std::string m = "Content-Type: application/octet-stream\r\n\r\n";
+    for (int i = 0; i < 3000; ++i) m += static_cast<char>((i * 7 + i / 256) % 256);
+    m += "\r\n.\r\nFrom x\rbare\nno line end";
+    m += '\0';
+    return m;
+}
+
+const std::string crlf_headers = "X-Peer: ('192.0.2.1', 40000)\r\nX-MailFrom: a@b.example\r\nX-RcptTo: c@d.example\r\n";
+
+std::string send_binary(tk::session& s, const std::string& m)
+{
+    if (s.cmd("MAIL FROM:<a@b.example> BODY=BINARYMIME") != "250 OK") return "MAIL refused";
+    if (s.cmd("RCPT TO:<c@d.example>") != "250 OK") return "RCPT refused";
+    const std::size_t half = m.size() / 2;
+    s.send("BDAT " + std::to_string(half) + "\r\n" + m.substr(0, half));
+    return s.send("BDAT " + std::to_string(m.size() - half) + " LAST\r\n" + m.substr(half));
+}
+
+TEST(maildir_streaming, a_binary_message_is_stored_byte_for_byte)
+{
+    temp_dir t;
+    const std::string md = t.path + "/Maildir";
+    const std::string m = binary_message();
+    for (const std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{64 * 1024}}) {
+        tk::host h;
+        h.enable_chunking = true;
+        h.data_chunk_size = piece;
+        load_maildir(h, md);
+        auto s = h.open("192.0.2.1", 40000);
+        ASSERT_EQ(s.cmd("EHLO client.example").substr(0, 3), "250");
+        ASSERT_EQ(send_binary(s, m), "250 OK") << "piece=" << piece;
+        EXPECT_EQ(take_delivered(md), crlf_headers + m) << "piece=" << piece;
+        EXPECT_TRUE(list(md + "/tmp").empty());
+    }
+}
+
 // ---- a host without DATA_CHUNK (ABI 1.0/1.1): the table refuses the hook ------------------
 
 TEST(maildir_streaming, a_host_without_data_chunk_gets_whole_messages)
@@ -378,6 +418,10 @@ TEST(maildir_streaming, a_host_without_data_chunk_gets_whole_messages)
         ASSERT_EQ(s.send_mail("a@b.example", {"c@d.example"}, m), "250 OK");
         EXPECT_EQ(take_delivered(md), ap::prepare_message(as_sent(m), x_headers)) << m;
     }
+    // A binary message whole: as it came, too.
+    h.enable_chunking = true;
+    ASSERT_EQ(send_binary(s, binary_message()), "250 OK");
+    EXPECT_EQ(take_delivered(md), crlf_headers + binary_message());
     EXPECT_TRUE(list(md + "/tmp").empty());
 }
 

@@ -160,6 +160,25 @@ TEST(mbox_streaming, a_piece_refused_later_in_the_chain_leaves_the_mbox_untouche
     EXPECT_EQ(list(t.path), std::vector<std::string>{file});
 }
 
+// BODY=BINARYMIME (RFC 3030): an mbox cannot hold it; refused at MAIL, and the session goes on
+// (the refusal at the first piece: tests/integration/test_binarymime.py).
+TEST(mbox_streaming, a_binary_message_is_refused_never_stored)
+{
+    temp_dir t;
+    const std::string file = t.path + "/mbox";
+    tk::host h;
+    h.enable_chunking = true;
+    h.load(mbox_so, tk::node::map({{"path", file}}));
+    auto s = h.open("192.0.2.1", 40000);
+    ASSERT_EQ(s.cmd("EHLO client.example").substr(0, 3), "250");
+    EXPECT_EQ(s.cmd("MAIL FROM:<a@b.example> BODY=BINARYMIME"),
+              "555 5.6.3 BODY=BINARYMIME not supported: an mbox file cannot hold a binary message");
+    EXPECT_EQ(slurp(file), "");
+    const std::string m = "Subject: x\r\n\r\nFrom y\r\n";
+    EXPECT_EQ(s.send_mail("a@b.example", {"c@d.example"}, m), "250 OK");
+    EXPECT_EQ(take_appended(file), expected(m));
+}
+
 TEST(mbox_streaming, a_session_closed_before_data_ends_leaves_the_mbox_untouched)
 {
     temp_dir t;

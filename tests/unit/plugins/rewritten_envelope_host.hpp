@@ -2,7 +2,7 @@
 // A plugin as it would see an envelope rewritten by another plugin (or handed over by a host
 // without the server's address checks), for the test kit: the plugin's own entry, but its
 // create() gets a host API whose txn_info/txn_rcpt_at/txn_mail_param_at answer with the
-// envelope set here instead of the session's. The test kit, like the server, refuses control
+// envelope set here instead of the session's (and whose per-recipient replies index it). The test kit, like the server, refuses control
 // characters in MAIL/RCPT, so this is how the plugins' own defence against them is tested.
 // Same pattern as abi11_host.hpp (whose `library` it uses).
 #ifndef ASIOSMTPD_TESTS_UNIT_PLUGINS_REWRITTEN_ENVELOPE_HOST_HPP
@@ -62,6 +62,19 @@ inline asiosmtpd_status txn_mail_param_at(asiosmtpd_call*, std::size_t index, as
     return at(current.params, index, out);
 }
 
+// Per-recipient replies (LMTP) index the recipients shown here, which the session does not
+// have: checked against them and dropped (the test kit's sessions are SMTP, where the one DATA
+// reply is the verdict's anyway).
+inline asiosmtpd_status set_rcpt_reply(asiosmtpd_call*, std::size_t index, uint16_t code, asiosmtpd_str)
+{
+    return index < current.rcpts.size() && code >= 200 && code <= 599 ? ASIOSMTPD_OK : ASIOSMTPD_E_INVALID;
+}
+
+inline asiosmtpd_status set_rcpt_reply_pending(asiosmtpd_token, std::size_t index, uint16_t code, asiosmtpd_str text)
+{
+    return set_rcpt_reply(nullptr, index, code, text);
+}
+
 inline asiosmtpd_status create(const asiosmtpd_host_api* api, asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg, void** out,
                                asiosmtpd_errbuf* err)
 {
@@ -70,6 +83,8 @@ inline asiosmtpd_status create(const asiosmtpd_host_api* api, asiosmtpd_ctx* ctx
     current.api.txn_info = &txn_info;
     current.api.txn_rcpt_at = &txn_rcpt_at;
     current.api.txn_mail_param_at = &txn_mail_param_at;
+    current.api.set_rcpt_reply = &set_rcpt_reply;
+    current.api.set_rcpt_reply_pending = &set_rcpt_reply_pending;
     return current.real_entry()->create(&current.api, ctx, reg, out, err);
 }
 

@@ -234,7 +234,11 @@ TEST(network, parse_and_contains)
     EXPECT_FALSE(parse_network("10.0.0.0/33", why));
     EXPECT_FALSE(parse_network("10.0.0.0/", why));
     EXPECT_FALSE(parse_network("example.org", why));
+    // A client on a UNIX listener is local: 127.0.0.1, as Postfix's smtpd sees it.
     EXPECT_FALSE(contains(std::vector<ip_network>{*v4}, "unix:/run/x.sock"));
+    EXPECT_TRUE(contains(std::vector<ip_network>{*one}, "unix:/run/x.sock"));
+    EXPECT_FALSE(contains(std::vector<ip_network>{*one}, "unix"));
+    EXPECT_FALSE(contains(std::vector<ip_network>{}, "unix:/run/x.sock"));
     EXPECT_EQ(to_string(*parse_ip("2001:DB8:0:0::1")), "2001:db8::1");
     EXPECT_EQ(to_string(*parse_ip("::ffff:192.0.2.1")), "192.0.2.1");
 }
