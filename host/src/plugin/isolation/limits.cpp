@@ -128,8 +128,9 @@ cgroup_support detect()
     }
     const std::string controllers = read_text(*own / "cgroup.controllers");
     if (!has_word(controllers, "memory")) {
-        s.why = fmt::format("the memory controller is not available in cgroup2 at {} (cgroup.controllers: {:?})",
-                            own->string(), std::string(controllers.substr(0, controllers.find('\n'))));
+        std::string list = controllers.substr(0, controllers.find('\n'));
+        s.why = fmt::format("the memory controller is not available in cgroup2 at {} (its cgroup.controllers: {})",
+                            own->string(), list.empty() ? std::string("none") : list);
         return s;
     }
     int error = 0;
