@@ -43,6 +43,16 @@ def fixed_port():
         return probe.getsockname()[1]
 
 
+def dead_pid():
+    """A pid that no process has."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        top = int(f.read())
+    for pid in range(top - 1, 1, -1):
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+    raise unittest.SkipTest("no free pid")
+
+
 def faulty(mode, isolation="process", timeout=None, port=0, **extra):
     entry = {"path": FAULTY, "config": {"mode": mode}, "isolation": isolation}
     if timeout is not None:
@@ -423,14 +433,18 @@ class IsolationTest(ServerTestCase):
     # ---- the child's surroundings ------------------------------------------------------------------
 
     def test_child_has_no_sockets_but_its_channel_and_its_own_folder(self):
+        # The folder of a plugin process whose server was killed (no process has that pid).
+        stale = os.path.join(tempfile.gettempdir(), f"asiosmtpd-plugin-{dead_pid()}-stale")
+        os.makedirs(os.path.join(stale, "left"), exist_ok=True)
         config = server_config(plugins=[{"name": "sink", "isolation": "process"}])
         server = self.start_server(config)
+        self.assertFalse(os.path.exists(stale))  # removed by the next server
         pid = self.child_pids(server)[0]
         sockets = [fd for fd in os.listdir(f"/proc/{pid}/fd")
                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")]
         self.assertEqual(sockets, ["3"])
         cwd = os.readlink(f"/proc/{pid}/cwd")
-        self.assertIn("asiosmtpd-plugin-", cwd)
+        self.assertIn(f"asiosmtpd-plugin-{server.process.pid}-", cwd)
         self.assertNotEqual(cwd, os.readlink(f"/proc/{server.process.pid}/cwd"))
         # The server's user (after server.user's drop: plugins load after it, children too).
         def uids(p):

@@ -60,6 +60,16 @@ TEST(LimitsTest, KeyedValues)
     EXPECT_EQ(limits::keyed_value("populated 1\nfrozen 0\n", "populated"), 1u);
 }
 
+TEST(LimitsTest, OwnerPids)
+{
+    EXPECT_EQ(limits::owner_pid("asiosmtpd-plugin-1234-aBcDeF", "asiosmtpd-plugin-"), 1234);
+    EXPECT_EQ(limits::owner_pid("asiosmtpd-77-plugins0-3", "asiosmtpd-"), 77);
+    EXPECT_EQ(limits::owner_pid("asiosmtpd-plugin-aBcDeF", "asiosmtpd-plugin-"), 0);  // before pids were named
+    EXPECT_EQ(limits::owner_pid("asiosmtpd-server", "asiosmtpd-"), 0);
+    EXPECT_EQ(limits::owner_pid("asiosmtpd-12", "asiosmtpd-"), 0);
+    EXPECT_EQ(limits::owner_pid("other-12-x", "asiosmtpd-"), 0);
+}
+
 TEST(LimitsTest, Words)
 {
     EXPECT_TRUE(limits::has_word("cpuset cpu io memory hugetlb pids\n", "memory"));

@@ -602,7 +602,8 @@ bool supervisor::create_in(child& c, std::string& why, registrations* regs, std:
 
 void supervisor::start_first()
 {
-    std::string pattern = (fs::temp_directory_path() / "asiosmtpd-plugin-XXXXXX").string();
+    limits::sweep_workdirs(fs::temp_directory_path());
+    std::string pattern = (fs::temp_directory_path() / fmt::format("asiosmtpd-plugin-{}-XXXXXX", ::getpid())).string();
     if (::mkdtemp(pattern.data()) != nullptr) workdir_ = pattern;
     if (user && !workdir_.empty() && ::chown(workdir_.c_str(), user->uid, user->gid) != 0)
         throw std::runtime_error(fmt::format("cannot give the working folder {} to user {}: {}", workdir_.string(),

@@ -97,18 +97,16 @@ bool only_us(const fs::path& dir)
     return any;
 }
 
+// A server that has ended (a pid without a process: ESRCH).
+bool gone(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH; }
+
 // Old children's cgroups of servers that are gone (killed before they could remove them).
 void sweep(const fs::path& base)
 {
     std::error_code ec;
     for (fs::directory_iterator it(base, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
-        if (!name.starts_with("asiosmtpd-") || name == server_leaf) continue;
-        const std::string_view rest = std::string_view(name).substr(10);
-        long pid = 0;
-        const auto [p, e] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
-        if (e != std::errc{} || p == rest.data() || pid <= 0) continue;
-        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+        if (name == server_leaf || !gone(owner_pid(name, "asiosmtpd-"))) continue;
         (void)::rmdir(it->path().c_str());  // fails (and stays) while something still runs in it
     }
 }
@@ -235,6 +233,29 @@ bool has_word(std::string_view list, std::string_view word)
         at = end + 1;
     }
     return false;
+}
+
+long owner_pid(std::string_view name, std::string_view prefix)
+{
+    if (!name.starts_with(prefix)) return 0;
+    const std::string_view rest = name.substr(prefix.size());
+    long pid = 0;
+    const auto [p, e] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
+    if (e != std::errc{} || p == rest.data() || p == rest.data() + rest.size() || *p != '-' || pid <= 0) return 0;
+    return pid;
+}
+
+void sweep_workdirs(const fs::path& tmp)
+{
+    static std::once_flag once;
+    std::call_once(once, [&tmp] {
+        std::error_code ec;
+        for (fs::directory_iterator it(tmp, ec), end; !ec && it != end; it.increment(ec)) {
+            if (!gone(owner_pid(it->path().filename().string(), "asiosmtpd-plugin-"))) continue;
+            std::error_code rm;
+            fs::remove_all(it->path(), rm);  // another user's stays (not ours to remove)
+        }
+    });
 }
 
 const cgroup_support& memory_cgroups()

@@ -66,6 +66,13 @@ private:
 /// Whether the child must switch to e.user (the server is root and e.user is another account).
 [[nodiscard]] bool switches_user(const config::plugin_entry& e);
 
+/// Removes, once per process, the working folders (`asiosmtpd-plugin-<pid>-*` in `tmp`) of
+/// plugin processes whose server is gone (killed before it could remove them).
+void sweep_workdirs(const std::filesystem::path& tmp);
+
+/// The server pid in a name "<prefix><pid>-...", 0 when it has none.
+[[nodiscard]] long owner_pid(std::string_view name, std::string_view prefix);
+
 // ---- parsing, for the tests ----
 
 /// The folder of this process's cgroup2 cgroup from /proc/self/mountinfo and /proc/self/cgroup;
