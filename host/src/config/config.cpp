@@ -80,7 +80,8 @@ constexpr std::string_view listener[] = {"address",        "port",       "protoc
 constexpr std::string_view tls[] = {"certificate",       "private_key",  "min_version",
                                     "ciphers",           "ciphersuites", "request_client_certificate",
                                     "session_resumption"};
-constexpr std::string_view plugin[] = {"name", "path", "config", "timeout", "isolation", "memory_limit"};
+constexpr std::string_view plugin[] = {"name",      "path",         "config",    "timeout",
+                                       "isolation", "memory_limit", "cpu_limit", "user"};
 constexpr std::string_view metrics[] = {"listen"};
 constexpr std::string_view log[] = {"format", "timestamps"};
 }  // namespace keys
@@ -335,6 +336,7 @@ private:
     void read_server(const item& it, server_settings& s);
     listener read_listener(const item& it);
     void read_run_as(const item* user, const item* group, server_settings& s) const;
+    void read_plugin_user(const item& it, plugin_entry& p, const server_settings& server) const;
     void read_unix_listener(const mapping& m, listener& l) const;
     std::string where(const YAML::Mark& at) const
     {
@@ -342,7 +344,7 @@ private:
     }
     call_limits read_call_limits(const item& it) const;
     tls_section read_tls(const item& it) const;
-    plugin_entry read_plugin(const item& it) const;
+    plugin_entry read_plugin(const item& it, const server_settings& server) const;
     node read_tree(const YAML::Node& n, const YAML::Mark& at, const std::string& key, std::size_t depth,
                    std::size_t& budget) const;
     void check_readable(const item& it, const fs::path& p) const;
@@ -836,7 +838,39 @@ node reader::read_tree(const YAML::Node& n, const YAML::Mark& at, const std::str
     return out;
 }
 
-plugin_entry reader::read_plugin(const item& it) const
+// plugins[].user: the account the plugin's child process runs as (isolation: process only). The
+// child becomes that user when it starts, which needs root: so only when the server keeps root
+// (no server.user), or when it names server.user's own account (nothing to switch then).
+void reader::read_plugin_user(const item& it, plugin_entry& p, const server_settings& server) const
+{
+    if (p.isolation != plugin_entry::isolation_mode::process)
+        fail(it.mark, it.key, "needs isolation: process (a plugin in the server's own process runs as the server)");
+    const std::string name = read_string(it);
+    if (name.empty() || has_control(name, false))
+        fail(it.mark, it.key, fmt::format("expected a user name or id, got {}", describe(it.value)));
+    const auto u = find_user(name);
+    if (!u) fail(it.mark, it.key, fmt::format("unknown user {:?} (not in the user database)", name));
+    if (u->id == 0)
+        fail(it.mark, it.key,
+             fmt::format("{:?} is root (uid 0): name an unprivileged user, or leave plugins[].user unset", name));
+    if (server.user && server.user->uid != u->id)
+        fail(it.mark, it.key,
+             fmt::format("cannot be used with server.user ({}): the server gives up root before it starts plugins, "
+                         "so it cannot start a plugin process as another user; leave server.user unset (the "
+                         "server then runs as root and each plugin with isolation: process as its own user) or "
+                         "name the same user",
+                         server.user->user_at));
+    run_as r;
+    r.user = u->name;
+    r.uid = u->id;
+    r.gid = u->primary_gid;
+    const auto g = find_group(std::to_string(r.gid));
+    r.group = g && g->id == r.gid ? g->name : std::to_string(r.gid);
+    r.user_at = where(it.mark);
+    p.user = std::move(r);
+}
+
+plugin_entry reader::read_plugin(const item& it, const server_settings& server) const
 {
     const mapping m = open_map(it, keys::plugin);
     plugin_entry p;
@@ -874,6 +908,15 @@ plugin_entry reader::read_plugin(const item& it) const
                  "needs isolation: process (a plugin in the server's own process has no limit of its own)");
         p.memory_limit = read_byte_size(*f, 16ull << 20, 1ull << 44);
     }
+    if (const item* f = m.find("cpu_limit")) {
+        if (p.isolation != plugin_entry::isolation_mode::process)
+            fail(f->mark, f->key,
+                 "needs isolation: process (a plugin in the server's own process has no limit of its own)");
+        p.cpu_limit = read_seconds(*f, false);
+        if (p.cpu_limit < 0.001)
+            fail(f->mark, f->key, fmt::format("expected at least 0.001 seconds, got {}", describe(f->value)));
+    }
+    if (const item* f = m.find("user")) read_plugin_user(*f, p, server);
     return p;
 }
 
@@ -925,7 +968,7 @@ void reader::read_document(const YAML::Node& root, settings& out)
         for (const item& e : open_sequence(*f, false)) out.plugin_path.push_back(read_path(e, true));
 
     if (const item* f = present("plugins"))
-        for (const item& e : open_sequence(*f, false)) out.plugins.push_back(read_plugin(e));
+        for (const item& e : open_sequence(*f, false)) out.plugins.push_back(read_plugin(e, out.server));
 
     if (const item* f = present("metrics")) {
         const mapping mm = open_map(*f, keys::metrics);

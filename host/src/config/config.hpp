@@ -125,10 +125,14 @@ struct plugin_entry {
     std::uint32_t name_line = 0;    // its `name:`,
     std::uint32_t config_line = 0;  // its `config:` key (0: none)
     /// isolation: process runs the plugin in a child process (plugin/isolation/adapter.hpp);
-    /// memory_limit: that child's address space in bytes (RLIMIT_AS), 0 for none.
+    /// memory_limit: that child's memory in bytes (a cgroup's memory.max where the server can
+    /// make one, else RLIMIT_AS), 0 for none. cpu_limit: seconds of CPU one hook call may use in
+    /// the child (0: none). user: the account the child runs as (absent: the server's).
     enum class isolation_mode { none, process };
     isolation_mode isolation = isolation_mode::none;
     std::uint64_t memory_limit = 0;
+    double cpu_limit = 0;
+    std::optional<run_as> user;
 };
 
 /// metrics: {listen: "127.0.0.1:9125"}: Prometheus text format over HTTP at /metrics.

@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "plugin/elf_check.hpp"
 #include "plugin/isolation/adapter.hpp"
+#include "plugin/isolation/limits.hpp"
 
 #include <asiosmtpd/plugin.hpp>  // sdk::closest_match
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -329,6 +330,8 @@ std::shared_ptr<const generation> load(const config::settings& s, bool check_onl
             if (!source.problem().empty()) throw refusal(s.file, e.key, file, source.problem());
             if (std::string why = elf_problem(source.fd(), source.size()); !why.empty())
                 throw refusal(s.file, e.key, file, why);
+            if (const std::string why = isolation::limits::user_problem(e); !why.empty())
+                throw load_error(fmt::format("{}: {}.user: {}", e.user->user_at, e.key, why));
             try {
                 inst->lib = isolation::open(s, e, file, inst->desc);
             } catch (const std::runtime_error& err) {

@@ -860,4 +860,30 @@ TEST(config_privileges, errors_name_the_line_and_key)
     EXPECT_EQ(error_of("server:\n  users: nobody\n"), "t.yaml:2: server.users: unknown key (did you mean 'user'?)");
 }
 
+TEST(config_keys, plugin_cpu_limit)
+{
+    const settings s = parse_text("plugins:\n  - name: sink\n    isolation: process\n    cpu_limit: 0.25\n");
+    ASSERT_EQ(s.plugins.size(), 1u);
+    EXPECT_DOUBLE_EQ(s.plugins[0].cpu_limit, 0.25);
+    EXPECT_FALSE(s.plugins[0].user.has_value());
+    EXPECT_DOUBLE_EQ(parse_text("plugins:\n  - name: sink\n").plugins[0].cpu_limit, 0);
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    cpu_limit: 1\n"),
+              "t.yaml:3: plugins[0].cpu_limit: needs isolation: process (a plugin in the server's own process has "
+              "no limit of its own)");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    isolation: process\n    cpu_limit: 0.0001\n"),
+              R"(t.yaml:4: plugins[0].cpu_limit: expected at least 0.001 seconds, got "0.0001")");
+}
+
+TEST(config_keys, plugin_user)
+{
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    user: nobody\n"),
+              "t.yaml:3: plugins[0].user: needs isolation: process (a plugin in the server's own process runs as "
+              "the server)");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    isolation: process\n    user: \"0\"\n"),
+              "t.yaml:4: plugins[0].user: \"0\" is root (uid 0): name an unprivileged user, or leave "
+              "plugins[].user unset");
+    EXPECT_EQ(error_of("plugins:\n  - name: sink\n    isolation: process\n    user: no-such-user-q\n"),
+              "t.yaml:4: plugins[0].user: unknown user \"no-such-user-q\" (not in the user database)");
+}
+
 }  // namespace

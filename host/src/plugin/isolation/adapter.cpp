@@ -13,6 +13,7 @@
 #include "log/log.hpp"
 #include "plugin/chain.hpp"
 #include "plugin/generation.hpp"
+#include "plugin/isolation/limits.hpp"
 #include "plugin/isolation/wire.hpp"
 #include "proto/trace.hpp"
 
@@ -31,6 +32,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <unordered_set>
@@ -41,6 +43,7 @@
 #include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -335,8 +338,15 @@ private:
     struct child {
         pid_t pid = -1;
         int fd = -1;
+        std::shared_ptr<limits::cgroup> cgroup;  // memory_limit by cgroup: the child's own
+        bool oom_killed = false;                 // set by end_child(): the cgroup's OOM killer ended it
     };
     bool spawn(child& c, std::string& why);
+    // The limits and the user (limits.hpp, child_limits.hpp): the child's arguments for them,
+    // its cgroup, and what a crash's exit status says about them.
+    void limit_arguments(std::vector<std::string>& args) const;
+    bool place(child& c, std::string& why);
+    [[nodiscard]] std::string limit_cause(int status, const child& c) const;
     bool request(child& c, std::string& frame, std::uint8_t want, std::string& body, steady::time_point deadline,
                  std::string& why);
     bool open_in(child& c, std::string& why);
@@ -357,6 +367,14 @@ private:
     std::string key_;
     std::uint64_t memory_limit_;
     std::chrono::milliseconds timeout_;
+
+public:
+    std::uint64_t cpu_limit_ns = 0;
+    std::optional<config::run_as> user;  // set: the child switches to it
+    bool memory_by_cgroup = false;
+    std::string memory_by_why;  // why not by cgroup
+
+private:
     fs::path workdir_;
     const instance* inst_ = nullptr;
     std::string create_frame_;  // CREATE as first sent: a restarted child gets the same
@@ -401,7 +419,7 @@ bool supervisor::spawn(child& c, std::string& why)
     const std::string limit = std::to_string(memory_limit_);
     const std::string dir = workdir_.string();
     std::vector<char*> argv{const_cast<char*>(helper_s.c_str())};
-    if (memory_limit_ > 0) {
+    if (memory_limit_ > 0 && !memory_by_cgroup) {
         argv.push_back(const_cast<char*>("--memory-limit"));
         argv.push_back(const_cast<char*>(limit.c_str()));
     }
@@ -409,6 +427,9 @@ bool supervisor::spawn(child& c, std::string& why)
         argv.push_back(const_cast<char*>("--workdir"));
         argv.push_back(const_cast<char*>(dir.c_str()));
     }
+    std::vector<std::string> more;
+    limit_arguments(more);
+    for (auto& a : more) argv.push_back(a.data());
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -438,7 +459,42 @@ bool supervisor::spawn(child& c, std::string& why)
     ::fcntl(sv[0], F_SETFL, ::fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     c.pid = pid;
     c.fd = sv[0];
-    return true;
+    return place(c, why);
+}
+
+void supervisor::limit_arguments(std::vector<std::string>& args) const
+{
+    args.push_back("--parent");
+    args.push_back(std::to_string(::getpid()));
+    if (cpu_limit_ns > 0) {
+        args.push_back("--cpu-limit-ns");
+        args.push_back(std::to_string(cpu_limit_ns));
+    }
+    if (user) {
+        args.push_back("--uid");
+        args.push_back(std::to_string(user->uid));
+        args.push_back("--gid");
+        args.push_back(std::to_string(user->gid));
+    }
+}
+
+// Into its own cgroup before it loads the plugin (OPEN comes after this).
+bool supervisor::place(child& c, std::string& why)
+{
+    if (!memory_by_cgroup) return true;
+    c.cgroup = limits::cgroup::make(key_, memory_limit_, why);
+    if (c.cgroup && c.cgroup->add(c.pid, why)) return true;
+    int status = 0;
+    end_child(c, true, status);
+    return false;
+}
+
+std::string supervisor::limit_cause(int status, const child& c) const
+{
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGXCPU)
+        return cpu_limit_ns > 0 ? fmt::format("reason=cpu cpu_limit_ms={}", cpu_limit_ns / 1000000) : "reason=cpu";
+    if (c.oom_killed) return fmt::format("reason=memory memory_limit={}", memory_limit_);
+    return {};
 }
 
 // Send `frame` and wait for a frame of type `want` (control or I/O thread only; LOG frames on
@@ -546,8 +602,17 @@ bool supervisor::create_in(child& c, std::string& why, registrations* regs, std:
 
 void supervisor::start_first()
 {
-    std::string pattern = (fs::temp_directory_path() / "asiosmtpd-plugin-XXXXXX").string();
+    limits::sweep_workdirs(fs::temp_directory_path());
+    std::string pattern = (fs::temp_directory_path() / fmt::format("asiosmtpd-plugin-{}-XXXXXX", ::getpid())).string();
     if (::mkdtemp(pattern.data()) != nullptr) workdir_ = pattern;
+    if (user && !workdir_.empty() && ::chown(workdir_.c_str(), user->uid, user->gid) != 0)
+        throw std::runtime_error(fmt::format("cannot give the working folder {} to user {}: {}", workdir_.string(),
+                                             user->user, std::strerror(errno)));
+    if (memory_limit_ > 0) {
+        const limits::cgroup_support& cg = limits::memory_cgroups();
+        memory_by_cgroup = cg.usable;
+        memory_by_why = cg.usable ? std::string() : cg.why;
+    }
     std::string why;
     child c;
     if (!spawn(c, why)) throw std::runtime_error(why);
@@ -693,8 +758,15 @@ asiosmtpd_status supervisor::create(asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg
         end_child(child_, true, status);
         return rs;
     }
-    if (h.is_check_only(reg) == 0)
+    if (h.is_check_only(reg) == 0) {
+        if (memory_limit_ > 0 && memory_by_cgroup)
+            log::info("event=plugin_memory_limit plugin={} key={} limit={} by=cgroup cgroup={}", name, key_,
+                      memory_limit_, child_.cgroup ? child_.cgroup->path().string() : std::string());
+        else if (memory_limit_ > 0)
+            log::info("event=plugin_memory_limit plugin={} key={} limit={} by=rlimit_as why=\"{}\"", name, key_,
+                      memory_limit_, memory_by_why);
         log::info("event=plugin_process_started plugin={} key={} pid={}", name, key_, child_.pid);
+    }
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     {
         const std::lock_guard guard(lock_);
@@ -726,6 +798,10 @@ void supervisor::end_child(child& c, bool kill_now, int& status) noexcept
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     c.pid = -1;
+    if (c.cgroup) {
+        c.oom_killed = c.cgroup->oom_kills() > 0;
+        c.cgroup.reset();  // removed (what the plugin left running in it killed)
+    }
 }
 
 void supervisor::stop() noexcept
@@ -1081,8 +1157,11 @@ void supervisor::crashed(std::string reason, bool hung)
     const pid_t pid = c.pid;
     int status = 0;
     end_child(c, true, status);
-    const std::string how =
-        hung ? reason : describe_status(status) + (reason.empty() ? "" : " reason=\"" + reason + "\"");
+    const std::string cause = hung ? std::string() : limit_cause(status, c);
+    const std::string how = hung ? reason
+                            : !cause.empty()
+                                ? describe_status(status) + " " + cause
+                                : describe_status(status) + (reason.empty() ? "" : " reason=\"" + reason + "\"");
     crash_count.fetch_add(1, std::memory_order_relaxed);
     const auto now = steady::now();
     std::size_t recent = 0;
@@ -1097,8 +1176,11 @@ void supervisor::crashed(std::string reason, bool hung)
         give_up = recent >= static_cast<std::size_t>(max_crashes);
         backoff = std::min<std::chrono::milliseconds>(max_backoff,
                                                       first_backoff * (1 << std::min<std::size_t>(recent - 1, 10)));
-        why =
-            hung ? "the plugin process hung (killed)" : "the plugin process crashed (" + describe_status(status) + ")";
+        why = hung ? "the plugin process hung (killed)"
+              : cause.starts_with("reason=cpu")
+                  ? "the plugin process went over its cpu_limit (" + describe_status(status) + ")"
+              : cause.starts_with("reason=memory") ? "the plugin process went over its memory_limit (killed)"
+                                                   : "the plugin process crashed (" + describe_status(status) + ")";
         down_reason_ = give_up ? why + "; given up after " + std::to_string(recent) + " crashes" : why + "; restarting";
         if (state_ != state::stopping) state_ = give_up ? state::given_up : state::down;
         restart_at_ = now + backoff;
@@ -1160,6 +1242,8 @@ std::shared_ptr<void> open(const config::settings&, const config::plugin_entry& 
 {
     auto s = std::make_shared<supervisor>(fs::absolute(file), e.key, e.memory_limit,
                                           std::chrono::milliseconds(static_cast<std::int64_t>(e.timeout * 1000)));
+    s->cpu_limit_ns = static_cast<std::uint64_t>(e.cpu_limit * 1e9);
+    if (limits::switches_user(e)) s->user = e.user;
     s->start_first();
     desc = &s->adapter.desc;
     return s;

@@ -13,8 +13,9 @@
 // One thread reads and runs the calls in the order they came; the plugin's own threads may
 // complete() and log() at any time (a lock guards the socket).
 //
-//     asiosmtpd-plugin-host [--memory-limit BYTES] [--workdir DIR]
+//     asiosmtpd-plugin-host [--memory-limit BYTES] [--workdir DIR] (and child_limits.hpp's)
 #include "plugin/draft.hpp"  // check_edit(): the server's edit rules
+#include "plugin/isolation/child_limits.hpp"
 #include "plugin/isolation/wire.hpp"
 
 #include <asiosmtpd/plugin.h>
@@ -1092,7 +1093,10 @@ void on_call(wire::reader& r)
             const std::lock_guard guard(call.info_lock);
             call.active = true;
         }
-        verdict = fn(p.self, &call, args);
+        {
+            const asiosmtpd::plugin::isolation::child::call_budget budget;  // cpu_limit
+            verdict = fn(p.self, &call, args);
+        }
         const std::lock_guard guard(call.info_lock);
         call.active = false;
     }
@@ -1157,9 +1161,18 @@ void on_call(wire::reader& r)
 
 int main(int argc, char** argv)
 {
-    // Ends with the server, whatever way the server ends.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() == 1) return 0;
+    namespace child = asiosmtpd::plugin::isolation::child;
+    const child::options opts = child::parse(argc, argv);
+    {
+        // plugins[].user, then the server's lifetime (child_limits.hpp).
+        std::string why;
+        bool gone = false;
+        if (!child::start(opts, why, gone)) {
+            if (gone) return 0;
+            std::fprintf(stderr, "asiosmtpd-plugin-host: %s\n", why.c_str());
+            return 2;
+        }
+    }
     std::signal(SIGPIPE, SIG_IGN);
     // A stop is the server's to decide (SIGTERM to the whole group, systemd's control-group
     // kill, ^C in a terminal): the server lets its sessions finish, then ends this process
@@ -1167,13 +1180,8 @@ int main(int argc, char** argv)
     std::signal(SIGTERM, SIG_IGN);
     std::signal(SIGINT, SIG_IGN);
     std::signal(SIGHUP, SIG_IGN);
-    std::uint64_t memory_limit = 0;
-    const char* workdir = nullptr;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const std::string_view a = argv[i];
-        if (a == "--memory-limit") memory_limit = std::strtoull(argv[i + 1], nullptr, 10);
-        else if (a == "--workdir") workdir = argv[i + 1];
-    }
+    const std::uint64_t memory_limit = opts.memory_limit;
+    const char* workdir = opts.workdir;
     // Nothing of the server's but the channel and the standard streams: no listening socket,
     // no client connection (they are close-on-exec; this makes sure).
     for (int fd = channel_fd + 1; fd < 65536; ++fd) {
