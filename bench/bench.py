@@ -1302,6 +1302,53 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def med_of(results: dict, name: str, key: str, f) -> float | None:
+    """The median of f over the good rounds of peer `name` in scenario `key` (None: no good round)."""
+    r = results.get((name, key))
+    return r.median(f) if r and r.good() else None
+
+
+def per_s(x: Round) -> float:
+    return x.msgs / x.elapsed
+
+
+def srv_us(x: Round) -> float:
+    """The server's CPU per message, us."""
+    return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+
+def peer_rows(results: dict, peers: list[str], sc: Scenario, w, width: int, row) -> list[float]:
+    """The peer rows of one scenario's table: a peer without a result is left out, one whose rounds
+    all failed gets a FAILED line; for the others row(p, r, spread, others) formats the line
+    (spread: of msgs/s over the rounds, %; others: CPU of the rest of the machine, % of all CPUs),
+    followed by the error of a round that failed. Returns the others figures."""
+    noisy: list[float] = []
+    for p in peers:
+        r: Result | None = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:{width}} FAILED: {r.error}")
+            continue
+        rates = [per_s(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(per_s) * 100 if len(rates) > 1 else 0.0
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        w(row(p, r, spread, others) + (f"   ({r.error})" if r.error else ""))
+    return noisy
+
+
+def by_program(results: dict, peers: list[str], sc: Scenario, w) -> None:
+    """A tree peer's CPU per message split by program (Postfix: smtpd, cleanup...; Dovecot)."""
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None or not r.good() or not any(x.parts for x in r.good()):
+            continue
+        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
+        w(f"  {p} by program, us/msg: " + ", ".join(
+            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+
+
 def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
     """One isolation scenario: the sink in process (asiosmtpd) and in a child process
     (asiosmtpd+isolated): rates, the server's and the child's CPU per message, and the latency
@@ -1309,42 +1356,22 @@ def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[fl
     1 KiB message, DATA_CHUNK and DATA)."""
     base = "asiosmtpd"
 
-    def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def tot(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
     def child(x: Round) -> float:
         return sum(v for k, v in x.parts.items() if k.startswith("asiosmtpd-plug")) / x.msgs * 1e6
 
-    noisy: list[float] = []
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        ch = r.median(child) if p != base else None
+        return (f"{p:20} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us) - (ch or 0.0):8.1f}"
+                f" {fmt(ch, '8.1f'):>8} {r.median(srv_us):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f}"
+                f" {others:5.0f}% | {ratio(r.median(per_s), med_of(results, base, sc.key, per_s)):>7}"
+                f" {ratio(r.median(srv_us), med_of(results, base, sc.key, srv_us)):>7}")
+
     w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':20} {'msgs/s':>8} {'spread':>7} {'server':>8} {'child':>8} {'total':>8} {'client':>8} {'others':>6}"
       f" | {'msgs/s':>7} {'total':>7} vs {base} (in process)")
     w(f"{'':20} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:20} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        isolated = p != base
-        ch = r.median(child) if isolated else None
-        w(f"{p:20} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(tot) - (ch or 0.0):8.1f} {fmt(ch, '8.1f'):>8}"
-          f" {r.median(tot):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(tot), med(base, tot)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
-    a, b = med("asiosmtpd+isolated", rate), med(base, rate)
+    noisy = peer_rows(results, peers, sc, w, 20, row)
+    a, b = med_of(results, "asiosmtpd+isolated", sc.key, per_s), med_of(results, base, sc.key, per_s)
     if a and b and sc.sessions == 1:
         w(f"added per hook call (c=1): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls = {(1e6 / a - 1e6 / b) / 2:.1f} us")
     return noisy
@@ -1356,63 +1383,40 @@ def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float
     base = "asiosmtpd"
 
     def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def srv(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+        return med_of(results, name, sc.key, f)
 
     def mil(x: Round) -> float:
         return x.milter_cpu / x.msgs * 1e6
 
     def tot(x: Round) -> float:
-        return srv(x) + mil(x)
+        return srv_us(x) + mil(x)
 
-    noisy: list[float] = []
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        return (f"{p:24} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us):8.1f}"
+                f" {fmt(r.median(mil) if '+milter' in p else None, '8.1f'):>8} {r.median(tot):8.1f}"
+                f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
+                f" | {ratio(r.median(per_s), med(base, per_s)):>7} {ratio(r.median(srv_us), med(base, srv_us)):>7}"
+                f" {ratio(r.median(tot), med(base, tot)):>7}")
+
     w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':24} {'msgs/s':>8} {'spread':>7} {'server':>8} {'milter':>8} {'total':>8} {'client':>8} {'others':>6}"
       f" | {'msgs/s':>7} {'server':>7} {'total':>7} vs {base} (sink alone)")
     w(f"{'':24} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:24} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        has_milter = "+milter" in p
-        w(f"{p:24} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):8.1f}"
-          f" {fmt(r.median(mil) if has_milter else None, '8.1f'):>8} {r.median(tot):8.1f}"
-          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
-          f" {ratio(r.median(tot), med(base, tot)):>7}" + (f"   ({r.error})" if r.error else ""))
+    noisy = peer_rows(results, peers, sc, w, 24, row)
     lines = []
     for mta, without in (("asiosmtpd", "asiosmtpd"), ("postfix", "postfix")):
         for flavour, what in (("", "NR_*"), ("-replies", "replies")):
             with_ = f"{mta}+milter{flavour}"
-            a, b = med(with_, srv), med(without, srv)
+            a, b = med(with_, srv_us), med(without, srv_us)
             if a is None or b is None:
                 continue
             lines.append(f"  {mta:9} with the milter ({what:7}): server {a - b:+7.1f} us/msg ({ratio(a, b)}),"
-                         f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, rate), med(without, rate))}")
+                         f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, per_s), med(without, per_s))}")
     if lines:
         w("what one milter adds (the same server without it as the base):")
         for line in lines:
             w(line)
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None or not r.good() or not any(x.parts for x in r.good()):
-            continue
-        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
-        w(f"  {p} by program, us/msg: " + ", ".join(
-            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+    by_program(results, peers, sc, w)
     return noisy
 
 
@@ -1420,43 +1424,18 @@ def durable_table(results: dict, peers: list[str], sc: Scenario, w) -> list[floa
     """One durable-delivery scenario: each peer's rate and CPU, as ratios to Dovecot's."""
     base = "dovecot"
 
-    def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        return (f"{p:18} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us):11.1f} {sysp:4.0f}%"
+                f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
+                f" | {ratio(r.median(per_s), med_of(results, base, sc.key, per_s)):>7}"
+                f" {ratio(r.median(srv_us), med_of(results, base, sc.key, srv_us)):>7}")
 
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def srv(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
-    noisy: list[float] = []
     w(f"== {sc.title} (smtp-source -L {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':18} {'msgs/s':>8} {'spread':>7} {'CPU us/msg':>11} {'sys%':>5} {'client us/msg':>13} {'others':>6}"
       f" | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:18} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
-        w(f"{p:18} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):11.1f} {sysp:4.0f}%"
-          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None or not r.good() or not any(x.parts for x in r.good()):
-            continue
-        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
-        w(f"  {p} by program, us/msg: " + ", ".join(
-            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+    noisy = peer_rows(results, peers, sc, w, 18, row)
+    by_program(results, peers, sc, w)
     return noisy
 
 
@@ -1467,19 +1446,11 @@ def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
     """One TLS scenario: per peer, rates (messages and handshakes), the share of resumed
     handshakes, CPU per message, then the ratios to Postfix and to the TLS floor."""
     def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
+        return med_of(results, name, sc.key, f)
 
     def hs(x: Round) -> float:
         return x.handshakes / x.elapsed
 
-    def cpu(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
-    noisy: list[float] = []
     if sc.kind == "idle":
         w(f"== {sc.title} (tlsload -I N: STARTTLS, handshake, EHLO, then idle; memory of a freshly started server) ==")
         w(f"{'peer':14} {'held':>6} {'errors':>6} {'mem before':>11} {'mem after':>11} {'KiB/conn':>9} {'serving':>7}"
@@ -1497,31 +1468,24 @@ def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
             w(f"{p:14} {e['held']:6} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
               f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
               + (f"   ({e['first_error']})" if e.get("first_error") else ""))
-        return noisy
+        return []
+    negotiated = []
+
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        resumed = sum(x.resumed for x in r.good()) / max(1, sum(x.handshakes for x in r.good())) * 100
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        negotiated.append(f"{p} {r.good()[0].cipher}")
+        return (f"{p:14} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(hs):8,.0f} {resumed:6.0f}%"
+                f" {r.median(srv_us):10.1f} {sysp:4.0f}% {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f}"
+                f" {others:5.0f}% | {ratio(r.median(hs), med(TLS_BASE, hs)):>6}"
+                f" {ratio(r.median(srv_us), med(TLS_BASE, srv_us)):>7}"
+                f"{'':>{len(TLS_BASE) + 4}} | {ratio(r.median(srv_us), med(TLS_FLOOR, srv_us)):>7}")
+
     w(f"== {sc.title} (tlsload -m {sc.tls} -v {sc.tls_version} -c {sc.sessions} -d {0 if sc.reuse else 1}"
       f" -l {sc.length}{' -R' if sc.resume else ''}) ==")
     w(f"{'peer':14} {'msgs/s':>8} {'spread':>7} {'hs/s':>8} {'resumed':>7} {'CPU us/msg':>10} {'sys%':>5}"
       f" {'client us/msg':>13} {'others':>6} | {'hs/s':>6} {'CPU/msg':>7} vs {TLS_BASE} | {'CPU/msg':>7} vs {TLS_FLOOR}")
-    negotiated = []
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:14} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        resumed = sum(x.resumed for x in r.good()) / max(1, sum(x.handshakes for x in r.good())) * 100
-        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        negotiated.append(f"{p} {r.good()[0].cipher}")
-        w(f"{p:14} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(hs):8,.0f} {resumed:6.0f}% {r.median(cpu):10.1f}"
-          f" {sysp:4.0f}% {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
-          f" | {ratio(r.median(hs), med(TLS_BASE, hs)):>6} {ratio(r.median(cpu), med(TLS_BASE, cpu)):>7}"
-          f"{'':>{len(TLS_BASE) + 4}} | {ratio(r.median(cpu), med(TLS_FLOOR, cpu)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
+    noisy = peer_rows(results, peers, sc, w, 14, row)
     if negotiated:
         w("negotiated: " + "; ".join(negotiated))
     return noisy
