@@ -13,6 +13,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import resource
 import select
 import selectors
@@ -369,29 +370,14 @@ RUNNING: list[Peer] = []
 
 def build_floor() -> Path | str:
     """Compiles floor/floor.c into .out/ when the binary is missing or older: the path, or why not."""
-    src, exe = BENCH / "floor" / "floor.c", OUT / "floor"
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
-        return exe
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return "no C compiler (cc) to build bench/floor/floor.c"
-    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src)], capture_output=True, text=True)
-    return exe if r.returncode == 0 else f"building bench/floor/floor.c failed: {r.stderr.strip()[:300]}"
+    return build_c(BENCH / "floor" / "floor.c", OUT / "floor", [])
 
 
 def build_milter() -> Path | str:
     """Compiles milter/noop.c (libmilter) into .out/ when the binary is missing or older."""
-    src, exe = BENCH / "milter" / "noop.c", OUT / "noop-milter"
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
-        return exe
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return "no C compiler (cc) to build bench/milter/noop.c"
     if not Path("/usr/include/libmilter/mfapi.h").exists():
         return "libmilter's header is missing (Debian package libmilter-dev; bench/run installs it)"
-    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src), "-lmilter", "-lpthread"],
-                       capture_output=True, text=True)
-    return exe if r.returncode == 0 else f"building bench/milter/noop.c failed: {r.stderr.strip()[:300]}"
+    return build_c(BENCH / "milter" / "noop.c", OUT / "noop-milter", ["-lmilter", "-lpthread"])
 
 
 POSTFIX = "/usr/sbin/postfix"
@@ -534,8 +520,10 @@ class DovecotPeer(Peer):
 
 
 def build_c(src: Path, exe: Path, libs: list[str]) -> Path | str:
-    """Compiles one C file of the benchmark into .out/ when the binary is missing or older."""
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+    """Compiles one C file of the benchmark into .out/ when the binary is missing or older than the
+    file or a header of the benchmark it includes ("floor.h"): the path, or why not."""
+    deps = [src] + [src.parent / h for h in re.findall(r'^#include "([^"]+)"', src.read_text(), re.M)]
+    if exe.exists() and exe.stat().st_mtime >= max(d.stat().st_mtime for d in deps):
         return exe
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
