@@ -575,6 +575,14 @@ def tls_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]
                                             "@SPORT@"],
                           f"asiosmtpd, workers: {args.workers}, sink plugin, tls.session_resumption default (on)",
                           groups=("tls",)))
+        # --baseline-build: another build's asiosmtpd with the same TLS config, in the same rounds.
+        base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd" if args.baseline_build else None
+        if base_bin and base_bin.exists():
+            peers.append(Peer("asiosmtpd-tls-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg),
+                                                     "@PORT@", "", "@SPORT@"],
+                              f"{base_bin}, the same config (--baseline-build)", groups=("tls",)))
+        elif base_bin:
+            skipped.append(f"asiosmtpd-tls-base: {base_bin} missing")
     else:
         skipped.append(f"asiosmtpd-tls: {binary} or {plugins}/sink.so missing (bench/run builds them)")
     if os.geteuid() != 0:
@@ -796,7 +804,7 @@ class Scenario:
     idle: int = 0
     group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix...; "python": the
                          # same Python handler under asiosmtpd and aiosmtpd; "tls": the TLS peers (Peer.groups)
-    tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit"
+    tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit" | "plain"
     tls_version: str = "1.3"
     resume: bool = False     # every connection offers its session's newest ticket (tlsload -R)
     round_factor: float = 1.0  # rounds last --round-seconds times this
@@ -861,6 +869,12 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("tlsreuse", "TLS 1.3, STARTTLS, c=10, connection reuse", "tls", 10, tls="starttls",
                  **dict(tls, warmup_msgs=300, min_msgs=500, max_msgs=500000)),
         Scenario("tlsidle", "idle TLS sessions (STARTTLS, EHLO answered)", "idle", idle=1000, group="tls"),
+        # The same servers and client without TLS (tlsload -m plain): what the conversation costs
+        # in plaintext, so that TLS's own cost (a TLS scenario's CPU minus this) can be compared.
+        Scenario("notls", "no TLS (same client), c=10, new connection per message", "tls", 10, reuse=False,
+                 tls="plain", **tls),
+        Scenario("notlsreuse", "no TLS (same client), c=10, connection reuse", "tls", 10, tls="plain",
+                 **dict(tls, warmup_msgs=300, min_msgs=500, max_msgs=500000)),
     ]
     if quick:
         s = [x for x in s if x.key not in ("c100", "latload", "idle10k", "milternew")]
@@ -1523,6 +1537,10 @@ def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None
             k = kib(TLS_US, sc.key)
             w(f"  {sc.title:56} {'-' if k is None else f'{k:.1f} KiB ' + ('met' if k <= 16 else 'MISSED')}")
             continue
+        if sc.tls == "plain":
+            a_cpu, f_cpu = med(TLS_US, sc.key, cpu), med(TLS_FLOOR, sc.key, cpu)
+            w(f"  {sc.title:56} (no TLS: not a target)  cpu vs floor {ratio(a_cpu, f_cpu):>12}")
+            continue
         a_hs, a_cpu = med(TLS_US, sc.key, hs), med(TLS_US, sc.key, cpu)
         p_hs, p_cpu, f_cpu = med(TLS_BASE, sc.key, hs), med(TLS_BASE, sc.key, cpu), med(TLS_FLOOR, sc.key, cpu)
         hs_cell = (verdict(a_hs / p_hs, lambda v: v >= 1.0) if a_hs and p_hs and not sc.reuse
@@ -1530,6 +1548,24 @@ def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None
         w(f"  {sc.title:56} hs/s vs postfix {hs_cell:>18}  cpu vs postfix"
           f" {verdict(a_cpu / p_cpu if a_cpu and p_cpu else None, lambda v: v <= 0.8):>12}"
           f"  cpu vs floor {verdict(a_cpu / f_cpu if a_cpu and f_cpu else None, lambda v: v <= 1.15):>12}")
+    # TLS's own cost: a TLS scenario's CPU per message minus the same conversation's without TLS
+    # (notls, notlsreuse: same servers, same client), asiosmtpd against the floor. What the
+    # session does for any message (parsing, hooks, the event loop) is not in it.
+    own = []
+    for sc in scs:
+        plain = "notlsreuse" if sc.reuse else "notls"
+        if sc.kind != "tls" or sc.tls == "plain" or not any(s.key == plain for s in scs):
+            continue
+        a, ap = med(TLS_US, sc.key, cpu), med(TLS_US, plain, cpu)
+        f, fp = med(TLS_FLOOR, sc.key, cpu), med(TLS_FLOOR, plain, cpu)
+        if None in (a, ap, f, fp):
+            continue
+        own.append(f"  {sc.title:56} asiosmtpd {(a - ap) * 1e6:7.1f} us  floor {(f - fp) * 1e6:7.1f} us"
+                   f"  {ratio(a - ap, f - fp):>7}  (with the plaintext part: {ratio(a, f)})")
+    if own:
+        w("TLS's own CPU per message (the scenario minus the same servers without TLS, notls or notlsreuse):")
+        for line in own:
+            w(line)
 
 
 def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,
@@ -1742,7 +1778,7 @@ def main() -> int:
                     " for the TLS ones asiosmtpd-tls,postfix-tls,haraka-tls,aiosmtpd-tls,tls-floor")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
                     "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10,tls13,tls13r,tls12,tls12r,smtps13,"
-                    "tlsreuse,tlsidle (or tls: all the TLS ones)")
+                    "tlsreuse,tlsidle,notls,notlsreuse (or tls: all the TLS ones)")
     ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
                     " bench/.out/durable, on the checkout's filesystem; emptied before and removed after)")
     ap.add_argument("--maildir-workers", type=int, default=4, help="the maildir plugin's workers in the durable"
