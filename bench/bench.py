@@ -643,7 +643,9 @@ def main_peers(args) -> tuple[list[Peer], list[str]]:
             argv += ["-u", "nobody"]  # smtp-sink refuses to run as root without it
         # -m: concurrency cap (default 256, excess stays queued in the kernel).
         argv += ["-m", "20000", "-h", HOSTNAME, "127.0.0.1:@PORT@", "4096"]
-        peers.append(Peer("smtp-sink", argv, "Postfix smtp-sink, defaults"))
+        # idle_cap: 1,000 connections at most (idle10k too): smtp-sink takes a constant 130 KiB per
+        # connection, and 10,000 of them (1.3 GB) took 18 s of the run to open.
+        peers.append(Peer("smtp-sink", argv, "Postfix smtp-sink, defaults", idle_cap=1000))
     else:
         skipped.append(f"smtp-sink: {SMTP_SINK} missing (Debian package postfix)")
 
@@ -825,12 +827,12 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("idle1k", "1,000 idle connections", "idle", idle=1000),
         Scenario("idle10k", "10,000 idle connections", "idle", idle=10000),
         # One milter in front: its peers are asiosmtpd (sink alone), asiosmtpd+milter and Postfix.
-        # At least 1,000 messages a round: Postfix's rounds are then >= 3 s, and its milter's CPU
-        # (about 0.1 ms a message) >= 10 ticks of /proc's 10 ms.
+        # At least 600 messages a round: Postfix's CPU in a round (0.8-1.4 ms a message) is then
+        # >= 50 ticks of /proc's 10 ms, and its milter's (about 0.15 ms a message) >= 9.
         Scenario("milter", "1 KiB, c=10, connection reuse, one milter", "source", 10,
-                 warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="milter"),
+                 warmup_msgs=300, min_msgs=600, max_msgs=500000, group="milter"),
         Scenario("milternew", "1 KiB, c=10, new connection per message, one milter", "source", 10, reuse=False,
-                 warmup_msgs=500, min_msgs=1000, max_msgs=200000, group="milter"),
+                 warmup_msgs=300, min_msgs=600, max_msgs=200000, group="milter"),
         # One aiosmtpd handler (python/counting.py) under asiosmtpd's python plugin and aiosmtpd.
         Scenario("python1", "Python handler, 1 KiB, c=1, connection reuse", "source", 1,
                  warmup_msgs=300, min_msgs=300, max_msgs=200000, group="python"),
@@ -853,8 +855,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     # message, TLS 1.3 and 1.2, without and with resumption, STARTTLS and implicit TLS; then
     # connection reuse (the records' cost alone); then idle TLS sessions. At least 150 messages
     # a round (Postfix and Haraka make 100-200 a second: 0.5 s or more of their CPU), rounds of
-    # 0.6 x --round-seconds: the seven scenarios take about 2.5 minutes of the full run.
-    tls = dict(group="tls", warmup_msgs=50, min_msgs=150, max_msgs=100000, round_factor=0.6)
+    # --round-seconds: the nine scenarios take about 2.5 minutes of the full run.
+    tls = dict(group="tls", warmup_msgs=50, min_msgs=150, max_msgs=100000)
     s += [
         Scenario("tls13", "TLS 1.3, STARTTLS, c=10, new connection per message", "tls", 10, reuse=False,
                  tls="starttls", **tls),
@@ -1071,7 +1073,7 @@ def helper_argv(cpus: str | None, *args: str) -> list[str]:
 
 
 def latency_round(peer: Peer, port: int, sc: Scenario, args, res: Result, i: int) -> None:
-    count, seconds = (300, 1.0) if args.quick else (2000, 3.0)
+    count, seconds = (300, 1.0) if args.quick else (2000, 2.0)
     load = None
     if sc.sessions > 1:
         load = subprocess.Popen(source_argv(Scenario("", "", "source", sc.sessions), port, sc.sessions, 10**9,
@@ -1648,7 +1650,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
                   + (f"   ({r.error})" if r.error else ""))
         elif sc.kind == "latency":
             w(f"== {sc.title} (one transaction MAIL..final 250 = 4 round trips; up to"
-              f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 3} s) ==")
+              f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 2} s) ==")
             w(f"{'peer':10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'samples':>8} | {'p50':>7} {'p99':>7} vs {base}")
             bp = results.get((base, sc.key))
             for p in main_peers_:
@@ -1771,7 +1773,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="asiosmtpd vs smtp-sink, aiosmtpd, Haraka and the floor (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="one round, short rounds, fewer scenarios (< 60 s)")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, --quick 1)")
-    ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
+    ap.add_argument("--round-seconds", type=float, help="target length of one round (default 1.2, --quick 0.4)")
     ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor; for the milter"
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
                     " for the python ones asiosmtpd+python,aiosmtpd+python;"
@@ -1802,7 +1804,7 @@ def main() -> int:
     ap.add_argument("--json", default=str(OUT / "last.json"), help="where to write the raw results")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
-    args.round_seconds = args.round_seconds or (0.4 if args.quick else 2.0)
+    args.round_seconds = args.round_seconds or (0.4 if args.quick else 1.2)
     ncpu = os.cpu_count() or 1
     if args.no_pin or ncpu < 2:
         args.server_cpus = args.client_cpus = None
