@@ -1342,6 +1342,14 @@ def peer_rows(results: dict, peers: list[str], sc: Scenario, w, width: int, row)
     return noisy
 
 
+def titled(w, heading: str, lines: list[str]) -> None:
+    """Writes the heading and the lines under it, or nothing when there are no lines."""
+    if lines:
+        w(heading)
+        for line in lines:
+            w(line)
+
+
 def by_program(results: dict, peers: list[str], sc: Scenario, w) -> None:
     """A tree peer's CPU per message split by program (Postfix: smtpd, cleanup...; Dovecot)."""
     for p in peers:
@@ -1416,10 +1424,7 @@ def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float
                 continue
             lines.append(f"  {mta:9} with the milter ({what:7}): server {a - b:+7.1f} us/msg ({ratio(a, b)}),"
                          f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, per_s), med(without, per_s))}")
-    if lines:
-        w("what one milter adds (the same server without it as the base):")
-        for line in lines:
-            w(line)
+    titled(w, "what one milter adds (the same server without it as the base):", lines)
     by_program(results, peers, sc, w)
     return noisy
 
@@ -1564,10 +1569,7 @@ def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None
             continue
         own.append(f"  {sc.title:56} asiosmtpd {(a - ap) * 1e6:7.1f} us  floor {(f - fp) * 1e6:7.1f} us"
                    f"  {ratio(a - ap, f - fp):>7}  (with the plaintext part: {ratio(a, f)})")
-    if own:
-        w("TLS's own CPU per message (the scenario minus the same servers without TLS, notls or notlsreuse):")
-        for line in own:
-            w(line)
+    titled(w, "TLS's own CPU per message (the scenario minus the same servers without TLS, notls or notlsreuse):", own)
 
 
 def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,

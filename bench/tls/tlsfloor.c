@@ -11,7 +11,8 @@
  * epoll_wait for all ready connections, edge-triggered, OpenSSL reading and writing the socket
  * itself with read-ahead (one recv per readiness when the records fit), one SSL_write per
  * reply. It keeps OpenSSL's record buffers for the connection's life (no
- * SSL_MODE_RELEASE_BUFFERS: no allocation per record), the cheapest choice for CPU.
+ * SSL_MODE_RELEASE_BUFFERS: no allocation per record; measured no cheaper than releasing them,
+ * bench/README.md, "TLS").
  *
  * usage: tlsfloor CERT KEY HOST:STARTTLS_PORT IMPLICIT_PORT
  */
