@@ -13,6 +13,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import resource
 import select
 import selectors
@@ -369,29 +370,14 @@ RUNNING: list[Peer] = []
 
 def build_floor() -> Path | str:
     """Compiles floor/floor.c into .out/ when the binary is missing or older: the path, or why not."""
-    src, exe = BENCH / "floor" / "floor.c", OUT / "floor"
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
-        return exe
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return "no C compiler (cc) to build bench/floor/floor.c"
-    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src)], capture_output=True, text=True)
-    return exe if r.returncode == 0 else f"building bench/floor/floor.c failed: {r.stderr.strip()[:300]}"
+    return build_c(BENCH / "floor" / "floor.c", OUT / "floor", [])
 
 
 def build_milter() -> Path | str:
     """Compiles milter/noop.c (libmilter) into .out/ when the binary is missing or older."""
-    src, exe = BENCH / "milter" / "noop.c", OUT / "noop-milter"
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
-        return exe
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return "no C compiler (cc) to build bench/milter/noop.c"
     if not Path("/usr/include/libmilter/mfapi.h").exists():
         return "libmilter's header is missing (Debian package libmilter-dev; bench/run installs it)"
-    r = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(src), "-lmilter", "-lpthread"],
-                       capture_output=True, text=True)
-    return exe if r.returncode == 0 else f"building bench/milter/noop.c failed: {r.stderr.strip()[:300]}"
+    return build_c(BENCH / "milter" / "noop.c", OUT / "noop-milter", ["-lmilter", "-lpthread"])
 
 
 POSTFIX = "/usr/sbin/postfix"
@@ -534,8 +520,10 @@ class DovecotPeer(Peer):
 
 
 def build_c(src: Path, exe: Path, libs: list[str]) -> Path | str:
-    """Compiles one C file of the benchmark into .out/ when the binary is missing or older."""
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+    """Compiles one C file of the benchmark into .out/ when the binary is missing or older than the
+    file or a header of the benchmark it includes ("floor.h"): the path, or why not."""
+    deps = [src] + [src.parent / h for h in re.findall(r'^#include "([^"]+)"', src.read_text(), re.M)]
+    if exe.exists() and exe.stat().st_mtime >= max(d.stat().st_mtime for d in deps):
         return exe
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
@@ -587,6 +575,14 @@ def tls_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[str]]
                                             "@SPORT@"],
                           f"asiosmtpd, workers: {args.workers}, sink plugin, tls.session_resumption default (on)",
                           groups=("tls",)))
+        # --baseline-build: another build's asiosmtpd with the same TLS config, in the same rounds.
+        base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd" if args.baseline_build else None
+        if base_bin and base_bin.exists():
+            peers.append(Peer("asiosmtpd-tls-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg),
+                                                     "@PORT@", "", "@SPORT@"],
+                              f"{base_bin}, the same config (--baseline-build)", groups=("tls",)))
+        elif base_bin:
+            skipped.append(f"asiosmtpd-tls-base: {base_bin} missing")
     else:
         skipped.append(f"asiosmtpd-tls: {binary} or {plugins}/sink.so missing (bench/run builds them)")
     if os.geteuid() != 0:
@@ -647,7 +643,9 @@ def main_peers(args) -> tuple[list[Peer], list[str]]:
             argv += ["-u", "nobody"]  # smtp-sink refuses to run as root without it
         # -m: concurrency cap (default 256, excess stays queued in the kernel).
         argv += ["-m", "20000", "-h", HOSTNAME, "127.0.0.1:@PORT@", "4096"]
-        peers.append(Peer("smtp-sink", argv, "Postfix smtp-sink, defaults"))
+        # idle_cap: 1,000 connections at most (idle10k too): smtp-sink takes a constant 130 KiB per
+        # connection, and 10,000 of them (1.3 GB) took 18 s of the run to open.
+        peers.append(Peer("smtp-sink", argv, "Postfix smtp-sink, defaults", idle_cap=1000))
     else:
         skipped.append(f"smtp-sink: {SMTP_SINK} missing (Debian package postfix)")
 
@@ -808,7 +806,7 @@ class Scenario:
     idle: int = 0
     group: str = "main"  # "milter": asiosmtpd, asiosmtpd+milter..., postfix...; "python": the
                          # same Python handler under asiosmtpd and aiosmtpd; "tls": the TLS peers (Peer.groups)
-    tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit"
+    tls: str = ""            # TLS scenarios (kind "tls", client bench/tls/tlsload.c): "starttls" | "implicit" | "plain"
     tls_version: str = "1.3"
     resume: bool = False     # every connection offers its session's newest ticket (tlsload -R)
     round_factor: float = 1.0  # rounds last --round-seconds times this
@@ -829,12 +827,12 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("idle1k", "1,000 idle connections", "idle", idle=1000),
         Scenario("idle10k", "10,000 idle connections", "idle", idle=10000),
         # One milter in front: its peers are asiosmtpd (sink alone), asiosmtpd+milter and Postfix.
-        # At least 1,000 messages a round: Postfix's rounds are then >= 3 s, and its milter's CPU
-        # (about 0.1 ms a message) >= 10 ticks of /proc's 10 ms.
+        # At least 600 messages a round: Postfix's CPU in a round (0.8-1.4 ms a message) is then
+        # >= 50 ticks of /proc's 10 ms, and its milter's (about 0.15 ms a message) >= 9.
         Scenario("milter", "1 KiB, c=10, connection reuse, one milter", "source", 10,
-                 warmup_msgs=500, min_msgs=1000, max_msgs=500000, group="milter"),
+                 warmup_msgs=300, min_msgs=600, max_msgs=500000, group="milter"),
         Scenario("milternew", "1 KiB, c=10, new connection per message, one milter", "source", 10, reuse=False,
-                 warmup_msgs=500, min_msgs=1000, max_msgs=200000, group="milter"),
+                 warmup_msgs=300, min_msgs=600, max_msgs=200000, group="milter"),
         # One aiosmtpd handler (python/counting.py) under asiosmtpd's python plugin and aiosmtpd.
         Scenario("python1", "Python handler, 1 KiB, c=1, connection reuse", "source", 1,
                  warmup_msgs=300, min_msgs=300, max_msgs=200000, group="python"),
@@ -857,8 +855,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     # message, TLS 1.3 and 1.2, without and with resumption, STARTTLS and implicit TLS; then
     # connection reuse (the records' cost alone); then idle TLS sessions. At least 150 messages
     # a round (Postfix and Haraka make 100-200 a second: 0.5 s or more of their CPU), rounds of
-    # 0.6 x --round-seconds: the seven scenarios take about 2.5 minutes of the full run.
-    tls = dict(group="tls", warmup_msgs=50, min_msgs=150, max_msgs=100000, round_factor=0.6)
+    # --round-seconds: the nine scenarios take about 2.5 minutes of the full run.
+    tls = dict(group="tls", warmup_msgs=50, min_msgs=150, max_msgs=100000)
     s += [
         Scenario("tls13", "TLS 1.3, STARTTLS, c=10, new connection per message", "tls", 10, reuse=False,
                  tls="starttls", **tls),
@@ -873,6 +871,12 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("tlsreuse", "TLS 1.3, STARTTLS, c=10, connection reuse", "tls", 10, tls="starttls",
                  **dict(tls, warmup_msgs=300, min_msgs=500, max_msgs=500000)),
         Scenario("tlsidle", "idle TLS sessions (STARTTLS, EHLO answered)", "idle", idle=1000, group="tls"),
+        # The same servers and client without TLS (tlsload -m plain): what the conversation costs
+        # in plaintext, so that TLS's own cost (a TLS scenario's CPU minus this) can be compared.
+        Scenario("notls", "no TLS (same client), c=10, new connection per message", "tls", 10, reuse=False,
+                 tls="plain", **tls),
+        Scenario("notlsreuse", "no TLS (same client), c=10, connection reuse", "tls", 10, tls="plain",
+                 **dict(tls, warmup_msgs=300, min_msgs=500, max_msgs=500000)),
     ]
     if quick:
         s = [x for x in s if x.key not in ("c100", "latload", "idle10k", "milternew")]
@@ -1050,7 +1054,12 @@ def run_source(live: list[tuple[Peer, int]], sc: Scenario, args, results: dict) 
             continue
         # Size the rounds so that each lasts about --round-seconds for this peer.
         rate = warm.msgs / max(warm.elapsed, 1e-3)
-        sizes[peer.name] = int(min(max(rate * args.round_seconds * sc.round_factor, sc.min_msgs), sc.max_msgs))
+        seconds = args.round_seconds * sc.round_factor
+        sizes[peer.name] = int(min(max(rate * seconds, sc.min_msgs), sc.max_msgs))
+        if not peer.tree and not peer.milter_argv:
+            # One process, its CPU read in nanoseconds: a slow one (aiosmtpd, Haraka on a busy
+            # machine) need not reach min_msgs; its rounds last at most three times the target.
+            sizes[peer.name] = min(sizes[peer.name], max(int(rate * seconds * 3), 100))
     for i in range(args.rounds):
         for peer, port in live:
             res = results[(peer.name, sc.key)]
@@ -1069,7 +1078,7 @@ def helper_argv(cpus: str | None, *args: str) -> list[str]:
 
 
 def latency_round(peer: Peer, port: int, sc: Scenario, args, res: Result, i: int) -> None:
-    count, seconds = (300, 1.0) if args.quick else (2000, 3.0)
+    count, seconds = (300, 1.0) if args.quick else (2000, 2.0)
     load = None
     if sc.sessions > 1:
         load = subprocess.Popen(source_argv(Scenario("", "", "source", sc.sessions), port, sc.sessions, 10**9,
@@ -1302,6 +1311,61 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def med_of(results: dict, name: str, key: str, f) -> float | None:
+    """The median of f over the good rounds of peer `name` in scenario `key` (None: no good round)."""
+    r = results.get((name, key))
+    return r.median(f) if r and r.good() else None
+
+
+def per_s(x: Round) -> float:
+    return x.msgs / x.elapsed
+
+
+def srv_us(x: Round) -> float:
+    """The server's CPU per message, us."""
+    return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+
+
+def peer_rows(results: dict, peers: list[str], sc: Scenario, w, width: int, row) -> list[float]:
+    """The peer rows of one scenario's table: a peer without a result is left out, one whose rounds
+    all failed gets a FAILED line; for the others row(p, r, spread, others) formats the line
+    (spread: of msgs/s over the rounds, %; others: CPU of the rest of the machine, % of all CPUs),
+    followed by the error of a round that failed. Returns the others figures."""
+    noisy: list[float] = []
+    for p in peers:
+        r: Result | None = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.good():
+            w(f"{p:{width}} FAILED: {r.error}")
+            continue
+        rates = [per_s(x) for x in r.good()]
+        spread = (max(rates) - min(rates)) / r.median(per_s) * 100 if len(rates) > 1 else 0.0
+        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
+        noisy.append(others)
+        w(row(p, r, spread, others) + (f"   ({r.error})" if r.error else ""))
+    return noisy
+
+
+def titled(w, heading: str, lines: list[str]) -> None:
+    """Writes the heading and the lines under it, or nothing when there are no lines."""
+    if lines:
+        w(heading)
+        for line in lines:
+            w(line)
+
+
+def by_program(results: dict, peers: list[str], sc: Scenario, w) -> None:
+    """A tree peer's CPU per message split by program (Postfix: smtpd, cleanup...; Dovecot)."""
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None or not r.good() or not any(x.parts for x in r.good()):
+            continue
+        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
+        w(f"  {p} by program, us/msg: " + ", ".join(
+            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+
+
 def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
     """One isolation scenario: the sink in process (asiosmtpd) and in a child process
     (asiosmtpd+isolated): rates, the server's and the child's CPU per message, and the latency
@@ -1309,42 +1373,22 @@ def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[fl
     1 KiB message, DATA_CHUNK and DATA)."""
     base = "asiosmtpd"
 
-    def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def tot(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
     def child(x: Round) -> float:
         return sum(v for k, v in x.parts.items() if k.startswith("asiosmtpd-plug")) / x.msgs * 1e6
 
-    noisy: list[float] = []
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        ch = r.median(child) if p != base else None
+        return (f"{p:20} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us) - (ch or 0.0):8.1f}"
+                f" {fmt(ch, '8.1f'):>8} {r.median(srv_us):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f}"
+                f" {others:5.0f}% | {ratio(r.median(per_s), med_of(results, base, sc.key, per_s)):>7}"
+                f" {ratio(r.median(srv_us), med_of(results, base, sc.key, srv_us)):>7}")
+
     w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':20} {'msgs/s':>8} {'spread':>7} {'server':>8} {'child':>8} {'total':>8} {'client':>8} {'others':>6}"
       f" | {'msgs/s':>7} {'total':>7} vs {base} (in process)")
     w(f"{'':20} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:20} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        isolated = p != base
-        ch = r.median(child) if isolated else None
-        w(f"{p:20} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(tot) - (ch or 0.0):8.1f} {fmt(ch, '8.1f'):>8}"
-          f" {r.median(tot):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(tot), med(base, tot)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
-    a, b = med("asiosmtpd+isolated", rate), med(base, rate)
+    noisy = peer_rows(results, peers, sc, w, 20, row)
+    a, b = med_of(results, "asiosmtpd+isolated", sc.key, per_s), med_of(results, base, sc.key, per_s)
     if a and b and sc.sessions == 1:
         w(f"added per hook call (c=1): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls = {(1e6 / a - 1e6 / b) / 2:.1f} us")
     return noisy
@@ -1356,63 +1400,37 @@ def milter_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float
     base = "asiosmtpd"
 
     def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def srv(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
+        return med_of(results, name, sc.key, f)
 
     def mil(x: Round) -> float:
         return x.milter_cpu / x.msgs * 1e6
 
     def tot(x: Round) -> float:
-        return srv(x) + mil(x)
+        return srv_us(x) + mil(x)
 
-    noisy: list[float] = []
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        return (f"{p:24} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us):8.1f}"
+                f" {fmt(r.median(mil) if '+milter' in p else None, '8.1f'):>8} {r.median(tot):8.1f}"
+                f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
+                f" | {ratio(r.median(per_s), med(base, per_s)):>7} {ratio(r.median(srv_us), med(base, srv_us)):>7}"
+                f" {ratio(r.median(tot), med(base, tot)):>7}")
+
     w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':24} {'msgs/s':>8} {'spread':>7} {'server':>8} {'milter':>8} {'total':>8} {'client':>8} {'others':>6}"
       f" | {'msgs/s':>7} {'server':>7} {'total':>7} vs {base} (sink alone)")
     w(f"{'':24} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:24} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        has_milter = "+milter" in p
-        w(f"{p:24} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):8.1f}"
-          f" {fmt(r.median(mil) if has_milter else None, '8.1f'):>8} {r.median(tot):8.1f}"
-          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
-          f" {ratio(r.median(tot), med(base, tot)):>7}" + (f"   ({r.error})" if r.error else ""))
+    noisy = peer_rows(results, peers, sc, w, 24, row)
     lines = []
     for mta, without in (("asiosmtpd", "asiosmtpd"), ("postfix", "postfix")):
         for flavour, what in (("", "NR_*"), ("-replies", "replies")):
             with_ = f"{mta}+milter{flavour}"
-            a, b = med(with_, srv), med(without, srv)
+            a, b = med(with_, srv_us), med(without, srv_us)
             if a is None or b is None:
                 continue
             lines.append(f"  {mta:9} with the milter ({what:7}): server {a - b:+7.1f} us/msg ({ratio(a, b)}),"
-                         f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, rate), med(without, rate))}")
-    if lines:
-        w("what one milter adds (the same server without it as the base):")
-        for line in lines:
-            w(line)
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None or not r.good() or not any(x.parts for x in r.good()):
-            continue
-        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
-        w(f"  {p} by program, us/msg: " + ", ".join(
-            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+                         f" milter {med(with_, mil):6.1f} us/msg; msgs/s {ratio(med(with_, per_s), med(without, per_s))}")
+    titled(w, "what one milter adds (the same server without it as the base):", lines)
+    by_program(results, peers, sc, w)
     return noisy
 
 
@@ -1420,43 +1438,18 @@ def durable_table(results: dict, peers: list[str], sc: Scenario, w) -> list[floa
     """One durable-delivery scenario: each peer's rate and CPU, as ratios to Dovecot's."""
     base = "dovecot"
 
-    def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        return (f"{p:18} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(srv_us):11.1f} {sysp:4.0f}%"
+                f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
+                f" | {ratio(r.median(per_s), med_of(results, base, sc.key, per_s)):>7}"
+                f" {ratio(r.median(srv_us), med_of(results, base, sc.key, srv_us)):>7}")
 
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
-
-    def srv(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
-    noisy: list[float] = []
     w(f"== {sc.title} (smtp-source -L {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
     w(f"{'peer':18} {'msgs/s':>8} {'spread':>7} {'CPU us/msg':>11} {'sys%':>5} {'client us/msg':>13} {'others':>6}"
       f" | {'msgs/s':>7} {'CPU/msg':>7} vs {base}")
-    for p in peers:
-        r: Result | None = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:18} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
-        w(f"{p:18} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(srv):11.1f} {sysp:4.0f}%"
-          f" {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
-          f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(srv), med(base, srv)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None or not r.good() or not any(x.parts for x in r.good()):
-            continue
-        progs = sorted({k for x in r.good() for k in x.parts}, key=lambda k: -r.median(lambda x: x.parts.get(k, 0.0)))
-        w(f"  {p} by program, us/msg: " + ", ".join(
-            f"{k} {r.median(lambda x: x.parts.get(k, 0.0) / x.msgs * 1e6):.1f}" for k in progs))
+    noisy = peer_rows(results, peers, sc, w, 18, row)
+    by_program(results, peers, sc, w)
     return noisy
 
 
@@ -1467,19 +1460,11 @@ def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
     """One TLS scenario: per peer, rates (messages and handshakes), the share of resumed
     handshakes, CPU per message, then the ratios to Postfix and to the TLS floor."""
     def med(name: str, f) -> float | None:
-        r = results.get((name, sc.key))
-        return r.median(f) if r and r.good() else None
-
-    def rate(x: Round) -> float:
-        return x.msgs / x.elapsed
+        return med_of(results, name, sc.key, f)
 
     def hs(x: Round) -> float:
         return x.handshakes / x.elapsed
 
-    def cpu(x: Round) -> float:
-        return (x.srv_user + x.srv_sys) / x.msgs * 1e6
-
-    noisy: list[float] = []
     if sc.kind == "idle":
         w(f"== {sc.title} (tlsload -I N: STARTTLS, handshake, EHLO, then idle; memory of a freshly started server) ==")
         w(f"{'peer':14} {'held':>6} {'errors':>6} {'mem before':>11} {'mem after':>11} {'KiB/conn':>9} {'serving':>7}"
@@ -1497,31 +1482,24 @@ def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
             w(f"{p:14} {e['held']:6} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
               f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
               + (f"   ({e['first_error']})" if e.get("first_error") else ""))
-        return noisy
+        return []
+    negotiated = []
+
+    def row(p: str, r: Result, spread: float, others: float) -> str:
+        resumed = sum(x.resumed for x in r.good()) / max(1, sum(x.handshakes for x in r.good())) * 100
+        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
+        negotiated.append(f"{p} {r.good()[0].cipher}")
+        return (f"{p:14} {r.median(per_s):8,.0f} {spread:6.1f}% {r.median(hs):8,.0f} {resumed:6.0f}%"
+                f" {r.median(srv_us):10.1f} {sysp:4.0f}% {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f}"
+                f" {others:5.0f}% | {ratio(r.median(hs), med(TLS_BASE, hs)):>6}"
+                f" {ratio(r.median(srv_us), med(TLS_BASE, srv_us)):>7}"
+                f"{'':>{len(TLS_BASE) + 4}} | {ratio(r.median(srv_us), med(TLS_FLOOR, srv_us)):>7}")
+
     w(f"== {sc.title} (tlsload -m {sc.tls} -v {sc.tls_version} -c {sc.sessions} -d {0 if sc.reuse else 1}"
       f" -l {sc.length}{' -R' if sc.resume else ''}) ==")
     w(f"{'peer':14} {'msgs/s':>8} {'spread':>7} {'hs/s':>8} {'resumed':>7} {'CPU us/msg':>10} {'sys%':>5}"
       f" {'client us/msg':>13} {'others':>6} | {'hs/s':>6} {'CPU/msg':>7} vs {TLS_BASE} | {'CPU/msg':>7} vs {TLS_FLOOR}")
-    negotiated = []
-    for p in peers:
-        r = results.get((p, sc.key))
-        if r is None:
-            continue
-        if not r.good():
-            w(f"{p:14} FAILED: {r.error}")
-            continue
-        rates = [rate(x) for x in r.good()]
-        spread = (max(rates) - min(rates)) / r.median(rate) * 100 if len(rates) > 1 else 0.0
-        resumed = sum(x.resumed for x in r.good()) / max(1, sum(x.handshakes for x in r.good())) * 100
-        sysp = r.median(lambda x: x.srv_sys / max(1e-9, x.srv_user + x.srv_sys) * 100)
-        others = r.median(lambda x: x.other_cpu / (x.elapsed * (os.cpu_count() or 1)) * 100)
-        noisy.append(others)
-        negotiated.append(f"{p} {r.good()[0].cipher}")
-        w(f"{p:14} {r.median(rate):8,.0f} {spread:6.1f}% {r.median(hs):8,.0f} {resumed:6.0f}% {r.median(cpu):10.1f}"
-          f" {sysp:4.0f}% {r.median(lambda x: x.client_cpu / x.msgs * 1e6):13.1f} {others:5.0f}%"
-          f" | {ratio(r.median(hs), med(TLS_BASE, hs)):>6} {ratio(r.median(cpu), med(TLS_BASE, cpu)):>7}"
-          f"{'':>{len(TLS_BASE) + 4}} | {ratio(r.median(cpu), med(TLS_FLOOR, cpu)):>7}"
-          + (f"   ({r.error})" if r.error else ""))
+    noisy = peer_rows(results, peers, sc, w, 14, row)
     if negotiated:
         w("negotiated: " + "; ".join(negotiated))
     return noisy
@@ -1571,6 +1549,10 @@ def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None
             k = kib(TLS_US, sc.key)
             w(f"  {sc.title:56} {'-' if k is None else f'{k:.1f} KiB ' + ('met' if k <= 16 else 'MISSED')}")
             continue
+        if sc.tls == "plain":
+            a_cpu, f_cpu = med(TLS_US, sc.key, cpu), med(TLS_FLOOR, sc.key, cpu)
+            w(f"  {sc.title:56} (no TLS: not a target)  cpu vs floor {ratio(a_cpu, f_cpu):>12}")
+            continue
         a_hs, a_cpu = med(TLS_US, sc.key, hs), med(TLS_US, sc.key, cpu)
         p_hs, p_cpu, f_cpu = med(TLS_BASE, sc.key, hs), med(TLS_BASE, sc.key, cpu), med(TLS_FLOOR, sc.key, cpu)
         hs_cell = (verdict(a_hs / p_hs, lambda v: v >= 1.0) if a_hs and p_hs and not sc.reuse
@@ -1578,6 +1560,21 @@ def tls_summary(results: dict, peers: list[str], scs: list[Scenario], w) -> None
         w(f"  {sc.title:56} hs/s vs postfix {hs_cell:>18}  cpu vs postfix"
           f" {verdict(a_cpu / p_cpu if a_cpu and p_cpu else None, lambda v: v <= 0.8):>12}"
           f"  cpu vs floor {verdict(a_cpu / f_cpu if a_cpu and f_cpu else None, lambda v: v <= 1.15):>12}")
+    # TLS's own cost: a TLS scenario's CPU per message minus the same conversation's without TLS
+    # (notls, notlsreuse: same servers, same client), asiosmtpd against the floor. What the
+    # session does for any message (parsing, hooks, the event loop) is not in it.
+    own = []
+    for sc in scs:
+        plain = "notlsreuse" if sc.reuse else "notls"
+        if sc.kind != "tls" or sc.tls == "plain" or not any(s.key == plain for s in scs):
+            continue
+        a, ap = med(TLS_US, sc.key, cpu), med(TLS_US, plain, cpu)
+        f, fp = med(TLS_FLOOR, sc.key, cpu), med(TLS_FLOOR, plain, cpu)
+        if None in (a, ap, f, fp):
+            continue
+        own.append(f"  {sc.title:56} asiosmtpd {(a - ap) * 1e6:7.1f} us  floor {(f - fp) * 1e6:7.1f} us"
+                   f"  {ratio(a - ap, f - fp):>7}  (with the plaintext part: {ratio(a, f)})")
+    titled(w, "TLS's own CPU per message (the scenario minus the same servers without TLS, notls or notlsreuse):", own)
 
 
 def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: list[str], meta: dict,
@@ -1660,7 +1657,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
                   + (f"   ({r.error})" if r.error else ""))
         elif sc.kind == "latency":
             w(f"== {sc.title} (one transaction MAIL..final 250 = 4 round trips; up to"
-              f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 3} s) ==")
+              f" {300 if args.quick else 2000} per round, at most {1 if args.quick else 2} s) ==")
             w(f"{'peer':10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'samples':>8} | {'p50':>7} {'p99':>7} vs {base}")
             bp = results.get((base, sc.key))
             for p in main_peers_:
@@ -1783,14 +1780,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="asiosmtpd vs smtp-sink, aiosmtpd, Haraka and the floor (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="one round, short rounds, fewer scenarios (< 60 s)")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, --quick 1)")
-    ap.add_argument("--round-seconds", type=float, help="target length of one round (default 2, --quick 0.4)")
+    ap.add_argument("--round-seconds", type=float, help="target length of one round (default 1.2, --quick 0.4)")
     ap.add_argument("--peers", help="comma-separated subset: asiosmtpd,smtp-sink,aiosmtpd,haraka,floor; for the milter"
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
                     " for the python ones asiosmtpd+python,aiosmtpd+python;"
                     " for the TLS ones asiosmtpd-tls,postfix-tls,haraka-tls,aiosmtpd-tls,tls-floor")
     ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
                     "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10,tls13,tls13r,tls12,tls12r,smtps13,"
-                    "tlsreuse,tlsidle (or tls: all the TLS ones)")
+                    "tlsreuse,tlsidle,notls,notlsreuse (or tls: all the TLS ones)")
     ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
                     " bench/.out/durable, on the checkout's filesystem; emptied before and removed after)")
     ap.add_argument("--maildir-workers", type=int, default=4, help="the maildir plugin's workers in the durable"
@@ -1814,7 +1811,7 @@ def main() -> int:
     ap.add_argument("--json", default=str(OUT / "last.json"), help="where to write the raw results")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
-    args.round_seconds = args.round_seconds or (0.4 if args.quick else 2.0)
+    args.round_seconds = args.round_seconds or (0.4 if args.quick else 1.2)
     ncpu = os.cpu_count() or 1
     if args.no_pin or ncpu < 2:
         args.server_cpus = args.client_cpus = None

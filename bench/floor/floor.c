@@ -15,37 +15,14 @@
  * usage: floor HOST:PORT      (127.0.0.1 only is what the benchmark uses)
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-enum { BIG = 1 << 20, LINE_MAX_KEPT = 4096, EVENTS = 256 };
+#include "floor.h"
 
-struct conn {
-    int fd;
-    int in_data;   /* between 354 and the final dot */
-    unsigned tail; /* data: how much of "\r\n.\r\n" the previous read ended with */
-    size_t used;   /* command mode: bytes of an unfinished line kept in line[] */
-    char line[LINE_MAX_KEPT];
-};
+enum { BIG = 1 << 20 };
 
 static char buf[BIG];
 
-static void die(const char* what)
-{
-    perror(what);
-    exit(2);
-}
-
-static void reply(struct conn* c, const char* text)
+static void reply(struct floor_conn* c, const char* text)
 {
     size_t n = strlen(text);
     /* Replies are tiny and the client reads them before sending more: a short write would mean
@@ -53,124 +30,33 @@ static void reply(struct conn* c, const char* text)
     if (send(c->fd, text, n, MSG_NOSIGNAL) != (ssize_t)n) shutdown(c->fd, SHUT_RDWR);
 }
 
-/* Advances the end-of-data matcher over p[0..n); returns the offset just past the final dot's
- * CRLF, or -1 when the message goes on. */
-static long find_end(struct conn* c, const char* p, size_t n)
-{
-    static const char end[] = "\r\n.\r\n";
-    for (size_t i = 0; i < n; ++i) {
-        if (c->tail == 0) {
-            /* Skip fast to the next CR: the common case in a body is a long run of text. */
-            const char* cr = memchr(p + i, '\r', n - i);
-            if (!cr) return -1;
-            i = (size_t)(cr - p);
-        }
-        if (p[i] == end[c->tail]) {
-            if (++c->tail == 5) return (long)i + 1;
-        } else {
-            c->tail = p[i] == '\r' ? 1 : 0;
-        }
-    }
-    return -1;
-}
-
-static void command(struct conn* c, const char* l, size_t n)
+static int command(struct floor_conn* c, const char* l, size_t n)
 {
     char v0 = n > 0 ? (char)(l[0] | 0x20) : 0, v1 = n > 1 ? (char)(l[1] | 0x20) : 0;
     if (v0 == 'e' || v0 == 'h') reply(c, "250-floor\r\n250 8BITMIME\r\n");
     else if (v0 == 'd' && v1 == 'a') {
         reply(c, "354 End data with <CR><LF>.<CR><LF>\r\n");
-        c->in_data = 1;
-        c->tail = 2; /* the DATA line's CRLF counts: an empty body is just ".\r\n" */
+        start_data(c);
     } else if (v0 == 'q') {
         reply(c, "221 Bye\r\n");
         shutdown(c->fd, SHUT_RDWR);
     } else reply(c, "250 OK\r\n");
-}
-
-/* Consumes p[0..n): commands line by line, bodies by the end matcher. */
-static void consume(struct conn* c, const char* p, size_t n)
-{
-    while (n > 0) {
-        if (c->in_data) {
-            long end = find_end(c, p, n);
-            if (end < 0) return;
-            c->in_data = 0;
-            c->tail = 0;
-            reply(c, "250 OK: queued\r\n");
-            p += end;
-            n -= (size_t)end;
-            continue;
-        }
-        const char* lf = memchr(p, '\n', n);
-        size_t take = lf ? (size_t)(lf - p) + 1 : n;
-        if (c->used + take > sizeof c->line) { /* not smtp-source; drop the connection */
-            shutdown(c->fd, SHUT_RDWR);
-            return;
-        }
-        memcpy(c->line + c->used, p, take);
-        c->used += take;
-        p += take;
-        n -= take;
-        if (lf) {
-            command(c, c->line, c->used);
-            c->used = 0;
-        }
-    }
+    return 0;
 }
 
 int main(int argc, char** argv)
 {
-    if (argc != 2 || !strchr(argv[1], ':')) {
-        fprintf(stderr, "usage: floor HOST:PORT\n");
-        return 2;
-    }
-    char host[64];
-    const char* colon = strrchr(argv[1], ':');
-    snprintf(host, sizeof host, "%.*s", (int)(colon - argv[1]), argv[1]);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(colon + 1))};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, "floor: %s is not an IPv4 address\n", host);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
-    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) die("socket");
-    if (bind(ls, (struct sockaddr*)&sa, sizeof sa) < 0 || listen(ls, 4096) < 0) die("bind/listen");
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0) die("epoll_create1");
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev) < 0) die("epoll_ctl");
-
+    struct sockaddr_in sa;
+    int ep = floor_start(argc, 2, argv, 1, "usage: floor HOST:PORT", &sa);
+    int ls = listen_on(ep, &sa, NULL);
     struct epoll_event events[EVENTS];
     for (;;) {
-        int k = epoll_wait(ep, events, EVENTS, -1);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            die("epoll_wait");
-        }
+        int k = wait_ready(ep, events);
         for (int i = 0; i < k; ++i) {
-            struct conn* c = events[i].data.ptr;
+            struct floor_conn* c = events[i].data.ptr;
             if (!c) { /* the listener: take everything that is waiting */
-                for (;;) {
-                    int fd = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                    if (fd < 0) break;
-                    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                    c = calloc(1, sizeof *c);
-                    if (!c) {
-                        close(fd);
-                        continue;
-                    }
-                    c->fd = fd;
-                    struct epoll_event cev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = c};
-                    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) < 0) {
-                        close(fd);
-                        free(c);
-                        continue;
-                    }
+                while ((c = accept_conn(ep, ls, EPOLLIN | EPOLLRDHUP | EPOLLET, sizeof *c)))
                     reply(c, "220 floor ESMTP\r\n");
-                }
                 continue;
             }
             /* Edge-triggered: read until a short read (the socket is then drained for this

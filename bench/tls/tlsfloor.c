@@ -11,152 +11,80 @@
  * epoll_wait for all ready connections, edge-triggered, OpenSSL reading and writing the socket
  * itself with read-ahead (one recv per readiness when the records fit), one SSL_write per
  * reply. It keeps OpenSSL's record buffers for the connection's life (no
- * SSL_MODE_RELEASE_BUFFERS: no allocation per record), the cheapest choice for CPU.
+ * SSL_MODE_RELEASE_BUFFERS: no allocation per record; measured no cheaper than releasing them,
+ * bench/README.md, "TLS").
  *
  * usage: tlsfloor CERT KEY HOST:STARTTLS_PORT IMPLICIT_PORT
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-enum { BIG = 1 << 16, LINE_MAX_KEPT = 4096, EVENTS = 256 };
+#include "../floor/floor.h"
 
-struct listener {
-    int is_conn; /* 0: tells a listener from a connection behind epoll's pointer */
-    int fd;
-    int implicit;
-};
+enum { BIG = 1 << 16 };
 
 struct conn {
-    int is_conn; /* 1 */
-    int fd;
+    struct floor_conn base; /* first: what floor.h works on */
     SSL* ssl;
     int handshaking;
     int greet_after_tls; /* implicit TLS: the greeting comes once the handshake is done */
-    int in_data;         /* between 354 and the final dot */
-    unsigned tail;       /* data: how much of "\r\n.\r\n" the previous read ended with */
-    size_t used;         /* command mode: bytes of an unfinished line kept in line[] */
-    char line[LINE_MAX_KEPT];
 };
 
+static char starttls_tag, implicit_tag; /* their addresses tell the two listeners behind epoll's pointer */
 static char buf[BIG];
 static SSL_CTX* ctx;
-
-static void die(const char* what)
-{
-    perror(what);
-    exit(2);
-}
 
 static void drop(struct conn* c)
 {
     if (c->ssl) SSL_free(c->ssl);
-    close(c->fd); /* closing removes it from the epoll set */
+    close(c->base.fd); /* closing removes it from the epoll set */
     free(c);
 }
 
 /* Replies are tiny and the client reads them before it sends more: a short write would mean
  * a client that does not read, which tlsload is not. Treat it as the end. */
-static void reply(struct conn* c, const char* text)
+static void reply(struct floor_conn* fc, const char* text)
 {
+    struct conn* c = (struct conn*)fc;
     size_t n = strlen(text), w = 0;
     if (c->ssl && !c->handshaking) {
-        if (SSL_write_ex(c->ssl, text, n, &w) != 1 || w != n) shutdown(c->fd, SHUT_RDWR);
-    } else if (send(c->fd, text, n, MSG_NOSIGNAL) != (ssize_t)n) {
-        shutdown(c->fd, SHUT_RDWR);
+        if (SSL_write_ex(c->ssl, text, n, &w) != 1 || w != n) shutdown(fc->fd, SHUT_RDWR);
+    } else if (send(fc->fd, text, n, MSG_NOSIGNAL) != (ssize_t)n) {
+        shutdown(fc->fd, SHUT_RDWR);
     }
 }
 
 static void start_tls(struct conn* c)
 {
     c->ssl = SSL_new(ctx);
-    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) die("SSL_new");
+    if (!c->ssl || SSL_set_fd(c->ssl, c->base.fd) != 1) die("SSL_new");
     SSL_set_accept_state(c->ssl);
     c->handshaking = 1;
 }
 
-static long find_end(struct conn* c, const char* p, size_t n)
-{
-    static const char end[] = "\r\n.\r\n";
-    for (size_t i = 0; i < n; ++i) {
-        if (c->tail == 0) {
-            const char* cr = memchr(p + i, '\r', n - i);
-            if (!cr) return -1;
-            i = (size_t)(cr - p);
-        }
-        if (p[i] == end[c->tail]) {
-            if (++c->tail == 5) return (long)i + 1;
-        } else {
-            c->tail = p[i] == '\r' ? 1 : 0;
-        }
-    }
-    return -1;
-}
-
 /* One command line. Returns 1 when the rest of the read must be dropped (STARTTLS). */
-static int command(struct conn* c, const char* l, size_t n)
+static int command(struct floor_conn* fc, const char* l, size_t n)
 {
+    struct conn* c = (struct conn*)fc;
     char v0 = n > 0 ? (char)(l[0] | 0x20) : 0, v1 = n > 1 ? (char)(l[1] | 0x20) : 0;
     if (v0 == 'e' || v0 == 'h') {
-        reply(c, c->ssl ? "250-floor\r\n250 8BITMIME\r\n" : "250-floor\r\n250 STARTTLS\r\n");
+        reply(fc, c->ssl ? "250-floor\r\n250 8BITMIME\r\n" : "250-floor\r\n250 STARTTLS\r\n");
     } else if (v0 == 'd' && v1 == 'a') {
-        reply(c, "354 End data with <CR><LF>.<CR><LF>\r\n");
-        c->in_data = 1;
-        c->tail = 2;
+        reply(fc, "354 End data with <CR><LF>.<CR><LF>\r\n");
+        start_data(fc);
     } else if (v0 == 's' && v1 == 't' && !c->ssl) {
-        reply(c, "220 Ready to start TLS\r\n");
+        reply(fc, "220 Ready to start TLS\r\n");
         start_tls(c);
         return 1; /* plaintext after STARTTLS is never read */
     } else if (v0 == 'q') {
-        reply(c, "221 Bye\r\n");
+        reply(fc, "221 Bye\r\n");
         if (c->ssl) SSL_shutdown(c->ssl);
-        shutdown(c->fd, SHUT_RDWR);
+        shutdown(fc->fd, SHUT_RDWR);
     } else {
-        reply(c, "250 OK\r\n");
+        reply(fc, "250 OK\r\n");
     }
     return 0;
-}
-
-static void consume(struct conn* c, const char* p, size_t n)
-{
-    while (n > 0) {
-        if (c->in_data) {
-            long end = find_end(c, p, n);
-            if (end < 0) return;
-            c->in_data = 0;
-            c->tail = 0;
-            reply(c, "250 OK: queued\r\n");
-            p += end;
-            n -= (size_t)end;
-            continue;
-        }
-        const char* lf = memchr(p, '\n', n);
-        size_t take = lf ? (size_t)(lf - p) + 1 : n;
-        if (c->used + take > sizeof c->line) {
-            shutdown(c->fd, SHUT_RDWR);
-            return;
-        }
-        memcpy(c->line + c->used, p, take);
-        c->used += take;
-        p += take;
-        n -= take;
-        if (lf) {
-            int stop = command(c, c->line, c->used);
-            c->used = 0;
-            if (stop) return;
-        }
-    }
 }
 
 /* Edge-triggered: on until the socket (or OpenSSL) would block. Returns 0 when c is gone. */
@@ -176,14 +104,14 @@ static int serve(struct conn* c)
             SSL_set_read_ahead(c->ssl, 1);
             if (c->greet_after_tls) {
                 c->greet_after_tls = 0;
-                reply(c, "220 floor ESMTP\r\n");
+                reply(&c->base, "220 floor ESMTP\r\n");
             }
             continue;
         }
         if (c->ssl) {
             size_t n = 0;
             if (SSL_read_ex(c->ssl, buf, sizeof buf, &n) == 1) {
-                consume(c, buf, n);
+                consume(&c->base, buf, n);
                 continue;
             }
             int e = SSL_get_error(c->ssl, 0);
@@ -192,9 +120,9 @@ static int serve(struct conn* c)
             drop(c);
             return 0;
         }
-        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        ssize_t n = recv(c->base.fd, buf, sizeof buf, 0);
         if (n > 0) {
-            consume(c, buf, (size_t)n);
+            consume(&c->base, buf, (size_t)n);
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 1;
@@ -203,34 +131,10 @@ static int serve(struct conn* c)
     }
 }
 
-static struct listener* listen_on(int ep, struct sockaddr_in sa, int implicit)
-{
-    struct listener* l = calloc(1, sizeof *l);
-    int one = 1;
-    l->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    l->implicit = implicit;
-    if (l->fd < 0 || setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) die("socket");
-    if (bind(l->fd, (struct sockaddr*)&sa, sizeof sa) < 0 || listen(l->fd, 4096) < 0) die("bind/listen");
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, l->fd, &ev) < 0) die("epoll_ctl");
-    return l;
-}
-
 int main(int argc, char** argv)
 {
-    if (argc != 5 || !strchr(argv[3], ':')) {
-        fprintf(stderr, "usage: tlsfloor CERT KEY HOST:STARTTLS_PORT IMPLICIT_PORT\n");
-        return 2;
-    }
-    char host[64];
-    const char* colon = strrchr(argv[3], ':');
-    snprintf(host, sizeof host, "%.*s", (int)(colon - argv[3]), argv[3]);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(colon + 1))};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, "tlsfloor: %s is not an IPv4 address\n", host);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
+    struct sockaddr_in sa;
+    int ep = floor_start(argc, 5, argv, 3, "usage: tlsfloor CERT KEY HOST:STARTTLS_PORT IMPLICIT_PORT", &sa);
     ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
         SSL_CTX_use_certificate_chain_file(ctx, argv[1]) != 1 ||
@@ -241,50 +145,28 @@ int main(int argc, char** argv)
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char*)"tlsfloor", 8);
 
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0) die("epoll_create1");
-    listen_on(ep, sa, 0);
+    int starttls = listen_on(ep, &sa, &starttls_tag);
     sa.sin_port = htons((unsigned short)atoi(argv[4]));
-    listen_on(ep, sa, 1);
+    int implicit = listen_on(ep, &sa, &implicit_tag);
 
-    int one = 1;
     struct epoll_event events[EVENTS];
     for (;;) {
-        int k = epoll_wait(ep, events, EVENTS, -1);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            die("epoll_wait");
-        }
+        int k = wait_ready(ep, events);
         for (int i = 0; i < k; ++i) {
-            struct conn* c = events[i].data.ptr;
-            if (c->is_conn) {
-                serve(c);
+            void* tag = events[i].data.ptr;
+            if (tag != &starttls_tag && tag != &implicit_tag) {
+                serve(tag);
                 continue;
             }
-            struct listener* l = events[i].data.ptr;
-            for (;;) {
-                int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) break;
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                c = calloc(1, sizeof *c);
-                if (!c) {
-                    close(fd);
-                    continue;
-                }
-                c->is_conn = 1;
-                c->fd = fd;
-                struct epoll_event cev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
-                if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) < 0) {
-                    close(fd);
-                    free(c);
-                    continue;
-                }
-                if (l->implicit) {
+            const unsigned want = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+            struct conn* c;
+            while ((c = (struct conn*)accept_conn(ep, tag == &implicit_tag ? implicit : starttls, want, sizeof *c))) {
+                if (tag == &implicit_tag) {
                     start_tls(c);
                     c->greet_after_tls = 1;
                     serve(c);
                 } else {
-                    reply(c, "220 floor ESMTP\r\n");
+                    reply(&c->base, "220 floor ESMTP\r\n");
                 }
             }
         }

@@ -3,7 +3,9 @@
  * (bench/README.md, "TLS"). Postfix's smtp-source speaks no TLS; this does what it does
  * (MAIL, RCPT, DATA, a body, no pipelining; a new connection per message or many messages per
  * connection; c sessions at once) over STARTTLS or implicit TLS, TLS 1.2 or 1.3, with or
- * without session resumption, and reports handshakes and messages per second as JSON.
+ * without session resumption, and reports handshakes and messages per second as JSON. With
+ * -m plain it does the same without TLS (EHLO, then the messages): the plaintext cost of the
+ * same conversation with the same client, which the TLS scenarios' cost is read against.
  *
  * One process, one epoll loop, edge-triggered, non-blocking sockets; OpenSSL with its
  * defaults (read-ahead off: every read drains a record; the certificate is not verified, the
@@ -11,7 +13,7 @@
  * the session's earlier connection received (each of the c sessions is a client with its own
  * TLS session cache).
  *
- * usage: tlsload [-m starttls|implicit] [-v 1.2|1.3] [-R] [-c SESSIONS] [-n MESSAGES]
+ * usage: tlsload [-m starttls|implicit|plain] [-v 1.2|1.3] [-R] [-c SESSIONS] [-n MESSAGES]
  *                [-d PER_CONNECTION] [-l BYTES] [-t SECONDS] [-I CONNECTIONS [-B BATCH]] HOST:PORT
  *   -d 1 (default): a new connection per message; -d 0: every message on the session's one
  *   connection (smtp-source -d). -I N: idle mode: open N sessions (TLS up, EHLO answered),
@@ -68,7 +70,7 @@ struct conn {
 };
 
 static struct {
-    int implicit, resume, version, sessions, per_conn, idle, batch;
+    int implicit, plain, resume, version, sessions, per_conn, idle, batch;
     long total, length;
     double seconds;
     struct sockaddr_in addr;
@@ -229,7 +231,15 @@ static void advance(struct conn* c, int code)
         if (c->ssl) SEND(c, "EHLO bench.local\r\n", EHLO_TLS);
         else SEND(c, "EHLO bench.local\r\n", EHLO_PLAIN);
         break;
-    case EHLO_PLAIN: SEND(c, "STARTTLS\r\n", STARTTLS); break;
+    case EHLO_PLAIN:
+        if (!opt.plain) SEND(c, "STARTTLS\r\n", STARTTLS);
+        else if (opt.idle) {
+            c->step = IDLE;
+            idle_held++;
+        } else {
+            next_message(c);
+        }
+        break;
     case STARTTLS: start_tls(c); break;
     case EHLO_TLS:
         if (opt.idle) {
@@ -425,7 +435,8 @@ int main(int argc, char** argv)
         switch (o) {
         case 'm':
             if (!strcmp(optarg, "implicit")) opt.implicit = 1;
-            else if (strcmp(optarg, "starttls")) die("-m starttls|implicit");
+            else if (!strcmp(optarg, "plain")) opt.plain = 1;
+            else if (strcmp(optarg, "starttls")) die("-m starttls|implicit|plain");
             break;
         case 'v':
             if (!strcmp(optarg, "1.2")) opt.version = TLS1_2_VERSION;
