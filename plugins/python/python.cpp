@@ -7,10 +7,11 @@
 // instance; that thread (holding the GIL) runs the handler's hook, `def` or `async def`, on its
 // asyncio loop and completes the call. All coroutines of all sessions interleave on that loop;
 // a hook that blocks the loop (time.sleep, a busy loop, blocking I/O) stops it from beating
-// (a 50 ms heartbeat), and once it has been silent for `stale_ms` the next jobs, and the jobs
-// it had not taken yet, go to another loop thread, started on demand (at most max_loops): a
-// blocking or never-returning hook costs its own session (the plugin `timeout:` answers it
-// 451), not the others.
+// (every 50 ms while it has hook calls in progress; an idle loop sleeps without timers), and
+// once it has been silent with work for `stale_after` the next jobs, and the jobs it had not
+// taken yet (moved by the next dispatch or the watchdog thread), go to another loop thread,
+// started on demand (at most max_loops): a blocking or never-returning hook costs its own
+// session (the plugin `timeout:` answers it 451), not the others.
 //
 // The interpreter: one per process (libpython is shared by every copy of this plugin that a
 // reload loads), initialised by the first instance and never finalised. Each instance (config
