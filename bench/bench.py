@@ -696,6 +696,17 @@ def python_peers(args, binary: Path, plugins: Path) -> tuple[list[Peer], list[st
         peers.append(Peer("asiosmtpd+python", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
                           f"asiosmtpd, python plugin, counting.CountingHandler, workers: {args.workers}",
                           groups=("python",)))
+        # --baseline-build: that build's server and python.so, the same handler and config.
+        base = Path(args.baseline_build).resolve() if args.baseline_build else None
+        if base and (base / "bin" / "asiosmtpd").exists() and (base / "plugins" / "python.so").exists():
+            cfg_b = OUT / "asiosmtpd-python-base.yaml"
+            cfg_b.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(base / "plugins"))
+                             .replace("@HANDLERS@", str(handlers)))
+            peers.append(Peer("asiosmtpd+python-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base / "bin" / "asiosmtpd"),
+                                                        str(cfg_b), "@PORT@"],
+                              f"{base}: asiosmtpd and python.so (--baseline-build)", groups=("python",)))
+        elif base:
+            skipped.append(f"asiosmtpd+python-base: {base}/bin/asiosmtpd or {base}/plugins/python.so missing")
     else:
         skipped.append(f"asiosmtpd+python: {binary} or {plugins}/python.so missing (bench/run builds them;"
                        " the plugin needs python3-dev)")

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import logging
 import os
+import selectors
 import socket
 import sys
 import traceback
@@ -83,12 +84,53 @@ LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR = 1, 2, 3, 4
 (J_CLOSE, J_HELO, J_EHLO, J_MAIL, J_RCPT, J_DATA, J_RSET, J_NOOP, J_QUIT, J_VRFY, J_AUTH,
  J_COMMAND, J_MECH, J_PROXY) = range(14)
 
-HOOKS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "PROXY")
+HOOKS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "PROXY", "AUTH")
 # The replies the server gives when no plugin answers: a hook returning the same text passes on
 # (CONTINUE), so that later plugins still run; any other status is the reply (ACCEPT).
 DEFAULTS = {"MAIL": "250 OK", "RCPT": "250 OK", "DATA": "250 OK", "RSET": "250 OK",
             "NOOP": "250 OK", "QUIT": "221 Bye",
             "VRFY": "252 Cannot VRFY user, but will accept message and attempt delivery"}
+
+
+class _Selector(selectors.EpollSelector):
+    """The event loop's selector: before the loop looks for events (and maybe sleeps), the
+    hook calls answered since its last look are completed together (Runner.flush), so that
+    the server's thread is woken once for all of them rather than once each."""
+    flush = None
+
+    def select(self, timeout=None):
+        if self.flush is not None:
+            self.flush()
+        return super().select(timeout)
+
+
+def _start_eagerly(loop, coro):
+    """A task for coro whose first step runs now (Python 3.12's eager_start), rather than in
+    the loop's next round: a hook that finishes without waiting (or waits once, as for
+    asyncio.sleep(0)) is answered a round or two earlier, and each round costs the loop a
+    look at its descriptors. The task is the current task during that step, as in any task.
+    On 3.11 the step the new task scheduled is taken back from the loop's ready queue and run
+    here; if the queue does not end with it (another loop implementation), it stays queued."""
+    if _EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+    task = loop.create_task(coro)
+    ready = getattr(loop, "_ready", None)
+    if ready:
+        handle = ready[-1]
+        if getattr(getattr(handle, "_callback", None), "__self__", None) is task:
+            ready.pop()
+            handle._run()
+    return task
+
+
+_EAGER = sys.version_info >= (3, 12)
+
+
+def _new_loop():
+    selector = _Selector()
+    loop = asyncio.SelectorEventLoop(selector)
+    loop.asiosmtpd_selector = selector
+    return loop
 
 
 class ConfigError(Exception):
@@ -214,7 +256,7 @@ class Server:
             raise RuntimeError("challenge_auth() outside an AUTH mechanism")
         token, st.mech_token = st.mech_token, None
         st.mech_future = asyncio.get_running_loop().create_future()
-        self._runner.api.complete(token, AUTH_CHALLENGE, 0, challenge)
+        self._runner.complete(token, AUTH_CHALLENGE, 0, challenge)
         return await st.mech_future
 
     def __getattr__(self, name):
@@ -223,7 +265,7 @@ class Server:
 
 
 class SessionState:
-    __slots__ = ("session", "server", "envelope", "gen", "mech_task", "mech_token", "mech_future")
+    __slots__ = ("session", "server", "envelope", "gen", "mech_task", "mech_token", "mech_future", "task")
 
     def __init__(self, inst, loop):
         self.session = Session(loop)
@@ -236,6 +278,7 @@ class SessionState:
         self.mech_task = None    # a running AUTH mechanism
         self.mech_token = None   # the call it answers next
         self.mech_future = None  # what it waits for: the client's next answer
+        self.task = None         # the latest hook call's task (cancelled when the session ends)
 
 
 class Instance:
@@ -256,7 +299,7 @@ class Instance:
         obj = _resolve("handler", handler)
         # The loop the first Runner runs: current while the handler is made, so that a handler
         # taking asyncio.get_event_loop() in __init__ (aiosmtpd's AsyncMessage) gets it.
-        self.first_loop = None if check_only else asyncio.new_event_loop()
+        self.first_loop = None if check_only else _new_loop()
         if inspect.isclass(obj):
             if check_only:
                 try:  # not made (it might create folders), but its arguments must fit
@@ -347,15 +390,24 @@ class Runner:
     def __init__(self, inst, api):
         self.inst = inst
         self.api = api
-        self.loop, inst.first_loop = inst.first_loop or asyncio.new_event_loop(), None
+        self.loop, inst.first_loop = inst.first_loop or _new_loop(), None
+        self.done = []  # (token, verdict, code, text): answers not handed to the server yet
+        self.loop.asiosmtpd_selector.flush = self.flush
+        self.active = 0      # hook calls in progress
+        self.beating = None  # the heartbeat's timer, while hook calls are in progress
+        self.calls = {J_HELO: self._helo, J_EHLO: self._ehlo, J_MAIL: self._mail, J_RCPT: self._rcpt,
+                      J_DATA: self._data, J_RSET: self._rset, J_NOOP: self._noop, J_QUIT: self._quit,
+                      J_VRFY: self._vrfy, J_AUTH: self._auth, J_PROXY: self._proxy,
+                      J_COMMAND: self._command, J_MECH: self._mechanism}
+        self.rcpt_hook = inst.hooks.get("RCPT")
 
     def run(self, fd):
         asyncio.set_event_loop(self.loop)
         self.loop.add_reader(fd, self._drain)
-        self._beat()
         try:
             self.loop.run_forever()
         finally:
+            self.flush()
             self.loop.remove_reader(fd)
             tasks = asyncio.all_tasks(self.loop)
             for t in tasks:
@@ -364,33 +416,73 @@ class Runner:
                 self.loop.run_until_complete(asyncio.wait(tasks, timeout=1))
             self.loop.close()
 
+    def flush(self):
+        """Hand the answers of this loop's last round to the server, in one call."""
+        done = self.done
+        if done:
+            self.done = []
+            self.api.complete_many(done)
+
+    def complete(self, token, verdict, code, text):
+        self.done.append((token, verdict, code, text))
+
     def _beat(self):
-        self.api.beat()
-        self.loop.call_later(0.05, self._beat)
+        """While hook calls are in progress the loop beats every 50 ms (the C++ side takes a
+        loop silent for 500 ms with work as blocked); idle, it stops: no wake-ups."""
+        busy = self.active > 0
+        self.api.beat(busy)
+        self.beating = self.loop.call_later(0.05, self._beat) if busy else None
 
     def _drain(self):
         jobs = self.api.take()
         if jobs is None:
             self.loop.stop()
             return
+        loop = self.loop
+        sessions = self.inst.sessions
         for job in jobs:
             kind = job[0]
             if kind == J_CLOSE:
                 st = self.inst.sessions.pop(job[2], None)
-                if st is not None and st.mech_task is not None:
-                    st.mech_task.cancel()
+                if st is not None:
+                    # As aiosmtpd on a lost connection: the session's hooks still running end.
+                    _cancel(st.mech_task, self.loop)
+                    _cancel(st.task, self.loop)
                 continue
-            self.loop.create_task(self._run(job))
+            self.active += 1
+            st = sessions.get(job[2])
+            task = _start_eagerly(loop, self._run(job))
+            if st is not None and not task.done():
+                st.task = task  # else _run sets it (the session's first hook call)
+        if self.active and self.beating is None:
+            self.beating = self.loop.call_later(0.05, self._beat)
 
     # -- one hook call ------------------------------------------------------------------------
 
     def _state(self, job):
-        _, _, sid, gen, info = job[:5]
+        sid = job[2]
         sessions = self.inst.sessions
         st = sessions.get(sid)
         if st is None:
             st = sessions[sid] = SessionState(self.inst, self.loop)
-        s = st.session
+        info = job[4]
+        if info is not None:  # None: the session's state is as the last job said
+            self._session_info(st.session, info)
+        server = st.server
+        if st.gen != job[3]:
+            st.gen = job[3]
+            st.envelope = server.envelope = Envelope()
+        if server._runner is not self:
+            server.loop = self.loop
+            server._runner = self
+        if server._pushed:
+            server._pushed = []
+        if st.mech_task is not None and not (job[0] == J_MECH and job[7] > 0):
+            st.mech_task.cancel()  # an AUTH exchange the client aborted ('*')
+            st.mech_task = st.mech_future = st.mech_token = None
+        return st
+
+    def _session_info(self, s, info):
         (peer_addr, peer_port, helo, esmtp, tls, authenticated, tls_version, tls_cipher,
          proxy) = info
         if proxy is not None:
@@ -405,37 +497,31 @@ class Runner:
             s.ssl = None
         if authenticated:
             s.authenticated = True
-        if st.gen != gen:
-            st.gen = gen
-            st.envelope = Envelope()
-        st.server.envelope = st.envelope
-        st.server.loop = self.loop
-        st.server._runner = self
-        st.server._pushed = []
-        if st.mech_task is not None and not (job[0] == J_MECH and job[7] > 0):
-            st.mech_task.cancel()  # an AUTH exchange the client aborted ('*')
-            st.mech_task = st.mech_future = st.mech_token = None
-        return st
 
     async def _run(self, job):
         kind, token = job[0], job[1]
         st = None
         try:
-            st = self._state(job)
-            result = await self._call(kind, st, job)
-        except Exception as error:
-            result = await self._exception(st, error, job[2])
-        except asyncio.CancelledError:
-            return  # an abandoned AUTH exchange
-        except BaseException as error:  # SystemExit, KeyboardInterrupt in a handler: one session
-            result = await self._exception(st, error, job[2])
-        if kind == J_MECH and st is not None and result is not None:
-            token, st.mech_token = st.mech_token, None  # the call the mechanism answers now
-            if token is None:
-                return
-        if result is None:
-            return  # already completed (AUTH challenge)
-        self._finish(token, st, *result)
+            try:
+                st = self._state(job)
+                if st.task is None:
+                    st.task = asyncio.current_task()
+                result = await self.calls[kind](st, job)
+            except Exception as error:
+                result = await self._exception(st, error, job[2])
+            except asyncio.CancelledError:
+                return  # an abandoned AUTH exchange, a session gone
+            except BaseException as error:  # SystemExit, KeyboardInterrupt in a handler: one session
+                result = await self._exception(st, error, job[2])
+            if kind == J_MECH and st is not None and result is not None:
+                token, st.mech_token = st.mech_token, None  # the call the mechanism answers now
+                if token is None:
+                    return
+            if result is None:
+                return  # already completed (AUTH challenge)
+            self._finish(token, st, *result)
+        finally:
+            self.active -= 1
 
     async def _exception(self, st, error, sid):
         hook = self.inst.exception_hook
@@ -456,101 +542,109 @@ class Runner:
         text = what + "\n" + traceback.format_exc()
         self.api.log(LOG_ERROR, text)
 
-    async def _call(self, kind, st, job):
-        inst, s, env, server = self.inst, st.session, st.envelope, st.server
-        hooks = inst.hooks
-        if kind == J_HELO:
-            status = hooks["HELO"](server, s, env, job[5])
-            if hasattr(status, "__await__"):
-                status = await status
-            if status is MISSING or _missing(status):
-                s.host_name = job[5]
-                return ("default", None)
-            return ("status", status)
-        if kind == J_EHLO:
-            hostname = job[5]
-            if inst.ehlo_old:
-                # aiosmtpd's deprecated 4-argument form: its lines, then the hook's status.
-                status = hooks["EHLO"](server, s, env, hostname)
-                if hasattr(status, "__await__"):
-                    status = await status
-                if status is MISSING or _missing(status):
-                    s.host_name = hostname
-                    return ("default", None)
-                return ("lines", self._ehlo_lines(job[4][4])[:-1] + [status])
-            responses = self._ehlo_lines(job[4][4])
-            original = list(responses)
-            out = hooks["EHLO"](server, s, env, hostname, responses)
-            if hasattr(out, "__await__"):
-                out = await out
-            if out == original and not server._pushed:
-                return ("default", None)
-            if isinstance(out, (str, bytes)):
-                out = [out]
-            return ("lines", list(out))
-        if kind == J_MAIL:
-            address, params = job[5], list(job[6])
-            env.smtp_utf8 = "SMTPUTF8" in params
-            status = hooks["MAIL"](server, s, env, address, params)
-            if hasattr(status, "__await__"):
-                status = await status
-            if status is MISSING or _missing(status):
-                env.mail_from = address
-                env.mail_options.extend(params)
-                return ("default", None)
-            return ("status", status, "MAIL")
-        if kind == J_RCPT:
-            self._sync_mail(env, job)
-            address = job[5]
-            status = hooks["RCPT"](server, s, env, address, [])
-            if hasattr(status, "__await__"):
-                status = await status
-            if status is MISSING or _missing(status):
-                env.rcpt_tos.append(address)
-                return ("default", None)
-            return ("status", status, "RCPT")
-        if kind == J_DATA:
-            return await self._data(st, job)
-        if kind in (J_RSET, J_QUIT):
-            name = "RSET" if kind == J_RSET else "QUIT"
-            status = hooks[name](server, s, env)
-            if hasattr(status, "__await__"):
-                status = await status
-            return ("default", None) if status is MISSING or _missing(status) else ("status", status, name)
-        if kind == J_NOOP:
-            arg = job[5]
-            status = hooks["NOOP"](server, s, env, arg)
-            if hasattr(status, "__await__"):
-                status = await status
-            return ("default", None) if status is MISSING or _missing(status) else ("status", status, "NOOP")
-        if kind == J_VRFY:
-            status = hooks["VRFY"](server, s, env, job[5])
-            if hasattr(status, "__await__"):
-                status = await status
-            return ("default", None) if status is MISSING or _missing(status) else ("status", status, "VRFY")
-        if kind == J_AUTH:
-            return await self._auth(st, job)
-        if kind == J_PROXY:
-            # aiosmtpd: a false or MISSING result closes the connection without a reply.
-            status = hooks["PROXY"](server, s, env, s.proxy_data)
-            if hasattr(status, "__await__"):
-                status = await status
-            if status is MISSING or _missing(status) or not status:
-                return ("verdict", REJECT)
+    # -- the hooks: (st, job) -> a result for _finish --------------------------------------------
+
+    async def _helo(self, st, job):
+        s = st.session
+        status = self.inst.hooks["HELO"](st.server, s, st.envelope, job[5])
+        if hasattr(status, "__await__"):
+            status = await status
+        if status is MISSING or _missing(status):
+            s.host_name = job[5]
             return ("default", None)
-        if kind == J_COMMAND:
-            fn = inst.commands[job[5]]
-            status = fn(server, job[6])
+        return ("status", status)
+
+    async def _ehlo(self, st, job):
+        inst, s, env, server = self.inst, st.session, st.envelope, st.server
+        hostname = job[5]
+        tls = s.ssl is not None
+        if inst.ehlo_old:
+            # aiosmtpd's deprecated 4-argument form: its lines, then the hook's status.
+            status = inst.hooks["EHLO"](server, s, env, hostname)
             if hasattr(status, "__await__"):
                 status = await status
-            if status is not None and status is not MISSING and not _missing(status):
-                server._pushed.append(status)
-            if not server._pushed:
+            if status is MISSING or _missing(status):
+                s.host_name = hostname
                 return ("default", None)
-            return ("lines", [])
-        if kind == J_MECH:
-            return await self._mechanism(st, job)
-        raise RuntimeError("unknown job %r" % (kind,))
+            return ("lines", self._ehlo_lines(tls)[:-1] + [status])
+        responses = self._ehlo_lines(tls)
+        original = list(responses)
+        out = inst.hooks["EHLO"](server, s, env, hostname, responses)
+        if hasattr(out, "__await__"):
+            out = await out
+        if out == original and not server._pushed:
+            return ("default", None)
+        if isinstance(out, (str, bytes)):
+            out = [out]
+        return ("lines", list(out))
+
+    async def _mail(self, st, job):
+        env = st.envelope
+        address, params = job[5], list(job[6])
+        env.smtp_utf8 = "SMTPUTF8" in params
+        status = self.inst.hooks["MAIL"](st.server, st.session, env, address, params)
+        if hasattr(status, "__await__"):
+            status = await status
+        if type(status) is not str and (status is MISSING or _missing(status)):
+            env.mail_from = address
+            env.mail_options.extend(params)
+            return ("default", None)
+        return ("status", status, "MAIL")
+
+    async def _rcpt(self, st, job):
+        env = st.envelope
+        if env.mail_from is None:
+            self._sync_mail(env, job)
+        address = job[5]
+        status = self.rcpt_hook(st.server, st.session, env, address, [])
+        if hasattr(status, "__await__"):
+            status = await status
+        if type(status) is not str and (status is MISSING or _missing(status)):
+            env.rcpt_tos.append(address)
+            return ("default", None)
+        return ("status", status, "RCPT")
+
+    def _simple(name, with_arg):
+        """RSET, QUIT (no argument), NOOP, VRFY (one): the status, or the server's default."""
+        async def call(self, st, job):
+            hook = self.inst.hooks[name]
+            if with_arg:
+                status = hook(st.server, st.session, st.envelope, job[5])
+            else:
+                status = hook(st.server, st.session, st.envelope)
+            if hasattr(status, "__await__"):
+                status = await status
+            if type(status) is not str and (status is MISSING or _missing(status)):
+                return ("default", None)
+            return ("status", status, name)
+        return call
+
+    _rset = _simple("RSET", False)
+    _quit = _simple("QUIT", False)
+    _noop = _simple("NOOP", True)
+    _vrfy = _simple("VRFY", True)
+    del _simple
+
+    async def _proxy(self, st, job):
+        # aiosmtpd: a false or MISSING result closes the connection without a reply.
+        s = st.session
+        status = self.inst.hooks["PROXY"](st.server, s, st.envelope, s.proxy_data)
+        if hasattr(status, "__await__"):
+            status = await status
+        if status is MISSING or _missing(status) or not status:
+            return ("verdict", REJECT)
+        return ("default", None)
+
+    async def _command(self, st, job):
+        server = st.server
+        status = self.inst.commands[job[5]](server, job[6])
+        if hasattr(status, "__await__"):
+            status = await status
+        if status is not None and status is not MISSING and not _missing(status):
+            server._pushed.append(status)
+        if not server._pushed:
+            return ("default", None)
+        return ("lines", [])
 
     def _sync_mail(self, env, job):
         """MAIL has no hook here: the envelope gets what aiosmtpd's MISSING stores."""
@@ -596,22 +690,48 @@ class Runner:
         else:
             env.content = content
         before_content = env.content
+        before_from, before_options = env.mail_from, list(env.mail_options or ())
+        before_rcpts = list(env.rcpt_tos or ())
         status = self.inst.hooks["DATA"](server, s, env)
         if hasattr(status, "__await__"):
             status = await status
-        edited = env.content is not before_content
-        if edited:
+        edited = False
+        if env.content is not before_content:
             new = env.content
             if isinstance(new, str):
                 new = new.encode("utf-8" if (utf8 or not decoded) else "ascii", "surrogateescape")
             elif isinstance(new, (bytearray, memoryview)):
                 new = bytes(new)
-            edited = isinstance(new, bytes) and new != content
-            if edited:
+            if isinstance(new, bytes) and new != content:
                 self._edit(job[1], content, new)
+                edited = True
+        if (env.mail_from != before_from or list(env.mail_options or ()) != before_options
+                or list(env.rcpt_tos or ()) != before_rcpts):
+            edited = self._edit_envelope(job[1], env, before_from, before_options,
+                                         before_rcpts) or edited
         if status is MISSING or _missing(status):
             return ("default", None)
         return ("status", status, "DATA", edited)
+
+    def _edit_envelope(self, token, env, before_from, before_options, before_rcpts):
+        """handle_DATA changed envelope.mail_from, mail_options or rcpt_tos: the same changes
+        to the server's transaction, which the plugins after this one see. True if one was
+        recorded."""
+        api = self.api
+        made = False
+        if env.mail_from != before_from or list(env.mail_options or ()) != before_options:
+            params = tuple(_wire(o) for o in (env.mail_options or ()))
+            made = api.edit(token, EDIT_CHANGE_SENDER, _address(env.mail_from), b"", 0, params,
+                            "envelope.mail_from") == 0
+        after = [_address(r) for r in (env.rcpt_tos or ())]
+        before = [_address(r) for r in before_rcpts]
+        for r in before:
+            if r not in after:
+                made = api.edit(token, EDIT_DELETE_RCPT, r, b"", 0, (), "envelope.rcpt_tos") == 0 or made
+        for r in after:
+            if r not in before:
+                made = api.edit(token, EDIT_ADD_RCPT, r, b"", 0, (), "envelope.rcpt_tos") == 0 or made
+        return made
 
     def _edit(self, token, old, new):
         api = self.api
@@ -627,15 +747,25 @@ class Runner:
                 sfx += 1
             kept = [name.lower() for name, _ in oh[:p]]
             for name, _ in oh[p:len(oh) - sfx]:
-                api.edit(token, EDIT_DELETE_HEADER, name, b"", kept.count(name.lower()) + 1)
+                api.edit(token, EDIT_DELETE_HEADER, name, b"", kept.count(name.lower()) + 1, (),
+                         "envelope.content")
             for k, (name, value) in enumerate(nh[p:len(nh) - sfx]):
-                api.edit(token, EDIT_INSERT_HEADER, name, value, p + k)
+                api.edit(token, EDIT_INSERT_HEADER, name, value, p + k, (), "envelope.content")
         if ob != nb:
-            api.edit(token, EDIT_REPLACE_BODY, b"", nb, 0)
+            api.edit(token, EDIT_REPLACE_BODY, b"", nb, 0, (), "envelope.content")
 
     async def _auth(self, st, job):
         mechanism, authzid, login, password = job[5], job[6], job[7], job[8]
         s, env, server = st.session, st.envelope, st.server
+        if "AUTH" in self.inst.hooks:
+            # The server ran the PLAIN/LOGIN exchange already: handle_AUTH gets the credentials
+            # as an initial response would carry them.
+            response = authzid + b"\0" + login + b"\0" + password if mechanism == "PLAIN" else login
+            out = await self._handle_auth(st, [mechanism, _b64(response)])
+            if out is not None:
+                return out
+        if self.inst.authenticator is None:
+            return ("default", None)  # as aiosmtpd without one: 535 (unless a later plugin vouches)
         result = self.inst.authenticator(server, s, env, mechanism, LoginPassword(login, password))
         if hasattr(result, "__await__"):
             result = await result
@@ -656,6 +786,18 @@ class Runner:
         s._login_data = result
         return ("verdict", ACCEPT)
 
+    async def _handle_auth(self, st, args):
+        """aiosmtpd's handle_AUTH(server, session, envelope, args) before the mechanism: None
+        (MISSING) lets the mechanism run; a status is the reply instead."""
+        status = self.inst.hooks["AUTH"](st.server, st.session, st.envelope, args)
+        if hasattr(status, "__await__"):
+            status = await status
+        if status is MISSING or _missing(status):
+            return None
+        if status is None:
+            return ("verdict", REJECT)  # aiosmtpd sends nothing (the client waits): 535 here
+        return ("status", status, "AUTH")
+
     async def _mechanism(self, st, job):
         mech, response, step = job[5], job[6], job[7]
         token = job[1]
@@ -668,8 +810,12 @@ class Runner:
             fut.set_result(response)
             return None  # the mechanism's task answers this call
         fn = self.inst.mechanisms[mech]
-        args = [mech] if response is None else [mech, _b64(response)]
+        args = [mech] if response is None else [mech, _b64(response) or "="]
         st.mech_token = token
+        if "AUTH" in self.inst.hooks:
+            out = await self._handle_auth(st, list(args))
+            if out is not None:
+                return out  # _run answers st.mech_token with it; the mechanism does not run
         st.mech_task = asyncio.current_task()
         try:
             result = fn(st.server, args)
@@ -702,25 +848,25 @@ class Runner:
     # -- the answer -----------------------------------------------------------------------------
 
     def _finish(self, token, st, what, value=None, hook=None, edited=False):
-        api = self.api
+        complete = self.complete
         pushed = st.server._pushed if st is not None else []
         if what == "default" and not pushed:
-            api.complete(token, CONTINUE, 0, b"")
+            complete(token, CONTINUE, 0, b"")
             return
         if what == "verdict":
-            api.complete(token, value, 0, b"")
+            complete(token, value, 0, b"")
             return
         if what == "default":
             what, value = "lines", []
         if what == "status":
             if not pushed and hook is not None and not edited and value == DEFAULTS.get(hook):
-                api.complete(token, CONTINUE, 0, b"")
+                complete(token, CONTINUE, 0, b"")
                 return
             if (not pushed and type(value) is str and len(value) > 4 and value[3] == " "
                     and value[:3].isdigit() and "\r" not in value and "\n" not in value):
                 code = int(value[:3])  # the common case: one line
                 verdict = (CONTINUE if edited else ACCEPT) if code < 400 else TEMPFAIL if code < 500 else REJECT
-                api.complete(token, verdict, 0 if edited and code < 400 else code,
+                complete(token, verdict, 0 if edited and code < 400 else code,
                              value[4:].encode("utf-8", "surrogateescape"))
                 return
             if isinstance(value, bytes):
@@ -737,7 +883,7 @@ class Runner:
         code, text = _reply(lines)
         if code is None:
             self.api.log(LOG_ERROR, "the handler's reply %r does not start with a code" % (lines,))
-            api.complete(token, TEMPFAIL, 451, b"4.3.0 Error: internal")
+            complete(token, TEMPFAIL, 451, b"4.3.0 Error: internal")
             return
         if code < 400:
             verdict = CONTINUE if edited else ACCEPT
@@ -747,7 +893,21 @@ class Runner:
             verdict = TEMPFAIL
         else:
             verdict = REJECT
-        api.complete(token, verdict, code, text.encode("utf-8", "surrogateescape"))
+        complete(token, verdict, code, text.encode("utf-8", "surrogateescape"))
+
+
+def _cancel(task, loop):
+    """Cancel a task of this loop or, thread-safely, of another loop of the instance."""
+    if task is None or task.done():
+        return
+    other = task.get_loop()
+    if other is loop:
+        task.cancel()
+        return
+    try:
+        other.call_soon_threadsafe(task.cancel)
+    except RuntimeError:  # that loop has ended
+        pass
 
 
 def _proxy_data(p):
@@ -824,6 +984,18 @@ def _split_message(data):
             fields.append((name, value))
         pos = end
     return fields, b""
+
+
+def _wire(value):
+    """An envelope value as the server takes it: bytes, text as UTF-8 (surrogateescape)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogateescape")
+
+
+def _address(value):
+    """An envelope address for an edit: None or empty is the null sender."""
+    return b"<>" if value is None or value == "" or value == b"" else _wire(value)
 
 
 def _b64(data):

@@ -63,6 +63,24 @@ class Editor:
         return '250 OK'
 
 
+class Rewriter:
+    """Changes the envelope in handle_DATA: a new sender (with a parameter), one recipient
+    dropped, one added (the next plugin delivers to what it sees)."""
+    async def handle_DATA(self, server, session, envelope):
+        envelope.mail_from = 'new@b.example'
+        envelope.mail_options = ['BODY=8BITMIME']
+        envelope.rcpt_tos.remove('x@y.example')
+        envelope.rcpt_tos.append('added@y.example')
+        return '250 OK'
+
+
+class BadRewriter:
+    """An address the server cannot take: the edit is refused and logged, the message goes on."""
+    async def handle_DATA(self, server, session, envelope):
+        envelope.rcpt_tos.append('not an address')
+        return '250 OK'
+
+
 def authenticator(server, session, envelope, mechanism, auth_data):
     from aiosmtpd.smtp import AuthResult
     if auth_data.login == b'alice' and auth_data.password == b'secret':
@@ -255,6 +273,64 @@ class PythonPluginTest(ServerTestCase):
         self.assertEqual(head.split(b"\n")[:3], [b"Subject: hi", b"X-Python: edited", b"To: x@y.example"])
         self.assertNotIn(b"X-Drop", head)
         self.assertEqual(body, b"HELLO BODY\n")
+
+    def _deliver(self, server, rcpts):
+        with Client(HOST, server.port) as c:
+            c.reply()
+            c.cmd("EHLO c.example")
+            c.cmd("MAIL FROM:<a@b.example>")
+            for r in rcpts:
+                self.assertEqual(c.cmd(f"RCPT TO:<{r}>")[0][:3], "250")
+            c.cmd("DATA")
+            c.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n")
+            return c.reply()
+
+    def _stored_headers(self, box):
+        files = glob.glob(os.path.join(box, "new", "*"))
+        self.assertEqual(len(files), 1)
+        with open(files[0], "rb") as f:
+            return f.read().replace(b"\r\n", b"\n").partition(b"\n\n")[0].split(b"\n")
+
+    def test_edited_envelope_reaches_the_next_plugin(self):
+        box = os.path.join(self.dir, "box")
+        server = self.start("handlers_p:Rewriter", extra=[{"name": "maildir", "config": {"path": box}}])
+        self.assertEqual(self._deliver(server, ["x@y.example", "z@y.example"])[0][:3], "250")
+        head = self._stored_headers(box)
+        self.assertIn(b"X-MailFrom: new@b.example", head)
+        self.assertIn(b"X-RcptTo: z@y.example, added@y.example", head)
+
+    def test_refused_envelope_edit_is_logged(self):
+        box = os.path.join(self.dir, "box")
+        server = self.start("handlers_p:BadRewriter", extra=[{"name": "maildir", "config": {"path": box}}])
+        self.assertEqual(self._deliver(server, ["x@y.example"])[0][:3], "250")
+        self.assertIn(b"X-RcptTo: x@y.example", self._stored_headers(box))
+        server.wait_output(lambda t: "envelope.rcpt_tos: an edit was refused" in t, "stderr")
+
+    # -- idle -------------------------------------------------------------------------------------
+
+    def _plugin_wakeups(self, pid):
+        """Context switches of the plugin's threads (py-loop, py-watch) so far."""
+        total = 0
+        for task in glob.glob(f"/proc/{pid}/task/*"):
+            try:
+                with open(os.path.join(task, "comm")) as f:
+                    if not f.read().startswith("py-"):
+                        continue
+                with open(os.path.join(task, "status")) as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
+
+    def test_idle_plugin_does_not_wake_up(self):
+        server = self.start("handlers_p:Slow")
+        self.assertEqual(self._transaction(server.port, "x@y.example"), ["250 fine"])
+        time.sleep(0.5)  # the last heartbeat and watchdog look after the work
+        before = self._plugin_wakeups(server.process.pid)
+        time.sleep(1.0)
+        self.assertLessEqual(self._plugin_wakeups(server.process.pid) - before, 2)
 
     # -- commands and AUTH ----------------------------------------------------------------------------
 

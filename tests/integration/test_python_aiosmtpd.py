@@ -149,6 +149,28 @@ class Raises:
 class RaisesHandled(Raises):
     async def handle_exception(self, error):
         return '451 handled %s' % type(error).__name__
+
+
+class AuthGate:
+    """handle_AUTH before the mechanism: refuses one login and XSECRET's initial response,
+    lets the rest through (MISSING) to auth_XSECRET or the built-in PLAIN."""
+    async def handle_AUTH(self, server, session, envelope, args):
+        import base64
+        from aiosmtpd.smtp import MISSING
+        if args[0] == 'XSECRET' and len(args) > 1:
+            return '504 5.5.4 XSECRET takes no initial response'
+        if args[0] == 'PLAIN' and len(args) > 1 and base64.b64decode(args[1]).split(b'\0')[1] == b'mallory':
+            return '535 5.7.8 not you, %s' % session.host_name
+        return MISSING
+
+    async def auth_XSECRET(self, server, args):
+        from aiosmtpd.smtp import AuthResult
+        answer = await server.challenge_auth('word?')
+        return AuthResult(success=answer == b'open sesame', handled=False)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        envelope.mail_from = address
+        return '250 authenticated=%s' % session.authenticated
 '''
 
 MESSAGE = (b"From: Alice <a@b.example>\r\nTo: c@example.com\r\nSubject: hello there\r\n"
@@ -300,6 +322,23 @@ class HandlersAsAiosmtpd(ServerTestCase):
         theirs = self.theirs(self.mod.Every(), steps=steps, decode_data=True)
         self.assertEqual(ours, theirs)
         self.assertIn("str", ours[-2][0])
+
+    def test_handle_auth(self):
+        import base64
+        b64 = lambda b: base64.b64encode(b).decode()
+        steps = ["EHLO c.example", "AUTH PLAIN " + b64(b"\0mallory\0pw"), "AUTH PLAIN " + b64(b"\0alice\0pw"),
+                 "AUTH XSECRET " + b64(b"early"), "AUTH XSECRET", b64(b"open sesame"),
+                 "MAIL FROM:<a@b.example>", "QUIT"]
+        # Here a refusal counts as a failed attempt (auth_max_failures, 3 by default; aiosmtpd
+        # has no such limit).
+        _, ours = self.ours("handlers_t:AuthGate", steps=steps, auth_require_tls=False, auth_max_failures=0)
+        theirs = self.theirs(self.mod.AuthGate(), steps=steps, auth_require_tls=False)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours[2], ["535 5.7.8 not you, c.example"])
+        self.assertEqual(ours[3], ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(ours[4], ["504 5.5.4 XSECRET takes no initial response"])
+        self.assertEqual(ours[6], ["235 2.7.0 Authentication successful"])
+        self.assertEqual(ours[7], ["250 authenticated=True"])
 
     def test_exceptions(self):
         steps = ["EHLO c.example", "MAIL FROM:<a@b.example>", "RCPT TO:<c@example.com>", "QUIT"]
