@@ -447,6 +447,34 @@ bool engine::release_buffer(std::size_t keep) noexcept
     return true;
 }
 
+void engine::feed(std::string_view bytes)
+{
+    if (closed_) return;
+    if (pos_ != end_) {
+        // Something is buffered (an incomplete line, most likely): complete it there, up to the
+        // next LF; the rest is read in place once nothing is left over.
+        const std::size_t lf = bytes.find('\n');
+        const std::size_t first = lf == std::string_view::npos ? bytes.size() : lf + 1;
+        receive(bytes.substr(0, first));
+        bytes.remove_prefix(first);
+        if (bytes.empty() || closed_) return;
+        if (pos_ != end_) return receive(bytes);
+    }
+    fed_ = bytes.data();
+    pos_ = scan_ = 0;
+    end_ = bytes.size();
+    pump();
+    if (pos_ != end_) {
+        const std::size_t left = end_ - pos_;
+        if (in_.size() < left) in_.resize(left);
+        std::memcpy(in_.data(), fed_ + pos_, left);
+        scan_ -= pos_;
+        end_ = left;
+        pos_ = 0;
+    }
+    fed_ = nullptr;
+}
+
 void engine::commit(std::size_t n)
 {
     end_ = std::min(end_ + n, in_.size());
@@ -483,7 +511,7 @@ void engine::pump()
 // reported once as too long. Empty optional: more bytes are needed.
 std::optional<engine::line_read> engine::next_line(std::size_t limit)
 {
-    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const std::string_view buf(input() + pos_, end_ - pos_);
     const auto lf = buf.find('\n', scan_ - pos_);
     if (lf == std::string_view::npos) {
         if (discarding_line_ || buf.size() > limit) {
@@ -988,7 +1016,7 @@ void engine::begin_message()
 // errors reported only after the final dot (aiosmtpd); excess bytes are dropped as they come.
 bool engine::step_data()
 {
-    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const std::string_view buf(input() + pos_, end_ - pos_);
     std::size_t lf = buf.find('\n', scan_ - pos_);
     while (lf != std::string_view::npos && (lf == 0 || buf[lf - 1] != '\r')) lf = buf.find('\n', lf + 1);
     if (lf == std::string_view::npos) {

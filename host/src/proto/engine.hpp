@@ -256,6 +256,10 @@ public:
     /// buffer; commit(n) after reading n bytes into it. The area is valid until commit().
     std::span<char> prepare(std::size_t min);
     void commit(std::size_t n);
+    /// Bytes read into a buffer the caller reuses (the event loop's one read buffer): processed
+    /// where they are; only what stays unprocessed (an incomplete line, commands pipelined
+    /// behind a hook) is copied into the engine's buffer. The same as receive() otherwise.
+    void feed(std::string_view bytes);
 
     /// The outcome of the hook chain for pending_hook().
     void hook_done(hook_result result);
@@ -467,7 +471,9 @@ private:
     std::string help_list() const;
 
     const settings& settings_;
-    std::string in_;  // the one receive buffer (storage); [pos_, end_) unprocessed
+    std::string in_;             // the one receive buffer (storage); [pos_, end_) unprocessed
+    const char* fed_ = nullptr;  // during feed(): the caller's bytes, read in place of in_
+    [[nodiscard]] const char* input() const noexcept { return fed_ ? fed_ : in_.data(); }
     std::size_t pos_ = 0;
     std::size_t end_ = 0;
     std::size_t scan_ = 0;  // command/data scanning resumes here (no rescans)

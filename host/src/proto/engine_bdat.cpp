@@ -146,7 +146,7 @@ bool engine::step_bdat()
     // Pieces of data_chunk_size: the engine holds no more of the message than with DATA.
     if (streams) take = std::min(take, piece_size - held);
     if (take == 0) return false;
-    const std::string_view piece(in_.data() + pos_, take);
+    const std::string_view piece(input() + pos_, take);
     pos_ += take;
     scan_ = pos_;
     bdat_remaining_ -= take;
