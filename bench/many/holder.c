@@ -196,7 +196,6 @@ int main(int argc, char** argv)
            ok ? samples[ok / 2] : -1.0, ok ? samples[ok - 1] : -1.0);
     fflush(stdout);
     char sink[256];
-    while (read(0, sink, sizeof sink) > 0) {
-    }
+    while (read(0, sink, sizeof sink) > 0) {}
     return 0;  // the kernel closes every connection
 }
