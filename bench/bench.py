@@ -738,7 +738,7 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
         cfg.write_text(template.replace("@WORKERS@", str(args.workers)).replace("@PLUGINS@", str(plugins)))
         # The port is per run: the config names @PORT@, written just before each start.
         peers.append(Peer("asiosmtpd", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(cfg), "@PORT@"],
-                          f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter", "isolation")))
+                          f"{binary}, workers: {args.workers}, sink plugin via the ABI", groups=("main", "milter", "isolation", "many")))
         # --baseline-build: another build of asiosmtpd (e.g. the commit before a change), same config.
         if args.baseline_build:
             base_bin = Path(args.baseline_build).resolve() / "bin" / "asiosmtpd"
@@ -747,7 +747,8 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
                 cfg_b = OUT / "asiosmtpd-base.yaml"
                 cfg_b.write_text(template.replace("@WORKERS@", str(bw)).replace("@PLUGINS@", str(plugins)))
                 peers.append(Peer("asiosmtpd-base", [str(BENCH / "conf" / "start-asiosmtpd"), str(base_bin), str(cfg_b), "@PORT@"],
-                                  f"{base_bin}, workers: {bw}, sink plugin via the ABI (--baseline-build)"))
+                                  f"{base_bin}, workers: {bw}, sink plugin via the ABI (--baseline-build)",
+                                  groups=("main", "many")))
             else:
                 skipped.append(f"asiosmtpd-base: {base_bin} missing")
         # --also-workers: the same server with other worker counts, measured in the same rounds.
@@ -837,6 +838,10 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("latload", "latency, 1 KiB, one client, beside c=50 load", "latency", sessions=50),
         Scenario("idle1k", "1,000 idle connections", "idle", idle=1000),
         Scenario("idle10k", "10,000 idle connections", "idle", idle=10000),
+        # asiosmtpd alone: 100,000 clients from 127.0.0.2-9 (bench/many/holder.c), the accept rate,
+        # and a new client's greeting + EHLO + QUIT with all of them open (--quick: 2,000).
+        Scenario("idle100k", f"{2000 if quick else 100000:,} idle connections from 127.0.0.2-9, then new clients",
+                 "idle", idle=2000 if quick else 100000, group="many"),
         # One milter in front: its peers are asiosmtpd (sink alone), asiosmtpd+milter and Postfix.
         # At least 600 messages a round: Postfix's CPU in a round (0.8-1.4 ms a message) is then
         # >= 50 ticks of /proc's 10 ms, and its milter's (about 0.15 ms a message) >= 9.
@@ -1155,6 +1160,11 @@ def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
     if sc.group == "tls":  # tlsload's idle mode: STARTTLS, the handshake, EHLO; then it holds them
         pre = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
         argv = pre + [str(OUT / "tlsload"), "-I", str(count), "-B", "50", f"127.0.0.1:{port}"]
+    elif sc.group == "many":
+        argv = many_argv(port, count, args)
+        if isinstance(argv, str):
+            res.error = argv
+            return res
     else:
         argv = helper_argv(args.client_cpus, "_idle", str(port), str(count))
     holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -1172,6 +1182,7 @@ def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
         res.extra = {"held": d["held"], "errors": d["errors"], "seconds": d["elapsed"], "base_kib": base,
                      "rss_kib": rss, "peak_kib": peak, "kib_per_conn": (rss - base) / max(1, d["held"]),
                      "first_error": d.get("first_error", ""), "wanted": count}
+        res.extra.update({k: d[k] for k in ("rate", "probes", "probe_ok", "probe_p50_ms", "probe_max_ms") if k in d})
         # Still serving with all of them open? One full transaction says so.
         res.extra["serving"] = read_greeting(port, 5.0) if peer.alive() else False
         log(f"  {peer.name:9} {sc.key:8}: held {d['held']}/{count}, errors {d['errors']}, RSS {base} -> {rss} KiB"
@@ -1193,6 +1204,50 @@ def run_idle(peer: Peer, port: int, sc: Scenario, args) -> Result:
 # ---------------------------------------------------------------------------------------------
 # Client helpers run as subprocesses
 # ---------------------------------------------------------------------------------------------
+
+def many_argv(port: int, count: int, args) -> list[str] | str:
+    """The idle100k holder (bench/many/holder.c): count connections from 127.0.0.2-9, 1,000
+    being opened at a time, then 20 new clients timed one after the other."""
+    exe = build_c(BENCH / "many" / "holder.c", OUT / "holder", [])
+    if isinstance(exe, str):
+        return exe
+    pre = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+    return pre + [str(exe), str(port), str(count), "-B", "1000", "-A", "8", "-P", "20"]
+
+
+def raise_nofile(scs: list[Scenario], want: int) -> int:
+    """idle100k: every process of the run (server, holder) needs a descriptor per connection,
+    more than the usual hard limit; root may raise it (up to fs.nr_open). The new limit."""
+    need = max((s.idle for s in scs if s.group == "many"), default=0) + 1000
+    if need <= want:
+        return want
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        return need
+    except (ValueError, OSError) as e:
+        log(f"cannot raise RLIMIT_NOFILE to {need} ({e}): raising the hard limit needs CAP_SYS_RESOURCE (root,"
+            f" not in every container), or run under a higher ulimit -Hn (bench/README.md)")
+        return want
+
+
+def many_table(results: dict, peers: list[str], sc: Scenario, w) -> None:
+    """idle100k: memory, accept rate and a new client's latency with every connection open."""
+    w(f"== {sc.title} (bench/many/holder.c; RSS of a freshly started server) ==")
+    w(f"{'peer':14} {'held':>7} {'errors':>6} {'RSS before':>11} {'RSS after':>11} {'KiB/conn':>9} {'accept/s':>9}"
+      f" {'new client p50':>15} {'max':>9}")
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.extra:
+            w(f"{p:14} FAILED: {r.error}")
+            continue
+        e = r.extra
+        w(f"{p:14} {e['held']:7} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
+          f" {e['kib_per_conn']:9.2f} {e.get('rate', 0):9,.0f} {e.get('probe_p50_ms', -1):12.1f} ms"
+          f" {e.get('probe_max_ms', -1):6.1f} ms" + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+    w("(new client: connect, greeting, EHLO, QUIT, one after the other; targets: <= 2.5 KiB/conn, < 100 ms)")
+
 
 def read_reply(s: socket.socket, buf: bytearray) -> bytes:
     """Reads one (possibly multi-line) SMTP reply; returns its last line."""
@@ -1635,6 +1690,8 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
             noisy += isolation_table(results, [p for p in peers if "isolation" in groups.get(p, ())], sc, w)
         elif sc.group == "tls":
             noisy += tls_table(results, tls_peers_, sc, w)
+        elif sc.group == "many":
+            many_table(results, [p for p in peers if "many" in groups.get(p, ())], sc, w)
         elif sc.kind == "source":
             # The Python-handler tables compare with aiosmtpd running the same handler.
             tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
@@ -1796,7 +1853,7 @@ def main() -> int:
                     " scenarios asiosmtpd,asiosmtpd+milter,asiosmtpd+milter-replies,postfix,postfix+milter,postfix+milter-replies;"
                     " for the python ones asiosmtpd+python,aiosmtpd+python;"
                     " for the TLS ones asiosmtpd-tls,postfix-tls,haraka-tls,aiosmtpd-tls,tls-floor")
-    ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,"
+    ap.add_argument("--scenarios", help="comma-separated subset of: c1,c10,c100,c100new,r5,big,lat,latload,idle1k,idle10k,idle100k,"
                     "milter,milternew,python1,python10,d1,d10,d50,iso1,iso10,tls13,tls13r,tls12,tls12r,smtps13,"
                     "tlsreuse,tlsidle,notls,notlsreuse (or tls: all the TLS ones)")
     ap.add_argument("--durable-dir", help="folder on a real disk for the durable scenarios' Maildirs (default"
@@ -1844,6 +1901,7 @@ def main() -> int:
     if args.scenarios:
         keys = args.scenarios.split(",")
         scs = [s for s in scs if s.key in keys or (s.group == "tls" and "tls" in keys)]
+    want = raise_nofile(scs, want)
     for s in scs:
         if s.kind == "idle" and s.idle + 200 > want:
             log(f"{s.key}: RLIMIT_NOFILE is {want}; holding {want - 200} connections instead of {s.idle}")

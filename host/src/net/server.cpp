@@ -22,6 +22,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -63,6 +64,28 @@ void note_oversubscribed(std::size_t workers)
             "event=workers_oversubscribed workers={} cpus={} reason=\"more event loops than CPUs this process may "
             "run on: loops share CPUs and wake separately\"",
             workers, cpus);
+}
+
+// Each connection holds a descriptor: the soft RLIMIT_NOFILE (1024 under systemd) is raised
+// towards the hard one as far as max_connections needs, with some to spare for listeners,
+// plugins and their upstreams; short of that, a warning names the limit to raise
+// (docs/performance.md).
+void fit_descriptor_limit(std::uint32_t max_connections)
+{
+    constexpr rlim_t spare = 256;
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    const rlim_t need = static_cast<rlim_t>(max_connections) + spare;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max == RLIM_INFINITY ? need : std::min(need, rl.rlim_max);
+        if (raised.rlim_cur > rl.rlim_cur && ::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        log::warn("event=descriptor_limit max_connections={} rlimit_nofile={} reason=\"fewer descriptors than "
+                  "max_connections + {}: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)\"",
+                  max_connections, static_cast<unsigned long long>(rl.rlim_cur),
+                  static_cast<unsigned long long>(spare));
 }
 
 // A co_spawn completion that never hides an exception (never `detached`).
@@ -234,6 +257,7 @@ server::server(config::settings s, std::shared_ptr<const plugin::generation> plu
     set_workers(resolve_workers(config_.server.workers));      // the threads start in run()
     if (!tls_context) tls_context = tls_context_for(config_);  // not given by the caller
     max_connections_ = config_.server.max_connections;
+    fit_descriptor_limit(config_.server.max_connections);
     tls_handshakes_->set_limits(config_.server.max_tls_handshakes, config_.server.max_tls_handshakes_per_client);
     shutdown_grace_ms_ = millis(config_.server.shutdown_grace).count();
     for (const auto& l : config_.server.listen) {
@@ -512,6 +536,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
     }
     listeners_ = std::move(kept);
     max_connections_ = next.server.max_connections;
+    fit_descriptor_limit(next.server.max_connections);
     const std::size_t workers_before = workers_;
     set_workers(resolve_workers(next.server.workers));
     if (workers_ != workers_before) note_oversubscribed(workers_);

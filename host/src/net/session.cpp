@@ -20,7 +20,13 @@
 #include <optional>
 #include <tuple>
 
+#include <cstring>
+#include <memory>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 namespace asiosmtpd::net {
 namespace {
@@ -259,6 +265,7 @@ session::sent session::send_tls(boost::system::error_code& ec)
 asio::awaitable<bool> session::flush()
 {
     if (engine_.output().empty()) co_return true;
+    waited_ = true;
     boost::system::error_code ec;
     if (tls_) {
         std::string& out = engine_.output();
@@ -306,9 +313,15 @@ asio::awaitable<void> session::run()
         boost::system::error_code ignored;
         if (!socket_.non_blocking()) socket_.non_blocking(true, ignored);  // the reads and writes below never block
         socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+        const int on = 1;  // each read says what it left in the socket (receive_now)
+        inq_ = ctx_->unix_path.empty() && ::setsockopt(socket_.native_handle(), SOL_TCP, TCP_INQ, &on, sizeof on) == 0;
     }
     engine_.allow_xclient(proto::contains(ctx_->xclient_networks, peer_address_));
     engine_.start();
+    // The plaintext read's state (see there): the last read emptied the socket and nothing ran
+    // on the loop since; the last read left more to read.
+    bool drained = false;
+    bool more = false;
     for (;;) {
         if (engine_.pending_hook()) {
             co_await run_hooks();
@@ -331,6 +344,7 @@ asio::awaitable<void> session::run()
         }
         if (engine_.tls_requested()) {
             // The 220 went out above; plaintext pipelined after STARTTLS was dropped.
+            drained = more = false;
             if (!co_await handshake()) break;
             engine_.tls_established();
             continue;
@@ -366,17 +380,39 @@ asio::awaitable<void> session::run()
             if (!ec && !idle)
                 read_size_ = n == room.size() ? std::min(read_size_ * 2, read_max) : std::max(read_size_ / 2, read_min);
         } else {
-            // Between commands (nothing buffered) the session holds only a small buffer, kept
-            // from one command to the next: an idle session costs little memory, a command no
-            // allocation. Asio tries the read at once (EAGAIN when the client has not sent
-            // yet; a short read does not prove the socket empty: a FIN that came with the last
-            // bytes raises no further epoll edge, bench/README.md), and every read goes
-            // through the event loop, so a fast sender cannot starve the others.
-            const bool idle = engine_.release_buffer(idle_read);
-            const std::span<char> room = engine_.prepare(idle ? idle_read : read_size_);
-            std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()), nothrow);
-            if (!ec && !idle)
-                read_size_ = n < room.size() ? std::max(read_size_ / 2, read_min) : std::min(read_size_ * 2, read_max);
+            // The session holds no read buffer: it waits for the socket to be readable, reads
+            // into its loop's buffer, and the engine keeps only what it did not process (an
+            // incomplete line, pipelined commands behind a hook). The wait comes first when the
+            // last read left the socket empty and nothing ran on the loop since (the kernel
+            // says so, TCP_INQ: a FIN counts as not empty), so that no read answers EAGAIN;
+            // otherwise the read is tried at once (after a trip through the loop while a fast
+            // sender has more: it cannot starve the others).
+            engine_.release_buffer(0);
+            if (std::exchange(waited_, false)) drained = false;  // an edge may have come and gone
+            if (drained) {
+                std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
+            } else if (more) {
+                co_await asio::post(socket_.get_executor(), asio::use_awaitable);
+            }
+            while (!ec) {
+                const std::string_view got = receive_now(ec, drained, more);
+                if (!ec) {
+                    n = got.size();
+                    window_bytes_ += n;
+                    engine_.feed(got);
+                    break;
+                }
+                if (ec != asio::error::would_block && ec != asio::error::try_again) break;
+                ec = {};
+                std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, nothrow);
+            }
+            if (!ec) {
+                if (engine_.has_refusals()) log_refusals();
+                if (auto t = engine_.take_transaction()) log_transaction(*t);
+                end_transaction_slots();
+                continue;
+            }
+            drained = more = false;
         }
         if (ec == asio::error::operation_aborted) {
             if (timed_out_ && !forced_ && stop_requested_) {
@@ -401,6 +437,55 @@ asio::awaitable<void> session::run()
         end_transaction_slots();
     }
     co_await close();
+}
+
+namespace {
+// The loop's one read buffer for plaintext sessions (engine::feed copies what it keeps).
+constexpr std::size_t loop_buffer_size = 128 * 1024;
+char* loop_buffer()
+{
+    thread_local const std::unique_ptr<char[]> buffer(new char[loop_buffer_size]);
+    return buffer.get();
+}
+}  // namespace
+
+// Plaintext: one recvmsg() into the loop's buffer. With TCP_INQ the kernel also says what is
+// left in the socket after it (a FIN counts as something): `drained` when nothing, `more` when
+// something or unknown (a UNIX socket). Errors as Asio reports them (would_block, eof).
+std::string_view session::receive_now(boost::system::error_code& ec, bool& drained, bool& more)
+{
+    char* const buffer = loop_buffer();
+    iovec iov{buffer, loop_buffer_size};
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (inq_) {
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+    }
+    ssize_t r = 0;
+    do r = ::recvmsg(socket_.native_handle(), &msg, 0);
+    while (r < 0 && errno == EINTR);
+    drained = false;
+    more = false;
+    if (r < 0) {
+        ec = boost::system::error_code(errno, asio::error::get_system_category());
+        return {};
+    }
+    if (r == 0) {
+        ec = asio::error::eof;
+        return {};
+    }
+    more = true;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_TCP || c->cmsg_type != TCP_CM_INQ) continue;
+        int left = 0;
+        std::memcpy(&left, CMSG_DATA(c), sizeof left);
+        drained = left == 0;
+        more = !drained;
+    }
+    return {buffer, static_cast<std::size_t>(r)};
 }
 
 // The stop found the session idle and cancelled its read: bytes the client sent meanwhile (a

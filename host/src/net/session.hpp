@@ -124,6 +124,7 @@ private:
     void on_watchdog();
     enum class sent { all, some, failed };
     sent send_now();
+    std::string_view receive_now(boost::system::error_code& ec, bool& drained, bool& more);
     asio::awaitable<bool> flush();
     sent send_tls(boost::system::error_code& ec);
     asio::awaitable<bool> handshake();
@@ -180,6 +181,8 @@ private:
     bool timed_out_ = false;
     bool too_slow_ = false;  ///< the timeout was DATA's minimum rate (for the log)
     bool finished_ = false;
+    bool inq_ = false;          ///< TCP_INQ is on: each plaintext read says whether it emptied the socket
+    bool waited_ = false;       ///< the loop ran other work since the last read (it may have taken an edge)
     bool client_gone_ = false;  ///< the client left while a hook was suspended: no more replies
     bool client_eof_ = false;   ///< the client half-closed while a hook was suspended: no more reads
     std::atomic<bool> stop_requested_{false};

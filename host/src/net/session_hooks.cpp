@@ -77,6 +77,7 @@ asio::awaitable<void> session::auth_failed()
     metrics::get().auth_failed.fetch_add(1, std::memory_order_relaxed);
     if (ctx_->auth_failure_delay.count() > 0) {
         asio::steady_timer pause(socket_.get_executor(), ctx_->auth_failure_delay);
+        waited_ = true;
         co_await pause.async_wait(nothrow);
     }
 }
@@ -176,6 +177,7 @@ void watch_client(tcp::socket& socket, bool tls, const std::shared_ptr<client_wa
 asio::awaitable<void> session::await_pending(const plugin::chain& c)
 {
     const std::shared_ptr<plugin::pending_call>& pending = c.pending();
+    waited_ = true;  // the loop ran meanwhile (session::run's read)
     auto timer = std::make_shared<asio::steady_timer>(socket_.get_executor());
     const auto wake = std::make_shared<waker>(socket_.get_executor(), timer);
     const waker_closer closer{wake};

@@ -447,6 +447,34 @@ bool engine::release_buffer(std::size_t keep) noexcept
     return true;
 }
 
+void engine::feed(std::string_view bytes)
+{
+    if (closed_) return;
+    if (pos_ != end_) {
+        // Something is buffered (an incomplete line, most likely): complete it there, up to the
+        // next LF; the rest is read in place once nothing is left over.
+        const std::size_t lf = bytes.find('\n');
+        const std::size_t first = lf == std::string_view::npos ? bytes.size() : lf + 1;
+        receive(bytes.substr(0, first));
+        bytes.remove_prefix(first);
+        if (bytes.empty() || closed_) return;
+        if (pos_ != end_) return receive(bytes);
+    }
+    fed_ = bytes.data();
+    pos_ = scan_ = 0;
+    end_ = bytes.size();
+    pump();
+    if (pos_ != end_) {
+        const std::size_t left = end_ - pos_;
+        if (in_.size() < left) in_.resize(left);
+        std::memcpy(in_.data(), fed_ + pos_, left);
+        scan_ -= pos_;
+        end_ = left;
+        pos_ = 0;
+    }
+    fed_ = nullptr;
+}
+
 void engine::commit(std::size_t n)
 {
     end_ = std::min(end_ + n, in_.size());
@@ -483,7 +511,7 @@ void engine::pump()
 // reported once as too long. Empty optional: more bytes are needed.
 std::optional<engine::line_read> engine::next_line(std::size_t limit)
 {
-    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const std::string_view buf(input() + pos_, end_ - pos_);
     const auto lf = buf.find('\n', scan_ - pos_);
     if (lf == std::string_view::npos) {
         if (discarding_line_ || buf.size() > limit) {
@@ -549,8 +577,8 @@ void engine::handle_command(std::string_view line)
     }
     if (!settings_.enable_smtputf8 && !is_ascii(arg)) return reply(replies::strict_ascii);
     upper_into(verb_, raw_verb);
-    if (!drain_reply_.empty() && !in_transaction() && verb_ != "QUIT") {
-        reply(drain_reply_);
+    if (!drain_reply_.get().empty() && !in_transaction() && verb_ != "QUIT") {
+        reply(drain_reply_.get());
         return close("shutdown");
     }
     if (line.size() > command_limit(verb_)) return reply(replies::line_too_long);
@@ -717,7 +745,7 @@ void engine::finish_hook(const hook_result& r)
         if (r.verdict != verdict::none && r.verdict != verdict::accept && r.verdict != verdict::challenge) {
             // Refused (or the plugin failed): the rest of the message is read and dropped, and
             // this reply answers the final dot.
-            chunk_refusal_ = r;
+            chunk_refusal_.set() = r;
             if (!request_.last_chunk) data_error_ = data_error::refused;
         } else if (!settings_.data_whole_message || !has_hook(hook_kind::data)) {
             envelope_.content.clear();  // streaming: the engine keeps one chunk at most
@@ -726,8 +754,8 @@ void engine::finish_hook(const hook_result& r)
             chunk_from_ = envelope_.content.size();
         }
         if (!request_.last_chunk) return;
-        if (chunk_refusal_.verdict != verdict::none)
-            return deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
+        if (chunk_refusal_.get().verdict != verdict::none)
+            return deliver_data_reply(std::exchange(chunk_refusal_.set(), hook_result{}));
         return finish_data();
     case hook_kind::rset:
     case hook_kind::noop: reply_for(r, replies::ok); return;
@@ -755,7 +783,8 @@ void engine::finish_hook(const hook_result& r)
     case hook_kind::auth_mechanism:
         switch (r.verdict) {
         case verdict::accept:
-            return auth_success(r, request_.kind == hook_kind::auth_check ? request_secret_[1] : std::string_view{});
+            return auth_success(r,
+                                request_.kind == hook_kind::auth_check ? request_secret_.get()[1] : std::string_view{});
         case verdict::none:
         case verdict::reject: return auth_failure(r);
         case verdict::challenge:
@@ -962,7 +991,7 @@ void engine::begin_message()
     data_unstuffed_ = 0;
     data_non_ascii_ = false;
     chunk_from_ = 0;
-    chunk_refusal_ = {};
+    chunk_refusal_.reset();
     partial_line_ = 0;
     envelope_.content.clear();
     if (message_prefix_ && keeps_content()) {
@@ -988,7 +1017,7 @@ void engine::begin_message()
 // errors reported only after the final dot (aiosmtpd); excess bytes are dropped as they come.
 bool engine::step_data()
 {
-    const std::string_view buf(in_.data() + pos_, end_ - pos_);
+    const std::string_view buf(input() + pos_, end_ - pos_);
     std::size_t lf = buf.find('\n', scan_ - pos_);
     while (lf != std::string_view::npos && (lf == 0 || buf[lf - 1] != '\r')) lf = buf.find('\n', lf + 1);
     if (lf == std::string_view::npos) {
@@ -1077,9 +1106,9 @@ void engine::end_of_data()
         reset_envelope(transaction_end::how::refused, {}, at);
         return;
     }
-    if (chunk_refusal_.verdict != verdict::none) {
+    if (chunk_refusal_.get().verdict != verdict::none) {
         // A data_chunk hook refused the message; the rest was read and dropped.
-        deliver_data_reply(std::exchange(chunk_refusal_, hook_result{}));
+        deliver_data_reply(std::exchange(chunk_refusal_.set(), hook_result{}));
         return;
     }
     // The last piece (possibly empty: the hooks learn the message is complete).
@@ -1250,7 +1279,7 @@ void engine::on_auth(std::string_view arg, bool)
     if (mechanism == "LOGIN") {
         auth_kind_ = auth_kind::login;
         if (initial) {
-            auth_user_ = std::move(*initial);
+            auth_user_.set() = std::move(*initial);
             auth_step_ = 1;
             reply(replies::auth_password_challenge);
         } else {
@@ -1311,27 +1340,28 @@ void engine::auth_response(std::string_view data)
     }
     // LOGIN
     if (auth_step_ == 0) {
-        auth_user_.assign(data);
+        auth_user_.set().assign(data);
         auth_step_ = 1;
         reply(replies::auth_password_challenge);
         phase_ = phase::auth;
         return;
     }
-    const std::string user = std::move(auth_user_);
+    const std::string user = std::move(auth_user_.set());
     auth_credentials("LOGIN", {}, user, data);
 }
 
 void engine::auth_credentials(std::string_view mechanism, std::string_view authzid, std::string_view login,
                               std::string_view password)
 {
-    request_secret_[0].assign(authzid);
-    request_secret_[1].assign(login);
-    request_secret_[2].assign(password);
-    auth_user_.clear();
+    std::array<std::string, 3>& secret = request_secret_.set();
+    secret[0].assign(authzid);
+    secret[1].assign(login);
+    secret[2].assign(password);
+    auth_user_.reset();
     ask(hook_kind::auth_check, mechanism, true);
-    request_.authzid = request_secret_[0];
-    request_.login = request_secret_[1];
-    request_.password = request_secret_[2];
+    request_.authzid = secret[0];
+    request_.login = secret[1];
+    request_.password = secret[2];
     // Without an AUTH_CHECK plugin nobody can vouch for the credentials: 535 (aiosmtpd
     // without an authenticator).
     if (!has_hook(hook_kind::auth_check)) {
@@ -1359,11 +1389,11 @@ void engine::auth_success(const hook_result& r, std::string_view login)
 void engine::auth_failure(const hook_result& r)
 {
     if (request_.kind == hook_kind::auth_check) {
-        failed_auth_mechanism_.assign(request_arg_);
-        failed_auth_login_.assign(request_secret_[1]);
+        failed_auth_mechanism_.set().assign(request_arg_);
+        failed_auth_login_.set().assign(request_secret_.get()[1]);
     } else {
-        failed_auth_mechanism_.assign(request_verb_);
-        failed_auth_login_.assign(r.identity);
+        failed_auth_mechanism_.set().assign(request_verb_);
+        failed_auth_login_.set().assign(r.identity);
     }
     // docs/behaviour.md: a rejected credential is always answered.
     r.code ? reply_plugin(r) : reply(replies::auth_failed);
@@ -1380,8 +1410,8 @@ void engine::auth_end() noexcept
 {
     auth_kind_ = auth_kind::none;
     auth_step_ = 0;
-    auth_user_.clear();
-    for (auto& secret : request_secret_) secret.clear();
+    auth_user_.reset();
+    request_secret_.reset();
     if (phase_ == phase::auth) phase_ = phase::command;
 }
 
@@ -1501,18 +1531,19 @@ void engine::on_xclient(std::string_view arg, bool has_arg)
     }
     // Accepted: every attribute given replaces the one before; HELO, PROTO and LOGIN are this
     // command's (absent: reset, as a new connection has none).
-    for (auto [from, to] : {std::pair{&got.name, &xclient_.name}, std::pair{&got.addr, &xclient_.addr},
-                            std::pair{&got.destaddr, &xclient_.destaddr}})
+    xclient_attributes& x = xclient_.set();
+    for (auto [from, to] :
+         {std::pair{&got.name, &x.name}, std::pair{&got.addr, &x.addr}, std::pair{&got.destaddr, &x.destaddr}})
         if (*from) *to = std::move(*from);
-    if (got.port) xclient_.port = got.port;
-    if (got.destport) xclient_.destport = got.destport;
-    xclient_.helo = std::move(got.helo);
-    xclient_.proto = std::move(got.proto);
-    xclient_.login = std::move(got.login);
+    if (got.port) x.port = got.port;
+    if (got.destport) x.destport = got.destport;
+    x.helo = std::move(got.helo);
+    x.proto = std::move(got.proto);
+    x.login = std::move(got.login);
     reset_envelope(transaction_end::how::aborted, "xclient");
-    host_name_ = xclient_.helo.value_or(std::string());
-    extended_smtp_ = xclient_.proto == "ESMTP";
-    auth_login_ = xclient_.login.value_or(std::string());
+    host_name_ = x.helo.value_or(std::string());
+    extended_smtp_ = x.proto == "ESMTP";
+    auth_login_ = x.login.value_or(std::string());
     authenticated_ = !auth_login_.empty();
     connect_rejected_ = false;
     phase_ = phase::greeting;

@@ -14,10 +14,12 @@
 
 #include "proto/replies.hpp"
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -243,6 +245,29 @@ struct envelope {
     }
 };
 
+/// A member most sessions never use (AUTH, XCLIENT, BDAT refusals, a stop's reply): allocated
+/// when first written, so that it costs an idle session one pointer. Reads before that see an
+/// empty T.
+template <class T>
+class lazy {
+public:
+    [[nodiscard]] const T& get() const noexcept { return p_ ? *p_ : empty(); }
+    T& set()
+    {
+        if (!p_) p_ = std::make_unique<T>();
+        return *p_;
+    }
+    void reset() noexcept { p_.reset(); }
+
+private:
+    static const T& empty() noexcept
+    {
+        static const T none{};
+        return none;
+    }
+    std::unique_ptr<T> p_;
+};
+
 class engine {
 public:
     explicit engine(const settings& s);
@@ -256,6 +281,10 @@ public:
     /// buffer; commit(n) after reading n bytes into it. The area is valid until commit().
     std::span<char> prepare(std::size_t min);
     void commit(std::size_t n);
+    /// Bytes read into a buffer the caller reuses (the event loop's one read buffer): processed
+    /// where they are; only what stays unprocessed (an incomplete line, commands pipelined
+    /// behind a hook) is copied into the engine's buffer. The same as receive() otherwise.
+    void feed(std::string_view bytes);
 
     /// The outcome of the hook chain for pending_hook().
     void hook_done(hook_result result);
@@ -267,7 +296,7 @@ public:
     /// The host is stopping (docs/behaviour.md "Shutdown"): from now on, a command outside a
     /// transaction is answered `reply` (the 421) and the session closes, except QUIT, which gets
     /// its 221 as usual. A transaction in progress goes on.
-    void drain(std::string_view reply) { drain_reply_.assign(reply); }
+    void drain(std::string_view reply) { drain_reply_.set().assign(reply); }
 
     /// Bytes to send; the caller clears them (clear_output()) once written.
     [[nodiscard]] std::string& output() noexcept { return out_; }
@@ -300,8 +329,8 @@ public:
     [[nodiscard]] std::vector<refusal> take_refusals() noexcept { return std::exchange(refusals_, {}); }
     /// The last failed AUTH: its mechanism and the login it tried ("" when the mechanism
     /// gives none), for the host's log (fail2ban). Never the password.
-    [[nodiscard]] std::string_view failed_auth_mechanism() const noexcept { return failed_auth_mechanism_; }
-    [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_; }
+    [[nodiscard]] std::string_view failed_auth_mechanism() const noexcept { return failed_auth_mechanism_.get(); }
+    [[nodiscard]] std::string_view failed_auth_login() const noexcept { return failed_auth_login_.get(); }
     [[nodiscard]] const proto::envelope& current_envelope() const noexcept { return envelope_; }
     [[nodiscard]] std::uint64_t transactions() const noexcept { return transactions_; }
     /// Transactions begun in this session (MAIL accepted): the number of the open or last one.
@@ -346,7 +375,7 @@ public:
     void allow_xclient(bool on) noexcept { xclient_allowed_ = on; }
     [[nodiscard]] bool xclient_allowed() const noexcept { return xclient_allowed_; }
     /// The attributes of the last accepted XCLIENT command (hook_request::xclient).
-    [[nodiscard]] const xclient_attributes& xclient() const noexcept { return xclient_; }
+    [[nodiscard]] const xclient_attributes& xclient() const noexcept { return xclient_.get(); }
 
     /// The TLS layer is active (implicit TLS): counts as TLS for AUTH and plugins (docs/behaviour.md).
     void set_tls_active(bool on) noexcept { tls_active_ = on; }
@@ -467,7 +496,9 @@ private:
     std::string help_list() const;
 
     const settings& settings_;
-    std::string in_;  // the one receive buffer (storage); [pos_, end_) unprocessed
+    std::string in_;             // the one receive buffer (storage); [pos_, end_) unprocessed
+    const char* fed_ = nullptr;  // during feed(): the caller's bytes, read in place of in_
+    [[nodiscard]] const char* input() const noexcept { return fed_ ? fed_ : in_.data(); }
     std::size_t pos_ = 0;
     std::size_t end_ = 0;
     std::size_t scan_ = 0;  // command/data scanning resumes here (no rescans)
@@ -500,15 +531,15 @@ private:
     auth_kind auth_kind_ = auth_kind::none;
     std::size_t auth_plugin_ = 0;
     std::uint32_t auth_step_ = 0;
-    std::string auth_user_;   // LOGIN: the user name between the two challenges
-    std::string auth_login_;  // the authenticated identity
+    lazy<std::string> auth_user_;  // LOGIN: the user name between the two challenges
+    std::string auth_login_;       // the authenticated identity
     std::uint32_t auth_failures_ = 0;
     bool auth_failed_ = false;
     std::vector<refusal> refusals_;
     std::string hooked_line_;  // the command line whose hook is pending (for refusals_)
     void note_refusal(std::string_view command, std::size_t reply_start);
-    std::string failed_auth_mechanism_;
-    std::string failed_auth_login_;
+    lazy<std::string> failed_auth_mechanism_;
+    lazy<std::string> failed_auth_login_;
 
     envelope envelope_;
 
@@ -518,15 +549,15 @@ private:
     std::uint64_t data_unstuffed_ = 0;  // message bytes after unstuffing
     bool data_non_ascii_ = false;       // decode_data without SMTPUTF8: some byte >= 0x80 seen
     std::size_t chunk_from_ = 0;        // envelope_.content[chunk_from_, end) not yet given to data_chunk
-    hook_result chunk_refusal_;         // a data_chunk hook refused the message: its reply, after the dot
+    lazy<hook_result> chunk_refusal_;   // a data_chunk hook refused the message: its reply, after the dot
     std::size_t partial_line_ = 0;      // bytes of the current line already consumed (too long)
 
     // BDAT reader
     std::uint64_t bdat_remaining_ = 0;          // octets of the current chunk still to read
     std::uint64_t bdat_size_ = 0;               // the current chunk's size
     bool bdat_last_ = false;                    // the current chunk is the LAST
-    std::string bdat_refusal_;                  // the chunk was refused before it was read: its reply
-    std::string bdat_line_;                     // the BDAT command line (for refusals_)
+    lazy<std::string> bdat_refusal_;            // the chunk was refused before it was read: its reply
+    lazy<std::string> bdat_line_;               // the BDAT command line (for refusals_)
     std::uint64_t bdat_serial_ = ~0ull;         // envelope_serial_ of the message BDAT is building
     std::uint64_t bdat_failed_serial_ = ~0ull;  // envelope_serial_ after a BDAT message failed
 
@@ -536,12 +567,12 @@ private:
     std::string request_verb_;
     std::vector<std::string> request_params_;
 
-    std::string drain_reply_;  // drain(): the host is stopping
+    lazy<std::string> drain_reply_;  // drain(): the host is stopping
 
     // XCLIENT
     bool xclient_allowed_ = false;
-    xclient_attributes xclient_;
-    std::string request_secret_[3];  // auth_check: authzid, login, password (owned while asked)
+    lazy<xclient_attributes> xclient_;
+    lazy<std::array<std::string, 3>> request_secret_;  // auth_check: authzid, login, password (owned while asked)
 };
 
 }  // namespace asiosmtpd::proto

@@ -92,7 +92,7 @@ bool engine::after_bdat(std::string_view line, std::size_t reply_start)
 {
     if (!settings_.enable_chunking || closed_ || waiting_) return false;
     if (phase_ == phase::bdat) {
-        bdat_line_.assign(line);
+        bdat_line_.set().assign(line);
         return true;
     }
     // Refused before on_bdat() ran (require_starttls, a STARTTLS veto, a refused connection, a
@@ -100,7 +100,7 @@ bool engine::after_bdat(std::string_view line, std::size_t reply_start)
     if (phase_ != phase::command || out_.size() <= reply_start + 2) return false;
     const bdat_command c = parse_bdat(argument_of(line));
     if (!c.size_known) return false;
-    bdat_line_.assign(line);
+    bdat_line_.set().assign(line);
     const std::string refusal = out_.substr(reply_start, out_.size() - reply_start - 2);  // without CRLF
     out_.resize(reply_start);
     start_chunk(c.size, c.last, refusal);
@@ -112,7 +112,8 @@ void engine::start_chunk(std::uint64_t size, bool last, std::string_view refusal
     bdat_remaining_ = size;
     bdat_size_ = size;
     bdat_last_ = last;
-    bdat_refusal_.assign(refusal);
+    if (refusal.empty()) bdat_refusal_.reset();
+    else bdat_refusal_.set().assign(refusal);
     phase_ = phase::bdat;
     if (!refusal.empty()) return;
     if (!bdat_open()) {
@@ -134,7 +135,7 @@ bool engine::step_bdat()
         end_of_chunk();
         return true;
     }
-    const bool dropped = !bdat_refusal_.empty() || data_error_ != data_error::none;
+    const bool dropped = !bdat_refusal_.get().empty() || data_error_ != data_error::none;
     const bool streams = !dropped && has_hook(hook_kind::data_chunk);
     const std::size_t piece_size = std::max<std::size_t>(settings_.data_chunk_size, 1);
     const std::size_t held = envelope_.content.size() - chunk_from_;
@@ -146,7 +147,7 @@ bool engine::step_bdat()
     // Pieces of data_chunk_size: the engine holds no more of the message than with DATA.
     if (streams) take = std::min(take, piece_size - held);
     if (take == 0) return false;
-    const std::string_view piece(in_.data() + pos_, take);
+    const std::string_view piece(input() + pos_, take);
     pos_ += take;
     scan_ = pos_;
     bdat_remaining_ -= take;
@@ -167,10 +168,10 @@ void engine::end_of_chunk()
     ++progress_;
     phase_ = phase::command;
     const std::size_t at = out_.size();
-    if (!bdat_refusal_.empty()) {
-        reply(bdat_refusal_);
-        note_refusal(bdat_line_, at);
-        bdat_refusal_.clear();
+    if (!bdat_refusal_.get().empty()) {
+        reply(bdat_refusal_.get());
+        note_refusal(bdat_line_.get(), at);
+        bdat_refusal_.reset();
         if (bdat_open()) fail_bdat_message(at);                             // a malformed BDAT in mid-message
         else if (bdat_last_ && bdat_failed()) bdat_failed_serial_ = ~0ull;  // the failed message's end
         return;
@@ -179,10 +180,10 @@ void engine::end_of_chunk()
         reply(replies::too_much_data);
         return fail_bdat_message(at);
     }
-    if (chunk_refusal_.verdict != verdict::none) {
+    if (chunk_refusal_.get().verdict != verdict::none) {
         // A DATA_CHUNK hook refused the message: this chunk's reply (LAST: the message's, one per
         // recipient in LMTP).
-        const hook_result r = std::exchange(chunk_refusal_, hook_result{});
+        const hook_result r = std::exchange(chunk_refusal_.set(), hook_result{});
         if (bdat_last_) return deliver_data_reply(r);
         reply_for(r, {});
         return fail_bdat_message(at);
