@@ -758,6 +758,13 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
                                   groups=("isolation",), tree=True))
             else:
                 skipped.append(f"asiosmtpd+isolated: {build}/bin/asiosmtpd-plugin-host missing (bench/run builds it)")
+            # --baseline-build: that build's isolation too (its own plugin host, beside its server).
+            base_dir = Path(args.baseline_build).resolve() if args.baseline_build else None
+            if base_dir and (base_dir / "bin" / "asiosmtpd-plugin-host").exists():
+                peers.append(Peer("asiosmtpd-base+isolated", [str(BENCH / "conf" / "start-asiosmtpd"),
+                                                              str(base_dir / "bin" / "asiosmtpd"), str(icfg), "@PORT@"],
+                                  f"{base_dir}/bin/asiosmtpd, sink with isolation: process (--baseline-build)",
+                                  groups=("isolation",), tree=True))
     else:
         skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
 
@@ -1344,9 +1351,11 @@ def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[fl
           f" {r.median(tot):8.1f} {r.median(lambda x: x.client_cpu / x.msgs * 1e6):8.1f} {others:5.0f}%"
           f" | {ratio(r.median(rate), med(base, rate)):>7} {ratio(r.median(tot), med(base, tot)):>7}"
           + (f"   ({r.error})" if r.error else ""))
-    a, b = med("asiosmtpd+isolated", rate), med(base, rate)
-    if a and b and sc.sessions == 1:
-        w(f"added per hook call (c=1): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls = {(1e6 / a - 1e6 / b) / 2:.1f} us")
+    for name in ("asiosmtpd+isolated", "asiosmtpd-base+isolated"):
+        a, b = med(name, rate), med(base, rate)
+        if a and b and sc.sessions == 1:
+            w(f"added per hook call (c=1, {name}): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls"
+              f" = {(1e6 / a - 1e6 / b) / 2:.1f} us")
     return noisy
 
 
