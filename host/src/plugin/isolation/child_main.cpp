@@ -175,7 +175,7 @@ struct asiosmtpd_call {
     bool active = false;
     std::uint64_t id = 0;
     std::int32_t hook = 0;        // the ABI's id, or wire::hook_command / hook_auth_mechanism
-    std::shared_ptr<channel> ch;  // the channel the call came on (under info_lock while active)
+    std::shared_ptr<channel> ch;  // the channel the call (the latest) came on; under info_lock
     snapshot snap;
     std::uint16_t code = 0;
     std::string text, refused_reply, challenge, identity;
@@ -792,15 +792,22 @@ void log_fields(asiosmtpd_ctx*, asiosmtpd_call* call, int32_t level, asiosmtpd_s
     bool in_call = false;
     std::uint64_t session = 0;
     std::string txn;
-    std::shared_ptr<channel> ch;  // a call's lines go with its answer; others on the control channel
-    if (call != nullptr) {
-        const std::lock_guard guard(call->info_lock);
-        if (call->active) {
+    // On the channel of the call in progress, or of the latest one: a line a plugin thread logs
+    // before its complete() is written before that completion (the same socket, in order).
+    std::shared_ptr<channel> ch;
+    {
+        asiosmtpd_call& latest = proc().call;  // the only call object (calls run one at a time)
+        const std::lock_guard guard(latest.info_lock);
+        ch = latest.ch;
+        if (call != nullptr && call->active) {
             in_call = true;
             session = call->snap.session_id;
             txn.assign(call->snap.txn_id);
-            ch = call->ch;
         }
+    }
+    if (ch != nullptr) {
+        const std::lock_guard guard(ch->write_lock);
+        if (ch->dead) ch = nullptr;  // closed by the server: the control channel takes it
     }
     w.u8(in_call ? 1 : 0).u64(session).str(txn).str(view(message).substr(0, 4096));
     const std::size_t n = keys != nullptr && values != nullptr ? std::min<std::size_t>(count, 64) : 0;
@@ -1122,7 +1129,10 @@ void on_call(const std::shared_ptr<channel>& ch, wire::reader& r)
     call.refusals.clear();
     call.edits.clear();
     call.suspended = false;
-    call.ch = ch;
+    {
+        const std::lock_guard guard(call.info_lock);
+        call.ch = ch;
+    }
     read_snapshot(r, call.snap);
     arguments a;
     const void* args = read_arguments(r, hook, a);
