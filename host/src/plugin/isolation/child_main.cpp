@@ -512,32 +512,34 @@ asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
     return ASIOSMTPD_OK;
 }
 
-asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+// One item of the transaction's snapshot: `pick(snapshot)` gives the list the item is in
+// (nullptr: none to read), `index` which.
+template <class Pick>
+asiosmtpd_status snapshot_item(asiosmtpd_call* call, size_t index, asiosmtpd_str* out, Pick pick)
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
     if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (index >= call->snap.rcpts.size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.rcpts[index];
+    const std::vector<asiosmtpd_str>* items = pick(call->snap);
+    if (items == nullptr || index >= items->size()) return ASIOSMTPD_E_INVALID;
+    *out = (*items)[index];
     return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+{
+    return snapshot_item(call, index, out, [](const snapshot& s) { return &s.rcpts; });
 }
 
 asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
 {
-    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
-    if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (index >= call->snap.mail_params.size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.mail_params[index];
-    return ASIOSMTPD_OK;
+    return snapshot_item(call, index, out, [](const snapshot& s) { return &s.mail_params; });
 }
 
 asiosmtpd_status txn_rcpt_param_at(asiosmtpd_call* call, size_t r, size_t p, asiosmtpd_str* out)
 {
-    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
-    if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (!call->snap.has_draft) return ASIOSMTPD_E_INVALID;
-    if (r >= call->snap.rcpt_params.size() || p >= call->snap.rcpt_params[r].size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.rcpt_params[r][p];
-    return ASIOSMTPD_OK;
+    return snapshot_item(call, p, out, [r](const snapshot& s) -> const std::vector<asiosmtpd_str>* {
+        return s.has_draft && r < s.rcpt_params.size() ? &s.rcpt_params[r] : nullptr;
+    });
 }
 
 // ---- replies, AUTH ---------------------------------------------------------------------------
