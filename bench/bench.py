@@ -764,10 +764,17 @@ def make_peers(args, groups: set[str]) -> tuple[list[Peer], list[str]]:
             if (build / "bin" / "asiosmtpd-plugin-host").exists():
                 peers.append(Peer("asiosmtpd+isolated", [str(BENCH / "conf" / "start-asiosmtpd"), str(binary), str(icfg),
                                                          "@PORT@"],
-                                  f"the same, sink with isolation: process (asiosmtpd-plugin-host)",
+                                  "the same, sink with isolation: process (asiosmtpd-plugin-host)",
                                   groups=("isolation",), tree=True))
             else:
                 skipped.append(f"asiosmtpd+isolated: {build}/bin/asiosmtpd-plugin-host missing (bench/run builds it)")
+            # --baseline-build: that build's isolation too (its own plugin host, beside its server).
+            base_dir = Path(args.baseline_build).resolve() if args.baseline_build else None
+            if base_dir and (base_dir / "bin" / "asiosmtpd-plugin-host").exists():
+                peers.append(Peer("asiosmtpd-base+isolated", [str(BENCH / "conf" / "start-asiosmtpd"),
+                                                              str(base_dir / "bin" / "asiosmtpd"), str(icfg), "@PORT@"],
+                                  f"{base_dir}/bin/asiosmtpd, sink with isolation: process (--baseline-build)",
+                                  groups=("isolation",), tree=True))
     else:
         skipped.append(f"asiosmtpd: {binary} or {plugins}/sink.so missing (bench/run builds them)")
 
@@ -1454,9 +1461,11 @@ def isolation_table(results: dict, peers: list[str], sc: Scenario, w) -> list[fl
       f" | {'msgs/s':>7} {'total':>7} vs {base} (in process)")
     w(f"{'':20} {'':>8} {'':>7} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'us/msg':>8} {'':>6} |")
     noisy = peer_rows(results, peers, sc, w, 20, row)
-    a, b = med_of(results, "asiosmtpd+isolated", sc.key, per_s), med_of(results, base, sc.key, per_s)
-    if a and b and sc.sessions == 1:
-        w(f"added per hook call (c=1): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls = {(1e6 / a - 1e6 / b) / 2:.1f} us")
+    for name in ("asiosmtpd+isolated", "asiosmtpd-base+isolated"):
+        a, b = med_of(results, name, sc.key, per_s), med_of(results, base, sc.key, per_s)
+        if a and b and sc.sessions == 1:
+            w(f"added per hook call (c=1, {name}): ({1e6 / a:.1f} - {1e6 / b:.1f}) us/msg / 2 calls"
+              f" = {(1e6 / a - 1e6 / b) / 2:.1f} us")
     return noisy
 
 
@@ -1697,7 +1706,6 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
             tpeers, tbase = (python_peers_, "aiosmtpd+python") if sc.group == "python" else (main_peers_, base)
             pw = 16 if sc.group == "python" else 10
             w(f"== {sc.title} (smtp-source {'-d ' if sc.reuse else ''}-s {sc.sessions} -l {sc.length} -r {sc.rcpts}) ==")
-            big = sc.length >= MIB_10
             w(f"{'peer':{pw}} {'msgs/s':>9} {'spread':>7} {'MB/s':>7} {'CPU us/msg':>11} {'sys%':>5} {'peak RSS':>10}"
               f" {'client us/msg':>13} {'others':>6} | {'msgs/s':>7} {'CPU/msg':>7} vs {tbase}")
             for p in tpeers:

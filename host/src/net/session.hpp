@@ -17,6 +17,7 @@
 #include "tls/context.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -101,6 +102,13 @@ public:
     [[nodiscard]] std::string_view proxy_via() const noexcept override
     {
         return proxy_ ? std::string_view(proxy_->via) : std::string_view();
+    }
+    [[nodiscard]] asio::io_context* event_loop() const noexcept override
+    {
+        // (get_executor() reads only; Asio does not mark it const.)
+        const auto ex = const_cast<tcp::socket&>(socket_).get_executor();
+        const auto* io = ex.target<asio::io_context::executor_type>();
+        return io != nullptr ? &io->context() : nullptr;
     }
 
     // plugin::chain_events

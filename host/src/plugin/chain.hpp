@@ -29,6 +29,10 @@
 #include <utility>
 #include <vector>
 
+namespace boost::asio {
+class io_context;
+}
+
 namespace asiosmtpd::plugin {
 
 /// What a hook call can see of its session; implemented by the session (and test doubles).
@@ -49,6 +53,9 @@ public:
     [[nodiscard]] virtual std::string_view tls_version() const noexcept { return {}; }
     [[nodiscard]] virtual std::string_view tls_cipher() const noexcept { return {}; }
     [[nodiscard]] virtual std::string_view tls_peer_subject() const noexcept { return {}; }
+    /// The event loop the session runs on, where an isolated plugin's answers are read
+    /// (isolation/adapter.cpp); nullptr for a driver without one (they are read elsewhere).
+    [[nodiscard]] virtual boost::asio::io_context* event_loop() const noexcept { return nullptr; }
     /// Per-instance data slots of this session (scope session or transaction). Transaction
     /// slots end with their transaction: end_transactions() frees them after TXN_END.
     virtual class slots& data_slots() noexcept;

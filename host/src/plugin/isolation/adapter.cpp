@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // The server's side of `isolation: process` (adapter.hpp): the adapter plugin, the child's
-// supervisor (start, restart with backoff, give up), and the I/O thread that reads the child.
+// supervisor (start, restart with backoff, give up) and its channels to the child.
 //
 // A hook call on an event-loop thread never waits for the child: the adapter suspends the call
 // (the ABI's own suspend()), builds one CALL frame with the hook's arguments and a snapshot of
-// everything the plugin could read during the call (session, envelope, recipients), and sends it
-// without blocking (what the socket does not take at once, the I/O thread writes). The child's
-// answer ends the suspended call through complete_remote(), on the I/O thread, exactly as a
-// plugin thread's complete() would.
+// everything the plugin could read during the call (session, envelope, recipients), and queues
+// it on that loop's channel to the child (a socketpair of its own, made at the loop's first call
+// and handed to the child over the control channel). The loop writes what its sessions queued
+// in one write, reads the child's answers on the same socket and ends each suspended call
+// through complete_remote(), exactly as a plugin thread's complete() would, but on the session's
+// own thread: no thread in between, one wake-up of the child and one of the loop per call.
+//
+// The supervisor's own thread reads the control channel (the plugin's log lines outside a call,
+// the child's end), looks for a hanging child every 100 ms, and restarts a crashed one.
 #include "plugin/isolation/adapter.hpp"
 
 #include "log/log.hpp"
@@ -17,6 +22,13 @@
 #include "plugin/isolation/wire.hpp"
 #include "proto/trace.hpp"
 
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <fmt/format.h>
 
@@ -35,20 +47,22 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 extern char** environ;
 
+namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using steady = std::chrono::steady_clock;
 
@@ -273,7 +287,7 @@ void put_arguments(wire::writer& w, std::int32_t hook, const void* args)
 enum class state { starting, up, down, given_up, stopping };
 
 // A CALL or notification sent and not yet acknowledged (PENDING, RESULT returned, DONE): the
-// child runs them one at a time, in order, so the oldest tells whether it hangs.
+// child runs each channel's one at a time, in order, so the oldest tells whether it hangs.
 struct sent_call {
     steady::time_point deadline;
     std::int32_t hook;
@@ -292,6 +306,67 @@ struct registrations {
 };
 
 class supervisor;
+class channel;
+
+// What the supervisor knows of one channel, under its lock: which child it goes to, the frames
+// the child has not answered yet (in order), and how many suspended calls answer there.
+struct lane {
+    std::uint64_t child = 0;
+    std::deque<sent_call> sent;
+    std::size_t calls = 0;
+    std::weak_ptr<channel> ch;
+};
+
+// How long a channel with nothing in flight stays open (between one and two of these).
+constexpr std::chrono::milliseconds idle_grace{200};
+
+// One socket to the child, read and written on one event loop (`ex_`): that loop's sessions'
+// calls go out on it, and their answers come back on it and complete the calls there, with no
+// other thread in between. Frames queued while the loop works go out in one write when it gets
+// to the flush. It lives as long as its read and its idle timer are outstanding (the supervisor
+// keeps a weak reference), so that it never outlives its loop; closed after idle_grace without
+// use, so that a loop with no session left runs out of work and ends.
+class channel : public std::enable_shared_from_this<channel> {
+public:
+    channel(const asio::any_io_executor& ex, int fd, std::weak_ptr<supervisor> owner, std::shared_ptr<lane> l,
+            bool idle_close);
+    channel(const channel&) = delete;
+    channel& operator=(const channel&) = delete;
+
+    /// Start reading (on the loop).
+    void start();
+    /// Send `frame` with the next flush (any thread).
+    void queue(std::string_view frame);
+    [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
+    [[nodiscard]] const std::shared_ptr<lane>& route_lane() const noexcept { return lane_; }
+
+private:
+    void read();
+    void on_read(const boost::system::error_code& ec, std::size_t n);
+    void flush();
+    void arm_idle();
+    void fail(std::string why);
+    void close();
+
+    asio::any_io_executor ex_;
+    asio::local::stream_protocol::socket sock_;
+    asio::steady_timer idle_;
+    const std::weak_ptr<supervisor> owner_;
+    const std::shared_ptr<lane> lane_;
+    const bool idle_close_;
+    std::atomic<bool> closed_{false};
+    // on the loop only
+    std::vector<char> buf_;
+    wire::framer in_;
+    std::string body_;
+    std::string writing_;
+    bool write_busy_ = false;
+    // any thread, under out_lock_
+    std::mutex out_lock_;
+    std::string out_;
+    bool flush_posted_ = false;
+    bool used_ = false;
+};
 
 // The adapter's descriptor, with the way back to its supervisor: create() gets the instance,
 // whose desc points here (desc is the first member: the pointers convert).
@@ -304,6 +379,7 @@ struct adapter_descriptor {
 struct txn_marker {
     std::weak_ptr<supervisor> owner;
     std::uint64_t session;
+    asio::io_context* loop;  // the session's (its channel)
 };
 
 class supervisor : public std::enable_shared_from_this<supervisor> {
@@ -332,7 +408,16 @@ public:
     /// registrations of that hook.
     asiosmtpd_verdict call(std::uint32_t index, asiosmtpd_call* call, const void* args);
     /// A session's transaction ended in the server (its slots went): tell the child.
-    void txn_ended(std::uint64_t session);
+    void txn_ended(std::uint64_t session, asio::io_context* loop);
+
+    /// A frame from the child: on the channel with `l` (its loop), or on the control channel
+    /// (l == nullptr: the supervisor's thread, or the thread starting the child).
+    void handle(std::string_view body, lane* l);
+    /// A channel failed (the child ended, a malformed frame) or closed: forget it.
+    void channel_failed(const lane& l, std::string why);
+    void channel_closed(const std::shared_ptr<lane>& l);
+    /// Whether the channel of `l` has something in flight.
+    bool busy(const lane& l);
 
 private:
     struct child {
@@ -353,13 +438,14 @@ private:
     bool create_in(child& c, std::string& why, registrations* regs, std::string* body_out);
     void end_child(child& c, bool kill_now, int& status) noexcept;
 
-    void io_loop();
-    void handle(std::string_view body);
-    void crashed(std::string reason, bool hung);
+    // On the supervisor's thread (own_): the control channel, the hang check, crashes, restarts.
+    void watch_control();
+    void tick();
+    void crashed(std::uint64_t which, std::string reason, bool hung);
     void restart();
     void fail_calls(std::vector<asiosmtpd_token> tokens, const std::string& why);
-    bool send_locked(std::string& frame);
-    void wake() noexcept;
+    std::shared_ptr<channel> channel_for(asio::io_context* loop, std::string& why);
+    std::shared_ptr<channel> live_channel(asio::io_context* loop);
     void cancelled(asiosmtpd_token token);
 
     // fixed after create()
@@ -383,16 +469,29 @@ private:
     std::mutex lock_;
     state state_ = state::starting;
     child child_;
+    std::uint64_t child_number_ = 0;  // which child is up (1, 2, ... with each restart)
     std::string down_reason_;
-    std::unordered_set<asiosmtpd_token> outstanding_;
+    std::unordered_map<asiosmtpd_token, std::shared_ptr<lane>> outstanding_;  // suspended calls
     std::unordered_set<std::uint64_t> txn_slots_;  // sessions holding a transaction slot in the child
-    std::deque<sent_call> sent_;
-    std::string out_;  // what the socket did not take yet
+    struct route {
+        asio::io_context* loop;
+        std::weak_ptr<channel> ch;
+    };
+    std::vector<route> routes_;                 // each event loop's channel
+    std::vector<std::shared_ptr<lane>> lanes_;  // the up child's channels (the hang check)
     std::deque<steady::time_point> crash_times_;
     steady::time_point restart_at_;
-    int wake_fd_ = -1;
-    std::thread io_;
     bool stopped_ = false;
+
+    // The supervisor's thread: its io_context runs the control channel's reading, the hang
+    // check and restarts, and the channel of calls made off any event loop.
+    asio::io_context own_{1};
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> own_work_;
+    asio::local::stream_protocol::socket control_{own_};
+    asio::steady_timer ticker_{own_};
+    std::vector<char> control_buf_ = std::vector<char>(64 * 1024);
+    wire::framer control_in_;
+    std::thread own_thread_;
 };
 
 static_assert(std::is_standard_layout_v<adapter_descriptor>);
@@ -497,8 +596,8 @@ std::string supervisor::limit_cause(int status, const child& c) const
     return {};
 }
 
-// Send `frame` and wait for a frame of type `want` (control or I/O thread only; LOG frames on
-// the way are written). False, with `why`, when the child ends or the deadline passes.
+// Send `frame` and wait for a frame of type `want` (on the control channel, while no other
+// thread reads it: start, restart, stop; LOG frames on the way are written). False, with `why`, when the child ends or the deadline passes.
 bool supervisor::request(child& c, std::string& frame, std::uint8_t want, std::string& body,
                          steady::time_point deadline, std::string& why)
 {
@@ -531,7 +630,7 @@ bool supervisor::request(child& c, std::string& frame, std::uint8_t want, std::s
             if (got > 0) in.feed(buf.data(), static_cast<std::size_t>(got));
             while (in.next(body)) {
                 if (static_cast<std::uint8_t>(body[0]) == want) return true;
-                if (static_cast<std::uint8_t>(body[0]) == wire::log) handle(body);
+                if (static_cast<std::uint8_t>(body[0]) == wire::log) handle(body, nullptr);
             }
             if (in.broken()) {
                 why = "the plugin process sent a malformed frame";
@@ -544,7 +643,7 @@ bool supervisor::request(child& c, std::string& frame, std::uint8_t want, std::s
 bool supervisor::open_in(child& c, std::string& why)
 {
     wire::writer w(wire::open);
-    w.str(file_.string());
+    w.str(file_.string()).u32(wire::protocol);
     std::string body;
     if (!request(c, w.finish(), wire::opened, body, steady::now() + start_budget, why)) return false;
     wire::reader r(std::string_view(body).substr(1));
@@ -564,6 +663,12 @@ bool supervisor::open_in(child& c, std::string& why)
     const bool has_functions = r.u8() != 0;
     if (!r.ok()) {
         why = "the plugin process sent a malformed descriptor";
+        return false;
+    }
+    const std::uint32_t speaks = r.u32();  // missing: protocol 1
+    if (!r.ok() || speaks < wire::protocol) {
+        why = fmt::format("{} speaks wire protocol {}, this server {} (install them together)", helper_path().string(),
+                          r.ok() ? speaks : 1, wire::protocol);
         return false;
     }
     // The loader's checks, in its order and words (loader.cpp open()).
@@ -767,12 +872,23 @@ asiosmtpd_status supervisor::create(asiosmtpd_ctx* ctx, asiosmtpd_registrar* reg
                       memory_limit_, memory_by_why);
         log::info("event=plugin_process_started plugin={} key={} pid={}", name, key_, child_.pid);
     }
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     {
         const std::lock_guard guard(lock_);
         state_ = state::up;
+        child_number_ = 1;
     }
-    io_ = std::thread([this] { io_loop(); });
+    boost::system::error_code ec;
+    control_.assign(asio::local::stream_protocol(), child_.fd, ec);
+    if (ec) {
+        put_errbuf(err, "the plugin process's channel: " + ec.message());
+        int status = 0;
+        end_child(child_, true, status);
+        return ASIOSMTPD_E_INVALID;
+    }
+    own_work_.emplace(own_.get_executor());
+    watch_control();
+    tick();
+    own_thread_ = std::thread([this] { own_.run(); });
     return ASIOSMTPD_OK;
 }
 
@@ -814,65 +930,128 @@ void supervisor::stop() noexcept
         stopped_ = true;
         state_ = state::stopping;
         c = std::exchange(child_, child{});
-        left.assign(outstanding_.begin(), outstanding_.end());
+        for (const auto& o : outstanding_) left.push_back(o.first);
         outstanding_.clear();
+        lanes_.clear();
+        routes_.clear();
     }
-    wake();
-    if (io_.joinable()) io_.join();
+    if (own_thread_.joinable()) {
+        own_work_.reset();
+        own_.stop();
+        own_thread_.join();
+    }
     fail_calls(std::move(left), "the plugin process was stopped");
+    if (control_.is_open()) {
+        boost::system::error_code ignored;
+        (void)control_.release(ignored);  // c.fd: DESTROY goes there, end_child() closes it
+    }
     if (c.fd >= 0) {
-        // destroy() in the child, then it exits; its LOG lines on the way are written.
+        // destroy() in the child, then it exits; its LOG lines on the way are written. The
+        // event loops' channels see the end and close.
         std::string frame = wire::writer(wire::destroy).finish();
         std::string body, why;
         (void)request(c, frame, 0xff, body, steady::now() + stop_budget, why);
     }
     int status = 0;
     end_child(c, false, status);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
-    wake_fd_ = -1;
     if (!workdir_.empty()) {
         std::error_code ec;
         fs::remove_all(workdir_, ec);
     }
 }
 
-void supervisor::wake() noexcept
+// Under lock_, the child up: the channel of `loop` (nullptr: the supervisor's own) to the
+// child, made when there is none yet: a socketpair whose other end goes to the child with an
+// ATTACH frame on the control channel. nullptr with `why` when that fails.
+std::shared_ptr<channel> supervisor::channel_for(asio::io_context* loop, std::string& why)
 {
-    if (wake_fd_ < 0) return;
-    const std::uint64_t one = 1;
-    (void)!::write(wake_fd_, &one, sizeof one);
-}
-
-// Under lock_: queue or send `frame`. False when the socket is gone.
-bool supervisor::send_locked(std::string& frame)
-{
-    if (out_.empty()) {
-        const ssize_t n = ::send(child_.fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n == static_cast<ssize_t>(frame.size())) return true;
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
-        out_.append(frame, n > 0 ? static_cast<std::size_t>(n) : 0);
-    } else {
-        out_ += frame;
+    asio::io_context* const key = loop != nullptr ? loop : &own_;
+    auto at = std::find_if(routes_.begin(), routes_.end(), [key](const route& r) { return r.loop == key; });
+    if (at != routes_.end()) {
+        if (auto ch = at->ch.lock(); ch && !ch->closed() && ch->route_lane()->child == child_number_) return ch;
     }
-    wake();
-    return true;
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        why = fmt::format("the plugin process's channel: socketpair: {}", std::strerror(errno));
+        return nullptr;
+    }
+    const int size = 4 * 1024 * 1024;
+    for (int fd : sv) {
+        (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    }
+    std::string frame = wire::writer(wire::attach).finish();
+    iovec iov{frame.data(), frame.size()};
+    alignas(cmsghdr) char space[CMSG_SPACE(sizeof(int))] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = space;
+    m.msg_controllen = sizeof space;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
+    const ssize_t sent = ::sendmsg(child_.fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const int error = errno;
+    ::close(sv[1]);
+    if (sent != static_cast<ssize_t>(frame.size())) {
+        ::close(sv[0]);
+        why = sent < 0 ? fmt::format("the plugin process's channel: {}", std::strerror(error))
+                       : std::string("the plugin process's channel: a short write");
+        if (sent > 0) {
+            // Half a frame on the control channel: the child cannot make sense of it any more.
+            const std::uint64_t which = child_number_;
+            asio::post(own_, [this, which] { crashed(which, "its control channel broke", false); });
+        }
+        return nullptr;
+    }
+    auto l = std::make_shared<lane>();
+    l->child = child_number_;
+    const asio::any_io_executor ex(key->get_executor());
+    auto ch = std::make_shared<channel>(ex, sv[0], weak_from_this(), l, loop != nullptr);
+    l->ch = ch;
+    lanes_.push_back(l);
+    if (at != routes_.end()) at->ch = ch;
+    else routes_.push_back({key, ch});
+    // On the session's own loop this runs here and now; the supervisor's runs it on its thread.
+    asio::dispatch(ex, [ch] { ch->start(); });
+    return ch;
 }
 
-void supervisor::txn_ended(std::uint64_t session)
+// Under lock_: the loop's channel to the up child, if it has one open.
+std::shared_ptr<channel> supervisor::live_channel(asio::io_context* loop)
+{
+    asio::io_context* const key = loop != nullptr ? loop : &own_;
+    for (const route& r : routes_)
+        if (r.loop == key) {
+            auto ch = r.ch.lock();
+            if (ch && !ch->closed() && ch->route_lane()->child == child_number_) return ch;
+        }
+    return nullptr;
+}
+
+void supervisor::txn_ended(std::uint64_t session, asio::io_context* loop)
 {
     const std::lock_guard guard(lock_);
     // Only for a session whose transaction slot the child said it holds: no frame otherwise.
     if (txn_slots_.erase(session) == 0 || state_ != state::up) return;
-    std::string frame = wire::writer(wire::end_txn).u64(session).finish();
-    (void)send_locked(frame);
+    // On the session's channel, after its calls. Without one (closed as idle) the child frees
+    // the slot at the session's next call, or at its end.
+    if (const auto ch = live_channel(loop)) ch->queue(wire::writer(wire::end_txn).u64(session).finish());
 }
 
 void supervisor::cancelled(asiosmtpd_token token)
 {
     const std::lock_guard guard(lock_);
-    if (outstanding_.erase(token) == 0 || state_ != state::up) return;
-    std::string frame = wire::writer(wire::cancel).u64(token).finish();
-    (void)send_locked(frame);
+    const auto it = outstanding_.find(token);
+    if (it == outstanding_.end()) return;
+    const std::shared_ptr<lane> l = std::move(it->second);
+    outstanding_.erase(it);
+    --l->calls;
+    if (state_ != state::up || l->child != child_number_) return;
+    if (const auto ch = l->ch.lock(); ch && !ch->closed()) ch->queue(wire::writer(wire::cancel).u64(token).finish());
 }
 
 asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, const void* args)
@@ -891,15 +1070,16 @@ asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, co
             return ASIOSMTPD_CONTINUE;
         }
     }
+    asio::io_context* const loop = call->session->event_loop();
     // The child's transaction slots end when the server's do: a transaction slot of the
     // adapter's own, whose end tells the child (so that a plugin's per-message state, a temporary
     // file say, goes when the transaction ends, not at the session's next call).
     if (call->hook != ASIOSMTPD_HOOK_TXN_END && call->hook != ASIOSMTPD_HOOK_SESSION_CLOSE &&
         host_api().slot_get(call, ASIOSMTPD_SCOPE_TXN) == nullptr) {
-        auto* marker = new txn_marker{weak_from_this(), call->session->session_id()};
+        auto* marker = new txn_marker{weak_from_this(), call->session->session_id(), loop};
         (void)host_api().slot_set(call, ASIOSMTPD_SCOPE_TXN, marker, [](void* p) {
             const std::unique_ptr<txn_marker> m(static_cast<txn_marker*>(p));
-            if (const auto s = m->owner.lock()) s->txn_ended(m->session);
+            if (const auto s = m->owner.lock()) s->txn_ended(m->session, m->loop);
         });
     }
     asiosmtpd_token token = 0;
@@ -913,7 +1093,7 @@ asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, co
     w.u64(token).i32(hook).u32(index);
     put_snapshot(w, call, *inst_);
     put_arguments(w, hook, args);
-    std::string& frame = w.finish();
+    const std::string& frame = w.finish();
     if (!notification) {
         const std::weak_ptr<supervisor> weak = weak_from_this();
         const std::lock_guard guard(call->pending->lock);
@@ -926,12 +1106,18 @@ asiosmtpd_verdict supervisor::call(std::uint32_t index, asiosmtpd_call* call, co
     {
         const std::lock_guard guard(lock_);
         if (state_ == state::up) {
-            if (!notification) outstanding_.insert(token);
-            sent_.push_back({steady::now() + timeout_, hook});
-            sent = send_locked(frame);
-            if (!sent && !notification) outstanding_.erase(token);
+            if (const auto ch = channel_for(loop, why)) {
+                const std::shared_ptr<lane>& l = ch->route_lane();
+                if (!notification) {
+                    outstanding_.emplace(token, l);
+                    ++l->calls;
+                }
+                l->sent.push_back({steady::now() + timeout_, hook});
+                ch->queue(frame);
+                sent = true;
+            }
         }
-        why = down_reason_;
+        if (why.empty()) why = down_reason_;
     }
     if (!sent && !notification)
         (void)complete_remote(token, ASIOSMTPD_CONTINUE, 0, {}, {},
@@ -944,23 +1130,27 @@ void supervisor::fail_calls(std::vector<asiosmtpd_token> tokens, const std::stri
     for (const asiosmtpd_token t : tokens) (void)complete_remote(t, ASIOSMTPD_CONTINUE, 0, {}, {}, why);
 }
 
-// A frame from the child (I/O thread).
-void supervisor::handle(std::string_view body)
+// A frame from the child (a channel's loop, or the control channel's reader).
+void supervisor::handle(std::string_view body, lane* l)
 {
     wire::reader r(body.substr(1));
+    // The oldest frame of the channel not answered yet is answered (under lock_).
+    const auto answered = [l] {
+        if (l != nullptr && !l->sent.empty()) l->sent.pop_front();
+    };
     switch (static_cast<std::uint8_t>(body[0])) {
     case wire::pending: {
         (void)r.u64();
         const bool holds = r.u8() != 0;
         const std::uint64_t session = r.u64();
         const std::lock_guard guard(lock_);
-        if (!sent_.empty()) sent_.pop_front();
+        answered();
         if (holds && r.ok()) txn_slots_.insert(session);
         return;
     }
     case wire::done: {
         const std::lock_guard guard(lock_);
-        if (!sent_.empty()) sent_.pop_front();
+        answered();
         return;
     }
     case wire::result: {
@@ -975,8 +1165,12 @@ void supervisor::handle(std::string_view body)
         bool mine = false;
         {
             const std::lock_guard guard(lock_);
-            if (returned && !sent_.empty()) sent_.pop_front();
-            mine = outstanding_.erase(token) != 0;
+            if (returned) answered();
+            if (const auto it = outstanding_.find(token); it != outstanding_.end()) {
+                --it->second->calls;
+                outstanding_.erase(it);
+                mine = true;
+            }
         }
         if (!mine) return;  // given up on already (timeout, session gone)
         const asiosmtpd_host_api& h = host_api();
@@ -1043,117 +1237,107 @@ void supervisor::handle(std::string_view body)
     }
 }
 
-void supervisor::io_loop()
+// A channel's end of the child (read or write failed, a malformed frame): the child is gone or
+// broken. The supervisor's thread makes it a crash, once, for the child it was.
+void supervisor::channel_failed(const lane& l, std::string why)
 {
-    std::vector<char> buf(256 * 1024);
-    wire::framer in;
-    std::string body;
-    for (;;) {
-        int fd = -1;
-        bool want_out = false;
-        state st;
-        {
-            const std::lock_guard guard(lock_);
-            st = state_;
-            fd = child_.fd;
-            want_out = !out_.empty();
-        }
-        if (st == state::stopping) return;
-        if (st == state::down || st == state::given_up) {
-            pollfd p{wake_fd_, POLLIN, 0};
-            int wait_ms = 1000;
-            if (st == state::down) {
-                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(restart_at_ - steady::now());
-                if (left.count() <= 0) {
-                    restart();
-                    in = wire::framer{};
-                    continue;
-                }
-                wait_ms = static_cast<int>(std::min<long long>(left.count(), 1000));
-            }
-            if (::poll(&p, 1, wait_ms) > 0) {
-                std::uint64_t v;
-                (void)!::read(wake_fd_, &v, sizeof v);
-            }
-            continue;
-        }
-        pollfd p[2] = {{fd, static_cast<short>(POLLIN | (want_out ? POLLOUT : 0)), 0}, {wake_fd_, POLLIN, 0}};
-        const int n = ::poll(p, 2, 100);
-        if (n < 0 && errno != EINTR) {
-            crashed(fmt::format("poll: {}", std::strerror(errno)), false);
-            continue;
-        }
-        if (n > 0 && (p[1].revents & POLLIN) != 0) {
-            std::uint64_t v;
-            (void)!::read(wake_fd_, &v, sizeof v);
-        }
-        if (n > 0 && (p[0].revents & POLLOUT) != 0) {
-            const std::lock_guard guard(lock_);
-            if (!out_.empty()) {
-                const ssize_t sent = ::send(fd, out_.data(), out_.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-                if (sent > 0) out_.erase(0, static_cast<std::size_t>(sent));
-            }
-        }
-        bool ended = false;
-        if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
-            for (;;) {
-                const ssize_t got = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
-                if (got > 0) {
-                    in.feed(buf.data(), static_cast<std::size_t>(got));
-                    if (static_cast<std::size_t>(got) < buf.size()) break;
-                    continue;
-                }
-                if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-                if (got < 0 && errno == EINTR) continue;
-                ended = true;
-                break;
-            }
-            while (in.next(body)) handle(body);
-            if (in.broken()) {
-                crashed("it sent a malformed frame", false);
-                in = wire::framer{};
-                continue;
-            }
-        }
-        if (ended) {
-            crashed({}, false);
-            in = wire::framer{};
-            continue;
-        }
-        // A hook that has not returned within the plugin's timeout: the child hangs.
-        bool hung = false;
-        std::int32_t hook = 0;
-        {
-            const std::lock_guard guard(lock_);
-            if (!sent_.empty() && steady::now() > sent_.front().deadline) {
-                hung = true;
-                hook = sent_.front().hook;
-            }
-        }
-        if (hung) {
-            crashed(fmt::format("reason=hung hook={} timeout_ms={}", hook_label(hook), timeout_.count()), true);
-            in = wire::framer{};
-        }
+    const std::uint64_t which = l.child;
+    asio::post(own_, [this, which, why = std::move(why)]() mutable { crashed(which, std::move(why), false); });
+}
+
+void supervisor::channel_closed(const std::shared_ptr<lane>& l)
+{
+    const std::lock_guard guard(lock_);
+    std::erase(lanes_, l);
+}
+
+bool supervisor::busy(const lane& l)
+{
+    const std::lock_guard guard(lock_);
+    return !l.sent.empty() || l.calls > 0;
+}
+
+// The control channel (the supervisor's thread): LOG lines of the plugin's threads outside a
+// call, and the child's end.
+void supervisor::watch_control()
+{
+    std::uint64_t which = 0;
+    {
+        const std::lock_guard guard(lock_);
+        which = child_number_;
     }
+    control_.async_read_some(asio::buffer(control_buf_),
+                             [this, which](const boost::system::error_code& ec, std::size_t n) {
+                                 if (ec == asio::error::operation_aborted) return;
+                                 if (ec) {
+                                     crashed(which, ec == asio::error::eof ? std::string() : ec.message(), false);
+                                     return;
+                                 }
+                                 control_in_.feed(control_buf_.data(), n);
+                                 std::string body;
+                                 while (control_in_.next(body)) handle(body, nullptr);
+                                 if (control_in_.broken()) {
+                                     crashed(which, "it sent a malformed frame", false);
+                                     return;
+                                 }
+                                 watch_control();
+                             });
+}
+
+// Every 100 ms (the supervisor's thread): a frame the child has not answered within the
+// plugin's timeout means it hangs (the earliest such, for the log line); a child down for its
+// backoff is started again.
+void supervisor::tick()
+{
+    ticker_.expires_after(std::chrono::milliseconds(100));
+    ticker_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec) return;
+        bool hung = false, due = false;
+        std::int32_t hook = 0;
+        std::uint64_t which = 0;
+        {
+            const std::lock_guard guard(lock_);
+            const auto now = steady::now();
+            which = child_number_;
+            due = state_ == state::down && now >= restart_at_;
+            steady::time_point oldest = steady::time_point::max();
+            for (const auto& l : lanes_)
+                if (state_ == state::up && !l->sent.empty() && l->sent.front().deadline < now &&
+                    l->sent.front().deadline < oldest) {
+                    oldest = l->sent.front().deadline;
+                    hook = l->sent.front().hook;
+                    hung = true;
+                }
+        }
+        if (hung)
+            crashed(which, fmt::format("reason=hung hook={} timeout_ms={}", hook_label(hook), timeout_.count()), true);
+        else if (due) restart();
+        tick();
+    });
 }
 
 // The child ended (or hangs: killed). Every call in flight ends as a plugin error; a restart is
-// planned after a backoff, or the child is given up on.
-void supervisor::crashed(std::string reason, bool hung)
+// planned after a backoff, or the child is given up on. `which`: the child it was about (a late
+// word on an earlier one changes nothing).
+void supervisor::crashed(std::uint64_t which, std::string reason, bool hung)
 {
     child c;
     std::vector<asiosmtpd_token> calls;
     {
         const std::lock_guard guard(lock_);
-        if (state_ == state::stopping) return;  // stop() ends the child; nothing to restart
+        if (state_ != state::up || which != child_number_) return;
         c = std::exchange(child_, child{});
-        calls.assign(outstanding_.begin(), outstanding_.end());
+        for (const auto& o : outstanding_) calls.push_back(o.first);
         outstanding_.clear();
-        sent_.clear();
-        out_.clear();
+        lanes_.clear();
         txn_slots_.clear();
         state_ = state::down;
     }
+    if (control_.is_open()) {
+        boost::system::error_code ignored;
+        (void)control_.release(ignored);  // c.fd: end_child() closes it
+    }
+    control_in_ = wire::framer{};
     const pid_t pid = c.pid;
     int status = 0;
     end_child(c, true, status);
@@ -1196,32 +1380,13 @@ void supervisor::crashed(std::string reason, bool hung)
     fail_calls(std::move(calls), why);
 }
 
+// The supervisor's thread: a new child, with the first one's CREATE.
 void supervisor::restart()
 {
     std::string why;
     child c;
-    bool ok = spawn(c, why) && open_in(c, why) && create_in(c, why, nullptr, nullptr);
-    if (ok) {
-        bool stopping = false;
-        {
-            const std::lock_guard guard(lock_);
-            stopping = state_ == state::stopping;
-            if (!stopping) {
-                child_ = c;
-                state_ = state::up;
-                down_reason_.clear();
-            }
-        }
-        if (stopping) {
-            int status = 0;
-            end_child(c, true, status);
-            return;
-        }
-        restart_count.fetch_add(1, std::memory_order_relaxed);
-        log::info("event=plugin_process_restarted plugin={} key={} pid={}", name, key_, c.pid);
-        return;
-    }
-    // Could not start again: counts as a crash of its own.
+    const bool ok = spawn(c, why) && open_in(c, why) && create_in(c, why, nullptr, nullptr);
+    std::uint64_t which = 0;
     {
         const std::lock_guard guard(lock_);
         if (state_ == state::stopping) {
@@ -1229,10 +1394,165 @@ void supervisor::restart()
             end_child(c, true, status);
             return;
         }
+        // Could not start again: counts as a crash of its own (below).
         child_ = c;
+        which = ++child_number_;
         state_ = state::up;
+        if (ok) down_reason_.clear();
     }
-    crashed("restart failed: " + why, false);
+    if (!ok) {
+        crashed(which, "restart failed: " + why, false);
+        return;
+    }
+    boost::system::error_code ec;
+    control_.assign(asio::local::stream_protocol(), c.fd, ec);
+    if (ec) {
+        crashed(which, "its channel: " + ec.message(), false);
+        return;
+    }
+    watch_control();
+    restart_count.fetch_add(1, std::memory_order_relaxed);
+    log::info("event=plugin_process_restarted plugin={} key={} pid={}", name, key_, c.pid);
+}
+
+// ---- a channel -----------------------------------------------------------------------------------
+
+channel::channel(const asio::any_io_executor& ex, int fd, std::weak_ptr<supervisor> owner, std::shared_ptr<lane> l,
+                 bool idle_close)
+    : ex_(ex),
+      sock_(ex),
+      idle_(ex),
+      owner_(std::move(owner)),
+      lane_(std::move(l)),
+      idle_close_(idle_close),
+      buf_(64 * 1024)
+{
+    boost::system::error_code ec;
+    sock_.assign(asio::local::stream_protocol(), fd, ec);
+    if (ec) {
+        ::close(fd);
+        closed_ = true;
+    }
+}
+
+void channel::start()
+{
+    if (closed()) {
+        if (const auto s = owner_.lock()) s->channel_failed(*lane_, "its channel could not be set up");
+        return;
+    }
+    read();
+    if (idle_close_) arm_idle();
+}
+
+void channel::read()
+{
+    sock_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](const boost::system::error_code& ec,
+                                                                          std::size_t n) { self->on_read(ec, n); });
+}
+
+void channel::on_read(const boost::system::error_code& ec, std::size_t n)
+{
+    if (closed()) return;
+    const auto s = owner_.lock();
+    if (ec) {
+        fail(ec == asio::error::eof ? std::string() : ec.message());
+        return;
+    }
+    in_.feed(buf_.data(), n);
+    while (in_.next(body_))
+        if (s) s->handle(body_, lane_.get());
+    if (in_.broken()) {
+        fail("it sent a malformed frame");
+        return;
+    }
+    read();
+}
+
+void channel::queue(std::string_view frame)
+{
+    bool post = false;
+    {
+        const std::lock_guard guard(out_lock_);
+        out_.append(frame);
+        used_ = true;
+        post = !std::exchange(flush_posted_, true);
+    }
+    if (post) asio::post(ex_, [self = shared_from_this()] { self->flush(); });
+}
+
+// On the loop: what was queued goes out in one write; what the socket does not take at once,
+// Asio writes when it can (and the next flush waits for that).
+void channel::flush()
+{
+    if (closed() || write_busy_) {
+        const std::lock_guard guard(out_lock_);
+        flush_posted_ = false;
+        return;
+    }
+    {
+        const std::lock_guard guard(out_lock_);
+        writing_.swap(out_);
+        out_.clear();
+        flush_posted_ = false;
+    }
+    if (writing_.empty()) return;
+    const ssize_t n = ::send(sock_.native_handle(), writing_.data(), writing_.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(writing_.size())) {
+        writing_.clear();
+        return;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        fail(std::strerror(errno));
+        return;
+    }
+    const std::size_t at = n > 0 ? static_cast<std::size_t>(n) : 0;
+    write_busy_ = true;
+    asio::async_write(sock_, asio::buffer(writing_.data() + at, writing_.size() - at),
+                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                          self->write_busy_ = false;
+                          if (self->closed()) return;
+                          if (ec) {
+                              self->fail(ec.message());
+                              return;
+                          }
+                          self->writing_.clear();
+                          self->flush();
+                      });
+}
+
+void channel::arm_idle()
+{
+    idle_.expires_after(idle_grace);
+    idle_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec || self->closed()) return;
+        bool used = false;
+        {
+            const std::lock_guard guard(self->out_lock_);
+            used = std::exchange(self->used_, false);
+        }
+        const auto s = self->owner_.lock();
+        if (s && (used || s->busy(*self->lane_))) {
+            self->arm_idle();
+            return;
+        }
+        self->close();  // the child sees the end and forgets it
+    });
+}
+
+void channel::fail(std::string why)
+{
+    if (const auto s = owner_.lock()) s->channel_failed(*lane_, std::move(why));
+    close();
+}
+
+void channel::close()
+{
+    if (closed_.exchange(true)) return;
+    boost::system::error_code ignored;
+    sock_.close(ignored);
+    idle_.cancel();
+    if (const auto s = owner_.lock()) s->channel_closed(lane_);
 }
 
 }  // namespace

@@ -10,8 +10,12 @@
 // with the call's result, where the server checks it again. suspend() and complete() work on
 // the server's token; data slots and keep_state() live here, in this process.
 //
-// One thread reads and runs the calls in the order they came; the plugin's own threads may
-// complete() and log() at any time (a lock guards the socket).
+// One thread reads and runs the calls, each channel's in the order they came, and answers each
+// on the channel it came on: fd 3 (the control channel: OPEN, CREATE, DESTROY, and ATTACH, which
+// brings the server's further channels, one per event loop of the server) and those channels.
+// What that thread answers while it works through what one poll() brought is written at the
+// end, one write per channel. The plugin's own threads may complete() and log() at any time;
+// they write at once (a lock per channel guards the socket).
 //
 //     asiosmtpd-plugin-host [--memory-limit BYTES] [--workdir DIR] (and child_limits.hpp's)
 #include "plugin/draft.hpp"  // check_edit(): the server's edit rules
@@ -23,6 +27,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <deque>
+#include <memory>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +41,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -68,6 +75,26 @@ struct registered_mechanism {
     std::string name;
     asiosmtpd_hook_fn fn;
 };
+
+// One socket to the server. Its descriptor closes with the last holder (a suspended call's
+// completion may still come after the server closed its end: the write then fails harmlessly).
+struct channel {
+    explicit channel(int f) : fd(f) {}
+    channel(const channel&) = delete;
+    channel& operator=(const channel&) = delete;
+    ~channel()
+    {
+        if (fd != channel_fd) ::close(fd);
+    }
+    const int fd;
+    std::mutex write_lock;
+    bool dead = false;  // under write_lock: the server closed it
+    std::string out;    // the serving thread's answers, written at the end of its round
+    wire::framer in;    // the serving thread's
+};
+
+// True on the thread that reads the channels and runs the calls.
+thread_local bool serving_thread = false;
 
 }  // namespace
 
@@ -126,6 +153,7 @@ using rcpt_refusals = std::vector<std::pair<std::size_t, std::string>>;
 
 // A suspended call: what the plugin may still add before complete().
 struct pending_rec {
+    std::shared_ptr<channel> ch;  // where its RESULT goes
     std::int32_t hook = 0;
     std::size_t rcpt_count = 0;
     bool may_edit = false, lmtp = false;
@@ -147,7 +175,8 @@ struct asiosmtpd_call {
     std::mutex info_lock;  // active/session/txn: read by log() from any thread
     bool active = false;
     std::uint64_t id = 0;
-    std::int32_t hook = 0;  // the ABI's id, or wire::hook_command / hook_auth_mechanism
+    std::int32_t hook = 0;        // the ABI's id, or wire::hook_command / hook_auth_mechanism
+    std::shared_ptr<channel> ch;  // the channel the call (the latest) came on; under info_lock
     snapshot snap;
     std::uint16_t code = 0;
     std::string text, refused_reply, challenge, identity;
@@ -174,7 +203,8 @@ struct kept {
 };
 
 struct process {
-    std::mutex write_lock;
+    std::vector<std::shared_ptr<channel>> channels;  // [0]: the control channel (serving thread only)
+    std::deque<int> received_fds;                    // descriptors for the ATTACH frames to come
     void* lib = nullptr;
     const asiosmtpd_plugin_descriptor* desc = nullptr;
     void* self = nullptr;
@@ -196,18 +226,36 @@ process& proc()
     return *p;
 }
 
-void send(std::string& frame)
+// Write all of `data` (under the channel's lock). The control channel failing means the server
+// is gone: nobody to serve. Another channel failing means the server closed it.
+void write_all(channel& ch, std::string_view data)
 {
-    process& p = proc();
-    const std::lock_guard guard(p.write_lock);
-    std::size_t at = 0;
-    while (at < frame.size()) {
-        const ssize_t n = ::send(channel_fd, frame.data() + at, frame.size() - at, MSG_NOSIGNAL);
+    const std::lock_guard guard(ch.write_lock);
+    for (std::size_t at = 0; at < data.size() && !ch.dead;) {
+        const ssize_t n = ::send(ch.fd, data.data() + at, data.size() - at, MSG_NOSIGNAL);
         if (n > 0) at += static_cast<std::size_t>(n);
         else if (n < 0 && errno == EINTR) continue;
-        else _exit(0);  // the server is gone
+        else if (ch.fd == channel_fd) _exit(0);
+        else ch.dead = true;
     }
 }
+
+// A frame for the server: the serving thread's wait for the end of its round (one write for
+// all its answers), another thread's go at once.
+void send(channel& ch, std::string& frame)
+{
+    if (serving_thread) ch.out += frame;
+    else write_all(ch, frame);
+}
+
+void flush(channel& ch)
+{
+    if (ch.out.empty()) return;
+    write_all(ch, ch.out);
+    ch.out.clear();
+}
+
+channel& control() { return *proc().channels.front(); }
 
 // ---- the checks the server makes ---------------------------------------------------------------
 std::string verdict_problem(std::int32_t verdict, std::uint16_t code, std::string_view text, bool mechanism)
@@ -465,32 +513,34 @@ asiosmtpd_status txn_info(asiosmtpd_call* call, asiosmtpd_txn_info* inout)
     return ASIOSMTPD_OK;
 }
 
-asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+// One item of the transaction's snapshot: `pick(snapshot)` gives the list the item is in
+// (nullptr: none to read), `index` which.
+template <class Pick>
+asiosmtpd_status snapshot_item(asiosmtpd_call* call, size_t index, asiosmtpd_str* out, Pick pick)
 {
     if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
     if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (index >= call->snap.rcpts.size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.rcpts[index];
+    const std::vector<asiosmtpd_str>* items = pick(call->snap);
+    if (items == nullptr || index >= items->size()) return ASIOSMTPD_E_INVALID;
+    *out = (*items)[index];
     return ASIOSMTPD_OK;
+}
+
+asiosmtpd_status txn_rcpt_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
+{
+    return snapshot_item(call, index, out, [](const snapshot& s) { return &s.rcpts; });
 }
 
 asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd_str* out)
 {
-    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
-    if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (index >= call->snap.mail_params.size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.mail_params[index];
-    return ASIOSMTPD_OK;
+    return snapshot_item(call, index, out, [](const snapshot& s) { return &s.mail_params; });
 }
 
 asiosmtpd_status txn_rcpt_param_at(asiosmtpd_call* call, size_t r, size_t p, asiosmtpd_str* out)
 {
-    if (!usable(call) || out == nullptr) return ASIOSMTPD_E_INVALID;
-    if (call->snap.txn_status != ASIOSMTPD_OK) return call->snap.txn_status;
-    if (!call->snap.has_draft) return ASIOSMTPD_E_INVALID;
-    if (r >= call->snap.rcpt_params.size() || p >= call->snap.rcpt_params[r].size()) return ASIOSMTPD_E_INVALID;
-    *out = call->snap.rcpt_params[r][p];
-    return ASIOSMTPD_OK;
+    return snapshot_item(call, p, out, [r](const snapshot& s) -> const std::vector<asiosmtpd_str>* {
+        return s.has_draft && r < s.rcpt_params.size() ? &s.rcpt_params[r] : nullptr;
+    });
 }
 
 // ---- replies, AUTH ---------------------------------------------------------------------------
@@ -688,6 +738,7 @@ asiosmtpd_status suspend(asiosmtpd_call* call, asiosmtpd_token* out)
     if (call->hook == ASIOSMTPD_HOOK_SESSION_CLOSE || call->hook == ASIOSMTPD_HOOK_TXN_END || call->id == 0)
         return ASIOSMTPD_E_STATE;
     pending_rec r;
+    r.ch = call->ch;
     r.hook = call->hook;
     if (call->hook == ASIOSMTPD_HOOK_DATA) {
         r.rcpt_count = call->snap.rcpts.size();
@@ -731,7 +782,7 @@ asiosmtpd_status complete(asiosmtpd_token token, asiosmtpd_verdict verdict, uint
     w.u64(token).u8(0);
     put_result(w, verdict, code, view(text), {}, r.identity, error, r.replies, r.edits);
     w.u8(0).u64(0);
-    send(w.finish());
+    send(r.ch != nullptr ? *r.ch : control(), w.finish());
     return status;
 }
 
@@ -744,19 +795,28 @@ void log_fields(asiosmtpd_ctx*, asiosmtpd_call* call, int32_t level, asiosmtpd_s
     bool in_call = false;
     std::uint64_t session = 0;
     std::string txn;
-    if (call != nullptr) {
-        const std::lock_guard guard(call->info_lock);
-        if (call->active) {
+    // On the channel of the call in progress, or of the latest one: a line a plugin thread logs
+    // before its complete() is written before that completion (the same socket, in order).
+    std::shared_ptr<channel> ch;
+    {
+        asiosmtpd_call& latest = proc().call;  // the only call object (calls run one at a time)
+        const std::lock_guard guard(latest.info_lock);
+        ch = latest.ch;
+        if (call != nullptr && call->active) {
             in_call = true;
             session = call->snap.session_id;
             txn.assign(call->snap.txn_id);
         }
     }
+    if (ch != nullptr) {
+        const std::lock_guard guard(ch->write_lock);
+        if (ch->dead) ch = nullptr;  // closed by the server: the control channel takes it
+    }
     w.u8(in_call ? 1 : 0).u64(session).str(txn).str(view(message).substr(0, 4096));
     const std::size_t n = keys != nullptr && values != nullptr ? std::min<std::size_t>(count, 64) : 0;
     w.u32(static_cast<std::uint32_t>(n));
     for (std::size_t i = 0; i < n; ++i) w.str(view(keys[i]).substr(0, 64)).str(view(values[i]).substr(0, 2048));
-    send(w.finish());
+    send(ch != nullptr ? *ch : control(), w.finish());
 }
 
 void log_line(asiosmtpd_ctx* ctx, asiosmtpd_call* call, int32_t level, asiosmtpd_str message)
@@ -859,8 +919,9 @@ void on_open(wire::reader& r)
         w.u8(d->version != nullptr).str(d->version != nullptr ? d->version : "");
         w.str(d->description != nullptr ? d->description : "");
         w.u8(d->create != nullptr && d->destroy != nullptr);
+        w.u32(wire::protocol);
     }
-    send(w.finish());
+    send(control(), w.finish());
 }
 
 void on_create(wire::reader& r)
@@ -901,7 +962,7 @@ void on_create(wire::reader& r)
     w.u32(static_cast<std::uint32_t>(reg.mechanisms.size()));
     for (const auto& m : reg.mechanisms) w.str(m.name);
     w.u8(reg.editor ? 1 : 0);
-    send(w.finish());
+    send(control(), w.finish());
 }
 
 void read_snapshot(wire::reader& r, snapshot& s)
@@ -1053,7 +1114,7 @@ asiosmtpd_hook_fn find_fn(std::int32_t hook, std::uint32_t index, const void* ar
     return nullptr;
 }
 
-void on_call(wire::reader& r)
+void on_call(const std::shared_ptr<channel>& ch, wire::reader& r)
 {
     process& p = proc();
     const std::uint64_t id = r.u64();
@@ -1071,6 +1132,10 @@ void on_call(wire::reader& r)
     call.refusals.clear();
     call.edits.clear();
     call.suspended = false;
+    {
+        const std::lock_guard guard(call.info_lock);
+        call.ch = ch;
+    }
     read_snapshot(r, call.snap);
     arguments a;
     const void* args = read_arguments(r, hook, a);
@@ -1111,7 +1176,7 @@ void on_call(wire::reader& r)
             static_cast<std::int64_t>(index) + 1 >= std::max<std::int64_t>(closes, 1))
             end_session(call.snap.session_id);
         wire::writer w(wire::done);
-        send(w.finish());
+        send(*ch, w.finish());
         return;
     }
     // Whether the session holds a transaction slot here: the server then says when the
@@ -1125,7 +1190,7 @@ void on_call(wire::reader& r)
         if (call.suspended) {
             wire::writer w(wire::pending);
             w.u64(id).u8(holds).u64(call.snap.session_id);
-            send(w.finish());
+            send(*ch, w.finish());
             return;
         }
         error = "returned PENDING without suspend()";
@@ -1143,18 +1208,120 @@ void on_call(wire::reader& r)
     w.u64(id).u8(1);
     put_result(w, verdict, call.code, call.text, call.challenge, call.identity, error, call.replies, call.edits);
     w.u8(holds).u64(call.snap.session_id);
-    send(w.finish());
+    send(*ch, w.finish());
 }
 
 [[noreturn]] void on_destroy()
 {
     process& p = proc();
+    for (const auto& ch : p.channels) flush(*ch);
     while (!p.sessions.empty()) end_session(p.sessions.begin()->first);
     if (p.created && p.desc != nullptr && p.desc->destroy != nullptr) p.desc->destroy(p.self);
     for (auto& [key, k] : p.kept_states)
         if (k.release != nullptr) k.release(k.data);
     std::fflush(nullptr);
     _exit(0);
+}
+
+// Read what the control channel has, with the descriptors that came along (ATTACH's).
+ssize_t receive_control(std::vector<char>& buf)
+{
+    iovec iov{buf.data(), buf.size()};
+    alignas(cmsghdr) char space[CMSG_SPACE(sizeof(int) * 16)];
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = space;
+    m.msg_controllen = sizeof space;
+    const ssize_t n = ::recvmsg(channel_fd, &m, MSG_CMSG_CLOEXEC);
+    if (n <= 0) return n;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+            int fd = -1;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            proc().received_fds.push_back(fd);
+        }
+    }
+    if ((m.msg_flags & MSG_CTRUNC) != 0) _exit(3);  // a channel lost on the way: the server must know
+    return n;
+}
+
+// One frame from the server, on `ch`.
+void dispatch(const std::shared_ptr<channel>& ch, std::string_view body)
+{
+    process& p = proc();
+    wire::reader r(body.substr(1));
+    switch (static_cast<std::uint8_t>(body[0])) {
+    case wire::open: on_open(r); break;
+    case wire::create: on_create(r); break;
+    case wire::call: on_call(ch, r); break;
+    case wire::cancel: {
+        const std::uint64_t id = r.u64();
+        const std::lock_guard guard(p.pending_lock);
+        p.pending.erase(id);
+        break;
+    }
+    case wire::end_txn: {
+        const auto it = p.sessions.find(r.u64());
+        if (it != p.sessions.end()) end_txn(it->second);
+        break;
+    }
+    case wire::attach:
+        if (ch->fd != channel_fd || p.received_fds.empty()) _exit(3);  // a broken server
+        p.channels.push_back(std::make_shared<channel>(p.received_fds.front()));
+        p.received_fds.pop_front();
+        break;
+    case wire::destroy: on_destroy();
+    default: break;
+    }
+}
+
+// The serving thread: wait for any channel, run what came, answer in one write per channel.
+[[noreturn]] void serve()
+{
+    process& p = proc();
+    serving_thread = true;
+    p.channels.push_back(std::make_shared<channel>(channel_fd));
+    std::vector<char> buf(256 * 1024);
+    std::string body;
+    std::vector<pollfd> polled;
+    for (;;) {
+        polled.clear();
+        for (const auto& ch : p.channels) polled.push_back({ch->fd, POLLIN, 0});
+        if (::poll(polled.data(), polled.size(), -1) < 0) {
+            if (errno == EINTR) continue;
+            _exit(3);
+        }
+        bool closed = false;
+        for (std::size_t i = 0; i < polled.size(); ++i) {  // an ATTACH adds one: polled next round
+            if ((polled[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+            const std::shared_ptr<channel> ch = p.channels[i];
+            const ssize_t n = i == 0 ? receive_control(buf) : ::read(ch->fd, buf.data(), buf.size());
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (n <= 0) {
+                if (i == 0) {
+                    for (const auto& c : p.channels) flush(*c);
+                    std::fflush(nullptr);
+                    _exit(0);  // the server is gone: nobody to serve
+                }
+                const std::lock_guard guard(ch->write_lock);
+                ch->dead = true;  // the server closed this one (an event loop's, idle)
+                closed = true;
+                continue;
+            }
+            ch->in.feed(buf.data(), static_cast<std::size_t>(n));
+            while (ch->in.next(body)) dispatch(ch, body);
+            if (ch->in.broken()) _exit(3);
+        }
+        for (const auto& ch : p.channels) flush(*ch);
+        if (closed)
+            std::erase_if(p.channels, [](const std::shared_ptr<channel>& ch) {
+                const std::lock_guard guard(ch->write_lock);
+                return ch->dead && ch->fd != channel_fd;
+            });
+    }
 }
 
 }  // namespace
@@ -1199,38 +1366,5 @@ int main(int argc, char** argv)
             return 2;
         }
     }
-    wire::framer in;
-    std::string body;
-    std::vector<char> buf(256 * 1024);
-    for (;;) {
-        const ssize_t n = ::read(channel_fd, buf.data(), buf.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            std::fflush(nullptr);
-            _exit(0);  // the server is gone: nobody to serve
-        }
-        in.feed(buf.data(), static_cast<std::size_t>(n));
-        while (in.next(body)) {
-            wire::reader r(std::string_view(body).substr(1));
-            switch (static_cast<std::uint8_t>(body[0])) {
-            case wire::open: on_open(r); break;
-            case wire::create: on_create(r); break;
-            case wire::call: on_call(r); break;
-            case wire::cancel: {
-                const std::uint64_t id = r.u64();
-                const std::lock_guard guard(proc().pending_lock);
-                proc().pending.erase(id);
-                break;
-            }
-            case wire::end_txn: {
-                const auto it = proc().sessions.find(r.u64());
-                if (it != proc().sessions.end()) end_txn(it->second);
-                break;
-            }
-            case wire::destroy: on_destroy();
-            default: break;
-            }
-        }
-        if (in.broken()) _exit(3);
-    }
+    serve();
 }

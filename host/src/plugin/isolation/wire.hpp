@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 // wire: the framed protocol between the server and a plugin's child process (isolation:
-// process). One socketpair per child; every message is one frame: a 4-byte little-endian body
-// length, then the body: one type byte and the fields, each a fixed-width little-endian
-// integer or a byte string (4-byte length, then the bytes). Standard library only: the server
-// (adapter.cpp) and the helper binary (child_main.cpp) both include it.
+// process). Every message is one frame: a 4-byte little-endian body length, then the body: one
+// type byte and the fields, each a fixed-width little-endian integer or a byte string (4-byte
+// length, then the bytes). Standard library only: the server (adapter.cpp) and the helper
+// binary (child_main.cpp) both include it.
 //
-// The host sends OPEN, CREATE, CALL, CANCEL and DESTROY; the child answers OPENED, CREATED,
-// for every CALL exactly one of PENDING (the hook suspended) or RESULT with `returned` set (in
-// the order the CALLs came: the host's hang check relies on it), later RESULT for a completed
-// suspended call, DONE for a notification, and LOG lines at any time.
+// The child starts with one socketpair, the control channel (its fd 3). The host sends OPEN,
+// CREATE and DESTROY there, and ATTACH, each with one more socket's descriptor (SCM_RIGHTS):
+// the host's channel for one of its event loops. CALL, CANCEL and END_TXN come on any channel;
+// the child answers on the channel a CALL came on: for every CALL exactly one of PENDING (the
+// hook suspended) or RESULT with `returned` set (per channel in the order the CALLs came: the
+// host's hang check relies on it), later RESULT for a completed suspended call, DONE for a
+// notification; LOG lines at any time (a call's on its channel, others on the control channel).
+// OPENED carries the child's protocol; a host that sends no ATTACH (protocol 1) gets everything
+// on the control channel.
 #pragma once
 
 #include <cstdint>
@@ -30,14 +35,19 @@ enum : std::uint8_t {
     cancel = 4,   ///< u64 id: the host gave up on this suspended call (timeout, session gone)
     destroy = 5,  ///< run destroy() and exit
     end_txn = 6,  ///< u64 session: the server freed the session's transaction slots (no answer)
+    attach = 7,   ///< (control channel, with one descriptor) serve calls on that socket too
     // child -> host
-    opened = 101,   ///< u8 ok, str error | u32 abi_minor, u32 flags, str name, str version, str description
+    opened = 101,   ///< u8 ok, str error | u32 size, u32 abi_major, u32 abi_minor, u32 flags, u8+str name,
+                    ///< u8+str version, str description, u8 has create/destroy, u32 protocol
     created = 102,  ///< i32 status, str reason, config report, registrations
     pending = 103,  ///< u64 id: the hook returned PENDING
     result = 104,   ///< u64 id, u8 returned, verdict...
     done = 105,     ///< a notification ran
     log = 106,      ///< i32 level, u8 in_call, u64 session, str txn, str message, u32 n, (str key, str value)*
 };
+
+/// The protocol this build speaks (OPENED says the child's): 2 added ATTACH.
+inline constexpr std::uint32_t protocol = 2;
 
 /// Hook ids on the wire: the ABI's, plus the host's two own kinds.
 inline constexpr std::int32_t hook_command = 100;
