@@ -407,12 +407,22 @@ class ServerTestCase(unittest.TestCase):
             raise AssertionError(f"asiosmtpd did not stop cleanly on SIGTERM: {how} (its stderr is above)")
 
 
+_STARTED = time.monotonic()
+
+
 def main():
-    """unittest.main with verbose output and an exit code for ctest."""
+    """unittest.main with verbose output and an exit code for ctest. The last line says how
+    long the file took and how much CPU it and the processes it waited for (servers, clients,
+    peers) used: where the suite's time goes (a file that mostly waits holds a ctest slot)."""
     if not os.path.exists(BIN):
         sys.stderr.write(f"missing {BIN}: build first (cmake --build --preset dev)\n")
         sys.exit(1)
-    unittest.main(verbosity=2)
+    program = unittest.main(verbosity=2, exit=False)
+    import resource
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    sys.stderr.write(f"harness: {time.monotonic() - _STARTED:.1f} s, CPU {cpu:.1f} s\n")
+    sys.exit(not program.result.wasSuccessful())
 
 
 def check_prerequisites():

@@ -20,11 +20,13 @@ list() {  # list PATTERN... : tracked files matching the patterns
 case "${1:-}" in
 format)
   command -v clang-format >/dev/null || { echo "clang-format not installed: skipped"; exit 77; }
-  bad=0
-  while IFS= read -r f; do
-    clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || { echo "not formatted: $f (clang-format -i $f)"; bad=1; }
-  done < <(list '*.c' '*.h' '*.cpp' '*.hpp')
-  exit $bad
+  # 25 files a clang-format, two at a time (one process a file spent most of its time starting
+  # up); it goes through every file it is given and names each that differs.
+  out=$(list '*.c' '*.h' '*.cpp' '*.hpp' | xargs -r -d '\n' -n 25 -P 2 clang-format --dry-run --Werror 2>&1) && exit 0
+  bad=$(printf '%s\n' "$out" | sed -n 's/^\(.*\):[0-9][0-9]*:[0-9][0-9]*: error: code should be clang-formatted.*/\1/p' | sort -u)
+  [ -n "$bad" ] || { printf '%s\n' "$out"; exit 1; }  # it failed for another reason: say what it said
+  while IFS= read -r f; do echo "not formatted: $f (clang-format -i $f)"; done <<<"$bad"
+  exit 1
   ;;
 spdx)
   bad=0

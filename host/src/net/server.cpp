@@ -415,6 +415,7 @@ void server::bind()
                        log_failure("metrics"));
     }
     for (const auto& slot : listeners_) asio::co_spawn(ioc_, accept_loop(slot), log_failure("accept"));
+    publish_endpoints();
 }
 
 void server::use_plugins(std::shared_ptr<const plugin::generation> g)
@@ -426,13 +427,20 @@ void server::use_plugins(std::shared_ptr<const plugin::generation> g)
 
 std::vector<tcp::endpoint> server::endpoints() const
 {
+    const std::lock_guard guard(endpoints_lock_);
+    return endpoints_;
+}
+
+void server::publish_endpoints()
+{
     std::vector<tcp::endpoint> eps;
     for (const auto& slot : listeners_) {
         if (slot->closed || !slot->acceptor) continue;
         boost::system::error_code ec;
         eps.push_back(slot->acceptor->local_endpoint(ec));
     }
-    return eps;
+    const std::lock_guard guard(endpoints_lock_);
+    endpoints_ = std::move(eps);
 }
 
 // --------------------------------------------------------------------------------------------
@@ -535,6 +543,7 @@ void server::apply(config::settings next, std::shared_ptr<const plugin::generati
         ++closed;
     }
     listeners_ = std::move(kept);
+    publish_endpoints();
     max_connections_ = next.server.max_connections;
     fit_descriptor_limit(next.server.max_connections);
     const std::size_t workers_before = workers_;
@@ -666,6 +675,7 @@ void server::begin_stop()
         if (slot->local) slot->local->close();
     }
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
+    publish_endpoints();
     // The worker loops end once their sessions have.
     for (const auto& l : loops_) l->keep.reset();
     // Sessions finish what they are doing; idle ones say 421 and close at once.

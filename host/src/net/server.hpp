@@ -147,6 +147,8 @@ private:
     void arm_stop_deadline();
     void warn_restart_only(const config::settings& next) const;
     void stop_control_thread();
+    /// endpoints() from now on: the listeners that are open now. On the home loop (or before run()).
+    void publish_endpoints();
 
     config::settings config_;  // as started (the file to reload, restart-only keys)
     std::size_t workers_;      // session loops (config's workers, 0 resolved); on the home loop
@@ -157,6 +159,10 @@ private:
     std::vector<std::unique_ptr<loop>> loops_;               // worker loops, retired ones included; on the home loop
     bool running_ = false;                                   // run() started the loops; on the home loop
     std::vector<std::shared_ptr<listener_slot>> listeners_;  // on the io_context only (after bind)
+    // What endpoints() answers on any thread: a copy made on the home loop whenever listeners_
+    // changed (bind, reload, stop), never listeners_ itself, which a reload replaces.
+    mutable std::mutex endpoints_lock_;
+    std::vector<tcp::endpoint> endpoints_;
     std::atomic<std::uint32_t> max_connections_{0};
     // TLS handshakes in progress, shared by every TLS listener's sessions; limits from the config.
     std::shared_ptr<handshake_limits> tls_handshakes_ = std::make_shared<handshake_limits>();

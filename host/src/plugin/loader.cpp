@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <cerrno>
 #include <cstdlib>
@@ -30,11 +31,31 @@ namespace fs = std::filesystem;
 
 namespace asiosmtpd::plugin {
 
+/// Held around every dlopen() and dlclose() of a plugin file. The janitor thread closes an old
+/// generation's libraries while a reload may be opening the new ones, and a new copy is often
+/// mapped where an old one was: its code then touches the addresses the old code touched on
+/// the janitor thread, and nothing but this lock orders the one before the other (the dynamic
+/// linker's own lock is invisible to ThreadSanitizer, and so is the unmapping).
+std::mutex& mapping_lock()
+{
+    static std::mutex m;
+    return m;
+}
+
 /// One opened plugin file. Instances hold it (shared_ptr), so it is closed after them.
 struct library {
     boost::dll::shared_library so;
     const asiosmtpd_plugin_descriptor* desc = nullptr;
     fs::path file;
+
+    library() = default;
+    library(const library&) = delete;
+    library& operator=(const library&) = delete;
+    ~library()
+    {
+        const std::lock_guard guard(mapping_lock());
+        so.unload();
+    }
 };
 
 }  // namespace asiosmtpd::plugin
@@ -92,6 +113,7 @@ std::shared_ptr<library> open(const fs::path& config_file, const fs::path& file,
     auto lib = std::make_shared<library>();
     lib->file = file;
     try {
+        const std::lock_guard guard(mapping_lock());
         // rtld_now: a missing symbol fails here, not in the middle of a session.
         lib->so.load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
     } catch (const std::exception& e) {

@@ -131,15 +131,33 @@ std::string client_read(client& c)
     return std::string(reply.data(), static_cast<std::size_t>(std::max(got, 0)));
 }
 
-TEST(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
-{
-    const auto ctx = server_context();
+// One connection over a socketpair: a client, the server's handshake on its end, and the server
+// context (one per test program: its key and certificate are made once).
+class tls_connection : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() { ctx = server_context(); }
+    static void TearDownTestSuite() { ctx.reset(); }
+
+    // Both sides through the handshake, the client's last flight included (call through
+    // ASSERT_NO_FATAL_FAILURE).
+    void handshake()
+    {
+        ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
+        ASSERT_TRUE(c.step());
+    }
+
+    static inline std::unique_ptr<ssl::context> ctx;
     pair p;
-    client c(p.client);
-    server_handshake hs(*ctx, p.server);
+    client c{p.client};
+    server_handshake hs{*ctx, p.server};
     boost::system::error_code ec;
-    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
-    ASSERT_TRUE(c.step());
+};
+using tls_server_handshake = tls_connection;
+using tls_channel = tls_connection;
+
+TEST_F(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
+{
+    ASSERT_NO_FATAL_FAILURE(handshake());
     // The client's first command right after its Finished: OpenSSL did not read it (no
     // read-ahead during the handshake), the channel that takes over reads it.
     ASSERT_EQ(SSL_write(c.ssl, "EHLO x\r\n", 8), 8);
@@ -157,15 +175,9 @@ TEST(tls_server_handshake, completes_and_leaves_pipelined_data_in_the_socket)
     EXPECT_EQ(client_read(c), "250 ok\r\n");
 }
 
-TEST(tls_channel, takes_its_input_from_the_caller_and_hands_it_out_piece_by_piece)
+TEST_F(tls_channel, takes_its_input_from_the_caller_and_hands_it_out_piece_by_piece)
 {
-    const auto ctx = server_context();
-    pair p;
-    client c(p.client);
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
-    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
-    ASSERT_TRUE(c.step());
+    ASSERT_NO_FATAL_FAILURE(handshake());
     channel ch(hs.release(), p.server);
     std::array<char, 4> small{};
     std::size_t n = 0;
@@ -208,15 +220,9 @@ TEST(tls_channel, takes_its_input_from_the_caller_and_hands_it_out_piece_by_piec
     }
 }
 
-TEST(tls_channel, a_client_gone_without_close_notify_is_a_truncated_stream)
+TEST_F(tls_channel, a_client_gone_without_close_notify_is_a_truncated_stream)
 {
-    const auto ctx = server_context();
-    pair p;
-    client c(p.client);
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
-    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
-    ASSERT_TRUE(c.step());
+    ASSERT_NO_FATAL_FAILURE(handshake());
     channel ch(hs.release(), p.server);
     std::array<char, 8> tickets{};
     EXPECT_EQ(SSL_read(c.ssl, tickets.data(), 8), -1);  // takes the session tickets: no reset at close
@@ -232,15 +238,9 @@ TEST(tls_channel, a_client_gone_without_close_notify_is_a_truncated_stream)
     EXPECT_EQ(ch.write(std::string_view("x"), n, ec), channel::status::failed);
 }
 
-TEST(tls_channel, close_notify_both_ways)
+TEST_F(tls_channel, close_notify_server_first)
 {
-    const auto ctx = server_context();
-    pair p;
-    client c(p.client);
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
-    ASSERT_EQ(run(hs, c, ec), server_handshake::step::done) << ec.message();
-    ASSERT_TRUE(c.step());
+    ASSERT_NO_FATAL_FAILURE(handshake());
     channel ch(hs.release(), p.server);
     // The server closes first: its close_notify goes out, then it waits for the client's.
     EXPECT_EQ(ch.shutdown(ec), channel::status::want_read) << ec.message();
@@ -249,60 +249,44 @@ TEST(tls_channel, close_notify_both_ways)
     EXPECT_EQ(SSL_shutdown(c.ssl), 1);
     ASSERT_TRUE(feed(ch, p.server));
     EXPECT_EQ(ch.shutdown(ec), channel::status::done) << ec.message();
-
-    // The client closes first: the server reads eof, and its own close_notify still goes out.
-    pair q;
-    client d(q.client);
-    server_handshake hs2(*ctx, q.server);
-    ASSERT_EQ(run(hs2, d, ec), server_handshake::step::done) << ec.message();
-    ASSERT_TRUE(d.step());
-    channel ch2(hs2.release(), q.server);
-    EXPECT_EQ(SSL_shutdown(d.ssl), 0);
-    std::array<char, 8> buf{};
-    std::size_t n = 0;
-    ASSERT_TRUE(feed(ch2, q.server));
-    EXPECT_EQ(ch2.read(buf, n, ec), channel::status::failed);
-    EXPECT_EQ(ec, boost::asio::error::eof) << ec.message();
-    EXPECT_EQ(ch2.shutdown(ec), channel::status::done) << ec.message();
-    EXPECT_EQ(SSL_shutdown(d.ssl), 1);
 }
 
-TEST(tls_server_handshake, a_client_gone_fails_without_sigpipe)
+TEST_F(tls_channel, close_notify_client_first)
+{
+    // The client closes first: the server reads eof, and its own close_notify still goes out.
+    ASSERT_NO_FATAL_FAILURE(handshake());
+    channel ch(hs.release(), p.server);
+    EXPECT_EQ(SSL_shutdown(c.ssl), 0);
+    std::array<char, 8> buf{};
+    std::size_t n = 0;
+    ASSERT_TRUE(feed(ch, p.server));
+    EXPECT_EQ(ch.read(buf, n, ec), channel::status::failed);
+    EXPECT_EQ(ec, boost::asio::error::eof) << ec.message();
+    EXPECT_EQ(ch.shutdown(ec), channel::status::done) << ec.message();
+    EXPECT_EQ(SSL_shutdown(c.ssl), 1);
+}
+
+TEST_F(tls_server_handshake, a_client_gone_fails_without_sigpipe)
 {
     // The server's first flight goes to a socket whose peer is closed: an error (EPIPE), not
     // SIGPIPE (this test process does not ignore it).
-    const auto ctx = server_context();
-    pair p;
-    {
-        client c(p.client);
-        c.step();  // the ClientHello
-    }
+    c.step();  // the ClientHello
     ::close(p.client);
     p.client = -1;
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
     EXPECT_EQ(hs.advance(ec), server_handshake::step::failed);
     EXPECT_TRUE(ec);
 }
 
-TEST(tls_server_handshake, a_client_that_left_is_a_truncated_stream)
+TEST_F(tls_server_handshake, a_client_that_left_is_a_truncated_stream)
 {
-    const auto ctx = server_context();
-    pair p;
     ::close(p.client);
     p.client = -1;
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
     EXPECT_EQ(hs.advance(ec), server_handshake::step::failed);
     EXPECT_EQ(ec, boost::asio::ssl::error::stream_truncated) << ec.message();
 }
 
-TEST(tls_server_handshake, waits_for_the_client)
+TEST_F(tls_server_handshake, waits_for_the_client)
 {
-    const auto ctx = server_context();
-    pair p;
-    server_handshake hs(*ctx, p.server);
-    boost::system::error_code ec;
     EXPECT_EQ(hs.advance(ec), server_handshake::step::want_read);
     EXPECT_FALSE(ec);
     ASSERT_EQ(::write(p.client, "not tls at all\r\n", 16), 16);

@@ -4,6 +4,7 @@
 // refused chunks are read and dropped (never taken for commands), the size limit, the failed
 // message's later chunks, DATA mixed in, LMTP, DATA_CHUNK streaming and the DATA hook.
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 
 #include <gtest/gtest.h>
 
@@ -15,24 +16,10 @@ namespace {
 
 settings chunking(std::uint32_t hooks = 0)
 {
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
+    settings s = base_settings();
     s.enable_chunking = true;
     s.hook_mask = hooks;
     return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
-}
-
-hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
-{
-    return hook_result{v, code, std::move(text), {}, {}, {}};
 }
 
 // In a transaction with one recipient (greeted first, once); the replies so far are dropped.
@@ -49,25 +36,6 @@ void open_transaction(engine& e, std::string_view mail = "MAIL FROM:<a@b>")
 std::string bdat(std::string_view chunk, bool last = false)
 {
     return "BDAT " + std::to_string(chunk.size()) + (last ? " LAST" : "") + "\r\n" + std::string(chunk);
-}
-
-// Feeds `bytes` in steps of `step`, answering DATA_CHUNK requests with `v` and recording their
-// pieces; returns at any other hook or when everything is fed.
-std::vector<std::string> feed(engine& e, const std::string& bytes, std::size_t step, verdict v = verdict::none)
-{
-    std::vector<std::string> pieces;
-    std::size_t at = 0;
-    for (;;) {
-        while (const hook_request* r = e.pending_hook()) {
-            if (r->kind != hook_kind::data_chunk) return pieces;
-            pieces.emplace_back(r->content);
-            e.hook_done(make(v));
-        }
-        if (at == bytes.size()) return pieces;
-        const std::size_t n = std::min(step, bytes.size() - at);
-        e.receive(std::string_view(bytes).substr(at, n));
-        at += n;
-    }
 }
 
 TEST(engine_bdat, ehlo_offers_chunking_and_binarymime_only_when_enabled)

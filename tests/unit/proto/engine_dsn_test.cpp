@@ -2,6 +2,7 @@
 // The engine with server.enable_dsn (RFC 3461): EHLO, MAIL and RCPT reply by reply, what the
 // envelope and the hooks keep, and aiosmtpd's replies with the switch off.
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 
 #include <gtest/gtest.h>
 
@@ -13,18 +14,9 @@ namespace {
 
 settings dsn_settings(bool on = true)
 {
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
+    settings s = base_settings();
     s.enable_dsn = on;
     return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
 }
 
 // A greeted EHLO session.

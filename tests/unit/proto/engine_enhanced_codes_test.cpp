@@ -3,6 +3,7 @@
 // by reply, with its RFC 3463 code (docs/behaviour.md lists them). With the switch off the
 // replies are aiosmtpd's: the transcripts and the other engine tests run with it off.
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 #include "proto/enhanced_codes.hpp"
 
 #include <gtest/gtest.h>
@@ -15,23 +16,9 @@ namespace {
 
 settings codes_on()
 {
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
+    settings s = base_settings();
     s.enable_enhanced_status_codes = true;
     return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
-}
-
-hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
-{
-    return hook_result{v, code, std::move(text), {}, {}, {}};
 }
 
 // Starts a session (its greeting checked) and answers every hook with `hooks`.

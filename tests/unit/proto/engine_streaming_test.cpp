@@ -3,6 +3,7 @@
 // arrives, the engine keeps at most one chunk when no DATA hook needs the whole message, and
 // a chunk hook's refusal answers the final dot.
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,25 +15,11 @@ namespace {
 
 settings streaming_settings(bool whole = false)
 {
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
+    settings s = base_settings();
     s.hook_mask = hook_bit(hook_kind::data_chunk) | hook_bit(hook_kind::data);
     s.data_whole_message = whole;
     s.data_chunk_size = 100;
     return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
-}
-
-hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
-{
-    return hook_result{v, code, std::move(text), {}, {}, {}};
 }
 
 // Up to "354": the engine then waits for the body.
@@ -64,25 +51,6 @@ std::string unstuffed(const std::string& wire)
         at = lf + 1;
     }
     return out;
-}
-
-// Answers every data_chunk request with `v` and records the pieces; returns at the DATA hook
-// (or when nothing is asked).
-std::vector<std::string> feed(engine& e, const std::string& bytes, std::size_t step, verdict v = verdict::none)
-{
-    std::vector<std::string> chunks;
-    std::size_t at = 0;
-    for (;;) {
-        while (const hook_request* r = e.pending_hook()) {
-            if (r->kind != hook_kind::data_chunk) return chunks;
-            chunks.emplace_back(r->content);
-            e.hook_done(make(v));
-        }
-        if (at == bytes.size()) return chunks;
-        const std::size_t n = std::min(step, bytes.size() - at);
-        e.receive(std::string_view(bytes).substr(at, n));
-        at += n;
-    }
 }
 
 TEST(engine_streaming, chunks_concatenate_to_the_unstuffed_message_at_every_split)

@@ -2,6 +2,7 @@
 // The engine with hooks: what it asks, when it waits, and how verdicts become replies.
 // (Hook-less conversations are in tests/transcripts/, replayed by transcript_test.cpp.)
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 
 #include <gtest/gtest.h>
 
@@ -10,26 +11,6 @@
 
 namespace asiosmtpd::proto {
 namespace {
-
-settings base_settings()
-{
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
-    return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
-}
-
-hook_result make(verdict v, std::uint16_t code = 0, std::string text = {})
-{
-    return hook_result{v, code, std::move(text), {}, {}, {}};
-}
 
 TEST(engine, greeting_without_connect_hook)
 {

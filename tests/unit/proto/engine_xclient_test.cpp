@@ -2,6 +2,7 @@
 // XCLIENT (Postfix's XCLIENT_README, server.xclient_networks): who may use it, its replies and
 // check order, the attributes it gives, and the session starting over with a new greeting.
 #include "proto/engine.hpp"
+#include "proto/engine_helpers.hpp"
 #include "proto/network.hpp"
 
 #include <gtest/gtest.h>
@@ -13,18 +14,9 @@ namespace {
 
 settings xclient_settings(bool on = true)
 {
-    settings s;
-    s.hostname = "mx.test";
-    s.ident = "asiosmtpd test";
+    settings s = base_settings();
     s.xclient = on;
     return s;
-}
-
-std::string take(engine& e)
-{
-    std::string out = e.output();
-    e.clear_output();
-    return out;
 }
 
 // The host's part after an accepted XCLIENT: the CONNECT request (the session applies the
