@@ -214,8 +214,7 @@ void put_snapshot(wire::writer& w, asiosmtpd_call* call, const instance& owner)
         (void)h.txn_rcpt_at(call, i, &r);
         w.str(view(r));
         std::vector<asiosmtpd_str> params;
-        for (asiosmtpd_str p{"", 0};
-             call->draft != nullptr && h.txn_rcpt_param_at(call, i, params.size(), &p) == ASIOSMTPD_OK;)
+        for (asiosmtpd_str p{"", 0}; h.txn_rcpt_param_at(call, i, params.size(), &p) == ASIOSMTPD_OK;)
             params.push_back(p);
         w.u32(static_cast<std::uint32_t>(params.size()));
         for (const auto& p : params) w.str(view(p));

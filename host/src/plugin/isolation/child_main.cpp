@@ -539,7 +539,7 @@ asiosmtpd_status txn_mail_param_at(asiosmtpd_call* call, size_t index, asiosmtpd
 asiosmtpd_status txn_rcpt_param_at(asiosmtpd_call* call, size_t r, size_t p, asiosmtpd_str* out)
 {
     return snapshot_item(call, p, out, [r](const snapshot& s) -> const std::vector<asiosmtpd_str>* {
-        return s.has_draft && r < s.rcpt_params.size() ? &s.rcpt_params[r] : nullptr;
+        return r < s.rcpt_params.size() ? &s.rcpt_params[r] : nullptr;
     });
 }
 
