@@ -1420,6 +1420,28 @@ def peer_rows(results: dict, peers: list[str], sc: Scenario, w, width: int, row)
     return noisy
 
 
+def idle_rows(results: dict, peers: list[str], sc: Scenario, base: str, w, width: int, held_width: int,
+              mem: str) -> None:
+    """An idle scenario's table under its title: per peer the connections held, errors, the
+    server's memory (`mem`: its label) before and after, KiB per connection, whether it still
+    served, and KiB per connection against `base`."""
+    w(f"{'peer':{width}} {'held':>{held_width}} {'errors':>6} {mem + ' before':>11} {mem + ' after':>11} {'KiB/conn':>9}"
+      f" {'serving':>7} | {'KiB/conn':>8} vs {base}")
+    b = results.get((base, sc.key))
+    bk = b.extra.get("kib_per_conn") if b and b.extra else None
+    for p in peers:
+        r = results.get((p, sc.key))
+        if r is None:
+            continue
+        if not r.extra:
+            w(f"{p:{width}} FAILED: {r.error}")
+            continue
+        e = r.extra
+        w(f"{p:{width}} {e['held']:{held_width}} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB"
+          f" {e['rss_kib'] / 1024:7.1f} MiB {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7}"
+          f" | {ratio(e['kib_per_conn'], bk):>8}" + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+
+
 def titled(w, heading: str, lines: list[str]) -> None:
     """Writes the heading and the lines under it, or nothing when there are no lines."""
     if lines:
@@ -1542,21 +1564,7 @@ def tls_table(results: dict, peers: list[str], sc: Scenario, w) -> list[float]:
 
     if sc.kind == "idle":
         w(f"== {sc.title} (tlsload -I N: STARTTLS, handshake, EHLO, then idle; memory of a freshly started server) ==")
-        w(f"{'peer':14} {'held':>6} {'errors':>6} {'mem before':>11} {'mem after':>11} {'KiB/conn':>9} {'serving':>7}"
-          f" | {'KiB/conn':>8} vs {TLS_BASE}")
-        b = results.get((TLS_BASE, sc.key))
-        bk = b.extra.get("kib_per_conn") if b and b.extra else None
-        for p in peers:
-            r = results.get((p, sc.key))
-            if r is None:
-                continue
-            if not r.extra:
-                w(f"{p:14} FAILED: {r.error}")
-                continue
-            e = r.extra
-            w(f"{p:14} {e['held']:6} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
-              f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
-              + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+        idle_rows(results, peers, sc, TLS_BASE, w, 14, 6, "mem")
         return []
     negotiated = []
 
@@ -1749,21 +1757,7 @@ def report(results: dict, peers: list[str], scs: list[Scenario], args, skipped: 
                   f" {ratio(m['p99'], bm.get('p99')):>7}")
         else:
             w(f"== {sc.title} (each has its greeting; RSS of a freshly started server) ==")
-            w(f"{'peer':10} {'held':>7} {'errors':>6} {'RSS before':>11} {'RSS after':>11} {'KiB/conn':>9} {'serving':>7}"
-              f" | {'KiB/conn':>8} vs {base}")
-            b = results.get((base, sc.key))
-            bk = b.extra.get("kib_per_conn") if b and b.extra else None
-            for p in main_peers_:
-                r = results.get((p, sc.key))
-                if r is None:
-                    continue
-                if not r.extra:
-                    w(f"{p:10} FAILED: {r.error}")
-                    continue
-                e = r.extra
-                w(f"{p:10} {e['held']:7} {e['errors']:6} {e['base_kib'] / 1024:7.1f} MiB {e['rss_kib'] / 1024:7.1f} MiB"
-                  f" {e['kib_per_conn']:9.1f} {'yes' if e['serving'] else 'NO':>7} | {ratio(e['kib_per_conn'], bk):>8}"
-                  + (f"   ({e['first_error']})" if e.get("first_error") else ""))
+            idle_rows(results, main_peers_, sc, base, w, 10, 7, "RSS")
 
     if noisy and max(noisy) > 10:
         w("")

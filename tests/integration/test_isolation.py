@@ -82,6 +82,23 @@ class IsolationTest(ServerTestCase):
     def child_pids(self, server):
         return [int(p) for p in re.findall(r"event=plugin_process_(?:started|restarted) .*pid=(\d+)", server.stderr())]
 
+    def send_until_recovered(self, server) -> list[int]:
+        """Messages on one connection (at most 120) until one got 451 and a later one 250; waits
+        for the child's restart after each 451. Returns the final replies' codes."""
+        c = self.connect(server)
+        c.reply()
+        c.cmd("EHLO client.example")
+        codes: list[int] = []
+        for _ in range(120):
+            c.cmd("MAIL FROM:<a@example.org>")
+            c.cmd("RCPT TO:<b@example.org>")
+            codes.append(code(self.send(server, MESSAGE, client=c)))
+            if 451 in codes and codes[-1] == 250:
+                break
+            if codes[-1] == 451:
+                self.wait_restarted(server)
+        return codes
+
     def wait_restarted(self, server, count=1):
         server.wait_output(lambda e: e.count("event=plugin_process_restarted") >= count, "stderr", timeout=10)
 
@@ -267,18 +284,7 @@ class IsolationTest(ServerTestCase):
         pid = self.child_pids(server)[0]
         with open(f"/proc/{pid}/limits") as f:
             self.assertRegex(f.read(), r"Max address space\s+67108864\s+67108864")
-        c = self.connect(server)
-        c.reply()
-        c.cmd("EHLO client.example")
-        codes = []
-        for _ in range(120):
-            c.cmd("MAIL FROM:<a@example.org>")
-            c.cmd("RCPT TO:<b@example.org>")
-            codes.append(code(self.send(server, MESSAGE, client=c)))
-            if 451 in codes and codes[-1] == 250:
-                break
-            if codes[-1] == 451:
-                self.wait_restarted(server)
+        codes = self.send_until_recovered(server)
         self.assertIn(451, codes)
         self.assertEqual(set(codes), {250, 451})
         self.assertEqual(codes[-1], 250)
@@ -309,18 +315,7 @@ class IsolationTest(ServerTestCase):
             self.assertIn(str(pid), f.read().split())
         with open(f"/proc/{pid}/limits") as f:
             self.assertRegex(f.read(), r"Max address space\s+unlimited")
-        c = self.connect(server)
-        c.reply()
-        c.cmd("EHLO client.example")
-        codes = []
-        for _ in range(120):
-            c.cmd("MAIL FROM:<a@example.org>")
-            c.cmd("RCPT TO:<b@example.org>")
-            codes.append(code(self.send(server, MESSAGE, client=c)))
-            if 451 in codes and codes[-1] == 250:
-                break
-            if codes[-1] == 451:
-                self.wait_restarted(server)
+        codes = self.send_until_recovered(server)
         self.assertIn(451, codes)
         self.assertEqual(codes[-1], 250)
         self.assertRegex(server.stderr(), r"event=plugin_process_crash plugin=faulty .*signal=SIGKILL "
