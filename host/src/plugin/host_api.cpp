@@ -4,6 +4,7 @@
 #include "plugin/chain.hpp"
 #include "plugin/generation.hpp"
 #include "plugin/log_sink.hpp"
+#include "plugin/registration_rules.hpp"
 #include "proto/trace.hpp"
 
 #include <asiosmtpd/reply_rules.hpp>
@@ -76,13 +77,6 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
     return ASIOSMTPD_OK;
 }
 
-bool valid_verb(std::string_view v) noexcept
-{
-    return !v.empty() && v.size() <= 32 && std::all_of(v.begin(), v.end(), [](char c) {
-        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-    });
-}
-
 // "registered by plugins[0] (ping) already": who holds a name a registration wanted.
 std::string holder(const asiosmtpd_registrar* reg, const instance* owner)
 {
@@ -91,20 +85,15 @@ std::string holder(const asiosmtpd_registrar* reg, const instance* owner)
     return "registered by " + owner->key + " (" + owner->name + ") already";
 }
 
-constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET",
-                                              "NOOP", "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
-
 asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_command_desc* desc)
 {
     if (reg == nullptr || desc == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     if (desc->struct_size < offsetof(asiosmtpd_command_desc, handler) + sizeof desc->handler)
         return ASIOSMTPD_E_INVALID;
-    if (!valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
-    std::string verb(view(desc->verb));
-    std::transform(verb.begin(), verb.end(), verb.begin(),
-                   [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
-    if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs)) {
+    if (!rules::valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
+    std::string verb = rules::upper(view(desc->verb));
+    if (rules::builtin_verb(verb)) {
         reg->conflict = "cannot register command " + verb + ": a built-in command";
         return ASIOSMTPD_E_CONFLICT;
     }
@@ -114,7 +103,7 @@ asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_comm
             return ASIOSMTPD_E_CONFLICT;
         }
     const std::string_view help = view(desc->help);
-    if (help.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_help(help)) return ASIOSMTPD_E_INVALID;
     reg->gen->commands.push_back({std::move(verb), std::string(help), desc->flags, {reg->owner, desc->handler}});
     return ASIOSMTPD_OK;
 }
@@ -124,7 +113,7 @@ asiosmtpd_status register_ehlo_keyword(asiosmtpd_registrar* reg, asiosmtpd_str l
     if (reg == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     const std::string_view l = view(line);
-    if (l.empty() || l.size() > 500 || l.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_ehlo_keyword(l)) return ASIOSMTPD_E_INVALID;
     reg->gen->ehlo_keywords.emplace_back(l);
     return ASIOSMTPD_OK;
 }
@@ -134,15 +123,9 @@ asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     const std::string_view n = view(name);
-    // RFC 4954 §3 / aiosmtpd: [A-Z0-9_-]+, at most 20 characters (RFC 4422 SASL names).
-    if (n.empty() || n.size() > 20 || !std::all_of(n.begin(), n.end(), [](char c) {
-            return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
-        }))
-        return ASIOSMTPD_E_INVALID;
-    std::string upper(n);
-    std::transform(upper.begin(), upper.end(), upper.begin(),
-                   [](char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; });
-    if (upper == "PLAIN" || upper == "LOGIN") {
+    if (!rules::valid_mechanism(n)) return ASIOSMTPD_E_INVALID;
+    std::string upper = rules::upper(n);
+    if (rules::builtin_mechanism(upper)) {
         reg->conflict = "cannot register AUTH mechanism " + upper + ": built in";
         return ASIOSMTPD_E_CONFLICT;
     }

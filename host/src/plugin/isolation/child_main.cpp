@@ -21,6 +21,7 @@
 #include "plugin/draft.hpp"  // check_edit(): the server's edit rules
 #include "plugin/isolation/child_limits.hpp"
 #include "plugin/isolation/wire.hpp"
+#include "plugin/registration_rules.hpp"
 
 #include <asiosmtpd/plugin.h>
 #include <asiosmtpd/reply_rules.hpp>
@@ -48,6 +49,7 @@
 #include <unistd.h>
 
 namespace wire = asiosmtpd::plugin::wire;
+namespace rules = asiosmtpd::plugin::rules;
 
 // ---- the config tree, as the server sent it -------------------------------------------------
 struct cfg_node {
@@ -286,13 +288,7 @@ bool usable(const asiosmtpd_registrar* r) noexcept { return r != nullptr && !r->
 const cfg_node* as_node(const asiosmtpd_cfg* c) noexcept { return reinterpret_cast<const cfg_node*>(c); }
 const asiosmtpd_cfg* as_cfg(const cfg_node* n) noexcept { return reinterpret_cast<const asiosmtpd_cfg*>(n); }
 
-std::string upper(std::string_view s)
-{
-    std::string u(s);
-    for (char& c : u)
-        if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 32);
-    return u;
-}
+using rules::upper;
 
 // ---- registration ------------------------------------------------------------------------------
 asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook, asiosmtpd_hook_fn fn)
@@ -307,25 +303,15 @@ asiosmtpd_status register_hook(asiosmtpd_registrar* reg, asiosmtpd_hook_id hook,
     return ASIOSMTPD_OK;
 }
 
-bool valid_verb(std::string_view v) noexcept
-{
-    return !v.empty() && v.size() <= 32 && std::all_of(v.begin(), v.end(), [](char c) {
-        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-    });
-}
-
-constexpr std::string_view builtin_verbs[] = {"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET",
-                                              "NOOP", "QUIT", "VRFY", "HELP", "EXPN", "AUTH", "STARTTLS"};
-
 asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_command_desc* desc)
 {
     if (reg == nullptr || desc == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     if (desc->struct_size < offsetof(asiosmtpd_command_desc, handler) + sizeof desc->handler)
         return ASIOSMTPD_E_INVALID;
-    if (!valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_verb(view(desc->verb)) || desc->handler == nullptr) return ASIOSMTPD_E_INVALID;
     std::string verb = upper(view(desc->verb));
-    if (std::find(std::begin(builtin_verbs), std::end(builtin_verbs), verb) != std::end(builtin_verbs)) {
+    if (rules::builtin_verb(verb)) {
         reg->conflict = "cannot register command " + verb + ": a built-in command";
         return ASIOSMTPD_E_CONFLICT;
     }
@@ -339,7 +325,7 @@ asiosmtpd_status register_command(asiosmtpd_registrar* reg, const asiosmtpd_comm
             return ASIOSMTPD_E_CONFLICT;
         }
     const std::string_view help = view(desc->help);
-    if (help.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_help(help)) return ASIOSMTPD_E_INVALID;
     reg->commands.push_back({verb, std::string(help), desc->flags});
     reg->command_fns.push_back({std::move(verb), desc->handler});
     return ASIOSMTPD_OK;
@@ -350,7 +336,7 @@ asiosmtpd_status register_ehlo_keyword(asiosmtpd_registrar* reg, asiosmtpd_str l
     if (reg == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     const std::string_view l = view(line);
-    if (l.empty() || l.size() > 500 || l.find_first_of("\r\n") != std::string_view::npos) return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_ehlo_keyword(l)) return ASIOSMTPD_E_INVALID;
     reg->keywords.emplace_back(l);
     return ASIOSMTPD_OK;
 }
@@ -360,12 +346,9 @@ asiosmtpd_status register_auth_mechanism(asiosmtpd_registrar* reg, asiosmtpd_str
     if (reg == nullptr || fn == nullptr) return ASIOSMTPD_E_INVALID;
     if (reg->frozen) return ASIOSMTPD_E_FROZEN;
     const std::string_view n = view(name);
-    if (n.empty() || n.size() > 20 || !std::all_of(n.begin(), n.end(), [](char c) {
-            return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
-        }))
-        return ASIOSMTPD_E_INVALID;
+    if (!rules::valid_mechanism(n)) return ASIOSMTPD_E_INVALID;
     std::string u = upper(n);
-    if (u == "PLAIN" || u == "LOGIN") {
+    if (rules::builtin_mechanism(u)) {
         reg->conflict = "cannot register AUTH mechanism " + u + ": built in";
         return ASIOSMTPD_E_CONFLICT;
     }
